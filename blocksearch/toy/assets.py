@@ -1,0 +1,89 @@
+"""Load the bundled toy teacher and toy judge from blocksearch/toy/assets/ (local files only, no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from blocksearch.errors import BlocksearchError
+
+ASSETS = Path(__file__).parent / "assets"
+JUDGE_FILE = "judge.safetensors"
+REBUILD = "blocksearch toy build --out blocksearch/toy/assets"
+# every file load_toy_teacher reads; checked up front so a missing one is named, not a deep library error
+TEACHER_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+
+
+class ToyAssetError(BlocksearchError):
+    """A toy teacher/judge file is missing or unreadable; the message names it and the rebuild command."""
+
+
+def _bad(path: Path, why: str) -> ToyAssetError:
+    return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {REBUILD}")
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise _bad(path, "missing")
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _bad(path, f"corrupt ({type(e).__name__})") from None
+    elif path.suffix == ".safetensors":
+        try:
+            load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _bad(path, f"corrupt ({str(e).splitlines()[0][:80]})") from None
+
+
+def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
+    """The toy StableDiffusionPipeline (fp32, no safety checker) from `path` or the bundled assets."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlog
+
+    root = Path(path) if path is not None else ASSETS
+    for f in TEACHER_FILES:
+        _check_file(root / f)
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # fp16-stored weights upcast to fp32: expected, not worth a warning
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            root, torch_dtype=torch.float32, local_files_only=True, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ToyAssetError(f"toy teacher at {root} does not load ({str(e).splitlines()[0][:120]}); rebuild it with: {REBUILD}") from None
+    finally:
+        dlog.set_verbosity(verbosity)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_judge(device: str = "cpu", path: str | Path | None = None):
+    """The toy judge (eval mode, fp32) from `path` (a .safetensors file) or the bundled assets."""
+    from blocksearch.toy.judge import ToyJudge
+
+    file = Path(path) if path is not None else ASSETS / JUDGE_FILE
+    _check_file(file)
+    state = {k: v.float() for k, v in load_file(file).items()}
+    judge = ToyJudge()
+    try:
+        judge.load_state_dict(state)
+    except RuntimeError as e:
+        raise _bad(file, f"not a toy judge ({str(e).splitlines()[0][:80]})") from None
+    return judge.eval().requires_grad_(False).to(device)

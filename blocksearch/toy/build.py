@@ -1,0 +1,174 @@
+"""`blocksearch toy build`: train the toy teacher (VAE, then text encoder + U-Net) and the toy judge.
+
+Recipe (Rombach et al., arXiv 2112.10752, scaled down): the VAE learns to reconstruct world images
+(MSE + a small KL); its latents are rescaled to unit std (SD's `scaling_factor`); then text encoder
+and U-Net train jointly on the epsilon-prediction loss with 10% caption dropout for classifier-free
+guidance, with an EMA of the weights. The judge is a classifier on the world's labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.toy import judge as J
+from blocksearch.toy import models as M
+from blocksearch.toy.assets import JUDGE_FILE
+from blocksearch.toy.world import all_captions, sample_batch
+
+CAPTION_DROPOUT = 0.1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps and batch sizes of each training stage."""
+
+    vae_steps: int
+    vae_batch: int
+    judge_steps: int
+    judge_batch: int
+    unet_steps: int
+    unet_batch: int
+    unet_lr: float = 5e-4
+    ema_decay: float = 0.995
+
+
+BUDGETS = {
+    "tiny": Budget(vae_steps=4, vae_batch=4, judge_steps=4, judge_batch=16, unet_steps=4, unet_batch=4),
+    "full": Budget(vae_steps=600, vae_batch=16, judge_steps=500, judge_batch=128, unet_steps=1000, unet_batch=64),
+}
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to 10% of peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+
+def train_vae(b: Budget, seed: int):
+    """AutoencoderKL 64x64 -> 4x16x16 on world images; sets scaling_factor = 1 / latent std."""
+    torch.manual_seed(seed)
+    vae = M.make_vae()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    bar = tqdm(range(b.vae_steps), desc="vae", unit="step")
+    for step in bar:
+        x, _, _ = sample_batch(b.vae_batch, seed * 10 + 1, step)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{F.mse_loss(rec, x).item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        x, _, _ = sample_batch(256, seed * 10 + 2)
+        std = vae.encode(x).latent_dist.sample().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+def train_judge(b: Budget, seed: int) -> J.ToyJudge:
+    """The toy judge, trained on the world's labels."""
+    torch.manual_seed(seed)
+    judge = J.ToyJudge()
+    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    bar = tqdm(range(b.judge_steps), desc="judge", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, b.judge_steps, 2e-3, warmup=20)
+        x, _, scenes = sample_batch(b.judge_batch, seed * 10 + 3, step)
+        loss = J.loss(judge, x, scenes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return judge.eval().requires_grad_(False)
+
+
+def train_teacher(vae, b: Budget, seed: int, bf16: bool = True):
+    """Text encoder + U-Net, jointly, on the epsilon loss with caption dropout; returns EMA weights."""
+    torch.manual_seed(seed)
+    tokenizer = M.make_tokenizer()
+    text_encoder, unet, noise_sched = M.make_text_encoder(tokenizer), M.make_unet(), M.make_train_scheduler()
+    ids = {c: tokenizer(c, padding="max_length", max_length=77, return_tensors="pt").input_ids[0] for c in all_captions() + [""]}
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=b.unet_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(b.unet_steps), desc="unet+text", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, b.unet_steps, b.unet_lr)
+        x, captions, _ = sample_batch(b.unet_batch, seed * 10 + 4, step)
+        drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
+        tokens = torch.stack([ids["" if d else c] for c, d in zip(captions, drop)])
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x),), generator=gen)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            eps = unet(noisy, t, text_encoder(tokens)[0]).sample
+        loss = F.mse_loss(eps.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(b.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    return tokenizer, text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+
+
+def make_pipeline(vae, tokenizer, text_encoder, unet):
+    """Assemble the parts as a StableDiffusionPipeline (no safety checker, DPM-Solver++ sampler)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=M.make_sample_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build(out: str | Path, seed: int = 0, budget: str = "full", weights_dtype: str = "fp16") -> Path:
+    """Train everything, then write the pipeline folder, judge.safetensors and build.json into `out`."""
+    if budget not in BUDGETS:
+        raise BlocksearchError(f"unknown toy build budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+    if weights_dtype not in ("fp16", "fp32"):
+        raise BlocksearchError(f"unknown weights dtype {weights_dtype!r}; allowed: fp16, fp32")
+    torch.set_num_threads(2)
+    b, out, times = BUDGETS[budget], Path(out), {}
+    t0 = time.perf_counter()
+    vae = train_vae(b, seed)
+    times["vae_s"] = time.perf_counter() - t0
+    judge = train_judge(b, seed)
+    times["judge_s"] = time.perf_counter() - t0 - sum(times.values())
+    tokenizer, text_encoder, unet = train_teacher(vae, b, seed)
+    times["teacher_s"] = time.perf_counter() - t0 - sum(times.values())
+    pipe = make_pipeline(vae, tokenizer, text_encoder, unet)
+    dtype = torch.float16 if weights_dtype == "fp16" else torch.float32
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.to(dtype).save_pretrained(out, safe_serialization=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in judge.state_dict().items()}, out / JUDGE_FILE)
+    times["total_s"] = time.perf_counter() - t0
+    info = {"seed": seed, "budget": budget, "weights_dtype": weights_dtype, "budget_steps": asdict(b),
+            "wall_seconds": {k: round(v, 1) for k, v in times.items()}, "torch_threads": torch.get_num_threads()}
+    (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out

@@ -1,0 +1,106 @@
+"""Configs of the toy teacher's parts: VAE, tokenizer + text encoder, U-Net (SD-v1 topology), scheduler.
+
+The U-Net keeps SD-v1's exact block layout (diffusers `UNet2DConditionModel` defaults) with channels
+scaled 320 -> 32 (ratio 1:2:4:4) and sample_size 64 -> 16, so every SD / BK-SDM block move applies.
+"""
+
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from blocksearch.toy.world import VOCABULARY
+
+TEXT_DIM = 64
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+# SD-v1 noise schedule (CompVis v1-inference.yaml): scaled_linear betas 0.00085 -> 0.012 over 1000 steps.
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 128, 128),
+    layers_per_block=2,
+    norm_num_groups=8,
+    cross_attention_dim=TEXT_DIM,
+    attention_head_dim=4,  # diffusers' legacy name: the number of heads (SD-v1 uses 8)
+)
+
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,  # 3 stages -> 2 downsamples: 64x64 -> 16x16
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+)
+
+TEXT = dict(
+    hidden_size=TEXT_DIM,
+    intermediate_size=4 * TEXT_DIM,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+)
+
+
+def make_tokenizer() -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges spell each grammar word as one token (vocab: chars, prefixes, words)."""
+    words = sorted(set(VOCABULARY))
+    vocab: dict[str, int] = {BOS: 0, EOS: 1}
+    merges: list[tuple[str, str]] = []
+
+    def add(tok: str) -> None:
+        vocab.setdefault(tok, len(vocab))
+
+    for w in words:  # every single character, both mid-word and word-final, so nothing maps to unk
+        for ch in w:
+            add(ch)
+            add(ch + "</w>")
+    for w in words:  # left-to-right merge chain: ((w0 w1) w2) ... w_n</w>
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        left = pieces[0]
+        for p in pieces[1:]:
+            if (left, p) not in merges:
+                merges.append((left, p))
+            left = left + p
+            add(left)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    for w in words:
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"toy tokenizer splits {w!r} into {tok.convert_ids_to_tokens(ids)}"
+    return tok
+
+
+def make_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A 2-layer, 64-wide CLIP text transformer over the toy vocabulary."""
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **TEXT,
+    )
+    return CLIPTextModel(cfg)
+
+
+def make_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**UNET)
+
+
+def make_vae() -> AutoencoderKL:
+    return AutoencoderKL(**VAE)
+
+
+def make_train_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False)
+
+
+def make_sample_scheduler() -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (Lu et al., arXiv 2211.01095), 2nd order: good samples in 20 steps."""
+    return DPMSolverMultistepScheduler(**SCHEDULE, prediction_type="epsilon", algorithm_type="dpmsolver++")

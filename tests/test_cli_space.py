@@ -1,0 +1,63 @@
+"""`blocksearch space show`: the table, the published sizes, and bad input (exit 2, one line)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from blocksearch.cli import main
+
+GOOD = """name: t
+stages:
+  down_blocks.0: {up: up_blocks.3, layers: [1, 2]}
+  down_blocks.1: {up: up_blocks.2, layers: [1, 2]}
+  down_blocks.2: {up: up_blocks.1, layers: [1, 2]}
+  down_blocks.3: {up: up_blocks.0, layers: [1, 2], removable: true}
+mid_block: [cross_attn, none]
+designs:
+  small: {layers: [1, 1, 1, 1], mid_block: none}
+"""
+
+
+def test_space_show_sd_v1_prints_the_published_bk_sizes(capsys):
+    assert main(["space", "show", "unet_blocks", "--teacher", "sd-v1"]) == 0
+    out = capsys.readouterr().out
+    assert "distinct architectures: 576" in out
+    for name, size in [("teacher", "859.5M"), ("bk_base", "579.4M"), ("bk_small", "482.3M"), ("bk_tiny", "323.4M")]:
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert size in line, line
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("stages:\n  down", "stages: [\n  down"), "malformed YAML"),
+    (("down_blocks.2:", "down_blocks.9:"), "unknown stage 'down_blocks.9'"),
+    (("down_blocks.0: {up: up_blocks.3, layers: [1, 2]}", "down_blocks.0: {up: up_blocks.3, layers: [3]}"),
+     "keep 3 of 2 is impossible"),
+    (("mid_block: none}", "mid_block: resnet}"), "design is outside the space"),
+])
+def test_bad_space_file_is_one_line_exit_2(tmp_path, capsys, edit, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace(*edit))
+    assert main(["space", "show", str(path), "--teacher", "sd-v1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("blocksearch: error: ") and str(path) in err and message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_teacher_topology_mismatch_is_one_line_exit_2(capsys):
+    assert main(["space", "show", "unet_blocks", "--teacher", "sdxl"]) == 2
+    err = capsys.readouterr().err
+    assert "has 4 stages but the teacher has 3" in err and err.count("\n") == 1
+
+
+def test_unknown_teacher_and_space(capsys):
+    assert main(["space", "show", "unet_blocks", "--teacher", "sd-v9"]) == 2
+    assert "allowed: toy, sd-v1" in capsys.readouterr().err
+    assert main(["space", "show", "no_such_space"]) == 2
+    assert "allowed: ['unet_blocks', 'unet_blocks_sdxl']" in capsys.readouterr().err
+
+
+def test_console_script_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "blocksearch.cli", "space", "show", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown space" in proc.stderr
