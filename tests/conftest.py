@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests start local Ray clusters deliberately without tokens
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY = dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=4, sample_size=16,
             cross_attention_dim=16, attention_head_dim=4)

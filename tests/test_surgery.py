@@ -62,6 +62,18 @@ def forward(unet, seed=0):
         return unet(**inputs).sample
 
 
+def features(unet, modules, with_output=False):
+    """Forward once, keeping the outputs of ``modules`` (first element of tuple outputs)."""
+    feats = {}
+    hooks = [unet.get_submodule(m).register_forward_hook(
+        lambda _mod, _inp, out, m=m: feats.__setitem__(m, out[0] if isinstance(out, tuple) else out))
+        for m in modules]
+    out = forward(unet)
+    for hook in hooks:
+        hook.remove()
+    return (out, feats) if with_output else feats
+
+
 @pytest.mark.parametrize("kind, move, genome", CASES, ids=[f"{k}:{m}" for k, m, _ in CASES])
 def test_every_move_builds_copies_and_reloads(kind, move, genome, tmp_path):
     teacher = teacher_of(kind)
@@ -72,9 +84,12 @@ def test_every_move_builds_copies_and_reloads(kind, move, genome, tmp_path):
     for key, tensor in student.unet.state_dict().items():
         source = teacher_key(key, genome, topology_of(teacher.config))
         assert torch.equal(tensor, t_state[source]), (key, source)
-    # forward shape
-    out = forward(student.unet)
+    # forward shape, and the KD pairs see tensors of equal shape in teacher and student
+    t_feats = features(teacher, [t for t, _ in student.kd_pairs])
+    out, s_feats = features(student.unet, [s for _, s in student.kd_pairs], with_output=True)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+    for t, s in student.kd_pairs:
+        assert t_feats[t].shape == s_feats[s].shape, (t, s)
     # it really is smaller (or the same for a no-op move) and the teacher is untouched
     assert count_params(student.unet) < count_params(teacher)
     # save / reload identical
@@ -105,26 +120,6 @@ def test_bk_weight_map_agrees_with_the_published_map():
         ("up_blocks.1", "up_blocks.0"), ("up_blocks.2", "up_blocks.1"), ("up_blocks.3", "up_blocks.2"))
 
 
-def test_kd_pairs_have_matching_shapes():
-    for kind in TINY_CONFIGS:
-        teacher = tiny_unet(kind)
-        for genome in moves(kind).values():
-            student = build_student(teacher, genome)
-            feats = {}
-
-            def hook(name):
-                return lambda _m, _i, out: feats.__setitem__(name, out[0] if isinstance(out, tuple) else out)
-
-            handles = [teacher.get_submodule(t).register_forward_hook(hook(("t", t))) for t, _ in student.kd_pairs]
-            handles += [student.unet.get_submodule(s).register_forward_hook(hook(("s", s)))
-                        for _, s in student.kd_pairs]
-            forward(teacher), forward(student.unet)
-            for h in handles:
-                h.remove()
-            for t, s in student.kd_pairs:
-                assert feats[("t", t)].shape == feats[("s", s)].shape, (kind, genome.id, t, s)
-
-
 def test_bk_param_counts_on_the_sd_v14_architecture():
     teacher = architecture("sd-v1")
     space = load_space("unet_blocks").bind(topology_of(teacher.config))
@@ -150,7 +145,8 @@ def test_genome_that_does_not_fit_the_teacher_is_refused():
 
 def test_students_reload_in_a_process_that_never_imports_blocksearch(tmp_path):
     teacher = tiny_unet("sdxl")
-    cases = moves("sdxl")
+    cases = {name: genome for name, genome in moves("sdxl").items()
+             if not name.startswith("down_blocks")}  # the named designs, mid moves, innermost removed
     torch.manual_seed(0)
     inputs = unet_inputs(teacher.config, batch=2, device="cpu", text_len=7)
     save_file({k: v for k, v in inputs.items() if torch.is_tensor(v)} | {
