@@ -10,6 +10,7 @@ import logging
 import sys
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.toy.cli import add_toy_parser
 
 TEACHER_HELP = ("teacher: toy (bundled default), sd-v1 | sd-v2 | sdxl (published architectures on the "
                 "meta device: no weights), a local diffusers folder, or a hub id in the local HF cache")
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
     verbs = parser.add_subparsers(title="commands", metavar="<command>")
     _add_space(verbs)
+    _add_run(verbs)
+    _add_report(verbs)
+    _add_export(verbs)
+    _add_distill(verbs)
+    _add_evaluate(verbs)
+    _add_bench(verbs)
+    add_toy_parser(verbs)
     return parser
 
 
@@ -86,8 +94,8 @@ def _space_show(args) -> int:
     print(f"{'stage':14s} {'tied to':12s} {'layers kept':14s} {'attention / depth':20s} removable")
     for stage, n, lc, dc in zip(space.stages, bound.topology.layers, bound.layer_choices,
                                 bound.depth_choices):
-        depth = ", ".join(f"keep (depth {d})" for d in dc if d) + (", drop" if 0 in dc else "") \
-            if any(dc) else "-"
+        kept = [str(d) for d in dc if d]
+        depth = (f"keep (depth {'/'.join(kept)})" + (", drop" if 0 in dc else "")) if kept else "-"
         layers = ", ".join(map(str, lc)) + f" of {n}"
         print(f"{stage.name:14s} {stage.up:12s} {layers:14s} {depth:20s} {'yes' if stage.removable else 'no'}")
     print(f"{'mid_block':14s} {'':12s} {', '.join(space.mid_block)}")
@@ -100,7 +108,7 @@ def _space_show(args) -> int:
         unet = build_student(teacher, genome).unet
         rows.append((name, genome, count_params(unet), count_macs(unet, latent)))
     for name, genome, params, macs in rows:
-        print(f"{name:12s} {genome.id:28s} {_fmt(params):>9s} ({params / base_p:6.1%}) "
+        print(f"{name:12s} {genome.id:28s} {params / 1e6:8.1f}M ({params / base_p:6.1%}) "
               f"{_fmt(macs, 'G'):>9s} ({macs / base_m:6.1%})")
     print("\nMACs: one U-Net forward at batch 1, torch.utils.flop_counter (matmul, conv, attention).")
     return 0
@@ -111,6 +119,261 @@ def _fmt(n: float, billion: str = "B") -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(int(n))
+
+
+# -- blocksearch report / export ------------------------------------------------------------------
+STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, as blocksearch run)"
+
+
+def _add_report(verbs) -> None:
+    p = verbs.add_parser(
+        "report", help="write the Pareto-front report of a study",
+        description="Compute the Pareto front, hypervolume and dominance over the BK-SDM reference designs "
+                    "of a study, and write reports/<study>/: index.html (interactive), pareto.png, trials.csv, "
+                    "README.md.")
+    p.add_argument("--study", default="unet_blocks-toy", help="study name (default: unet_blocks-toy)")
+    p.add_argument("--storage", default=None, help=STORAGE_HELP)
+    p.add_argument("--out", default=None, help="output folder (default: reports/<study>/)")
+    p.add_argument("--hv-reference", default=None, metavar="V1,V2,...",
+                   help="hypervolume reference point, one value per objective in its own units (default: "
+                        "1.1 x the worst completed value); fix it to compare studies")
+    p.set_defaults(handler=_report)
+
+
+def _report(args) -> int:
+    from blocksearch.report import write_report
+
+    ref = None
+    if args.hv_reference:
+        try:
+            ref = tuple(float(v) for v in args.hv_reference.split(","))
+        except ValueError:
+            raise BlocksearchError(
+                f"--hv-reference {args.hv_reference!r}: expected numbers separated by commas") from None
+    folder = write_report(args.study, args.storage, args.out, ref)
+    print(f"report of study {args.study} written to {folder}/ (index.html, pareto.png, trials.csv, README.md)")
+    return 0
+
+
+def _add_export(verbs) -> None:
+    p = verbs.add_parser(
+        "export", help="export chosen students as diffusers StableDiffusionPipeline folders",
+        description="Write each chosen student as a folder that StableDiffusionPipeline.from_pretrained loads "
+                    "in plain diffusers: the student U-Net, the teacher's VAE, text encoder, tokenizer and "
+                    "scheduler, and a model card README.md. --front writes one subfolder per Pareto-optimal "
+                    "trial.")
+    p.add_argument("--study", default="unet_blocks-toy", help="study name (default: unet_blocks-toy)")
+    p.add_argument("--storage", default=None, help=STORAGE_HELP)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number (a completed trial)")
+    which.add_argument("--design", help="a named design's trial, e.g. bk_small")
+    which.add_argument("--front", action="store_true", help="every trial on the Pareto front")
+    p.add_argument("-o", "--out", required=True, help="output folder (refused if not empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="overwrite the pipeline files in a non-empty folder")
+    p.set_defaults(handler=_export)
+
+
+def _export(args) -> int:
+    from blocksearch.export import export_study
+
+    folders = export_study(args.study, args.storage, args.out, trial=args.trial, design=args.design,
+                           front=args.front, force=args.force)
+    print(f"exported {len(folders)} student(s) to: " + ", ".join(f"{f}/" for f in folders))
+    return 0
+
+
+# -- blocksearch run ------------------------------------------------------------------------------
+def _add_run(verbs) -> None:
+    p = verbs.add_parser(
+        "run", help="search a space: Optuna multi-objective study run on Ray Tune",
+        description="Search a space for Pareto-optimal students (FID, params, latency by default): an "
+                    "Optuna study in persistent storage, each trial (surgery -> distillation -> "
+                    "evaluation) run by Ray Tune. Re-running the same command resumes the study: "
+                    "finished trials are kept, an architecture is never trained twice, and the BK-SDM "
+                    "designs are evaluated once per study. Example: blocksearch run --space unet_blocks")
+    p.add_argument("--space", default="unet_blocks", help="space name or .yaml path (default: unet_blocks)")
+    p.add_argument("--teacher", default="toy", help=TEACHER_HELP + " (default: toy)")
+    p.add_argument("--trials", type=int, default=16,
+                   help="finished trials the study should reach, reference designs included (default: 16)")
+    p.add_argument("--study", default=None, help="study name (default: <space>-<teacher>)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db)")
+    p.add_argument("--runs-dir", default=None, help="where students and Ray results go (default: <cwd>/runs; the report goes to "
+                        "<runs-dir>/../reports/<study>)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster: 'auto' or host:port of 'ray start --head' (default: start a local Ray)")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface of a local Ray's dashboard (default: 127.0.0.1, this machine only)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="local Ray dashboard port (default: 8265)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: 0: CPU)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials in parallel (default: as many as the cluster's resources allow)")
+    p.add_argument("--steps", type=int, default=None, help="distillation steps per trial (default: distill's)")
+    p.add_argument("--eval-prompts", type=int, default=None, help="evaluation prompts (default: evaluate's)")
+    p.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | gp | random")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of distillation (default: 0)")
+    p.add_argument("--objectives", default="fid,params,latency_ms",
+                   help="comma-separated objectives: fid, params, latency_ms, macs (minimised), "
+                        "alignment (maximised) (default: fid,params,latency_ms)")
+    p.add_argument("--max-params", type=float, default=None,
+                   help="parameter budget: candidates above it are infeasible (an Optuna constraint)")
+    p.add_argument("--asha", action="store_true",
+                   help="stop weak candidates early (ASHA on the output-KD loss); they are recorded PRUNED")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from blocksearch.search import SearchConfig, run_search
+
+    run_search(SearchConfig(
+        space=args.space, teacher=args.teacher, trials=args.trials, study=args.study, storage=args.storage,
+        runs_dir=args.runs_dir, address=args.address, dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, steps=args.steps,
+        eval_prompts=args.eval_prompts, sampler=args.sampler, seed=args.seed,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        max_params=args.max_params, asha=args.asha, command=" ".join(["blocksearch"] + sys.argv[1:])))
+    return 0
+
+
+# -- blocksearch distill / evaluate / bench (issue 4) ------------------------------------------------
+def _add_distill(verbs) -> None:
+    p = verbs.add_parser(
+        "distill", help="cut a design out of the teacher and distil it (BK-SDM feature KD)",
+        description="Build a student from the teacher by block removal, train it by a short KD run "
+                    "(L = l_task*L_task + l_out*L_out_kd + l_feat*L_feat_kd, BK-SDM), and write DIR/unet "
+                    "(diffusers, safetensors), DIR/train_log.jsonl and DIR/distill.json.")
+    p.add_argument("--teacher", default="toy", help=TEACHER_HELP)
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="continue distilling a saved student (DIR/unet or a U-Net folder, e.g. an exported "
+                        "pipeline) instead of cutting --design out of the teacher")
+    p.add_argument("--design", default="bk_small", help="named design of the space (bk_base, bk_small, "
+                   "bk_tiny) or a genome id such as L1-1-1-1_T1-1-1-0_Mnone (default: bk_small)")
+    p.add_argument("--space", default="unet_blocks", help="space that names the designs")
+    p.add_argument("--steps", type=int, help="KD steps; 0 = surgery only (default: DistillConfig's)")
+    p.add_argument("-o", "--out", required=True, help="output folder for the student")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lambda-task", type=float)
+    p.add_argument("--lambda-out", type=float)
+    p.add_argument("--lambda-feat", type=float)
+    p.add_argument("--feat-norm", action="store_true", help="LAPTOP-Diff: divide each feature term by the "
+                   "teacher feature's mean square")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data", help="toy (default), or an imagefolder (images + metadata.jsonl/.csv "
+                   "with file_name and text)")
+    p.add_argument("--cache-dir", default=None, help="teacher cache folder (default ~/.cache/blocksearch)")
+    p.add_argument("--no-teacher-cache", action="store_true", help="run the teacher live at every step")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(handler=_distill)
+
+
+def _distill(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from blocksearch.distill import DistillConfig, distill, resolve_design, write_student
+    from blocksearch.surgery import build_student, load_student
+    from blocksearch.teachers import load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lambda_task=args.lambda_task,
+                 lambda_out=args.lambda_out, lambda_feat=args.lambda_feat, precision=args.precision,
+                 seed=args.seed, data=args.data)
+    config = DistillConfig(**{k: v for k, v in given.items() if v is not None}, feat_norm=args.feat_norm,
+                           cache_dir=args.cache_dir, teacher_cache=not args.no_teacher_cache)
+    teacher = load_teacher(args.teacher, args.device)
+    if args.init:  # continue distilling a saved student (e.g. an exported one, at full length)
+        student, name = load_student(args.init, teacher.unet), None
+        genome = student.genome
+    else:
+        genome, name = resolve_design(teacher.unet, args.design, args.space)
+        student = build_student(teacher.unet, genome)
+    result = distill(teacher, student, config, args.device)
+    meta = {"teacher": args.teacher, "design": name, "space": args.space, "distill": config.to_dict(),
+            "device": args.device, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+    out = write_student(Path(args.out), student, result, meta)
+    if result.losses:
+        first, last = result.losses[0], result.losses[-1]
+        print(f"{genome.id}: {config.steps} KD steps in {result.wall_s:.1f} s; loss {first['loss']:.4f} -> "
+              f"{last['loss']:.4f} (task {last['loss_task']:.4f}, out {last['loss_kd_out']:.4f}, "
+              f"feat {last['loss_kd_feat']:.4f})")
+    print(f"student written to {out / 'unet'} (log: {out / 'train_log.jsonl'})")
+    return 0
+
+
+def _add_evaluate(verbs) -> None:
+    p = verbs.add_parser(
+        "evaluate", help="score a student folder: FID, text alignment, params, MACs, latency",
+        description="Generate the fixed prompt set with fixed seeds using the student U-Net in the "
+                    "teacher's pipeline, then compute FID (torch-fidelity), text alignment, params, MACs "
+                    "and latency; print them and write DIR/metrics.json.")
+    p.add_argument("dir", help="a folder written by `blocksearch distill` (or any diffusers U-Net folder)")
+    p.add_argument("--teacher", default=None, help=TEACHER_HELP + " (default: the one in DIR/distill.json, else toy)")
+    p.add_argument("--prompts", type=int, help="number of prompts (default: EvalConfig's)")
+    p.add_argument("--sampler-steps", type=int, help="sampler steps (default: EvalConfig's)")
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--reference-images", type=int, help="toy: real images behind the FID reference statistics")
+    p.add_argument("--latency-repeats", type=int, help="timed repeats of the latency measurement")
+    p.add_argument("--reference", default=None, help="real teachers: imagefolder of reference images + captions")
+    p.add_argument("--inception-weights", default=None, help="real teachers: path to "
+                   "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's Inception)")
+    p.add_argument("--clip-model", default=None, help="real teachers: local CLIP model folder for alignment")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/blocksearch)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("-o", "--out", default=None, help="metrics JSON path (default DIR/metrics.json)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from blocksearch.evaluate import EvalConfig, evaluate
+    from blocksearch.teachers import load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = Path(args.dir)
+    sub = "unet" if (folder / "unet" / "config.json").is_file() else None
+    if sub is None and not (folder / "config.json").is_file():
+        raise BlocksearchError(f"{folder} has neither unet/config.json nor config.json; expected a folder "
+                               f"written by `blocksearch distill` or a diffusers U-Net folder")
+    info = json.loads((folder / "distill.json").read_text()) if (folder / "distill.json").is_file() else {}
+    teacher = load_teacher(args.teacher or info.get("teacher", "toy"), args.device)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True)
+    given = dict(prompts=args.prompts, steps=args.sampler_steps, guidance=args.guidance, seed=args.seed,
+                 reference_images=args.reference_images, latency_repeats=args.latency_repeats)
+    config = EvalConfig(**{k: v for k, v in given.items() if v is not None}, reference=args.reference,
+                        inception_weights=args.inception_weights, clip_model=args.clip_model,
+                        cache_dir=args.cache_dir)
+    metrics = evaluate(teacher, unet, config, args.device)
+    out = Path(args.out) if args.out else folder / "metrics.json"
+    out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
+    align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"
+    print(f"fid {metrics.fid:.4f}  alignment {align}  params {metrics.params / 1e6:.2f}M  "
+          f"MACs {metrics.macs / 1e9:.3f}G  latency {metrics.latency_ms:.2f} ms (cv {metrics.latency_cv:.1%})")
+    print(f"timings: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.timings.items()))
+    print(f"metrics written to {out}")
+    return 0
+
+
+def _add_bench(verbs) -> None:
+    from blocksearch import bench
+
+    p = verbs.add_parser("bench", help="performance figures (KD throughput, latency)",
+                         description="Measure performance figures side by side in one run.")
+    bench.add_commands(p.add_subparsers(title="bench commands", metavar="<bench command>"))
 
 
 if __name__ == "__main__":

@@ -104,10 +104,7 @@ def kd_pairs(genome: Genome, topo: Topology) -> tuple[tuple[str, str], ...]:
 def build_student(teacher: UNet2DConditionModel, genome: Genome) -> Student:
     """Cut ``teacher`` down to ``genome``; copy and shape-check every tensor; log the map."""
     topo = topology_of(teacher.config)
-    if len(genome.layers) not in (topo.n_stages, topo.n_stages - 1) or any(
-            k > n for k, n in zip(genome.layers, topo.layers)) or any(
-            d > t for d, t in zip(genome.depth, topo.depth)):
-        raise BlocksearchError(f"genome {genome.id} does not fit the teacher topology {topo}")
+    _check_fits(genome, topo)
     param = next(teacher.parameters())
     with torch.device(param.device):
         unet = UNet2DConditionModel.from_config(student_config(teacher.config, genome))
@@ -129,6 +126,38 @@ def build_student(teacher: UNet2DConditionModel, genome: Genome) -> Student:
     if fresh:
         log.warning("%s: %d tensors freshly initialised: %s", genome.id, len(fresh), fresh[:5])
     return Student(genome, unet, weight_map, tuple(fresh), kd_pairs(genome, topo))
+
+
+def _check_fits(genome: Genome, topo: Topology) -> None:
+    if len(genome.layers) not in (topo.n_stages, topo.n_stages - 1) or any(
+            k > n for k, n in zip(genome.layers, topo.layers)) or any(
+            d > t for d, t in zip(genome.depth, topo.depth)):
+        raise BlocksearchError(f"genome {genome.id} does not fit the teacher topology {topo}")
+
+
+def load_student(folder, teacher: UNet2DConditionModel) -> Student:
+    """A saved student (``DIR/unet`` or a U-Net folder) to continue distilling: its Genome is read back
+    from its config, and its KD pairs are derived against ``teacher`` as for a fresh cut."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    sub = "unet" if (folder / "unet" / "config.json").is_file() else None
+    if sub is None and not (folder / "config.json").is_file():
+        raise BlocksearchError(f"--init {folder}: no unet/config.json or config.json; expected a student "
+                               f"folder written by blocksearch distill/export or a diffusers U-Net folder")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True)
+    unet.to(next(teacher.parameters()).device)
+    own, topo = topology_of(unet.config), topology_of(teacher.config)
+    genome = Genome(own.layers, own.depth, own.mid)
+    _check_fits(genome, topo)
+    expected = student_config(teacher.config, genome)
+    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    differ = [k for k in ("block_out_channels", "cross_attention_dim", "in_channels", "attention_head_dim")
+              if as_tuple(expected.get(k)) != as_tuple(unet.config.get(k))]
+    if differ:
+        raise BlocksearchError(f"--init {folder}: {differ[0]} {unet.config.get(differ[0])} is not a cut of the "
+                               f"teacher's ({expected.get(differ[0])}); distil it from the teacher it came from")
+    return Student(genome, unet, {}, (), kd_pairs(genome, topo))
 
 
 def _module(key: str) -> str:

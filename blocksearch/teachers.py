@@ -7,10 +7,11 @@ is already in the local Hugging Face cache (this tool never downloads at run tim
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Topology
@@ -105,3 +106,65 @@ def _from_hub_cache(hub_id: str, device: str) -> UNet2DConditionModel:
             f"teacher {hub_id!r} is not in the local Hugging Face cache and this tool does not "
             f"download at run time (offline machine?); download it first (huggingface-cli download "
             f"{hub_id}) or pass a local folder ({type(err).__name__})") from None
+
+
+# -- whole pipelines (distill / evaluate need the VAE, text encoder and scheduler too) -------------
+@dataclass(frozen=True, eq=False)
+class Teacher:
+    """A loaded teacher pipeline; ``.unet`` is the teacher U-Net.
+
+    ``judge_path`` is set for the toy teacher (the bundled one, or a ``blocksearch toy build`` folder,
+    recognised by its ``judge.safetensors``): its FID and alignment use the toy judge.
+    """
+
+    name: str  # the --teacher spec: "toy", a folder, or a hub id
+    pipeline: StableDiffusionPipeline
+    judge_path: Path | None = None
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        return self.pipeline.unet
+
+    @property
+    def is_toy(self) -> bool:
+        return self.judge_path is not None
+
+
+def load_teacher(spec: str = "toy", device: str = "cpu") -> Teacher:
+    """The teacher pipeline named by ``--teacher`` (local files only); a clear error when missing."""
+    from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
+
+    if spec in ARCHITECTURES:
+        raise BlocksearchError(
+            f"teacher {spec!r} is an architecture without weights (for space/bench latency only); "
+            f"distill and evaluate need a pipeline: toy, a local diffusers folder, or a cached hub id")
+    if spec == "toy":
+        return Teacher(spec, load_toy_teacher(device=device), ASSETS / JUDGE_FILE)
+    folder = Path(spec)
+    if folder.exists():
+        if (folder / JUDGE_FILE).is_file():  # a `blocksearch toy build --out DIR` folder
+            return Teacher(spec, load_toy_teacher(device=device, path=folder), folder / JUDGE_FILE)
+        if not (folder / "model_index.json").is_file():
+            raise BlocksearchError(
+                f"teacher folder {folder} has no model_index.json; expected a diffusers "
+                f"StableDiffusionPipeline folder (save_pretrained)")
+        return Teacher(spec, _pipeline(str(folder), device))
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise BlocksearchError(
+            f"teacher {spec!r} is neither a folder that exists nor a hub id (owner/name); "
+            f"allowed: {TEACHER_CHOICES}")
+    try:
+        return Teacher(spec, _pipeline(spec, device))
+    except (OSError, ValueError) as err:
+        raise BlocksearchError(
+            f"teacher {spec!r} is not in the local Hugging Face cache and this machine is offline "
+            f"(blocksearch never downloads at run time); download it first (huggingface-cli download "
+            f"{spec}) or pass a local folder ({type(err).__name__})") from None
+
+
+def _pipeline(source: str, device: str) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(
+        source, local_files_only=True, use_safetensors=True, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -176,3 +176,19 @@ assert 'blocksearch' not in sys.modules
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
     assert json.loads((tmp_path / "s0" / "config.json").read_text())["_class_name"] == "UNet2DConditionModel"
+
+
+def test_saved_student_loads_back_with_its_genome_and_kd_pairs(tmp_path):
+    """`blocksearch distill --init DIR`: a saved student continues with the pairs a fresh cut would have."""
+    from blocksearch.surgery import load_student
+
+    teacher = tiny_unet("sd-v1")
+    cut = build_student(teacher, Genome((1, 2, 1), (1, 0, 1), "resnet"))
+    cut.unet.save_pretrained(tmp_path / "unet")
+    again = load_student(tmp_path, teacher)
+    assert again.genome == cut.genome and again.kd_pairs == cut.kd_pairs
+    assert torch.equal(forward(again.unet), forward(cut.unet))
+    with pytest.raises(BlocksearchError, match="not a cut of the teacher"):
+        load_student(tmp_path, tiny_unet("sd-v2"))
+    with pytest.raises(BlocksearchError, match="no unet/config.json"):
+        load_student(tmp_path / "nowhere", teacher)

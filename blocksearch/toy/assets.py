@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from blocksearch.errors import BlocksearchError
@@ -46,7 +46,8 @@ def _check_file(path: Path) -> None:
             raise _bad(path, f"corrupt ({type(e).__name__})") from None
     elif path.suffix == ".safetensors":
         try:
-            load_file(path)
+            with safe_open(path, "pt") as f:  # parses and bounds-checks the header without reading tensors
+                f.keys()
         except (SafetensorError, OSError, ValueError) as e:
             raise _bad(path, f"corrupt ({str(e).splitlines()[0][:80]})") from None
 
@@ -59,17 +60,23 @@ def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
     root = Path(path) if path is not None else ASSETS
     for f in TEACHER_FILES:
         _check_file(root / f)
+    from transformers.utils import logging as tlog
+
     verbosity = dlog.get_verbosity()
     dlog.set_verbosity_error()  # fp16-stored weights upcast to fp32: expected, not worth a warning
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            root, torch_dtype=torch.float32, local_files_only=True, safety_checker=None,
+            root, dtype=torch.float32, local_files_only=True, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ToyAssetError(f"toy teacher at {root} does not load ({str(e).splitlines()[0][:120]}); rebuild it with: {REBUILD}") from None
     finally:
         dlog.set_verbosity(verbosity)
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

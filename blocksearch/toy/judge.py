@@ -48,14 +48,15 @@ def scene_targets(scene: Scene) -> dict[str, int]:
 
 
 class ToyJudge(nn.Module):
-    """4 stride-2 conv stages (64 -> 4 px), a 64-d feature layer, one linear head per attribute."""
+    """4 stride-2 conv stages with GroupNorm (64 -> 4 px), a 64-d feature layer, one linear head per attribute."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         chans = (3, width, 2 * width, 4 * width, 4 * width)
         layers = []
         for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.SiLU(), nn.Conv2d(cout, cout, 3, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+                       nn.Conv2d(cout, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
         self.conv = nn.Sequential(*layers)
         self.feature = nn.Linear(chans[-1] * (RESOLUTION // 16) ** 2, FEATURE_DIM)
         self.heads = nn.ModuleDict({k: nn.Linear(FEATURE_DIM, len(v)) for k, v in HEADS.items()})
@@ -201,12 +202,13 @@ class ImageSet(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def toy_fid(images1: torch.Tensor, images2: torch.Tensor, cuda: bool = False) -> float:
-    """FID between two uint8 (N,3,H,W) image sets through torch-fidelity with the "toy-judge" extractor."""
+def toy_fid(images1: torch.Tensor, images2: torch.Tensor, judge_path=None, cuda: bool = False) -> float:
+    """FID between two uint8 (N,3,H,W) image sets via torch-fidelity's "toy-judge" extractor (default: bundled judge)."""
     import torch_fidelity
 
     m = torch_fidelity.calculate_metrics(
         input1=ImageSet(images1), input2=ImageSet(images2), fid=True, feature_extractor="toy-judge",
         cuda=cuda, cache=False, verbose=False, save_cpu_ram=True,
+        feature_extractor_weights_path=None if judge_path is None else str(judge_path),
     )
     return float(m["frechet_inception_distance"])

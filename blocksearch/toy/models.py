@@ -103,4 +103,6 @@ def make_train_scheduler() -> DDPMScheduler:
 
 def make_sample_scheduler() -> DPMSolverMultistepScheduler:
     """DPM-Solver++ (Lu et al., arXiv 2211.01095), 2nd order: good samples in 20 steps."""
-    return DPMSolverMultistepScheduler(**SCHEDULE, prediction_type="epsilon", algorithm_type="dpmsolver++")
+    return DPMSolverMultistepScheduler(
+        **SCHEDULE, prediction_type="epsilon", algorithm_type="dpmsolver++", steps_offset=1
+    )

@@ -179,7 +179,7 @@ def heldout_prompts(n: int = 64) -> list[tuple[str, int]]:
     captions = all_captions()
     singles, pairs = captions[:24], captions[24:]
     chosen = singles[: min(n, 24)] + [pairs[i] for i in rng.permutation(len(pairs))[: max(0, n - 24)]]
-    seeds = rng.integers(2**31, 2**32 - 1, size=len(chosen))  # disjoint from nothing by design; own stream
+    seeds = rng.integers(2**31, 2**32 - 1, size=len(chosen))  # fixed; training draws from other seed streams
     return [(p, int(s)) for p, s in zip(chosen, seeds)]
 
 

@@ -1,0 +1,205 @@
+"""KD training data: a fixed, seeded stream of batches (noisy latent, timestep, text embedding, target).
+
+Sources: the toy world's generator, or a user's folder of captioned images in the Hugging Face
+``imagefolder`` layout (``metadata.jsonl`` or ``metadata.csv`` with ``file_name`` and ``text``
+columns), whose VAE latents and text embeddings are encoded once and cached on disk. Noise follows
+the teacher's training schedule (DDPM forward process, Ho et al. 2020); the target is the noise
+(epsilon prediction) or the velocity (v-prediction, Salimans & Ho 2022) as the teacher's scheduler says.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from blocksearch.errors import BlocksearchError
+
+CAPTION_DROPOUT = 0.1  # as the teacher was trained: keeps the unconditional branch of CFG alive
+CAPTION_COLUMNS = ("text", "caption")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One KD batch: the student and teacher both see (noisy, timesteps, text); target is eps or v."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    text: torch.Tensor
+    target: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.noisy, self.timesteps, self.text, self.target)))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BLOCKSEARCH_CACHE", Path.home() / ".cache" / "blocksearch"))
+
+
+def fingerprint(*modules: torch.nn.Module) -> str:
+    """A cheap, stable identity of weights: names, shapes and the leading values of every tensor."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class BatchStream:
+    """Batch ``i`` of the stream is a pure function of (teacher, data, seed, batch size, i)."""
+
+    def __init__(self, pipeline, data: str = "toy", batch_size: int = 16, seed: int = 0,
+                 cache_dir: Path | None = None):
+        self.pipe, self.data, self.batch_size, self.seed = pipeline, data, batch_size, seed
+        self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise BlocksearchError(f"teacher scheduler prediction_type {self.prediction_type!r} is not "
+                                   f"supported; allowed: epsilon, v_prediction")
+        self.folder = None if data == "toy" else ImageFolder(data, pipeline, cache_dir or default_cache_dir())
+        self._empty = None
+
+    @property
+    def identity(self) -> dict:
+        return {"data": self.data if self.folder is None else self.folder.identity, "seed": self.seed,
+                "batch_size": self.batch_size, "prediction_type": self.prediction_type,
+                "caption_dropout": CAPTION_DROPOUT,
+                "encoders": fingerprint(self.pipe.vae, self.pipe.text_encoder)}
+
+    @torch.no_grad()
+    def __getitem__(self, i: int) -> Batch:
+        gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
+        if self.folder is None:
+            latents, text = self._toy(i, gen)
+        else:
+            latents, text = self.folder.sample(self.batch_size, gen)
+        drop = torch.rand(len(text), generator=gen) < CAPTION_DROPOUT
+        text = torch.where(drop[:, None, None], self.empty_text(), text)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
+        return Batch(noisy, t, text, target)
+
+    def _toy(self, i: int, gen: torch.Generator):
+        from blocksearch.toy import sample_batch
+
+        images, captions, _ = sample_batch(self.batch_size, 0xD157 + self.seed, i)
+        return encode_images(self.pipe, images, gen), encode_text(self.pipe, captions)
+
+    def empty_text(self) -> torch.Tensor:
+        if self._empty is None:
+            self._empty = encode_text(self.pipe, [""])
+        return self._empty
+
+
+def hash_seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+@torch.no_grad()
+def encode_images(pipe, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Images in [-1, 1] -> scaled VAE latents (one sample of the posterior)."""
+    vae = pipe.vae
+    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+    return (dist.mean + dist.std * noise).float().cpu() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def encode_text(pipe, captions: list[str]) -> torch.Tensor:
+    tok = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float().cpu()
+
+
+class ImageFolder:
+    """A Hugging Face imagefolder of captioned images, encoded once (VAE latents + text embeddings)."""
+
+    def __init__(self, root: str, pipe, cache_dir: Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise BlocksearchError(f"dataset folder {root} does not exist; pass 'toy' or an imagefolder "
+                                   f"(images + metadata.jsonl or metadata.csv with file_name and text)")
+        self.items = read_metadata(self.root)
+        meta = next(p for p in (self.root / "metadata.jsonl", self.root / "metadata.csv") if p.exists())
+        stat = meta.stat()
+        self.identity = {"folder": str(self.root.resolve()), "items": len(self.items),
+                         "metadata": [stat.st_size, int(stat.st_mtime)]}
+        key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder)])
+                             .encode()).hexdigest()[:16]
+        path = cache_dir / f"dataset-{key}.safetensors"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file(self._encode(pipe), tmp)
+            os.replace(tmp, path)
+        cached = load_file(path)
+        self.latents, self.text = cached["latents"], cached["text"]
+
+    def _encode(self, pipe) -> dict[str, torch.Tensor]:
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        gen = torch.Generator().manual_seed(0)
+        latents, text = [], []
+        for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch"):
+            chunk = self.items[i:i + 16]
+            images = torch.stack([load_image(self.root / f, size) for f, _ in chunk])
+            latents.append(encode_images(pipe, images, gen))
+            text.append(encode_text(pipe, [c for _, c in chunk]))
+        return {"latents": torch.cat(latents).contiguous(), "text": torch.cat(text).contiguous()}
+
+    def sample(self, n: int, gen: torch.Generator):
+        idx = torch.randint(0, len(self.latents), (n,), generator=gen)
+        return self.latents[idx], self.text[idx]
+
+
+def read_metadata(root: Path) -> list[tuple[str, str]]:
+    """(file_name, caption) rows of metadata.jsonl / metadata.csv; a clear error when captions are missing."""
+    jsonl, table = root / "metadata.jsonl", root / "metadata.csv"
+    if jsonl.exists():
+        try:
+            rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        except ValueError as err:
+            raise BlocksearchError(f"{jsonl}: not JSON lines ({err})") from None
+    elif table.exists():
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise BlocksearchError(
+            f"dataset folder {root} has no captions: expected metadata.jsonl or metadata.csv with "
+            f"columns file_name and text (Hugging Face imagefolder layout)")
+    source = jsonl if jsonl.exists() else table
+    column = next((c for c in CAPTION_COLUMNS if rows and c in rows[0]), None)
+    if not rows or "file_name" not in rows[0] or column is None:
+        raise BlocksearchError(f"{source}: needs columns file_name and a caption column "
+                               f"({' or '.join(CAPTION_COLUMNS)}); found {sorted(rows[0]) if rows else 'no rows'}")
+    items = [(r["file_name"], str(r[column])) for r in rows]
+    missing = [f for f, _ in items if not (root / f).is_file()]
+    if missing:
+        raise BlocksearchError(f"{source}: {len(missing)} images are missing, e.g. {root / missing[0]}")
+    return items
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """RGB image -> (3, size, size) in [-1, 1]: resize the short side, centre-crop."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = size / min(im.size)
+        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
+                       Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    return x.permute(2, 0, 1).float().div(127.5).sub(1)

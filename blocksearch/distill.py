@@ -1,0 +1,224 @@
+"""Distillation: a short feature-level KD run of a student against its teacher (BK-SDM, arXiv 2305.15798).
+
+    L = lambda_task * MSE(eps_s, eps) + lambda_out * MSE(eps_s, eps_t) + lambda_feat * sum_l MSE(F_s^l, F_t^l)
+
+over the layer pairs that surgery derived (``Student.kd_pairs``: the output of every surviving stage).
+With ``feat_norm`` each feature term is divided by the teacher feature's mean square, i.e.
+||F_s - F_t||^2 / ||F_t||^2 (LAPTOP-Diff's normalised distillation, arXiv 2404.11098, which
+balances layers whose features differ in scale). The target is the noise or, for a v-prediction
+teacher, the velocity. Teacher outputs come from the teacher cache (computed once per study) or are
+computed live under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from blocksearch.data import Batch, BatchStream, default_cache_dir
+from blocksearch.errors import BlocksearchError
+from blocksearch.surgery import Student
+from blocksearch.teacher_cache import DEFAULT_CAP_GB, FeatureHooks, open_cache, teacher_forward
+from blocksearch.teachers import Teacher
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """One KD run. Defaults: BK-SDM's loss weights; steps/batch sized for the toy teacher on one CPU thread."""
+
+    steps: int = 120
+    batch_size: int = 16
+    lr: float = 5e-4
+    lambda_task: float = 1.0
+    lambda_out: float = 1.0
+    lambda_feat: float = 1.0
+    feat_norm: bool = False  # LAPTOP-Diff normalised feature loss
+    precision: str = "fp32"  # or mixed precision: "bf16" (CPU/GPU), "fp16" (CUDA)
+    seed: int = 0
+    data: str = "toy"  # "toy" or an imagefolder path
+    cache_dir: str | None = None  # default: $BLOCKSEARCH_CACHE or ~/.cache/blocksearch
+    teacher_cache: bool = True  # reuse teacher outputs across candidates
+    cache_gb: float = DEFAULT_CAP_GB
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise BlocksearchError(f"precision {self.precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+        for name, low in (("steps", 0), ("batch_size", 1)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise BlocksearchError(f"distill {name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        if not self.lr > 0 or min(self.lambda_task, self.lambda_out, self.lambda_feat) < 0:
+            raise BlocksearchError("distill lr must be > 0 and every lambda >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BlocksearchError(f"unknown distill settings {sorted(unknown)}; "
+                                   f"allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    losses: list[dict]  # per step: step, loss, loss_task, loss_kd_out, loss_kd_feat
+    wall_s: float  # the whole run, teacher cache included
+    teacher_s: float = 0.0  # computing or loading the teacher cache (or the live teacher forwards)
+    cache_path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def feature_loss(s: torch.Tensor, t: torch.Tensor, norm: bool) -> torch.Tensor:
+    """MSE(F_s, F_t), or divided by mean(F_t^2) (LAPTOP-Diff)."""
+    loss = F.mse_loss(s.float(), t.float())
+    return loss / t.float().pow(2).mean().clamp_min(1e-8) if norm else loss
+
+
+class Distiller:
+    """The KD recipe: set up (optimizer, hooks) -> ``step`` per batch -> ``close``."""
+
+    def __init__(self, teacher: Teacher, student: Student, config: DistillConfig, device="cpu"):
+        self.teacher, self.student, self.config, self.device = teacher, student, config, torch.device(device)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise BlocksearchError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        self.pairs = student.kd_pairs
+        self.unet = student.unet.to(self.device).train().requires_grad_(True)
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=1e-2)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.hooks = FeatureHooks(self.unet, [s for _, s in self.pairs])
+        self._teacher_hooks = None
+
+    def autocast(self):
+        if self.config.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def teacher_targets(self, batch: Batch):
+        """Live teacher output and the paired features (no cache), under no_grad."""
+        if self._teacher_hooks is None:
+            self.teacher.unet.eval().requires_grad_(False)
+            self._teacher_hooks = FeatureHooks(self.teacher.unet, [t for t, _ in self.pairs])
+        with self.autocast():
+            return teacher_forward(self.teacher.unet, self._teacher_hooks, batch)
+
+    def losses(self, batch: Batch, t_out: torch.Tensor, t_feats: dict) -> dict[str, torch.Tensor]:
+        c = self.config
+        with self.autocast():
+            pred = self.unet(batch.noisy, batch.timesteps, batch.text).sample.float()
+        s_feats = self.hooks.pop()
+        loss_task = F.mse_loss(pred, batch.target)
+        loss_kd_out = F.mse_loss(pred, t_out.float())
+        loss_kd_feat = sum(feature_loss(s_feats[s], t_feats[t], c.feat_norm) for t, s in self.pairs)
+        loss = c.lambda_task * loss_task + c.lambda_out * loss_kd_out + c.lambda_feat * loss_kd_feat
+        return dict(loss=loss, loss_task=loss_task, loss_kd_out=loss_kd_out, loss_kd_feat=loss_kd_feat)
+
+    def step(self, step: int, batch: Batch, t_out: torch.Tensor, t_feats: dict) -> dict:
+        """One optimizer step; raises on a non-finite loss before touching the weights."""
+        terms = self.losses(batch, t_out, t_feats)
+        record = {"step": step} | {k: float(v.detach()) for k, v in terms.items()}
+        if not all(math.isfinite(v) for v in record.values()):
+            raise BlocksearchError(
+                f"non-finite loss at step {step} (" + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                                 if k != "step")
+                + "); lower --lr or use --precision fp32; no student was written")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.config.max_grad_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return record
+
+    def close(self) -> None:
+        self.hooks.remove()
+        if self._teacher_hooks is not None:
+            self._teacher_hooks.remove()
+        self.unet.eval().requires_grad_(False)
+
+
+def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu"):
+    """Build (or find) the teacher cache of ``config`` once, e.g. in the search driver before its trials."""
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    stream = BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir)
+    return open_cache(teacher.name, teacher.unet, stream, config.steps, cache_dir, config.cache_gb, device=device)
+
+
+def distill(teacher: Teacher, student: Student, config: DistillConfig, device="cpu",
+            on_step: Callable[[int, dict], None] | None = None, progress: bool = True) -> DistillResult:
+    """Train ``student.unet`` in place by KD; ``on_step(step, record)`` after each step (may raise to stop)."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    stream = BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir)
+    cache = None
+    if config.teacher_cache and config.steps:
+        cache = prepare_teacher_cache(teacher, config, device)
+    teacher_s = time.perf_counter() - start
+    recipe = Distiller(teacher, student, config, device)
+    losses = []
+    try:
+        bar = tqdm(range(config.steps), desc=f"distill {student.genome.id}", unit="step", disable=not progress)
+        for i in bar:
+            if cache is not None:
+                batch, t_out, t_feats = cache[i]
+                batch, t_out = batch.to(device), t_out.to(device)
+                t_feats = {k: v.to(device) for k, v in t_feats.items()}
+            else:
+                t0 = time.perf_counter()
+                batch = stream[i].to(device)
+                t_out, t_feats = recipe.teacher_targets(batch)
+                teacher_s += time.perf_counter() - t0
+            record = recipe.step(i + 1, batch, t_out, t_feats)
+            losses.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if on_step is not None:
+                on_step(i + 1, record)
+    finally:
+        recipe.close()
+    return DistillResult(losses, time.perf_counter() - start, teacher_s,
+                         str(cache.path) if cache is not None else None)
+
+
+def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
+    """(Genome, design name or None) for a named design of ``space`` or a genome id."""
+    from blocksearch.space import Genome, load_space
+    from blocksearch.teachers import topology_of
+
+    bound = load_space(space).bind(topology_of(teacher_unet.config))
+    if design in bound.space.designs:
+        return bound.design(design), design
+    if not design.startswith("L"):
+        raise BlocksearchError(f"unknown design {design!r}; allowed: {sorted(bound.space.designs)} or a "
+                               f"genome id such as 'L1-1-1-1_T1-1-1-0_Mnone'")
+    genome = Genome.from_id(design)
+    bound.check(genome)
+    return genome, None
+
+
+def write_student(out: Path, student: Student, result: DistillResult, meta: dict) -> Path:
+    """``out/unet`` (diffusers, safetensors), ``out/train_log.jsonl`` and ``out/distill.json``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    student.unet.save_pretrained(out / "unet", safe_serialization=True)
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.losses))
+    info = meta | {"genome": student.genome.id, "kd_pairs": [list(p) for p in student.kd_pairs],
+                   "fresh_tensors": list(student.fresh), "wall_s": round(result.wall_s, 2),
+                   "teacher_s": round(result.teacher_s, 2), "teacher_cache": result.cache_path,
+                   "final_loss": result.losses[-1] if result.losses else None}
+    (out / "distill.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out

@@ -1,0 +1,115 @@
+"""Pareto fronts and hypervolume for minimisation problems (shared by search, bench and report).
+
+Hypervolume: the volume dominated by a front and bounded by a reference point (Zitzler & Thiele,
+1998), computed exactly by slicing along the last objective (HSO, While et al., IEEE TEC 2006):
+hv_d(P) = sum over slices of (slice height) * hv_{d-1}(points below the slice). Exact and fast enough
+for the few hundred points of a study. Optuna 5 has no public hypervolume API, hence this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+REFERENCE = 1.1  # reference point of normalised hypervolume: 10% beyond the worst value, per objective
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` Pareto-dominates ``b`` (minimisation): no worse in every objective, better in one."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def non_dominated_sort(points: Sequence[Sequence[float]]) -> list[list[int]]:
+    """Fronts of indices, best first (NSGA-II's non-dominated sorting, Deb et al. 2002); equal points
+    share a front."""
+    left, fronts = list(range(len(points))), []
+    while left:
+        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left)]
+        fronts.append(front)
+        left = [i for i in left if i not in front]
+    return fronts
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points (minimisation)."""
+    return non_dominated_sort(points)[0] if len(points) else []
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised).
+
+    A row is dominated when another row is <= in every column and < in one; duplicates of a
+    non-dominated row are all kept."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (points x objectives), got shape {values.shape}")
+    n = len(values)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        le = np.all(values <= values[i], axis=1)
+        lt = np.any(values < values[i], axis=1)
+        mask[i] = not np.any(le & lt)
+    return mask
+
+
+def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:
+    """Exact hypervolume dominated by ``points`` (minimisation) and bounded by ``reference``.
+
+    Points that do not strictly dominate the reference point contribute nothing."""
+    ref = np.asarray(reference, dtype=float)
+    pts = np.asarray(points, dtype=float)
+    if pts.size == 0:
+        return 0.0
+    if pts.ndim != 2 or pts.shape[1] != len(ref):
+        raise ValueError(f"points have shape {pts.shape} but the reference point has {len(ref)} objectives")
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[pareto_mask(pts)]
+    return _hv(np.unique(pts, axis=0), ref)
+
+
+def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
+    if pts.shape[1] == 1:
+        return float(ref[0] - pts[:, 0].min())
+    if pts.shape[1] == 2:  # sweep: sort by the first objective, add the rectangles
+        order = pts[np.argsort(pts[:, 0])]
+        volume, best_y = 0.0, ref[1]
+        for x, y in order:
+            if y < best_y:
+                volume += (ref[0] - x) * (best_y - y)
+                best_y = y
+        return float(volume)
+    order = pts[np.argsort(pts[:, -1])]
+    volume = 0.0
+    for i in range(len(order)):
+        top = order[i + 1, -1] if i + 1 < len(order) else ref[-1]
+        height = top - order[i, -1]
+        if height > 0:
+            below = order[: i + 1, :-1]
+            volume += height * _hv(below[pareto_mask(below)], ref[:-1])
+    return float(volume)
+
+
+def normalise(values: np.ndarray, lower: Sequence[float], upper: Sequence[float]) -> np.ndarray:
+    """Scale each objective to [0, 1] between ``lower`` (best) and ``upper`` (worst)."""
+    lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+    span = np.where(upper > lower, upper - lower, 1.0)
+    return (np.asarray(values, dtype=float) - lower) / span
+
+
+def normalised_hypervolume(values: np.ndarray, lower: Sequence[float], upper: Sequence[float],
+                           reference: float = REFERENCE) -> float:
+    """Hypervolume of ``values`` scaled to [0, 1] per objective, reference point ``reference``^d."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return 0.0
+    scaled = normalise(values, lower, upper)
+    return hypervolume(scaled, [reference] * scaled.shape[1])
+
+
+def to_minimise(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Negate the columns whose direction is ``maximize`` so every column is minimised."""
+    sign = np.array([-1.0 if d.lower().startswith("max") else 1.0 for d in directions])
+    return np.asarray(values, dtype=float) * sign

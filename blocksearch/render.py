@@ -1,0 +1,298 @@
+"""Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib), trials.csv, README.md.
+
+Renderers only format what :func:`blocksearch.report.build_report` computed; they compute nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+
+from blocksearch.report import ParetoReport, TrialPoint
+
+FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
+LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
+          "macs": "MACs per U-Net forward", "alignment": "text alignment"}
+
+
+def fmt(name: str, value) -> str:
+    """Human units: parameters and MACs with K/M/G, latency in ms, other numbers to 4 significant digits."""
+    if value is None:
+        return "-"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if name in ("params", "macs"):
+        for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f}{unit}"
+        return f"{value:.0f}"
+    if name == "latency_ms":
+        return f"{value:.2f} ms"
+    return f"{value:.4g}"
+
+
+def render_all(report: ParetoReport, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.html").write_text(render_html(report), encoding="utf-8")
+    render_png(report, folder / "pareto.png")
+    render_csv(report, folder / "trials.csv")
+    (folder / "README.md").write_text(render_markdown(report), encoding="utf-8")
+
+
+def _summary(r: ParetoReport) -> str:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r.counts.items())) or "none"
+    notes = [f"{n} {what}" for n, what in (
+        (sum(t.cached_from is not None for t in r.trials), "cache hits (a Genome already trained; not ranked again)"),
+        (sum(not t.feasible for t in r.trials), "over a constraint such as --max-params (not ranked)"),
+        (sum(t.skipped for t in r.trials), "duplicate suggestions skipped")) if n]
+    return f"{len(r.trials)} trials ({counts})" + ("; " + "; ".join(notes) if notes else "")
+
+
+def _hover(r: ParetoReport, t: TrialPoint) -> str:
+    values = " · ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, t.values))
+    where = "on the Pareto front" if t.on_front else f"rank {t.rank} (dominated)"
+    arch = re.sub(r"; (?=down_blocks|mid_block)", "<br>", html.escape(t.architecture))  # a line per stage
+    return f"<b>{html.escape(t.label)}</b> · {where}<br>{values}<br>{t.genome}<br>{arch}"
+
+
+# -- index.html ------------------------------------------------------------------------------------
+def _figures(r: ParetoReport) -> list[tuple[str, object]]:
+    import plotly.graph_objects as go
+
+    groups = [("Pareto front", [t for t in r.ranked if t.on_front], FRONT_COLOR, 11, "circle"),
+              ("dominated", [t for t in r.ranked if not t.on_front], OTHER_COLOR, 8, "circle")]
+    refs = [r.trial(n) for n in r.reference_trials.values()]
+    y, figures = r.objectives[0], []
+    for j, x in enumerate(r.objectives[1:], start=1):
+        fig = go.Figure()
+        for name, pts, color, size, symbol in groups:
+            fig.add_trace(go.Scatter(
+                x=[t.values[j] for t in pts], y=[t.values[0] for t in pts], mode="markers", name=name,
+                marker=dict(color=color, size=size, symbol=symbol), hovertext=[_hover(r, t) for t in pts],
+                hoverinfo="text"))
+        fig.add_trace(go.Scatter(
+            x=[t.values[j] for t in refs], y=[t.values[0] for t in refs], mode="markers+text",
+            name="BK-SDM reference designs", text=[t.design or t.label for t in refs], textposition="top center",
+            marker=dict(color=REF_COLOR, size=18, symbol="star-open", line=dict(width=2)),
+            hovertext=[_hover(r, t) for t in refs], hoverinfo="text"))
+        fig.update_layout(title=f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", xaxis_title=LABELS.get(x, x),
+                          yaxis_title=LABELS.get(y, y), height=480, template="plotly_white")
+        figures.append((f"plot-{y}-{x}", fig))
+    if len(r.objectives) >= 3:
+        a, b, c = r.objectives[1], r.objectives[2], r.objectives[0]
+        fig = go.Figure()
+        for name, pts, color, size, symbol in groups + [("BK-SDM reference designs", refs, REF_COLOR, 9,
+                                                          "diamond-open")]:
+            fig.add_trace(go.Scatter3d(
+                x=[t.values[1] for t in pts], y=[t.values[2] for t in pts], z=[t.values[0] for t in pts],
+                mode="markers", name=name, marker=dict(color=color, size=size * 0.6, symbol=symbol),
+                hovertext=[_hover(r, t) for t in pts], hoverinfo="text"))
+        fig.update_layout(title=f"the front across {a}, {b} and {c} (drag to rotate)", height=620,
+                          scene=dict(xaxis_title=a, yaxis_title=b, zaxis_title=c), template="plotly_white")
+        figures.append(("plot-3d", fig))
+    return figures
+
+
+def render_html(r: ParetoReport) -> str:
+    """One self-contained page: plotly.js is embedded inline (no CDN: the page works offline)."""
+    from plotly.offline import get_plotlyjs
+
+    body = [f"<h1>blocksearch report: {html.escape(r.study)}</h1>",
+            f"<p>{html.escape(_summary(r))}; objectives: {', '.join(f'{o} ({d})' for o, d in zip(r.objectives, r.directions))}."
+            f" Every trial: <a href='trials.csv'>trials.csv</a>; summary: <a href='README.md'>README.md</a>.</p>"]
+    if not r.ranked:
+        body.append("<p id='no-trials'><b>No completed trials yet</b>: nothing to plot. "
+                    "Run or resume the search with <code>blocksearch run</code>.</p>")
+    else:
+        hv = "-" if r.hypervolume is None else f"{r.hypervolume:.4f}"
+        ref = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, r.reference_point))
+        body.append(f"<p>Pareto front: {len(r.front)} of {len(r.ranked)} completed trials (red); BK-SDM reference "
+                    f"designs are the blue stars. Hypervolume {hv} with reference point ({html.escape(ref)}): "
+                    f"{html.escape(r.reference_rule)}. Hover over a point for its architecture.</p>")
+        for div_id, fig in _figures(r):
+            body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                                    config={"displaylogo": False}))
+    body.append(_html_table(r))
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>blocksearch: {html.escape(r.study)}</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+            + "\n".join(body) + "</body></html>")
+
+
+def _html_table(r: ParetoReport) -> str:
+    if not r.front:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["trial", "design", *r.objectives, "architecture vs the teacher"])
+    rows = []
+    for n in r.front:
+        t = r.trial(n)
+        cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)), t.architecture]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<h2>Pareto front</h2><table id='front'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+# -- pareto.png ------------------------------------------------------------------------------------
+def render_png(r: ParetoReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    xs = list(range(1, len(r.objectives))) or [0]
+    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.2), squeeze=False)
+    for ax, j in zip(axes[0], xs):
+        if not r.ranked:
+            ax.text(0.5, 0.5, f"{r.study}: no completed trials yet", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        y = r.objectives[0]
+        other = [t for t in r.ranked if not t.on_front]
+        front = [r.trial(n) for n in r.front]
+        ax.scatter([t.values[j] for t in other], [t.values[0] for t in other], c=OTHER_COLOR, s=22,
+                   label="dominated")
+        ax.scatter([t.values[j] for t in front], [t.values[0] for t in front], c=FRONT_COLOR, s=36,
+                   label="Pareto front", zorder=3)
+        for name, n in r.reference_trials.items():
+            t = r.trial(n)
+            ax.scatter([t.values[j]], [t.values[0]], marker="*", s=220, facecolors="none", edgecolors=REF_COLOR,
+                       linewidths=1.5, zorder=4, label="BK-SDM designs" if name == next(iter(r.reference_trials)) else None)
+            ax.annotate(name, (t.values[j], t.values[0]), textcoords="offset points", xytext=(6, 6), fontsize=8,
+                        color=REF_COLOR)
+        if r.objectives[j] in ("params", "macs"):
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_xlabel(LABELS.get(r.objectives[j], r.objectives[j]))
+        ax.set_ylabel(LABELS.get(y, y))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    hv = "" if r.hypervolume is None else f", hypervolume {r.hypervolume:.3f}"
+    fig.suptitle(f"{r.study}: {len(r.front)} of {len(r.ranked)} completed trials Pareto-optimal across "
+                 f"{', '.join(r.objectives)} (red){hv}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+# -- trials.csv ------------------------------------------------------------------------------------
+def render_csv(r: ParetoReport, path: Path) -> None:
+    """Every trial, one row: state, genome, design, rank, objective values, metrics, timings, error."""
+    metric_keys = sorted({k for t in r.trials for k, v in t.metrics.items() if not isinstance(v, (dict, list))})
+    timing_keys = sorted({k for t in r.trials for k in t.timings})
+    header = ["number", "state", "genome", "design", "rank", "on_front", *r.objectives,
+              *(f"metrics.{k}" for k in metric_keys), *(f"timings.{k}" for k in timing_keys),
+              "duration_s", "cached_from", "feasible", "pruned_at", "architecture", "student_dir", "error"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for t in r.trials:
+            out.writerow([t.number, t.state, t.genome or "", t.design or "", "" if t.rank is None else t.rank,
+                          t.on_front, *(t.values or ("",) * len(r.objectives)),
+                          *(t.metrics.get(k, "") for k in metric_keys), *(t.timings.get(k, "") for k in timing_keys),
+                          "" if t.duration_s is None else round(t.duration_s, 3),
+                          "" if t.cached_from is None else t.cached_from, t.feasible,
+                          json.dumps(t.pruned_at) if t.pruned_at else "", t.architecture,
+                          t.student_dir or "", t.error or ""])
+
+
+# -- README.md -------------------------------------------------------------------------------------
+def _kv(d) -> str:
+    if not isinstance(d, dict):
+        return f"`{d}`"
+    return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
+
+
+def render_markdown(r: ParetoReport) -> str:
+    lines = [f"# blocksearch report: `{r.study}`", "", "![Pareto front](pareto.png)", "",
+             f"Study `{r.study}` in `{r.storage}`: {_summary(r)}. Objectives: "
+             + ", ".join(f"{o} ({d})" for o, d in zip(r.objectives, r.directions))
+             + ". Interactive plots: [index.html](index.html) (hover a point for its architecture); every "
+               "trial: [trials.csv](trials.csv).", ""]
+    if r.teacher_note:
+        lines += [f"Note: {r.teacher_note}.", ""]
+    if not r.ranked:
+        lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
+                  "`blocksearch run`; finished trials are kept in the study.", ""]
+    else:
+        lines += _front_md(r) + _hypervolume_md(r) + _reference_md(r)
+    lines += _measured_md(r) + _unfinished_md(r)
+    return "\n".join(lines) + "\n"
+
+
+def _front_md(r: ParetoReport) -> list[str]:
+    extra = [k for k in ("macs", "alignment") if k not in r.objectives]
+    head = ["trial", "design", *r.objectives, *extra, "architecture vs the teacher (diffusers modules)"]
+    lines = [f"## Pareto front ({len(r.front)} of {len(r.ranked)} completed trials)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in r.front:
+        t = r.trial(n)
+        cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)),
+                 *(fmt(k, t.metrics.get(k)) for k in extra), t.architecture]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _hypervolume_md(r: ParetoReport) -> list[str]:
+    if r.hypervolume is None:
+        return ["## Hypervolume", "", "Not defined: the [0, r] box needs positive objective values.", ""]
+    ref = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, r.reference_point))
+    lines = ["## Hypervolume", "", f"**{r.hypervolume:.4f}** with reference point r = ({ref}); {r.reference_rule}."]
+    if r.reference_hypervolume is not None:
+        lines.append(f"The BK-SDM reference designs alone reach {r.reference_hypervolume:.4f} with the same r.")
+    return lines + [""]
+
+
+def _reference_md(r: ParetoReport) -> list[str]:
+    lines = ["## Against the BK-SDM reference designs", ""]
+    if not r.reference_designs:
+        return lines + ["The study names no reference designs (user attr `reference_designs`).", ""]
+    for name, genome in r.reference_designs.items():
+        if name not in r.reference_trials:
+            lines.append(f"- **{name}** (`{genome}`): no completed trial.")
+            continue
+        t = r.trial(r.reference_trials[name])
+        values = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, t.values))
+        doms = [d for d in r.dominations if d.reference == name]
+        if not doms:
+            lines.append(f"- **{name}** (trial {t.number}: {values}): no searched design dominates it.")
+            continue
+        lines.append(f"- **{name}** (trial {t.number}: {values}) is dominated by {len(doms)} searched design(s):")
+        for d in sorted(doms, key=lambda d: -sum(d.improvement)):
+            s = r.trial(d.searched)
+            gains = ", ".join(f"{o} {g:.1%} {'lower' if dr == 'minimize' else 'higher'}"
+                              for o, g, dr in zip(r.objectives, d.improvement, r.directions) if g)
+            lines.append(f"  - trial {s.number} ({gains}): {s.architecture}")
+    return lines + [""]
+
+
+def _measured_md(r: ParetoReport) -> list[str]:
+    a = r.attrs
+    lines = ["## How these numbers were measured", "",
+             f"- teacher: `{a.get('teacher', '?')}`; search space: `{a.get('space', '?')}` ({a.get('space_path', '?')})",
+             f"- device: `{a.get('device', '?')}`",
+             f"- command: `{a.get('command', '?')}`",
+             f"- distillation per trial: {_kv(a.get('distill', '?'))}",
+             f"- evaluation per trial: {_kv(a.get('eval', '?'))}"]
+    sample = next((t for t in r.ranked if t.metrics.get("measured")), None)
+    if sample is not None:
+        lines.append(f"- per metric (as recorded by trial {sample.number}):")
+        lines += [f"  - {k}: {_kv(v)}" for k, v in sample.metrics["measured"].items()]
+    return lines + ["- Pareto front: non-dominated sorting (NSGA-II) of the completed trials; pruned (early-stopped) "
+                    "and failed trials never enter it.", ""]
+
+
+def _unfinished_md(r: ParetoReport) -> list[str]:
+    rest = [t for t in r.trials if t.state != "COMPLETE" and not t.skipped]
+    if not rest:
+        return []
+    lines = ["## Trials that did not complete", "", "| trial | state | genome | error |", "|---|---|---|---|"]
+    for t in rest:
+        error = (t.error or "").replace("|", "\\|").replace("\n", " ")
+        if t.pruned_at:
+            error = error or f"early-stopped at {_kv(t.pruned_at)}"
+        lines.append(f"| {t.number} | {t.state} | {t.genome or ''} | {error} |")
+    return lines + [""]

@@ -1,0 +1,301 @@
+"""Study -> ParetoReport (computed data) -> reports/<study>/ (index.html, pareto.png, trials.csv, README.md).
+
+Compute first, render second (as optuna.visualization splits its Pareto plot): :func:`build_report`
+reads the Optuna study written by ``blocksearch run`` (the study contract: objective values, user
+attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``) and returns a frozen
+:class:`ParetoReport`; :mod:`blocksearch.render` turns it into files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.pareto import dominates, hypervolume, non_dominated_sort
+from blocksearch.space import Genome, Topology
+
+REF_FACTOR = 1.1
+REFERENCE_RULE = (f"r = {REF_FACTOR} x the worst value of each objective over the completed trials; the "
+                  f"hypervolume is the fraction of the box [0, r] that the points dominate (each objective "
+                  f"divided by r, reference point (1, ..., 1)); 1.0 would be a point at the origin")
+MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "2 resnets (no attention)",
+            "none": "removed"}
+
+
+def default_storage() -> str:
+    """Where ``blocksearch run`` keeps its studies by default (runs/ in the working directory)."""
+    return f"sqlite:///{Path.cwd() / 'runs' / 'blocksearch.db'}"
+
+
+def default_report_dir(study: str) -> Path:
+    return Path.cwd() / "reports" / study
+
+
+def open_study(name: str, storage: str | None = None) -> optuna.Study:
+    """Load study ``name``; an unknown study or missing storage is a BlocksearchError naming what exists."""
+    url = storage or default_storage()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise BlocksearchError(f"no study storage at {url[len('sqlite:///'):]}; run `blocksearch run` first "
+                               f"or pass --storage with an Optuna storage URL")
+    try:
+        names = sorted(optuna.study.get_all_study_names(storage=url))
+    except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL
+        raise BlocksearchError(f"cannot read Optuna storage {url} ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:100]})") from None
+    if name not in names:
+        raise BlocksearchError(f"unknown study {name!r} in {url}; studies there: {names or 'none'}")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+# -- architectures written against the teacher, in diffusers module names ---------------------------
+def teacher_topology(spec: str) -> Topology:
+    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from blocksearch.teachers import ARCHITECTURES, architecture, topology_of
+
+    if spec == "toy":
+        from blocksearch.toy.models import UNET
+
+        return topology_of(UNET)
+    if spec in ARCHITECTURES:
+        return topology_of(architecture(spec).config)
+    folder = Path(spec)
+    for config in (folder / "unet" / "config.json", folder / "config.json"):
+        if config.is_file():
+            return topology_of(json.loads(config.read_text()))
+    try:
+        return topology_of(UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True))
+    except (OSError, ValueError) as err:
+        raise BlocksearchError(f"teacher {spec!r}: no U-Net config found locally ({type(err).__name__})") from None
+
+
+def architecture_diff(genome: Genome, topo: Topology) -> str:
+    """What ``genome`` removes from the teacher, e.g. 'down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3;
+    mid_block removed; down_blocks.3/up_blocks.0 removed'."""
+    n_t, parts = topo.n_stages, []
+    for i, (k, d) in enumerate(zip(genome.layers, genome.depth)):
+        down, up, big_k, big_d = f"down_blocks.{i}", f"up_blocks.{n_t - 1 - i}", topo.layers[i], topo.depth[i]
+        if k != big_k:
+            parts.append(f"{down}: {k} of {big_k} layers; {up}: {k + 1} of {big_k + 1}")
+        if big_d and not d:
+            parts.append(f"{down}/{up}: attention removed")
+        elif d != big_d:
+            parts.append(f"{down}/{up}: transformer depth {d} of {big_d}")
+    if genome.mid != topo.mid:
+        parts.append("mid_block removed" if genome.mid == "none" else "mid_block: attention removed")
+    if len(genome.layers) < n_t:
+        parts.append(f"down_blocks.{n_t - 1}/up_blocks.0 removed")
+    return "; ".join(parts) or "teacher (nothing removed)"
+
+
+def architecture_table(genome: Genome, topo: Topology) -> list[tuple[str, str, str]]:
+    """(teacher module, teacher's blocks, student's blocks) for every stage, down, mid and up."""
+    n_t, n = topo.n_stages, len(genome.layers)
+
+    def stage(layers: int, depth: int) -> str:
+        return f"{layers} x (resnet + transformer depth {depth})" if depth else f"{layers} x resnet"
+
+    rows = []
+    for i in range(n_t):
+        kept = stage(genome.layers[i], genome.depth[i]) if i < n else "removed"
+        rows.append((f"down_blocks.{i}", stage(topo.layers[i], topo.depth[i]), kept))
+    rows.append(("mid_block", MID_TEXT[topo.mid], MID_TEXT[genome.mid]))
+    for j in range(n_t):
+        i = n_t - 1 - j  # the down stage this up stage is tied to by the skip connections
+        kept = "removed" if i >= n else stage(genome.layers[i] + 1, genome.depth[i])
+        if i < n and n < n_t:
+            kept += f" (student up_blocks.{j - (n_t - n)})"
+        rows.append((f"up_blocks.{j}", stage(topo.layers[i] + 1, topo.depth[i]), kept))
+    return rows
+
+
+# -- the computed report --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial as the report sees it; ``values`` are the study's objective values (COMPLETE only)."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    genome: str | None
+    design: str | None
+    values: tuple[float, ...] | None
+    metrics: dict
+    timings: dict
+    student_dir: str | None
+    error: str | None
+    architecture: str  # diff from the teacher in diffusers module names
+    rank: int | None  # non-dominated sorting rank; 0 = on the Pareto front; None if not ranked
+    duration_s: float | None
+    cached_from: int | None = None  # a cache hit: the Genome was trained by that trial (not ranked again)
+    feasible: bool = True  # every constraint (e.g. --max-params) satisfied; infeasible trials are not ranked
+    pruned_at: dict | None = None  # where early stopping cut a PRUNED trial
+    skipped: bool = False  # a duplicate suggestion of a running Genome, never trained
+
+    @property
+    def on_front(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.number}" + (f" ({self.design})" if self.design else "")
+
+
+@dataclass(frozen=True)
+class Domination:
+    """A searched design that Pareto-dominates a reference design; improvement per objective as a
+    fraction of the reference's value (0.12 = 12% better)."""
+
+    searched: int  # trial number
+    reference: str  # design name, e.g. bk_small
+    reference_trial: int
+    improvement: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ParetoReport:
+    study: str
+    storage: str
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]  # "minimize" / "maximize" per objective
+    trials: tuple[TrialPoint, ...]
+    front: tuple[int, ...]  # trial numbers on the Pareto front, by the first objective
+    reference_point: tuple[float, ...] | None  # in the objectives' own units
+    reference_rule: str
+    hypervolume: float | None  # of the front
+    reference_hypervolume: float | None  # of the reference designs alone
+    reference_designs: dict  # name -> genome id (study user attr)
+    reference_trials: dict  # name -> number of its completed trial
+    dominations: tuple[Domination, ...]
+    attrs: dict  # study user attrs: teacher, space, distill, eval, device, command
+    teacher_note: str  # why architectures are genome ids, when the teacher's config was not found
+
+    def trial(self, number: int) -> TrialPoint:
+        return next(t for t in self.trials if t.number == number)
+
+    @property
+    def ranked(self) -> tuple[TrialPoint, ...]:
+        """Completed trials with finite objective values: the points of the plots."""
+        return tuple(t for t in self.trials if t.rank is not None)
+
+    @property
+    def counts(self) -> dict:
+        out: dict = {}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+
+def build_report(study: optuna.Study, storage: str = "", reference_point=None) -> ParetoReport:
+    """Compute the Pareto report of ``study`` (minimised objectives; maximised ones are negated)."""
+    attrs = dict(study.user_attrs)
+    objectives = tuple(study.metric_names or [f"objective_{i}" for i in range(len(study.directions))])
+    directions = tuple(d.name.lower() for d in study.directions)
+    sign = [1.0 if d == "minimize" else -1.0 for d in directions]
+    topo, note = _topology_or_note(attrs.get("teacher"))
+    rows = [_trial_row(t, topo) for t in study.get_trials(deepcopy=False)]
+    ranked = [r for r in rows if r["values"] is not None and all(map(math.isfinite, r["values"]))
+              and r["cached_from"] is None and r["feasible"]]
+    mins = [tuple(s * v for s, v in zip(sign, r["values"])) for r in ranked]
+    for rank, members in enumerate(non_dominated_sort(mins)):
+        for i in members:
+            ranked[i]["rank"] = rank
+    trials = tuple(TrialPoint(**r) for r in rows)
+    by_number = {r["number"]: m for r, m in zip(ranked, mins)}  # minimised objective values
+    front = tuple(sorted((t.number for t in trials if t.on_front), key=lambda n: by_number[n]))
+    ref_designs = dict(attrs.get("reference_designs") or {})
+    if "reference_designs" not in attrs:  # an older study: the named designs its trials carry
+        ref_designs = {t.design: t.genome for t in trials if t.design and t.genome}
+    ref_trials = _reference_trials(trials, ref_designs)
+    ref, hv, ref_hv = _hypervolumes(by_number, front, ref_trials, sign, reference_point)
+    dominations = tuple(
+        Domination(t.number, name, n, tuple((b - a) / abs(b) if b else 0.0
+                                            for a, b in zip(by_number[t.number], by_number[n])))
+        for name, n in ref_trials.items()
+        for t in trials if t.number in by_number and _is_searched(t, ref_designs)
+        and dominates(by_number[t.number], by_number[n]))
+    rule = REFERENCE_RULE if reference_point is None else "r given by the user (--hv-reference)"
+    return ParetoReport(study.study_name, storage, objectives, directions, trials, front, ref, rule, hv,
+                        ref_hv, ref_designs, ref_trials, dominations, attrs, note)
+
+
+def _topology_or_note(teacher: str | None) -> tuple[Topology | None, str]:
+    if not teacher:
+        return None, "the study does not name its teacher (user attr 'teacher'); architectures are genome ids"
+    try:
+        return teacher_topology(teacher), ""
+    except BlocksearchError as err:
+        return None, f"{err}; architectures are genome ids"
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial, topo: Topology | None) -> dict:
+    ua = trial.user_attrs
+    genome = ua.get("genome")
+    arch = genome or "?"
+    if genome and topo is not None:
+        try:
+            arch = architecture_diff(Genome.from_id(genome), topo)
+        except BlocksearchError:
+            pass
+    complete = trial.state == optuna.trial.TrialState.COMPLETE and trial.values is not None
+    constraints = getattr(trial, "constraints", None) or {}
+    constraints = constraints.values() if isinstance(constraints, dict) else constraints
+    return dict(number=trial.number, state=trial.state.name, genome=genome, design=ua.get("design"),
+                values=tuple(float(v) for v in trial.values) if complete else None,
+                metrics=dict(ua.get("metrics") or {}), timings=dict(ua.get("timings") or {}),
+                student_dir=ua.get("student_dir"), error=ua.get("error"), architecture=arch, rank=None,
+                duration_s=trial.duration.total_seconds() if trial.duration else None,
+                cached_from=ua.get("cached_from"), feasible=all(c <= 0 for c in constraints),
+                pruned_at=ua.get("pruned_at"), skipped=bool(ua.get("skipped")))
+
+
+def _reference_trials(trials, ref_designs: dict) -> dict:
+    """Each reference design's completed trial: the one tagged with its name, else one with its genome."""
+    out = {}
+    for name, genome in ref_designs.items():
+        ranked = [t for t in trials if t.rank is not None]
+        match = [t for t in ranked if t.design == name] or [t for t in ranked if t.genome == genome]
+        if match:
+            out[name] = match[0].number
+    return out
+
+
+def _is_searched(t: TrialPoint, ref_designs: dict) -> bool:
+    return not t.design and t.genome not in set(ref_designs.values())
+
+
+def _hypervolumes(points: dict, front, ref_trials: dict, sign, given):
+    if not points:
+        return None, None, None
+    if given is not None:
+        ref = tuple(s * float(v) for s, v in zip(sign, given))
+        if len(ref) != len(sign):
+            raise BlocksearchError(f"--hv-reference needs {len(sign)} values, one per objective; got {len(given)}")
+    else:
+        ref = tuple(REF_FACTOR * max(p[j] for p in points.values()) for j in range(len(sign)))
+    raw_ref = tuple(s * r for s, r in zip(sign, ref))
+    if any(r <= 0 for r in ref):
+        return raw_ref, None, None  # the [0, r] box needs positive minimised objectives
+
+    def volume(numbers) -> float:
+        return hypervolume([tuple(v / r for v, r in zip(points[n], ref)) for n in numbers], (1.0,) * len(ref))
+
+    ref_hv = volume(ref_trials.values()) if ref_trials else None
+    return raw_ref, volume(front), ref_hv
+
+
+def write_report(study_name: str, storage: str | None = None, out: str | Path | None = None,
+                 reference_point=None) -> Path:
+    """Build and render the report of ``study_name`` into ``out`` (default reports/<study>/)."""
+    from blocksearch.render import render_all
+
+    url = storage or default_storage()
+    report = build_report(open_study(study_name, url), url, reference_point)
+    folder = Path(out) if out else default_report_dir(study_name)
+    render_all(report, folder)
+    return folder

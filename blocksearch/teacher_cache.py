@@ -1,0 +1,176 @@
+"""The teacher cache: teacher outputs and stage features for a fixed batch stream, computed once.
+
+Teacher outputs depend only on the batch (noisy latent, timestep, text), never on the student, so one
+file per (teacher, data, seed, batch size, steps) serves every candidate of a study. It stores the
+batch inputs (fp32) and the teacher's output and *every* feature any Genome may pair with (each stage
+output, the mid block, and the last layer before each downsampler), so all students share it.
+Files live under ``<cache_dir>/teacher/``; the folder is capped in size with least-recently-used
+eviction; writers take a per-key file lock and write a temp file, then rename it atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from blocksearch.data import Batch, BatchStream, fingerprint
+from blocksearch.errors import BlocksearchError
+from blocksearch.teachers import topology_of
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+DEFAULT_CAP_GB = float(os.environ.get("BLOCKSEARCH_CACHE_GB", 4.0))
+_INPUTS = ("noisy", "timesteps", "text", "target")
+
+
+def teacher_modules(unet_config) -> tuple[str, ...]:
+    """Every teacher module a student's kd_pairs can name (see surgery.kd_pairs)."""
+    topo = topology_of(unet_config)
+    names = []
+    for i in range(topo.n_stages):
+        names.append(f"down_blocks.{i}")
+        if i < topo.n_stages - 1:  # the pre-downsample output, paired when the next stage is removed
+            last = topo.layers[i] - 1
+            names.append(f"down_blocks.{i}.attentions.{last}" if topo.depth[i] else f"down_blocks.{i}.resnets.{last}")
+    if topo.mid != "none":
+        names.append("mid_block")
+    names += [f"up_blocks.{i}" for i in range(topo.n_stages)]
+    return tuple(names)
+
+
+def _output(out) -> torch.Tensor:
+    """A block's feature: down blocks return (hidden, skips); transformers return an output object."""
+    if isinstance(out, tuple):
+        return out[0]
+    return out.sample if hasattr(out, "sample") else out
+
+
+class FeatureHooks:
+    """Forward hooks that keep the outputs of named modules (BK-SDM feature KD)."""
+
+    def __init__(self, model: torch.nn.Module, names):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise BlocksearchError(f"KD layer {missing[0]} is not a module of the U-Net")
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name):
+        def hook(module, args, out):
+            self.features[name] = _output(out)
+        return hook
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        out, self.features = self.features, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@torch.no_grad()
+def teacher_forward(unet, hooks: FeatureHooks, batch: Batch):
+    """Teacher output and features for one batch, under no_grad."""
+    out = unet(batch.noisy, batch.timesteps, batch.text).sample
+    return out, hooks.pop()
+
+
+class TeacherCache:
+    """In-memory view of one cache file: ``cache[i]`` -> (Batch, teacher output, teacher features)."""
+
+    def __init__(self, path: Path, batch_size: int, steps: int):
+        self.path, self.batch_size, self.steps = path, batch_size, steps
+        # fp32 once at load: a KD step then costs slicing only (~2x the file size in memory)
+        self.tensors = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()}
+        os.utime(path)  # least-recently-used order is the files' mtime
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, i: int):
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        batch = Batch(*(self.tensors[k][s] for k in _INPUTS))
+        feats = {k[5:]: v[s] for k, v in self.tensors.items() if k.startswith("feat.")}
+        return batch, self.tensors["out"][s], feats
+
+
+def cache_key(teacher_name: str, unet, stream: BatchStream, steps: int, dtype: str) -> str:
+    identity = {"format": FORMAT, "teacher": teacher_name, "unet": fingerprint(unet), "steps": steps,
+                "dtype": dtype, "stream": stream.identity}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_dir: Path,
+               cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu") -> TeacherCache:
+    """Load the cache file for this run, computing it first (once, under a lock) if missing."""
+    folder = Path(cache_dir) / "teacher"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
+    with _locked(path.with_suffix(".lock")):
+        if not path.exists():
+            tensors = _compute(unet, stream, steps, dtype, device)
+            size = sum(t.numel() * t.element_size() for t in tensors.values())
+            cap = int(cap_gb * 2**30)
+            if size > cap:
+                raise BlocksearchError(
+                    f"the teacher cache of this run needs {size / 2**20:.0f} MB but the cap is "
+                    f"{cap_gb:g} GB; raise BLOCKSEARCH_CACHE_GB or lower steps / batch size")
+            _evict(folder, cap - size)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file(tensors, tmp, metadata={"steps": str(steps), "batch_size": str(stream.batch_size)})
+            os.replace(tmp, path)
+            log.info("teacher cache written: %s (%.0f MB)", path, size / 2**20)
+    return TeacherCache(path, stream.batch_size, steps)
+
+
+def _compute(unet, stream: BatchStream, steps: int, dtype: str, device) -> dict[str, torch.Tensor]:
+    store = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+    hooks = FeatureHooks(unet, teacher_modules(unet.config))
+    parts: dict[str, list] = {}
+    try:
+        for i in tqdm(range(steps), desc="teacher cache", unit="batch"):
+            batch = stream[i]
+            out, feats = teacher_forward(unet, hooks, batch.to(device))
+            row = {k: getattr(batch, k) for k in _INPUTS} | {"out": out.to("cpu", store)}
+            row |= {f"feat.{k}": v.to("cpu", store) for k, v in feats.items()}
+            for k, v in row.items():
+                parts.setdefault(k, []).append(v)
+    finally:
+        hooks.remove()
+    return {k: torch.cat(v).contiguous() for k, v in parts.items()}
+
+
+def _evict(folder: Path, budget: int) -> None:
+    """Delete least-recently-used cache files until the others fit in ``budget`` bytes."""
+    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
+        if total <= budget:
+            break
+        size = p.stat().st_size
+        log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name, size / 2**20)
+        p.unlink(missing_ok=True)
+        total -= size
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive fcntl lock: a second process computing the same cache waits, then reads it."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

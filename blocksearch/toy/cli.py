@@ -1,0 +1,93 @@
+"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def add_toy_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `toy` and its verbs to a top-level argparse subparsers object; each verb sets `handler`."""
+    toy = subparsers.add_parser("toy", help="build, sample and check the bundled toy teacher",
+                                description="The toy text-to-image world, its teacher pipeline and its judge.")
+    verbs = toy.add_subparsers(dest="toy_command", required=True, metavar="VERB")
+
+    b = verbs.add_parser("build", help="train the toy teacher and judge into a folder",
+                         description="Train VAE, judge, then text encoder + U-Net; write a diffusers pipeline "
+                                     "folder plus judge.safetensors and build.json.")
+    b.add_argument("--out", required=True, help="output folder (the bundled one: blocksearch/toy/assets)")
+    b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    b.add_argument("--budget", choices=("tiny", "full"), default="full",
+                   help="tiny: seconds, exercises every code path (CI); full: the real teacher (~35 min, 2 CPU cores)")
+    b.add_argument("--weights-dtype", choices=("fp16", "fp32"), default="fp16",
+                   help="dtype of stored weights (loaded as fp32); fp16 keeps the bundled assets small")
+    b.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default 2; on a shared, loaded machine 1 can be several times faster)")
+    b.set_defaults(handler=cmd_build)
+
+    s = verbs.add_parser("sample", help="generate one image from a prompt of the toy grammar",
+                         description="Generate one 64x64 image with the toy teacher.")
+    s.add_argument("prompt", help='e.g. "a red circle above a blue square" or "a small green triangle"')
+    s.add_argument("-o", "--output", required=True, help="PNG file to write")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
+    _sampling_args(s)
+    s.set_defaults(handler=cmd_sample)
+
+    c = verbs.add_parser("check", help="print judge accuracy, text alignment and toy-FID figures",
+                         description="Evaluate the teacher on the held-out prompts against a random-U-Net "
+                                     "baseline and the real-vs-real floor.")
+    c.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
+    c.add_argument("--judge", default=None, help="judge .safetensors (default: bundled assets)")
+    c.add_argument("--per-prompt", type=int, default=1, help="images per held-out prompt (default 1)")
+    c.add_argument("--grid", default=None, help="also save a captioned grid of the first 16 samples here")
+    c.add_argument("--json", default=None, help="also write the figures as JSON here")
+    _sampling_args(c)
+    c.set_defaults(handler=cmd_check)
+    return toy
+
+
+def _sampling_args(p) -> None:
+    from blocksearch.toy.sample import GUIDANCE_SCALE, NUM_STEPS
+
+    p.add_argument("--steps", type=int, default=NUM_STEPS, help=f"sampler steps (default {NUM_STEPS})")
+    p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")
+
+
+def cmd_build(args) -> None:
+    from blocksearch.toy.build import build
+
+    t0 = time.perf_counter()
+    out = build(args.out, seed=args.seed, budget=args.budget, weights_dtype=args.weights_dtype, threads=args.threads)
+    print(f"toy teacher and judge written to {out} ({time.perf_counter() - t0:.0f} s)")
+
+
+def cmd_sample(args) -> None:
+    from PIL import Image
+
+    from blocksearch.toy.assets import load_toy_teacher
+    from blocksearch.toy.sample import generate
+    from blocksearch.toy.world import validate_prompt
+
+    validate_prompt(args.prompt)
+    pipe = load_toy_teacher(path=args.teacher)
+    img = generate(pipe, [args.prompt], [args.seed], num_steps=args.steps, guidance_scale=args.guidance)[0]
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(args.output)
+    print(f"image written to {args.output}")
+
+
+def cmd_check(args) -> None:
+    from blocksearch.toy.check import compute_figures, format_figures, save_grid
+    from blocksearch.toy.world import heldout_prompts
+
+    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.steps, args.guidance)
+    print(format_figures(f))
+    if args.grid:
+        idx = [i * args.per_prompt for i in range(0, 64, 4)]  # 16 prompts: one-object and two-object ones
+        prompts = [heldout_prompts()[i // args.per_prompt][0] for i in idx]
+        print(f"sample grid written to {save_grid(f['images'][idx], prompts, args.grid)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v for k, v in f.items() if k != "images"}, indent=2) + "\n")
+        print(f"figures written to {args.json}")

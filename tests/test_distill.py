@@ -1,0 +1,238 @@
+"""Distillation: the BK-SDM loss, the teacher cache, the data stream, bad input, and a real toy KD run."""
+
+import json
+import threading
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from blocksearch import teacher_cache
+from blocksearch.cli import main
+from blocksearch.data import BatchStream
+from blocksearch.distill import DistillConfig, Distiller, distill, feature_loss, resolve_design
+from blocksearch.errors import BlocksearchError
+from blocksearch.surgery import build_student
+from blocksearch.teacher_cache import open_cache, teacher_modules
+from blocksearch.teachers import Teacher, load_teacher
+from tests.conftest import tiny_unet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, 2 OpenMP threads can be 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tiny_pipeline(prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    """A tiny random SD pipeline on the toy vocabulary: 64x64 images -> 4x16x16 latents, SD-v1 topology."""
+    from blocksearch.toy import models as M
+
+    torch.manual_seed(0)
+    tok = M.make_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id))
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, sample_size=64)
+    sched = DPMSolverMultistepScheduler(**M.SCHEDULE, prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=tok, unet=tiny_unet("sd-v1"),
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_teacher(tmp_path, prediction_type: str = "epsilon") -> Teacher:
+    """The tiny pipeline with a random toy judge: a stand-in for the toy teacher in fast tests."""
+    from blocksearch.toy.judge import ToyJudge
+
+    torch.manual_seed(1)
+    model = ToyJudge()
+    with torch.no_grad():  # scale features up so that FID differences are far above 1e-6
+        model.feature.weight.mul_(300)
+    judge = tmp_path / "judge.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, judge)
+    return Teacher("tiny", make_tiny_pipeline(prediction_type), judge)
+
+
+def save_tiny_teacher(tmp_path) -> str:
+    """A `blocksearch toy build`-like folder (pipeline + judge.safetensors) for CLI tests."""
+    teacher = make_tiny_teacher(tmp_path)
+    folder = tmp_path / "teacher"
+    teacher.pipeline.save_pretrained(folder, safe_serialization=True)
+    (folder / "judge.safetensors").write_bytes(teacher.judge_path.read_bytes())
+    return str(folder)
+
+
+def _student(teacher, design="bk_small"):
+    genome, _ = resolve_design(teacher.unet, design)
+    return build_student(teacher.unet, genome)
+
+
+def test_loss_is_the_bk_sdm_sum(tmp_path):
+    teacher = make_tiny_teacher(tmp_path)
+    student = _student(teacher)
+    config = DistillConfig(steps=1, batch_size=2, lambda_task=0.5, lambda_out=2.0, lambda_feat=3.0)
+    recipe = Distiller(teacher, student, config)
+    batch = BatchStream(teacher.pipeline, "toy", 2, 0)[0]
+    t_out, t_feats = recipe.teacher_targets(batch)
+    assert set(t_feats) == {t for t, _ in student.kd_pairs}
+    terms = recipe.losses(batch, t_out, t_feats)
+    expected = 0.5 * terms["loss_task"] + 2.0 * terms["loss_kd_out"] + 3.0 * terms["loss_kd_feat"]
+    assert torch.allclose(terms["loss"], expected)
+    with torch.no_grad():
+        pred = student.unet(batch.noisy, batch.timesteps, batch.text).sample
+    assert torch.allclose(terms["loss_task"], torch.mean((pred - batch.target) ** 2), atol=1e-6)
+    assert torch.allclose(terms["loss_kd_out"], torch.mean((pred - t_out) ** 2), atol=1e-6)
+    recipe.close()
+
+
+def test_feature_loss_normalised_by_teacher_feature():
+    s, t = torch.ones(2, 3) * 2, torch.ones(2, 3) * 4
+    assert feature_loss(s, t, norm=False) == pytest.approx(4.0)
+    assert feature_loss(s, t, norm=True) == pytest.approx(4.0 / 16.0)  # LAPTOP-Diff: / mean(F_t^2)
+    assert feature_loss(10 * s, 10 * t, norm=True) == pytest.approx(feature_loss(s, t, norm=True))
+
+
+def test_cached_and_live_teacher_give_the_same_run(tmp_path):
+    teacher = make_tiny_teacher(tmp_path)
+    runs = []
+    for cached in (True, False):
+        config = DistillConfig(steps=2, batch_size=2, cache_dir=str(tmp_path / "cache"), teacher_cache=cached)
+        runs.append(distill(teacher, _student(teacher), config, progress=False))
+    for a, b in zip(*(r.losses for r in runs)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)  # the cache stores fp16 features
+    assert runs[0].cache_path and runs[1].cache_path is None
+
+
+def test_cache_covers_every_design_and_is_reused(tmp_path, monkeypatch):
+    teacher = make_tiny_teacher(tmp_path)
+    modules = set(teacher_modules(teacher.unet.config))
+    for design in ("bk_base", "bk_small", "bk_tiny"):
+        assert {t for t, _ in _student(teacher, design).kd_pairs} <= modules
+    stream = BatchStream(teacher.pipeline, "toy", 2, 0)
+    calls = []
+    real = teacher_cache._compute
+    monkeypatch.setattr(teacher_cache, "_compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    threads = [threading.Thread(target=open_cache, args=("tiny", teacher.unet, stream, 2, tmp_path))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1  # the second opener waited on the lock, then read the file
+    cache = open_cache("tiny", teacher.unet, stream, 2, tmp_path)
+    assert len(calls) == 1 and len(cache) == 2
+    assert not list((tmp_path / "teacher").glob("*.tmp"))
+    batch, out, feats = cache[1]
+    assert torch.equal(batch.noisy, stream[1].noisy) and set(feats) == modules
+
+
+def test_cache_evicts_least_recently_used(tmp_path, caplog):
+    teacher = make_tiny_teacher(tmp_path)
+    paths = [open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, seed), 1, tmp_path).path
+             for seed in (0, 1)]
+    size = paths[0].stat().st_size
+    third = open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, 2), 1, tmp_path,
+                       cap_gb=2.5 * size / 2**30)
+    assert not paths[0].exists() and paths[1].exists() and third.path.exists()
+    assert "evicting least recently used" in caplog.text
+    with pytest.raises(BlocksearchError, match="teacher cache of this run needs"):
+        open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, 3), 1, tmp_path,
+                   cap_gb=0.5 * size / 2**30)
+
+
+def test_v_prediction_target(tmp_path):
+    teacher = make_tiny_teacher(tmp_path, prediction_type="v_prediction")
+    stream = BatchStream(teacher.pipeline, "toy", 2, 0)
+    batch = stream[0]
+    assert stream.prediction_type == "v_prediction"
+    alpha = stream.scheduler.alphas_cumprod[batch.timesteps].view(-1, 1, 1, 1)
+    # x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0  =>  x0 = sqrt(a) x_t - sqrt(1-a) v
+    x0 = alpha.sqrt() * batch.noisy - (1 - alpha).sqrt() * batch.target
+    eps = (batch.noisy - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+    assert torch.allclose(alpha.sqrt() * eps - (1 - alpha).sqrt() * x0, batch.target, atol=1e-4)
+    assert not torch.allclose(batch.target, eps, atol=1e-2)  # it is not the noise
+    distill(teacher, _student(teacher), DistillConfig(steps=1, batch_size=2, cache_dir=str(tmp_path)), progress=False)
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+    teacher = make_tiny_teacher(tmp_path)
+    student = _student(teacher)
+    seen = []
+    with torch.no_grad():
+        student.unet.conv_out.weight.fill_(float("nan"))
+    with pytest.raises(BlocksearchError, match="non-finite loss at step 1"):
+        distill(teacher, student, DistillConfig(steps=3, batch_size=2, cache_dir=str(tmp_path)),
+                on_step=lambda s, r: seen.append(s), progress=False)
+    assert seen == []
+
+
+def test_cli_distill_writes_a_student_or_nothing(tmp_path, capsys):
+    folder = save_tiny_teacher(tmp_path)
+    out = tmp_path / "student"
+    common = ["distill", "--teacher", folder, "--design", "bk_tiny", "--batch-size", "2", "--cache-dir",
+              str(tmp_path / "cache")]
+    assert main(common + ["--steps", "2", "-o", str(out)]) == 0
+    info = json.loads((out / "distill.json").read_text())
+    assert info["design"] == "bk_tiny" and info["genome"] == "L1-1-1_T1-1-1_Mnone"
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "student written to" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert main(common + ["--steps", "4", "--lr", "1e30", "-o", str(bad)]) == 2
+    assert "non-finite loss at step" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_imagefolder_needs_captions(tmp_path):
+    from PIL import Image
+
+    teacher = make_tiny_teacher(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.new("RGB", (80, 70), (40 * i, 100, 200)).save(data / f"{i}.png")
+    with pytest.raises(BlocksearchError, match="has no captions"):
+        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path)
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"}) + "\n"
+                                                 for i in range(3)))
+    batch = BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path / "cache")[0]
+    assert batch.noisy.shape == (2, 4, 16, 16) and batch.text.shape == (2, 77, 16)
+    assert list((tmp_path / "cache").glob("dataset-*.safetensors"))  # encoded once, reused
+    (data / "metadata.jsonl").unlink()
+    (data / "metadata.csv").write_text("file_name,label\n0.png,x\n")
+    with pytest.raises(BlocksearchError, match="caption column"):
+        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path)
+
+
+def test_missing_teacher_is_a_clear_error():
+    with pytest.raises(BlocksearchError, match="'nobody/no-such-model'.*offline"):
+        load_teacher("nobody/no-such-model")
+    with pytest.raises(BlocksearchError, match="/no/such/folder"):
+        load_teacher("/no/such/folder")
+    with pytest.raises(BlocksearchError, match="architecture without weights"):
+        load_teacher("sd-v1")
+    with pytest.raises(BlocksearchError, match="precision"):
+        DistillConfig(precision="fp8")
+
+
+def test_real_kd_run_on_the_toy_teacher_lowers_the_loss(tmp_path):
+    """A real KD run on the bundled toy teacher: the loss falls (first steps vs last steps)."""
+    from blocksearch.toy.assets import ASSETS
+
+    if not (ASSETS / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        pytest.skip("toy teacher assets are not built (blocksearch toy build --out blocksearch/toy/assets)")
+    teacher = load_teacher("toy")
+    result = distill(teacher, _student(teacher, "bk_small"),
+                     DistillConfig(steps=24, batch_size=8, cache_dir=str(tmp_path)), progress=False)
+    losses = [r["loss"] for r in result.losses]
+    assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:3]) / 3

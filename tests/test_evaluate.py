@@ -1,0 +1,98 @@
+"""Evaluation: deterministic FID through torch-fidelity, honest metrics, latency lock, cost cache, errors."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from blocksearch import latency as L
+from blocksearch.cli import main
+from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import EvalConfig, Metrics, evaluate
+from blocksearch.teachers import Teacher
+from tests.conftest import tiny_unet
+from tests.test_distill import make_tiny_pipeline, make_tiny_teacher, one_thread, save_tiny_teacher  # noqa: F401
+
+FAST = dict(prompts=12, steps=2, reference_images=24, latency_warmup=1, latency_repeats=3, latency_min_s=0.0)
+
+
+def test_same_student_prompts_and_seeds_give_the_same_fid(tmp_path):
+    teacher = make_tiny_teacher(tmp_path)
+    config = EvalConfig(**FAST, cache_dir=str(tmp_path / "cache"))
+    first = evaluate(teacher, teacher.unet, config, progress=False)
+    assert list((tmp_path / "cache" / "fidelity").glob("blocksearch-ref-*"))  # reference stats cached
+    again = evaluate(teacher, teacher.unet, config, progress=False)
+    assert abs(first.fid - again.fid) < 1e-6 and first.alignment == again.alignment
+    other = evaluate(teacher, teacher.unet, EvalConfig(**FAST | {"seed": 1}, cache_dir=str(tmp_path / "cache")),
+                     progress=False)
+    assert abs(other.fid - first.fid) > 1e-6  # the seeds matter: the test can fail
+    assert first.fid > 0 and 0 <= first.alignment <= 1
+    assert first.params == sum(p.numel() for p in teacher.unet.parameters()) and first.macs > 0
+    assert first.latency_ms > 0 and first.latency_cv >= 0
+    assert set(first.timings) == {"generate_s", "score_s", "latency_s"}
+    m = first.measured
+    assert m["fid"]["feature_extractor"] == "toy-judge" and m["generation"]["prompts"] == 12
+    assert m["latency"]["what"].startswith("one U-Net forward, batch 2") and "torch_threads" in m["latency"]
+    assert Metrics.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+
+
+def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    data = tmp_path / "ref"
+    data.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(data / "0.png")
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": "a red circle"}) + "\n")
+    teacher = Teacher("some/real-model", make_tiny_pipeline())  # no judge: a real teacher
+    config = EvalConfig(**FAST | {"prompts": 1}, reference=str(data), cache_dir=str(tmp_path))
+    with pytest.raises(BlocksearchError, match="weights-inception-2015-12-05-6726825d.pth.*offline"):
+        evaluate(teacher, teacher.unet, config, progress=False)
+    with pytest.raises(BlocksearchError, match="needs --reference"):
+        evaluate(teacher, teacher.unet, EvalConfig(**FAST), progress=False)
+
+
+def test_latency_measurements_are_serialised_by_a_file_lock(tmp_path):
+    unet = tiny_unet("sd-v1")
+    lock = tmp_path / "latency.lock"
+    held = threading.Event()
+
+    def hold():
+        with L.file_lock(lock):
+            held.set()
+            time.sleep(0.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    lat = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, lock_dir=tmp_path)
+    t.join()
+    assert lat.how["lock_wait_s"] >= 0.3 and len(lat.times_ms) == 3
+    assert lat.median_ms == sorted(lat.times_ms)[1]
+
+
+def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
+    unet = tiny_unet("sd-v1")
+    L._COSTS.clear()
+    first = L.cost(unet, 16, tmp_path)
+    L._COSTS.clear()
+    monkeypatch.setattr(L, "count_macs", lambda *a: pytest.fail("MACs recomputed"))
+    assert L.cost(unet, 16, tmp_path) == first  # read back from cost.json
+    assert json.loads((tmp_path / "cost.json").read_text())
+
+
+def test_cli_evaluate_writes_metrics(tmp_path, capsys):
+    folder = save_tiny_teacher(tmp_path)
+    student = tmp_path / "student"
+    assert main(["distill", "--teacher", folder, "--design", "bk_small", "--steps", "0", "-o", str(student),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["evaluate", str(student), "--prompts", "8", "--sampler-steps", "2", "--reference-images", "16",
+                 "--latency-repeats", "2", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["teacher"] == folder and metrics["eval"]["prompts"] == 8
+    assert "fid" in out and "metrics written to" in out
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2

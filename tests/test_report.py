@@ -1,0 +1,207 @@
+"""Report: the computed front, dominance and hypervolume against a hand-computed study; the files; bad input."""
+
+import csv
+import math
+from itertools import combinations
+
+import optuna
+import pytest
+
+from blocksearch.cli import main
+from blocksearch.errors import BlocksearchError
+from blocksearch.pareto import dominates, hypervolume, non_dominated_sort, pareto_front
+from blocksearch.report import (architecture_diff, architecture_table, build_report, open_study,
+                                teacher_topology, write_report)
+from blocksearch.space import Genome, load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+OBJECTIVES = ["fid", "params", "latency_ms"]
+BK = {"bk_base": "L1-1-1-1_T1-1-1-0_Mattn", "bk_small": "L1-1-1-1_T1-1-1-0_Mnone",
+      "bk_tiny": "L1-1-1_T1-1-1_Mnone"}
+# (state, values, genome, design): the hand-computed case. Front = trials 2, 3, 1; trial 2 dominates bk_base
+# by 10% in every objective; trial 0 (bk_base) has rank 1, trial 4 rank 2 (dominated by trial 0).
+CASE = [
+    ("COMPLETE", (10.0, 100.0, 10.0), BK["bk_base"], "bk_base"),
+    ("COMPLETE", (12.0, 80.0, 8.0), BK["bk_small"], "bk_small"),
+    ("COMPLETE", (9.0, 90.0, 9.0), "L1-2-1-2_T1-1-1-0_Mattn", None),
+    ("COMPLETE", (11.0, 70.0, 12.0), "L1-1-1_T1-0-1_Mres", None),
+    ("COMPLETE", (13.0, 120.0, 11.0), "L2-2-2-2_T0-1-1-0_Mattn", None),
+    ("PRUNED", None, "L2-1-2-2_T1-1-1-0_Mnone", None),
+    ("FAIL", None, "L2-2-1-1_T1-1-0-0_Mattn", None),
+]
+
+
+CHOICES = {"removed": [False, True], "layers": [1, 2], "depth": [0, 1], "mid_block": ["cross_attn", "resnet", "none"]}
+
+
+def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy"):
+    """A study as `blocksearch run` writes it (the study contract), built with optuna.trial.create_trial."""
+    url = f"sqlite:///{tmp_path / 'blocksearch.db'}"
+    study = optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
+    study.set_metric_names(OBJECTIVES)
+    space = load_space("unet_blocks")
+    bound = space.bind(teacher_topology("toy"))
+    attrs = dict(space="unet_blocks", space_path=str(space.path), teacher=teacher,
+                 distill=dict(steps=200, batch_size=8, lr=1e-4), eval=dict(prompts=64, steps=20, seed=0),
+                 device="cpu", command="blocksearch run --space unet_blocks", reference_designs=BK)
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    for i, (state, values, genome, design, *extra) in enumerate(case):
+        extra = dict(extra[0]) if extra else {}
+        constraints = extra.pop("constraints", None)
+        params = bound.to_params(Genome.from_id(genome))
+        dists = {k: optuna.distributions.CategoricalDistribution(CHOICES[k.rsplit(".", 1)[-1]]) for k in params}
+        ua = dict(genome=genome, timings=dict(kd_s=3.0 + i, generate_s=1.0, score_s=0.5, total_s=5.0 + i),
+                  student_dir=str(tmp_path / "students" / genome / "unet"))
+        if design:
+            ua["design"] = design
+        if values:
+            ua["metrics"] = dict(fid=values[0], params=values[1], latency_ms=values[2], macs=1e6 * (i + 1),
+                                 alignment=0.5, latency_cv=0.01,
+                                 measured=dict(fid="toy-judge features, 64 held-out prompts, seed 0",
+                                               latency="median of 20 runs after 3 warm-up, cpu"))
+        if state == "FAIL":
+            ua["error"] = "non-finite loss at step 7"
+        study.add_trial(optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state), values=values, params=params, distributions=dists,
+            user_attrs=ua | extra, constraints=constraints))
+    return url
+
+
+def box(p):
+    return math.prod(1.0 - x for x in p)
+
+
+def union(points):
+    """Hand inclusion-exclusion over boxes [p, 1]^3 (the normalised hypervolume)."""
+    total = 0.0
+    for k in range(1, len(points) + 1):
+        for subset in combinations(points, k):
+            total += (-1) ** (k + 1) * box([max(c) for c in zip(*subset)])
+    return total
+
+
+# -- pareto.py ---------------------------------------------------------------------------------------
+def test_dominance_and_sorting():
+    assert dominates((1, 2), (1, 3)) and not dominates((1, 2), (1, 2)) and not dominates((0, 3), (1, 2))
+    assert non_dominated_sort([(1, 1), (2, 2), (1, 1), (3, 0), (3, 3)]) == [[0, 2, 3], [1], [4]]
+    assert pareto_front([]) == []
+
+
+def test_hypervolume_hand_cases():
+    assert hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4)) == 6.0  # staircase 1 + 2 + 3
+    # boxes 3*3*1 + 2*2*3 - overlap 2*2*1 = 17; (3,3,3) is dominated and (5,0,0) lies beyond r
+    assert hypervolume([(1, 1, 3), (2, 2, 1), (3, 3, 3), (5, 0, 0)], (4, 4, 4)) == 17.0
+    assert hypervolume([], (1, 1)) == 0.0
+    with pytest.raises(ValueError):
+        hypervolume([(1, 2)], (1, 2, 3))
+
+
+def test_hypervolume_matches_optuna():
+    np = pytest.importorskip("numpy")
+    compute = pytest.importorskip("optuna._hypervolume").compute_hypervolume
+    rng = np.random.default_rng(0)
+    for d in (2, 3):
+        pts = rng.random((25, d))
+        assert hypervolume(pts.tolist(), (1.1,) * d) == pytest.approx(compute(pts, np.full(d, 1.1)), abs=1e-12)
+
+
+# -- architectures against the teacher ------------------------------------------------------------
+def test_architecture_diff_in_diffusers_names():
+    topo = teacher_topology("toy")
+    assert architecture_diff(Genome((2, 2, 2, 2), (1, 1, 1, 0), "cross_attn"), topo) == "teacher (nothing removed)"
+    assert architecture_diff(Genome.from_id(BK["bk_tiny"]), topo) == (
+        "down_blocks.0: 1 of 2 layers; up_blocks.3: 2 of 3; down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3; "
+        "down_blocks.2: 1 of 2 layers; up_blocks.1: 2 of 3; mid_block removed; down_blocks.3/up_blocks.0 removed")
+    assert architecture_diff(Genome((2, 2, 2, 2), (0, 1, 1, 0), "resnet"), topo) == (
+        "down_blocks.0/up_blocks.3: attention removed; mid_block: attention removed")
+    table = dict((m, (t, s)) for m, t, s in architecture_table(Genome.from_id(BK["bk_tiny"]), topo))
+    assert table["down_blocks.3"] == ("2 x resnet", "removed") and table["up_blocks.0"][1] == "removed"
+    assert table["up_blocks.1"] == ("3 x (resnet + transformer depth 1)",
+                                    "2 x (resnet + transformer depth 1) (student up_blocks.0)")
+
+
+# -- the computed report -----------------------------------------------------------------------------
+def test_report_front_dominance_hypervolume(tmp_path):
+    url = make_study(tmp_path)
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert r.objectives == tuple(OBJECTIVES) and r.front == (2, 3, 1)  # sorted by FID
+    assert [t.rank for t in r.trials] == [1, 0, 0, 0, 2, None, None]
+    assert r.counts == {"COMPLETE": 5, "PRUNED": 1, "FAIL": 1}
+    assert r.reference_trials == {"bk_base": 0, "bk_small": 1}  # bk_tiny never ran
+    assert [(d.searched, d.reference) for d in r.dominations] == [(2, "bk_base")]
+    assert r.dominations[0].improvement == pytest.approx((0.1, 0.1, 0.1))
+    ref = (1.1 * 13.0, 1.1 * 120.0, 1.1 * 12.0)  # 1.1 x the worst completed value per objective
+    assert r.reference_point == pytest.approx(ref)
+    norm = {n: tuple(v / q for v, q in zip(CASE[n][1], ref)) for n in range(5)}
+    assert r.hypervolume == pytest.approx(union([norm[1], norm[2], norm[3]]), abs=1e-12)
+    assert r.reference_hypervolume == pytest.approx(union([norm[0], norm[1]]), abs=1e-12)
+    assert r.trial(6).error == "non-finite loss at step 7" and r.trial(5).values is None
+    assert r.trial(1).architecture.endswith("mid_block removed")
+
+
+def test_cache_hits_and_infeasible_trials_are_not_ranked(tmp_path):
+    case = CASE + [("COMPLETE", (9.0, 90.0, 9.0), CASE[2][2], None, {"cached_from": 2}),
+                   ("COMPLETE", (1.0, 1.0, 1.0), "L1-1-2-1_T1-1-1-0_Mattn", None, {"constraints": {"params_budget": 5.0}}),
+                   ("FAIL", None, "L1-1-2-1_T1-1-1-0_Mnone", None, {"skipped": True})]
+    url = make_study(tmp_path, case=case)
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert r.front == (2, 3, 1) and r.trial(7).rank is None and r.trial(8).rank is None
+    assert r.trial(7).cached_from == 2 and not r.trial(8).feasible and r.trial(9).skipped
+    assert r.reference_point == pytest.approx((14.3, 132.0, 13.2))  # the unranked trials do not move r
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert rows[7]["cached_from"] == "2" and rows[8]["feasible"] == "False" and rows[8]["rank"] == ""
+    assert "1 cache hits" in (out / "README.md").read_text()
+
+
+def test_report_explicit_reference_point(tmp_path):
+    url = make_study(tmp_path)
+    r = build_report(open_study("unet_blocks-toy", url), url, reference_point=(20, 200, 20))
+    pts = [tuple(v / q for v, q in zip(CASE[n][1], (20, 200, 20))) for n in (1, 2, 3)]
+    assert r.hypervolume == pytest.approx(union(pts), abs=1e-12)
+
+
+def test_report_files(tmp_path):
+    url = make_study(tmp_path)
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    assert {p.name for p in out.iterdir()} == {"index.html", "pareto.png", "trials.csv", "README.md"}
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [r["state"] for r in rows] == [s for s, *_ in CASE]
+    assert rows[2]["genome"] == CASE[2][2] and float(rows[2]["fid"]) == 9.0 and rows[2]["on_front"] == "True"
+    assert rows[6]["error"] == "non-finite loss at step 7" and rows[0]["timings.kd_s"] == "3.0"
+    assert float(rows[4]["metrics.macs"]) == 5e6
+    readme = (out / "README.md").read_text()
+    assert "![Pareto front](pareto.png)" in readme
+    assert "| 2 |  | 9 | 90 | 9.00 ms |" in readme  # the front table, first row (lowest FID)
+    assert "trial 2 (fid 10.0% lower, params 10.0% lower, latency_ms 10.0% lower)" in readme
+    assert "**bk_tiny** (`L1-1-1_T1-1-1_Mnone`): no completed trial" in readme
+    assert "device: `cpu`" in readme and "blocksearch run --space unet_blocks" in readme
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "index.html").read_text()
+    assert "cdn.plot.ly" not in page.split("</script>", 1)[1] and "plotly.js v" in page  # inline, no CDN
+
+
+def test_no_completed_trials_says_so(tmp_path):
+    url = make_study(tmp_path, case=[c for c in CASE if c[0] != "COMPLETE"])
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    assert "No completed trials yet" in (out / "README.md").read_text()
+    assert "No completed trials yet" in (out / "index.html").read_text()
+    assert len(list(csv.DictReader(open(out / "trials.csv")))) == 2
+
+
+def test_unknown_study_lists_studies(tmp_path):
+    url = make_study(tmp_path)
+    with pytest.raises(BlocksearchError, match=r"unknown study 'nope'.*\['unet_blocks-toy'\]"):
+        open_study("nope", url)
+    with pytest.raises(BlocksearchError, match="no study storage"):
+        open_study("unet_blocks-toy", f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()  # looking never creates a storage
+
+
+def test_cli_report(tmp_path, capsys):
+    url = make_study(tmp_path)
+    assert main(["report", "--study", "unet_blocks-toy", "--storage", url, "--out", str(tmp_path / "r")]) == 0
+    assert str(tmp_path / "r") in capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["report", "--study", "other", "--storage", url]) == 2
+    assert "unknown study 'other'" in capsys.readouterr().err

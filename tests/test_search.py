@@ -1,0 +1,222 @@
+"""search.py logic without a Ray cluster: study set-up, the Genome cache, PRUNED/FAIL bookkeeping,
+the parameter budget, the front and bad input. The Ray runs are in tests/integration/."""
+
+import json
+import math
+
+import optuna
+import pytest
+
+from blocksearch import search
+from blocksearch.errors import BlocksearchError
+from blocksearch.space import load_space
+from blocksearch.teachers import topology_of
+from tests.conftest import tiny_unet
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def bound_and_unet():
+    unet = tiny_unet("sd-v1")
+    return load_space("unet_blocks").bind(topology_of(unet.config)), unet
+
+
+def _cfg(tmp_path, **kw):
+    return search.resolve(search.SearchConfig(runs_dir=str(tmp_path), storage="sqlite:///" + str(tmp_path / "s.db"),
+                                              study="t", trials=8, **kw))
+
+
+def _storage(tmp_path):
+    return search.open_storage("sqlite:///" + str(tmp_path / "s.db"))
+
+
+def _attrs(bound):
+    return {"space": "unet_blocks", "teacher": "toy", "reference_designs": {}}
+
+
+def test_resolve_defaults_and_bad_flags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = search.resolve(search.SearchConfig())
+    assert cfg.study == "unet_blocks-toy" and cfg.storage == f"sqlite:///{tmp_path / 'runs' / 'blocksearch.db'}"
+    assert cfg.candidate == search.CANDIDATE and cfg.runs_dir == str(tmp_path / "runs")
+    for bad, word in ((dict(sampler="cmaes"), "sampler"), (dict(objectives=("fid", "speed")), "objectives"),
+                      (dict(trials=0), "--trials"), (dict(max_params=-1), "--max-params")):
+        with pytest.raises(BlocksearchError, match=word):
+            search.resolve(search.SearchConfig(**bad))
+
+
+def test_bad_storage_and_address_are_one_line_errors(tmp_path):
+    with pytest.raises(BlocksearchError, match="cannot open storage"):
+        search.open_storage("sqlite:////nonexistent-dir/deeper/x.db")
+    with pytest.raises(BlocksearchError, match="cannot open storage"):
+        search.open_storage("nosuchdb://x")
+    with pytest.raises(BlocksearchError, match="cannot reach Ray"):
+        search._probe("127.0.0.1:1")
+    with pytest.raises(BlocksearchError, match="allowed: auto or host:port"):
+        search._probe("nowhere")
+
+
+def test_reference_designs_enqueued_once_and_stale_trials_failed(tmp_path, bound_and_unet):
+    bound, _ = bound_and_unet
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    study = search.prepare_study(storage, cfg, bound, _attrs(bound))
+    search.prepare_study(storage, cfg, bound, _attrs(bound))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
+    assert study.metric_names == ["fid", "params", "latency_ms"]
+    # a crash leaves a popped trial RUNNING: the next start marks it FAIL (stale) and re-queues it
+    trial = study.ask()
+    bound.suggest(trial)
+    assert trial.params and trial.user_attrs["design"] == "bk_base"
+    search.prepare_study(storage, cfg, bound, _attrs(bound))
+    old = study.trials[trial.number]
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["stale"] and "stale" in old.user_attrs["error"]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
+    assert search.counts(study)["done"] == 0  # a stale trial does not count toward --trials
+
+
+def test_existing_study_mismatch_is_refused_untouched(tmp_path, bound_and_unet):
+    bound, _ = bound_and_unet
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    study = search.prepare_study(storage, cfg, bound, _attrs(bound))
+    before = [(t.number, t.state) for t in study.trials]
+    with pytest.raises(BlocksearchError, match="objectives"):
+        search.existing_study(storage, _cfg(tmp_path, objectives=("fid", "params")))
+    with pytest.raises(BlocksearchError, match="teacher"):
+        search.existing_study(storage, _cfg(tmp_path, teacher="other"))
+    assert [(t.number, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials] == before
+
+
+def _searcher(tmp_path, bound, unet, **kw):
+    cfg, storage = _cfg(tmp_path, **kw), _storage(tmp_path)
+    search.prepare_study(storage, cfg, bound, _attrs(bound))
+    params_of = search._params_table(unet, bound)
+    return search.make_searcher(cfg, storage, bound, params_of), cfg, params_of
+
+
+def _final(values, **payload):
+    body = {"metrics": {"fid": values[0]}, "timings": {"kd_s": 1.0}, "student_dir": "/x", **payload}
+    return {"fid": values[0], "params": values[1], "latency_ms": values[2], "final": 1, "payload": json.dumps(body)}
+
+
+def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, bound_and_unet):
+    bound, unet = bound_and_unet
+    s, cfg, _ = _searcher(tmp_path, bound, unet)
+    configs = {tid: s.suggest(tid) for tid in ("a", "b", "c")}
+    assert {c["_design"] for c in configs.values()} == {"bk_base", "bk_small", "bk_tiny"}
+    assert len(s.inflight) == 3
+    s.on_trial_complete("a", _final([3.0, 100.0, 2.0]))
+    s.on_trial_complete("b", {"fid": math.nan, "params": 5.0, "latency_ms": math.nan, "final": 0,
+                              "training_iteration": 2, "kd_out_loss": 0.7, "payload": ""})  # ASHA stop
+    s.on_trial_complete("c", {"fid": math.nan, "params": 5.0, "latency_ms": math.nan, "final": 1,
+                              "payload": json.dumps({"error": "RuntimeError: injected"})})
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    by = {t.user_attrs["design"]: t for t in study.trials}
+    assert by["bk_base"].state.name == "COMPLETE" and by["bk_base"].values == [3.0, 100.0, 2.0]
+    assert by["bk_base"].user_attrs["student_dir"] == "/x" and by["bk_base"].user_attrs["timings"] == {"kd_s": 1.0}
+    assert by["bk_small"].state.name == "PRUNED" and by["bk_small"].values is None
+    assert by["bk_small"].user_attrs["pruned_at"]["kd_out_loss"] == 0.7
+    assert by["bk_tiny"].state.name == "FAIL" and by["bk_tiny"].user_attrs["error"] == "RuntimeError: injected"
+    assert search.counts(study) == dict(done=3, stale=0, complete=1, pruned=1, failed=1, cached=0)
+    assert [t.number for t in search.front_trials(study)] == [by["bk_base"].number]
+    # the sampler proposes bk_base again: not retrained, closed as a skipped repeat (samplers ignore
+    # FAIL; a COMPLETE copy would make TPE re-propose it), and no Ray trial is started for it
+    study.enqueue_trial(bound.to_params(bound.design("bk_base")))
+    config = s.suggest("d")
+    assert config["_genome"] != bound.design("bk_base").id
+    (hit,) = [t for t in study.get_trials() if "cached_from" in t.user_attrs]
+    assert hit.state.name == "FAIL" and hit.user_attrs["skipped"] and hit.user_attrs["cached_from"] == by["bk_base"].number
+    assert search.counts(study)["done"] == 3 and search.counts(study)["cached"] == 1
+    assert [t.number for t in search.front_trials(study)] == [by["bk_base"].number]
+    # a pruned or failed Genome is not trained again either
+    for design in ("bk_small", "bk_tiny"):
+        study.enqueue_trial(bound.to_params(bound.design(design)))
+    s.suggest("e")
+    skipped = {t.user_attrs["cached_from"] for t in study.get_trials() if t.user_attrs.get("skipped")}
+    assert skipped == {by[d].number for d in ("bk_base", "bk_small", "bk_tiny")}
+
+
+def test_a_died_trial_is_failed_with_a_message(tmp_path, bound_and_unet):
+    bound, unet = bound_and_unet
+    s, _, _ = _searcher(tmp_path, bound, unet)
+    s.suggest("a")
+    s.on_trial_complete("a", None, error=True)
+    (t,) = [t for t in optuna.load_study(study_name="t", storage=_storage(tmp_path)).trials if t.state.name == "FAIL"]
+    assert "died" in t.user_attrs["error"]
+
+
+def test_parameter_budget_is_an_optuna_constraint(tmp_path, bound_and_unet):
+    bound, unet = bound_and_unet
+    params_of = search._params_table(unet, bound)
+    budget = params_of(bound.design("bk_small"))  # bk_base is above it, bk_small and bk_tiny within
+    s, _, _ = _searcher(tmp_path, bound, unet, max_params=budget)
+    for tid, values in (("a", [1.0, 3.0, 1.0]), ("b", [2.0, 2.0, 2.0]), ("c", [3.0, 1.0, 3.0])):
+        s.suggest(tid)
+        s.on_trial_complete(tid, _final(values))
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    feasible = {t.user_attrs["design"]: t.constraints["params_budget"] <= 0 for t in study.trials}
+    assert feasible == {"bk_base": False, "bk_small": True, "bk_tiny": True}
+    assert {t.user_attrs["design"] for t in search.front_trials(study)} == {"bk_small", "bk_tiny"}
+
+
+@pytest.mark.parametrize("name", search.SAMPLERS)
+def test_every_sampler_runs_multi_objective(name):
+    study = optuna.create_study(directions=["minimize"] * 3, sampler=search.make_sampler(name, 0, 6))
+    study.optimize(lambda t: (t.suggest_categorical("a", [1, 2]), t.suggest_categorical("b", [1, 2]), 1.0),
+                   n_trials=6)
+    assert len(study.best_trials) >= 1
+
+
+def test_cli_bad_input_exits_2_with_one_line_and_leaves_the_study_alone(tmp_path, capsys, bound_and_unet):
+    from blocksearch.cli import main
+
+    bound, unet = bound_and_unet
+    teacher = tmp_path / "teacher"
+    unet.save_pretrained(teacher, safe_serialization=True)
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = search.resolve(search.SearchConfig(storage=db, runs_dir=str(tmp_path), teacher=str(teacher)))
+    study = search.prepare_study(search.open_storage(db), cfg, bound, _attrs(bound))
+    s = search.make_searcher(cfg, search.open_storage(db), bound, search._params_table(unet, bound))
+    s.suggest("a")
+    s.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
+    snapshot = [(t.number, t.state, t.values, t.user_attrs) for t in study.trials]
+    base = ["run", "--storage", db, "--runs-dir", str(tmp_path), "--teacher", str(teacher)]
+    for argv, word in ((["--space", "nope"], "unknown space"), (["--sampler", "cmaes"], "unknown sampler"),
+                       (["--teacher", "nope"], "unknown teacher"), (["--address", "127.0.0.1:1"], "cannot reach Ray"),
+                       (["--objectives", "fid,params"], "objectives"),
+                       (["--storage", "sqlite:////nonexistent-dir/x/y.db"], "cannot open storage")):
+        code = main(base + argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and word in err and len(err.splitlines()) == 1, err
+    study = optuna.load_study(study_name=cfg.study, storage=search.open_storage(db))
+    assert [(t.number, t.state, t.values, t.user_attrs) for t in study.trials] == snapshot
+
+
+class _StuckSampler(optuna.samplers.RandomSampler):
+    """A sampler that always proposes bk_base's params: what multi-objective TPE does on a small
+    discrete space once it has a favourite (seen in a real 16-trial run)."""
+
+    def __init__(self, params):
+        super().__init__(seed=0)
+        self.params = params
+
+    def sample_independent(self, study, trial, name, distribution):
+        return self.params[name] if name in self.params else \
+            super().sample_independent(study, trial, name, distribution)
+
+
+def test_a_sampler_stuck_on_a_trained_genome_falls_back_to_untrained_ones(tmp_path, bound_and_unet, monkeypatch):
+    bound, unet = bound_and_unet
+    stuck = bound.to_params(bound.design("bk_base"))
+    monkeypatch.setattr(search, "make_sampler", lambda *a: _StuckSampler(stuck))
+    s, _, _ = _searcher(tmp_path, bound, unet)
+    for tid in ("a", "b", "c"):  # the three enqueued BK designs
+        s.suggest(tid)
+        s.on_trial_complete(tid, _final([3.0, 100.0, 2.0]))
+    genomes = [s.suggest(tid)["_genome"] for tid in ("d", "e", "f")]
+    trained = {bound.design(n).id for n in ("bk_base", "bk_small", "bk_tiny")}
+    assert len(set(genomes)) == 3 and not set(genomes) & trained
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    assert sum(bool(t.user_attrs.get("explore")) for t in study.trials) == 3
