@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blocksearch.toy import ToyAssetError, load_judge, load_toy_teacher
-from blocksearch.toy.__main__ import main
+from blocksearch.cli import main
 from blocksearch.toy.assets import ASSETS, JUDGE_FILE, REBUILD, TEACHER_FILES
 
 
@@ -55,13 +55,13 @@ def test_damaged_judge_is_named(tmp_path):
 
 
 def test_cli_sample_rejects_unknown_words(capsys, tmp_path):
-    assert main(["sample", "a purple hexagon", "-o", str(tmp_path / "x.png")]) == 2
+    assert main(["toy", "sample", "a purple hexagon", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "purple" in err and "vocabulary: a small large" in err and not (tmp_path / "x.png").exists()
 
 
 def test_cli_sample_writes_png(tiny_build, tmp_path):
     out = tmp_path / "x.png"
-    assert main(["sample", "a red circle above a blue square", "-o", str(out), "--teacher", str(tiny_build),
+    assert main(["toy", "sample", "a red circle above a blue square", "-o", str(out), "--teacher", str(tiny_build),
                  "--steps", "2"]) == 0
     assert out.stat().st_size > 0
