@@ -97,7 +97,7 @@ def read_table(path: Path) -> Table:
     if not path.is_file():
         raise BlocksearchError(f"table {path} does not exist")
     with path.open() as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
     missing = [c for c in COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
         raise BlocksearchError(f"table {path}: expected a CSV with columns {list(COLUMNS)}; missing {missing}")
