@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from blocksearch.data import Batch, BatchStream, default_cache_dir
 from blocksearch.errors import BlocksearchError
+from blocksearch.settings import Settings
 from blocksearch.surgery import Student
 from blocksearch.teacher_cache import DEFAULT_CAP_GB, FeatureHooks, open_cache, teacher_forward
 from blocksearch.teachers import Teacher
@@ -33,7 +34,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Settings):
     """One KD run. Defaults: BK-SDM's loss weights; steps/batch sized for the toy teacher on one CPU thread."""
 
     steps: int = 120
@@ -59,17 +60,6 @@ class DistillConfig:
                 raise BlocksearchError(f"distill {name} must be an integer >= {low}, got {getattr(self, name)!r}")
         if not self.lr > 0 or min(self.lambda_task, self.lambda_out, self.lambda_feat) < 0:
             raise BlocksearchError("distill lr must be > 0 and every lambda >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DistillConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise BlocksearchError(f"unknown distill settings {sorted(unknown)}; "
-                                   f"allowed: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

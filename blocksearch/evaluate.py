@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from blocksearch.data import default_cache_dir, read_metadata
 from blocksearch.errors import BlocksearchError
+from blocksearch.settings import Settings
 from blocksearch.latency import cost, measure_latency
 from blocksearch.teachers import Teacher
 
@@ -31,7 +32,7 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """How a student is scored. Defaults are sized for the toy teacher on one CPU thread."""
 
     prompts: int = 128  # held-out prompts (toy) or captions of the reference folder (real teachers)
@@ -48,17 +49,6 @@ class EvalConfig:
     inception_weights: str | None = None  # real teachers: path to weights-inception-2015-12-05-6726825d.pth
     clip_model: str | None = None  # real teachers: a local CLIP model folder for the alignment score
     cache_dir: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvalConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise BlocksearchError(f"unknown eval settings {sorted(unknown)}; "
-                                   f"allowed: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,11 @@ def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict],
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
-    kd = distill(teacher, student, DistillConfig(**job.distill), device=job.device, on_step=report,
+    kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=report,
                  progress=False)
     out = Path(job.students_dir) / genome.id / "unet"
     student.unet.save_pretrained(out, safe_serialization=True)
-    metrics = evaluate(teacher, student.unet, EvalConfig(**job.eval), device=job.device)
+    metrics = evaluate(teacher, student.unet, EvalConfig.from_dict(job.eval), device=job.device)
     tm = metrics.timings
     return Outcome(metrics.to_dict(), {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),
                                        "score_s": tm.get("score_s", 0.0) + tm.get("latency_s", 0.0)},
