@@ -196,7 +196,7 @@ def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
                              truncation=True, return_tensors="pt").input_ids
         text = pipe.text_encoder(ids)[0]
     except Exception:  # a prompt outside the toy vocabulary: random embeddings are enough for a proxy
-        text = torch.randn(len(prompts), 77, unet.config["cross_attention_dim"])
+        text = torch.randn(len(prompts), getattr(pipe.tokenizer, "model_max_length", 77), unet.config["cross_attention_dim"])
     x = torch.randn(len(prompts), unet.config["in_channels"], size, size)
     t = torch.tensor([100, 400, 700, 900])
     with torch.no_grad():

@@ -56,6 +56,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
         "teacher_load_s": load_s,
         "judge_accuracy": judge_accuracy(judge),
         "text_alignment": text_alignment(images, prompts, judge),
+        "text_alignment_by_attribute": attribute_accuracy(images, [parse_prompt(p) for p in prompts], judge),
         "text_alignment_random_unet": text_alignment(random_images, prompts, judge),
         "toy_fid": toy_fid(images, ref, judge_path),
         "toy_fid_random_unet": toy_fid(random_images, ref, judge_path),
@@ -71,6 +72,8 @@ def format_figures(f: dict) -> str:
         lines.append(f"judge accuracy on real images ({k}): " + ", ".join(f"{a}={v:.3f}" for a, v in acc.items()))
     lines += [
         f"text alignment: teacher {f['text_alignment']:.3f}, random U-Net {f['text_alignment_random_unet']:.3f}",
+        "teacher samples matching their prompt, per attribute: "
+        + ", ".join(f"{a}={v:.3f}" for a, v in f.get("text_alignment_by_attribute", {}).items()),
         f"toy-FID: teacher {f['toy_fid']:.4g}, random U-Net {f['toy_fid_random_unet']:.4g}, "
         f"real-vs-real floor {f['toy_fid_real_floor']:.4g} "
         f"(teacher/random = {f['toy_fid'] / f['toy_fid_random_unet']:.3f})",

@@ -79,6 +79,25 @@ def loss(judge: ToyJudge, x: torch.Tensor, scenes: Sequence[Scene]) -> torch.Ten
     )
 
 
+def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Training augmentation: per image a random Gaussian blur (sigma 0-1.5 px), contrast/brightness
+    jitter and pixel noise, so the judge reads the soft edges and tints of generated images, not only
+    the world's crisp renders. x: float (N,3,H,W) in [-1, 1]."""
+    n = len(x)
+    sigma = torch.rand(n, generator=gen) * 1.5
+    r = torch.arange(-3, 4, dtype=x.dtype)
+    k = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (3n, 7) separable kernel per channel
+    y = x.reshape(1, 3 * n, *x.shape[-2:])
+    y = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="replicate"), k[:, None, None, :], groups=3 * n)
+    y = F.conv2d(F.pad(y, (0, 0, 3, 3), mode="replicate"), k[:, None, :, None], groups=3 * n)
+    y = y.reshape(x.shape)
+    scale = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.3
+    shift = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.2
+    noise = torch.randn(x.shape, generator=gen) * torch.rand(n, 1, 1, 1, generator=gen) * 0.1
+    return (y * scale + shift + noise).clamp(-1, 1)
+
+
 def to_judge_input(images) -> torch.Tensor:
     """uint8 (N,3,H,W) | float (N,3,H,W) in [0, 1] (diffusers output_type="pt") | list of PIL -> [-1, 1] 64x64."""
     if isinstance(images, (list, tuple)):

@@ -12,6 +12,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from blocksearch.toy.world import VOCABULARY
 
 TEXT_DIM = 64
+MAX_TOKENS = 16  # the longest caption is 10 tokens with BOS/EOS; SD pads to 77, which here only dilutes attention
+PREDICTION_TYPE = "v_prediction"  # as SD-v2 (Salimans & Ho, arXiv 2202.00512); see build.train_teacher
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 # SD-v1 noise schedule (CompVis v1-inference.yaml): scaled_linear betas 0.00085 -> 0.012 over 1000 steps.
@@ -48,7 +50,7 @@ TEXT = dict(
     intermediate_size=4 * TEXT_DIM,
     num_hidden_layers=2,
     num_attention_heads=4,
-    max_position_embeddings=77,
+    max_position_embeddings=MAX_TOKENS,
 )
 
 
@@ -73,7 +75,7 @@ def make_tokenizer() -> CLIPTokenizer:
                 merges.append((left, p))
             left = left + p
             add(left)
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
     for w in words:
         ids = tok(w, add_special_tokens=False).input_ids
         assert len(ids) == 1, f"toy tokenizer splits {w!r} into {tok.convert_ids_to_tokens(ids)}"
@@ -98,11 +100,11 @@ def make_vae() -> AutoencoderKL:
 
 
 def make_train_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False)
+    return DDPMScheduler(**SCHEDULE, prediction_type=PREDICTION_TYPE, clip_sample=False)
 
 
 def make_sample_scheduler() -> DPMSolverMultistepScheduler:
     """DPM-Solver++ (Lu et al., arXiv 2211.01095), 2nd order: good samples in 20 steps."""
     return DPMSolverMultistepScheduler(
-        **SCHEDULE, prediction_type="epsilon", algorithm_type="dpmsolver++", steps_offset=1
+        **SCHEDULE, prediction_type=PREDICTION_TYPE, algorithm_type="dpmsolver++", steps_offset=1
     )

@@ -105,19 +105,16 @@ def random_scene(rng: np.random.Generator) -> Scene:
 
 
 def _centres(scene: Scene, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Object centres (x, y) in pixels; a relation is unambiguous: >= 24 px apart on its axis, <= 6 px across."""
+    """Object centres (x, y) in pixels. One object: anywhere. Two: in the two halves of the relation's
+    axis (16 and 48 px, +-3 px), near the middle across (32 +-4 px), so a relation is unambiguous."""
     if scene.relation is None:
         r = _RADIUS[scene.objects[0].size] + 2
         return [tuple(rng.uniform(r, RESOLUTION - r, size=2))]
-    r = _RADIUS[None] + 2
-    along = rng.uniform(r, RESOLUTION - r - 26)
-    gap = rng.uniform(26, RESOLUTION - r - along)
-    across = rng.uniform(r + 3, RESOLUTION - r - 3)
-    jitter = rng.uniform(-3, 3, size=2)
-    first, second = (along, across + jitter[0]), (along + gap, across + jitter[1])  # (axis, cross-axis)
+    along = np.array([16.0, 48.0]) + rng.uniform(-3, 3, size=2)
+    across = 32 + rng.uniform(-4, 4) + rng.uniform(-1.5, 1.5, size=2)
     if scene.relation == "above":
-        return [(first[1], first[0]), (second[1], second[0])]
-    return [first, second]  # left of: axis is x
+        return [(across[0], along[0]), (across[1], along[1])]
+    return [(along[0], across[0]), (along[1], across[1])]  # left of: the axis is x
 
 
 def _mask(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:

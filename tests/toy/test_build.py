@@ -38,4 +38,4 @@ def test_tokenizer_one_token_per_word_and_round_trip(tmp_path):
     tok2 = CLIPTokenizer.from_pretrained(tmp_path)
     text = "a small red circle above a blue square"
     assert tok(text).input_ids == tok2(text).input_ids
-    assert len(tok(text).input_ids) == len(text.split()) + 2 and tok2.model_max_length == 77
+    assert len(tok(text).input_ids) == len(text.split()) + 2 and tok2.model_max_length == M.MAX_TOKENS

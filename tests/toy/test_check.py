@@ -8,10 +8,11 @@ def test_format_figures_and_grid(tmp_path):
         "settings": {"prompts": 2}, "teacher_load_s": 0.5,
         "judge_accuracy": {"heldout": {"count": 1.0, "all": 0.97}},
         "text_alignment": 0.9, "text_alignment_random_unet": 0.0,
+        "text_alignment_by_attribute": {"colour_a": 0.95, "all": 0.9},
         "toy_fid": 2.0, "toy_fid_random_unet": 100.0, "toy_fid_real_floor": 1.0,
     }
     text = format_figures(f)
-    assert "teacher/random = 0.020" in text and "all=0.970" in text
+    assert "teacher/random = 0.020" in text and "all=0.970" in text and "colour_a=0.950" in text
     imgs = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
     path = save_grid(imgs, ["a small red circle", "a red circle above a blue square"], tmp_path / "g.png", cols=2)
     assert path.stat().st_size > 0

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from blocksearch.toy import judge as J
-from blocksearch.toy.world import parse_prompt, real_images
+from blocksearch.toy.world import parse_prompt, real_images, sample_batch
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,13 @@ def test_scene_targets_mark_unused_heads():
     two = J.scene_targets(parse_prompt("a red circle left of a blue square"))
     assert one["relation"] == one["shape_b"] == -1 and one["size_a"] == 1
     assert two["size_a"] == -1 and two["relation"] == 1 and two["colour_b"] == 2
+
+
+def test_degrade_blurs_and_perturbs_within_range_and_is_seeded():
+    x, _, _ = sample_batch(8, seed=1)
+    y1 = J.degrade(x, torch.Generator().manual_seed(0))
+    y2 = J.degrade(x, torch.Generator().manual_seed(0))
+    assert torch.equal(y1, y2) and y1.shape == x.shape
+    assert y1.min() >= -1 and y1.max() <= 1
+    diff = (y1 - x).abs().mean((1, 2, 3))
+    assert (diff > 0.005).all() and (diff < 0.2).all()  # changed, yet still the same picture
