@@ -43,11 +43,18 @@ def render_all(report: ParetoReport, folder: Path) -> None:
 
 
 def _summary(r: ParetoReport) -> str:
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r.counts.items())) or "none"
+    """Trial counts by state; skipped sampler repeats (closed FAIL so samplers avoid them) counted apart."""
+    states: dict[str, int] = {}
+    for t in r.trials:
+        if not t.skipped:
+            states[t.state] = states.get(t.state, 0) + 1
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"
     notes = [f"{n} {what}" for n, what in (
-        (sum(t.cached_from is not None for t in r.trials), "cache hits (a Genome already trained; not ranked again)"),
-        (sum(not t.feasible for t in r.trials), "over a constraint such as --max-params (not ranked)"),
-        (sum(t.skipped for t in r.trials), "duplicate suggestions skipped")) if n]
+        (sum(t.skipped for t in r.trials),
+         "sampler repeats of an already-trained Genome, closed without training and not ranked"),
+        (sum(t.cached_from is not None and not t.skipped for t in r.trials),
+         "cache hits (a Genome already trained; not ranked again)"),
+        (sum(not t.feasible for t in r.trials), "over a constraint such as --max-params (not ranked)")) if n]
     return f"{len(r.trials)} trials ({counts})" + ("; " + "; ".join(notes) if notes else "")
 
 

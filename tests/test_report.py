@@ -152,7 +152,9 @@ def test_cache_hits_and_infeasible_trials_are_not_ranked(tmp_path):
     out = write_report("unet_blocks-toy", url, tmp_path / "report")
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert rows[7]["cached_from"] == "2" and rows[8]["feasible"] == "False" and rows[8]["rank"] == ""
-    assert "1 cache hits" in (out / "README.md").read_text()
+    text = (out / "README.md").read_text()
+    assert "1 cache hits" in text and "1 sampler repeats" in text
+    assert "10 trials (7 complete, 1 fail, 1 pruned)" in text  # the skipped repeat (also FAIL) is counted apart
 
 
 def test_report_explicit_reference_point(tmp_path):

@@ -31,6 +31,12 @@ def judge_accuracy(judge, n_random: int = 1024) -> dict[str, dict[str, float]]:
     }
 
 
+def _split_by_objects(prompts: list[str]) -> dict[str, list[int]]:
+    """Indices of one- and two-object prompts."""
+    n = [len(parse_prompt(p).objects) for p in prompts]
+    return {"one": [i for i, k in enumerate(n) if k == 1], "two": [i for i, k in enumerate(n) if k == 2]}
+
+
 def compute_figures(teacher: str | None = None, judge_path: str | None = None, per_prompt: int = 1,
                     num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> dict:
     """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time."""
@@ -57,6 +63,9 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
         "judge_accuracy": judge_accuracy(judge),
         "text_alignment": text_alignment(images, prompts, judge),
         "text_alignment_by_attribute": attribute_accuracy(images, [parse_prompt(p) for p in prompts], judge),
+        "text_alignment_by_objects": {
+            f"{k}_object": text_alignment(images[idx], [prompts[i] for i in idx], judge)
+            for k, idx in _split_by_objects(prompts).items() if len(idx)},
         "text_alignment_random_unet": text_alignment(random_images, prompts, judge),
         "toy_fid": toy_fid(images, ref, judge_path),
         "toy_fid_random_unet": toy_fid(random_images, ref, judge_path),
@@ -74,6 +83,8 @@ def format_figures(f: dict) -> str:
         f"text alignment: teacher {f['text_alignment']:.3f}, random U-Net {f['text_alignment_random_unet']:.3f}",
         "teacher samples matching their prompt, per attribute: "
         + ", ".join(f"{a}={v:.3f}" for a, v in f.get("text_alignment_by_attribute", {}).items()),
+        "text alignment by prompt kind: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in f.get("text_alignment_by_objects", {}).items()),
         f"toy-FID: teacher {f['toy_fid']:.4g}, random U-Net {f['toy_fid_random_unet']:.4g}, "
         f"real-vs-real floor {f['toy_fid_real_floor']:.4g} "
         f"(teacher/random = {f['toy_fid'] / f['toy_fid_random_unet']:.3f})",

@@ -1,6 +1,6 @@
 import torch
 
-from blocksearch.toy.check import format_figures, save_grid
+from blocksearch.toy.check import _split_by_objects, format_figures, save_grid
 
 
 def test_format_figures_and_grid(tmp_path):
@@ -9,10 +9,16 @@ def test_format_figures_and_grid(tmp_path):
         "judge_accuracy": {"heldout": {"count": 1.0, "all": 0.97}},
         "text_alignment": 0.9, "text_alignment_random_unet": 0.0,
         "text_alignment_by_attribute": {"colour_a": 0.95, "all": 0.9},
+        "text_alignment_by_objects": {"one_object": 1.0, "two_object": 0.8},
         "toy_fid": 2.0, "toy_fid_random_unet": 100.0, "toy_fid_real_floor": 1.0,
     }
     text = format_figures(f)
-    assert "teacher/random = 0.020" in text and "all=0.970" in text and "colour_a=0.950" in text
+    assert "teacher/random = 0.020" in text and "all=0.970" in text and "colour_a=0.950" in text and "two_object 0.800" in text
     imgs = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
     path = save_grid(imgs, ["a small red circle", "a red circle above a blue square"], tmp_path / "g.png", cols=2)
     assert path.stat().st_size > 0
+
+
+def test_split_by_objects():
+    split = _split_by_objects(["a small red circle", "a red circle above a blue square", "a large blue square"])
+    assert split == {"one": [0, 2], "two": [1]}
