@@ -206,7 +206,7 @@ def test_imagefolder_needs_captions(tmp_path):
     (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"}) + "\n"
                                                  for i in range(3)))
     batch = BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path / "cache")[0]
-    assert batch.noisy.shape == (2, 4, 16, 16) and batch.text.shape == (2, 77, 16)
+    assert batch.noisy.shape == (2, 4, 16, 16) and batch.text.shape == (2, teacher.pipeline.tokenizer.model_max_length, 16)
     assert list((tmp_path / "cache").glob("dataset-*.safetensors"))  # encoded once, reused
     (data / "metadata.jsonl").unlink()
     (data / "metadata.csv").write_text("file_name,label\n0.png,x\n")
