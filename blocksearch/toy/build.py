@@ -150,10 +150,10 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             eps = unet(noisy, t, text_encoder(tokens)[0]).sample
         snr = noise_sched.alphas_cumprod[t] / (1 - noise_sched.alphas_cumprod[t])
-        target = noise_sched.get_velocity(latents, noise, t) if M.PREDICTION_TYPE == "v_prediction" else noise
-        # per-sample x0-error weight min(SNR + 1, gamma); the v loss itself weights x0 errors by SNR + 1
-        weight = (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1) if M.PREDICTION_TYPE == "v_prediction" \
-            else snr.clamp(max=MIN_SNR_GAMMA) / snr
+        if M.PREDICTION_TYPE == "v_prediction":  # x0-error weight min(SNR + 1, gamma); the v loss weights it SNR + 1
+            target, weight = noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1)
+        else:  # epsilon: Min-SNR, x0-error weight min(SNR, gamma); the epsilon loss weights it SNR
+            target, weight = noise, snr.clamp(max=MIN_SNR_GAMMA) / snr
         loss = (weight * F.mse_loss(eps.float(), target, reduction="none").mean((1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
