@@ -47,14 +47,12 @@ class Budget:
     unet_batch: int
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
-    unet_minutes: float | None = None  # wall-clock cap: the schedule follows max(step, time) progress
 
 
 BUDGETS = {
     "tiny": Budget(vae_steps=4, vae_batch=4, judge_steps=4, judge_batch=16, unet_steps=4, unet_batch=4),
     "full": Budget(vae_steps=2000, vae_batch=16, judge_steps=600, judge_batch=64, unet_steps=3000, unet_batch=32,
-                   ema_decay=0.997,
-                   unet_minutes=None),  # fixed steps: the build reproduces from its seed
+                   ema_decay=0.997),  # fixed steps, no wall-clock cap: the build reproduces from its seed
 }
 
 
@@ -129,16 +127,9 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
     opt = torch.optim.AdamW(params, lr=b.unet_lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(b.unet_steps), desc="unet+text", unit="step")
-    start, steps_done = time.perf_counter(), 0
     for step in bar:
-        progress = step / b.unet_steps
-        if b.unet_minutes is not None:
-            progress = max(progress, (time.perf_counter() - start) / (60 * b.unet_minutes))
-        if progress >= 1:
-            break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, b.unet_steps, b.unet_lr, progress=progress if step >= 50 else None)
-        steps_done = step + 1
+            g["lr"] = _lr(step, b.unet_steps, b.unet_lr, progress=step / b.unet_steps if step >= 50 else None)
         x, captions, _ = sample_batch(b.unet_batch, seed * 10 + 4, step)
         drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
         tokens = torch.stack([ids["" if d else c] for c, d in zip(captions, drop)])
@@ -166,7 +157,7 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    return tokenizer, text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False), steps_done
+    return tokenizer, text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
 
 
 def make_pipeline(vae, tokenizer, text_encoder, unet):
@@ -199,7 +190,7 @@ def build(out: str | Path, seed: int = 0, budget: str = "full", weights_dtype: s
     t0 = time.perf_counter()
     vae = train_vae(b, seed)
     times["vae_s"] = time.perf_counter() - t0
-    tokenizer, text_encoder, unet, unet_steps_done = train_teacher(vae, b, seed)
+    tokenizer, text_encoder, unet = train_teacher(vae, b, seed)
     times["teacher_s"] = time.perf_counter() - t0 - sum(times.values())
     judge = train_judge(b, seed)
     times["judge_s"] = time.perf_counter() - t0 - sum(times.values())
@@ -211,7 +202,7 @@ def build(out: str | Path, seed: int = 0, budget: str = "full", weights_dtype: s
     for f in out.rglob("*.safetensors"):  # store in `dtype`; loaders upcast to fp32
         _recast(f, dtype)
     times["total_s"] = time.perf_counter() - t0
-    info = {"seed": seed, "budget": budget, "weights_dtype": weights_dtype, "budget_steps": asdict(b), "unet_steps_done": unet_steps_done,
+    info = {"seed": seed, "budget": budget, "weights_dtype": weights_dtype, "budget_steps": asdict(b),
             "wall_seconds": {k: round(v, 1) for k, v in times.items()}, "torch_threads": torch.get_num_threads()}
     (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
