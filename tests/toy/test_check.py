@@ -22,3 +22,18 @@ def test_format_figures_and_grid(tmp_path):
 def test_split_by_objects():
     split = _split_by_objects(["a small red circle", "a red circle above a blue square", "a large blue square"])
     assert split == {"one": [0, 2], "two": [1]}
+
+
+def test_check_defaults_are_the_default_evaluation_settings():
+    from blocksearch.evaluate import EvalConfig
+    from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
+
+    cfg = EvalConfig()
+    assert (N_PROMPTS, NUM_STEPS, GUIDANCE_SCALE) == (cfg.prompts, cfg.steps, cfg.guidance)
+
+
+def test_cli_check_rejects_no_prompts(capsys):
+    from blocksearch.cli import main
+
+    assert main(["toy", "check", "--prompts", "0"]) == 2
+    assert "--prompts must be at least 1, got 0" in capsys.readouterr().err
