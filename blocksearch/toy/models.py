@@ -13,7 +13,7 @@ from blocksearch.toy.world import VOCABULARY
 
 TEXT_DIM = 64
 MAX_TOKENS = 16  # the longest caption is 10 tokens with BOS/EOS; SD pads to 77, which here only dilutes attention
-PREDICTION_TYPE = "v_prediction"  # as SD-v2 (Salimans & Ho, arXiv 2202.00512); see build.train_teacher
+PREDICTION_TYPE = "v_prediction"  # as SD-v2 (Salimans & Ho, arXiv 2202.00512); zero terminal SNR needs it
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 # SD-v1 noise schedule (CompVis v1-inference.yaml): scaled_linear betas 0.00085 -> 0.012 over 1000 steps,
