@@ -26,6 +26,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.latency import cost, measure_latency
 from blocksearch.teachers import Teacher
+from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -35,12 +36,9 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 class EvalConfig(Settings):
     """How a student is scored. Defaults are sized for the toy teacher on one CPU thread."""
 
-    prompts: int = 128  # held-out prompts (toy) or captions of the reference folder (real teachers)
-    steps: int = 10  # sampler steps (the teacher's scheduler: DPM-Solver++ for the toy)
-    # classifier-free guidance scale: best for the toy teacher (zero-terminal-SNR, v-prediction) in a sweep
-    # of 2/3/4/5/7.5: text alignment 0.750/0.812/0.773/0.656/0.453, toy-FID 33.0/28.6/30.6/34.9/46.4
-    # (`blocksearch toy check --guidance G`); SD-v1/v2 teachers are usually sampled at 7.5 (--guidance)
-    guidance: float = 3.0
+    prompts: int = N_PROMPTS  # held-out prompts (toy) or captions of the reference folder (real teachers)
+    steps: int = NUM_STEPS  # sampler steps (the teacher's scheduler: DPM-Solver++ for the toy)
+    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: toy/sample.py)
     seed: int = 0  # added to every prompt's own seed
     batch_size: int = 64
     reference_images: int = 1024  # real images behind the FID reference statistics (toy)

@@ -41,7 +41,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
                     num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE, n_prompts: int = N_PROMPTS) -> dict:
     """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time.
 
-    Defaults are the default evaluation settings (`blocksearch evaluate`): 128 held-out prompts, 10 steps."""
+    Defaults are the default evaluation settings of `blocksearch evaluate` (toy/sample.py)."""
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     pipe = load_toy_teacher(path=teacher)
