@@ -168,7 +168,6 @@ def latency_bench(args) -> int:
     shared machine hits all of them alike; the ratios are of medians over rounds.
     """
     import math
-    import tempfile
     from pathlib import Path
 
     import torch
@@ -177,7 +176,8 @@ def latency_bench(args) -> int:
 
     from blocksearch.cost import unet_inputs
     from blocksearch.errors import BlocksearchError
-    from blocksearch.latency import file_lock, pick_clock
+    from blocksearch.cache import file_lock, lock_path
+    from blocksearch.latency import pick_clock
     from blocksearch.teachers import ARCHITECTURES
 
     if args.threads:
@@ -214,7 +214,7 @@ def latency_bench(args) -> int:
         return (now() - t0) / n
 
     times = {m[0]: [[] for _ in range(measurements)] for m in models}
-    with torch.no_grad(), file_lock(Path(tempfile.gettempdir()) / "blocksearch" / "latency.lock"):
+    with torch.no_grad(), file_lock(lock_path("latency")):
         inner = {}
         for name, _, unet, inputs, _ in tqdm(models, desc="warm up", unit="model"):
             for _ in range(warmup):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import normalised_hypervolume
 
@@ -54,14 +55,14 @@ def add_command(sub) -> None:
     p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: 10)")
     p.add_argument("--table", default=None,
                    help=f"CSV with columns {','.join(COLUMNS)} (default: {MEASURED.name} if present, else "
-                        f"a derived stand-in, cached under ~/.cache/blocksearch/bench)")
+                        f"a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench, default ~/.cache/blocksearch/bench)")
     p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: toy)")
     p.add_argument("--space", default="unet_blocks", help="space (default: unet_blocks)")
     p.set_defaults(handler=bench_search_cli)
 
 
 def bench_search_cli(args) -> int:
-    from blocksearch.search import SAMPLERS
+    from blocksearch.samplers import SAMPLERS
 
     if args.sampler not in SAMPLERS or args.sampler == "random":
         raise BlocksearchError(f"--sampler {args.sampler!r}: allowed: {[s for s in SAMPLERS if s != 'random']}")
@@ -137,7 +138,7 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
     """One search of ``trials`` distinct architectures; returns the objective values it evaluated."""
     import optuna
 
-    from blocksearch.search import make_sampler
+    from blocksearch.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=make_sampler(sampler, seed, trials))
@@ -165,7 +166,7 @@ def standin_table(teacher: str, space: str) -> Table:
 
     t = load_teacher(teacher)
     digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes()[:4096] for p in t.unet.parameters())).hexdigest()[:12]
-    cache = Path.home() / ".cache" / "blocksearch" / "bench" / f"standin-{space}-{digest}.csv"
+    cache = default_cache_dir() / "bench" / f"standin-{space}-{digest}.csv"
     source = (f"DERIVED STAND-IN (no measured table yet; cached at {cache}): fid := one-shot output-KD loss "
               f"after surgery (no training), params := exact, latency_ms := exact MACs (a proxy)")
     if cache.exists():

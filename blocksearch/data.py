@@ -21,6 +21,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 
 CAPTION_DROPOUT = 0.1  # as the teacher was trained: keeps the unconditional branch of CFG alive
@@ -39,10 +40,6 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in (self.noisy, self.timesteps, self.text, self.target)))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BLOCKSEARCH_CACHE", Path.home() / ".cache" / "blocksearch"))
 
 
 def fingerprint(*modules: torch.nn.Module) -> str:

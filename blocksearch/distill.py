@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from blocksearch.data import Batch, BatchStream, default_cache_dir
+from blocksearch.cache import default_cache_dir
+from blocksearch.data import Batch, BatchStream
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.surgery import Student

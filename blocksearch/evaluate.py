@@ -21,7 +21,8 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-from blocksearch.data import default_cache_dir, read_metadata
+from blocksearch.cache import default_cache_dir
+from blocksearch.data import read_metadata
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.latency import cost, measure_latency

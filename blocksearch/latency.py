@@ -12,19 +12,18 @@ proxy for speed).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from blocksearch.cache import default_cache_dir, file_lock, lock_path
 from blocksearch.cost import count_macs, count_params, unet_inputs
 
 _COSTS: dict[str, tuple[int, int]] = {}
@@ -36,19 +35,6 @@ class Latency:
     cv: float
     times_ms: tuple[float, ...]
     how: dict
-
-
-@contextmanager
-def file_lock(path: Path):
-    """Exclusive fcntl lock on ``path`` (created if missing); yields the seconds spent waiting."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        t0 = time.perf_counter()
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield time.perf_counter() - t0
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _sync(device) -> None:
@@ -72,7 +58,7 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
     """Median and CV of one U-Net step (batch 2 = CFG), serialised across processes by a file lock."""
     param = next(unet.parameters())
     inputs = unet_inputs(unet.config, batch, latent_size, device=param.device, dtype=param.dtype)
-    lock = Path(lock_dir or Path.home() / ".cache" / "blocksearch") / "latency.lock"
+    lock = lock_path("latency", lock_dir)
     clock = pick_clock(param.device, clock)
     now = time.process_time if clock == "cpu" else time.perf_counter
     with file_lock(lock) as waited:
@@ -107,7 +93,7 @@ def cost(unet, latent_size: int, cache_dir: Path | None = None) -> tuple[int, in
     key = hashlib.sha256(json.dumps([config, latent_size], sort_keys=True, default=str).encode()).hexdigest()[:20]
     if key in _COSTS:
         return _COSTS[key]
-    path = Path(cache_dir or Path.home() / ".cache" / "blocksearch") / "cost.json"
+    path = Path(cache_dir or default_cache_dir()) / "cost.json"
     table = json.loads(path.read_text()) if path.exists() else {}
     if key not in table:
         table[key] = [count_params(unet), count_macs(unet, latent_size)]

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.samplers import SAMPLERS, make_sampler
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
 OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
               "alignment": "maximize"}
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
 MAX_ASKS = 200  # suggestions tried per Ray trial before giving up on finding an untrained Genome
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes before an untrained one is queued
@@ -152,20 +152,6 @@ def counts(study) -> dict[str, int]:
             out["done"] += 1
             out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
     return out
-
-
-def make_sampler(name: str, seed: int, trials: int):
-    """TPE (default; Optuna 5 multi-objective TPE with constant liar for parallel trials), NSGA-II,
-    GP or random, all seeded."""
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(2, trials // 3)))
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: dict):

@@ -10,18 +10,17 @@ eviction; writers take a per-key file lock and write a temp file, then rename it
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from blocksearch.cache import file_lock
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.teachers import topology_of
@@ -118,7 +117,7 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
     folder = Path(cache_dir) / "teacher"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
-    with _locked(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if not path.exists():
             tensors = _compute(unet, stream, steps, dtype, device)
             size = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -163,14 +162,3 @@ def _evict(folder: Path, budget: int) -> None:
         log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name, size / 2**20)
         p.unlink(missing_ok=True)
         total -= size
-
-
-@contextmanager
-def _locked(path: Path):
-    """An exclusive fcntl lock: a second process computing the same cache waits, then reads it."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from blocksearch import latency as L
+from blocksearch.cache import file_lock, lock_path
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, Metrics, evaluate
@@ -57,11 +58,11 @@ def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeyp
 
 def test_latency_measurements_are_serialised_by_a_file_lock(tmp_path):
     unet = tiny_unet("sd-v1")
-    lock = tmp_path / "latency.lock"
+    lock = lock_path("latency", tmp_path)  # the one lock trials and `bench latency` share
     held = threading.Event()
 
     def hold():
-        with L.file_lock(lock):
+        with file_lock(lock):
             held.set()
             time.sleep(0.5)
 

@@ -1,0 +1,23 @@
+"""The samplers a search can use: Optuna's TPE, NSGA-II, GP and random search, all seeded.
+
+TPE: Bergstra et al., NeurIPS 2011 (Optuna's multi-objective TPE: Ozaki et al., GECCO 2022);
+NSGA-II: Deb et al., 2002; GP: Optuna's Gaussian-process sampler with log-EHVI for several objectives.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+def make_sampler(name: str, seed: int, trials: int):
+    """TPE (default; Optuna 5 multi-objective TPE with constant liar for parallel trials), NSGA-II,
+    GP or random, all seeded."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(2, trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
+    return optuna.samplers.RandomSampler(seed=seed)
