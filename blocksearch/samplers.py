@@ -6,9 +6,12 @@ NSGA-II: Deb et al., 2002; GP: Optuna's Gaussian-process sampler with log-EHVI f
 
 from __future__ import annotations
 
+import random
+
 import optuna
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
 
 
 def make_sampler(name: str, seed: int, trials: int):
@@ -21,3 +24,16 @@ def make_sampler(name: str, seed: int, trials: int):
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def untrained_genome(bound, trained: set[str], seed: int, attempt: int):
+    """The rule for a sampler that repeats itself, shared by the search and ``bench search``.
+
+    TPE on a small discrete space keeps proposing the same good Genome (its l/g argmax); after
+    ``REPEATS_BEFORE_FALLBACK`` repeats, a uniformly drawn untrained Genome is queued so the search keeps
+    exploring. Returns it (None when every Genome of ``bound`` is trained); seeded by (seed, progress).
+    """
+    fresh = [g for g in bound if g.id not in trained]
+    if not fresh:
+        return None
+    return random.Random(seed * 100003 + len(trained) * 31 + attempt).choice(fresh)

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import socket
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.samplers import SAMPLERS, make_sampler
+from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, SAMPLERS, make_sampler, untrained_genome
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
@@ -34,7 +33,6 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
 MAX_ASKS = 200  # suggestions tried per Ray trial before giving up on finding an untrained Genome
-REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes before an untrained one is queued
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -229,14 +227,11 @@ def make_searcher(cfg: SearchConfig, storage, bound: BoundSpace, params_of: Call
                                    f"the space may be exhausted ({len(bound)} architectures)")
 
         def _enqueue_untrained(self, attempt: int) -> None:
-            """TPE on a small discrete space keeps proposing the same good Genome (its l/g argmax); after a
-            few repeats, queue a uniformly drawn untrained Genome so the search keeps exploring."""
             trained = {t.user_attrs.get("genome") for t in self._ot_study.get_trials(deepcopy=False)
                        if t.state != _state("WAITING")} | set(self.inflight)
-            fresh = [g for g in bound if g.id not in trained]
-            if fresh:
-                rng = random.Random(cfg.seed * 100003 + len(trained) * 31 + attempt)
-                self._ot_study.enqueue_trial(bound.to_params(rng.choice(fresh)), user_attrs={"explore": True})
+            genome = untrained_genome(bound, trained, cfg.seed, attempt)
+            if genome is not None:
+                self._ot_study.enqueue_trial(bound.to_params(genome), user_attrs={"explore": True})
 
         def save(self, checkpoint_path: str) -> None:  # the Optuna study is the memory, not Tune's checkpoint
             Path(checkpoint_path).write_text(json.dumps({"study": cfg.study, "storage": cfg.storage}))
