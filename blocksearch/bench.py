@@ -51,6 +51,9 @@ def add_commands(sub) -> None:
     from blocksearch.bench_search import add_command as add_search_bench  # issue 5: bench search
 
     add_search_bench(sub)
+    from blocksearch.bench_stability import add_command as add_stability_bench
+
+    add_stability_bench(sub)
 
 
 def _median_ms(times) -> float:

@@ -38,3 +38,92 @@ def file_lock(path: Path, shared: bool = False):
             yield time.perf_counter() - t0
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- the measurement slot: latency is timed while no blocksearch process on this machine does heavy work --
+# A writer-preferring readers-writer lock over two lock files (Courtois et al., CACM 1971, "Concurrent
+# control with readers and writers", the writer-priority solution): heavy work (KD steps, generation,
+# scoring) holds ``room`` shared and passes through ``turnstile``; a latency measurement closes the
+# turnstile (exclusive), then waits for ``room`` exclusively. Work yields at its checkpoints
+# (``yield_to_measurement``: one non-blocking flock call when nobody is waiting), so a measurement waits
+# for one step of each other process at most, and then runs on a machine where nothing of ours trains.
+_SLOT = {"room": None, "depth": 0}
+
+
+def _slot_files(cache_dir=None) -> tuple[Path, Path]:
+    return lock_path("slot-turnstile", cache_dir), lock_path("slot-room", cache_dir)
+
+
+def _flock(path: Path, mode: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")
+    fcntl.flock(f, mode)
+    return f
+
+
+def _enter_room() -> None:
+    turnstile, room = _slot_files()
+    gate = _flock(turnstile, fcntl.LOCK_SH)  # blocks while a measurement holds the turnstile
+    try:
+        _SLOT["room"] = _flock(room, fcntl.LOCK_SH)
+    finally:
+        gate.close()  # closing the file releases its flock
+
+
+def _leave_room() -> None:
+    if _SLOT["room"] is not None:
+        _SLOT["room"].close()
+        _SLOT["room"] = None
+
+
+@contextmanager
+def work_slot():
+    """Mark heavy work of this process (re-entrant): latency measurements wait until it yields."""
+    if _SLOT["depth"] == 0:
+        _enter_room()
+    _SLOT["depth"] += 1
+    try:
+        yield
+    finally:
+        _SLOT["depth"] -= 1
+        if _SLOT["depth"] == 0:
+            _leave_room()
+
+
+def yield_to_measurement() -> float:
+    """A checkpoint of heavy work: if a measurement waits, step aside until it is done. Returns the
+    seconds spent waiting (0.0 in the common case: one non-blocking flock call)."""
+    if _SLOT["room"] is None:
+        return 0.0
+    turnstile, _ = _slot_files()
+    with open(turnstile, "a") as gate:
+        try:
+            fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return 0.0  # nobody is measuring
+        except BlockingIOError:
+            pass
+    t0 = time.perf_counter()
+    _leave_room()
+    _enter_room()
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def measurement_slot():
+    """Exclusive use of the machine among blocksearch processes: waits until every process in a
+    ``work_slot`` has yielded, keeps new work out, and yields the seconds spent waiting."""
+    held = _SLOT["room"] is not None
+    _leave_room()  # our own work steps aside too
+    turnstile, room = _slot_files()
+    t0 = time.perf_counter()
+    gate = _flock(turnstile, fcntl.LOCK_EX)
+    try:
+        excl = _flock(room, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            excl.close()
+    finally:
+        gate.close()
+        if held:
+            _enter_room()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import default_cache_dir, yield_to_measurement
 from blocksearch.data import Batch, BatchStream
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
@@ -174,6 +174,7 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
                 t_out, t_feats = recipe.teacher_targets(batch)
                 teacher_s += time.perf_counter() - t0
             record = recipe.step(i + 1, batch, t_out, t_feats)
+            yield_to_measurement()  # a latency measurement of another process waits for one step at most
             losses.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if on_step is not None:

@@ -1,32 +1,43 @@
-"""Speed and size of an architecture: U-Net step latency (measured) and params / MACs (counted, cached).
+"""Speed and size of an architecture: U-Net step latency, end-to-end generation latency, peak memory
+(measured), params / MACs (counted); all cached by architecture and measurement key.
 
-Latency is one U-Net forward with a classifier-free-guidance batch of 2 at the evaluation
-resolution: warm-up calls, then ``repeats`` timings of a loop long enough to dwarf timer noise; the
-median and the coefficient of variation (std / mean) over repeats are reported. On a CPU with one
-torch thread the clock is the process CPU time, so that other processes on a shared machine do not
-inflate it; elsewhere it is the wall clock. Measurements hold an
-fcntl file lock so two trials on one machine never time at the same moment (SnapFusion, arXiv
-2306.00980, scores blocks by latency measured on the device for the same reason: params are a poor
-proxy for speed).
+Latency is a property of (architecture, device, dtype, resolution, threads), not of the machine's load
+(DESIGN.md, "Latency and memory"). So every timing runs in the ``measurement_slot`` of
+``blocksearch/cache.py``: it waits until every other blocksearch process on this machine -- trials that
+train or generate, ``blocksearch distill``, benchmarks -- has stepped aside at its next checkpoint, and
+keeps them out until it is done. On a CPU with one torch thread the clock is the process CPU time;
+elsewhere the wall clock. Results are cached under ``<cache_dir>/measurements.json`` by that key, so one
+architecture is timed once per machine (SnapFusion, arXiv 2306.00980, and NanoSD, arXiv 2601.09823,
+likewise score latency on the target device: params and MACs are poor proxies for speed).
+
+Peak memory of one CFG U-Net step: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU, the peak of
+live tensor bytes (weights, inputs and every activation) traced op by op with a ``TorchDispatchMode``:
+deterministic, architecture-only, without the allocator's own overhead.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
+import platform
 import statistics
 import time
-from dataclasses import dataclass
+import weakref
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from blocksearch.cache import default_cache_dir, file_lock, lock_path
+from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
 from blocksearch.cost import count_macs, count_params, unet_inputs
 
 _COSTS: dict[str, tuple[int, int]] = {}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,10 @@ class Latency:
     cv: float
     times_ms: tuple[float, ...]
     how: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Latency":
+        return cls(d["median_ms"], d["cv"], tuple(d["times_ms"]), d["how"])
 
 
 def _sync(device) -> None:
@@ -52,56 +67,266 @@ def pick_clock(device, clock: str = "auto") -> str:
     return clock
 
 
-@torch.no_grad()
-def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, min_s: float = 0.05,
-                    lock_dir: Path | None = None, device="cpu", batch: int = 2, clock: str = "auto") -> Latency:
-    """Median and CV of one U-Net step (batch 2 = CFG), serialised across processes by a file lock."""
-    param = next(unet.parameters())
-    inputs = unet_inputs(unet.config, batch, latent_size, device=param.device, dtype=param.dtype)
-    lock = lock_path("latency", lock_dir)
-    clock = pick_clock(param.device, clock)
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    with file_lock(lock) as waited:
-        for _ in range(warmup):
-            unet(**inputs)
-        _sync(device)
+def device_name(device) -> str:
+    """The hardware behind ``device``: the GPU's name, or the CPU's model."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_key(what: str, config, **settings) -> str:
+    """The cache key of a measurement: what, the architecture and every setting that changes the number."""
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    blob = json.dumps([what, config, settings, torch.__version__], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _table_path(cache_dir) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "measurements.json"
+
+
+def cached(key: str, cache_dir=None) -> dict | None:
+    path = _table_path(cache_dir)
+    return json.loads(path.read_text()).get(key) if path.exists() else None
+
+
+def store(key: str, value: dict, cache_dir=None) -> None:
+    path = _table_path(cache_dir)
+    with file_lock(lock_path("latency-table", cache_dir)):
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table[key] = value
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, path)
+
+
+def _timings(call, now, device, warmup: int, repeats: int, min_s: float) -> tuple[list[float], int]:
+    """``repeats`` timings (ms per call) of a loop of calls at least ``min_s`` long, after warm-up."""
+    for _ in range(warmup):
+        call()
+    _sync(device)
+    t0 = now()
+    call()
+    _sync(device)
+    inner = max(1, math.ceil(min_s / max(now() - t0, 1e-6)))
+    times = []
+    for _ in range(repeats):
         t0 = now()
-        unet(**inputs)
+        for _ in range(inner):
+            call()
         _sync(device)
-        inner = max(1, math.ceil(min_s / max(now() - t0, 1e-6)))
-        times = []
-        for _ in range(repeats):
-            t0 = now()
-            for _ in range(inner):
-                unet(**inputs)
-            _sync(device)
-            times.append((now() - t0) / inner * 1000)
+        times.append((now() - t0) / inner * 1000)
+    return times, inner
+
+
+def _summary(times: list[float], how: dict) -> Latency:
     mean = statistics.fmean(times)
     cv = statistics.pstdev(times) / mean if len(times) > 1 else 0.0
+    return Latency(statistics.median(times), cv, tuple(times), how)
+
+
+@torch.no_grad()
+def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, min_s: float = 0.05,
+                    cache_dir=None, device=None, batch: int = 2, clock: str = "auto",
+                    use_cache: bool = True) -> Latency:
+    """Median and CV of one U-Net step (batch 2 = CFG) on the U-Net's own device and dtype, timed in the
+    measurement slot and cached by (architecture, device, dtype, resolution, threads, settings)."""
+    param = next(unet.parameters())
+    device = param.device
+    clock = pick_clock(device, clock)
+    key = measure_key("unet_step", unet.config, latent=latent_size, batch=batch, device=device_name(device),
+                      dtype=str(param.dtype), threads=torch.get_num_threads(), clock=clock, warmup=warmup,
+                      repeats=repeats, min_s=min_s)
+    if use_cache and (hit := cached(key, cache_dir)) is not None:
+        return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
+    inputs = unet_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype)
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    with measurement_slot() as waited:
+        times, inner = _timings(lambda: unet(**inputs), now, device, warmup, repeats, min_s)
     how = {"what": f"one U-Net forward, batch {batch} (classifier-free guidance), latent "
-                   f"{latent_size}x{latent_size}, 77 text tokens", "device": str(param.device),
-           "dtype": str(param.dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads(),
+                   f"{latent_size}x{latent_size}, 77 text tokens", "device": str(device),
+           "device_name": device_name(device), "dtype": str(param.dtype).replace("torch.", ""),
+           "torch_threads": torch.get_num_threads(),
            "clock": "process CPU time" if clock == "cpu" else "wall clock",
            "warmup": warmup, "repeats": repeats, "calls_per_repeat": inner, "statistic": "median; cv = std/mean",
-           "lock": str(lock), "lock_wait_s": round(waited, 3)}
-    return Latency(statistics.median(times), cv, tuple(times), how)
+           "isolation": "measurement slot: no other blocksearch process trained or generated meanwhile",
+           "slot_wait_s": round(waited, 3), "cache": "measured"}
+    out = _summary(times, how)
+    if use_cache:
+        store(key, asdict(out), cache_dir)
+    return out
+
+
+@contextmanager
+def _timed_module(module, acc: list):
+    """Accumulate the wall time of ``module``'s forward calls into ``acc[0]``."""
+    start = {}
+    pre = module.register_forward_pre_hook(lambda m, a: start.__setitem__("t", time.perf_counter()))
+    post = module.register_forward_hook(lambda m, a, o: acc.__setitem__(0, acc[0] + time.perf_counter() - start["t"]))
+    try:
+        yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+@torch.no_grad()
+def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, warmup: int = 1,
+                repeats: int = 3, cache_dir=None, use_cache: bool = True) -> Latency:
+    """End-to-end latency of one image: text encoder, ``steps`` U-Net steps with CFG, VAE decode (what a
+    user ships), wall clock, in the measurement slot; the text-encoder and U-Net shares in ``how``."""
+    device = pipe.device
+    unet = pipe.unet
+    dtype = next(unet.parameters()).dtype
+    key = measure_key("e2e", unet.config, steps=steps, guidance=guidance, device=device_name(device),
+                      dtype=str(dtype), threads=torch.get_num_threads(), repeats=repeats,
+                      vae=dict(pipe.vae.config), text=pipe.text_encoder.config.to_dict(),
+                      scheduler=type(pipe.scheduler).__name__)
+    if use_cache and (hit := cached(key, cache_dir)) is not None:
+        return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
+    shares = {"text_encoder": [0.0], "unet": [0.0]}
+
+    def call():
+        gen = torch.Generator(device).manual_seed(seed)
+        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt")
+
+    with measurement_slot() as waited:
+        for _ in range(warmup):
+            call()
+        times = []
+        with _timed_module(pipe.text_encoder, shares["text_encoder"]), _timed_module(unet, shares["unet"]):
+            for _ in range(repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                call()
+                _sync(device)
+                times.append((time.perf_counter() - t0) * 1000)
+    total = sum(times)
+    how = {"what": f"one image: text encoder + {steps} U-Net steps "
+                   f"({'batch 2, CFG' if guidance > 1 else 'no CFG'}) + VAE decode, guidance {guidance}",
+           "device": str(device), "device_name": device_name(device), "dtype": str(dtype).replace("torch.", ""),
+           "torch_threads": torch.get_num_threads(), "clock": "wall clock", "warmup": warmup,
+           "repeats": repeats, "statistic": "median", "slot_wait_s": round(waited, 3), "cache": "measured",
+           "share": {k: round(v[0] * 1000 / total, 3) for k, v in shares.items()}}
+    out = _summary(times, how)
+    if use_cache:
+        store(key, asdict(out), cache_dir)
+    return out
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Trace the bytes of live tensor storages op by op; ``peak`` is their maximum."""
+
+    def __init__(self, start: int, seen: set):
+        super().__init__()
+        self.live, self.peak, self.refs, self.seen = start, start, {}, seen
+
+    def _drop(self, ptr: int) -> None:
+        entry = self.refs[ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.refs[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in self.seen or ptr == 0:  # weights and inputs: counted in ``start``
+                continue
+            if ptr not in self.refs:
+                self.refs[ptr] = [storage.nbytes(), 0]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self.refs[ptr][1] += 1
+            weakref.finalize(t, self._drop, ptr)
+        return out
+
+
+def weights_bytes(unet) -> int:
+    """Bytes of the U-Net's parameters and buffers in their current dtype."""
+    return sum(t.numel() * t.element_size() for t in [*unet.parameters(), *unet.buffers()])
+
+
+@torch.no_grad()
+def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cache: bool = True) -> dict:
+    """Peak memory of one CFG U-Net step at inference, and the weights' bytes, in MB (2**20 bytes)."""
+    param = next(unet.parameters())
+    device = param.device
+    key = measure_key("memory", unet.config, latent=latent_size, batch=batch, device=device.type, dtype=str(param.dtype))
+    if use_cache and (hit := cached(key, cache_dir)) is not None:
+        return hit
+    inputs = unet_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype)
+    tensors = [*unet.parameters(), *unet.buffers(), *[v for v in inputs.values() if isinstance(v, torch.Tensor)]]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        unet(**inputs)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base + sum(t.numel() * t.element_size() for t in tensors)
+        method = "torch.cuda.max_memory_allocated during one forward, plus the weights and inputs"
+    else:
+        seen = {t.untyped_storage().data_ptr() for t in tensors}
+        start = sum(t.untyped_storage().nbytes() for t in tensors)
+        tracer = _LiveBytes(start, seen)
+        with tracer:
+            unet(**inputs)
+        peak = tracer.peak
+        method = ("peak of live tensor bytes (weights + inputs + activations), traced op by op with a "
+                  "TorchDispatchMode; the allocator's own overhead is not included")
+    out = {"peak_mb": peak / 2**20, "weights_mb": weights_bytes(unet) / 2**20,
+           "how": {"what": f"one U-Net forward at inference, batch {batch} (CFG), latent {latent_size}x{latent_size}",
+                   "device": device.type, "dtype": str(param.dtype).replace("torch.", ""), "method": method}}
+    if use_cache:
+        store(key, out, cache_dir)
+    return out
 
 
 def cost(unet, latent_size: int, cache_dir: Path | None = None) -> tuple[int, int]:
     """(params, MACs), cached by architecture (the config, i.e. the Genome on a given teacher) on disk."""
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    key = hashlib.sha256(json.dumps([config, latent_size], sort_keys=True, default=str).encode()).hexdigest()[:20]
+    key = measure_key("cost", unet.config, latent=latent_size)
     if key in _COSTS:
         return _COSTS[key]
-    path = Path(cache_dir or default_cache_dir()) / "cost.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
-    if key not in table:
-        table[key] = [count_params(unet), count_macs(unet, latent_size)]
-        with file_lock(path.with_suffix(".lock")):
-            current = json.loads(path.read_text()) if path.exists() else {}
-            current[key] = table[key]
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(current))
-            os.replace(tmp, path)
-    _COSTS[key] = tuple(table[key])
+    hit = cached(key, cache_dir)
+    if hit is None:
+        hit = [count_params(unet), count_macs(unet, latent_size)]
+        store(key, hit, cache_dir)
+    _COSTS[key] = tuple(hit)
     return _COSTS[key]
+
+
+def on_target(module, device, dtype):
+    """``module`` on the deployment target: itself when it is there already, else a copy (the
+    evaluation's own models -- the teacher's shared VAE and text encoder -- are never cast in place)."""
+    param = next(module.parameters())
+    if param.device == torch.device(device) and param.dtype == dtype:
+        return module
+    return copy.deepcopy(module).to(device=device, dtype=dtype)
+
+
+def speed_and_memory(pipe, latent_size: int, steps: int, guidance: float, prompt: str, device, dtype: str,
+                     warmup: int, repeats: int, min_s: float, clock: str, cache_dir=None) -> tuple[dict, dict]:
+    """U-Net step latency, end-to-end latency of one image and peak memory of ``pipe`` (a student
+    pipeline) on the deployment target ``device``/``dtype``: (metrics, how each was measured)."""
+    torch_dtype = DTYPES[dtype]
+    parts = {k: on_target(v, device, torch_dtype) if isinstance(v, torch.nn.Module) else v
+             for k, v in pipe.components.items()}
+    target = type(pipe)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
+    target.set_progress_bar_config(disable=True)
+    lat = measure_latency(target.unet, latent_size, warmup, repeats, min_s, cache_dir, clock=clock)
+    e2e = measure_e2e(target, steps, guidance, prompt, cache_dir=cache_dir)
+    mem = peak_memory(target.unet, latent_size, cache_dir=cache_dir)
+    metrics = {"latency_ms": lat.median_ms, "latency_cv": lat.cv, "e2e_ms": e2e.median_ms,
+               "memory_mb": mem["peak_mb"], "weights_mb": mem["weights_mb"]}
+    return metrics, {"latency": lat.how, "e2e": e2e.how, "memory": mem["how"]}

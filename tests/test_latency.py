@@ -1,0 +1,75 @@
+"""Latency, end-to-end latency and peak memory: cached by architecture and measurement key, timed in
+the measurement slot, memory traced op by op."""
+
+import multiprocessing as mp
+import time
+
+import pytest
+import torch
+
+from blocksearch import cache as C
+from blocksearch import latency as L
+from tests.conftest import tiny_unet
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def _hold_work(ready, seconds):
+    with C.work_slot():
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_a_latency_measurement_waits_for_other_processes_work():
+    unet = tiny_unet("sd-v1")
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_work, args=(ready, 0.5))
+    p.start()
+    ready.wait(10)
+    lat = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, use_cache=False)
+    p.join(10)
+    assert lat.how["slot_wait_s"] >= 0.3 and len(lat.times_ms) == 3
+    assert lat.median_ms == sorted(lat.times_ms)[1]
+
+
+def test_latency_is_cached_by_architecture_and_measurement_settings():
+    unet = tiny_unet("sd-v1")
+    first = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0)
+    again = L.measure_latency(tiny_unet("sd-v1", seed=1), 16, warmup=1, repeats=3, min_s=0.0)  # same architecture
+    assert first.how["cache"] == "measured" and again.how["cache"] == "hit"
+    assert again.median_ms == first.median_ms and again.times_ms == first.times_ms
+    other = L.measure_latency(unet, 8, warmup=1, repeats=3, min_s=0.0)  # another resolution: another key
+    assert other.how["cache"] == "measured"
+    assert L.measure_key("unet_step", unet.config, threads=1) != L.measure_key("unet_step", unet.config, threads=2)
+
+
+def test_live_bytes_tracer_on_a_hand_worked_function():
+    x = torch.ones(256, 1024)  # 1 MiB
+    mib = 2**20
+
+    def f(x):
+        y = x * 2  # +1 MiB
+        z = y + 1  # +1 MiB while y is alive
+        del y
+        return z.sum()  # y gone: 2 MiB live, plus a scalar
+
+    tracer = L._LiveBytes(x.untyped_storage().nbytes(), {x.untyped_storage().data_ptr()})
+    with tracer:
+        f(x)
+    assert tracer.peak == 3 * mib
+
+
+def test_peak_memory_counts_weights_and_activations_and_is_deterministic():
+    unet = tiny_unet("sd-v1")
+    a = L.peak_memory(unet, 16, use_cache=False)
+    b = L.peak_memory(unet, 16, use_cache=False)
+    assert a["peak_mb"] == b["peak_mb"]
+    assert a["weights_mb"] == pytest.approx(sum(p.numel() * 4 for p in unet.parameters()) / 2**20)
+    assert a["peak_mb"] > a["weights_mb"]
+    bigger = L.peak_memory(unet, 32, use_cache=False)  # 4x the pixels: more activation memory
+    assert bigger["peak_mb"] - bigger["weights_mb"] > 2 * (a["peak_mb"] - a["weights_mb"])
