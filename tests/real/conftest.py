@@ -24,6 +24,15 @@ TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_atten
             max_position_embeddings=77)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, 2 OpenMP threads can be 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A character-level CLIP BPE tokenizer written here (no download); 77 tokens, as SD pads to."""
     vocab = {BOS: 0, EOS: 1}
