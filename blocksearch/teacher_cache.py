@@ -162,3 +162,42 @@ def _evict(folder: Path, budget: int) -> None:
         log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name, size / 2**20)
         p.unlink(missing_ok=True)
         total -= size
+
+
+# -- the cache at real size (issue 11): bytes per step, and disk or live ---------------------------
+_INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchStream makes them: fp32, int64
+
+
+def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
+                         text_tokens: int = 77) -> int:
+    """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
+    and the teacher's output and every feature of ``teacher_modules`` (stored at ``dtype_bytes``).
+
+    Shapes come from forward hooks on a U-Net built from the config on the meta device: no weights,
+    no memory, no download."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(dict(unet_config)).eval()
+        noisy = torch.empty(batch_size, unet.config.in_channels, latent_size, latent_size)
+        timesteps = torch.zeros(batch_size, dtype=torch.long)
+        text = torch.empty(batch_size, text_tokens, unet.config.cross_attention_dim)
+        hooks = FeatureHooks(unet, teacher_modules(unet.config))
+        try:
+            out, feats = teacher_forward(unet, hooks, Batch(noisy, timesteps, text, noisy))
+        finally:
+            hooks.remove()
+    inputs = {"noisy": noisy, "timesteps": timesteps, "text": text, "target": noisy}  # target: eps or v, as noisy
+    stored = sum(t.numel() * _INPUT_BYTES[k] for k, t in inputs.items())
+    return stored + sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes
+
+
+def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int) -> tuple[str, str]:
+    """("disk", why) when ``steps`` cached steps fit under the cap, else ("live", why): the teacher then
+    runs alongside the student in every trial instead of being read from the cache (DESIGN.md)."""
+    total = bytes_per_step * steps
+    figures = (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {total / 2**30:,.2f} GiB, "
+               f"cap {cap_bytes / 2**30:,.2f} GiB (BLOCKSEARCH_CACHE_GB)")
+    if total <= cap_bytes:
+        return "disk", f"{figures}: fits, computed once and shared by every trial"
+    return "live", f"{figures}: over the cap, so the teacher runs live in each trial"

@@ -1,0 +1,37 @@
+"""The teacher cache at real size: the meta-device estimate equals a real cache file; disk or live."""
+
+import pytest
+from safetensors.torch import load_file
+
+from blocksearch.data import BatchStream
+from blocksearch.teacher_cache import cache_bytes_per_step, cache_plan, open_cache
+from blocksearch.teachers import architecture, load_teacher
+
+
+@pytest.mark.parametrize("dtype, dtype_bytes", [("fp32", 4), ("fp16", 2)])
+def test_estimate_equals_the_bytes_of_a_cache_file(sd_folder, data_folder, tmp_path, dtype, dtype_bytes):
+    teacher = load_teacher(str(sd_folder))
+    stream = BatchStream(teacher.pipeline, str(data_folder), batch_size=3, seed=0, cache_dir=tmp_path)
+    cache = open_cache("tiny-sd", teacher.unet, stream, 2, tmp_path, dtype=dtype)
+    tensors = load_file(cache.path)
+    real = sum(t.numel() * t.element_size() for t in tensors.values())
+    latent = tensors["noisy"].shape[-1]
+    tokens = teacher.pipeline.tokenizer.model_max_length
+    assert latent == 8 and tokens == 77
+    assert cache_bytes_per_step(teacher.unet.config, 3, latent, dtype_bytes, text_tokens=tokens) * 2 == real
+
+
+def test_sd_v1_at_512px_on_the_meta_device():
+    config = architecture("sd-v1").config
+    per_step = cache_bytes_per_step(config, 16, 64)
+    # hand count per image: 12 features + output = 8,617,984 fp32 values; inputs 2 x 4x64x64 + 77x768 fp32 + int64
+    assert per_step == 16 * (8_617_984 * 4 + 2 * 16384 * 4 + 77 * 768 * 4 + 8)
+    assert cache_bytes_per_step(config, 32, 64) == 2 * per_step
+    assert cache_bytes_per_step(config, 16, 64, dtype_bytes=2) < per_step
+
+
+def test_cache_plan():
+    mode, why = cache_plan(2**20, 120, 2**30)
+    assert mode == "disk" and "120 steps" in why and "fits" in why
+    mode, why = cache_plan(531 * 2**20, 120, 4 * 2**30)
+    assert mode == "live" and "62.23 GiB" in why and "4.00 GiB" in why
