@@ -20,37 +20,36 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised): the one
+    front computation of the package, :func:`dominates` applied to every pair at once.
+
+    Duplicates of a non-dominated row are all kept."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (points x objectives), got shape {values.shape}")
+    mask = np.ones(len(values), dtype=bool)
+    for i, row in enumerate(values):
+        mask[i] = not np.any(np.all(values <= row, axis=1) & np.any(values < row, axis=1))
+    return mask
+
+
 def non_dominated_sort(points: Sequence[Sequence[float]]) -> list[list[int]]:
-    """Fronts of indices, best first (NSGA-II's non-dominated sorting, Deb et al. 2002); equal points
-    share a front."""
-    left, fronts = list(range(len(points))), []
-    while left:
-        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left)]
-        fronts.append(front)
-        left = [i for i in left if i not in front]
+    """Fronts of indices, best first (NSGA-II's non-dominated sorting, Deb et al. 2002): the front of
+    the points left after removing the better fronts; equal points share a front."""
+    if not len(points):
+        return []
+    left, fronts, values = np.arange(len(points)), [], np.asarray(points, dtype=float)
+    while left.size:
+        keep = pareto_mask(values[left])
+        fronts.append(left[keep].tolist())
+        left = left[~keep]
     return fronts
 
 
 def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices of the non-dominated points (minimisation)."""
-    return non_dominated_sort(points)[0] if len(points) else []
-
-
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised).
-
-    A row is dominated when another row is <= in every column and < in one; duplicates of a
-    non-dominated row are all kept."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 2:
-        raise ValueError(f"values must be a 2-D array (points x objectives), got shape {values.shape}")
-    n = len(values)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        le = np.all(values <= values[i], axis=1)
-        lt = np.any(values < values[i], axis=1)
-        mask[i] = not np.any(le & lt)
-    return mask
+    return (non_dominated_sort(points) or [[]])[0]
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:

@@ -9,7 +9,6 @@ import pytest
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import dominates, hypervolume, non_dominated_sort, pareto_front
 from blocksearch.report import (architecture_diff, architecture_table, build_report, open_study,
                                 teacher_topology, write_report)
 from blocksearch.space import Genome, load_space
@@ -79,31 +78,6 @@ def union(points):
         for subset in combinations(points, k):
             total += (-1) ** (k + 1) * box([max(c) for c in zip(*subset)])
     return total
-
-
-# -- pareto.py ---------------------------------------------------------------------------------------
-def test_dominance_and_sorting():
-    assert dominates((1, 2), (1, 3)) and not dominates((1, 2), (1, 2)) and not dominates((0, 3), (1, 2))
-    assert non_dominated_sort([(1, 1), (2, 2), (1, 1), (3, 0), (3, 3)]) == [[0, 2, 3], [1], [4]]
-    assert pareto_front([]) == []
-
-
-def test_hypervolume_hand_cases():
-    assert hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4)) == 6.0  # staircase 1 + 2 + 3
-    # boxes 3*3*1 + 2*2*3 - overlap 2*2*1 = 17; (3,3,3) is dominated and (5,0,0) lies beyond r
-    assert hypervolume([(1, 1, 3), (2, 2, 1), (3, 3, 3), (5, 0, 0)], (4, 4, 4)) == 17.0
-    assert hypervolume([], (1, 1)) == 0.0
-    with pytest.raises(ValueError):
-        hypervolume([(1, 2)], (1, 2, 3))
-
-
-def test_hypervolume_matches_optuna():
-    np = pytest.importorskip("numpy")
-    compute = pytest.importorskip("optuna._hypervolume").compute_hypervolume
-    rng = np.random.default_rng(0)
-    for d in (2, 3):
-        pts = rng.random((25, d))
-        assert hypervolume(pts.tolist(), (1.1,) * d) == pytest.approx(compute(pts, np.full(d, 1.1)), abs=1e-12)
 
 
 # -- architectures against the teacher ------------------------------------------------------------
