@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume for minimisation problems (shared by search, bench and report).
+"""Pareto fronts and hypervolume for minimisation problems (shared by report and bench search).
 
 Hypervolume: the volume dominated by a front and bounded by a reference point (Zitzler & Thiele,
 1998), computed exactly by slicing along the last objective (HSO, While et al., IEEE TEC 2006):
@@ -106,9 +106,3 @@ def normalised_hypervolume(values: np.ndarray, lower: Sequence[float], upper: Se
         return 0.0
     scaled = normalise(values, lower, upper)
     return hypervolume(scaled, [reference] * scaled.shape[1])
-
-
-def to_minimise(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """Negate the columns whose direction is ``maximize`` so every column is minimised."""
-    sign = np.array([-1.0 if d.lower().startswith("max") else 1.0 for d in directions])
-    return np.asarray(values, dtype=float) * sign

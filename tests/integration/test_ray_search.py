@@ -129,7 +129,7 @@ def test_address_connects_to_a_separately_started_cluster(ray_head, tiny_teacher
 
 @pytest.mark.slow
 def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp_path, capsys):
-    from blocksearch import search
+    from blocksearch.report import build_report
 
     db = f"sqlite:///{tmp_path / 's.db'}"
     code = main(["run", "--teacher", str(tiny_teacher), "--trials", "5", "--steps", "12", "--eval-prompts", "4",
@@ -139,4 +139,4 @@ def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp
     study = optuna.load_study(study_name="asha", storage=db)
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert pruned and all(t.values is None and "pruned_at" in t.user_attrs for t in pruned)
-    assert not {t.number for t in pruned} & {t.number for t in search.front_trials(study)}
+    assert not {t.number for t in pruned} & set(build_report(study).front)
