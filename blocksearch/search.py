@@ -28,8 +28,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
+from blocksearch.cache import default_cache_dir
 from blocksearch.cost import count_params
-from blocksearch.distill import DistillConfig
+from blocksearch.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig
 from blocksearch.render import fmt, render_all
@@ -39,7 +40,7 @@ from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, counts, default_runs_dir, default_storage,
                                default_study_name, existing_study, open_storage, prepare_study, space_name)
 from blocksearch.surgery import student_config
-from blocksearch.teachers import ARCHITECTURES, load_teacher_unet, topology_of
+from blocksearch.teachers import ARCHITECTURES, load_teacher, load_teacher_unet, topology_of
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
 CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
@@ -106,6 +107,23 @@ def params_table(teacher_unet: UNet2DConditionModel, bound: BoundSpace) -> Calla
         params_of(genome)
     params_of.cache = cache
     return params_of
+
+
+def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
+    """Build the trials' teacher cache once, in the driver, before Tune starts: teacher outputs depend
+    only on the batch (DESIGN.md, Distillation), so every trial then finds it warm instead of the first
+    ones building it in silence. Trials on other machines of a cluster build their own copy."""
+    config = DistillConfig.from_dict(job.distill)
+    if not (config.teacher_cache and config.steps):
+        return
+    device = job.device if job.device == "cpu" or torch.cuda.is_available() else "cpu"
+    where = config.cache_dir or default_cache_dir()
+    print(f"teacher cache: the teacher's outputs and stage features for {config.steps} KD batches of "
+          f"{config.batch_size} ({config.data} data), computed once for every trial, under {where}", file=out)
+    t0 = time.perf_counter()
+    cache = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device)
+    print(f"teacher cache ready: {cache.path} ({cache.path.stat().st_size / 2**20:.0f} MB, "
+          f"{time.perf_counter() - t0:.0f} s)", file=out)
 
 
 # -- Ray ---------------------------------------------------------------------------------------------
@@ -260,6 +278,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         if remaining > 0:
             parallel = lanes(cfg, ray_info["resources"], remaining)
             _announce(cfg, remaining, parallel, ray_info, out)
+            warm_teacher_cache(cfg, job, out)
             _tune(cfg, storage, bound, job, params_of, remaining, parallel, out)
     finally:
         stop_ray()

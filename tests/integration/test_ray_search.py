@@ -2,6 +2,7 @@
 resume after SIGKILL, failure isolation, the dashboard on loopback only, and --address."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -87,6 +88,8 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
             assert set(t.user_attrs["timings"]) >= {"kd_s", "generate_s", "score_s", "overhead_s", "total_s"}
     assert all(f"stale trial #{n}" in out for n in interrupted), out  # cleaned up and re-queued
     assert "Pareto front" in out and "results: study 'resume'" in out
+    first_trial = re.search(r"^#\d+ ", out, re.M)  # the teacher cache is warmed by the driver before any trial
+    assert first_trial and 0 <= out.find("teacher cache ready: ") < first_trial.start(), out
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
