@@ -141,7 +141,7 @@ def _add_report(verbs) -> None:
 
 
 def _report(args) -> int:
-    from blocksearch.report import write_report
+    from blocksearch.render import write_report
 
     ref = None
     if args.hv_reference:

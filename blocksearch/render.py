@@ -1,6 +1,7 @@
 """Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib), trials.csv, README.md.
 
 Renderers only format what :func:`blocksearch.report.build_report` computed; they compute nothing.
+plotly and matplotlib are imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import json
 import re
 from pathlib import Path
 
-from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.report import ParetoReport, TrialPoint, load_report
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
 LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
           "macs": "MACs per U-Net forward", "alignment": "text alignment"}
 
 
-def fmt(name: str, value) -> str:
-    """Human units: parameters and MACs with K/M/G, latency in ms, other numbers to 4 significant digits."""
+def fmt(name: str, value, digits: int = 2) -> str:
+    """The one number formatter: parameters and MACs with K/M/G (``digits`` decimals), latency in ms,
+    other numbers to 4 significant digits."""
     if value is None:
         return "-"
     if not isinstance(value, (int, float)):
@@ -27,11 +29,23 @@ def fmt(name: str, value) -> str:
     if name in ("params", "macs"):
         for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
             if abs(value) >= scale:
-                return f"{value / scale:.2f}{unit}"
+                return f"{value / scale:.{digits}f}{unit}"
         return f"{value:.0f}"
     if name == "latency_ms":
         return f"{value:.2f} ms"
     return f"{value:.4g}"
+
+
+def default_report_dir(study: str) -> Path:
+    return Path.cwd() / "reports" / study
+
+
+def write_report(study_name: str, storage: str | None = None, out: str | Path | None = None,
+                 reference_point=None) -> Path:
+    """Build and render the report of ``study_name`` into ``out`` (default reports/<study>/)."""
+    folder = Path(out) if out else default_report_dir(study_name)
+    render_all(load_report(study_name, storage, reference_point), folder)
+    return folder
 
 
 def render_all(report: ParetoReport, folder: Path) -> None:

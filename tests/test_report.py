@@ -8,10 +8,10 @@ import optuna
 import pytest
 
 from blocksearch.cli import main
-from blocksearch.errors import BlocksearchError
-from blocksearch.report import (architecture_diff, architecture_table, build_report, open_study,
-                                teacher_topology, write_report)
+from blocksearch.render import write_report
+from blocksearch.report import architecture_diff, architecture_table, build_report, teacher_topology
 from blocksearch.space import Genome, load_space
+from blocksearch.study import open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 OBJECTIVES = ["fid", "params", "latency_ms"]
@@ -164,15 +164,6 @@ def test_no_completed_trials_says_so(tmp_path):
     assert "No completed trials yet" in (out / "README.md").read_text()
     assert "No completed trials yet" in (out / "index.html").read_text()
     assert len(list(csv.DictReader(open(out / "trials.csv")))) == 2
-
-
-def test_unknown_study_lists_studies(tmp_path):
-    url = make_study(tmp_path)
-    with pytest.raises(BlocksearchError, match=r"unknown study 'nope'.*\['unet_blocks-toy'\]"):
-        open_study("nope", url)
-    with pytest.raises(BlocksearchError, match="no study storage"):
-        open_study("unet_blocks-toy", f"sqlite:///{tmp_path / 'missing.db'}")
-    assert not (tmp_path / "missing.db").exists()  # looking never creates a storage
 
 
 def test_cli_report(tmp_path, capsys):
