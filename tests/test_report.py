@@ -166,6 +166,28 @@ def test_no_completed_trials_says_so(tmp_path):
     assert len(list(csv.DictReader(open(out / "trials.csv")))) == 2
 
 
+def test_a_written_report_holds_no_absolute_path_of_this_machine(tmp_path):
+    """Reports travel: student_dir, the storage URL, the space file and every path in the study's settings
+    are written relative (to blocksearch's repository, or to the report's folder), never absolute."""
+    from blocksearch.render import REPOSITORY
+
+    url = make_study(tmp_path)
+    study = open_study("unet_blocks-toy", url)
+    study.set_user_attr("command", f"blocksearch run --teacher {tmp_path / 'teacher'} --runs-dir {tmp_path}/runs")
+    study.set_user_attr("eval", dict(prompts=64, cache_dir=str(tmp_path / "cache"),
+                                     judge=str(REPOSITORY / "blocksearch" / "toy" / "assets" / "judge.safetensors")))
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    for name in ("trials.csv", "README.md", "index.html"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text and str(REPOSITORY) not in text, name
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert rows[2]["student_dir"] == f"../students/{CASE[2][2]}/unet"
+    readme = (out / "README.md").read_text()
+    assert "in `sqlite:///../blocksearch.db`" in readme and "(search_spaces/unet_blocks.yaml)" in readme
+    assert "--teacher ../teacher --runs-dir ../runs" in readme and "cache_dir=../cache" in readme
+    assert "judge=blocksearch/toy/assets/judge.safetensors" in readme
+
+
 def test_cli_report(tmp_path, capsys):
     url = make_study(tmp_path)
     assert main(["report", "--study", "unet_blocks-toy", "--storage", url, "--out", str(tmp_path / "r")]) == 0
