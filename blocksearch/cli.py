@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+import warnings
 
 from blocksearch.bench import add_bench_parsers
 from blocksearch.cache import default_cache_dir
@@ -22,13 +24,14 @@ TEACHER_HELP = ("teacher: toy (bundled default), sd-v1 | sd-v2 | sdxl (published
                 "meta device: no weights), a local diffusers folder, or a hub id in the local HF cache")
 STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, where blocksearch run keeps it)"
 DEFAULT_STUDY = default_study_name(SearchConfig.space, SearchConfig.teacher)
+LIBRARY_VERBOSITY = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY",
+                     "huggingface_hub": "HF_HUB_VERBOSITY"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -42,13 +45,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Logging at INFO with -v, else WARNING; without -v, library warnings (deprecations, experimental
+    APIs, optional packages such as accelerate) stay out of the output: Python warnings are ignored and
+    diffusers / transformers / huggingface_hub log errors only."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    warnings.simplefilter("ignore")
+    for library, variable in LIBRARY_VERBOSITY.items():
+        os.environ.setdefault(variable, "error")  # read when the library is imported
+        if library in sys.modules:  # imported already (e.g. by a test): set it directly
+            sys.modules[library].utils.logging.set_verbosity_error()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blocksearch",
         description="Find small, fast Stable Diffusion U-Nets by removing blocks and distilling "
                     "(BK-SDM, arXiv 2305.15798, as a multi-objective search).")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log progress details (INFO)")
+                        help="log progress details (INFO) and show library warnings")
     verbs = parser.add_subparsers(title="commands", metavar="<command>")
     add_space_parser(verbs)
     add_run_parser(verbs)
