@@ -61,7 +61,8 @@ class StudySearch(OptunaSearch):
         self.study = optuna.load_study(study_name=cfg.study, storage=storage, sampler=sampler)
         self.inflight: dict[str, int] = {}  # genome id -> Optuna trial number
         self._running: dict[str, tuple[str, optuna.Trial]] = {}  # Tune trial id -> (our key, Optuna trial)
-        self._asked: optuna.Trial | None = None
+        self._asked: optuna.Trial | None = None  # the trial Optuna last asked (OptunaSearch wraps it to
+        # capture the suggest_* values; every other attribute is the Optuna trial's own)
 
     def _define_by_run(self, trial) -> None:
         """The space for OptunaSearch: only ``trial.suggest_*`` calls (returns None); keeps the trial."""
