@@ -96,11 +96,12 @@ def _jsonable(d: dict) -> dict:
 def params_table(teacher_unet: UNet2DConditionModel, bound: BoundSpace) -> Callable[[Genome], int]:
     """Exact params of a Genome, from the config alone (meta device), cached by Genome in ``.cache``."""
     cache: dict[str, int] = {}
+    config = teacher_unet.config  # only the config: Tune pickles the searcher and this function with it
 
     def params_of(genome: Genome) -> int:
         if genome.id not in cache:
             with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(student_config(teacher_unet.config, genome))
+                unet = UNet2DConditionModel.from_config(student_config(config, genome))
             cache[genome.id] = count_params(unet)
         return cache[genome.id]
 
@@ -229,6 +230,9 @@ class Progress:
         self.objectives, self.out = objectives, out
         self.bar = tqdm(total=total, desc="trials", unit="trial", file=out, dynamic_ncols=True,
                         disable=None)  # no bar when not a terminal; the per-trial lines remain
+
+    def __getstate__(self) -> dict:  # Tune pickles the searcher, and so this view; a live view keeps nothing
+        return {}
 
     def update(self, outcome, running: int) -> None:
         """A trial started (``outcome`` None) or ended (a ``searcher.TrialOutcome``)."""

@@ -126,6 +126,22 @@ def test_a_died_trial_is_failed_with_a_message(tmp_path, bound_and_unet):
     assert "died" in t.user_attrs["error"]
 
 
+def test_the_searcher_pickles_as_tune_pickles_it(tmp_path, bound_and_unet):
+    """tune.Tuner pickles its search algorithm: a live progress view (its stream, its bar) must not stop it."""
+    import io
+
+    import ray.cloudpickle as pickle
+
+    class Stream(io.StringIO):
+        def __reduce__(self):
+            raise TypeError("a stream cannot be pickled")
+
+    bound, unet = bound_and_unet
+    s, _, _ = _searcher(tmp_path, bound, unet)
+    s.on_change = search.Progress(3, ("fid",), Stream()).update
+    assert pickle.loads(pickle.dumps(s)).cfg.study == "t"
+
+
 def test_parameter_budget_is_an_optuna_constraint(tmp_path, bound_and_unet):
     bound, unet = bound_and_unet
     params_of = search.params_table(unet, bound)
