@@ -3,7 +3,7 @@
 - ``kd``: KD step cost with a warm teacher cache / without it, against a plain student training step;
 - ``latency``: U-Net step latency of the teacher and the named designs (random weights; architecture only).
 - ``search``: the search's sampler vs random search, hypervolume ratio (``blocksearch/bench_search.py``).
-Heavy imports live inside the functions so that building the CLI parser stays cheap.
+Verb handlers are ``cmd_bench_<verb>``, as ``cmd_<verb>`` in cli.py. Heavy imports live inside the functions so that building the CLI parser stays cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 KD_TARGETS = {"cached": 1.15, "live": 1.10}
 
 
-def add_commands(sub) -> None:
+def add_bench_parsers(sub) -> None:
     """Register the bench sub-commands on ``sub`` (an argparse subparsers object)."""
     kd = sub.add_parser("kd", help="KD step cost with / without the teacher cache vs a plain training step",
                         description="Time, interleaved on the same batch: a plain student training step "
@@ -29,7 +29,7 @@ def add_commands(sub) -> None:
     kd.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
                     help="wall clock, or process CPU time (immune to other processes on a shared CPU); "
                          "auto: cpu with one CPU thread, else wall")
-    kd.set_defaults(handler=kd_bench)
+    kd.set_defaults(handler=cmd_bench_kd)
     lat = sub.add_parser("latency", help="U-Net step latency of the teacher and the named designs",
                          description="Latency of one U-Net step (batch 2 = classifier-free guidance) at the "
                                      "teacher's resolution for the teacher and each named design of the "
@@ -47,20 +47,20 @@ def add_commands(sub) -> None:
     lat.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
                      help="wall clock, or process CPU time (immune to other processes on a shared CPU); "
                           "auto: cpu with one CPU thread, else wall")
-    lat.set_defaults(handler=latency_bench)
-    from blocksearch.bench_search import add_command as add_search_bench  # issue 5: bench search
+    lat.set_defaults(handler=cmd_bench_latency)
+    from blocksearch.bench_search import add_bench_search_parser  # issue 5: bench search
 
-    add_search_bench(sub)
-    from blocksearch.bench_stability import add_command as add_stability_bench
+    add_bench_search_parser(sub)
+    from blocksearch.bench_stability import add_bench_stability_parser
 
-    add_stability_bench(sub)
+    add_bench_stability_parser(sub)
 
 
 def _median_ms(times) -> float:
     return statistics.median(times) * 1000
 
 
-def kd_bench(args) -> int:
+def cmd_bench_kd(args) -> int:
     """Two throughput ratios of the KD inner loop, timed interleaved so drift hits all alike."""
     import copy
     import tempfile
@@ -164,7 +164,7 @@ def _bench_models(args):
     return configs
 
 
-def latency_bench(args) -> int:
+def cmd_bench_latency(args) -> int:
     """Latency of the teacher and each named design (random weights), as ratios to the teacher.
 
     The models are timed round-robin (one call of each per round), so load from other processes on a

@@ -43,7 +43,7 @@ class Table:
         return arr.min(axis=0), arr.max(axis=0)
 
 
-def add_command(sub) -> None:
+def add_bench_search_parser(sub) -> None:
     """Register ``bench search`` on the bench sub-commands."""
     p = sub.add_parser(
         "search", help="the search's sampler vs random search on a stand-in objective (hypervolume ratio)",
@@ -58,10 +58,10 @@ def add_command(sub) -> None:
                         f"a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench, default ~/.cache/blocksearch/bench)")
     p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: toy)")
     p.add_argument("--space", default="unet_blocks", help="space (default: unet_blocks)")
-    p.set_defaults(handler=bench_search_cli)
+    p.set_defaults(handler=cmd_bench_search)
 
 
-def bench_search_cli(args) -> int:
+def cmd_bench_search(args) -> int:
     from blocksearch.samplers import SAMPLERS
 
     if args.sampler not in SAMPLERS or args.sampler == "random":

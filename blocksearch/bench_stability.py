@@ -34,7 +34,7 @@ STABILITY_TARGET = 0.03
 TAU_TARGET = 0.95
 
 
-def add_command(sub) -> None:
+def add_bench_stability_parser(sub) -> None:
     p = sub.add_parser("stability", help="latency isolated vs under training load; in-search vs isolated",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
@@ -43,7 +43,7 @@ def add_command(sub) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
     p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
     p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
-    p.set_defaults(handler=stability_bench)
+    p.set_defaults(handler=cmd_bench_stability)
 
 
 def _models(teacher, space: str) -> list[tuple[str, UNet2DConditionModel]]:
@@ -95,7 +95,7 @@ def _unslotted(unet, latent: int, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def stability_bench(args) -> int:
+def cmd_bench_stability(args) -> int:
     torch.set_num_threads(1)
     teacher = load_teacher(args.teacher)
     latent = teacher.unet.config.sample_size

@@ -6,21 +6,32 @@ Bad input ends with a one-line ``blocksearch: error: ...`` on stderr and exit co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
+import warnings
 
+from blocksearch.bench import add_bench_parsers
+from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
+from blocksearch.pareto import REFERENCE
+from blocksearch.samplers import SAMPLERS
+from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
 TEACHER_HELP = ("teacher: toy (bundled default), sd-v1 | sd-v2 | sdxl (published architectures on the "
                 "meta device: no weights), a local diffusers folder, or a hub id in the local HF cache")
+STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, where blocksearch run keeps it)"
+DEFAULT_STUDY = default_study_name(SearchConfig.space, SearchConfig.teacher)
+LIBRARY_VERBOSITY = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY",
+                     "huggingface_hub": "HF_HUB_VERBOSITY"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -34,26 +45,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Logging at INFO with -v, else WARNING; without -v, library warnings (deprecations, experimental
+    APIs, optional packages such as accelerate) stay out of the output: Python warnings are ignored and
+    diffusers / transformers / huggingface_hub log errors only."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    warnings.simplefilter("ignore")
+    for library, variable in LIBRARY_VERBOSITY.items():
+        os.environ.setdefault(variable, "error")  # read when the library is imported
+        if library in sys.modules:  # imported already (e.g. by a test): set it directly
+            sys.modules[library].utils.logging.set_verbosity_error()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blocksearch",
         description="Find small, fast Stable Diffusion U-Nets by removing blocks and distilling "
                     "(BK-SDM, arXiv 2305.15798, as a multi-objective search).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details (INFO) and show library warnings")
     verbs = parser.add_subparsers(title="commands", metavar="<command>")
-    _add_space(verbs)
-    _add_run(verbs)
-    _add_report(verbs)
-    _add_export(verbs)
-    _add_distill(verbs)
-    _add_evaluate(verbs)
-    _add_bench(verbs)
+    add_space_parser(verbs)
+    add_run_parser(verbs)
+    add_report_parser(verbs)
+    add_export_parser(verbs)
+    add_distill_parser(verbs)
+    add_evaluate_parser(verbs)
+    bench = verbs.add_parser("bench", help="performance figures (KD throughput, latency, sampler vs random)",
+                             description="Measure performance figures side by side in one run.")
+    add_bench_parsers(bench.add_subparsers(title="bench commands", metavar="<bench command>"))
     add_toy_parser(verbs)
     return parser
 
 
 # -- blocksearch space ----------------------------------------------------------------------------
-def _add_space(verbs) -> None:
+def add_space_parser(verbs) -> None:
     space = verbs.add_parser("space", help="inspect search spaces",
                              description="Inspect the search spaces in search_spaces/.")
     sub = space.add_subparsers(title="space commands", metavar="<space command>")
@@ -66,12 +95,12 @@ def _add_space(verbs) -> None:
                       help=TEACHER_HELP + " (default: the space's reference architecture)")
     show.add_argument("--latent", type=int, default=None,
                       help="latent size for MACs (default: the teacher's sample_size)")
-    show.set_defaults(handler=_space_show)
+    show.set_defaults(handler=cmd_space_show)
     lst = sub.add_parser("list", help="list the bundled spaces")
-    lst.set_defaults(handler=_space_list)
+    lst.set_defaults(handler=cmd_space_list)
 
 
-def _space_list(args) -> int:
+def cmd_space_list(args) -> int:
     from blocksearch.space import SPACES_DIR, load_space
 
     for path in sorted(SPACES_DIR.glob("*.yaml")):
@@ -80,8 +109,9 @@ def _space_list(args) -> int:
     return 0
 
 
-def _space_show(args) -> int:
+def cmd_space_show(args) -> int:
     from blocksearch.cost import count_macs, count_params
+    from blocksearch.render import fmt
     from blocksearch.space import load_space
     from blocksearch.surgery import build_student
     from blocksearch.teachers import load_teacher_unet, topology_of
@@ -108,40 +138,30 @@ def _space_show(args) -> int:
         unet = build_student(teacher, genome).unet
         rows.append((name, genome, count_params(unet), count_macs(unet, latent)))
     for name, genome, params, macs in rows:
-        print(f"{name:12s} {genome.id:28s} {params / 1e6:8.1f}M ({params / base_p:6.1%}) "
-              f"{_fmt(macs, 'G'):>9s} ({macs / base_m:6.1%})")
+        print(f"{name:12s} {genome.id:28s} {fmt('params', params, 1):>9s} ({params / base_p:6.1%}) "
+              f"{fmt('macs', macs, 1):>9s} ({macs / base_m:6.1%})")
     print("\nMACs: one U-Net forward at batch 1, torch.utils.flop_counter (matmul, conv, attention).")
     return 0
 
 
-def _fmt(n: float, billion: str = "B") -> str:
-    for unit, scale in ((billion, 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(int(n))
-
-
 # -- blocksearch report / export ------------------------------------------------------------------
-STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, as blocksearch run)"
-
-
-def _add_report(verbs) -> None:
+def add_report_parser(verbs) -> None:
     p = verbs.add_parser(
         "report", help="write the Pareto-front report of a study",
         description="Compute the Pareto front, hypervolume and dominance over the BK-SDM reference designs "
                     "of a study, and write reports/<study>/: index.html (interactive), pareto.png, trials.csv, "
                     "README.md.")
-    p.add_argument("--study", default="unet_blocks-toy", help="study name (default: unet_blocks-toy)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default: %(default)s)")
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--out", default=None, help="output folder (default: reports/<study>/)")
     p.add_argument("--hv-reference", default=None, metavar="V1,V2,...",
                    help="hypervolume reference point, one value per objective in its own units (default: "
-                        "1.1 x the worst completed value); fix it to compare studies")
-    p.set_defaults(handler=_report)
+                        f"{REFERENCE} x the worst completed value); fix it to compare studies")
+    p.set_defaults(handler=cmd_report)
 
 
-def _report(args) -> int:
-    from blocksearch.report import write_report
+def cmd_report(args) -> int:
+    from blocksearch.render import write_report
 
     ref = None
     if args.hv_reference:
@@ -155,14 +175,14 @@ def _report(args) -> int:
     return 0
 
 
-def _add_export(verbs) -> None:
+def add_export_parser(verbs) -> None:
     p = verbs.add_parser(
         "export", help="export chosen students as diffusers StableDiffusionPipeline folders",
         description="Write each chosen student as a folder that StableDiffusionPipeline.from_pretrained loads "
                     "in plain diffusers: the student U-Net, the teacher's VAE, text encoder, tokenizer and "
                     "scheduler, and a model card README.md. --front writes one subfolder per Pareto-optimal "
                     "trial.")
-    p.add_argument("--study", default="unet_blocks-toy", help="study name (default: unet_blocks-toy)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default: %(default)s)")
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number (a completed trial)")
@@ -170,10 +190,10 @@ def _add_export(verbs) -> None:
     which.add_argument("--front", action="store_true", help="every trial on the Pareto front")
     p.add_argument("-o", "--out", required=True, help="output folder (refused if not empty, unless --force)")
     p.add_argument("--force", action="store_true", help="overwrite the pipeline files in a non-empty folder")
-    p.set_defaults(handler=_export)
+    p.set_defaults(handler=cmd_export)
 
 
-def _export(args) -> int:
+def cmd_export(args) -> int:
     from blocksearch.export import export_study
 
     folders = export_study(args.study, args.storage, args.out, trial=args.trial, design=args.design,
@@ -183,7 +203,40 @@ def _export(args) -> int:
 
 
 # -- blocksearch run ------------------------------------------------------------------------------
-def _add_run(verbs) -> None:
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+# One flag per SearchConfig field (--cpus-per-trial sets cpus_per_trial); the defaults are SearchConfig's,
+# shown by the help as "(default: ...)". A help text that names a default describes a derived one.
+RUN_FLAGS = (
+    ("space", dict(help="space name or .yaml path")),
+    ("teacher", dict(help=TEACHER_HELP)),
+    ("trials", dict(type=int, help="finished trials the study should reach, reference designs included")),
+    ("study", dict(help="study name (default: <space>-<teacher>)")),
+    ("storage", dict(help="Optuna storage URL (default: sqlite:///<runs-dir>/blocksearch.db)")),
+    ("runs_dir", dict(help="where students and Ray results go (default: <cwd>/runs; the report goes to "
+                           "<runs-dir>/../reports/<study>)")),
+    ("address", dict(help="Ray cluster: 'auto' or host:port of 'ray start --head' (default: start a local Ray)")),
+    ("dashboard_host", dict(help="interface of a local Ray's dashboard (a loopback address keeps it to this machine)")),
+    ("dashboard_port", dict(type=int, help="local Ray dashboard port")),
+    ("cpus_per_trial", dict(type=float, help="CPUs per trial")),
+    ("gpus_per_trial", dict(type=float, help="GPUs per trial (0: the trials run on CPU)")),
+    ("max_concurrent", dict(type=int, help="trials in parallel (default: as many as the cluster's resources allow)")),
+    ("steps", dict(type=int, help="distillation steps per trial (default: distill's)")),
+    ("eval_prompts", dict(type=int, help="evaluation prompts (default: evaluate's)")),
+    ("sampler", dict(help=f"Optuna sampler: {' | '.join(SAMPLERS)}")),
+    ("seed", dict(type=int, help="seed of the sampler and of distillation")),
+    ("objectives", dict(type=_names, help="comma-separated objectives: " + ", ".join(
+        f"{o} ({d[:3]}imised)" for o, d in OBJECTIVES.items()))),
+    ("max_params", dict(type=float, help="parameter budget: candidates above it are infeasible (an Optuna "
+                                         "constraint)")),
+    ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
+                                            "recorded PRUNED")),
+)
+
+
+def add_run_parser(verbs) -> None:
     p = verbs.add_parser(
         "run", help="search a space: Optuna multi-objective study run on Ray Tune",
         description="Search a space for Pareto-optimal students (FID, params, latency by default): an "
@@ -191,66 +244,39 @@ def _add_run(verbs) -> None:
                     "evaluation) run by Ray Tune. Re-running the same command resumes the study: "
                     "finished trials are kept, an architecture is never trained twice, and the BK-SDM "
                     "designs are evaluated once per study. Example: blocksearch run --space unet_blocks")
-    p.add_argument("--space", default="unet_blocks", help="space name or .yaml path (default: unet_blocks)")
-    p.add_argument("--teacher", default="toy", help=TEACHER_HELP + " (default: toy)")
-    p.add_argument("--trials", type=int, default=16,
-                   help="finished trials the study should reach, reference designs included (default: 16)")
-    p.add_argument("--study", default=None, help="study name (default: <space>-<teacher>)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db)")
-    p.add_argument("--runs-dir", default=None, help="where students and Ray results go (default: <cwd>/runs; the report goes to "
-                        "<runs-dir>/../reports/<study>)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster: 'auto' or host:port of 'ray start --head' (default: start a local Ray)")
-    p.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="interface of a local Ray's dashboard (default: 127.0.0.1, this machine only)")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="local Ray dashboard port (default: 8265)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: 0: CPU)")
-    p.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials in parallel (default: as many as the cluster's resources allow)")
-    p.add_argument("--steps", type=int, default=None, help="distillation steps per trial (default: distill's)")
-    p.add_argument("--eval-prompts", type=int, default=None, help="evaluation prompts (default: evaluate's)")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | gp | random")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of distillation (default: 0)")
-    p.add_argument("--objectives", default="fid,params,latency_ms",
-                   help="comma-separated objectives: fid, params, latency_ms, macs (minimised), "
-                        "alignment (maximised) (default: fid,params,latency_ms)")
-    p.add_argument("--max-params", type=float, default=None,
-                   help="parameter budget: candidates above it are infeasible (an Optuna constraint)")
-    p.add_argument("--asha", action="store_true",
-                   help="stop weak candidates early (ASHA on the output-KD loss); they are recorded PRUNED")
-    p.set_defaults(handler=_run)
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    for name, kwargs in RUN_FLAGS:
+        default = defaults[name]
+        if isinstance(default, tuple):  # --objectives: shown and parsed as comma-separated text
+            default = ",".join(default)
+        shown = "" if default is None or default is False else " (default: %(default)s)"
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
+                       **{**kwargs, "help": kwargs["help"] + shown})
+    p.set_defaults(handler=cmd_run)
 
 
-def _run(args) -> int:
-    from blocksearch.search import SearchConfig, run_search
+def cmd_run(args) -> int:
+    from blocksearch.search import run_search
 
-    run_search(SearchConfig(
-        space=args.space, teacher=args.teacher, trials=args.trials, study=args.study, storage=args.storage,
-        runs_dir=args.runs_dir, address=args.address, dashboard_host=args.dashboard_host,
-        dashboard_port=args.dashboard_port, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, steps=args.steps,
-        eval_prompts=args.eval_prompts, sampler=args.sampler, seed=args.seed,
-        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
-        max_params=args.max_params, asha=args.asha, command=" ".join(["blocksearch"] + sys.argv[1:])))
+    given = {name: getattr(args, name) for name, _ in RUN_FLAGS}
+    run_search(SearchConfig(**given, command=" ".join(["blocksearch"] + sys.argv[1:])))
     return 0
 
 
-# -- blocksearch distill / evaluate / bench (issue 4) ------------------------------------------------
-def _add_distill(verbs) -> None:
+# -- blocksearch distill / evaluate (issue 4) ------------------------------------------------
+def add_distill_parser(verbs) -> None:
     p = verbs.add_parser(
         "distill", help="cut a design out of the teacher and distil it (BK-SDM feature KD)",
         description="Build a student from the teacher by block removal, train it by a short KD run "
                     "(L = l_task*L_task + l_out*L_out_kd + l_feat*L_feat_kd, BK-SDM), and write DIR/unet "
                     "(diffusers, safetensors), DIR/train_log.jsonl and DIR/distill.json.")
-    p.add_argument("--teacher", default="toy", help=TEACHER_HELP)
+    p.add_argument("--teacher", default="toy", help=TEACHER_HELP + " (default: %(default)s)")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="continue distilling a saved student (DIR/unet or a U-Net folder, e.g. an exported "
                         "pipeline) instead of cutting --design out of the teacher")
     p.add_argument("--design", default="bk_small", help="named design of the space (bk_base, bk_small, "
-                   "bk_tiny) or a genome id such as L1-1-1-1_T1-1-1-0_Mnone (default: bk_small)")
-    p.add_argument("--space", default="unet_blocks", help="space that names the designs")
+                   "bk_tiny) or a genome id such as L1-1-1-1_T1-1-1-0_Mnone (default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space that names the designs (default: %(default)s)")
     p.add_argument("--steps", type=int, help="KD steps; 0 = surgery only (default: DistillConfig's)")
     p.add_argument("-o", "--out", required=True, help="output folder for the student")
     p.add_argument("--batch-size", type=int)
@@ -260,18 +286,19 @@ def _add_distill(verbs) -> None:
     p.add_argument("--lambda-feat", type=float)
     p.add_argument("--feat-norm", action="store_true", help="LAPTOP-Diff: divide each feature term by the "
                    "teacher feature's mean square")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="mixed precision, a fast path (default: DistillConfig's, full precision)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--data", help="toy (default), or an imagefolder (images + metadata.jsonl/.csv "
-                   "with file_name and text)")
-    p.add_argument("--cache-dir", default=None, help="teacher cache folder (default ~/.cache/blocksearch)")
+    p.add_argument("--data", help="toy (the toy world), or an imagefolder (images + metadata.jsonl/.csv "
+                   "with file_name and text) (default: DistillConfig's)")
+    p.add_argument("--cache-dir", default=None, help=f"teacher cache folder (default: {default_cache_dir()})")
     p.add_argument("--no-teacher-cache", action="store_true", help="run the teacher live at every step")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(handler=_distill)
+    p.set_defaults(handler=cmd_distill)
 
 
-def _distill(args) -> int:
+def cmd_distill(args) -> int:
     from pathlib import Path
 
     import torch
@@ -307,7 +334,7 @@ def _distill(args) -> int:
     return 0
 
 
-def _add_evaluate(verbs) -> None:
+def add_evaluate_parser(verbs) -> None:
     p = verbs.add_parser(
         "evaluate", help="score a student folder: FID, text alignment, params, MACs, latency",
         description="Generate the fixed prompt set with fixed seeds using the student U-Net in the "
@@ -318,7 +345,7 @@ def _add_evaluate(verbs) -> None:
     p.add_argument("--prompts", type=int, help="number of prompts (default: EvalConfig's)")
     p.add_argument("--sampler-steps", type=int, help="sampler steps (default: EvalConfig's)")
     p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: EvalConfig's, 3.0, best for the toy teacher; "
+                   help="classifier-free guidance scale (default: EvalConfig's, the best for the toy teacher; "
                         "SD teachers are usually sampled at 7.5)")
     p.add_argument("--seed", type=int)
     p.add_argument("--reference-images", type=int, help="toy: real images behind the FID reference statistics")
@@ -327,14 +354,14 @@ def _add_evaluate(verbs) -> None:
     p.add_argument("--inception-weights", default=None, help="real teachers: path to "
                    "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's Inception)")
     p.add_argument("--clip-model", default=None, help="real teachers: local CLIP model folder for alignment")
-    p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/blocksearch)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", default=None, help=f"cache folder (default: {default_cache_dir()})")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--out", default=None, help="metrics JSON path (default DIR/metrics.json)")
-    p.set_defaults(handler=_evaluate)
+    p.set_defaults(handler=cmd_evaluate)
 
 
-def _evaluate(args) -> int:
+def cmd_evaluate(args) -> int:
     import json
     from pathlib import Path
 
@@ -365,17 +392,9 @@ def _evaluate(args) -> int:
     align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"
     print(f"fid {metrics.fid:.4f}  alignment {align}  params {metrics.params / 1e6:.2f}M  "
           f"MACs {metrics.macs / 1e9:.3f}G  latency {metrics.latency_ms:.2f} ms (cv {metrics.latency_cv:.1%})")
-    print(f"timings: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.timings.items()))
+    print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.timings.items()))
     print(f"metrics written to {out}")
     return 0
-
-
-def _add_bench(verbs) -> None:
-    from blocksearch import bench
-
-    p = verbs.add_parser("bench", help="performance figures (KD throughput, latency)",
-                         description="Measure performance figures side by side in one run.")
-    bench.add_commands(p.add_subparsers(title="bench commands", metavar="<bench command>"))
 
 
 if __name__ == "__main__":

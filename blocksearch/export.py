@@ -10,12 +10,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
+from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
-from blocksearch.report import (ParetoReport, TrialPoint, architecture_table, build_report, default_storage,
-                                open_study, teacher_topology)
+from blocksearch.render import fmt
+from blocksearch.report import ParetoReport, TrialPoint, architecture_table, load_report, teacher_topology
 from blocksearch.space import Genome
+from blocksearch.teachers import load_teacher
 
 PIPELINE_FILES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json", "README.md")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -49,8 +52,6 @@ def choose(report: ParetoReport, trial: int | None = None, design: str | None = 
 
 def teacher_pipeline(spec: str):
     """The teacher's StableDiffusionPipeline (its VAE, text encoder, tokenizer and scheduler are reused)."""
-    from blocksearch.teachers import load_teacher
-
     return load_teacher(spec).pipeline
 
 
@@ -58,8 +59,7 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
                  design: str | None = None, front: bool = False, force: bool = False) -> list[Path]:
     """Export the chosen students of ``study`` under ``out`` (``out`` itself for one, a subfolder each for
     the front); a non-empty ``out`` is refused unless ``force``."""
-    url = storage or default_storage()
-    report = build_report(open_study(study, url), url)
+    report = load_report(study, storage)
     chosen = choose(report, trial, design, front)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -83,8 +83,6 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
 def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, command: str = "",
                  teacher_cost: dict | None = None) -> Path:
     """Write one pipeline folder: the teacher's components around the student U-Net, plus a model card."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
     weights = _student_weights(t)
     student = UNet2DConditionModel.from_pretrained(weights.parent, use_safetensors=True)  # checks it loads
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,8 +101,6 @@ def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, com
 
 def _teacher_cost(unet) -> dict:
     """The teacher U-Net's params and MACs, to state the student's as fractions of them."""
-    from blocksearch.cost import count_macs, count_params
-
     return {"params": count_params(unet), "macs": count_macs(unet)}
 
 
@@ -132,8 +128,6 @@ def _how(how) -> str:
 def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command: str = "",
                teacher_cost: dict | None = None) -> str:
     """A Hugging Face model card: architecture vs the teacher, metrics with how measured, provenance."""
-    from blocksearch.render import fmt
-
     a, m = report.attrs, t.metrics
     teacher = a.get("teacher", "?")
     title = f"{report.study} trial {t.number}" + (f" ({t.design})" if t.design else "")

@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume for minimisation problems (shared by search, bench and report).
+"""Pareto fronts and hypervolume for minimisation problems (shared by report and bench search).
 
 Hypervolume: the volume dominated by a front and bounded by a reference point (Zitzler & Thiele,
 1998), computed exactly by slicing along the last objective (HSO, While et al., IEEE TEC 2006):
@@ -20,37 +20,36 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised): the one
+    front computation of the package, :func:`dominates` applied to every pair at once.
+
+    Duplicates of a non-dominated row are all kept."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (points x objectives), got shape {values.shape}")
+    mask = np.ones(len(values), dtype=bool)
+    for i, row in enumerate(values):
+        mask[i] = not np.any(np.all(values <= row, axis=1) & np.any(values < row, axis=1))
+    return mask
+
+
 def non_dominated_sort(points: Sequence[Sequence[float]]) -> list[list[int]]:
-    """Fronts of indices, best first (NSGA-II's non-dominated sorting, Deb et al. 2002); equal points
-    share a front."""
-    left, fronts = list(range(len(points))), []
-    while left:
-        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left)]
-        fronts.append(front)
-        left = [i for i in left if i not in front]
+    """Fronts of indices, best first (NSGA-II's non-dominated sorting, Deb et al. 2002): the front of
+    the points left after removing the better fronts; equal points share a front."""
+    if not len(points):
+        return []
+    left, fronts, values = np.arange(len(points)), [], np.asarray(points, dtype=float)
+    while left.size:
+        keep = pareto_mask(values[left])
+        fronts.append(left[keep].tolist())
+        left = left[~keep]
     return fronts
 
 
 def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices of the non-dominated points (minimisation)."""
-    return non_dominated_sort(points)[0] if len(points) else []
-
-
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised).
-
-    A row is dominated when another row is <= in every column and < in one; duplicates of a
-    non-dominated row are all kept."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 2:
-        raise ValueError(f"values must be a 2-D array (points x objectives), got shape {values.shape}")
-    n = len(values)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        le = np.all(values <= values[i], axis=1)
-        lt = np.any(values < values[i], axis=1)
-        mask[i] = not np.any(le & lt)
-    return mask
+    return (non_dominated_sort(points) or [[]])[0]
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:
@@ -107,9 +106,3 @@ def normalised_hypervolume(values: np.ndarray, lower: Sequence[float], upper: Se
         return 0.0
     scaled = normalise(values, lower, upper)
     return hypervolume(scaled, [reference] * scaled.shape[1])
-
-
-def to_minimise(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """Negate the columns whose direction is ``maximize`` so every column is minimised."""
-    sign = np.array([-1.0 if d.lower().startswith("max") else 1.0 for d in directions])
-    return np.asarray(values, dtype=float) * sign

@@ -1,25 +1,35 @@
 """Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib), trials.csv, README.md.
 
 Renderers only format what :func:`blocksearch.report.build_report` computed; they compute nothing.
+Reports travel: every absolute path is written relative (:func:`portable`), so a committed report
+reads the same on any machine. plotly and matplotlib are imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
+import os
 import re
 from pathlib import Path
 
-from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.report import ParetoReport, TrialPoint, load_report
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
 LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
           "macs": "MACs per U-Net forward", "alignment": "text alignment"}
 
 
-def fmt(name: str, value) -> str:
-    """Human units: parameters and MACs with K/M/G, latency in ms, other numbers to 4 significant digits."""
+REPOSITORY = Path(__file__).resolve().parents[1]  # blocksearch's repository (or its installation)
+# an absolute path: at the start, after a space, '=', a bracket, a quote or a comma, or in a sqlite:/// URL
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s=(\[`'\",])|(?<=sqlite:///))/[^\s`'\",;|()\[\]<>]+")
+
+
+def fmt(name: str, value, digits: int = 2) -> str:
+    """The one number formatter: parameters and MACs with K/M/G (``digits`` decimals), latency in ms,
+    other numbers to 4 significant digits."""
     if value is None:
         return "-"
     if not isinstance(value, (int, float)):
@@ -27,19 +37,73 @@ def fmt(name: str, value) -> str:
     if name in ("params", "macs"):
         for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
             if abs(value) >= scale:
-                return f"{value / scale:.2f}{unit}"
+                return f"{value / scale:.{digits}f}{unit}"
         return f"{value:.0f}"
     if name == "latency_ms":
         return f"{value:.2f} ms"
     return f"{value:.4g}"
 
 
+def default_report_dir(study: str) -> Path:
+    return Path.cwd() / "reports" / study
+
+
+def write_report(study_name: str, storage: str | None = None, out: str | Path | None = None,
+                 reference_point=None) -> Path:
+    """Build and render the report of ``study_name`` into ``out`` (default reports/<study>/)."""
+    folder = Path(out) if out else default_report_dir(study_name)
+    render_all(load_report(study_name, storage, reference_point), folder)
+    return folder
+
+
 def render_all(report: ParetoReport, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    report = portable(report, folder)
     (folder / "index.html").write_text(render_html(report), encoding="utf-8")
     render_png(report, folder / "pareto.png")
     render_csv(report, folder / "trials.csv")
     (folder / "README.md").write_text(render_markdown(report), encoding="utf-8")
+
+
+# -- reports that travel ---------------------------------------------------------------------------
+PATHS_NOTE = ("paths: blocksearch's own files (search spaces, toy assets) and runs inside its repository are "
+              "relative to the repository, other files relative to this folder, files in the home folder as ~/...")
+
+
+def portable_path(path: str, folder: Path) -> str:
+    """``path`` (absolute) written to read the same on any machine: relative to blocksearch's repository
+    when inside it, else relative to ``folder`` (the report's) when near it, else ``~/...`` in the home
+    folder, else relative to ``folder``."""
+    p, folder = Path(path), folder.resolve()
+    if p.is_relative_to(REPOSITORY):
+        return p.relative_to(REPOSITORY).as_posix()
+    if p.is_relative_to(Path.home()) and not p.is_relative_to(folder.parent.parent):
+        return "~/" + p.relative_to(Path.home()).as_posix()
+    return os.path.relpath(p, folder)
+
+
+def _portable(value, folder: Path):
+    """``value`` with the absolute paths in its strings (in dicts, lists and tuples too) made portable."""
+    if isinstance(value, str):
+        def rel(m: re.Match) -> str:
+            path = m.group(0).rstrip(".:")
+            return portable_path(path, folder) + m.group(0)[len(path):]
+        return _ABSOLUTE.sub(rel, value)
+    if isinstance(value, dict):
+        return {k: _portable(v, folder) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_portable(v, folder) for v in value)
+    return value
+
+
+def portable(r: ParetoReport, folder: Path) -> ParetoReport:
+    """The report as written to ``folder``: every absolute path in it (``student_dir``, the storage URL,
+    the search-space file, judge weights, the command...) made portable by :func:`portable_path`."""
+    def each_field(obj, **fixed):
+        return dataclasses.replace(obj, **{f.name: _portable(getattr(obj, f.name), folder)
+                                           for f in dataclasses.fields(obj) if f.name not in fixed}, **fixed)
+
+    return each_field(r, trials=tuple(each_field(t) for t in r.trials), dominations=r.dominations)
 
 
 def _summary(r: ParetoReport) -> str:
@@ -282,6 +346,7 @@ def _measured_md(r: ParetoReport) -> list[str]:
              f"- teacher: `{a.get('teacher', '?')}`; search space: `{a.get('space', '?')}` ({a.get('space_path', '?')})",
              f"- device: `{a.get('device', '?')}`",
              f"- command: `{a.get('command', '?')}`",
+             f"- {PATHS_NOTE}",
              f"- distillation per trial: {_kv(a.get('distill', '?'))}",
              f"- evaluation per trial: {_kv(a.get('eval', '?'))}"]
     sample = next((t for t in r.ranked if t.metrics.get("measured")), None)

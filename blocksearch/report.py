@@ -1,9 +1,11 @@
-"""Study -> ParetoReport (computed data) -> reports/<study>/ (index.html, pareto.png, trials.csv, README.md).
+"""Study -> ParetoReport: the computed Pareto data of a study (the front, hypervolume, dominance over
+the reference designs).
 
 Compute first, render second (as optuna.visualization splits its Pareto plot): :func:`build_report`
 reads the Optuna study written by ``blocksearch run`` (the study contract: objective values, user
 attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``) and returns a frozen
-:class:`ParetoReport`; :mod:`blocksearch.render` turns it into files.
+:class:`ParetoReport`; :mod:`blocksearch.render` turns it into reports/<study>/ (index.html,
+pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting (:mod:`blocksearch.pareto`).
 """
 
 from __future__ import annotations
@@ -16,40 +18,15 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import dominates, hypervolume, non_dominated_sort
+from blocksearch.pareto import REFERENCE, dominates, hypervolume, non_dominated_sort
 from blocksearch.space import Genome, Topology
+from blocksearch.study import default_storage, open_study
 
-REF_FACTOR = 1.1
-REFERENCE_RULE = (f"r = {REF_FACTOR} x the worst value of each objective over the completed trials; the "
+REFERENCE_RULE = (f"r = {REFERENCE} x the worst value of each objective over the completed trials; the "
                   f"hypervolume is the fraction of the box [0, r] that the points dominate (each objective "
                   f"divided by r, reference point (1, ..., 1)); 1.0 would be a point at the origin")
 MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "2 resnets (no attention)",
             "none": "removed"}
-
-
-def default_storage() -> str:
-    """Where ``blocksearch run`` keeps its studies by default (runs/ in the working directory)."""
-    return f"sqlite:///{Path.cwd() / 'runs' / 'blocksearch.db'}"
-
-
-def default_report_dir(study: str) -> Path:
-    return Path.cwd() / "reports" / study
-
-
-def open_study(name: str, storage: str | None = None) -> optuna.Study:
-    """Load study ``name``; an unknown study or missing storage is a BlocksearchError naming what exists."""
-    url = storage or default_storage()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise BlocksearchError(f"no study storage at {url[len('sqlite:///'):]}; run `blocksearch run` first "
-                               f"or pass --storage with an Optuna storage URL")
-    try:
-        names = sorted(optuna.study.get_all_study_names(storage=url))
-    except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL
-        raise BlocksearchError(f"cannot read Optuna storage {url} ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:100]})") from None
-    if name not in names:
-        raise BlocksearchError(f"unknown study {name!r} in {url}; studies there: {names or 'none'}")
-    return optuna.load_study(study_name=name, storage=url)
 
 
 # -- architectures written against the teacher, in diffusers module names ---------------------------
@@ -277,7 +254,7 @@ def _hypervolumes(points: dict, front, ref_trials: dict, sign, given):
         if len(ref) != len(sign):
             raise BlocksearchError(f"--hv-reference needs {len(sign)} values, one per objective; got {len(given)}")
     else:
-        ref = tuple(REF_FACTOR * max(p[j] for p in points.values()) for j in range(len(sign)))
+        ref = tuple(REFERENCE * max(p[j] for p in points.values()) for j in range(len(sign)))
     raw_ref = tuple(s * r for s, r in zip(sign, ref))
     if any(r <= 0 for r in ref):
         return raw_ref, None, None  # the [0, r] box needs positive minimised objectives
@@ -289,13 +266,7 @@ def _hypervolumes(points: dict, front, ref_trials: dict, sign, given):
     return raw_ref, volume(front), ref_hv
 
 
-def write_report(study_name: str, storage: str | None = None, out: str | Path | None = None,
-                 reference_point=None) -> Path:
-    """Build and render the report of ``study_name`` into ``out`` (default reports/<study>/)."""
-    from blocksearch.render import render_all
-
+def load_report(study_name: str, storage: str | None = None, reference_point=None) -> ParetoReport:
+    """The report of the stored study ``study_name`` (default storage: the one ``blocksearch run`` uses)."""
     url = storage or default_storage()
-    report = build_report(open_study(study_name, url), url, reference_point)
-    folder = Path(out) if out else default_report_dir(study_name)
-    render_all(report, folder)
-    return folder
+    return build_report(open_study(study_name, url), url, reference_point)

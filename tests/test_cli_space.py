@@ -1,5 +1,6 @@
 """`blocksearch space show`: the table, the published sizes, and bad input (exit 2, one line)."""
 
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,25 @@ def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run([sys.executable, "-m", "blocksearch.cli", "space", "show", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown space" in proc.stderr
+
+
+QUIET = """
+import sys, warnings
+from blocksearch.cli import main
+assert main(sys.argv[1:]) == 0
+warnings.warn("a library deprecation", FutureWarning)
+from diffusers.utils import logging
+logging.get_logger("diffusers.models.modeling_utils").warning("accelerate was not found")
+"""
+
+
+def test_library_warnings_reach_the_output_only_with_verbose():
+    from blocksearch.cli import LIBRARY_VERBOSITY
+
+    env = {k: v for k, v in os.environ.items() if k not in LIBRARY_VERBOSITY.values()}  # as a user's shell
+    runs = {flag: subprocess.run([sys.executable, "-c", QUIET, *flag, "space", "list"], capture_output=True,
+                                 text=True, timeout=300, env=env) for flag in ((), ("-v",))}
+    quiet, verbose = runs[()], runs[("-v",)]
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "unet_blocks" in quiet.stdout and quiet.stderr == ""
+    assert "a library deprecation" in verbose.stderr and "accelerate was not found" in verbose.stderr

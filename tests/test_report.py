@@ -8,11 +8,10 @@ import optuna
 import pytest
 
 from blocksearch.cli import main
-from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import dominates, hypervolume, non_dominated_sort, pareto_front
-from blocksearch.report import (architecture_diff, architecture_table, build_report, open_study,
-                                teacher_topology, write_report)
+from blocksearch.render import write_report
+from blocksearch.report import architecture_diff, architecture_table, build_report, teacher_topology
 from blocksearch.space import Genome, load_space
+from blocksearch.study import open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 OBJECTIVES = ["fid", "params", "latency_ms"]
@@ -79,31 +78,6 @@ def union(points):
         for subset in combinations(points, k):
             total += (-1) ** (k + 1) * box([max(c) for c in zip(*subset)])
     return total
-
-
-# -- pareto.py ---------------------------------------------------------------------------------------
-def test_dominance_and_sorting():
-    assert dominates((1, 2), (1, 3)) and not dominates((1, 2), (1, 2)) and not dominates((0, 3), (1, 2))
-    assert non_dominated_sort([(1, 1), (2, 2), (1, 1), (3, 0), (3, 3)]) == [[0, 2, 3], [1], [4]]
-    assert pareto_front([]) == []
-
-
-def test_hypervolume_hand_cases():
-    assert hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4)) == 6.0  # staircase 1 + 2 + 3
-    # boxes 3*3*1 + 2*2*3 - overlap 2*2*1 = 17; (3,3,3) is dominated and (5,0,0) lies beyond r
-    assert hypervolume([(1, 1, 3), (2, 2, 1), (3, 3, 3), (5, 0, 0)], (4, 4, 4)) == 17.0
-    assert hypervolume([], (1, 1)) == 0.0
-    with pytest.raises(ValueError):
-        hypervolume([(1, 2)], (1, 2, 3))
-
-
-def test_hypervolume_matches_optuna():
-    np = pytest.importorskip("numpy")
-    compute = pytest.importorskip("optuna._hypervolume").compute_hypervolume
-    rng = np.random.default_rng(0)
-    for d in (2, 3):
-        pts = rng.random((25, d))
-        assert hypervolume(pts.tolist(), (1.1,) * d) == pytest.approx(compute(pts, np.full(d, 1.1)), abs=1e-12)
 
 
 # -- architectures against the teacher ------------------------------------------------------------
@@ -192,13 +166,26 @@ def test_no_completed_trials_says_so(tmp_path):
     assert len(list(csv.DictReader(open(out / "trials.csv")))) == 2
 
 
-def test_unknown_study_lists_studies(tmp_path):
+def test_a_written_report_holds_no_absolute_path_of_this_machine(tmp_path):
+    """Reports travel: student_dir, the storage URL, the space file and every path in the study's settings
+    are written relative (to blocksearch's repository, or to the report's folder), never absolute."""
+    from blocksearch.render import REPOSITORY
+
     url = make_study(tmp_path)
-    with pytest.raises(BlocksearchError, match=r"unknown study 'nope'.*\['unet_blocks-toy'\]"):
-        open_study("nope", url)
-    with pytest.raises(BlocksearchError, match="no study storage"):
-        open_study("unet_blocks-toy", f"sqlite:///{tmp_path / 'missing.db'}")
-    assert not (tmp_path / "missing.db").exists()  # looking never creates a storage
+    study = open_study("unet_blocks-toy", url)
+    study.set_user_attr("command", f"blocksearch run --teacher {tmp_path / 'teacher'} --runs-dir {tmp_path}/runs")
+    study.set_user_attr("eval", dict(prompts=64, cache_dir=str(tmp_path / "cache"),
+                                     judge=str(REPOSITORY / "blocksearch" / "toy" / "assets" / "judge.safetensors")))
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    for name in ("trials.csv", "README.md", "index.html"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text and str(REPOSITORY) not in text, name
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert rows[2]["student_dir"] == f"../students/{CASE[2][2]}/unet"
+    readme = (out / "README.md").read_text()
+    assert "in `sqlite:///../blocksearch.db`" in readme and "(search_spaces/unet_blocks.yaml)" in readme
+    assert "--teacher ../teacher --runs-dir ../runs" in readme and "cache_dir=../cache" in readme
+    assert "judge=blocksearch/toy/assets/judge.safetensors" in readme
 
 
 def test_cli_report(tmp_path, capsys):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from blocksearch.report import write_report
+from blocksearch.render import write_report
 from tests.test_report import CASE, make_study
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,5 +1,6 @@
-"""search.py logic without a Ray cluster: study set-up, the Genome cache, PRUNED/FAIL bookkeeping,
-the parameter budget, the front and bad input. The Ray runs are in tests/integration/."""
+"""search.py and searcher.py without a Ray cluster: flags, the Genome cache, PRUNED/FAIL bookkeeping, the
+parameter budget, the front and bad input. The study's own tests are in test_study.py; the Ray runs in
+tests/integration/."""
 
 import json
 import math
@@ -7,9 +8,12 @@ import math
 import optuna
 import pytest
 
-from blocksearch import search
+from blocksearch import search, searcher
 from blocksearch.errors import BlocksearchError
+from blocksearch.report import build_report
+from blocksearch.samplers import SAMPLERS, make_sampler
 from blocksearch.space import load_space
+from blocksearch.study import SearchConfig, counts, open_storage, prepare_study
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet
 
@@ -23,12 +27,12 @@ def bound_and_unet():
 
 
 def _cfg(tmp_path, **kw):
-    return search.resolve(search.SearchConfig(runs_dir=str(tmp_path), storage="sqlite:///" + str(tmp_path / "s.db"),
+    return search.resolve(SearchConfig(runs_dir=str(tmp_path), storage="sqlite:///" + str(tmp_path / "s.db"),
                                               study="t", trials=8, **kw))
 
 
 def _storage(tmp_path):
-    return search.open_storage("sqlite:///" + str(tmp_path / "s.db"))
+    return open_storage("sqlite:///" + str(tmp_path / "s.db"))
 
 
 def _attrs(bound):
@@ -37,63 +41,32 @@ def _attrs(bound):
 
 def test_resolve_defaults_and_bad_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = search.resolve(search.SearchConfig())
+    cfg = search.resolve(SearchConfig())
     assert cfg.study == "unet_blocks-toy" and cfg.storage == f"sqlite:///{tmp_path / 'runs' / 'blocksearch.db'}"
     assert cfg.candidate == search.CANDIDATE and cfg.runs_dir == str(tmp_path / "runs")
     for bad, word in ((dict(sampler="cmaes"), "sampler"), (dict(objectives=("fid", "speed")), "objectives"),
                       (dict(trials=0), "--trials"), (dict(max_params=-1), "--max-params")):
         with pytest.raises(BlocksearchError, match=word):
-            search.resolve(search.SearchConfig(**bad))
+            search.resolve(SearchConfig(**bad))
 
 
 def test_bad_storage_and_address_are_one_line_errors(tmp_path):
     with pytest.raises(BlocksearchError, match="cannot open storage"):
-        search.open_storage("sqlite:////nonexistent-dir/deeper/x.db")
+        open_storage("sqlite:////nonexistent-dir/deeper/x.db")
     with pytest.raises(BlocksearchError, match="cannot open storage"):
-        search.open_storage("nosuchdb://x")
+        open_storage("nosuchdb://x")
     with pytest.raises(BlocksearchError, match="cannot reach Ray"):
         search._probe("127.0.0.1:1")
     with pytest.raises(BlocksearchError, match="allowed: auto or host:port"):
         search._probe("nowhere")
 
 
-def test_reference_designs_enqueued_once_and_stale_trials_failed(tmp_path, bound_and_unet):
-    bound, _ = bound_and_unet
-    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
-    study = search.prepare_study(storage, cfg, bound, _attrs(bound))
-    search.prepare_study(storage, cfg, bound, _attrs(bound))
-    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
-    assert study.metric_names == ["fid", "params", "latency_ms"]
-    # a crash leaves a popped trial RUNNING: the next start marks it FAIL (stale) and re-queues it
-    trial = study.ask()
-    bound.suggest(trial)
-    assert trial.params and trial.user_attrs["design"] == "bk_base"
-    search.prepare_study(storage, cfg, bound, _attrs(bound))
-    old = study.trials[trial.number]
-    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["stale"] and "stale" in old.user_attrs["error"]
-    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
-    assert search.counts(study)["done"] == 0  # a stale trial does not count toward --trials
-
-
-def test_existing_study_mismatch_is_refused_untouched(tmp_path, bound_and_unet):
-    bound, _ = bound_and_unet
-    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
-    study = search.prepare_study(storage, cfg, bound, _attrs(bound))
-    before = [(t.number, t.state) for t in study.trials]
-    with pytest.raises(BlocksearchError, match="objectives"):
-        search.existing_study(storage, _cfg(tmp_path, objectives=("fid", "params")))
-    with pytest.raises(BlocksearchError, match="teacher"):
-        search.existing_study(storage, _cfg(tmp_path, teacher="other"))
-    assert [(t.number, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials] == before
-
-
-def _searcher(tmp_path, bound, unet, **kw):
+def _searcher(tmp_path, bound, unet, changes=None, **kw):
     cfg, storage = _cfg(tmp_path, **kw), _storage(tmp_path)
-    search.prepare_study(storage, cfg, bound, _attrs(bound))
-    params_of = search._params_table(unet, bound)
-    return search.make_searcher(cfg, storage, bound, params_of), cfg, params_of
+    prepare_study(storage, cfg, bound, _attrs(bound))
+    params_of = search.params_table(unet, bound)
+    on_change = None if changes is None else (lambda outcome, running: changes.append((outcome, running)))
+    return searcher.StudySearch(cfg, storage, bound, params_of, on_change), cfg, params_of
 
 
 def _final(values, **payload):
@@ -103,7 +76,8 @@ def _final(values, **payload):
 
 def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, bound_and_unet):
     bound, unet = bound_and_unet
-    s, cfg, _ = _searcher(tmp_path, bound, unet)
+    changes = []
+    s, cfg, _ = _searcher(tmp_path, bound, unet, changes)
     configs = {tid: s.suggest(tid) for tid in ("a", "b", "c")}
     assert {c["_design"] for c in configs.values()} == {"bk_base", "bk_small", "bk_tiny"}
     assert len(s.inflight) == 3
@@ -119,8 +93,13 @@ def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, 
     assert by["bk_small"].state.name == "PRUNED" and by["bk_small"].values is None
     assert by["bk_small"].user_attrs["pruned_at"]["kd_out_loss"] == 0.7
     assert by["bk_tiny"].state.name == "FAIL" and by["bk_tiny"].user_attrs["error"] == "RuntimeError: injected"
-    assert search.counts(study) == dict(done=3, stale=0, complete=1, pruned=1, failed=1, cached=0)
-    assert [t.number for t in search.front_trials(study)] == [by["bk_base"].number]
+    assert counts(study) == dict(done=3, stale=0, complete=1, pruned=1, failed=1, cached=0)
+    assert build_report(study).front == (by["bk_base"].number,)
+    # the progress view heard of every start and end: how each ended, and how many were still running
+    assert [(o and (o.number, o.state), running) for o, running in changes] == [
+        (None, 1), (None, 2), (None, 3), ((by["bk_base"].number, "COMPLETE"), 2),
+        ((by["bk_small"].number, "PRUNED"), 1), ((by["bk_tiny"].number, "FAIL"), 0)]
+    assert changes[3][0].info["values"] == [3.0, 100.0, 2.0] and changes[3][0].genome == bound.design("bk_base").id
     # the sampler proposes bk_base again: not retrained, closed as a skipped repeat (samplers ignore
     # FAIL; a COMPLETE copy would make TPE re-propose it), and no Ray trial is started for it
     study.enqueue_trial(bound.to_params(bound.design("bk_base")))
@@ -128,8 +107,8 @@ def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, 
     assert config["_genome"] != bound.design("bk_base").id
     (hit,) = [t for t in study.get_trials() if "cached_from" in t.user_attrs]
     assert hit.state.name == "FAIL" and hit.user_attrs["skipped"] and hit.user_attrs["cached_from"] == by["bk_base"].number
-    assert search.counts(study)["done"] == 3 and search.counts(study)["cached"] == 1
-    assert [t.number for t in search.front_trials(study)] == [by["bk_base"].number]
+    assert counts(study)["done"] == 3 and counts(study)["cached"] == 1
+    assert build_report(study).front == (by["bk_base"].number,)
     # a pruned or failed Genome is not trained again either
     for design in ("bk_small", "bk_tiny"):
         study.enqueue_trial(bound.to_params(bound.design(design)))
@@ -147,9 +126,25 @@ def test_a_died_trial_is_failed_with_a_message(tmp_path, bound_and_unet):
     assert "died" in t.user_attrs["error"]
 
 
+def test_the_searcher_pickles_as_tune_pickles_it(tmp_path, bound_and_unet):
+    """tune.Tuner pickles its search algorithm: a live progress view (its stream, its bar) must not stop it."""
+    import io
+
+    import ray.cloudpickle as pickle
+
+    class Stream(io.StringIO):
+        def __reduce__(self):
+            raise TypeError("a stream cannot be pickled")
+
+    bound, unet = bound_and_unet
+    s, _, _ = _searcher(tmp_path, bound, unet)
+    s.on_change = search.Progress(3, ("fid",), Stream()).update
+    assert pickle.loads(pickle.dumps(s)).cfg.study == "t"
+
+
 def test_parameter_budget_is_an_optuna_constraint(tmp_path, bound_and_unet):
     bound, unet = bound_and_unet
-    params_of = search._params_table(unet, bound)
+    params_of = search.params_table(unet, bound)
     budget = params_of(bound.design("bk_small"))  # bk_base is above it, bk_small and bk_tiny within
     s, _, _ = _searcher(tmp_path, bound, unet, max_params=budget)
     for tid, values in (("a", [1.0, 3.0, 1.0]), ("b", [2.0, 2.0, 2.0]), ("c", [3.0, 1.0, 3.0])):
@@ -158,15 +153,21 @@ def test_parameter_budget_is_an_optuna_constraint(tmp_path, bound_and_unet):
     study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
     feasible = {t.user_attrs["design"]: t.constraints["params_budget"] <= 0 for t in study.trials}
     assert feasible == {"bk_base": False, "bk_small": True, "bk_tiny": True}
-    assert {t.user_attrs["design"] for t in search.front_trials(study)} == {"bk_small", "bk_tiny"}
+    report = build_report(study)
+    assert {report.trial(n).design for n in report.front} == {"bk_small", "bk_tiny"}
 
 
-@pytest.mark.parametrize("name", search.SAMPLERS)
+@pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_runs_multi_objective(name):
-    study = optuna.create_study(directions=["minimize"] * 3, sampler=search.make_sampler(name, 0, 6))
+    study = optuna.create_study(directions=["minimize"] * 3, sampler=make_sampler(name, 0, 6))
     study.optimize(lambda t: (t.suggest_categorical("a", [1, 2]), t.suggest_categorical("b", [1, 2]), 1.0),
                    n_trials=6)
-    assert len(study.best_trials) >= 1
+    values = {t.number: tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(values) == 6
+    # the front by hand: the trials whose (a, b) no other trial's (a, b) dominates
+    front = {n for n, v in values.items() if not any(w[:2] != v[:2] and w[0] <= v[0] and w[1] <= v[1]
+                                                     for w in values.values())}
+    assert {t.number for t in study.best_trials} == front
 
 
 def test_cli_bad_input_exits_2_with_one_line_and_leaves_the_study_alone(tmp_path, capsys, bound_and_unet):
@@ -176,9 +177,9 @@ def test_cli_bad_input_exits_2_with_one_line_and_leaves_the_study_alone(tmp_path
     teacher = tmp_path / "teacher"
     unet.save_pretrained(teacher, safe_serialization=True)
     db = f"sqlite:///{tmp_path / 's.db'}"
-    cfg = search.resolve(search.SearchConfig(storage=db, runs_dir=str(tmp_path), teacher=str(teacher)))
-    study = search.prepare_study(search.open_storage(db), cfg, bound, _attrs(bound))
-    s = search.make_searcher(cfg, search.open_storage(db), bound, search._params_table(unet, bound))
+    cfg = search.resolve(SearchConfig(storage=db, runs_dir=str(tmp_path), teacher=str(teacher)))
+    study = prepare_study(open_storage(db), cfg, bound, _attrs(bound))
+    s = searcher.StudySearch(cfg, open_storage(db), bound, search.params_table(unet, bound))
     s.suggest("a")
     s.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
     snapshot = [(t.number, t.state, t.values, t.user_attrs) for t in study.trials]
@@ -190,7 +191,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_leaves_the_study_alone(tmp_path
         code = main(base + argv)
         err = capsys.readouterr().err.strip()
         assert code == 2 and word in err and len(err.splitlines()) == 1, err
-    study = optuna.load_study(study_name=cfg.study, storage=search.open_storage(db))
+    study = optuna.load_study(study_name=cfg.study, storage=open_storage(db))
     assert [(t.number, t.state, t.values, t.user_attrs) for t in study.trials] == snapshot
 
 
@@ -210,7 +211,7 @@ class _StuckSampler(optuna.samplers.RandomSampler):
 def test_a_sampler_stuck_on_a_trained_genome_falls_back_to_untrained_ones(tmp_path, bound_and_unet, monkeypatch):
     bound, unet = bound_and_unet
     stuck = bound.to_params(bound.design("bk_base"))
-    monkeypatch.setattr(search, "make_sampler", lambda *a: _StuckSampler(stuck))
+    monkeypatch.setattr(searcher, "make_sampler", lambda *a: _StuckSampler(stuck))
     s, _, _ = _searcher(tmp_path, bound, unet)
     for tid in ("a", "b", "c"):  # the three enqueued BK designs
         s.suggest(tid)

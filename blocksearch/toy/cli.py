@@ -25,7 +25,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
                    help="dtype of stored weights (loaded as fp32); fp16 keeps the bundled assets small")
     b.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2; on a shared, loaded machine 1 can be several times faster)")
-    b.set_defaults(handler=cmd_build)
+    b.set_defaults(handler=cmd_toy_build)
 
     s = verbs.add_parser("sample", help="generate one image from a prompt of the toy grammar",
                          description="Generate one 64x64 image with the toy teacher.")
@@ -34,7 +34,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     _sampling_args(s)
-    s.set_defaults(handler=cmd_sample)
+    s.set_defaults(handler=cmd_toy_sample)
 
     c = verbs.add_parser("check", help="print judge accuracy, text alignment and toy-FID figures",
                          description="Evaluate the teacher on the held-out prompts against a random-U-Net "
@@ -49,7 +49,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--grid", default=None, help="also save a captioned grid of the first 16 samples here")
     c.add_argument("--json", default=None, help="also write the figures as JSON here")
     _sampling_args(c)
-    c.set_defaults(handler=cmd_check)
+    c.set_defaults(handler=cmd_toy_check)
     return toy
 
 
@@ -60,7 +60,7 @@ def _sampling_args(p) -> None:
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")
 
 
-def cmd_build(args) -> None:
+def cmd_toy_build(args) -> None:
     from blocksearch.toy.build import build
 
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def cmd_build(args) -> None:
     print(f"toy teacher and judge written to {out} ({time.perf_counter() - t0:.0f} s)")
 
 
-def cmd_sample(args) -> None:
+def cmd_toy_sample(args) -> None:
     from PIL import Image
 
     from blocksearch.toy.assets import load_toy_teacher
@@ -82,7 +82,7 @@ def cmd_sample(args) -> None:
     print(f"image written to {args.output}")
 
 
-def cmd_check(args) -> None:
+def cmd_toy_check(args) -> None:
     from blocksearch.errors import BlocksearchError
     from blocksearch.toy.check import compute_figures, format_figures, save_grid
 

@@ -2,6 +2,7 @@
 resume after SIGKILL, failure isolation, the dashboard on loopback only, and --address."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -87,6 +88,8 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
             assert set(t.user_attrs["timings"]) >= {"kd_s", "generate_s", "score_s", "overhead_s", "total_s"}
     assert all(f"stale trial #{n}" in out for n in interrupted), out  # cleaned up and re-queued
     assert "Pareto front" in out and "results: study 'resume'" in out
+    first_trial = re.search(r"^#\d+ ", out, re.M)  # the teacher cache is warmed by the driver before any trial
+    assert first_trial and 0 <= out.find("teacher cache ready: ") < first_trial.start(), out
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -129,7 +132,7 @@ def test_address_connects_to_a_separately_started_cluster(ray_head, tiny_teacher
 
 @pytest.mark.slow
 def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp_path, capsys):
-    from blocksearch import search
+    from blocksearch.report import build_report
 
     db = f"sqlite:///{tmp_path / 's.db'}"
     code = main(["run", "--teacher", str(tiny_teacher), "--trials", "5", "--steps", "12", "--eval-prompts", "4",
@@ -139,4 +142,4 @@ def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp
     study = optuna.load_study(study_name="asha", storage=db)
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert pruned and all(t.values is None and "pruned_at" in t.user_attrs for t in pruned)
-    assert not {t.number for t in pruned} & {t.number for t in search.front_trials(study)}
+    assert not {t.number for t in pruned} & set(build_report(study).front)

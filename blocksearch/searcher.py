@@ -1,0 +1,150 @@
+"""The searcher: Ray Tune's ``OptunaSearch`` keeping blocksearch's study contract.
+
+Tune asks it for one configuration per trial and tells it how the trial ended; it writes the Optuna
+study (Akiba et al., KDD 2019) that is the search's memory (:mod:`blocksearch.study`):
+- every trial's ``genome`` (and ``metrics``/``timings``/``student_dir`` when it completes);
+- a Genome is trained once: a sampler's repeat of a trained or running Genome is closed as FAIL
+  (``skipped``, ``cached_from``; samplers ignore FAIL) and another is asked; after
+  ``REPEATS_BEFORE_FALLBACK`` repeats an untrained Genome is queued (:func:`samplers.untrained_genome`);
+- ``--max-params`` as an Optuna constraint;
+- ASHA-stopped trials PRUNED (partly trained: never on the front); failures FAIL with ``error``.
+
+Ray's OptunaSearch keeps its Optuna trials and study in private attributes (``_ot_trials``,
+``_ot_study``, ``_completed_trials``); this class reads none of them. It catches each Optuna trial in the
+define-by-run function (which Optuna calls with the trial), keeps its own map of Tune trial ids, asks a
+repeat again under a fresh key instead of deleting Ray's entry, and keeps its own ``optuna.Study`` over
+the same storage object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
+from blocksearch.space import BoundSpace, Genome
+from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig
+from blocksearch.trial import KD_METRIC
+
+MAX_ASKS = 200  # suggestions tried per Ray trial before giving up on finding an untrained Genome
+FAIL = optuna.trial.TrialState.FAIL
+
+
+class TrialOutcome(NamedTuple):
+    """How a trial ended, for the progress lines: its ``info`` holds ``values`` and the trial's payload."""
+
+    number: int
+    genome: str
+    state: str  # COMPLETE, PRUNED or FAIL
+    info: dict
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch with the study contract: genome/metrics/timings attrs, a Genome trained once,
+    the parameter budget as a constraint, ASHA-stopped trials PRUNED, failures FAIL with ``error``.
+
+    ``on_change(outcome, running)`` is called when a trial starts (outcome None) and when one ends."""
+
+    def __init__(self, cfg: SearchConfig, storage, bound: BoundSpace, params_of: Callable[[Genome], int],
+                 on_change: Callable[[TrialOutcome | None, int], None] | None = None):
+        self.cfg, self.bound, self.params_of, self.on_change = cfg, bound, params_of, on_change
+        sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials)
+        super().__init__(space=self._define_by_run, metric=list(cfg.objectives),
+                         mode=["min" if OBJECTIVES[o] == "minimize" else "max" for o in cfg.objectives],
+                         sampler=sampler, study_name=cfg.study, storage=storage)
+        self.study = optuna.load_study(study_name=cfg.study, storage=storage, sampler=sampler)
+        self.inflight: dict[str, int] = {}  # genome id -> Optuna trial number
+        self._running: dict[str, tuple[str, optuna.Trial]] = {}  # Tune trial id -> (our key, Optuna trial)
+        self._asked: optuna.Trial | None = None  # the trial Optuna last asked (OptunaSearch wraps it to
+        # capture the suggest_* values; every other attribute is the Optuna trial's own)
+
+    def _define_by_run(self, trial) -> None:
+        """The space for OptunaSearch: only ``trial.suggest_*`` calls (returns None); keeps the trial."""
+        self._asked = trial
+        self.bound.suggest(trial)
+
+    def suggest(self, trial_id: str) -> dict:
+        for attempt in range(MAX_ASKS):
+            if attempt >= REPEATS_BEFORE_FALLBACK:
+                self._enqueue_untrained(attempt)
+            key = f"{trial_id}/{attempt}"  # a fresh key: OptunaSearch asks a new Optuna trial for it
+            params = super().suggest(key)
+            trial = self._asked
+            genome = self.bound.from_params(params)
+            trial.set_user_attr("genome", genome.id)
+            if self.cfg.max_params is not None:
+                trial.set_constraint("params_budget", self.params_of(genome) - self.cfg.max_params)
+            done = self._evaluated(genome)
+            if done is None and genome.id not in self.inflight:
+                self.inflight[genome.id] = trial.number
+                self._running[trial_id] = (key, trial)
+                self._changed(None)
+                return {**params, "_genome": genome.id, "_number": trial.number,
+                        "_design": trial.user_attrs.get("design"), "_suggested_at": time.time()}
+            # A repeat: never retrain a Genome. Its result already lives in trial `done` (or will);
+            # recording it again as COMPLETE would make TPE re-propose it ever more (a feedback loop
+            # seen in practice), so the repeat is closed as FAIL, which samplers ignore.
+            trial.set_user_attr("skipped", True)
+            trial.set_user_attr("cached_from", done.number if done is not None else self.inflight[genome.id])
+            self.study.tell(trial.number, state=FAIL)
+        raise BlocksearchError(f"the sampler proposed only trained Genomes {MAX_ASKS} times in a row; "
+                               f"the space may be exhausted ({len(self.bound)} architectures)")
+
+    def _enqueue_untrained(self, attempt: int) -> None:
+        trained = {t.user_attrs.get("genome") for t in self.study.get_trials(deepcopy=False)
+                   if t.state != optuna.trial.TrialState.WAITING} | set(self.inflight)
+        genome = untrained_genome(self.bound, trained, self.cfg.seed, attempt)
+        if genome is not None:
+            self.study.enqueue_trial(self.bound.to_params(genome), user_attrs={"explore": True})
+
+    def _evaluated(self, genome: Genome) -> optuna.trial.FrozenTrial | None:
+        """The trial that already trained ``genome`` (complete, pruned or failed), if any."""
+        states = tuple(optuna.trial.TrialState[s] for s in FINISHED)
+        for t in self.study.get_trials(deepcopy=False, states=states):
+            if t.user_attrs.get("genome") == genome.id and not {"skipped", "stale"} & set(t.user_attrs):
+                return t
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._running:  # not a trial of this searcher, or recorded already
+            return
+        key, trial = self._running.pop(trial_id)
+        genome = trial.user_attrs.get("genome", "?")
+        self.inflight.pop(genome, None)
+        state, values, payload = self._record(trial, result, error)
+        super().on_trial_complete(key, result=result if state == "COMPLETE" else None, error=state == "FAIL")
+        self._changed(TrialOutcome(trial.number, genome, state, {"values": values, **payload}))
+
+    def _record(self, trial: optuna.Trial, result: dict | None, error: bool) -> tuple[str, list | None, dict]:
+        """The trial's state and objective values; its user attrs written (before Optuna closes it)."""
+        payload = json.loads(result["payload"]) if result and result.get("payload") else {}
+        if error or not result:
+            trial.set_user_attr("error", "the trial process died (killed, out of memory or crashed); see the "
+                                         f"Ray Tune folder {self.cfg.runs_dir}/{self.cfg.study}/tune")
+            return "FAIL", None, payload
+        if payload.get("error"):
+            trial.set_user_attr("error", payload["error"])
+            return "FAIL", None, payload
+        if not result.get("final"):  # ASHA stopped it: its scores are partial, never on the front
+            trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
+                                              KD_METRIC: result.get(KD_METRIC)})
+            return "PRUNED", None, payload
+        for key in ("metrics", "timings", "student_dir"):
+            trial.set_user_attr(key, payload[key])
+        return "COMPLETE", [result[o] for o in self.cfg.objectives], payload
+
+    def _changed(self, outcome: TrialOutcome | None) -> None:
+        if self.on_change is not None:
+            self.on_change(outcome, len(self.inflight))
+
+    def save(self, checkpoint_path: str) -> None:  # the Optuna study is the memory, not Tune's checkpoint
+        Path(checkpoint_path).write_text(json.dumps({"study": self.cfg.study, "storage": self.cfg.storage}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass

@@ -1,0 +1,179 @@
+"""The study of a search: its settings, its Optuna storage and the bookkeeping of its trials.
+
+Optuna (Akiba et al., KDD 2019) is the search's memory: a persistent study holds every trial, so a
+search can be stopped and re-run. This module opens the storage (one default: ``runs/blocksearch.db``
+in the working directory), checks a stored study against a run's settings, prepares it (the reference
+designs enqueued once; trials a crashed driver left RUNNING marked FAIL and re-queued) and counts its
+trials. One driver per study at a time: at start, a RUNNING trial can only have been left by a crash.
+The study contract (user attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``)
+is written by :mod:`blocksearch.searcher` and read by :mod:`blocksearch.report`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.space import BoundSpace
+
+OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
+              "alignment": "maximize"}
+DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything ``blocksearch run`` needs (its flags, one per field); ``search.resolve`` fills the
+    None defaults and makes paths absolute (Ray trials chdir)."""
+
+    space: str = "unet_blocks"
+    teacher: str = "toy"
+    trials: int = 16
+    study: str | None = None  # default: "<space>-<teacher>"
+    storage: str | None = None  # default: sqlite:///<runs_dir>/blocksearch.db
+    runs_dir: str | None = None  # default: <cwd>/runs
+    address: str | None = None  # None: start a local Ray; "auto" or host:port: connect
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # default: what the cluster's CPUs/GPUs allow
+    steps: int | None = None  # distillation steps (None: DistillConfig's default)
+    eval_prompts: int | None = None  # evaluation prompts (None: EvalConfig's default)
+    sampler: str = "tpe"
+    seed: int = 0
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    max_params: float | None = None  # parameter budget (an Optuna constraint)
+    asha: bool = False
+    candidate: str | None = None  # "module:function" doing one trial's work (default: search.CANDIDATE)
+    command: str = ""
+
+
+# -- names and the one default storage ------------------------------------------------------------
+def default_runs_dir() -> Path:
+    return Path.cwd() / RUNS_DIR
+
+
+def default_storage(runs_dir: str | Path | None = None) -> str:
+    """The storage ``blocksearch run`` keeps its studies in by default: ``<runs_dir>/blocksearch.db``."""
+    return f"sqlite:///{Path(runs_dir or default_runs_dir()) / DB_FILE}"
+
+
+def space_name(space: str) -> str:
+    """A space's name: the stem of a ``.yaml`` path, or the name itself."""
+    return Path(space).stem if space.endswith((".yaml", ".yml")) else space
+
+
+def default_study_name(space: str, teacher: str) -> str:
+    """``<space>-<teacher>``: a teacher folder by its name, a hub id with ``--`` for ``/``."""
+    teacher_tag = Path(teacher).name if Path(teacher).exists() else teacher.replace("/", "--")
+    return f"{space_name(space)}-{teacher_tag}"
+
+
+# -- storage --------------------------------------------------------------------------------------
+def open_storage(url: str, create_folder: bool = False):
+    """An Optuna storage object for ``url`` (Ray's OptunaSearch needs the object, not the URL);
+    ``create_folder``: make the folder of a SQLite file first (the default storage's runs/)."""
+    if create_folder and url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as err:  # sqlalchemy/optuna raise many types for a bad URL
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise BlocksearchError(
+            f"cannot open storage {url!r} ({first}); allowed: an Optuna storage URL such as "
+            f"sqlite:////abs/path/study.db or postgresql://user@host/db") from None
+
+
+def open_study(name: str, storage: str | None = None) -> optuna.Study:
+    """Load study ``name`` to read it; an unknown study or a missing storage is a BlocksearchError naming
+    what exists (looking never creates a storage)."""
+    url = storage or default_storage()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise BlocksearchError(f"no study storage at {url[len('sqlite:///'):]}; run `blocksearch run` first "
+                               f"or pass --storage with an Optuna storage URL")
+    try:
+        names = sorted(optuna.study.get_all_study_names(storage=url))
+    except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL
+        raise BlocksearchError(f"cannot read Optuna storage {url} ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:100]})") from None
+    if name not in names:
+        raise BlocksearchError(f"unknown study {name!r} in {url}; studies there: {names or 'none'}")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+# -- the study of a run ---------------------------------------------------------------------------
+def existing_study(storage, cfg: SearchConfig) -> optuna.Study | None:
+    """The study if it exists, checked against this run's objectives, space and teacher (read only)."""
+    if cfg.study not in optuna.study.get_all_study_names(storage=storage):
+        return None
+    study = optuna.load_study(study_name=cfg.study, storage=storage)
+    want = [OBJECTIVES[o] for o in cfg.objectives]
+    have = [d.name.lower() for d in study.directions]
+    names_have = study.metric_names
+    if have != want or (names_have and list(names_have) != list(cfg.objectives)):
+        raise BlocksearchError(
+            f"study {cfg.study!r} has objectives {names_have or have}, not {list(cfg.objectives)}; "
+            f"use the same --objectives or another --study")
+    attrs = study.user_attrs
+    for key, value in (("space", space_name(cfg.space)), ("teacher", cfg.teacher)):
+        if key in attrs and attrs[key] != value:
+            raise BlocksearchError(
+                f"study {cfg.study!r} was run with {key} {attrs[key]!r}, not {value!r}; use another --study")
+    return study
+
+
+def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: dict, out=None) -> optuna.Study:
+    """Create or load the study; mark stale RUNNING trials FAIL (and re-queue them); enqueue the
+    reference designs once. Progress lines go to ``out`` (default: stdout)."""
+    study = optuna.create_study(storage=storage, study_name=cfg.study, load_if_exists=True,
+                                directions=[OBJECTIVES[o] for o in cfg.objectives])
+    if not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.objectives))
+    for key, value in study_attrs.items():
+        if key not in study.user_attrs or key in ("command",):
+            study.set_user_attr(key, value)
+    _fail_stale_trials(study, storage, out)
+    for name, genome in bound.named_designs().items():
+        study.enqueue_trial(bound.to_params(genome), user_attrs={"design": name}, skip_if_exists=True)
+    return study
+
+
+def _fail_stale_trials(study: optuna.Study, storage, out) -> None:
+    """RUNNING trials at start were left by a driver that stopped: FAIL them (``stale``), re-queue them."""
+    waiting = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # Optuna has no public id of a FrozenTrial; the storage API takes FrozenTrial._trial_id
+        storage.set_trial_user_attr(t._trial_id, "stale", True)
+        storage.set_trial_user_attr(t._trial_id, "error", "stale: its driver stopped before it finished "
+                                                          "(re-queued when the search resumed)")
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        params = t.params or t.system_attrs.get("fixed_params")
+        if params and params not in waiting:
+            study.enqueue_trial(params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "design"})
+            waiting.append(params)
+        print(f"stale trial #{t.number} ({t.user_attrs.get('genome', '?')}) marked FAIL and re-queued", file=out)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials that count toward --trials (evaluated: not repeats of a Genome, not stale), by state."""
+    out = {"done": 0, "stale": 0, "complete": 0, "pruned": 0, "failed": 0, "cached": 0}
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if t.state.name == "RUNNING":
+            out["stale"] += 1
+        elif attrs.get("skipped") or attrs.get("stale"):  # repeats of a Genome / left by a crash
+            out["cached"] += "cached_from" in attrs
+        elif t.state.name in FINISHED:
+            out["done"] += 1
+            out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
+    return out

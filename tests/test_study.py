@@ -1,0 +1,110 @@
+"""study.py: the one default storage, names, opening storage and studies, preparing a study (reference
+designs enqueued once, stale trials failed and re-queued) and counting its trials."""
+
+import optuna
+import pytest
+
+from blocksearch import search
+from blocksearch.errors import BlocksearchError
+from blocksearch.space import load_space
+from blocksearch.study import (SearchConfig, counts, default_storage, default_study_name, existing_study,
+                               open_storage, open_study, prepare_study)
+from blocksearch.teachers import topology_of
+from tests.conftest import tiny_unet
+from tests.test_report import make_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def bound():
+    return load_space("unet_blocks").bind(topology_of(tiny_unet("sd-v1").config))
+
+
+def _cfg(tmp_path, **kw):
+    return search.resolve(SearchConfig(runs_dir=str(tmp_path), storage="sqlite:///" + str(tmp_path / "s.db"),
+                                       study="t", trials=8, **kw))
+
+
+def _storage(tmp_path):
+    return open_storage("sqlite:///" + str(tmp_path / "s.db"))
+
+
+ATTRS = {"space": "unet_blocks", "teacher": "toy", "reference_designs": {}}
+
+
+def test_the_default_storage_and_study_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_storage() == f"sqlite:///{tmp_path / 'runs' / 'blocksearch.db'}"
+    assert default_storage(tmp_path / "elsewhere") == f"sqlite:///{tmp_path / 'elsewhere' / 'blocksearch.db'}"
+    assert default_study_name("unet_blocks", "toy") == "unet_blocks-toy"
+    assert default_study_name("spaces/mine.yaml", "org/model") == "mine-org--model"
+    (tmp_path / "teachers" / "sd15").mkdir(parents=True)
+    assert default_study_name("unet_blocks", str(tmp_path / "teachers" / "sd15")) == "unet_blocks-sd15"
+
+
+def test_open_storage_creates_the_folder_only_when_asked(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs' / 'blocksearch.db'}"
+    with pytest.raises(BlocksearchError, match="cannot open storage"):
+        open_storage(url)
+    assert not (tmp_path / "runs").exists()
+    open_storage(url, create_folder=True)
+    assert (tmp_path / "runs").is_dir()
+    with pytest.raises(BlocksearchError, match="cannot open storage"):
+        open_storage("nosuchdb://x")
+
+
+def test_unknown_study_lists_studies(tmp_path):
+    url = make_study(tmp_path)
+    with pytest.raises(BlocksearchError, match=r"unknown study 'nope'.*\['unet_blocks-toy'\]"):
+        open_study("nope", url)
+    with pytest.raises(BlocksearchError, match="no study storage"):
+        open_study("unet_blocks-toy", f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()  # looking never creates a storage
+
+
+def test_reference_designs_enqueued_once_and_stale_trials_failed(tmp_path, bound, capsys):
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    study = prepare_study(storage, cfg, bound, ATTRS)
+    prepare_study(storage, cfg, bound, ATTRS)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
+    assert study.metric_names == ["fid", "params", "latency_ms"]
+    # a crash leaves a popped trial RUNNING: the next start marks it FAIL (stale) and re-queues it
+    trial = study.ask()
+    bound.suggest(trial)
+    trial.set_user_attr("genome", bound.from_params(trial.params).id)
+    assert trial.params and trial.user_attrs["design"] == "bk_base"
+    capsys.readouterr()
+    prepare_study(storage, cfg, bound, ATTRS)
+    assert capsys.readouterr().out == f"stale trial #{trial.number} ({bound.design('bk_base').id}) marked FAIL and re-queued\n"
+    old = study.trials[trial.number]
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["stale"] and "stale" in old.user_attrs["error"]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
+    assert counts(study)["done"] == 0  # a stale trial does not count toward --trials
+
+
+def test_existing_study_mismatch_is_refused_untouched(tmp_path, bound):
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    assert existing_study(storage, cfg) is None
+    study = prepare_study(storage, cfg, bound, ATTRS)
+    before = [(t.number, t.state) for t in study.trials]
+    assert existing_study(storage, cfg).study_name == "t"
+    with pytest.raises(BlocksearchError, match="objectives"):
+        existing_study(storage, _cfg(tmp_path, objectives=("fid", "params")))
+    with pytest.raises(BlocksearchError, match="teacher"):
+        existing_study(storage, _cfg(tmp_path, teacher="other"))
+    assert [(t.number, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials] == before
+
+
+def test_counts_by_state(tmp_path):
+    """done = evaluated trials (complete, pruned, failed); sampler repeats and stale trials do not count."""
+    study = optuna.create_study(storage=_storage(tmp_path), directions=["minimize"] * 2)
+    T = optuna.trial.TrialState
+    for state, attrs in ((T.COMPLETE, {}), (T.COMPLETE, {}), (T.PRUNED, {}), (T.FAIL, {"error": "x"}),
+                         (T.FAIL, {"skipped": True, "cached_from": 0}), (T.FAIL, {"skipped": True, "cached_from": 1}),
+                         (T.FAIL, {"stale": True}), (T.RUNNING, {}), (T.WAITING, {})):
+        study.add_trial(optuna.trial.create_trial(state=state, values=[1.0, 2.0] if state == T.COMPLETE else None,
+                                                  user_attrs=attrs))
+    assert counts(study) == dict(done=4, stale=1, complete=2, pruned=1, failed=1, cached=2)
