@@ -233,6 +233,10 @@ RUN_FLAGS = (
                                          "constraint)")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
+    ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "
+                                               "(several drivers may share a study's storage)")),
+    ("grace_period", dict(type=int, help="seconds without a heartbeat after which another driver marks a "
+                                         "trial FAIL and re-queues it once")),
 )
 
 

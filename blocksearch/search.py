@@ -213,7 +213,8 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=parallel),
-                                    scheduler=scheduler, num_samples=remaining, reuse_actors=True),
+                                    scheduler=scheduler, reuse_actors=True,
+                                    num_samples=cfg.trials),  # the searcher stops at --trials over every driver,
         run_config=tune.RunConfig(name=f"{cfg.study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(Path(cfg.runs_dir) / cfg.study / "tune"), verbose=0),
     )
@@ -265,7 +266,8 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
     if cfg.address and cfg.address != "auto":
         _probe(cfg.address)
     space = load_space(cfg.space)
-    storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir))
+    storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir),
+                           heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     study = existing_study(storage, cfg)
     bound, teacher_unet = bind_space(space, cfg.teacher)
     job, study_attrs = trial_job(cfg, bound)

@@ -7,7 +7,11 @@ study (Akiba et al., KDD 2019) that is the search's memory (:mod:`blocksearch.st
   (``skipped``, ``cached_from``; samplers ignore FAIL) and another is asked; after
   ``REPEATS_BEFORE_FALLBACK`` repeats an untrained Genome is queued (:func:`samplers.untrained_genome`);
 - ``--max-params`` as an Optuna constraint;
-- ASHA-stopped trials PRUNED (partly trained: never on the front); failures FAIL with ``error``.
+- ASHA-stopped trials PRUNED (partly trained: never on the front); failures FAIL with ``error``;
+- several drivers on one study: a heartbeat of each running trial every ``heartbeat_interval`` s (a
+  thread); before each suggestion, trials of dead drivers are failed and re-queued
+  (``optuna.storages.fail_stale_trials``); a Genome running under another driver is a repeat; the study
+  stops at ``--trials`` finished trials counted over every driver.
 
 Ray's OptunaSearch keeps its Optuna trials and study in private attributes (``_ot_trials``,
 ``_ot_study``, ``_completed_trials``); this class reads none of them. It catches each Optuna trial in the
@@ -19,20 +23,28 @@ the same storage object.
 from __future__ import annotations
 
 import json
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
 from blocksearch.space import BoundSpace, Genome
-from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig
+from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, heartbeats, is_stale
 from blocksearch.trial import KD_METRIC
 
+# Optuna warns that heartbeats are meant for Study.optimize; Ray's OptunaSearch asks and tells instead, and
+# this searcher beats for its trials itself (see _heartbeat_loop)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*fail_stale_trials")
 MAX_ASKS = 200  # suggestions tried per Ray trial before giving up on finding an untrained Genome
+WAIT_POLL_S = 2.0  # while other drivers' trials decide whether the study is done: look this often
 FAIL = optuna.trial.TrialState.FAIL
 
 
@@ -63,25 +75,75 @@ class StudySearch(OptunaSearch):
         self._running: dict[str, tuple[str, optuna.Trial]] = {}  # Tune trial id -> (our key, Optuna trial)
         self._asked: optuna.Trial | None = None  # the trial Optuna last asked (OptunaSearch wraps it to
         # capture the suggest_* values; every other attribute is the Optuna trial's own)
+        self._storage, self._beating, self._next_look = storage, None, 0.0
+
+    def __getstate__(self) -> dict:  # Tune pickles its search algorithm: the heartbeat thread stays here
+        return {**self.__dict__, "_beating": None}
+
+    # -- several drivers: heartbeats, dead drivers, the shared count -----------------------------------
+    def _beat(self, trial) -> None:
+        """Record a heartbeat now (Optuna has no public trial id: ``_trial_id``, as its own heartbeat does)."""
+        if heartbeats(self._storage):
+            self._storage.record_heartbeat(trial._trial_id)
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.heartbeat_interval):
+            for _, trial in list(self._running.values()):
+                try:
+                    self._beat(trial)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+                    pass
+
+    def _start_heartbeats(self) -> None:
+        if self._beating is None and heartbeats(self._storage):
+            self._beating = threading.Event()
+            threading.Thread(target=self._heartbeat_loop, args=(self._beating,), daemon=True,
+                             name="blocksearch-heartbeat").start()
+
+    def _study_state(self) -> str:
+        """"finished" (--trials reached over every driver), "wait" (the rest is running elsewhere: it may
+        still finish or die) or "go"; trials of dead drivers are failed and re-queued first."""
+        if heartbeats(self._storage):
+            optuna.storages.fail_stale_trials(self.study)
+        c = counts(self.study)
+        if c["done"] >= self.cfg.trials:
+            return "finished"
+        return "wait" if c["done"] + c["running"] >= self.cfg.trials else "go"
+
+    def _running_elsewhere(self, genome: Genome, number: int) -> optuna.trial.FrozenTrial | None:
+        """A RUNNING trial of ``genome`` other than ours (another driver's, or our own in flight)."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number != number and t.user_attrs.get("genome") == genome.id:
+                return t
+        return None
 
     def _define_by_run(self, trial) -> None:
         """The space for OptunaSearch: only ``trial.suggest_*`` calls (returns None); keeps the trial."""
         self._asked = trial
         self.bound.suggest(trial)
 
-    def suggest(self, trial_id: str) -> dict:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if time.monotonic() < self._next_look:
+            return None
+        state = self._study_state()
+        if state != "go":
+            self._next_look = time.monotonic() + WAIT_POLL_S
+            return Searcher.FINISHED if state == "finished" else None
+        self._start_heartbeats()
         for attempt in range(MAX_ASKS):
             if attempt >= REPEATS_BEFORE_FALLBACK:
                 self._enqueue_untrained(attempt)
             key = f"{trial_id}/{attempt}"  # a fresh key: OptunaSearch asks a new Optuna trial for it
             params = super().suggest(key)
             trial = self._asked
+            self._beat(trial)  # at once: other drivers see a live trial, never a silent one
             genome = self.bound.from_params(params)
-            trial.set_user_attr("genome", genome.id)
+            trial.set_user_attr("genome", genome.id)  # written before we look: of two drivers racing
+            # for one Genome, at least the later one sees the other's trial below
             if self.cfg.max_params is not None:
                 trial.set_constraint("params_budget", self.params_of(genome) - self.cfg.max_params)
-            done = self._evaluated(genome)
-            if done is None and genome.id not in self.inflight:
+            done = self._evaluated(genome) or self._running_elsewhere(genome, trial.number)
+            if done is None:
                 self.inflight[genome.id] = trial.number
                 self._running[trial_id] = (key, trial)
                 self._changed(None)
@@ -91,7 +153,7 @@ class StudySearch(OptunaSearch):
             # recording it again as COMPLETE would make TPE re-propose it ever more (a feedback loop
             # seen in practice), so the repeat is closed as FAIL, which samplers ignore.
             trial.set_user_attr("skipped", True)
-            trial.set_user_attr("cached_from", done.number if done is not None else self.inflight[genome.id])
+            trial.set_user_attr("cached_from", done.number)
             self.study.tell(trial.number, state=FAIL)
         raise BlocksearchError(f"the sampler proposed only trained Genomes {MAX_ASKS} times in a row; "
                                f"the space may be exhausted ({len(self.bound)} architectures)")
@@ -107,7 +169,7 @@ class StudySearch(OptunaSearch):
         """The trial that already trained ``genome`` (complete, pruned or failed), if any."""
         states = tuple(optuna.trial.TrialState[s] for s in FINISHED)
         for t in self.study.get_trials(deepcopy=False, states=states):
-            if t.user_attrs.get("genome") == genome.id and not {"skipped", "stale"} & set(t.user_attrs):
+            if t.user_attrs.get("genome") == genome.id and not t.user_attrs.get("skipped") and not is_stale(t):
                 return t
         return None
 
@@ -117,8 +179,12 @@ class StudySearch(OptunaSearch):
         key, trial = self._running.pop(trial_id)
         genome = trial.user_attrs.get("genome", "?")
         self.inflight.pop(genome, None)
-        state, values, payload = self._record(trial, result, error)
-        super().on_trial_complete(key, result=result if state == "COMPLETE" else None, error=state == "FAIL")
+        try:
+            state, values, payload = self._record(trial, result, error)
+            super().on_trial_complete(key, result=result if state == "COMPLETE" else None, error=state == "FAIL")
+        except optuna.exceptions.UpdateFinishedTrialError:  # this driver was silent past the grace period
+            state, values, payload = "FAIL", None, {"error": "marked stale by another driver (no heartbeat "
+                                                             "within the grace period); re-queued there"}
         self._changed(TrialOutcome(trial.number, genome, state, {"values": values, **payload}))
 
     def _record(self, trial: optuna.Trial, result: dict | None, error: bool) -> tuple[str, list | None, dict]:

@@ -4,13 +4,20 @@ Optuna (Akiba et al., KDD 2019) is the search's memory: a persistent study holds
 search can be stopped and re-run. This module opens the storage (one default: ``runs/blocksearch.db``
 in the working directory), checks a stored study against a run's settings, prepares it (the reference
 designs enqueued once; trials a crashed driver left RUNNING marked FAIL and re-queued) and counts its
-trials. One driver per study at a time: at start, a RUNNING trial can only have been left by a crash.
+trials.
+
+Several drivers may share one study through its storage (Optuna's distributed idiom): each driver
+records a heartbeat of its running trials (``RDBStorage(heartbeat_interval=..., grace_period=...)``);
+a trial whose driver stopped beating for the grace period is marked FAIL by the next driver that looks
+and re-queued once (:class:`RequeueStale`, Optuna's ``RetryFailedTrialCallback`` with ``max_retry=1``).
+No driver marks another's running trial stale just because it is RUNNING.
 The study contract (user attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``)
 is written by :mod:`blocksearch.searcher` and read by :mod:`blocksearch.report`.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +58,8 @@ class SearchConfig:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_params: float | None = None  # parameter budget (an Optuna constraint)
     asha: bool = False
+    heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
+    grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
     candidate: str | None = None  # "module:function" doing one trial's work (default: search.CANDIDATE)
     command: str = ""
 
@@ -77,18 +86,52 @@ def default_study_name(space: str, teacher: str) -> str:
 
 
 # -- storage --------------------------------------------------------------------------------------
-def open_storage(url: str, create_folder: bool = False):
+def open_storage(url: str, create_folder: bool = False, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None):
     """An Optuna storage object for ``url`` (Ray's OptunaSearch needs the object, not the URL);
-    ``create_folder``: make the folder of a SQLite file first (the default storage's runs/)."""
+    ``create_folder``: make the folder of a SQLite file first (the default storage's runs/). A database
+    URL gets heartbeats when ``heartbeat_interval`` is given (several drivers on one study)."""
     if create_folder and url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.get_storage(url)
+        if "://" not in url or heartbeat_interval is None:
+            return optuna.storages.get_storage(url)
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # drivers take turns
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, heartbeat_stale_trial_callback=RequeueStale())
     except Exception as err:  # sqlalchemy/optuna raise many types for a bad URL
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise BlocksearchError(
             f"cannot open storage {url!r} ({first}); allowed: an Optuna storage URL such as "
             f"sqlite:////abs/path/study.db or postgresql://user@host/db") from None
+
+
+def heartbeats(storage) -> bool:
+    """Does ``storage`` record heartbeats (several drivers may share its studies)?"""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
+class RequeueStale:
+    """Called by Optuna for a trial whose driver stopped beating: say so, and re-queue it once
+    (``RetryFailedTrialCallback(max_retry=1)``); the FAILed original is recognised by :func:`is_stale`."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+        again = len(trial.system_attrs.get("retry_history", [])) < 1
+        retry(study, trial)
+        print(f"stale trial #{trial.number} ({trial.user_attrs.get('genome', '?')}): its driver stopped "
+              f"beating; marked FAIL{' and re-queued' if again else ' (already retried once: not re-queued)'}",
+              file=sys.stdout, flush=True)
+
+
+def is_stale(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial left by a driver that stopped: FAIL with no error of its own (every FAIL that blocksearch
+    writes carries ``error`` or ``skipped``), or marked ``stale`` (studies of earlier versions)."""
+    ua = t.user_attrs
+    return t.state.name == "FAIL" and (bool(ua.get("stale")) or not (ua.get("error") or ua.get("skipped")))
 
 
 def open_study(name: str, storage: str | None = None) -> optuna.Study:
@@ -148,7 +191,12 @@ def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: di
 
 
 def _fail_stale_trials(study: optuna.Study, storage, out) -> None:
-    """RUNNING trials at start were left by a driver that stopped: FAIL them (``stale``), re-queue them."""
+    """Trials whose driver died: with heartbeats, those silent for the grace period (FAIL, re-queued once
+    by :class:`RequeueStale`); without (a storage that cannot beat), every RUNNING trial at start -- one
+    driver per study at a time."""
+    if heartbeats(storage):
+        optuna.storages.fail_stale_trials(study)
+        return
     waiting = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -165,14 +213,17 @@ def _fail_stale_trials(study: optuna.Study, storage, out) -> None:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials that count toward --trials (evaluated: not repeats of a Genome, not stale), by state."""
-    out = {"done": 0, "stale": 0, "complete": 0, "pruned": 0, "failed": 0, "cached": 0}
+    """Trials that count toward --trials (evaluated: not repeats of a Genome, not stale), by state;
+    ``running``: RUNNING trials of every driver; ``stale``: trials left by a driver that stopped."""
+    out = {"done": 0, "running": 0, "stale": 0, "complete": 0, "pruned": 0, "failed": 0, "cached": 0}
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         if t.state.name == "RUNNING":
-            out["stale"] += 1
-        elif attrs.get("skipped") or attrs.get("stale"):  # repeats of a Genome / left by a crash
+            out["running"] += 1
+        elif attrs.get("skipped"):  # repeats of a Genome
             out["cached"] += "cached_from" in attrs
+        elif is_stale(t):
+            out["stale"] += 1
         elif t.state.name in FINISHED:
             out["done"] += 1
             out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1

@@ -4,6 +4,7 @@ tests/integration/."""
 
 import json
 import math
+import time
 
 import optuna
 import pytest
@@ -12,8 +13,8 @@ from blocksearch import search, searcher
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report
 from blocksearch.samplers import SAMPLERS, make_sampler
-from blocksearch.space import load_space
-from blocksearch.study import SearchConfig, counts, open_storage, prepare_study
+from blocksearch.space import Genome, load_space
+from blocksearch.study import SearchConfig, counts, is_stale, open_storage, prepare_study
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet
 
@@ -27,8 +28,8 @@ def bound_and_unet():
 
 
 def _cfg(tmp_path, **kw):
-    return search.resolve(SearchConfig(runs_dir=str(tmp_path), storage="sqlite:///" + str(tmp_path / "s.db"),
-                                              study="t", trials=8, **kw))
+    return search.resolve(SearchConfig(**{"runs_dir": str(tmp_path), "storage": "sqlite:///" + str(tmp_path / "s.db"),
+                                          "study": "t", "trials": 8, **kw}))
 
 
 def _storage(tmp_path):
@@ -93,7 +94,7 @@ def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, 
     assert by["bk_small"].state.name == "PRUNED" and by["bk_small"].values is None
     assert by["bk_small"].user_attrs["pruned_at"]["kd_out_loss"] == 0.7
     assert by["bk_tiny"].state.name == "FAIL" and by["bk_tiny"].user_attrs["error"] == "RuntimeError: injected"
-    assert counts(study) == dict(done=3, stale=0, complete=1, pruned=1, failed=1, cached=0)
+    assert counts(study) == dict(done=3, running=0, stale=0, complete=1, pruned=1, failed=1, cached=0)
     assert build_report(study).front == (by["bk_base"].number,)
     # the progress view heard of every start and end: how each ended, and how many were still running
     assert [(o and (o.number, o.state), running) for o, running in changes] == [
@@ -221,3 +222,54 @@ def test_a_sampler_stuck_on_a_trained_genome_falls_back_to_untrained_ones(tmp_pa
     assert len(set(genomes)) == 3 and not set(genomes) & trained
     study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
     assert sum(bool(t.user_attrs.get("explore")) for t in study.trials) == 3
+
+
+# -- several drivers on one study (Optuna heartbeats) ------------------------------------------------
+def _driver(tmp_path, bound, unet, trials=8, interval=1, grace=1):
+    """One driver's searcher over the shared SQLite study, with heartbeats (its own storage object)."""
+    cfg = _cfg(tmp_path, trials=trials, heartbeat_interval=interval, grace_period=grace)
+    storage = open_storage(cfg.storage, heartbeat_interval=interval, grace_period=grace)
+    prepare_study(storage, cfg, bound, _attrs(bound))
+    return searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound))
+
+
+def test_a_genome_running_under_another_driver_is_a_repeat(tmp_path, bound_and_unet):
+    bound, unet = bound_and_unet
+    one, two = _driver(tmp_path, bound, unet), _driver(tmp_path, bound, unet)
+    first, *_ = [one.suggest(tid) for tid in ("a", "a2", "a3")]  # the three designs, running under `one`
+    two.study.enqueue_trial(bound.to_params(Genome.from_id(first["_genome"])))
+    second = two.suggest("b")
+    assert second["_genome"] != first["_genome"]
+    (hit,) = [t for t in two.study.get_trials() if t.user_attrs.get("skipped")]
+    assert hit.user_attrs["cached_from"] == first["_number"] and hit.user_attrs["genome"] == first["_genome"]
+
+
+def test_a_dead_drivers_trial_is_failed_after_the_grace_period_and_requeued_once(tmp_path, bound_and_unet, capsys):
+    bound, unet = bound_and_unet
+    dead, alive = _driver(tmp_path, bound, unet), _driver(tmp_path, bound, unet)
+    lost = dead.suggest("a")  # one heartbeat, then the driver "dies": no thread beats for it any more
+    dead._beating.set()
+    took = alive.suggest("b")
+    assert took["_genome"] != lost["_genome"]  # within the grace period: alive, so not taken over
+    time.sleep(3.5)
+    queued = [alive.suggest(tid) for tid in ("c", "d")]  # past the grace period: failed and re-queued
+    (retried,) = [q for q in queued if q["_genome"] == lost["_genome"]]  # (behind bk_tiny): taken here
+    study = alive.study
+    old = study.trials[lost["_number"]]
+    assert old.state.name == "FAIL" and is_stale(old) and counts(study)["stale"] == 1
+    assert f"stale trial #{lost['_number']}" in capsys.readouterr().out
+    new = study.trials[retried["_number"]]
+    assert new.system_attrs["failed_trial"] == lost["_number"] and new.user_attrs["design"] == "bk_base"
+    # the dead driver's late result cannot overwrite the FAILed trial, and does not raise
+    dead.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
+    assert study.trials[lost["_number"]].state.name == "FAIL"
+
+
+def test_the_study_stops_at_trials_counted_over_every_driver(tmp_path, bound_and_unet):
+    bound, unet = bound_and_unet
+    one, two = _driver(tmp_path, bound, unet, trials=1), _driver(tmp_path, bound, unet, trials=1)
+    one.suggest("a")
+    assert two.suggest("b") is None  # the last trial runs elsewhere: it may still finish or die
+    one.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
+    two._next_look = 0.0
+    assert two.suggest("c") == "FINISHED" and one.suggest("d") == "FINISHED"

@@ -107,4 +107,4 @@ def test_counts_by_state(tmp_path):
                          (T.FAIL, {"stale": True}), (T.RUNNING, {}), (T.WAITING, {})):
         study.add_trial(optuna.trial.create_trial(state=state, values=[1.0, 2.0] if state == T.COMPLETE else None,
                                                   user_attrs=attrs))
-    assert counts(study) == dict(done=4, stale=1, complete=2, pruned=1, failed=1, cached=2)
+    assert counts(study) == dict(done=4, running=1, stale=1, complete=2, pruned=1, failed=1, cached=2)
