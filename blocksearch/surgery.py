@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Genome, Topology
-from blocksearch.teachers import topology_of
+from blocksearch.teachers import load_unet, topology_of
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,8 @@ def _check_fits(genome: Genome, topo: Topology) -> None:
 def load_student(folder, teacher: UNet2DConditionModel) -> Student:
     """A saved student (``DIR/unet`` or a U-Net folder) to continue distilling: its Genome is read back
     from its config, and its KD pairs are derived against ``teacher`` as for a fresh cut."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    sub = "unet" if (folder / "unet" / "config.json").is_file() else None
-    if sub is None and not (folder / "config.json").is_file():
-        raise BlocksearchError(f"--init {folder}: no unet/config.json or config.json; expected a student "
-                               f"folder written by blocksearch distill/export or a diffusers U-Net folder")
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True)
-    unet.to(next(teacher.parameters()).device)
+    unet = load_unet(folder, next(teacher.parameters()).device, what="--init", expected="a student folder "
+                     "written by blocksearch distill/export or a diffusers U-Net folder")
     own, topo = topology_of(unet.config), topology_of(teacher.config)
     genome = Genome(own.layers, own.depth, own.mid)
     _check_fits(genome, topo)
