@@ -13,8 +13,9 @@ from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, Metrics, evaluate
 from blocksearch.teachers import Teacher
-from tests.conftest import tiny_unet
-from tests.test_distill import make_tiny_pipeline, make_tiny_teacher, one_thread, save_tiny_teacher  # noqa: F401
+from tests.conftest import make_tiny_pipeline, make_tiny_teacher, tiny_unet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(prompts=12, steps=2, reference_images=24, latency_warmup=1, latency_repeats=3, latency_min_s=0.0)
 
@@ -85,8 +86,8 @@ def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "cost.json").read_text())
 
 
-def test_cli_evaluate_writes_metrics(tmp_path, capsys):
-    folder = save_tiny_teacher(tmp_path)
+def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
+    folder = tiny_teacher_folder
     student = tmp_path / "student"
     assert main(["distill", "--teacher", folder, "--design", "bk_small", "--steps", "0", "-o", str(student),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
