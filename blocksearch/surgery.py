@@ -101,6 +101,16 @@ def kd_pairs(genome: Genome, topo: Topology) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def kd_teacher_modules(topo: Topology) -> tuple[str, ...]:
+    """Every teacher module that ``kd_pairs`` names for some Genome that fits ``topo`` (what the teacher
+    cache stores). ``kd_pairs`` reads only the number of stages and whether the mid block is kept, so
+    the union over the teacher's own layout and the layout with the innermost stage removed is all."""
+    layouts = [Genome(topo.layers, topo.depth, topo.mid)]
+    if topo.n_stages > 1:
+        layouts.append(Genome(topo.layers[:-1], topo.depth[:-1], topo.mid))
+    return tuple(dict.fromkeys(t for genome in layouts for t, _ in kd_pairs(genome, topo)))
+
+
 def build_student(teacher: UNet2DConditionModel, genome: Genome) -> Student:
     """Cut ``teacher`` down to ``genome``; copy and shape-check every tensor; log the map."""
     topo = topology_of(teacher.config)

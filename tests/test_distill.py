@@ -1,18 +1,15 @@
 """Distillation: the BK-SDM loss, the teacher cache, the data stream, bad input, and a real toy KD run."""
 
 import json
-import threading
 
 import pytest
 import torch
 
-from blocksearch import teacher_cache
 from blocksearch.cli import main
 from blocksearch.data import BatchStream
 from blocksearch.distill import DistillConfig, Distiller, distill, feature_loss, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.surgery import build_student
-from blocksearch.teacher_cache import open_cache, teacher_modules
 from blocksearch.teachers import load_teacher
 from tests.conftest import make_tiny_teacher
 
@@ -59,43 +56,6 @@ def test_cached_and_live_teacher_give_the_same_run(tmp_path):
     for a, b in zip(*(r.losses for r in runs)):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)  # the cache stores fp16 features
     assert runs[0].cache_path and runs[1].cache_path is None
-
-
-def test_cache_covers_every_design_and_is_reused(tmp_path, monkeypatch):
-    teacher = make_tiny_teacher(tmp_path)
-    modules = set(teacher_modules(teacher.unet.config))
-    for design in ("bk_base", "bk_small", "bk_tiny"):
-        assert {t for t, _ in _student(teacher, design).kd_pairs} <= modules
-    stream = BatchStream(teacher.pipeline, "toy", 2, 0)
-    calls = []
-    real = teacher_cache._compute
-    monkeypatch.setattr(teacher_cache, "_compute", lambda *a, **k: calls.append(1) or real(*a, **k))
-    threads = [threading.Thread(target=open_cache, args=("tiny", teacher.unet, stream, 2, tmp_path))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1  # the second opener waited on the lock, then read the file
-    cache = open_cache("tiny", teacher.unet, stream, 2, tmp_path)
-    assert len(calls) == 1 and len(cache) == 2
-    assert not list((tmp_path / "teacher").glob("*.tmp"))
-    batch, out, feats = cache[1]
-    assert torch.equal(batch.noisy, stream[1].noisy) and set(feats) == modules
-
-
-def test_cache_evicts_least_recently_used(tmp_path, caplog):
-    teacher = make_tiny_teacher(tmp_path)
-    paths = [open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, seed), 1, tmp_path).path
-             for seed in (0, 1)]
-    size = paths[0].stat().st_size
-    third = open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, 2), 1, tmp_path,
-                       cap_gb=2.5 * size / 2**30)
-    assert not paths[0].exists() and paths[1].exists() and third.path.exists()
-    assert "evicting least recently used" in caplog.text
-    with pytest.raises(BlocksearchError, match="teacher cache of this run needs"):
-        open_cache("tiny", teacher.unet, BatchStream(teacher.pipeline, "toy", 2, 3), 1, tmp_path,
-                   cap_gb=0.5 * size / 2**30)
 
 
 def test_v_prediction_target(tmp_path):
