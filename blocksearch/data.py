@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 
-CAPTION_DROPOUT = 0.1  # as the teacher was trained: keeps the unconditional branch of CFG alive
+CAPTION_DROPOUT = 0.1  # SD's and the toy teacher's training rate (toy/build.py); keeps CFG's unconditional branch alive
 CAPTION_COLUMNS = ("text", "caption")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.data import read_metadata
 from blocksearch.errors import BlocksearchError
+from blocksearch.generation import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, ImageSet, generate
 from blocksearch.settings import Settings
 from blocksearch.latency import cost, measure_latency
 from blocksearch.teachers import Teacher
-from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -39,7 +38,7 @@ class EvalConfig(Settings):
 
     prompts: int = N_PROMPTS  # held-out prompts (toy) or captions of the reference folder (real teachers)
     steps: int = NUM_STEPS  # sampler steps (the teacher's scheduler: DPM-Solver++ for the toy)
-    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: toy/sample.py)
+    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: generation.py)
     seed: int = 0  # added to every prompt's own seed
     batch_size: int = 64
     reference_images: int = 1024  # real images behind the FID reference statistics (toy)
@@ -125,35 +124,11 @@ def student_pipeline(teacher: Teacher, unet) -> StableDiffusionPipeline:
     return pipe
 
 
-@torch.no_grad()
 def generate_images(teacher: Teacher, unet, prompts, seeds, config: EvalConfig, device,
                     progress: bool = True) -> torch.Tensor:
     """uint8 (N,3,H,W); image i depends only on (prompts[i], seeds[i])."""
     pipe = student_pipeline(teacher, unet).to(device)
-    if teacher.is_toy:
-        from blocksearch.toy import generate
-
-        return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress)
-    out = []
-    for i in tqdm(range(0, len(prompts), config.batch_size), desc="generate", unit="batch", disable=not progress):
-        gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds[i:i + config.batch_size]]
-        imgs = pipe(list(prompts[i:i + config.batch_size]), num_inference_steps=config.steps,
-                    guidance_scale=config.guidance, generator=gens, output_type="pt").images
-        out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-    return torch.cat(out)
-
-
-class _Images(torch.utils.data.Dataset):
-    """uint8 (3,H,W) items for torch-fidelity, made on demand by ``make(i)``."""
-
-    def __init__(self, n, make):
-        self.n, self.make = n, make
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.make(i)
+    return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress)
 
 
 def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir: Path, device):
@@ -164,7 +139,7 @@ def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir
 
         extractor, weights = "toy-judge", str(teacher.judge_path)
         n_ref, uniq = config.reference_images, sorted(set(prompts))
-        reference = _Images(n_ref, lambda i: real_images(1, _sha([config.seed, i], 8), [uniq[i % len(uniq)]])[0])
+        reference = ImageSet(n_ref, lambda i: real_images(1, _sha([config.seed, i], 8), [uniq[i % len(uniq)]])[0])
         ref_id = ["toy", _file_sha(teacher.judge_path), n_ref, config.seed, uniq]
         ref_desc = f"{n_ref} toy-world images of the {len(uniq)} evaluation prompts (cycled), seed {config.seed}"
     else:
@@ -174,14 +149,14 @@ def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir
         size = images.shape[-1]
         from blocksearch.data import load_image
 
-        reference = _Images(len(items), lambda i: ((load_image(folder / items[i][0], size) + 1) * 127.5)
+        reference = ImageSet(len(items), lambda i: ((load_image(folder / items[i][0], size) + 1) * 127.5)
                             .round().clamp(0, 255).to(torch.uint8))
         n_ref = len(items)
         ref_id = ["folder", str(folder.resolve()), n_ref, size, os.stat(folder).st_mtime]
         ref_desc = f"{n_ref} images of {folder} at {size}px"
     ref_key = f"blocksearch-ref-{_sha(ref_id)}"
     metrics = torch_fidelity.calculate_metrics(
-        input1=_Images(len(images), lambda i: images[i]), input2=reference, fid=True,
+        input1=ImageSet.of(images), input2=reference, fid=True,
         feature_extractor=extractor, feature_extractor_weights_path=weights,
         cuda=str(device).startswith("cuda"), cache=True, cache_root=str(cache_dir / "fidelity"),
         input2_cache_name=ref_key, verbose=False, save_cpu_ram=True)

@@ -6,11 +6,11 @@
 
 from blocksearch.toy.assets import ToyAssetError, load_judge, load_toy_teacher
 from blocksearch.toy.judge import judge_features, text_alignment, toy_fid
-from blocksearch.toy.sample import GUIDANCE_SCALE, NUM_STEPS, generate
+from blocksearch.toy.sample import generate
 from blocksearch.toy.world import heldout_prompts, real_images, sample_batch, validate_prompt
 
 __all__ = [
-    "GUIDANCE_SCALE", "NUM_STEPS", "ToyAssetError", "generate", "heldout_prompts", "judge_features",
+    "ToyAssetError", "generate", "heldout_prompts", "judge_features",
     "load_judge", "load_toy_teacher", "real_images", "sample_batch", "text_alignment", "toy_fid",
     "validate_prompt",
 ]

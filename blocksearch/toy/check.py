@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blocksearch.generation import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import load_judge, load_toy_teacher
 from blocksearch.toy.judge import attribute_accuracy, text_alignment, toy_fid
-from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, generate
+from blocksearch.toy.sample import generate
 from blocksearch.toy.world import heldout_prompts, parse_prompt, real_images, scene_and_image
 
 
@@ -41,7 +42,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
                     num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE, n_prompts: int = N_PROMPTS) -> dict:
     """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time.
 
-    Defaults are the default evaluation settings of `blocksearch evaluate` (toy/sample.py)."""
+    Defaults are the default evaluation settings of `blocksearch evaluate` (generation.py)."""
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     pipe = load_toy_teacher(path=teacher)

@@ -41,7 +41,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
                                      "baseline and the real-vs-real floor.")
     c.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     c.add_argument("--judge", default=None, help="judge .safetensors (default: bundled assets)")
-    from blocksearch.toy.sample import N_PROMPTS
+    from blocksearch.generation import N_PROMPTS
 
     c.add_argument("--prompts", type=int, default=N_PROMPTS,
                    help=f"held-out prompts, the 24 one-object ones first (default {N_PROMPTS}, as blocksearch evaluate)")
@@ -54,7 +54,7 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _sampling_args(p) -> None:
-    from blocksearch.toy.sample import GUIDANCE_SCALE, NUM_STEPS
+    from blocksearch.generation import GUIDANCE_SCALE, NUM_STEPS
 
     p.add_argument("--steps", type=int, default=NUM_STEPS, help=f"sampler steps (default {NUM_STEPS})")
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")

@@ -16,6 +16,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from blocksearch.generation import ImageSet
 from blocksearch.toy.world import COLOURS, RELATIONS, RESOLUTION, SHAPES, SIZES, Obj, Scene, parse_prompt
 
 FEATURE_DIM = 64
@@ -208,25 +209,12 @@ if "toy-judge" not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor("toy-judge", ToyJudgeFeatureExtractor)
 
 
-class ImageSet(torch.utils.data.Dataset):
-    """uint8 (N,3,H,W) tensor as the Dataset of single images that torch-fidelity takes as input."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
-
-
 def toy_fid(images1: torch.Tensor, images2: torch.Tensor, judge_path=None, cuda: bool = False) -> float:
     """FID between two uint8 (N,3,H,W) image sets via torch-fidelity's "toy-judge" extractor (default: bundled judge)."""
     import torch_fidelity
 
     m = torch_fidelity.calculate_metrics(
-        input1=ImageSet(images1), input2=ImageSet(images2), fid=True, feature_extractor="toy-judge",
+        input1=ImageSet.of(images1), input2=ImageSet.of(images2), fid=True, feature_extractor="toy-judge",
         cuda=cuda, cache=False, verbose=False, save_cpu_ram=True,
         feature_extractor_weights_path=None if judge_path is None else str(judge_path),
     )

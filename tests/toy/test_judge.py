@@ -4,6 +4,7 @@ import torch_fidelity
 from safetensors.torch import save_file
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from blocksearch.generation import ImageSet
 from blocksearch.toy import judge as J
 from blocksearch.toy.world import parse_prompt, real_images, sample_batch
 
@@ -23,7 +24,7 @@ def test_registered_with_torch_fidelity():
 def test_fid_through_torch_fidelity(judge_file):
     a, b = real_images(24, seed=1), real_images(24, seed=2)
     m = torch_fidelity.calculate_metrics(
-        input1=J.ImageSet(a), input2=J.ImageSet(b), fid=True, feature_extractor="toy-judge",
+        input1=ImageSet.of(a), input2=ImageSet.of(b), fid=True, feature_extractor="toy-judge",
         feature_extractor_weights_path=str(judge_file), cuda=False, cache=False, verbose=False, save_cpu_ram=True,
     )
     assert m["frechet_inception_distance"] >= 0
