@@ -23,8 +23,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from blocksearch.cache import default_cache_dir
 from blocksearch.data import read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.generation import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, ImageSet, generate
-from blocksearch.settings import Settings
+from blocksearch.generation import ImageSet, generate
+from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.latency import cost, measure_latency
 from blocksearch.teachers import Teacher
 
@@ -38,7 +38,7 @@ class EvalConfig(Settings):
 
     prompts: int = N_PROMPTS  # held-out prompts (toy) or captions of the reference folder (real teachers)
     steps: int = NUM_STEPS  # sampler steps (the teacher's scheduler: DPM-Solver++ for the toy)
-    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: generation.py)
+    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: settings.py)
     seed: int = 0  # added to every prompt's own seed
     batch_size: int = 64
     reference_images: int = 1024  # real images behind the FID reference statistics (toy)
@@ -106,7 +106,7 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
 def prompt_set(teacher: Teacher, config: EvalConfig) -> tuple[list[str], list[int]]:
     """The fixed (prompt, seed) pairs: the toy world's held-out set, or the reference folder's captions."""
     if teacher.is_toy:
-        from blocksearch.toy import heldout_prompts
+        from blocksearch.toy.world import heldout_prompts
 
         pairs = heldout_prompts(config.prompts)
         return [p for p, _ in pairs], [s + config.seed for _, s in pairs]
@@ -135,7 +135,7 @@ def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir
     import torch_fidelity
 
     if teacher.is_toy:
-        from blocksearch.toy import real_images
+        from blocksearch.toy.world import real_images
 
         extractor, weights = "toy-judge", str(teacher.judge_path)
         n_ref, uniq = config.reference_images, sorted(set(prompts))
@@ -168,7 +168,7 @@ def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir
 
 def compute_alignment(teacher: Teacher, images, prompts, config: EvalConfig, device):
     if teacher.is_toy:
-        from blocksearch.toy import load_judge, text_alignment
+        from blocksearch.toy.judge import load_judge, text_alignment
 
         judge = load_judge(device=device, path=teacher.judge_path)
         return text_alignment(images, prompts, judge), (

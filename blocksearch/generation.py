@@ -1,5 +1,5 @@
-"""Images to score: the default evaluation settings, the seeded generate loop, and the image dataset
-torch-fidelity reads. Shared by ``evaluate.py`` and the toy world (``toy/sample.py``, ``toy/judge.py``)."""
+"""Images to score: the seeded generate loop and the image dataset torch-fidelity reads.
+Shared by ``evaluate.py`` and the toy world (``toy/sample.py``, ``toy/judge.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-# The default evaluation settings (EvalConfig's and `blocksearch toy check`'s), sized for the toy teacher:
-NUM_STEPS = 10  # sampler steps (the toy teacher's DPM-Solver++)
-N_PROMPTS = 128  # held-out prompts
-# classifier-free guidance: best for the toy teacher (zero terminal SNR, v-prediction) in a sweep of 2/3/4/5/7.5:
-# text alignment 0.750/0.812/0.773/0.656/0.453, toy-FID 33.0/28.6/30.6/34.9/46.4 (`blocksearch toy check
-# --guidance G`); SD-v1/v2 teachers are usually sampled at 7.5 (`blocksearch evaluate --guidance`)
-GUIDANCE_SCALE = 3.0
+from blocksearch.settings import GUIDANCE_SCALE, NUM_STEPS
 
 
 @torch.no_grad()

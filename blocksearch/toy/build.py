@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -175,8 +176,6 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
 
 def make_pipeline(vae, tokenizer, text_encoder, unet):
     """Assemble the parts as a StableDiffusionPipeline (no safety checker, DPM-Solver++ sampler)."""
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=M.make_sample_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from blocksearch import generation
-from blocksearch.generation import GUIDANCE_SCALE, NUM_STEPS
+from blocksearch.settings import GUIDANCE_SCALE, NUM_STEPS
 from blocksearch.toy.world import validate_prompt
 
 

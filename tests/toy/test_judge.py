@@ -31,9 +31,7 @@ def test_fid_through_torch_fidelity(judge_file):
 
 
 def test_features_and_alignment_shapes(judge_file):
-    from blocksearch.toy.assets import load_judge
-
-    judge = load_judge(path=judge_file)
+    judge = J.load_judge(path=judge_file)
     imgs = real_images(5, seed=0)
     f_uint8 = J.judge_features(imgs, judge)
     f_float = J.judge_features(imgs.float() / 255, judge)
