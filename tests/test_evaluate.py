@@ -11,7 +11,7 @@ from blocksearch import latency as L
 from blocksearch.cache import file_lock, lock_path
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, Metrics, evaluate
+from blocksearch.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, scorer_for
 from blocksearch.teachers import Teacher
 from tests.conftest import make_tiny_pipeline, make_tiny_teacher, tiny_unet
 
@@ -38,6 +38,26 @@ def test_same_student_prompts_and_seeds_give_the_same_fid(tmp_path):
     assert m["fid"]["feature_extractor"] == "toy-judge" and m["generation"]["prompts"] == 12
     assert m["latency"]["what"].startswith("one U-Net forward, batch 2") and "torch_threads" in m["latency"]
     assert Metrics.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+
+
+def test_one_scorer_per_kind_of_teacher(tmp_path):
+    """The toy scorer (bundled judge): held-out prompts; toy-FID and alignment rank real images above noise."""
+    from blocksearch.toy.assets import ASSETS, JUDGE_FILE
+    from blocksearch.toy.world import heldout_prompts, real_images
+
+    teacher = make_tiny_teacher(tmp_path)
+    config = EvalConfig(**FAST, cache_dir=str(tmp_path))
+    assert isinstance(scorer_for(teacher, config), ToyScorer)
+    toy = ToyScorer(ASSETS / JUDGE_FILE, config)
+    prompts, seeds = toy.prompt_set()
+    assert list(zip(prompts, seeds)) == heldout_prompts(12)
+    real = real_images(12, 7, prompts)
+    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (fid_real, how), (fid_noise, _) = toy.fid(real, prompts, tmp_path, "cpu"), toy.fid(noise, prompts, tmp_path, "cpu")
+    assert fid_real < 0.5 * fid_noise and how["feature_extractor"] == "toy-judge"
+    assert toy.alignment(real, prompts, "cpu")[0] > 0.8 > toy.alignment(noise, prompts, "cpu")[0]
+    real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline), config)
+    assert isinstance(real_teacher, RealScorer) and real_teacher.alignment(real, prompts, "cpu")[0] is None
 
 
 def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeypatch):
