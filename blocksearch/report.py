@@ -8,7 +8,6 @@ attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``) a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
