@@ -69,7 +69,14 @@ def test_v_prediction_target(tmp_path):
     eps = (batch.noisy - alpha.sqrt() * x0) / (1 - alpha).sqrt()
     assert torch.allclose(alpha.sqrt() * eps - (1 - alpha).sqrt() * x0, batch.target, atol=1e-4)
     assert not torch.allclose(batch.target, eps, atol=1e-2)  # it is not the noise
-    distill(teacher, _student(teacher), DistillConfig(steps=1, batch_size=2, cache_dir=str(tmp_path)), progress=False)
+    student = _student(teacher)
+    with torch.no_grad():
+        pred = student.unet(batch.noisy, batch.timesteps, batch.text).sample
+    result = distill(teacher, student, DistillConfig(steps=1, batch_size=2, cache_dir=str(tmp_path)), progress=False)
+    # the student's task loss is against v, not the noise (step 1 is scored before the weights move)
+    loss_task = result.losses[0]["loss_task"]
+    assert loss_task == pytest.approx(torch.mean((pred - batch.target) ** 2).item(), rel=1e-4)
+    assert loss_task != pytest.approx(torch.mean((pred - eps) ** 2).item(), rel=1e-2)
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
