@@ -370,21 +370,17 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     import torch
-    from diffusers import UNet2DConditionModel
 
     from blocksearch.evaluate import EvalConfig, evaluate
-    from blocksearch.teachers import load_teacher
+    from blocksearch.teachers import load_teacher, load_unet
 
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.dir)
-    sub = "unet" if (folder / "unet" / "config.json").is_file() else None
-    if sub is None and not (folder / "config.json").is_file():
-        raise BlocksearchError(f"{folder} has neither unet/config.json nor config.json; expected a folder "
-                               f"written by `blocksearch distill` or a diffusers U-Net folder")
+    unet = load_unet(folder, what="student folder",
+                     expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
     info = json.loads((folder / "distill.json").read_text()) if (folder / "distill.json").is_file() else {}
     teacher = load_teacher(args.teacher or info.get("teacher", "toy"), args.device)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True)
     given = dict(prompts=args.prompts, steps=args.sampler_steps, guidance=args.guidance, seed=args.seed,
                  reference_images=args.reference_images, latency_repeats=args.latency_repeats)
     config = EvalConfig(**{k: v for k, v in given.items() if v is not None}, reference=args.reference,

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
+from blocksearch.toy.world import sample_batch
 
-CAPTION_DROPOUT = 0.1  # as the teacher was trained: keeps the unconditional branch of CFG alive
+CAPTION_DROPOUT = 0.1  # SD's and the toy teacher's training rate (toy/build.py); keeps CFG's unconditional branch alive
 CAPTION_COLUMNS = ("text", "caption")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -89,8 +91,6 @@ class BatchStream:
         return Batch(noisy, t, text, target)
 
     def _toy(self, i: int, gen: torch.Generator):
-        from blocksearch.toy import sample_batch
-
         images, captions, _ = sample_batch(self.batch_size, 0xD157 + self.seed, i)
         return encode_images(self.pipe, images, gen), encode_text(self.pipe, captions)
 
@@ -189,8 +189,6 @@ def read_metadata(root: Path) -> list[tuple[str, str]]:
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """RGB image -> (3, size, size) in [-1, 1]: resize the short side, centre-crop."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("RGB")
         scale = size / min(im.size)

@@ -12,6 +12,7 @@ computed live under ``no_grad``.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -27,9 +28,10 @@ from blocksearch.cache import default_cache_dir, yield_to_measurement
 from blocksearch.data import Batch, BatchStream
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
+from blocksearch.space import Genome, load_space
 from blocksearch.surgery import Student
 from blocksearch.teacher_cache import DEFAULT_CAP_GB, FeatureHooks, open_cache, teacher_forward
-from blocksearch.teachers import Teacher
+from blocksearch.teachers import Teacher, topology_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -187,9 +189,6 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
 
 def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
     """(Genome, design name or None) for a named design of ``space`` or a genome id."""
-    from blocksearch.space import Genome, load_space
-    from blocksearch.teachers import topology_of
-
     bound = load_space(space).bind(topology_of(teacher_unet.config))
     if design in bound.space.designs:
         return bound.design(design), design
@@ -203,8 +202,6 @@ def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
 
 def write_student(out: Path, student: Student, result: DistillResult, meta: dict) -> Path:
     """``out/unet`` (diffusers, safetensors), ``out/train_log.jsonl`` and ``out/distill.json``."""
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     student.unet.save_pretrained(out / "unet", safe_serialization=True)
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.losses))

@@ -5,7 +5,8 @@ extractor: ``toy-judge`` for the toy teacher, ``inception-v3-compat`` for real t
 path or the user's cache; offline without them is an error naming the file). The reference (real
 image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency is one U-Net
 step at the evaluation resolution with a classifier-free-guidance batch of 2 (see ``latency.py``).
-Every number says how it was measured (``Metrics.measured``).
+Every number says how it was measured (``Metrics.measured``). What differs between kinds of teacher
+(prompt set, FID features, alignment score) is one small ``Scorer`` each: ``ToyScorer``, ``RealScorer``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
+import torch_fidelity
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from tqdm.auto import tqdm
+from transformers import CLIPModel, CLIPProcessor
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.data import read_metadata
+from blocksearch.data import load_image, read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.settings import Settings
+from blocksearch.generation import ImageSet, generate
 from blocksearch.latency import cost, measure_latency
+from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.teachers import Teacher
-from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
+from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features
+from blocksearch.toy.world import heldout_prompts, real_images
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -39,7 +44,7 @@ class EvalConfig(Settings):
 
     prompts: int = N_PROMPTS  # held-out prompts (toy) or captions of the reference folder (real teachers)
     steps: int = NUM_STEPS  # sampler steps (the teacher's scheduler: DPM-Solver++ for the toy)
-    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: toy/sample.py)
+    guidance: float = GUIDANCE_SCALE  # classifier-free guidance scale (3; why: settings.py)
     seed: int = 0  # added to every prompt's own seed
     batch_size: int = 64
     reference_images: int = 1024  # real images behind the FID reference statistics (toy)
@@ -77,12 +82,13 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     """Score ``unet`` as a drop-in replacement of the teacher's U-Net."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     unet = unet.to(device).eval()
+    scorer = scorer_for(teacher, config)
     t0 = time.perf_counter()
-    prompts, seeds = prompt_set(teacher, config)
+    prompts, seeds = scorer.prompt_set()
     images = generate_images(teacher, unet, prompts, seeds, config, device, progress)
     t1 = time.perf_counter()
-    fid, fid_how = compute_fid(teacher, images, prompts, config, cache_dir, device)
-    alignment, align_how = compute_alignment(teacher, images, prompts, config, device)
+    fid, fid_how = scorer.fid(images, prompts, cache_dir, device)
+    alignment, align_how = scorer.alignment(images, prompts, device)
     t2 = time.perf_counter()
     latent = unet.config.sample_size
     params, macs = cost(unet, latent, cache_dir)
@@ -104,17 +110,6 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
                    {"generate_s": t1 - t0, "score_s": t2 - t1, "latency_s": t3 - t2}, measured)
 
 
-def prompt_set(teacher: Teacher, config: EvalConfig) -> tuple[list[str], list[int]]:
-    """The fixed (prompt, seed) pairs: the toy world's held-out set, or the reference folder's captions."""
-    if teacher.is_toy:
-        from blocksearch.toy import heldout_prompts
-
-        pairs = heldout_prompts(config.prompts)
-        return [p for p, _ in pairs], [s + config.seed for _, s in pairs]
-    items = read_metadata(_reference_folder(config))[:config.prompts]
-    return [c for _, c in items], [i + config.seed for i in range(len(items))]
-
-
 def student_pipeline(teacher: Teacher, unet) -> StableDiffusionPipeline:
     """The teacher's pipeline with the student U-Net (and its own scheduler state)."""
     parts = dict(teacher.pipeline.components)
@@ -125,63 +120,91 @@ def student_pipeline(teacher: Teacher, unet) -> StableDiffusionPipeline:
     return pipe
 
 
-@torch.no_grad()
 def generate_images(teacher: Teacher, unet, prompts, seeds, config: EvalConfig, device,
                     progress: bool = True) -> torch.Tensor:
     """uint8 (N,3,H,W); image i depends only on (prompts[i], seeds[i])."""
     pipe = student_pipeline(teacher, unet).to(device)
-    if teacher.is_toy:
-        from blocksearch.toy import generate
-
-        return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress)
-    out = []
-    for i in tqdm(range(0, len(prompts), config.batch_size), desc="generate", unit="batch", disable=not progress):
-        gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds[i:i + config.batch_size]]
-        imgs = pipe(list(prompts[i:i + config.batch_size]), num_inference_steps=config.steps,
-                    guidance_scale=config.guidance, generator=gens, output_type="pt").images
-        out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-    return torch.cat(out)
+    return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress)
 
 
-class _Images(torch.utils.data.Dataset):
-    """uint8 (3,H,W) items for torch-fidelity, made on demand by ``make(i)``."""
+# -- scorers: what differs between kinds of teacher -------------------------------------------------
+class Scorer(Protocol):
+    """How one kind of teacher is scored: its fixed prompt set, its FID features, its alignment score."""
 
-    def __init__(self, n, make):
-        self.n, self.make = n, make
+    def prompt_set(self) -> tuple[list[str], list[int]]:
+        """The fixed (prompt, seed) pairs."""
 
-    def __len__(self):
-        return self.n
+    def fid(self, images: torch.Tensor, prompts: list[str], cache_dir: Path, device) -> tuple[float, dict]:
+        """FID of uint8 (N,3,H,W) images against the reference set, and how it was measured."""
 
-    def __getitem__(self, i):
-        return self.make(i)
+    def alignment(self, images: torch.Tensor, prompts: list[str], device) -> tuple[float | None, str]:
+        """Text alignment of the images with their prompts (None: not measured), and how."""
 
 
-def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir: Path, device):
-    import torch_fidelity
+@dataclass(frozen=True)
+class ToyScorer:
+    """The toy teacher: the toy world's held-out prompts, toy-judge FID features, the judge's alignment."""
 
-    if teacher.is_toy:
-        from blocksearch.toy import real_images
+    judge_path: Path
+    config: EvalConfig
 
-        extractor, weights = "toy-judge", str(teacher.judge_path)
-        n_ref, uniq = config.reference_images, sorted(set(prompts))
-        reference = _Images(n_ref, lambda i: real_images(1, _sha([config.seed, i], 8), [uniq[i % len(uniq)]])[0])
-        ref_id = ["toy", _file_sha(teacher.judge_path), n_ref, config.seed, uniq]
-        ref_desc = f"{n_ref} toy-world images of the {len(uniq)} evaluation prompts (cycled), seed {config.seed}"
-    else:
-        extractor, weights = "inception-v3-compat", str(inception_weights(config))
-        folder = _reference_folder(config)
-        items = read_metadata(folder)
-        size = images.shape[-1]
-        from blocksearch.data import load_image
+    def prompt_set(self) -> tuple[list[str], list[int]]:
+        pairs = heldout_prompts(self.config.prompts)
+        return [p for p, _ in pairs], [s + self.config.seed for _, s in pairs]
 
-        reference = _Images(len(items), lambda i: ((load_image(folder / items[i][0], size) + 1) * 127.5)
-                            .round().clamp(0, 255).to(torch.uint8))
-        n_ref = len(items)
-        ref_id = ["folder", str(folder.resolve()), n_ref, size, os.stat(folder).st_mtime]
-        ref_desc = f"{n_ref} images of {folder} at {size}px"
+    def fid(self, images, prompts, cache_dir, device):
+        seed, n_ref, uniq = self.config.seed, self.config.reference_images, sorted(set(prompts))
+        reference = ImageSet(n_ref, lambda i: real_images(1, _sha([seed, i], 8), [uniq[i % len(uniq)]])[0])
+        return frechet_distance(
+            images, reference, "toy-judge", str(self.judge_path), cache_dir, device,
+            ref_id=["toy", _file_sha(self.judge_path), n_ref, seed, uniq],
+            ref_desc=f"{n_ref} toy-world images of the {len(uniq)} evaluation prompts (cycled), seed {seed}")
+
+    def alignment(self, images, prompts, device):
+        judge = load_judge(device=device, path=self.judge_path)
+        return text_alignment(images, prompts, judge), (
+            "toy judge: fraction of images whose every predicted attribute matches the prompt")
+
+
+@dataclass(frozen=True)
+class RealScorer:
+    """SD-family teachers: the --reference imagefolder's captions and images, Inception-v3 FID, CLIP score."""
+
+    config: EvalConfig
+
+    def prompt_set(self) -> tuple[list[str], list[int]]:
+        items = read_metadata(_reference_folder(self.config))[:self.config.prompts]
+        return [c for _, c in items], [i + self.config.seed for i in range(len(items))]
+
+    def fid(self, images, prompts, cache_dir, device):
+        weights = str(inception_weights(self.config))
+        folder = _reference_folder(self.config)
+        items, size = read_metadata(folder), images.shape[-1]
+        reference = ImageSet(len(items), lambda i: ((load_image(folder / items[i][0], size) + 1) * 127.5)
+                             .round().clamp(0, 255).to(torch.uint8))
+        return frechet_distance(
+            images, reference, "inception-v3-compat", weights, cache_dir, device,
+            ref_id=["folder", str(folder.resolve()), len(items), size, os.stat(folder).st_mtime],
+            ref_desc=f"{len(items)} images of {folder} at {size}px")
+
+    def alignment(self, images, prompts, device):
+        if self.config.clip_model is None:
+            return None, "not measured: pass a local CLIP model folder (--clip-model) for a CLIP score"
+        return clip_score(images, prompts, self.config.clip_model, device), (
+            f"CLIP score: mean cosine similarity of image and prompt embeddings, {self.config.clip_model}")
+
+
+def scorer_for(teacher: Teacher, config: EvalConfig) -> Scorer:
+    """The toy judge for the toy teacher (a judge file beside it), Inception + CLIP for any other."""
+    return ToyScorer(teacher.judge_path, config) if teacher.is_toy else RealScorer(config)
+
+
+def frechet_distance(images, reference: ImageSet, extractor: str, weights: str, cache_dir: Path, device,
+                     ref_id: list, ref_desc: str) -> tuple[float, dict]:
+    """FID (Heusel et al. 2017) through torch-fidelity; the reference statistics are cached under ``ref_id``."""
     ref_key = f"blocksearch-ref-{_sha(ref_id)}"
     metrics = torch_fidelity.calculate_metrics(
-        input1=_Images(len(images), lambda i: images[i]), input2=reference, fid=True,
+        input1=ImageSet.of(images), input2=reference, fid=True,
         feature_extractor=extractor, feature_extractor_weights_path=weights,
         cuda=str(device).startswith("cuda"), cache=True, cache_root=str(cache_dir / "fidelity"),
         input2_cache_name=ref_key, verbose=False, save_cpu_ram=True)
@@ -191,23 +214,9 @@ def compute_fid(teacher: Teacher, images, prompts, config: EvalConfig, cache_dir
     return float(metrics["frechet_inception_distance"]), how
 
 
-def compute_alignment(teacher: Teacher, images, prompts, config: EvalConfig, device):
-    if teacher.is_toy:
-        from blocksearch.toy import load_judge, text_alignment
-
-        judge = load_judge(device=device, path=teacher.judge_path)
-        return text_alignment(images, prompts, judge), (
-            "toy judge: fraction of images whose every predicted attribute matches the prompt")
-    if config.clip_model is None:
-        return None, "not measured: pass a local CLIP model folder (--clip-model) for a CLIP score"
-    return clip_score(images, prompts, config.clip_model, device), (
-        f"CLIP score: mean cosine similarity of image and prompt embeddings, {config.clip_model}")
-
-
 @torch.no_grad()
 def clip_score(images, prompts, model_path: str, device) -> float:
-    from transformers import CLIPModel, CLIPProcessor
-
+    """Mean cosine similarity of CLIP image and text embeddings (Hessel et al. 2021, without the 2.5 scale)."""
     try:
         model = CLIPModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True).to(device).eval()
         processor = CLIPProcessor.from_pretrained(model_path, local_files_only=True)

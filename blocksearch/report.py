@@ -10,7 +10,6 @@ pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE, dominates, hypervolume, non_dominated_sort
 from blocksearch.space import Genome, Topology
 from blocksearch.study import default_storage, open_study
+from blocksearch.teachers import teacher_topology  # noqa: F401 - re-exported for export.py and tests
 
 REFERENCE_RULE = (f"r = {REFERENCE} x the worst value of each objective over the completed trials; the "
                   f"hypervolume is the fraction of the box [0, r] that the points dominate (each objective "
@@ -30,28 +30,6 @@ MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resn
 
 
 # -- architectures written against the teacher, in diffusers module names ---------------------------
-def teacher_topology(spec: str) -> Topology:
-    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights)."""
-    from diffusers import UNet2DConditionModel
-
-    from blocksearch.teachers import ARCHITECTURES, architecture, topology_of
-
-    if spec == "toy":
-        from blocksearch.toy.models import UNET
-
-        return topology_of(UNET)
-    if spec in ARCHITECTURES:
-        return topology_of(architecture(spec).config)
-    folder = Path(spec)
-    for config in (folder / "unet" / "config.json", folder / "config.json"):
-        if config.is_file():
-            return topology_of(json.loads(config.read_text()))
-    try:
-        return topology_of(UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True))
-    except (OSError, ValueError) as err:
-        raise BlocksearchError(f"teacher {spec!r}: no U-Net config found locally ({type(err).__name__})") from None
-
-
 def architecture_diff(genome: Genome, topo: Topology) -> str:
     """What ``genome`` removes from the teacher, e.g. 'down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3;
     mid_block removed; down_blocks.3/up_blocks.0 removed'."""

@@ -1,8 +1,18 @@
-"""Stage settings (DistillConfig, EvalConfig) as plain dicts: stored in the study, read back strictly."""
+"""Stage settings (DistillConfig, EvalConfig) as plain dicts: stored in the study, read back strictly;
+and the default evaluation settings, which `blocksearch evaluate` and `blocksearch toy check` share
+(here, not in evaluate.py, so that the CLI parsers read them without importing torch)."""
 
 from dataclasses import asdict
 
 from blocksearch.errors import BlocksearchError
+
+# The default evaluation settings (EvalConfig's and `blocksearch toy check`'s), sized for the toy teacher:
+NUM_STEPS = 10  # sampler steps (the toy teacher's DPM-Solver++)
+N_PROMPTS = 128  # held-out prompts
+# classifier-free guidance: best for the toy teacher (zero terminal SNR, v-prediction) in a sweep of 2/3/4/5/7.5:
+# text alignment 0.750/0.812/0.773/0.656/0.453, toy-FID 33.0/28.6/30.6/34.9/46.4 (`blocksearch toy check
+# --guidance G`); SD-v1/v2 teachers are usually sampled at 7.5 (`blocksearch evaluate --guidance`)
+GUIDANCE_SCALE = 3.0
 
 
 class Settings:

@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Genome, Topology
-from blocksearch.teachers import topology_of
+from blocksearch.teachers import load_unet, topology_of
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,16 @@ def kd_pairs(genome: Genome, topo: Topology) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def kd_teacher_modules(topo: Topology) -> tuple[str, ...]:
+    """Every teacher module that ``kd_pairs`` names for some Genome that fits ``topo`` (what the teacher
+    cache stores). ``kd_pairs`` reads only the number of stages and whether the mid block is kept, so
+    the union over the teacher's own layout and the layout with the innermost stage removed is all."""
+    layouts = [Genome(topo.layers, topo.depth, topo.mid)]
+    if topo.n_stages > 1:
+        layouts.append(Genome(topo.layers[:-1], topo.depth[:-1], topo.mid))
+    return tuple(dict.fromkeys(t for genome in layouts for t, _ in kd_pairs(genome, topo)))
+
+
 def build_student(teacher: UNet2DConditionModel, genome: Genome) -> Student:
     """Cut ``teacher`` down to ``genome``; copy and shape-check every tensor; log the map."""
     topo = topology_of(teacher.config)
@@ -138,15 +148,8 @@ def _check_fits(genome: Genome, topo: Topology) -> None:
 def load_student(folder, teacher: UNet2DConditionModel) -> Student:
     """A saved student (``DIR/unet`` or a U-Net folder) to continue distilling: its Genome is read back
     from its config, and its KD pairs are derived against ``teacher`` as for a fresh cut."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    sub = "unet" if (folder / "unet" / "config.json").is_file() else None
-    if sub is None and not (folder / "config.json").is_file():
-        raise BlocksearchError(f"--init {folder}: no unet/config.json or config.json; expected a student "
-                               f"folder written by blocksearch distill/export or a diffusers U-Net folder")
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True)
-    unet.to(next(teacher.parameters()).device)
+    unet = load_unet(folder, next(teacher.parameters()).device, what="--init", expected="a student folder "
+                     "written by blocksearch distill/export or a diffusers U-Net folder")
     own, topo = topology_of(unet.config), topology_of(teacher.config)
     genome = Genome(own.layers, own.depth, own.mid)
     _check_fits(genome, topo)

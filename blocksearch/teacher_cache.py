@@ -2,8 +2,8 @@
 
 Teacher outputs depend only on the batch (noisy latent, timestep, text), never on the student, so one
 file per (teacher, data, seed, batch size, steps) serves every candidate of a study. It stores the
-batch inputs (fp32) and the teacher's output and *every* feature any Genome may pair with (each stage
-output, the mid block, and the last layer before each downsampler), so all students share it.
+batch inputs (fp32) and the teacher's output and *every* feature any Genome may pair with
+(``surgery.kd_teacher_modules``), so all students share it.
 Files live under ``<cache_dir>/teacher/``; the folder is capped in size with least-recently-used
 eviction; writers take a per-key file lock and write a temp file, then rename it atomically.
 """
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import file_lock
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
+from blocksearch.surgery import kd_teacher_modules
 from blocksearch.teachers import topology_of
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,6 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 DEFAULT_CAP_GB = float(os.environ.get("BLOCKSEARCH_CACHE_GB", 4.0))
 _INPUTS = ("noisy", "timesteps", "text", "target")
-
-
-def teacher_modules(unet_config) -> tuple[str, ...]:
-    """Every teacher module a student's kd_pairs can name (see surgery.kd_pairs)."""
-    topo = topology_of(unet_config)
-    names = []
-    for i in range(topo.n_stages):
-        names.append(f"down_blocks.{i}")
-        if i < topo.n_stages - 1:  # the pre-downsample output, paired when the next stage is removed
-            last = topo.layers[i] - 1
-            names.append(f"down_blocks.{i}.attentions.{last}" if topo.depth[i] else f"down_blocks.{i}.resnets.{last}")
-    if topo.mid != "none":
-        names.append("mid_block")
-    names += [f"up_blocks.{i}" for i in range(topo.n_stages)]
-    return tuple(names)
 
 
 def _output(out) -> torch.Tensor:
@@ -136,7 +122,7 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
 
 def _compute(unet, stream: BatchStream, steps: int, dtype: str, device) -> dict[str, torch.Tensor]:
     store = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
-    hooks = FeatureHooks(unet, teacher_modules(unet.config))
+    hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
     parts: dict[str, list] = {}
     try:
         for i in tqdm(range(steps), desc="teacher cache", unit="batch"):

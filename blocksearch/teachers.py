@@ -7,6 +7,7 @@ is already in the local Hugging Face cache (this tool never downloads at run tim
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Topology
+from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
+from blocksearch.toy.models import UNET as TOY_UNET
 
 # Published U-Net configs (the fields that differ from diffusers' defaults).
 SD_V1 = dict(  # CompVis/stable-diffusion-v1-4: 859.5M params
@@ -76,36 +79,78 @@ def architecture(name: str, device: str = "meta") -> UNet2DConditionModel:
         return UNet2DConditionModel(**ARCHITECTURES[name])
 
 
-def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
-    """The teacher U-Net named by ``--teacher`` (weights where there are any)."""
-    if spec in ARCHITECTURES:
-        return architecture(spec, device="meta")
-    if spec == "toy":
-        from blocksearch.toy import load_toy_teacher
+def unet_subfolder(folder, what: str = "teacher folder",
+                   expected: str = "a diffusers pipeline or U-Net folder") -> str | None:
+    """``"unet"`` for a pipeline folder (``unet/config.json``), None for a U-Net folder (``config.json``)."""
+    folder = Path(folder)
+    if (folder / "unet" / "config.json").is_file():
+        return "unet"
+    if (folder / "config.json").is_file():
+        return None
+    raise BlocksearchError(f"{what} {folder} has no unet/config.json or config.json; expected {expected}")
 
-        return load_toy_teacher(device=device).unet
+
+def load_unet(folder, device: str = "cpu", what: str = "teacher folder",
+              expected: str = "a diffusers pipeline or U-Net folder") -> UNet2DConditionModel:
+    """The U-Net of a pipeline folder (``DIR/unet``) or of a U-Net folder (safetensors weights)."""
+    sub = unet_subfolder(folder, what, expected)
+    return UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True).to(device)
+
+
+def teacher_kind(spec: str) -> str:
+    """What ``--teacher`` names: ``architecture``, ``toy`` (bundled), ``toy-folder`` (a ``blocksearch toy
+    build`` folder, recognised by its judge), ``folder`` or ``hub`` (an owner/name id)."""
+    if spec in ARCHITECTURES:
+        return "architecture"
+    if spec == "toy":
+        return "toy"
     folder = Path(spec)
     if folder.exists():
-        sub = "unet" if (folder / "unet" / "config.json").exists() else None
-        if sub is None and not (folder / "config.json").exists():
-            raise BlocksearchError(
-                f"teacher folder {folder} has neither unet/config.json nor config.json; expected a "
-                f"diffusers pipeline or U-Net folder")
-        return UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True).to(device)
-    return _from_hub_cache(spec, device)
+        return "toy-folder" if (folder / JUDGE_FILE).is_file() else "folder"
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise BlocksearchError(f"unknown teacher {spec!r}: neither a folder that exists nor a hub id "
+                               f"(owner/name); allowed: {TEACHER_CHOICES}")
+    return "hub"
 
 
-def _from_hub_cache(hub_id: str, device: str) -> UNet2DConditionModel:
-    if "/" not in hub_id:
-        raise BlocksearchError(f"unknown teacher {hub_id!r}; allowed: {TEACHER_CHOICES}")
-    try:
-        return UNet2DConditionModel.from_pretrained(
-            hub_id, subfolder="unet", use_safetensors=True, local_files_only=True).to(device)
-    except (OSError, ValueError) as err:
-        raise BlocksearchError(
-            f"teacher {hub_id!r} is not in the local Hugging Face cache and this tool does not "
-            f"download at run time (offline machine?); download it first (huggingface-cli download "
-            f"{hub_id}) or pass a local folder ({type(err).__name__})") from None
+def _not_cached(hub_id: str, err: Exception) -> BlocksearchError:
+    return BlocksearchError(
+        f"teacher {hub_id!r} is not in the local Hugging Face cache and this machine is offline "
+        f"(blocksearch never downloads at run time); download it first (huggingface-cli download "
+        f"{hub_id}) or pass a local folder ({type(err).__name__})")
+
+
+def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
+    """The teacher U-Net named by ``--teacher`` (weights where there are any)."""
+    kind = teacher_kind(spec)
+    if kind == "architecture":
+        return architecture(spec, device="meta")
+    if kind == "toy":
+        return load_toy_teacher(device=device).unet
+    if kind == "hub":
+        try:
+            return UNet2DConditionModel.from_pretrained(
+                spec, subfolder="unet", use_safetensors=True, local_files_only=True).to(device)
+        except (OSError, ValueError) as err:
+            raise _not_cached(spec, err) from None
+    return load_unet(spec, device)
+
+
+def teacher_topology(spec: str) -> Topology:
+    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights)."""
+    kind = teacher_kind(spec)
+    if kind == "architecture":
+        return topology_of(architecture(spec).config)
+    if kind == "toy":
+        return topology_of(TOY_UNET)
+    if kind == "hub":
+        try:
+            return topology_of(UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True))
+        except (OSError, ValueError) as err:
+            raise _not_cached(spec, err) from None
+    folder = Path(spec)
+    sub = unet_subfolder(folder)
+    return topology_of(json.loads((folder / (sub or "") / "config.json").read_text()))
 
 
 # -- whole pipelines (distill / evaluate need the VAE, text encoder and scheduler too) -------------
@@ -132,34 +177,25 @@ class Teacher:
 
 def load_teacher(spec: str = "toy", device: str = "cpu") -> Teacher:
     """The teacher pipeline named by ``--teacher`` (local files only); a clear error when missing."""
-    from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
-
-    if spec in ARCHITECTURES:
+    kind = teacher_kind(spec)
+    if kind == "architecture":
         raise BlocksearchError(
             f"teacher {spec!r} is an architecture without weights (for space/bench latency only); "
             f"distill and evaluate need a pipeline: toy, a local diffusers folder, or a cached hub id")
-    if spec == "toy":
+    if kind == "toy":
         return Teacher(spec, load_toy_teacher(device=device), ASSETS / JUDGE_FILE)
-    folder = Path(spec)
-    if folder.exists():
-        if (folder / JUDGE_FILE).is_file():  # a `blocksearch toy build --out DIR` folder
-            return Teacher(spec, load_toy_teacher(device=device, path=folder), folder / JUDGE_FILE)
-        if not (folder / "model_index.json").is_file():
+    if kind == "toy-folder":
+        return Teacher(spec, load_toy_teacher(device=device, path=spec), Path(spec) / JUDGE_FILE)
+    if kind == "folder":
+        if not (Path(spec) / "model_index.json").is_file():
             raise BlocksearchError(
-                f"teacher folder {folder} has no model_index.json; expected a diffusers "
+                f"teacher folder {spec} has no model_index.json; expected a diffusers "
                 f"StableDiffusionPipeline folder (save_pretrained)")
-        return Teacher(spec, _pipeline(str(folder), device))
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise BlocksearchError(
-            f"teacher {spec!r} is neither a folder that exists nor a hub id (owner/name); "
-            f"allowed: {TEACHER_CHOICES}")
+        return Teacher(spec, _pipeline(spec, device))
     try:
         return Teacher(spec, _pipeline(spec, device))
     except (OSError, ValueError) as err:
-        raise BlocksearchError(
-            f"teacher {spec!r} is not in the local Hugging Face cache and this machine is offline "
-            f"(blocksearch never downloads at run time); download it first (huggingface-cli download "
-            f"{spec}) or pass a local folder ({type(err).__name__})") from None
+        raise _not_cached(spec, err) from None
 
 
 def _pipeline(source: str, device: str) -> StableDiffusionPipeline:

@@ -15,8 +15,14 @@ from importlib import import_module
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import EvalConfig, evaluate
 from blocksearch.space import Genome
+from blocksearch.surgery import build_student
+from blocksearch.teachers import load_teacher
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
 
@@ -49,8 +55,6 @@ _TEACHERS: dict = {}  # one loaded teacher per worker process (actors are reused
 
 def cached_teacher(spec: str, device: str):
     """``load_teacher`` once per worker process."""
-    from blocksearch.teachers import load_teacher
-
     if (spec, device) not in _TEACHERS:
         _TEACHERS[(spec, device)] = load_teacher(spec, device=device)
     return _TEACHERS[(spec, device)]
@@ -58,10 +62,6 @@ def cached_teacher(spec: str, device: str):
 
 def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
     """One candidate: surgery -> distillation -> save -> evaluation (BK-SDM's recipe, short)."""
-    from blocksearch.distill import DistillConfig, distill
-    from blocksearch.evaluate import EvalConfig, evaluate
-    from blocksearch.surgery import build_student
-
     t0 = time.perf_counter()
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
@@ -88,8 +88,7 @@ def load_candidate(path: str) -> Callable:
 def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidate: str,
               params_of_genome: dict) -> None:
     """The Ray Tune function trainable: every report carries every searcher metric."""
-    import torch
-    from ray import tune
+    from ray import tune  # in the worker only: the driver imports this module for TrialJob, and Ray lazily
 
     torch.set_num_threads(max(1, job.cpus))
     genome = Genome.from_id(config["_genome"])

@@ -2,8 +2,12 @@
 
 import re
 
+import pytest
+
 from blocksearch.cli import main
-from tests.test_distill import one_thread, save_tiny_teacher  # noqa: F401
+from tests.conftest import save_tiny_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_kd_prints_both_ratios_with_targets(tmp_path, capsys):

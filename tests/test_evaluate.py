@@ -1,20 +1,17 @@
-"""Evaluation: deterministic FID through torch-fidelity, honest metrics, latency lock, cost cache, errors."""
+"""Evaluation: deterministic FID through torch-fidelity, honest metrics, one scorer per teacher, errors."""
 
 import json
-import threading
-import time
 
 import pytest
 import torch
 
-from blocksearch import latency as L
-from blocksearch.cache import file_lock, lock_path
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, Metrics, evaluate
+from blocksearch.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, scorer_for
 from blocksearch.teachers import Teacher
-from tests.conftest import tiny_unet
-from tests.test_distill import make_tiny_pipeline, make_tiny_teacher, one_thread, save_tiny_teacher  # noqa: F401
+from tests.conftest import make_tiny_pipeline, make_tiny_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(prompts=12, steps=2, reference_images=24, latency_warmup=1, latency_repeats=3, latency_min_s=0.0)
 
@@ -39,6 +36,26 @@ def test_same_student_prompts_and_seeds_give_the_same_fid(tmp_path):
     assert Metrics.from_dict(json.loads(json.dumps(first.to_dict()))) == first
 
 
+def test_one_scorer_per_kind_of_teacher(tmp_path):
+    """The toy scorer (bundled judge): held-out prompts; toy-FID and alignment rank real images above noise."""
+    from blocksearch.toy.assets import ASSETS, JUDGE_FILE
+    from blocksearch.toy.world import heldout_prompts, real_images
+
+    teacher = make_tiny_teacher(tmp_path)
+    config = EvalConfig(**FAST, cache_dir=str(tmp_path))
+    assert isinstance(scorer_for(teacher, config), ToyScorer)
+    toy = ToyScorer(ASSETS / JUDGE_FILE, config)
+    prompts, seeds = toy.prompt_set()
+    assert list(zip(prompts, seeds)) == heldout_prompts(12)
+    real = real_images(12, 7, prompts)
+    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (fid_real, how), (fid_noise, _) = toy.fid(real, prompts, tmp_path, "cpu"), toy.fid(noise, prompts, tmp_path, "cpu")
+    assert fid_real < 0.5 * fid_noise and how["feature_extractor"] == "toy-judge"
+    assert toy.alignment(real, prompts, "cpu")[0] > 0.8 > toy.alignment(noise, prompts, "cpu")[0]
+    real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline), config)
+    assert isinstance(real_teacher, RealScorer) and real_teacher.alignment(real, prompts, "cpu")[0] is None
+
+
 def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -56,37 +73,8 @@ def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeyp
         evaluate(teacher, teacher.unet, EvalConfig(**FAST), progress=False)
 
 
-def test_latency_measurements_are_serialised_by_a_file_lock(tmp_path):
-    unet = tiny_unet("sd-v1")
-    lock = lock_path("latency", tmp_path)  # the one lock trials and `bench latency` share
-    held = threading.Event()
-
-    def hold():
-        with file_lock(lock):
-            held.set()
-            time.sleep(0.5)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    held.wait()
-    lat = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, lock_dir=tmp_path)
-    t.join()
-    assert lat.how["lock_wait_s"] >= 0.3 and len(lat.times_ms) == 3
-    assert lat.median_ms == sorted(lat.times_ms)[1]
-
-
-def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
-    unet = tiny_unet("sd-v1")
-    L._COSTS.clear()
-    first = L.cost(unet, 16, tmp_path)
-    L._COSTS.clear()
-    monkeypatch.setattr(L, "count_macs", lambda *a: pytest.fail("MACs recomputed"))
-    assert L.cost(unet, 16, tmp_path) == first  # read back from cost.json
-    assert json.loads((tmp_path / "cost.json").read_text())
-
-
-def test_cli_evaluate_writes_metrics(tmp_path, capsys):
-    folder = save_tiny_teacher(tmp_path)
+def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
+    folder = tiny_teacher_folder
     student = tmp_path / "student"
     assert main(["distill", "--teacher", folder, "--design", "bk_small", "--steps", "0", "-o", str(student),
                  "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -7,40 +7,16 @@ import textwrap
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.export import export_study
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
-from tests.conftest import tiny_unet
+from tests.conftest import make_tiny_pipeline as tiny_pipeline
 from tests.test_report import BK, CASE, make_study
-
-WORDS = ["a", "red", "blue", "circle", "square"]
-
-
-def tiny_pipeline() -> StableDiffusionPipeline:
-    """A complete tiny SD pipeline (SD-v1 U-Net topology, 64x64 images, 16x16 latents), seeded."""
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for w in WORDS:
-        vocab[w + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4, latent_channels=4,
-                        sample_size=64)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              steps_offset=1, clip_sample=False)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=tiny_unet("sd-v1"),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):

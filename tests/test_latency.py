@@ -1,6 +1,7 @@
 """Latency, end-to-end latency and peak memory: cached by architecture and measurement key, timed in
 the measurement slot, memory traced op by op."""
 
+import json
 import multiprocessing as mp
 import time
 
@@ -10,6 +11,8 @@ import torch
 from blocksearch import cache as C
 from blocksearch import latency as L
 from tests.conftest import tiny_unet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -73,3 +76,13 @@ def test_peak_memory_counts_weights_and_activations_and_is_deterministic():
     assert a["peak_mb"] > a["weights_mb"]
     bigger = L.peak_memory(unet, 32, use_cache=False)  # 4x the pixels: more activation memory
     assert bigger["peak_mb"] - bigger["weights_mb"] > 2 * (a["peak_mb"] - a["weights_mb"])
+
+
+def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
+    unet = tiny_unet("sd-v1")
+    L._COSTS.clear()
+    first = L.cost(unet, 16, tmp_path)
+    L._COSTS.clear()
+    monkeypatch.setattr(L, "count_macs", lambda *a: pytest.fail("MACs recomputed"))
+    assert L.cost(unet, 16, tmp_path) == first  # read back from measurements.json
+    assert list(json.loads((tmp_path / "measurements.json").read_text()).values()) == [list(first)]

@@ -1,8 +1,8 @@
-"""`python -m blocksearch.toy VERB ...` is `blocksearch toy VERB ...`."""
+"""`python -m blocksearch.toy VERB ...` is `blocksearch toy VERB ...` (without the rest of the CLI)."""
 
 import sys
 
-from blocksearch.cli import main
+from blocksearch.toy.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["toy", *sys.argv[1:]]))
+    sys.exit(main())

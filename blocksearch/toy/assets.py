@@ -1,4 +1,5 @@
-"""Load the bundled toy teacher and toy judge from blocksearch/toy/assets/ (local files only, no network)."""
+"""The bundled toy assets (blocksearch/toy/assets/): the teacher pipeline loader and the file checks every
+asset loader uses (the judge's loader is in judge.py). Local files only, no network."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as dlog
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from transformers.utils import logging as tlog
 
 from blocksearch.errors import BlocksearchError
 
@@ -32,36 +35,33 @@ class ToyAssetError(BlocksearchError):
     """A toy teacher/judge file is missing or unreadable; the message names it and the rebuild command."""
 
 
-def _bad(path: Path, why: str) -> ToyAssetError:
+def asset_error(path: Path, why: str) -> ToyAssetError:
+    """The one-line error for a bad asset file: what is wrong, and the rebuild command."""
     return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {REBUILD}")
 
 
-def _check_file(path: Path) -> None:
+def check_asset(path: Path) -> None:
+    """Raise a ToyAssetError naming ``path`` if it is missing or does not parse (JSON, safetensors header)."""
     if not path.is_file():
-        raise _bad(path, "missing")
+        raise asset_error(path, "missing")
     if path.suffix == ".json":
         try:
             json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(path, f"corrupt ({type(e).__name__})") from None
+            raise asset_error(path, f"corrupt ({type(e).__name__})") from None
     elif path.suffix == ".safetensors":
         try:
             with safe_open(path, "pt") as f:  # parses and bounds-checks the header without reading tensors
                 f.keys()
         except (SafetensorError, OSError, ValueError) as e:
-            raise _bad(path, f"corrupt ({str(e).splitlines()[0][:80]})") from None
+            raise asset_error(path, f"corrupt ({str(e).splitlines()[0][:80]})") from None
 
 
 def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
     """The toy StableDiffusionPipeline (fp32, no safety checker) from `path` or the bundled assets."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as dlog
-
     root = Path(path) if path is not None else ASSETS
     for f in TEACHER_FILES:
-        _check_file(root / f)
-    from transformers.utils import logging as tlog
-
+        check_asset(root / f)
     verbosity = dlog.get_verbosity()
     dlog.set_verbosity_error()  # fp16-stored weights upcast to fp32: expected, not worth a warning
     dlog.disable_progress_bar()
@@ -79,18 +79,3 @@ def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
         tlog.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def load_judge(device: str = "cpu", path: str | Path | None = None):
-    """The toy judge (eval mode, fp32) from `path` (a .safetensors file) or the bundled assets."""
-    from blocksearch.toy.judge import ToyJudge
-
-    file = Path(path) if path is not None else ASSETS / JUDGE_FILE
-    _check_file(file)
-    state = {k: v.float() for k, v in load_file(file).items()}
-    judge = ToyJudge()
-    try:
-        judge.load_state_dict(state)
-    except RuntimeError as e:
-        raise _bad(file, f"not a toy judge ({str(e).splitlines()[0][:80]})") from None
-    return judge.eval().requires_grad_(False).to(device)

@@ -22,17 +22,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from blocksearch.data import CAPTION_DROPOUT
 from blocksearch.errors import BlocksearchError
 from blocksearch.toy import judge as J
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import JUDGE_FILE
 from blocksearch.toy.world import all_captions, sample_batch
 
-CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0  # x0-error weight min(SNR + 1, gamma): Min-SNR (Hang et al., arXiv 2303.09556) for v
 VAE_CROP = 32  # the VAE is fully convolutional: train on 32x32 crops, 4x cheaper than full 64x64 images
 
@@ -175,8 +176,6 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
 
 def make_pipeline(vae, tokenizer, text_encoder, unet):
     """Assemble the parts as a StableDiffusionPipeline (no safety checker, DPM-Solver++ sampler)."""
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=M.make_sample_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

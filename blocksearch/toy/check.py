@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
+from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 from blocksearch.toy import models as M
-from blocksearch.toy.assets import load_judge, load_toy_teacher
-from blocksearch.toy.judge import attribute_accuracy, text_alignment, toy_fid
-from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, generate
+from blocksearch.toy.assets import load_toy_teacher
+from blocksearch.toy.judge import attribute_accuracy, load_judge, text_alignment, toy_fid
+from blocksearch.toy.sample import generate
 from blocksearch.toy.world import heldout_prompts, parse_prompt, real_images, scene_and_image
 
 
@@ -41,7 +43,7 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
                     num_steps: int = NUM_STEPS, guidance_scale: float = GUIDANCE_SCALE, n_prompts: int = N_PROMPTS) -> dict:
     """Judge accuracy, teacher text alignment, toy-FID of teacher / random U-Net / real-vs-real, load time.
 
-    Defaults are the default evaluation settings of `blocksearch evaluate` (toy/sample.py)."""
+    Defaults are the default evaluation settings of `blocksearch evaluate` (settings.py)."""
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     pipe = load_toy_teacher(path=teacher)
@@ -97,8 +99,6 @@ def format_figures(f: dict) -> str:
 
 def save_grid(images: torch.Tensor, prompts: list[str], path: str | Path, cols: int = 4, scale: int = 3) -> Path:
     """A captioned grid of uint8 (N,3,64,64) images, for the README."""
-    from PIL import Image, ImageDraw
-
     w, h, cap = 64 * scale, 64 * scale, 28
     rows = -(-len(images) // cols)
     grid = Image.new("RGB", (cols * w, rows * (h + cap)), "white")

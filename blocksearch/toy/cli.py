@@ -1,17 +1,46 @@
-"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/cli.py."""
+"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/cli.py;
+`main` runs the verbs alone (`python -m blocksearch.toy`).
+
+The verbs import their modules when they run: building the parser must stay light (`blocksearch --help`
+would otherwise load torch, diffusers and torch-fidelity).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
+
+DESCRIPTION = "The toy text-to-image world, its teacher pipeline and its judge."
 
 
 def add_toy_parser(subparsers) -> argparse.ArgumentParser:
     """Add `toy` and its verbs to a top-level argparse subparsers object; each verb sets `handler`."""
     toy = subparsers.add_parser("toy", help="build, sample and check the bundled toy teacher",
-                                description="The toy text-to-image world, its teacher pipeline and its judge.")
+                                description=DESCRIPTION)
+    add_toy_verbs(toy)
+    return toy
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The toy verbs as their own command; bad input is one line on stderr and exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m blocksearch.toy", description=DESCRIPTION)
+    add_toy_verbs(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except BlocksearchError as err:
+        print(f"blocksearch: error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
+    """The verbs build, sample and check under ``toy``; each sets `handler`."""
     verbs = toy.add_subparsers(dest="toy_command", required=True, metavar="VERB")
 
     b = verbs.add_parser("build", help="train the toy teacher and judge into a folder",
@@ -41,8 +70,6 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
                                      "baseline and the real-vs-real floor.")
     c.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     c.add_argument("--judge", default=None, help="judge .safetensors (default: bundled assets)")
-    from blocksearch.toy.sample import N_PROMPTS
-
     c.add_argument("--prompts", type=int, default=N_PROMPTS,
                    help=f"held-out prompts, the 24 one-object ones first (default {N_PROMPTS}, as blocksearch evaluate)")
     c.add_argument("--per-prompt", type=int, default=1, help="images per held-out prompt (default 1)")
@@ -50,12 +77,9 @@ def add_toy_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--json", default=None, help="also write the figures as JSON here")
     _sampling_args(c)
     c.set_defaults(handler=cmd_toy_check)
-    return toy
 
 
 def _sampling_args(p) -> None:
-    from blocksearch.toy.sample import GUIDANCE_SCALE, NUM_STEPS
-
     p.add_argument("--steps", type=int, default=NUM_STEPS, help=f"sampler steps (default {NUM_STEPS})")
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")
 
@@ -83,7 +107,6 @@ def cmd_toy_sample(args) -> None:
 
 
 def cmd_toy_check(args) -> None:
-    from blocksearch.errors import BlocksearchError
     from blocksearch.toy.check import compute_figures, format_figures, save_grid
 
     if args.prompts < 1:

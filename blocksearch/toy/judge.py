@@ -8,14 +8,19 @@ attribute matches its prompt (the toy stand-in for CLIP score).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch_fidelity
+from safetensors.torch import load_file
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from blocksearch.generation import ImageSet
+from blocksearch.toy.assets import ASSETS, JUDGE_FILE, asset_error, check_asset
 from blocksearch.toy.world import COLOURS, RELATIONS, RESOLUTION, SHAPES, SIZES, Obj, Scene, parse_prompt
 
 FEATURE_DIM = 64
@@ -113,12 +118,21 @@ def to_judge_input(images) -> torch.Tensor:
     return x * 2 - 1
 
 
-def _judge(judge: ToyJudge | None) -> ToyJudge:
-    if judge is None:
-        from blocksearch.toy.assets import load_judge
+def load_judge(device: str = "cpu", path: str | Path | None = None) -> ToyJudge:
+    """The toy judge (eval mode, fp32) from `path` (a .safetensors file) or the bundled assets."""
+    file = Path(path) if path is not None else ASSETS / JUDGE_FILE
+    check_asset(file)
+    state = {k: v.float() for k, v in load_file(file).items()}
+    judge = ToyJudge()
+    try:
+        judge.load_state_dict(state)
+    except RuntimeError as e:
+        raise asset_error(file, f"not a toy judge ({str(e).splitlines()[0][:80]})") from None
+    return judge.eval().requires_grad_(False).to(device)
 
-        judge = load_judge()
-    return judge
+
+def _judge(judge: ToyJudge | None) -> ToyJudge:
+    return load_judge() if judge is None else judge
 
 
 @torch.no_grad()
@@ -177,8 +191,6 @@ class ToyJudgeFeatureExtractor(FeatureExtractorBase):
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        from blocksearch.toy.assets import load_judge
-
         self.judge = load_judge(path=feature_extractor_weights_path)
 
     @staticmethod
@@ -208,25 +220,10 @@ if "toy-judge" not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor("toy-judge", ToyJudgeFeatureExtractor)
 
 
-class ImageSet(torch.utils.data.Dataset):
-    """uint8 (N,3,H,W) tensor as the Dataset of single images that torch-fidelity takes as input."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
-
-
 def toy_fid(images1: torch.Tensor, images2: torch.Tensor, judge_path=None, cuda: bool = False) -> float:
     """FID between two uint8 (N,3,H,W) image sets via torch-fidelity's "toy-judge" extractor (default: bundled judge)."""
-    import torch_fidelity
-
     m = torch_fidelity.calculate_metrics(
-        input1=ImageSet(images1), input2=ImageSet(images2), fid=True, feature_extractor="toy-judge",
+        input1=ImageSet.of(images1), input2=ImageSet.of(images2), fid=True, feature_extractor="toy-judge",
         cuda=cuda, cache=False, verbose=False, save_cpu_ram=True,
         feature_extractor_weights_path=None if judge_path is None else str(judge_path),
     )

@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from blocksearch.toy import ToyAssetError, load_judge, load_toy_teacher
 from blocksearch.cli import main
-from blocksearch.toy.assets import ASSETS, JUDGE_FILE, REBUILD, TEACHER_FILES
+from blocksearch.toy.assets import ASSETS, JUDGE_FILE, REBUILD, TEACHER_FILES, ToyAssetError, load_toy_teacher
+from blocksearch.toy.judge import load_judge
 
 
 def test_bundled_teacher_loads_fast_offline(monkeypatch):
@@ -65,3 +65,11 @@ def test_cli_sample_writes_png(tiny_build, tmp_path):
     assert main(["toy", "sample", "a red circle above a blue square", "-o", str(out), "--teacher", str(tiny_build),
                  "--steps", "2"]) == 0
     assert out.stat().st_size > 0
+
+
+def test_python_m_toy_runs_the_verbs_alone(capsys, tmp_path):
+    """`python -m blocksearch.toy VERB`: the toy verbs' own entry point, with the CLI's exit code 2."""
+    from blocksearch.toy.cli import main as toy_main
+
+    assert toy_main(["sample", "a purple hexagon", "-o", str(tmp_path / "x.png")]) == 2
+    assert "vocabulary: a small large" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -25,11 +25,20 @@ def test_split_by_objects():
 
 
 def test_check_defaults_are_the_default_evaluation_settings():
+    """`blocksearch toy check` (its flags and compute_figures) scores as `blocksearch evaluate` does by default."""
+    import argparse
+    import inspect
+
     from blocksearch.evaluate import EvalConfig
-    from blocksearch.toy.sample import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
+    from blocksearch.toy.check import compute_figures
+    from blocksearch.toy.cli import add_toy_parser
 
     cfg = EvalConfig()
-    assert (N_PROMPTS, NUM_STEPS, GUIDANCE_SCALE) == (cfg.prompts, cfg.steps, cfg.guidance)
+    args = add_toy_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["check"])
+    assert (args.prompts, args.steps, args.guidance) == (cfg.prompts, cfg.steps, cfg.guidance)
+    defaults = {k: p.default for k, p in inspect.signature(compute_figures).parameters.items()}
+    assert (defaults["n_prompts"], defaults["num_steps"], defaults["guidance_scale"]) == (
+        cfg.prompts, cfg.steps, cfg.guidance)
 
 
 def test_cli_check_rejects_no_prompts(capsys):
