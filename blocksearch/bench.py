@@ -179,7 +179,7 @@ def cmd_bench_latency(args) -> int:
 
     from blocksearch.cost import unet_inputs
     from blocksearch.errors import BlocksearchError
-    from blocksearch.cache import file_lock, lock_path
+    from blocksearch.cache import measurement_slot
     from blocksearch.latency import pick_clock
     from blocksearch.teachers import ARCHITECTURES
 
@@ -217,7 +217,7 @@ def cmd_bench_latency(args) -> int:
         return (now() - t0) / n
 
     times = {m[0]: [[] for _ in range(measurements)] for m in models}
-    with torch.no_grad(), file_lock(lock_path("latency")):
+    with torch.no_grad(), measurement_slot():  # the slot trials time in: nothing of ours trains meanwhile
         inner = {}
         for name, _, unet, inputs, _ in tqdm(models, desc="warm up", unit="model"):
             for _ in range(warmup):

@@ -231,6 +231,13 @@ RUN_FLAGS = (
         f"{o} ({d[:3]}imised)" for o, d in OBJECTIVES.items()))),
     ("max_params", dict(type=float, help="parameter budget: candidates above it are infeasible (an Optuna "
                                          "constraint)")),
+    ("min_alignment", dict(type=float, help="text-aware feasibility: a student whose text alignment is below this "
+                                            "fraction of the teacher's is infeasible (never on the front); 0 turns "
+                                            "the rule off")),
+    ("latency_device", dict(help="deployment target of latency and memory: cpu or cuda (default: where the "
+                                 "trials run)")),
+    ("latency_dtype", dict(choices=("fp32", "fp16", "bf16"), help="dtype on the deployment target (default: fp16 "
+                                                                 "on CUDA, fp32 on CPU)")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "

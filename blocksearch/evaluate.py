@@ -3,8 +3,9 @@
 FID (Heusel et al. 2017) goes through ``torch_fidelity.calculate_metrics`` with a named feature
 extractor: ``toy-judge`` for the toy teacher, ``inception-v3-compat`` for real teachers (weights from a
 path or the user's cache; offline without them is an error naming the file). The reference (real
-image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency is one U-Net
-step at the evaluation resolution with a classifier-free-guidance batch of 2 (see ``latency.py``).
+image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency (one U-Net step at
+the evaluation resolution with a classifier-free-guidance batch of 2), end-to-end latency of one image and
+peak memory are measured on the deployment target (``latency_device``/``latency_dtype``; ``latency.py``).
 Every number says how it was measured (``Metrics.measured``). What differs between kinds of teacher
 (prompt set, FID features, alignment score) is one small ``Scorer`` each: ``ToyScorer``, ``RealScorer``.
 """
@@ -28,7 +29,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.data import load_image, read_metadata
 from blocksearch.errors import BlocksearchError
 from blocksearch.generation import ImageSet, generate
-from blocksearch.latency import cost, measure_latency
+from blocksearch.latency import DTYPES, cost, speed_and_memory
 from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.teachers import Teacher
 from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features
@@ -55,7 +56,26 @@ class EvalConfig(Settings):
     reference: str | None = None  # real teachers: an imagefolder whose images and captions are the reference
     inception_weights: str | None = None  # real teachers: path to weights-inception-2015-12-05-6726825d.pth
     clip_model: str | None = None  # real teachers: a local CLIP model folder for the alignment score
+    latency_device: str | None = None  # the deployment target, cpu or cuda (default: the evaluation's device)
+    latency_dtype: str | None = None  # fp32 | fp16 | bf16 on the target (default: fp16 on CUDA, fp32 on CPU)
+    e2e_repeats: int = 3  # timed end-to-end generations of one image (after one warm-up)
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        target = self.latency_device
+        if target is not None and not (target == "cpu" or target.startswith("cuda")):
+            raise BlocksearchError(f"latency device {target!r}; allowed: cpu, cuda, cuda:N")
+        if self.latency_dtype is not None and self.latency_dtype not in DTYPES:
+            raise BlocksearchError(f"latency dtype {self.latency_dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.latency_dtype == "fp16" and (target or "cpu") == "cpu":
+            raise BlocksearchError("latency dtype fp16 needs --latency-device cuda; on CPU use fp32 or bf16")
+
+    def latency_target(self, device) -> tuple[str, str]:
+        """(device, dtype) latency and memory are measured on: the deployment target."""
+        target = self.latency_device or str(device)
+        if target.startswith("cuda") and not torch.cuda.is_available():
+            raise BlocksearchError(f"latency device {target}: no CUDA device on this machine; allowed here: cpu")
+        return target, self.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,9 @@ class Metrics:
     macs: int
     latency_ms: float
     latency_cv: float
+    e2e_ms: float | None = None  # one image end to end: text encoder + N CFG U-Net steps + VAE decode
+    memory_mb: float | None = None  # peak memory of one CFG U-Net step at inference
+    weights_mb: float | None = None  # the U-Net's weights in the latency dtype
     timings: dict = field(default_factory=dict)  # generate_s, score_s, latency_s
     measured: dict = field(default_factory=dict)  # how each number was measured
 
@@ -92,8 +115,11 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     t2 = time.perf_counter()
     latent = unet.config.sample_size
     params, macs = cost(unet, latent, cache_dir)
-    lat = measure_latency(unet, latent, config.latency_warmup, config.latency_repeats, config.latency_min_s,
-                          cache_dir, device, clock=config.latency_clock)
+    target, dtype = config.latency_target(device)
+    speed, speed_how = speed_and_memory(
+        student_pipeline(teacher, unet), latent, config.steps, config.guidance, prompts[0], target, dtype,
+        config.latency_warmup, config.latency_repeats, config.latency_min_s, config.latency_clock, cache_dir,
+        e2e_repeats=config.e2e_repeats)
     t3 = time.perf_counter()
     measured = {
         "fid": fid_how, "alignment": align_how,
@@ -104,9 +130,10 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
         "params": "exact count of U-Net parameters",
         "macs": f"one U-Net forward at batch 1, latent {latent}x{latent}, 77 text tokens; "
                 f"torch.utils.flop_counter (matmul, conv, attention), MACs = FLOPs / 2",
-        "latency": lat.how,
+        **speed_how,
     }
-    return Metrics(fid, alignment, params, macs, lat.median_ms, lat.cv,
+    return Metrics(fid, alignment, params, macs, speed["latency_ms"], speed["latency_cv"], speed["e2e_ms"],
+                   speed["memory_mb"], speed["weights_mb"],
                    {"generate_s": t1 - t0, "score_s": t2 - t1, "latency_s": t3 - t2}, measured)
 
 

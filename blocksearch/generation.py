@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from blocksearch.cache import yield_to_measurement
 from blocksearch.settings import GUIDANCE_SCALE, NUM_STEPS
 
 
@@ -29,10 +30,16 @@ def generate(
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-            generator=gens, output_type="pt",
+            generator=gens, output_type="pt", callback_on_step_end=_yield_each_step,
         ).images
         out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)
+
+
+def _yield_each_step(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+    """A checkpoint per denoising step: a latency measurement of another process waits one step at most."""
+    yield_to_measurement()
+    return callback_kwargs
 
 
 class ImageSet(torch.utils.data.Dataset):

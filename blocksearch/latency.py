@@ -316,7 +316,8 @@ def on_target(module, device, dtype):
 
 
 def speed_and_memory(pipe, latent_size: int, steps: int, guidance: float, prompt: str, device, dtype: str,
-                     warmup: int, repeats: int, min_s: float, clock: str, cache_dir=None) -> tuple[dict, dict]:
+                     warmup: int, repeats: int, min_s: float, clock: str, cache_dir=None,
+                     e2e_repeats: int = 3) -> tuple[dict, dict]:
     """U-Net step latency, end-to-end latency of one image and peak memory of ``pipe`` (a student
     pipeline) on the deployment target ``device``/``dtype``: (metrics, how each was measured)."""
     torch_dtype = DTYPES[dtype]
@@ -325,7 +326,7 @@ def speed_and_memory(pipe, latent_size: int, steps: int, guidance: float, prompt
     target = type(pipe)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
     target.set_progress_bar_config(disable=True)
     lat = measure_latency(target.unet, latent_size, warmup, repeats, min_s, cache_dir, clock=clock)
-    e2e = measure_e2e(target, steps, guidance, prompt, cache_dir=cache_dir)
+    e2e = measure_e2e(target, steps, guidance, prompt, repeats=e2e_repeats, cache_dir=cache_dir)
     mem = peak_memory(target.unet, latent_size, cache_dir=cache_dir)
     metrics = {"latency_ms": lat.median_ms, "latency_cv": lat.cv, "e2e_ms": e2e.median_ms,
                "memory_mb": mem["peak_mb"], "weights_mb": mem["weights_mb"]}

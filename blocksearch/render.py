@@ -19,7 +19,8 @@ from blocksearch.report import ParetoReport, TrialPoint, load_report
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
 LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
-          "macs": "MACs per U-Net forward", "alignment": "text alignment"}
+          "macs": "MACs per U-Net forward", "alignment": "text alignment",
+          "e2e_ms": "end-to-end latency of one image (ms)", "memory_mb": "peak memory of a U-Net step (MB)"}
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # blocksearch's repository (or its installation)
@@ -39,8 +40,10 @@ def fmt(name: str, value, digits: int = 2) -> str:
             if abs(value) >= scale:
                 return f"{value / scale:.{digits}f}{unit}"
         return f"{value:.0f}"
-    if name == "latency_ms":
-        return f"{value:.2f} ms"
+    if name in ("latency_ms", "e2e_ms"):
+        return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+    if name in ("memory_mb", "weights_mb"):
+        return f"{value:.1f} MB"
     return f"{value:.4g}"
 
 

@@ -29,6 +29,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
+from blocksearch.baseline import alignment_bound, teacher_reference
 from blocksearch.cache import default_cache_dir
 from blocksearch.cost import count_params
 from blocksearch.distill import DistillConfig, prepare_teacher_cache
@@ -59,6 +60,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError("--trials must be >= 1, --cpus-per-trial > 0 and --gpus-per-trial >= 0")
     if cfg.max_params is not None and cfg.max_params <= 0:
         raise BlocksearchError(f"--max-params {cfg.max_params}: must be > 0")
+    if not 0 <= cfg.min_alignment <= 1:
+        raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     runs = Path(cfg.runs_dir or default_runs_dir()).resolve()
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
                                candidate=cfg.candidate or CANDIDATE,
@@ -78,7 +81,8 @@ def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, UNet2DCond
 def trial_job(cfg: SearchConfig, bound: BoundSpace) -> tuple[TrialJob, dict]:
     """The stage configs of every trial, and the study's user attrs (the study contract)."""
     distill_cfg = DistillConfig(**({"steps": cfg.steps} if cfg.steps else {}), seed=cfg.seed)
-    eval_cfg = EvalConfig(**({"prompts": cfg.eval_prompts} if cfg.eval_prompts else {}))
+    eval_cfg = EvalConfig(**({"prompts": cfg.eval_prompts} if cfg.eval_prompts else {}),
+                          latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype)
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
@@ -126,6 +130,22 @@ def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
     cache = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device)
     print(f"teacher cache ready: {cache.path} ({cache.path.stat().st_size / 2**20:.0f} MB, "
           f"{time.perf_counter() - t0:.0f} s)", file=out)
+
+
+def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: TextIO) -> float | None:
+    """The teacher's own scores at the trials' evaluation settings, once per study (cached on disk): the
+    report's teacher row and the text-aware feasibility floor (``--min-alignment`` x its alignment)."""
+    device = job.device if job.device == "cpu" or torch.cuda.is_available() else "cpu"
+    print("teacher: scoring it at the trials' evaluation settings (once; the report's teacher row and the "
+          "alignment floor)", file=out)
+    metrics = teacher_reference(load_teacher(cfg.teacher, device), EvalConfig.from_dict(job.eval), device)
+    study.set_user_attr("teacher_metrics", {k: v for k, v in metrics.items() if k != "timings"})
+    floor = alignment_bound(metrics.get("alignment"), cfg.min_alignment)
+    shown = "off" if floor is None else f"alignment >= {floor:.3f} ({cfg.min_alignment:g} x the teacher's)"
+    print(f"teacher: fid {fmt('fid', metrics['fid'])}, alignment {fmt('alignment', metrics.get('alignment'))}, "
+          f"U-Net step {fmt('latency_ms', metrics['latency_ms'])}, end to end {fmt('e2e_ms', metrics.get('e2e_ms'))}; "
+          f"feasible students: {shown}", file=out)
+    return floor
 
 
 # -- Ray ---------------------------------------------------------------------------------------------
@@ -194,7 +214,7 @@ def _announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, 
 
 
 def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_of, remaining: int,
-          parallel: int, out: TextIO) -> None:
+          parallel: int, out: TextIO, alignment_floor: float | None = None) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -202,7 +222,8 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
     from blocksearch.searcher import StudySearch
 
     progress = Progress(remaining, cfg.objectives, out)
-    searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update)
+    searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,
+                           alignment_floor=alignment_floor)
     n_reports = max(1, int(job.distill.get("steps", 1)) // job.report_every)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=KD_METRIC, mode="min",
                                max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
@@ -286,7 +307,8 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
             parallel = lanes(cfg, ray_info["resources"], remaining)
             _announce(cfg, remaining, parallel, ray_info, out)
             warm_teacher_cache(cfg, job, out)
-            _tune(cfg, storage, bound, job, params_of, remaining, parallel, out)
+            floor = measure_teacher(cfg, job, study, out)
+            _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
     finally:
         stop_ray()
     return finish(cfg, storage, out)

@@ -6,7 +6,8 @@ study (Akiba et al., KDD 2019) that is the search's memory (:mod:`blocksearch.st
 - a Genome is trained once: a sampler's repeat of a trained or running Genome is closed as FAIL
   (``skipped``, ``cached_from``; samplers ignore FAIL) and another is asked; after
   ``REPEATS_BEFORE_FALLBACK`` repeats an untrained Genome is queued (:func:`samplers.untrained_genome`);
-- ``--max-params`` as an Optuna constraint;
+- ``--max-params`` as an Optuna constraint, and the text-aware rule: a student whose alignment is below
+  ``--min-alignment`` x the teacher's is infeasible (a constraint too), so it never reaches the front;
 - ASHA-stopped trials PRUNED (partly trained: never on the front); failures FAIL with ``error``;
 - several drivers on one study: a heartbeat of each running trial every ``heartbeat_interval`` s (a
   thread); before each suggestion, trials of dead drivers are failed and re-queued
@@ -64,8 +65,10 @@ class StudySearch(OptunaSearch):
     ``on_change(outcome, running)`` is called when a trial starts (outcome None) and when one ends."""
 
     def __init__(self, cfg: SearchConfig, storage, bound: BoundSpace, params_of: Callable[[Genome], int],
-                 on_change: Callable[[TrialOutcome | None, int], None] | None = None):
+                 on_change: Callable[[TrialOutcome | None, int], None] | None = None,
+                 alignment_floor: float | None = None):
         self.cfg, self.bound, self.params_of, self.on_change = cfg, bound, params_of, on_change
+        self.alignment_floor = alignment_floor  # text-aware feasibility: alignment >= floor (None: no rule)
         sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials)
         super().__init__(space=self._define_by_run, metric=list(cfg.objectives),
                          mode=["min" if OBJECTIVES[o] == "minimize" else "max" for o in cfg.objectives],
@@ -203,6 +206,9 @@ class StudySearch(OptunaSearch):
             return "PRUNED", None, payload
         for key in ("metrics", "timings", "student_dir"):
             trial.set_user_attr(key, payload[key])
+        alignment = payload["metrics"].get("alignment")
+        if self.alignment_floor is not None and alignment is not None:  # <= 0 is feasible (Optuna's rule)
+            trial.set_constraint("alignment_floor", self.alignment_floor - alignment)
         return "COMPLETE", [result[o] for o in self.cfg.objectives], payload
 
     def _changed(self, outcome: TrialOutcome | None) -> None:

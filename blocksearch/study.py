@@ -28,7 +28,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.space import BoundSpace
 
 OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
-              "alignment": "maximize"}
+              "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize"}
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
@@ -57,6 +57,9 @@ class SearchConfig:
     seed: int = 0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_params: float | None = None  # parameter budget (an Optuna constraint)
+    min_alignment: float = 0.25  # feasible only with alignment >= this x the teacher's (0: no text rule)
+    latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
+    latency_dtype: str | None = None  # fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
     grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from blocksearch.cache import file_lock
+from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.surgery import kd_teacher_modules
@@ -126,6 +126,7 @@ def _compute(unet, stream: BatchStream, steps: int, dtype: str, device) -> dict[
     parts: dict[str, list] = {}
     try:
         for i in tqdm(range(steps), desc="teacher cache", unit="batch"):
+            yield_to_measurement()
             batch = stream[i]
             out, feats = teacher_forward(unet, hooks, batch.to(device))
             row = {k: getattr(batch, k) for k in _INPUTS} | {"out": out.to("cpu", store)}

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from blocksearch.cache import work_slot
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate
@@ -61,7 +62,13 @@ def cached_teacher(spec: str, device: str):
 
 
 def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
-    """One candidate: surgery -> distillation -> save -> evaluation (BK-SDM's recipe, short)."""
+    """One candidate: surgery -> distillation -> save -> evaluation (BK-SDM's recipe, short). The whole
+    trial is heavy work: latency measurements of other trials wait for its next checkpoint (cache.py)."""
+    with work_slot():
+        return _train_candidate(genome, job, report)
+
+
+def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
     t0 = time.perf_counter()
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
