@@ -167,7 +167,33 @@ def _figures(r: ParetoReport) -> list[tuple[str, object]]:
         fig.update_layout(title=f"the front across {a}, {b} and {c} (drag to rotate)", height=620,
                           scene=dict(xaxis_title=a, yaxis_title=b, zaxis_title=c), template="plotly_white")
         figures.append(("plot-3d", fig))
+    alignment = _alignment_figure(r)
+    if alignment is not None:
+        figures.append(("plot-alignment", alignment))
     return figures
+
+
+def _alignment_figure(r: ParetoReport):
+    """FID against text alignment for every completed student; infeasible ones (the text-aware rule or
+    the parameter budget) as crosses: FID alone does not see whether a student follows the prompt."""
+    import plotly.graph_objects as go
+
+    done = [t for t in r.trials if t.state == "COMPLETE" and t.cached_from is None
+            and t.metrics.get("alignment") is not None and t.metrics.get("fid") is not None]
+    if not done:
+        return None
+    fig = go.Figure()
+    for name, pts, color, symbol in (("feasible", [t for t in done if t.feasible], FRONT_COLOR, "circle"),
+                                     ("infeasible", [t for t in done if not t.feasible], OTHER_COLOR, "x")):
+        fig.add_trace(go.Scatter(x=[t.metrics["alignment"] for t in pts], y=[t.metrics["fid"] for t in pts],
+                                 mode="markers", name=name, marker=dict(color=color, size=10, symbol=symbol),
+                                 hovertext=[f"{html.escape(t.label)}<br>{t.genome}" for t in pts], hoverinfo="text"))
+    teacher = r.attrs.get("teacher_metrics") or {}
+    if teacher.get("alignment") is not None:
+        fig.add_vline(x=teacher["alignment"], line_dash="dot", annotation_text="teacher")
+    fig.update_layout(title="FID vs text alignment (crosses: infeasible, never on the front)",
+                      xaxis_title=LABELS["alignment"], yaxis_title=LABELS["fid"], height=420, template="plotly_white")
+    return fig
 
 
 def render_html(r: ParetoReport) -> str:
@@ -190,6 +216,7 @@ def render_html(r: ParetoReport) -> str:
             body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
                                     config={"displaylogo": False}))
     body.append(_html_table(r))
+    body.append(_html_speed(r))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>blocksearch: {html.escape(r.study)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
@@ -208,6 +235,16 @@ def _html_table(r: ParetoReport) -> str:
         cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)), t.architecture]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return f"<h2>Pareto front</h2><table id='front'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _html_speed(r: ParetoReport) -> str:
+    rows = speed_rows(r)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("", *SPEED_HEAD))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (who, *cells)) + "</tr>"
+                   for who, cells in rows)
+    return f"<h2>Speed and memory: the teacher and the front</h2><table id='speed'><tr>{head}</tr>{body}</table>"
 
 
 # -- pareto.png ------------------------------------------------------------------------------------
@@ -292,7 +329,7 @@ def render_markdown(r: ParetoReport) -> str:
         lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
                   "`blocksearch run`; finished trials are kept in the study.", ""]
     else:
-        lines += _front_md(r) + _hypervolume_md(r) + _reference_md(r)
+        lines += _front_md(r) + _speed_md(r) + _hypervolume_md(r) + _reference_md(r) + _infeasible_md(r)
     lines += _measured_md(r) + _unfinished_md(r)
     return "\n".join(lines) + "\n"
 
@@ -307,6 +344,51 @@ def _front_md(r: ParetoReport) -> list[str]:
         cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)),
                  *(fmt(k, t.metrics.get(k)) for k in extra), t.architecture]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+SPEED = ("params", "latency_ms", "e2e_ms", "memory_mb", "weights_mb")
+SPEED_HEAD = ("U-Net params", "U-Net step", "one image, end to end", "peak memory, U-Net step", "weights")
+
+
+def speed_rows(r: ParetoReport) -> list[tuple[str, list[str]]]:
+    """(who, [params, U-Net step latency, end-to-end latency, peak memory, weights]) for the teacher (when
+    the study measured it) and each front student: what a user who ships a pipeline compares."""
+    rows = []
+    teacher = r.attrs.get("teacher_metrics")
+    if teacher:
+        rows.append(("teacher", [fmt(k, teacher.get(k)) for k in SPEED]))
+    for n in r.front:
+        t = r.trial(n)
+        rows.append((t.label, [fmt(k, t.metrics.get(k)) for k in SPEED]))
+    return rows
+
+
+def _speed_md(r: ParetoReport) -> list[str]:
+    how = [(t.metrics.get("measured") or {}) for t in r.ranked]
+    target = next((h["latency"] for h in how if isinstance(h, dict) and isinstance(h.get("latency"), dict)), None)
+    where = (f" on {target.get('device_name', target.get('device'))} ({target.get('dtype')}, "
+             f"{target.get('torch_threads')} thread(s))" if target else "")
+    lines = [f"## Speed and memory: the teacher and the front{where}", "",
+             "| | " + " | ".join(SPEED_HEAD) + " |", "|" + "---|" * (len(SPEED_HEAD) + 1)]
+    lines += ["| " + " | ".join([who, *cells]) + " |" for who, cells in speed_rows(r)]
+    return lines + ["", "End to end: text encoder + the evaluation's sampler steps with classifier-free guidance + "
+                        "VAE decode, one image. Each latency was timed while no other blocksearch process trained "
+                        "(the measurement slot) and is cached by architecture, device, dtype, resolution and "
+                        "threads.", ""]
+
+
+def _infeasible_md(r: ParetoReport) -> list[str]:
+    bad = [t for t in r.trials if t.state == "COMPLETE" and not t.feasible and t.cached_from is None]
+    if not bad:
+        return []
+    lines = ["## Infeasible students (never on the front)", "",
+             "A constraint failed: the text-aware rule (alignment below `--min-alignment` x the teacher's: the "
+             "student ignores the prompt) or `--max-params`.", "",
+             "| trial | genome | FID | alignment | params |", "|---|---|---|---|---|"]
+    lines += [f"| {t.number} | {t.genome} | {fmt('fid', t.metrics.get('fid'))} | "
+              f"{fmt('alignment', t.metrics.get('alignment'))} | {fmt('params', t.metrics.get('params'))} |"
+              for t in bad]
     return lines + [""]
 
 

@@ -194,3 +194,24 @@ def test_cli_report(tmp_path, capsys):
     assert str(tmp_path / "r") in capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["report", "--study", "other", "--storage", url]) == 2
     assert "unknown study 'other'" in capsys.readouterr().err
+
+
+def test_speed_and_memory_of_the_teacher_and_the_front_and_infeasible_students(tmp_path):
+    """The report shows U-Net step and end-to-end latency and memory for the teacher and each front student,
+    and lists students that the text-aware rule made infeasible (a failed constraint) apart."""
+    case = [c if i != 4 else (*c, {"constraints": {"alignment_floor": 0.3}}) for i, c in enumerate(CASE)]
+    url = make_study(tmp_path, case)
+    study = optuna.load_study(study_name="unet_blocks-toy", storage=url)
+    study.set_user_attr("teacher_metrics", dict(params=8.6e6, latency_ms=40.0, e2e_ms=800.0, memory_mb=34.5,
+                                                weights_mb=32.8, alignment=0.8, fid=26.0))
+    r = build_report(study, url)
+    assert 4 not in r.front and not r.trial(4).feasible
+    write_report("unet_blocks-toy", url, tmp_path / "rep")
+    md = (tmp_path / "rep" / "README.md").read_text()
+    assert "| teacher | 8.60M | 40.00 ms | 800.00 ms | 34.5 MB | 32.8 MB |" in md
+    speed = md.split("## Speed and memory")[1].split("##")[0]
+    assert all(f"trial {n}" in speed for n in r.front) and speed.count("\n| ") == len(r.front) + 2
+    infeasible = md.split("## Infeasible students")[1].split("##")[0]
+    assert "| 4 | L2-2-2-2_T0-1-1-0_Mattn |" in infeasible
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "id='speed'" in page and "plot-alignment" in page
