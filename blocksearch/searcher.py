@@ -24,6 +24,8 @@ the same storage object.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 import warnings
@@ -44,6 +46,7 @@ from blocksearch.trial import KD_METRIC
 # this searcher beats for its trials itself (see _heartbeat_loop)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*fail_stale_trials")
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # which driver runs a trial (user attr ``driver``)
 MAX_ASKS = 200  # suggestions tried per Ray trial before giving up on finding an untrained Genome
 WAIT_POLL_S = 2.0  # while other drivers' trials decide whether the study is done: look this often
 FAIL = optuna.trial.TrialState.FAIL
@@ -141,6 +144,7 @@ class StudySearch(OptunaSearch):
             trial = self._asked
             self._beat(trial)  # at once: other drivers see a live trial, never a silent one
             genome = self.bound.from_params(params)
+            trial.set_user_attr("driver", DRIVER)
             trial.set_user_attr("genome", genome.id)  # written before we look: of two drivers racing
             # for one Genome, at least the later one sees the other's trial below
             if self.cfg.max_params is not None:
@@ -204,8 +208,9 @@ class StudySearch(OptunaSearch):
             trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
                                               KD_METRIC: result.get(KD_METRIC)})
             return "PRUNED", None, payload
-        for key in ("metrics", "timings", "student_dir"):
-            trial.set_user_attr(key, payload[key])
+        for key in ("metrics", "timings", "student_dir", "node"):
+            if key in payload:
+                trial.set_user_attr(key, payload[key])
         alignment = payload["metrics"].get("alignment")
         if self.alignment_floor is not None and alignment is not None:  # <= 0 is feasible (Optuna's rule)
             trial.set_constraint("alignment_floor", self.alignment_floor - alignment)

@@ -124,5 +124,8 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
     timings = {k: round(float(v), 3) for k, v in outcome.timings.items()}
     work = sum(timings.get(k, 0.0) for k in ("kd_s", "generate_s", "score_s"))
     timings.update(total_s=round(total, 3), overhead_s=round(max(0.0, total - work), 3))
-    payload = {"metrics": outcome.metrics, "timings": timings, "student_dir": outcome.student_dir}
+    import ray  # noqa: PLC0415 - the worker side, as `tune` above
+
+    payload = {"metrics": outcome.metrics, "timings": timings, "student_dir": outcome.student_dir,
+               "node": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
     tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(payload)})
