@@ -216,7 +216,7 @@ def _announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, 
 def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_of, remaining: int,
           parallel: int, out: TextIO, alignment_floor: float | None = None) -> None:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from blocksearch.searcher import StudySearch
@@ -225,8 +225,8 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
     searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,
                            alignment_floor=alignment_floor)
     n_reports = max(1, int(job.distill.get("steps", 1)) // job.report_every)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=KD_METRIC, mode="min",
-                               max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
+    scheduler = (_design_safe_asha()(time_attr="training_iteration", metric=KD_METRIC, mode="min",
+                                     max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
                  if cfg.asha else FIFOScheduler())
     fn = tune.with_parameters(trainable, job=job, objectives=tuple(cfg.objectives),
                               candidate=cfg.candidate, params_of_genome=dict(params_of.cache))
@@ -243,6 +243,19 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
         tuner.fit()
     finally:
         progress.close()
+
+
+def _design_safe_asha():
+    """ASHA (Li et al., MLSys 2020) that never stops a reference design: the BK designs are the yardstick
+    of every report, so they always train to the full budget (their results still feed ASHA's rungs)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class DesignSafeASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            return TrialScheduler.CONTINUE if trial.config.get("_design") else decision
+
+    return DesignSafeASHA
 
 
 class Progress:

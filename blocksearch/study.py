@@ -216,7 +216,8 @@ def _fail_stale_trials(study: optuna.Study, storage, out) -> None:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials that count toward --trials (evaluated: not repeats of a Genome, not stale), by state;
+    """Trials that count toward --trials (evaluated to the end: not early-stopped, not repeats of a Genome,
+    not stale), by state;
     ``running``: RUNNING trials of every driver; ``stale``: trials left by a driver that stopped."""
     out = {"done": 0, "running": 0, "stale": 0, "complete": 0, "pruned": 0, "failed": 0, "cached": 0}
     for t in study.get_trials(deepcopy=False):
@@ -227,7 +228,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
             out["cached"] += "cached_from" in attrs
         elif is_stale(t):
             out["stale"] += 1
-        elif t.state.name in FINISHED:
-            out["done"] += 1
+        elif t.state.name in FINISHED:  # an early-stopped (PRUNED) candidate does not count toward --trials
+            out["done"] += t.state.name != "PRUNED"
             out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
     return out

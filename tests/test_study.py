@@ -99,7 +99,7 @@ def test_existing_study_mismatch_is_refused_untouched(tmp_path, bound):
 
 
 def test_counts_by_state(tmp_path):
-    """done = evaluated trials (complete, pruned, failed); sampler repeats and stale trials do not count."""
+    """done = trials evaluated to the end (complete, failed); early-stopped, repeats and stale trials do not count."""
     study = optuna.create_study(storage=_storage(tmp_path), directions=["minimize"] * 2)
     T = optuna.trial.TrialState
     for state, attrs in ((T.COMPLETE, {}), (T.COMPLETE, {}), (T.PRUNED, {}), (T.FAIL, {"error": "x"}),
@@ -107,4 +107,4 @@ def test_counts_by_state(tmp_path):
                          (T.FAIL, {"stale": True}), (T.RUNNING, {}), (T.WAITING, {})):
         study.add_trial(optuna.trial.create_trial(state=state, values=[1.0, 2.0] if state == T.COMPLETE else None,
                                                   user_attrs=attrs))
-    assert counts(study) == dict(done=4, running=1, stale=1, complete=2, pruned=1, failed=1, cached=2)
+    assert counts(study) == dict(done=3, running=1, stale=1, complete=2, pruned=1, failed=1, cached=2)

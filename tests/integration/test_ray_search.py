@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from blocksearch.cli import main
+from blocksearch.study import is_stale
 from tests.integration.conftest import FAST, free_port, non_loopback_ip, run_cli
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ def _trials(db: str, study: str):
 
 def _finished(db: str, study: str) -> int:
     try:
-        return sum(t.state.name in ("COMPLETE", "FAIL") and not t.user_attrs.get("stale") for t in _trials(db, study))
+        return sum(t.state.name in ("COMPLETE", "FAIL") and not is_stale(t) for t in _trials(db, study))
     except KeyError:  # the study does not exist yet
         return 0
 
@@ -76,7 +77,7 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
     after = {t.number: (t.state.name, t.values) for t in trials}
     assert all(after[n] == v for n, v in before.items()), "a finished trial was lost or changed"
     evaluated = [t for t in trials if t.state.name in ("COMPLETE", "FAIL", "PRUNED")
-                 and not {"stale", "cached_from", "skipped"} & set(t.user_attrs)]
+                 and not {"cached_from", "skipped"} & set(t.user_attrs) and not is_stale(t)]
     assert len(evaluated) == 5, out  # the study reached --trials
     genomes = [t.user_attrs["genome"] for t in evaluated]
     assert len(set(genomes)) == len(genomes), f"a Genome was evaluated twice: {genomes}"
@@ -144,3 +145,7 @@ def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert pruned and all(t.values is None and "pruned_at" in t.user_attrs for t in pruned)
     assert not {t.number for t in pruned} & set(build_report(study).front)
+    # a reference design is never stopped early, and a stopped candidate does not count toward --trials
+    assert not [t.user_attrs["design"] for t in pruned if t.user_attrs.get("design")]
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    assert len([t for t in finished if not t.user_attrs.get("skipped")]) == 5
