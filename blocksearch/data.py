@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
+from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy.world import sample_batch
 
-CAPTION_DROPOUT = 0.1  # SD's and the toy teacher's training rate (toy/build.py); keeps CFG's unconditional branch alive
 CAPTION_COLUMNS = ("text", "caption")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

@@ -28,3 +28,5 @@ class Settings:
             raise BlocksearchError(f"unknown {cls.__name__} settings {sorted(unknown)}; "
                                    f"allowed: {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
+
+CAPTION_DROPOUT = 0.1  # SD's and the toy teacher's training rate (toy/build.py, data.py); keeps CFG's unconditional branch alive

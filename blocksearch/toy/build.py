@@ -27,8 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from blocksearch.data import CAPTION_DROPOUT
 from blocksearch.errors import BlocksearchError
+from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy import judge as J
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import JUDGE_FILE
