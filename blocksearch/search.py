@@ -138,7 +138,12 @@ def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: 
     device = job.device if job.device == "cpu" or torch.cuda.is_available() else "cpu"
     print("teacher: scoring it at the trials' evaluation settings (once; the report's teacher row and the "
           "alignment floor)", file=out)
-    metrics = teacher_reference(load_teacher(cfg.teacher, device), EvalConfig.from_dict(job.eval), device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.cpus)  # as in a trial: the latencies must be comparable (same threads)
+    try:
+        metrics = teacher_reference(load_teacher(cfg.teacher, device), EvalConfig.from_dict(job.eval), device)
+    finally:
+        torch.set_num_threads(threads)
     study.set_user_attr("teacher_metrics", {k: v for k, v in metrics.items() if k != "timings"})
     floor = alignment_bound(metrics.get("alignment"), cfg.min_alignment)
     shown = "off" if floor is None else f"alignment >= {floor:.3f} ({cfg.min_alignment:g} x the teacher's)"
