@@ -3,7 +3,7 @@
 They are the reference of the text-aware feasibility rule (a student's alignment relative to the
 teacher's: a student that ignores the prompt is infeasible, never on the front) and the teacher row of
 the report (U-Net step and end-to-end latency, memory). Cached on disk by (teacher weights, evaluation
-settings, device), so a study -- and a resumed or second study -- pays for it once.
+settings, device, threads), so a study -- and a resumed or second study -- pays for it once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot
 from blocksearch.data import fingerprint
 from blocksearch.evaluate import EvalConfig, evaluate
@@ -21,7 +23,8 @@ from blocksearch.teachers import Teacher
 
 def reference_key(teacher: Teacher, config: EvalConfig, device) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k != "cache_dir"}
-    blob = json.dumps([fingerprint(teacher.unet), settings, str(device)], sort_keys=True, default=str)
+    blob = json.dumps([fingerprint(teacher.unet), settings, str(device), torch.get_num_threads()], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
