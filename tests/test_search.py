@@ -273,3 +273,24 @@ def test_the_study_stops_at_trials_counted_over_every_driver(tmp_path, bound_and
     one.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
     two._next_look = 0.0
     assert two.suggest("c") == "FINISHED" and one.suggest("d") == "FINISHED"
+
+
+def test_a_student_that_ignores_the_prompt_is_infeasible_and_never_on_the_front(tmp_path, bound_and_unet):
+    """The text-aware default: alignment below --min-alignment x the teacher's is a failed Optuna constraint."""
+    bound, unet = bound_and_unet
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    prepare_study(storage, cfg, bound, _attrs(bound))
+    s = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), alignment_floor=0.2)
+    blind, reads = s.suggest("a"), s.suggest("b")
+
+    def done(values, alignment):
+        body = {"metrics": {"fid": values[0], "alignment": alignment}, "timings": {}, "student_dir": "/x"}
+        return {"fid": values[0], "params": values[1], "latency_ms": values[2], "final": 1, "payload": json.dumps(body)}
+
+    s.on_trial_complete("a", done([1.0, 1.0, 1.0], 0.0))  # best on every objective, but text-blind
+    s.on_trial_complete("b", done([5.0, 5.0, 5.0], 0.5))
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    assert study.trials[blind["_number"]].constraints == [pytest.approx(0.2)]
+    assert study.trials[reads["_number"]].constraints == [pytest.approx(-0.3)]
+    r = build_report(study)
+    assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible
