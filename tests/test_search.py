@@ -290,7 +290,7 @@ def test_a_student_that_ignores_the_prompt_is_infeasible_and_never_on_the_front(
     s.on_trial_complete("a", done([1.0, 1.0, 1.0], 0.0))  # best on every objective, but text-blind
     s.on_trial_complete("b", done([5.0, 5.0, 5.0], 0.5))
     study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
-    assert study.trials[blind["_number"]].constraints == [pytest.approx(0.2)]
-    assert study.trials[reads["_number"]].constraints == [pytest.approx(-0.3)]
+    assert study.trials[blind["_number"]].constraints == {"alignment_floor": pytest.approx(0.2)}
+    assert study.trials[reads["_number"]].constraints == {"alignment_floor": pytest.approx(-0.3)}
     r = build_report(study)
     assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible
