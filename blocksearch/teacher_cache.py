@@ -158,7 +158,7 @@ _INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchS
 def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
                          text_tokens: int = 77) -> int:
     """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
-    and the teacher's output and every feature of ``teacher_modules`` (stored at ``dtype_bytes``).
+    and the teacher's output and every feature of ``kd_teacher_modules`` (stored at ``dtype_bytes``).
 
     Shapes come from forward hooks on a U-Net built from the config on the meta device: no weights,
     no memory, no download."""
@@ -169,7 +169,7 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
         noisy = torch.empty(batch_size, unet.config.in_channels, latent_size, latent_size)
         timesteps = torch.zeros(batch_size, dtype=torch.long)
         text = torch.empty(batch_size, text_tokens, unet.config.cross_attention_dim)
-        hooks = FeatureHooks(unet, teacher_modules(unet.config))
+        hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
         try:
             out, feats = teacher_forward(unet, hooks, Batch(noisy, timesteps, text, noisy))
         finally:

@@ -24,8 +24,11 @@ def test_estimate_equals_the_bytes_of_a_cache_file(sd_folder, data_folder, tmp_p
 def test_sd_v1_at_512px_on_the_meta_device():
     config = architecture("sd-v1").config
     per_step = cache_bytes_per_step(config, 16, 64)
-    # hand count per image: 12 features + output = 8,617,984 fp32 values; inputs 2 x 4x64x64 + 77x768 fp32 + int64
-    assert per_step == 16 * (8_617_984 * 4 + 2 * 16384 * 4 + 77 * 768 * 4 + 8)
+    # hand count per image, surgery.kd_teacher_modules at 64x64 latents: down_blocks.0-3 320x32x32 + 640x16x16
+    # + 2 x 1280x8x8, mid_block 1280x8x8, up_blocks.0-3 1280x16x16 + 1280x32x32 + 640x64x64 + 320x64x64,
+    # down_blocks.2.attentions.1 1280x16x16, output 4x64x64 = 6,651,904 fp32 values; inputs 2 x 4x64x64 +
+    # 77x768 fp32 + int64
+    assert per_step == 16 * (6_651_904 * 4 + 2 * 16384 * 4 + 77 * 768 * 4 + 8)
     assert cache_bytes_per_step(config, 32, 64) == 2 * per_step
     assert cache_bytes_per_step(config, 16, 64, dtype_bytes=2) < per_step
 
