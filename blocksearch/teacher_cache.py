@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_CAP_GB = float(os.environ.get("BLOCKSEARCH_CACHE_GB", 4.0))
+DISK_RESERVE = 2**30  # bytes the teacher cache always leaves free on its disk
 _INPUTS = ("noisy", "timesteps", "text", "target")
 
 
@@ -179,12 +181,29 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
     return stored + sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes
 
 
-def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int) -> tuple[str, str]:
+def cache_cap(folder: Path, cap_gb: float) -> tuple[int, str]:
+    """The bytes the cache may hold, and what bounds them: ``cap_gb`` or, where less, what the disk has free
+    (the cache's own files count as free: they are evicted first) less ``DISK_RESERVE``: the disk never fills."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    disk = shutil.disk_usage(folder).free + ours - DISK_RESERVE
+    cap = int(cap_gb * 2**30)
+    if disk < cap:
+        return max(0, disk), f"the disk's free space less {DISK_RESERVE / 2**30:g} GiB"
+    return cap, "BLOCKSEARCH_CACHE_GB"
+
+
+def cache_figures(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str = "BLOCKSEARCH_CACHE_GB") -> str:
+    return (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {bytes_per_step * steps / 2**30:,.2f} "
+            f"GiB, cap {cap_bytes / 2**30:,.2f} GiB ({cap_what})")
+
+
+def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int,
+               cap_what: str = "BLOCKSEARCH_CACHE_GB") -> tuple[str, str]:
     """("disk", why) when ``steps`` cached steps fit under the cap, else ("live", why): the teacher then
     runs alongside the student in every trial instead of being read from the cache (DESIGN.md)."""
-    total = bytes_per_step * steps
-    figures = (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {total / 2**30:,.2f} GiB, "
-               f"cap {cap_bytes / 2**30:,.2f} GiB (BLOCKSEARCH_CACHE_GB)")
-    if total <= cap_bytes:
+    figures = cache_figures(bytes_per_step, steps, cap_bytes, cap_what)
+    if bytes_per_step * steps <= cap_bytes:
         return "disk", f"{figures}: fits, computed once and shared by every trial"
     return "live", f"{figures}: over the cap, so the teacher runs live in each trial"
