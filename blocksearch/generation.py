@@ -32,7 +32,8 @@ def generate(
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-            height=resolution, width=resolution, generator=gens, output_type="pt", callback_on_step_end=_yield_each_step,
+            height=resolution, width=resolution, generator=gens, output_type="pt",
+            callback_on_step_end=_yield_each_step,
         ).images
         out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)

@@ -80,8 +80,8 @@ def _absolute(path: str) -> str:
 
 def _check_stage_flags(cfg: SearchConfig) -> None:
     """The real-teacher settings, named by their flags (DistillConfig / EvalConfig check them again)."""
-    positive = {"--sampler-steps": cfg.sampler_steps, "--batch-size": cfg.batch_size, "--eval-prompts": cfg.eval_prompts,
-                "--resolution": cfg.resolution}
+    positive = {"--sampler-steps": cfg.sampler_steps, "--batch-size": cfg.batch_size,
+                "--eval-prompts": cfg.eval_prompts, "--resolution": cfg.resolution}
     for flag, value in positive.items():
         if value is not None and (not isinstance(value, int) or value < 1):
             raise BlocksearchError(f"{flag} {value!r}: allowed: an integer >= 1")

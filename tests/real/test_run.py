@@ -142,7 +142,8 @@ def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_
     after = optuna.load_study(study_name="real", storage=storage)
     assert (dict(after.user_attrs), [(t.number, t.state) for t in after.trials]) == before
     # what does not change a trial's result may change: --trials, --max-concurrent, --cpus-per-trial, ...
-    code = main(real_args + ["--trials", "9", "--max-concurrent", "1", "--cpus-per-trial", "2", "--teacher-cache", "off"])
+    code = main(real_args + ["--trials", "9", "--max-concurrent", "1", "--cpus-per-trial", "2",
+                             "--teacher-cache", "off"])
     assert code == 2 and "Ray would start here" in capsys.readouterr().err
 
 
@@ -184,3 +185,31 @@ def test_run_on_a_real_teacher_end_to_end(real_args, tmp_path, capsys, monkeypat
     pipe = StableDiffusionPipeline.from_pretrained(exported)  # plain diffusers, no blocksearch code
     assert json.loads((exported / "unet" / "config.json").read_text())["sample_size"] == 8
     assert sum(p.numel() for p in pipe.unet.parameters()) == complete[0].user_attrs["metrics"]["params"]
+
+
+def test_weights_sha256_sees_every_byte(sd_folder):
+    import torch
+
+    from blocksearch.teachers import weights_sha256
+
+    unet = search.load_teacher_unet(str(sd_folder))
+    before = weights_sha256(unet)
+    assert before == weights_sha256(search.load_teacher_unet(str(sd_folder)))  # stable across loads
+    with torch.no_grad():
+        last = list(unet.parameters())[-1]
+        last.view(-1)[-1] += 1e-3  # one value, far from the leading ones that data.fingerprint reads
+    assert weights_sha256(unet) != before
+
+
+def test_evaluate_defaults_follow_the_teacher(sd_folder, reference_folder, data_folder, monkeypatch, tmp_path):
+    """`blocksearch evaluate` on an SD teacher: BK-SDM's guidance 7.5 and 25 steps unless given."""
+    import blocksearch.evaluate as E
+
+    seen = []
+    monkeypatch.setattr(E, "evaluate", lambda teacher, unet, config, device: seen.append(config) or 1 / 0)
+    args = ["evaluate", str(sd_folder), "--teacher", str(sd_folder), "--reference", str(reference_folder),
+            "--captions", str(data_folder), "--prompts", "4"]
+    for extra in ([], ["--guidance", "2", "--sampler-steps", "3"]):
+        with pytest.raises(ZeroDivisionError):
+            main(args + extra)
+    assert [(c.guidance, c.steps) for c in seen] == [(7.5, 25), (2.0, 3)]
