@@ -4,6 +4,7 @@ refused before any trial, a resume with other settings refused, and one end-to-e
 The tiny pipeline, Inception and CLIP weights are random (tests/real/conftest.py): the figures exercise
 the real-teacher path, they mean nothing."""
 
+import dataclasses
 import json
 import shutil
 
@@ -13,6 +14,7 @@ import pytest
 from blocksearch import search
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
+from blocksearch.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
 from blocksearch.teachers import native_resolution, topology_of
@@ -44,23 +46,23 @@ def one_line_error(capsys, code: int) -> str:
 
 
 def test_defaults_follow_the_teacher(sd_folder, data_folder, reference_folder, inception_file, clip_folder):
-    toy_distill, toy_eval = search.stage_configs(SearchConfig())
+    toy_distill, toy_eval = stage_configs(SearchConfig())
     assert (toy_eval.guidance, toy_eval.steps, toy_eval.resolution) == (3.0, 10, 64) and toy_distill.lr == 5e-4
     assert toy_distill.data == "toy" and toy_eval.reference is None
     cfg = search.resolve(SearchConfig(teacher=str(sd_folder), data=str(data_folder), reference=str(reference_folder),
                                       inception_weights=str(inception_file), clip_model=str(clip_folder)))
-    distill_cfg, eval_cfg = search.stage_configs(cfg)
+    distill_cfg, eval_cfg = stage_configs(cfg)
     assert native_resolution(str(sd_folder)) == 32  # unet sample_size 8 x the VAE's 4
     assert (eval_cfg.guidance, eval_cfg.steps, eval_cfg.resolution) == (7.5, 25, 32)  # BK-SDM's, the teacher's size
     assert distill_cfg.lr == 5e-5 and distill_cfg.resolution == 32 and distill_cfg.data == str(data_folder)
     assert eval_cfg.captions == str(data_folder)  # the reference has no captions: the prompts are the data's
-    flags = search.stage_configs(search.resolve(SearchConfig(**{**cfg.__dict__, "guidance": 5.0, "resolution": 16,
-                                                               "lr": 1e-4, "sampler_steps": 3})))
+    given = dict(guidance=5.0, resolution=16, lr=1e-4, sampler_steps=3)
+    flags = stage_configs(search.resolve(dataclasses.replace(cfg, **given)))
     assert (flags[1].guidance, flags[1].resolution, flags[1].steps, flags[0].lr) == (5.0, 16, 3, 1e-4)
     with pytest.raises(BlocksearchError, match="--reference, --clip-model: for real teachers"):
-        search.stage_configs(SearchConfig(reference=str(reference_folder), clip_model=str(clip_folder)))
+        stage_configs(SearchConfig(reference=str(reference_folder), clip_model=str(clip_folder)))
     with pytest.raises(BlocksearchError, match="toy teacher works at its own 64 px"):
-        search.stage_configs(SearchConfig(resolution=128))
+        stage_configs(SearchConfig(resolution=128))
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, monkeypatch, capsys):
