@@ -37,12 +37,12 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
+from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir, default_storage,
                                default_study_name, existing_study, open_storage, prepare_study, space_name)
 from blocksearch.surgery import student_config
-from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
