@@ -282,7 +282,8 @@ def add_run_parser(verbs) -> None:
                     "trials incomparable is refused. A real teacher's inputs are checked before Ray starts. "
                     "Example: blocksearch run --space unet_blocks")
     p.add_argument("--config", metavar="FILE", help="a YAML file of these flags (keys: flag names, dashes or "
-                                                    "underscores); flags on the command line override it")
+                                                    "underscores; paths as on the command line, relative to the "
+                                                    "working directory); flags on the command line override it")
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     for name, kwargs in RUN_FLAGS:
         default = defaults[name]
