@@ -225,6 +225,30 @@ RUN_FLAGS = (
     ("max_concurrent", dict(type=int, help="trials in parallel (default: as many as the cluster's resources allow)")),
     ("steps", dict(type=int, help="distillation steps per trial (default: distill's)")),
     ("eval_prompts", dict(type=int, help="evaluation prompts (default: evaluate's)")),
+    # a real teacher's settings, as `distill` and `evaluate` name them; defaults follow the teacher
+    ("data", dict(help="KD data: toy, or an imagefolder (images + metadata.jsonl/.csv with file_name and text); "
+                       "required for a real teacher (default: toy for the toy teacher)")),
+    ("reference", dict(help="real teachers: folder of real images for FID (at least --eval-prompts of them); an "
+                            "imagefolder's captions are the prompts")),
+    ("captions", dict(help="real teachers: imagefolder whose first --eval-prompts captions are the prompts "
+                           "(default: --reference's if it has metadata, else --data's)")),
+    ("inception_weights", dict(help="real teachers: torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+                                    "(default: found in the blocksearch or torch hub cache)")),
+    ("clip_model", dict(help="real teachers: local CLIP model folder for the text alignment score (needed by "
+                             "--min-alignment > 0)")),
+    ("guidance", dict(type=float, help="classifier-free guidance scale (default: the toy's 3 for the toy teacher, "
+                                       "BK-SDM's 7.5 for SD teachers)")),
+    ("sampler_steps", dict(type=int, help="sampler steps of the teacher's own scheduler (default: the toy's 10, "
+                                          "BK-SDM's 25 for SD teachers)")),
+    ("resolution", dict(type=int, help="image size in px for generation and the imagefolder's KD latents "
+                                       "(default: the teacher's own, unet sample_size x the VAE scale factor)")),
+    ("precision", dict(choices=("fp32", "bf16", "fp16"), help="KD mixed precision, a fast path (default: fp32)")),
+    ("batch_size", dict(type=int, help="KD batch size (default: distill's, 16)")),
+    ("lr", dict(type=float, help="KD learning rate (default: the toy's 5e-4; BK-SDM's 5e-5 for SD teachers)")),
+    ("teacher_cache", dict(choices=("auto", "disk", "off"), help="teacher outputs: auto = on disk where they fit "
+                                                                 "under the cap (BLOCKSEARCH_CACHE_GB and the disk's "
+                                                                 "free space), else a live teacher; disk = refuse "
+                                                                 "over the cap; off = always live")),
     ("sampler", dict(help=f"Optuna sampler: {' | '.join(SAMPLERS)}")),
     ("seed", dict(type=int, help="seed of the sampler and of distillation")),
     ("objectives", dict(type=_names, help="comma-separated objectives: " + ", ".join(
@@ -254,24 +278,83 @@ def add_run_parser(verbs) -> None:
                     "Optuna study in persistent storage, each trial (surgery -> distillation -> "
                     "evaluation) run by Ray Tune. Re-running the same command resumes the study: "
                     "finished trials are kept, an architecture is never trained twice, and the BK-SDM "
-                    "designs are evaluated once per study. Example: blocksearch run --space unet_blocks")
+                    "designs are evaluated once per study; a resume with settings that would make the "
+                    "trials incomparable is refused. A real teacher's inputs are checked before Ray starts. "
+                    "Example: blocksearch run --space unet_blocks")
+    p.add_argument("--config", metavar="FILE", help="a YAML file of these flags (keys: flag names, dashes or "
+                                                    "underscores; paths as on the command line, relative to the "
+                                                    "working directory); flags on the command line override it")
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     for name, kwargs in RUN_FLAGS:
         default = defaults[name]
         if isinstance(default, tuple):  # --objectives: shown and parsed as comma-separated text
             default = ",".join(default)
-        shown = "" if default is None or default is False else " (default: %(default)s)"
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
-                       **{**kwargs, "help": kwargs["help"] + shown})
+        shown = "" if default is None or default is False else f" (default: {default})"
+        # not given: absent (SUPPRESS), so that --config can tell a flag on the command line from a default
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                       **{**kwargs, "help": kwargs["help"].replace("%", "%%") + shown})
     p.set_defaults(handler=cmd_run)
 
 
 def cmd_run(args) -> int:
     from blocksearch.search import run_search
 
-    given = {name: getattr(args, name) for name, _ in RUN_FLAGS}
-    run_search(SearchConfig(**given, command=" ".join(["blocksearch"] + sys.argv[1:])))
+    given = {name: getattr(args, name) for name, _ in RUN_FLAGS if hasattr(args, name)}
+    from_file = read_run_config(args.config) if args.config else {}
+    run_search(SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:])))
     return 0
+
+
+def read_run_config(path: str) -> dict:
+    """``--config FILE``: a YAML mapping of run flags (``steps: 5``, ``eval-prompts: 8``), typed as the flags."""
+    import yaml
+
+    flags = dict(RUN_FLAGS)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as err:
+        raise BlocksearchError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise BlocksearchError(f"--config {path}: malformed YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BlocksearchError(f"--config {path}: expected a mapping of flag names to values, got a "
+                               f"{type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in flags:
+            raise BlocksearchError(f"--config {path}: unknown key {key!r}; allowed: "
+                                   f"{', '.join(n.replace('_', '-') for n in flags)}")
+        out[name] = _config_value(path, key, value, flags[name])
+    return out
+
+
+def _config_value(path: str, key, value, kwargs: dict):
+    """A YAML value as its flag would parse it; a wrong type is one line naming the file and the key."""
+    kind = kwargs.get("type")
+    if kwargs.get("action") == "store_true":
+        ok, want = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is float:
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        value = float(value) if ok else value
+    elif kind is _names:
+        ok, want = isinstance(value, (str, list)), "a list of names or comma-separated text"
+        value = _names(",".join(map(str, value)) if isinstance(value, list) else value) if ok else value
+    else:
+        if isinstance(value, bool) and "off" in kwargs.get("choices", ()):  # YAML 1.1 reads off / on as booleans
+            value = "on" if value else "off"
+        ok, want = isinstance(value, (str, int, float)) and not isinstance(value, bool), "text"
+        value = str(value) if ok else value
+    if ok and kwargs.get("choices") and value not in kwargs["choices"]:
+        ok, want = False, " | ".join(kwargs["choices"])
+    if not ok:
+        raise BlocksearchError(f"--config {path}: {key}: {value!r} is not {want}")
+    return value
 
 
 # -- blocksearch distill / evaluate (issue 4) ------------------------------------------------
@@ -302,8 +385,13 @@ def add_distill_parser(verbs) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="toy (the toy world), or an imagefolder (images + metadata.jsonl/.csv "
                    "with file_name and text) (default: DistillConfig's)")
+    p.add_argument("--resolution", type=int, help="px the imagefolder's images are encoded at (default: the "
+                   "teacher's own)")
     p.add_argument("--cache-dir", default=None, help=f"teacher cache folder (default: {default_cache_dir()})")
-    p.add_argument("--no-teacher-cache", action="store_true", help="run the teacher live at every step")
+    p.add_argument("--teacher-cache", choices=("auto", "disk", "off"), default="auto",
+                   help="teacher outputs on disk where they fit under the cap, else live (auto); disk: refuse "
+                        "over the cap; off: always live (default: %(default)s)")
+    p.add_argument("--no-teacher-cache", action="store_true", help="the same as --teacher-cache off")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(handler=cmd_distill)
@@ -314,17 +402,19 @@ def cmd_distill(args) -> int:
 
     import torch
 
-    from blocksearch.distill import DistillConfig, distill, resolve_design, write_student
+    from blocksearch.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
     from blocksearch.surgery import build_student, load_student
-    from blocksearch.teachers import load_teacher
+    from blocksearch.teachers import is_toy, load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
     given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lambda_task=args.lambda_task,
                  lambda_out=args.lambda_out, lambda_feat=args.lambda_feat, precision=args.precision,
-                 seed=args.seed, data=args.data)
-    config = DistillConfig(**{k: v for k, v in given.items() if v is not None}, feat_norm=args.feat_norm,
-                           cache_dir=args.cache_dir, teacher_cache=not args.no_teacher_cache)
+                 seed=args.seed, data=args.data, resolution=args.resolution)
+    defaults = distill_defaults(is_toy(args.teacher))  # BK-SDM's lr for SD teachers
+    config = DistillConfig(**(defaults | {k: v for k, v in given.items() if v is not None}), feat_norm=args.feat_norm,
+                           cache_dir=args.cache_dir,
+                           teacher_cache="off" if args.no_teacher_cache else args.teacher_cache)
     teacher = load_teacher(args.teacher, args.device)
     if args.init:  # continue distilling a saved student (e.g. an exported one, at full length)
         student, name = load_student(args.init, teacher.unet), None
@@ -333,6 +423,8 @@ def cmd_distill(args) -> int:
         genome, name = resolve_design(teacher.unet, args.design, args.space)
         student = build_student(teacher.unet, genome)
     result = distill(teacher, student, config, args.device)
+    if config.steps:
+        print(result.extra["teacher_cache"])
     meta = {"teacher": args.teacher, "design": name, "space": args.space, "distill": config.to_dict(),
             "device": args.device, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
     out = write_student(Path(args.out), student, result, meta)
@@ -350,25 +442,42 @@ def add_evaluate_parser(verbs) -> None:
         "evaluate", help="score a student folder: FID, text alignment, params, MACs, latency",
         description="Generate the fixed prompt set with fixed seeds using the student U-Net in the "
                     "teacher's pipeline, then compute FID (torch-fidelity), text alignment, params, MACs "
-                    "and latency; print them and write DIR/metrics.json.")
-    p.add_argument("dir", help="a folder written by `blocksearch distill` (or any diffusers U-Net folder)")
+                    "and latency; print them and write DIR/metrics.json. Defaults follow the teacher: the "
+                    "toy's settings for the toy, BK-SDM's for SD teachers (guidance 7.5, 25 steps of the "
+                    "teacher's own scheduler, its own resolution). --protocol bk-sdm runs BK-SDM's zero-shot "
+                    "MS-COCO evaluation instead and prints it next to the published figures.")
+    p.add_argument("dir", help="a folder written by `blocksearch distill` (or any diffusers U-Net or pipeline folder)")
     p.add_argument("--teacher", default=None, help=TEACHER_HELP + " (default: the one in DIR/distill.json, else toy)")
+    p.add_argument("--protocol", choices=("search", "bk-sdm"), default="search",
+                   help="search: the search's own evaluation (EvalConfig); bk-sdm: BK-SDM's MS-COCO protocol "
+                        "(30K val2014 captions, PNDM 25 steps, guidance 7.5, 512 px resized to 256, FID/IS/CLIP) "
+                        "on --coco-captions and --coco-images (default: %(default)s)")
     p.add_argument("--prompts", type=int, help="number of prompts (default: EvalConfig's)")
-    p.add_argument("--sampler-steps", type=int, help="sampler steps (default: EvalConfig's)")
+    p.add_argument("--sampler-steps", type=int, help="sampler steps (default: the toy's 10; 25 for SD teachers "
+                                                     "and the bk-sdm protocol)")
     p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: EvalConfig's, the best for the toy teacher; "
-                        "SD teachers are usually sampled at 7.5)")
+                   help="classifier-free guidance scale (default: the toy's 3; BK-SDM's 7.5 for SD teachers)")
+    p.add_argument("--resolution", type=int, help="generated image size in px (default: the teacher's own; 512 "
+                                                  "for the bk-sdm protocol)")
     p.add_argument("--seed", type=int)
     p.add_argument("--reference-images", type=int, help="toy: real images behind the FID reference statistics")
     p.add_argument("--latency-repeats", type=int, help="timed repeats of the latency measurement")
-    p.add_argument("--reference", default=None, help="real teachers: imagefolder of reference images + captions")
+    p.add_argument("--reference", default=None, help="real teachers: folder of reference images (an imagefolder's "
+                                                     "captions are the prompts)")
+    p.add_argument("--captions", default=None, help="real teachers: imagefolder whose captions are the prompts "
+                                                    "(default: --reference's)")
     p.add_argument("--inception-weights", default=None, help="real teachers: path to "
                    "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's Inception)")
     p.add_argument("--clip-model", default=None, help="real teachers: local CLIP model folder for alignment")
+    p.add_argument("--coco-captions", default=None, metavar="FILE", help="bk-sdm: captions_val2014.json")
+    p.add_argument("--coco-images", default=None, metavar="DIR", help="bk-sdm: the val2014 image folder")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="bk-sdm: the first N of the 30K prompts, a cheaper subset that says it is one")
     p.add_argument("--cache-dir", default=None, help=f"cache folder (default: {default_cache_dir()})")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("-o", "--out", default=None, help="metrics JSON path (default DIR/metrics.json)")
+    p.add_argument("-o", "--out", default=None, help="metrics JSON path (default DIR/metrics.json; bk-sdm: "
+                                                     "DIR/metrics-bk-sdm.json)")
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -378,21 +487,28 @@ def cmd_evaluate(args) -> int:
 
     import torch
 
-    from blocksearch.evaluate import EvalConfig, evaluate
+    from blocksearch.evaluate import EvalConfig, eval_defaults, evaluate
+    from blocksearch.preflight import check_real_inputs
     from blocksearch.teachers import load_teacher, load_unet
 
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.dir)
+    info = json.loads((folder / "distill.json").read_text()) if (folder / "distill.json").is_file() else {}
+    teacher_spec = args.teacher or info.get("teacher", "toy")
+    if args.protocol == "bk-sdm":
+        return cmd_evaluate_protocol(args, folder, teacher_spec)
+    check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,
+                      fid_images=args.prompts or EvalConfig.prompts)
     unet = load_unet(folder, what="student folder",
                      expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
-    info = json.loads((folder / "distill.json").read_text()) if (folder / "distill.json").is_file() else {}
-    teacher = load_teacher(args.teacher or info.get("teacher", "toy"), args.device)
+    teacher = load_teacher(teacher_spec, args.device)
     given = dict(prompts=args.prompts, steps=args.sampler_steps, guidance=args.guidance, seed=args.seed,
-                 reference_images=args.reference_images, latency_repeats=args.latency_repeats)
-    config = EvalConfig(**{k: v for k, v in given.items() if v is not None}, reference=args.reference,
-                        inception_weights=args.inception_weights, clip_model=args.clip_model,
-                        cache_dir=args.cache_dir)
+                 resolution=args.resolution, reference_images=args.reference_images,
+                 latency_repeats=args.latency_repeats)
+    config = EvalConfig(**(eval_defaults(teacher.is_toy) | {k: v for k, v in given.items() if v is not None}),
+                        reference=args.reference, captions=args.captions, inception_weights=args.inception_weights,
+                        clip_model=args.clip_model, cache_dir=args.cache_dir)
     metrics = evaluate(teacher, unet, config, args.device)
     out = Path(args.out) if args.out else folder / "metrics.json"
     out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
@@ -400,6 +516,44 @@ def cmd_evaluate(args) -> int:
     print(f"fid {metrics.fid:.4f}  alignment {align}  params {metrics.params / 1e6:.2f}M  "
           f"MACs {metrics.macs / 1e9:.3f}G  latency {metrics.latency_ms:.2f} ms (cv {metrics.latency_cv:.1%})")
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.timings.items()))
+    print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
+    """``evaluate --protocol bk-sdm``: coco.evaluate_protocol on the user's val2014 files, printed next to
+    the published BK-SDM figures (coco.PUBLISHED)."""
+    import json
+    from pathlib import Path
+
+    from blocksearch.coco import ProtocolSpec, evaluate_protocol, format_result
+    from blocksearch.evaluate import inception_weights, student_pipeline
+    from blocksearch.teachers import load_teacher, load_unet
+
+    needed = {"--coco-captions": args.coco_captions, "--coco-images": args.coco_images,
+              "--clip-model": args.clip_model}
+    missing = [flag for flag, value in needed.items() if value is None]
+    if missing:
+        raise BlocksearchError(f"--protocol bk-sdm needs {', '.join(missing)}: BK-SDM's MS-COCO val2014 captions "
+                               f"file and images, and a local CLIP folder for the CLIP score")
+    unused = [f"--{k.replace('_', '-')}" for k in ("prompts", "reference", "captions", "reference_images")
+              if getattr(args, k) is not None]
+    if unused:
+        raise BlocksearchError(f"{', '.join(unused)}: not used by --protocol bk-sdm (its prompts and reference "
+                               f"are MS-COCO's; --limit N takes a subset)")
+    from blocksearch.evaluate import EvalConfig
+
+    weights = args.inception_weights or str(inception_weights(EvalConfig()))
+    overrides = dict(steps=args.sampler_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
+    spec = ProtocolSpec(**{k: v for k, v in overrides.items() if v is not None})
+    unet = load_unet(folder, what="student folder", expected="a folder written by `blocksearch distill`, a "
+                                                             "diffusers U-Net folder or a pipeline folder")
+    teacher = load_teacher(teacher_spec, args.device)
+    result = evaluate_protocol(student_pipeline(teacher, unet), spec, args.coco_captions, args.coco_images, weights,
+                               args.clip_model, limit=args.limit, device=args.device, cache_dir=args.cache_dir)
+    out = Path(args.out) if args.out else folder / "metrics-bk-sdm.json"
+    out.write_text(json.dumps(result | {"model": str(folder), "teacher": teacher.name}, indent=2, default=str) + "\n")
+    print(format_result(result, str(folder)))
     print(f"metrics written to {out}")
     return 0
 

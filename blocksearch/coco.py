@@ -115,13 +115,14 @@ def evaluate_protocol(pipe, spec: ProtocolSpec, captions_json, images_dir, incep
     scores, fid_how = _fid_is(images, reference, spec, inception_weights, device, cache_dir)
     clip = clip_score(images, prompts, str(clip_model), device)
     t2 = time.perf_counter()
-    subset = n < FULL_PROMPTS
+    subset, changed = n < FULL_PROMPTS, deviations(spec)
     return {
-        "protocol": "bk-sdm", "subset": subset, "prompts": n, **scores, "clip": clip,
+        "protocol": "bk-sdm", "subset": subset, "prompts": n, **scores, "clip": clip, "deviations": changed,
         "spec": asdict(spec), "published": PUBLISHED, "timings": {"generate_s": t1 - t0, "score_s": t2 - t1},
         "measured": {
             "protocol": "BK-SDM zero-shot MS-COCO (arXiv 2305.15798 sec. 4)" + (
-                f"; SUBSET: {n} of {FULL_PROMPTS} prompts, not comparable with the published figures" if subset else ""),
+                f"; SUBSET: {n} of {FULL_PROMPTS} prompts, not comparable with the published figures" if subset else "")
+            + (f"; NOT the protocol's settings: {', '.join(changed)}" if changed else ""),
             "prompts": f"{n} val2014 captions of {Path(captions_json)}, one per distinct image, seed {spec.seed}, "
                        f"sha {_sha(pairs)}",
             "generation": {"scheduler": spec.scheduler, "steps": spec.steps, "guidance": spec.guidance,
@@ -134,6 +135,32 @@ def evaluate_protocol(pipe, spec: ProtocolSpec, captions_json, images_dir, incep
                     f"{spec.eval_resolution} px images; BK-SDM used open_clip ViT-g/14",
         },
     }
+
+
+def deviations(spec: ProtocolSpec) -> list[str]:
+    """The settings of ``spec`` that differ from BK-SDM's (the seed is not one: theirs are not published)."""
+    ref = ProtocolSpec()
+    return [f"{k} {getattr(spec, k)} (BK-SDM: {getattr(ref, k)})" for k in
+            ("steps", "guidance", "resolution", "eval_resolution", "scheduler", "is_splits")
+            if getattr(spec, k) != getattr(ref, k)]
+
+
+def format_result(result: dict, name: str) -> str:
+    """The result next to the published BK-SDM figures (coco.PUBLISHED), with what makes them incomparable."""
+    n = result["prompts"]
+    lines = [f"BK-SDM zero-shot MS-COCO protocol: {n} of {FULL_PROMPTS} val2014 prompts"]
+    if result["subset"]:
+        lines.append(f"SUBSET (--limit {n}): FID at {n} images is biased upward; not comparable with the published "
+                     f"figures (30K)")
+    if result.get("deviations"):
+        lines.append("NOT the protocol's settings: " + ", ".join(result["deviations"]))
+    lines.append(f"{'model':24s} {'FID':>8s} {'IS':>8s} {'CLIP':>8s}")
+    lines.append(f"{name[-24:]:24s} {result['fid']:8.2f} {result['is']:8.2f} {result['clip']:8.4f}")
+    for model, fig in PUBLISHED.items():
+        lines.append(f"{model + ' (published)':24s} {fig['fid']:8.2f} {fig['is']:8.2f} {fig['clip']:8.4f}")
+    lines.append("CLIP: this model's with the given CLIP folder; the published ones with open_clip ViT-g/14 "
+                 "(different models, different scales)")
+    return "\n".join(lines)
 
 
 def protocol_pipeline(pipe, spec: ProtocolSpec):

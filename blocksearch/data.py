@@ -58,14 +58,18 @@ class BatchStream:
     """Batch ``i`` of the stream is a pure function of (teacher, data, seed, batch size, i)."""
 
     def __init__(self, pipeline, data: str = "toy", batch_size: int = 16, seed: int = 0,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, resolution: int | None = None):
         self.pipe, self.data, self.batch_size, self.seed = pipeline, data, batch_size, seed
         self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.prediction_type = self.scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise BlocksearchError(f"teacher scheduler prediction_type {self.prediction_type!r} is not "
                                    f"supported; allowed: epsilon, v_prediction")
-        self.folder = None if data == "toy" else ImageFolder(data, pipeline, cache_dir or default_cache_dir())
+        if data == "toy" and resolution is not None:
+            raise BlocksearchError(f"resolution {resolution} applies to an imagefolder --data; the toy world's "
+                                   f"images have their own size")
+        self.folder = None if data == "toy" else ImageFolder(data, pipeline, cache_dir or default_cache_dir(),
+                                                               resolution)
         self._empty = None
 
     @property
@@ -123,8 +127,9 @@ def encode_text(pipe, captions: list[str]) -> torch.Tensor:
 class ImageFolder:
     """A Hugging Face imagefolder of captioned images, encoded once (VAE latents + text embeddings)."""
 
-    def __init__(self, root: str, pipe, cache_dir: Path):
+    def __init__(self, root: str, pipe, cache_dir: Path, resolution: int | None = None):
         self.root = Path(root)
+        self.size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor  # the teacher's own
         if not self.root.is_dir():
             raise BlocksearchError(f"dataset folder {root} does not exist; pass 'toy' or an imagefolder "
                                    f"(images + metadata.jsonl or metadata.csv with file_name and text)")
@@ -132,7 +137,7 @@ class ImageFolder:
         meta = next(p for p in (self.root / "metadata.jsonl", self.root / "metadata.csv") if p.exists())
         stat = meta.stat()
         self.identity = {"folder": str(self.root.resolve()), "items": len(self.items),
-                         "metadata": [stat.st_size, int(stat.st_mtime)]}
+                         "metadata": [stat.st_size, int(stat.st_mtime)], "resolution": self.size}
         key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder)])
                              .encode()).hexdigest()[:16]
         path = cache_dir / f"dataset-{key}.safetensors"
@@ -145,7 +150,7 @@ class ImageFolder:
         self.latents, self.text = cached["latents"], cached["text"]
 
     def _encode(self, pipe) -> dict[str, torch.Tensor]:
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = self.size
         gen = torch.Generator().manual_seed(0)
         latents, text = [], []
         for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch"):

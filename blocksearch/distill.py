@@ -30,10 +30,15 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.space import Genome, load_space
 from blocksearch.surgery import Student
-from blocksearch.teacher_cache import DEFAULT_CAP_GB, FeatureHooks, open_cache, teacher_forward
+from blocksearch.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
+                                       cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher, topology_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+CACHE_MODES = ("auto", "disk", "off")  # auto: disk where it fits under the cap, else the teacher runs live
+# The defaults that follow the teacher: the toy's are DistillConfig's own; SD-family teachers get BK-SDM's
+# AdamW learning rate (arXiv 2305.15798 sec. 4: 5e-5).
+SD_DISTILL = {"lr": 5e-5}
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,19 @@ class DistillConfig(Settings):
     precision: str = "fp32"  # or mixed precision: "bf16" (CPU/GPU), "fp16" (CUDA)
     seed: int = 0
     data: str = "toy"  # "toy" or an imagefolder path
+    resolution: int | None = None  # imagefolder images are encoded at this size in px (None: the teacher's own)
     cache_dir: str | None = None  # default: $BLOCKSEARCH_CACHE or ~/.cache/blocksearch
-    teacher_cache: bool = True  # reuse teacher outputs across candidates
+    teacher_cache: str = "auto"  # reuse teacher outputs across candidates: auto | disk | off (see CACHE_MODES)
     cache_gb: float = DEFAULT_CAP_GB
     max_grad_norm: float = 1.0
 
     def __post_init__(self):
+        if isinstance(self.teacher_cache, bool):  # settings of earlier versions: True (cached), False (live)
+            object.__setattr__(self, "teacher_cache", "auto" if self.teacher_cache else "off")
+        if self.teacher_cache not in CACHE_MODES:
+            raise BlocksearchError(f"teacher cache {self.teacher_cache!r}; allowed: {', '.join(CACHE_MODES)}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise BlocksearchError(f"resolution {self.resolution}: allowed: a multiple of 8 (the VAE's scale factor)")
         if self.precision not in PRECISIONS:
             raise BlocksearchError(f"precision {self.precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
         for name, low in (("steps", 0), ("batch_size", 1)):
@@ -63,6 +75,11 @@ class DistillConfig(Settings):
                 raise BlocksearchError(f"distill {name} must be an integer >= {low}, got {getattr(self, name)!r}")
         if not self.lr > 0 or min(self.lambda_task, self.lambda_out, self.lambda_feat) < 0:
             raise BlocksearchError("distill lr must be > 0 and every lambda >= 0")
+
+
+def distill_defaults(toy: bool) -> dict:
+    """The KD settings that follow the teacher: DistillConfig's own for the toy, ``SD_DISTILL`` for others."""
+    return {} if toy else dict(SD_DISTILL)
 
 
 @dataclass(frozen=True)
@@ -143,11 +160,33 @@ class Distiller:
         self.unet.eval().requires_grad_(False)
 
 
-def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu"):
-    """Build (or find) the teacher cache of ``config`` once, e.g. in the search driver before its trials."""
+def batch_stream(teacher: Teacher, config: DistillConfig) -> BatchStream:
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    stream = BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir)
-    return open_cache(teacher.name, teacher.unet, stream, config.steps, cache_dir, config.cache_gb, device=device)
+    return BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir, config.resolution)
+
+
+def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
+                          stream: BatchStream | None = None) -> tuple[TeacherCache | None, str]:
+    """The teacher cache of ``config`` (built once, e.g. in the search driver before its trials), or None
+    where the teacher runs live instead; and why. ``auto`` caches where the file fits under the cap (the
+    smaller of ``cache_gb`` and what the disk has), else runs the teacher live (on a GPU a teacher forward is
+    cheap); ``disk`` refuses a file over the cap; ``off`` always runs live. Decided before any forward."""
+    if config.teacher_cache == "off" or not config.steps:
+        return None, "teacher cache off: the teacher runs live in each trial"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    stream = stream or batch_stream(teacher, config)
+    first = stream[0]
+    per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, first.noisy.shape[-1], 2,
+                                    text_tokens=first.text.shape[1])  # the file stores fp16 (open_cache's dtype)
+    cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
+    mode, why = cache_plan(per_step, config.steps, cap, what)
+    if mode == "live" and config.teacher_cache == "disk":
+        raise BlocksearchError(f"--teacher-cache disk: {cache_figures(per_step, config.steps, cap, what)} is over "
+                               f"the cap; allowed: --teacher-cache auto (a live teacher), fewer --steps or a "
+                               f"smaller --batch-size, or a larger BLOCKSEARCH_CACHE_GB")
+    if mode == "live":
+        return None, why
+    return open_cache(teacher.name, teacher.unet, stream, config.steps, cache_dir, cap / 2**30, device=device), why
 
 
 def distill(teacher: Teacher, student: Student, config: DistillConfig, device="cpu",
@@ -155,11 +194,8 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     """Train ``student.unet`` in place by KD; ``on_step(step, record)`` after each step (may raise to stop)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    stream = BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir)
-    cache = None
-    if config.teacher_cache and config.steps:
-        cache = prepare_teacher_cache(teacher, config, device)
+    stream = batch_stream(teacher, config)
+    cache, cache_why = prepare_teacher_cache(teacher, config, device, stream)
     teacher_s = time.perf_counter() - start
     recipe = Distiller(teacher, student, config, device)
     losses = []
@@ -184,7 +220,7 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     finally:
         recipe.close()
     return DistillResult(losses, time.perf_counter() - start, teacher_s,
-                         str(cache.path) if cache is not None else None)
+                         str(cache.path) if cache is not None else None, {"teacher_cache": cache_why})
 
 
 def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):

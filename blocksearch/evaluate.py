@@ -36,6 +36,10 @@ from blocksearch.toy.judge import load_judge, text_alignment  # also registers t
 from blocksearch.toy.world import heldout_prompts, real_images
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# The defaults that follow the teacher: the toy's are EvalConfig's own; SD-family teachers are sampled as
+# BK-SDM evaluated them (arXiv 2305.15798 sec. 4: guidance 7.5, 25 steps of SD-v1.4's own PNDM scheduler;
+# here the teacher's own scheduler, as is, at the teacher's own resolution), 8 images per batch at 512 px.
+SD_EVAL = {"guidance": 7.5, "steps": 25, "batch_size": 8}
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
 
@@ -53,7 +57,9 @@ class EvalConfig(Settings):
     latency_repeats: int = 15
     latency_min_s: float = 0.2  # each repeat times a loop of calls at least this long
     latency_clock: str = "auto"  # wall | cpu (process time) | auto: cpu on a 1-thread CPU, else wall
-    reference: str | None = None  # real teachers: an imagefolder whose images and captions are the reference
+    resolution: int | None = None  # generated image size in px (None: the teacher's own)
+    reference: str | None = None  # real teachers: the FID reference images (a folder; an imagefolder's metadata rows)
+    captions: str | None = None  # real teachers: the imagefolder whose captions are the prompts (default: reference)
     inception_weights: str | None = None  # real teachers: path to weights-inception-2015-12-05-6726825d.pth
     clip_model: str | None = None  # real teachers: a local CLIP model folder for the alignment score
     latency_device: str | None = None  # the deployment target, cpu or cuda (default: the evaluation's device)
@@ -62,6 +68,8 @@ class EvalConfig(Settings):
     cache_dir: str | None = None
 
     def __post_init__(self):
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise BlocksearchError(f"resolution {self.resolution}: allowed: a multiple of 8 (the VAE's scale factor)")
         target = self.latency_device
         if target is not None and not (target == "cpu" or target.startswith("cuda")):
             raise BlocksearchError(f"latency device {target!r}; allowed: cpu, cuda, cuda:N")
@@ -76,6 +84,11 @@ class EvalConfig(Settings):
         if target.startswith("cuda") and not torch.cuda.is_available():
             raise BlocksearchError(f"latency device {target}: no CUDA device on this machine; allowed here: cpu")
         return target, self.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")
+
+
+def eval_defaults(toy: bool) -> dict:
+    """The evaluation settings that follow the teacher: EvalConfig's own for the toy, ``SD_EVAL`` for others."""
+    return {} if toy else dict(SD_EVAL)
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     fid, fid_how = scorer.fid(images, prompts, cache_dir, device)
     alignment, align_how = scorer.alignment(images, prompts, device)
     t2 = time.perf_counter()
-    latent = unet.config.sample_size
+    scale = teacher.pipeline.vae_scale_factor
+    latent = config.resolution // scale if config.resolution else unet.config.sample_size
     params, macs = cost(unet, latent, cache_dir)
     target, dtype = config.latency_target(device)
     speed, speed_how = speed_and_memory(
@@ -151,7 +165,8 @@ def generate_images(teacher: Teacher, unet, prompts, seeds, config: EvalConfig, 
                     progress: bool = True) -> torch.Tensor:
     """uint8 (N,3,H,W); image i depends only on (prompts[i], seeds[i])."""
     pipe = student_pipeline(teacher, unet).to(device)
-    return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress)
+    return generate(pipe, prompts, seeds, config.steps, config.guidance, config.batch_size, progress,
+                    config.resolution)
 
 
 # -- scorers: what differs between kinds of teacher -------------------------------------------------
@@ -195,30 +210,59 @@ class ToyScorer:
 
 @dataclass(frozen=True)
 class RealScorer:
-    """SD-family teachers: the --reference imagefolder's captions and images, Inception-v3 FID, CLIP score."""
+    """SD-family teachers: the first ``prompts`` captions of ``captions`` (default: the --reference
+    imagefolder's), FID against the --reference images with Inception-v3, the CLIP score."""
 
     config: EvalConfig
 
     def prompt_set(self) -> tuple[list[str], list[int]]:
-        items = read_metadata(_reference_folder(self.config))[:self.config.prompts]
-        return [c for _, c in items], [i + self.config.seed for i in range(len(items))]
+        return real_prompt_set(self.config)
 
     def fid(self, images, prompts, cache_dir, device):
         weights = str(inception_weights(self.config))
         folder = _reference_folder(self.config)
-        items, size = read_metadata(folder), images.shape[-1]
-        reference = ImageSet(len(items), lambda i: ((load_image(folder / items[i][0], size) + 1) * 127.5)
+        files, size = reference_images(folder), images.shape[-1]
+        reference = ImageSet(len(files), lambda i: ((load_image(files[i], size) + 1) * 127.5)
                              .round().clamp(0, 255).to(torch.uint8))
         return frechet_distance(
             images, reference, "inception-v3-compat", weights, cache_dir, device,
-            ref_id=["folder", str(folder.resolve()), len(items), size, os.stat(folder).st_mtime],
-            ref_desc=f"{len(items)} images of {folder} at {size}px")
+            ref_id=["folder", str(folder.resolve()), len(files), size, os.stat(folder).st_mtime],
+            ref_desc=f"{len(files)} images of {folder} at {size}px")
 
     def alignment(self, images, prompts, device):
         if self.config.clip_model is None:
             return None, "not measured: pass a local CLIP model folder (--clip-model) for a CLIP score"
         return clip_score(images, prompts, self.config.clip_model, device), (
             f"CLIP score: mean cosine similarity of image and prompt embeddings, {self.config.clip_model}")
+
+
+def real_prompt_set(config: EvalConfig) -> tuple[list[str], list[int]]:
+    """The first ``prompts`` captions of ``config.captions`` (default: the reference folder), seeds ``seed + i``."""
+    folder = Path(config.captions) if config.captions else _reference_folder(config)
+    items = read_metadata(folder)
+    if len(items) < config.prompts:
+        raise BlocksearchError(f"captions of {folder}: {len(items)} rows, but the evaluation asks for "
+                               f"{config.prompts} prompts; allowed: at most {len(items)} (--eval-prompts)")
+    return [c for _, c in items[:config.prompts]], [i + config.seed for i in range(config.prompts)]
+
+
+def reference_images(folder: Path) -> list[Path]:
+    """The FID reference images: an imagefolder's metadata rows, else every image file in ``folder``."""
+    from blocksearch.preflight import image_files
+
+    if (folder / "metadata.jsonl").is_file() or (folder / "metadata.csv").is_file():
+        return [folder / f for f, _ in read_metadata(folder)]
+    return image_files(folder)
+
+
+def evaluation_set(config: EvalConfig, toy: bool) -> dict:
+    """The evaluation set as a study records it: a sha256 of its (prompt, seed) pairs, and for a real
+    teacher the reference folder's image count (read from files only: no model is loaded)."""
+    prompts, seeds = ToyScorer(None, config).prompt_set() if toy else real_prompt_set(config)
+    out = {"prompts": len(prompts), "prompt_set_sha": _sha([prompts, seeds])}
+    if not toy:
+        out["reference_images"] = len(reference_images(_reference_folder(config)))
+    return out
 
 
 def scorer_for(teacher: Teacher, config: EvalConfig) -> Scorer:
@@ -278,8 +322,8 @@ def inception_weights(config: EvalConfig) -> Path:
 
 def _reference_folder(config: EvalConfig) -> Path:
     if not config.reference:
-        raise BlocksearchError("evaluating a real teacher needs --reference: an imagefolder of real images "
-                               "with captions (metadata.jsonl or metadata.csv: file_name, text)")
+        raise BlocksearchError("evaluating a real teacher needs --reference: a folder of real images (with "
+                               "captions in metadata.jsonl or metadata.csv, or captions from --data)")
     return Path(config.reference)
 
 

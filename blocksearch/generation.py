@@ -21,8 +21,10 @@ def generate(
     guidance_scale: float = GUIDANCE_SCALE,
     batch_size: int = 64,
     progress: bool = False,
+    resolution: int | None = None,
 ) -> torch.Tensor:
-    """uint8 (N,3,H,W) images; image i depends only on (prompts[i], seeds[i]), not on batching."""
+    """uint8 (N,3,H,W) images; image i depends only on (prompts[i], seeds[i]), not on batching; at
+    ``resolution`` px (None: the pipeline's default, the U-Net's sample_size x the VAE scale factor)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"generate got {len(prompts)} prompts but {len(seeds)} seeds")
     out = []
@@ -30,7 +32,8 @@ def generate(
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-            generator=gens, output_type="pt", callback_on_step_end=_yield_each_step,
+            height=resolution, width=resolution, generator=gens, output_type="pt",
+            callback_on_step_end=_yield_each_step,
         ).images
         out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)

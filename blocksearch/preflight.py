@@ -97,6 +97,15 @@ def check_data_folder(path) -> None:
         raise BlocksearchError(f"dataset folder {root}: all {len(items)} captions are empty; KD needs at least one")
 
 
+def check_captions(path, needed: int) -> None:
+    """An imagefolder with at least ``needed`` captions: the evaluation's prompts are its first ``needed``."""
+    root = Path(path)
+    found = len(read_metadata(root))  # names the metadata file when columns or images are missing
+    if found < needed:
+        raise BlocksearchError(f"captions of {root}: {found} rows, but the evaluation asks for {needed} prompts; "
+                               f"allowed: --eval-prompts {found} or fewer, or a folder with more captions")
+
+
 def reference_count(path) -> int:
     """Images of a reference folder: the rows of its metadata if it has one, else the image files in it."""
     root = Path(path)
@@ -169,11 +178,14 @@ def check_inception_weights(path) -> None:
 def check_clip_model(path) -> None:
     """A local CLIP folder that transformers' CLIPModel and CLIPProcessor load offline from safetensors."""
     from transformers import CLIPModel, CLIPProcessor
+    from transformers.utils import logging as hf_logging
 
     folder = Path(path)
     if not folder.is_dir():
         raise BlocksearchError(f"CLIP model folder {folder} does not exist; expected a local folder that "
                                f"CLIPModel and CLIPProcessor load (config, model.safetensors, processor files)")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a check prints its verdict only
     try:
         CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         CLIPProcessor.from_pretrained(folder, local_files_only=True)
@@ -181,6 +193,9 @@ def check_clip_model(path) -> None:
         raise BlocksearchError(f"CLIP model folder {folder} does not load offline with CLIPModel + CLIPProcessor "
                                f"({type(err).__name__}); expected config.json, model.safetensors and the "
                                f"processor files (save_pretrained)") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_real_inputs(teacher=None, data=None, reference=None, inception_weights=None, clip_model=None,

@@ -34,15 +34,16 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.cost import count_params
 from blocksearch.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig
+from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
+from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
-from blocksearch.study import (OBJECTIVES, SearchConfig, counts, default_runs_dir, default_storage,
+from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir, default_storage,
                                default_study_name, existing_study, open_storage, prepare_study, space_name)
 from blocksearch.surgery import student_config
-from blocksearch.teachers import ARCHITECTURES, load_teacher, load_teacher_unet, topology_of
+from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
 CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
@@ -62,10 +63,14 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError(f"--max-params {cfg.max_params}: must be > 0")
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
+    check_stage_flags(cfg)
     runs = Path(cfg.runs_dir or default_runs_dir()).resolve()
+    paths = {k: absolute(getattr(cfg, k)) for k in ("data", "reference", "captions", "inception_weights",
+                                                     "clip_model") if getattr(cfg, k) not in (None, "toy")}
+    teacher = str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher  # trials chdir
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
-                               candidate=cfg.candidate or CANDIDATE,
-                               study=cfg.study or default_study_name(cfg.space, cfg.teacher))
+                               candidate=cfg.candidate or CANDIDATE, teacher=teacher, **paths,
+                               study=cfg.study or default_study_name(cfg.space, teacher))
 
 
 def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, UNet2DConditionModel]:
@@ -78,17 +83,22 @@ def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, UNet2DCond
     return space.bind(topology_of(unet.config)), unet
 
 
-def trial_job(cfg: SearchConfig, bound: BoundSpace) -> tuple[TrialJob, dict]:
-    """The stage configs of every trial, and the study's user attrs (the study contract)."""
-    distill_cfg = DistillConfig(**({"steps": cfg.steps} if cfg.steps else {}), seed=cfg.seed)
-    eval_cfg = EvalConfig(**({"prompts": cfg.eval_prompts} if cfg.eval_prompts else {}),
-                          latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype)
+def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[TrialJob, dict]:
+    """The stage configs of every trial, and the study's user attrs (the study contract): its full
+    settings -- the teacher and a sha256 of its U-Net weights, the data, the evaluation set, the budgets
+    and constraints -- which a resume must match (``study.check_settings``)."""
+    distill_cfg, eval_cfg = stage_configs(cfg)
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10))
+    target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
+             "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
+             "data": data_identity(distill_cfg.data), "eval_set": evaluation_set(eval_cfg, is_toy(cfg.teacher)),
              "distill": _jsonable(job.distill), "eval": _jsonable(job.eval), "device": device,
+             "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
+             "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
              "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()}}
     return job, attrs
 
@@ -120,16 +130,21 @@ def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
     only on the batch (DESIGN.md, Distillation), so every trial then finds it warm instead of the first
     ones building it in silence. Trials on other machines of a cluster build their own copy."""
     config = DistillConfig.from_dict(job.distill)
-    if not (config.teacher_cache and config.steps):
+    if config.teacher_cache == "off" or not config.steps:
+        print("teacher cache off: the teacher runs live in each trial", file=out)
         return
     device = job.device if job.device == "cpu" or torch.cuda.is_available() else "cpu"
     where = config.cache_dir or default_cache_dir()
-    print(f"teacher cache: the teacher's outputs and stage features for {config.steps} KD batches of "
-          f"{config.batch_size} ({config.data} data), computed once for every trial, under {where}", file=out)
+    print(f"teacher cache ({config.teacher_cache}): the teacher's outputs and stage features for {config.steps} KD "
+          f"batches of {config.batch_size} ({config.data} data), computed once for every trial, under {where}",
+          file=out)
     t0 = time.perf_counter()
-    cache = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device)
+    cache, why = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device)
+    if cache is None:
+        print(why, file=out)
+        return
     print(f"teacher cache ready: {cache.path} ({cache.path.stat().st_size / 2**20:.0f} MB, "
-          f"{time.perf_counter() - t0:.0f} s)", file=out)
+          f"{time.perf_counter() - t0:.0f} s; {why})", file=out)
 
 
 def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: TextIO) -> float | None:
@@ -308,8 +323,11 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
     storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir),
                            heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     study = existing_study(storage, cfg)
+    check_inputs(cfg)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
     bound, teacher_unet = bind_space(space, cfg.teacher)
-    job, study_attrs = trial_job(cfg, bound)
+    job, study_attrs = trial_job(cfg, bound, teacher_unet)
+    if study is not None:
+        check_settings(study, study_attrs)  # a resume with incomparable settings: refused, nothing touched
     done = counts(study)["done"] if study is not None else 0
     if cfg.trials - done <= 0:
         print(f"study {cfg.study!r} already has {done} finished trials (>= --trials {cfg.trials}); "

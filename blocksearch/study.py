@@ -17,6 +17,7 @@ is written by :mod:`blocksearch.searcher` and read by :mod:`blocksearch.report`.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
               "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize"}
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "distill.cache_dir",
+                          "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir", "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
 
 
@@ -53,6 +57,20 @@ class SearchConfig:
     max_concurrent: int | None = None  # default: what the cluster's CPUs/GPUs allow
     steps: int | None = None  # distillation steps (None: DistillConfig's default)
     eval_prompts: int | None = None  # evaluation prompts (None: EvalConfig's default)
+    # the settings of a real teacher, named as in `distill` / `evaluate`; None: the default that follows the
+    # teacher (the toy's own for the toy teacher, BK-SDM's for SD teachers: search.stage_configs)
+    data: str | None = None  # KD data: toy or an imagefolder (required for a real teacher)
+    reference: str | None = None  # FID reference images (real teachers)
+    captions: str | None = None  # imagefolder whose captions are the prompts (default: reference's, else data's)
+    inception_weights: str | None = None  # torch-fidelity's Inception weights (default: found in the caches)
+    clip_model: str | None = None  # local CLIP folder for the alignment score (real teachers)
+    guidance: float | None = None
+    sampler_steps: int | None = None
+    resolution: int | None = None  # px, generation and imagefolder encoding (default: the teacher's own)
+    precision: str | None = None  # KD mixed precision
+    batch_size: int | None = None  # KD batch
+    lr: float | None = None  # KD learning rate
+    teacher_cache: str = "auto"  # auto | disk | off
     sampler: str = "tpe"
     seed: int = 0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
@@ -173,6 +191,33 @@ def existing_study(storage, cfg: SearchConfig) -> optuna.Study | None:
             raise BlocksearchError(
                 f"study {cfg.study!r} was run with {key} {attrs[key]!r}, not {value!r}; use another --study")
     return study
+
+
+def check_settings(study: optuna.Study, attrs: dict) -> None:
+    """Refuse to resume ``study`` with settings (``search.trial_job``'s attrs) that would make its trials
+    incomparable: one line listing each difference, old -> new. Keys the study does not have yet (an
+    earlier version's study) and ``NOT_COMPARED`` keys are not compared. Reads only."""
+    old, new = _flat(study.user_attrs), _flat(json.loads(json.dumps(attrs, default=str)))
+    diff = [f"{k} {_short(old[k])} -> {_short(v)}" for k, v in new.items()
+            if k in old and k not in NOT_COMPARED and old[k] != v]
+    if diff:
+        raise BlocksearchError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); its "
+                               f"trials would not be comparable: rerun with its settings or pass a new --study")
+
+
+def _flat(attrs: dict) -> dict:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, dict) and key != "reference_designs":
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 48 else text[:45] + "..."
 
 
 def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: dict, out=None) -> optuna.Study:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_CAP_GB = float(os.environ.get("BLOCKSEARCH_CACHE_GB", 4.0))
+DISK_RESERVE = 2**30  # bytes the teacher cache always leaves free on its disk
 _INPUTS = ("noisy", "timesteps", "text", "target")
 
 
@@ -158,7 +160,7 @@ _INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchS
 def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
                          text_tokens: int = 77) -> int:
     """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
-    and the teacher's output and every feature of ``teacher_modules`` (stored at ``dtype_bytes``).
+    and the teacher's output and every feature of ``kd_teacher_modules`` (stored at ``dtype_bytes``).
 
     Shapes come from forward hooks on a U-Net built from the config on the meta device: no weights,
     no memory, no download."""
@@ -169,7 +171,7 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
         noisy = torch.empty(batch_size, unet.config.in_channels, latent_size, latent_size)
         timesteps = torch.zeros(batch_size, dtype=torch.long)
         text = torch.empty(batch_size, text_tokens, unet.config.cross_attention_dim)
-        hooks = FeatureHooks(unet, teacher_modules(unet.config))
+        hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
         try:
             out, feats = teacher_forward(unet, hooks, Batch(noisy, timesteps, text, noisy))
         finally:
@@ -179,12 +181,29 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
     return stored + sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes
 
 
-def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int) -> tuple[str, str]:
+def cache_cap(folder: Path, cap_gb: float) -> tuple[int, str]:
+    """The bytes the cache may hold, and what bounds them: ``cap_gb`` or, where less, what the disk has free
+    (the cache's own files count as free: they are evicted first) less ``DISK_RESERVE``: the disk never fills."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    disk = shutil.disk_usage(folder).free + ours - DISK_RESERVE
+    cap = int(cap_gb * 2**30)
+    if disk < cap:
+        return max(0, disk), f"the disk's free space less {DISK_RESERVE / 2**30:g} GiB"
+    return cap, "BLOCKSEARCH_CACHE_GB"
+
+
+def cache_figures(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str = "BLOCKSEARCH_CACHE_GB") -> str:
+    return (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {bytes_per_step * steps / 2**30:,.2f} "
+            f"GiB, cap {cap_bytes / 2**30:,.2f} GiB ({cap_what})")
+
+
+def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int,
+               cap_what: str = "BLOCKSEARCH_CACHE_GB") -> tuple[str, str]:
     """("disk", why) when ``steps`` cached steps fit under the cap, else ("live", why): the teacher then
     runs alongside the student in every trial instead of being read from the cache (DESIGN.md)."""
-    total = bytes_per_step * steps
-    figures = (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {total / 2**30:,.2f} GiB, "
-               f"cap {cap_bytes / 2**30:,.2f} GiB (BLOCKSEARCH_CACHE_GB)")
-    if total <= cap_bytes:
+    figures = cache_figures(bytes_per_step, steps, cap_bytes, cap_what)
+    if bytes_per_step * steps <= cap_bytes:
         return "disk", f"{figures}: fits, computed once and shared by every trial"
     return "live", f"{figures}: over the cap, so the teacher runs live in each trial"

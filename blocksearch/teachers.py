@@ -7,6 +7,7 @@ is already in the local Hugging Face cache (this tool never downloads at run tim
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +205,46 @@ def _pipeline(source: str, device: str) -> StableDiffusionPipeline:
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+# -- what a study records of its teacher, and the defaults that follow it ---------------------------
+def is_toy(spec: str) -> bool:
+    """Is ``--teacher`` the toy teacher (bundled, or a ``blocksearch toy build`` folder)? Its defaults and
+    scores are the toy's (judge FID, judge alignment); every other teacher is scored as a real one."""
+    return teacher_kind(spec) in ("toy", "toy-folder")
+
+
+def native_resolution(spec: str) -> int:
+    """The teacher's own image size: ``unet.sample_size`` x the VAE's scale factor (2^(stages-1)), as
+    diffusers' StableDiffusionPipeline defaults to; read from the configs only."""
+    kind = teacher_kind(spec)
+    if kind == "architecture":
+        return int(architecture(spec).config.sample_size) * 8  # every SD-family VAE downsamples 8x
+    if kind == "hub":
+        from diffusers import AutoencoderKL
+
+        try:
+            unet = UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True)
+            vae = AutoencoderKL.load_config(spec, subfolder="vae", local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise _not_cached(spec, err) from None
+    else:
+        folder = ASSETS if kind == "toy" else Path(spec)
+        configs = [folder / part / "config.json" for part in ("unet", "vae")]
+        missing = [c for c in configs if not c.is_file()]
+        if missing:
+            raise BlocksearchError(f"teacher folder {folder} has no {missing[0].parent.name}/config.json; expected "
+                                   f"a diffusers StableDiffusionPipeline folder (save_pretrained)")
+        unet, vae = (json.loads(c.read_text()) for c in configs)
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def weights_sha256(unet: torch.nn.Module) -> str:
+    """sha256 of every tensor of ``unet`` (name, dtype, shape and bytes, in name order): the teacher's
+    identity in a study. Unlike ``data.fingerprint`` it reads every byte (SD-v1's 3.4 GB: a few seconds)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
+    return h.hexdigest()

@@ -7,8 +7,8 @@ import pytest
 from blocksearch import search
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
-from blocksearch.study import (SearchConfig, counts, default_storage, default_study_name, existing_study,
-                               open_storage, open_study, prepare_study)
+from blocksearch.study import (SearchConfig, check_settings, counts, default_storage, default_study_name,
+                               existing_study, open_storage, open_study, prepare_study)
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet
 from tests.test_report import make_study
@@ -108,3 +108,28 @@ def test_counts_by_state(tmp_path):
         study.add_trial(optuna.trial.create_trial(state=state, values=[1.0, 2.0] if state == T.COMPLETE else None,
                                                   user_attrs=attrs))
     assert counts(study) == dict(done=3, running=1, stale=1, complete=2, pruned=1, failed=1, cached=2)
+
+
+def test_a_resume_with_incomparable_settings_is_refused_in_one_line(tmp_path, bound):
+    """study.check_settings: every differing result-changing key, old -> new; what does not change a trial's
+    result (command, device, teacher cache, cache dirs, eval batch size) and keys an older study lacks pass."""
+    cfg, storage = _cfg(tmp_path), _storage(tmp_path)
+    attrs = dict(ATTRS, teacher_unet_sha256="a" * 64, command="blocksearch run", device="cpu",
+                 distill={"steps": 5, "lr": 5e-5, "teacher_cache": "auto", "cache_dir": None},
+                 eval={"prompts": 8, "guidance": 7.5, "batch_size": 8}, constraints={"max_params": None})
+    study = prepare_study(storage, cfg, bound, attrs)
+    check_settings(study, attrs)
+    same = dict(attrs, command="blocksearch run --trials 9", device="cuda", new_key="x",
+                distill=dict(attrs["distill"], teacher_cache="off", cache_dir="/elsewhere"),
+                eval=dict(attrs["eval"], batch_size=64, resolution=512))  # eval.resolution: not recorded before
+    check_settings(study, same)
+    other = dict(attrs, teacher_unet_sha256="b" * 64, distill=dict(attrs["distill"], steps=6),
+                 eval=dict(attrs["eval"], guidance=3.0), constraints={"max_params": 1e6})
+    with pytest.raises(BlocksearchError) as err:
+        check_settings(study, other)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("study 't' was run with other settings (")
+    for part in ("distill.steps 5 -> 6", "eval.guidance 7.5 -> 3.0", "constraints.max_params None -> 1000000.0",
+                 "teacher_unet_sha256 'aaaa"):
+        assert part in message, message
+    assert "a new --study" in message and "command" not in message

@@ -88,3 +88,27 @@ def test_protocol_refuses_bad_inputs_before_generating(sd_folder, tiny_coco, inc
         evaluate_protocol(None, TINY_SPEC, captions, images_dir, bad, clip_folder, limit=4)
     with pytest.raises(BlocksearchError, match="--limit 0: allowed 1..30000"):
         evaluate_protocol(None, TINY_SPEC, captions, images_dir, inception_file, clip_folder, limit=0)
+
+
+def test_cli_protocol_prints_the_published_figures(sd_folder, tiny_coco, inception_file, clip_folder, tmp_path,
+                                                   capsys):
+    """`evaluate --protocol bk-sdm` on the tiny teacher (its own U-Net): a 4-prompt subset at 32 px that
+    says it is a subset and which settings are not the protocol's, next to BK-SDM's table."""
+    from blocksearch.cli import main
+
+    captions, images_dir = tiny_coco
+    args = ["evaluate", str(sd_folder), "--teacher", str(sd_folder), "--protocol", "bk-sdm", "--coco-captions",
+            str(captions), "--coco-images", str(images_dir), "--inception-weights", str(inception_file),
+            "--clip-model", str(clip_folder), "--cache-dir", str(tmp_path / "cache")]
+    out_file = tmp_path / "coco.json"
+    assert main(args + ["--limit", "4", "--resolution", "32", "--sampler-steps", "3", "-o", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "SUBSET (--limit 4)" in out and "NOT the protocol's settings: steps 3 (BK-SDM: 25), resolution 32" in out
+    for model, fig in PUBLISHED.items():
+        assert f"{model} (published)" in out and f"{fig['fid']:.2f}" in out
+    result = json.loads(out_file.read_text())
+    assert result["prompts"] == 4 and result["subset"] and result["spec"]["steps"] == 3
+    i = args.index("--coco-images")
+    assert main(args[:i] + args[i + 2:]) == 2  # a missing input: one line, exit 2
+    err = capsys.readouterr().err.strip()
+    assert "needs --coco-images" in err and "\n" not in err
