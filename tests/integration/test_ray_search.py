@@ -70,8 +70,11 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
         assert interrupted, "the kill should land mid-search, with trials running"
     finally:
         _kill_group(first)
-    second = run_cli(args, env)
-    out, _ = second.communicate(timeout=400)
+    second = run_cli(args, env, start_new_session=True)
+    try:
+        out, _ = second.communicate(timeout=400)
+    finally:
+        _kill_group(second)
     assert second.returncode == 0, out
     trials = _trials(db, study)
     after = {t.number: (t.state.name, t.values) for t in trials}
