@@ -255,7 +255,8 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
         fn,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=parallel),
                                     scheduler=scheduler, reuse_actors=True,
-                                    num_samples=cfg.trials),  # the searcher stops at --trials over every driver,
+                                    num_samples=-1),  # until the searcher says FINISHED: --trials finished
+                                    # over every driver (early-stopped candidates and repeats do not count),
         run_config=tune.RunConfig(name=f"{cfg.study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(Path(cfg.runs_dir) / cfg.study / "tune"), verbose=0),
     )
