@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -580,9 +581,26 @@ def add_bench_parser(verbs) -> None:
     _clock_arg(lat)
     lat.set_defaults(handler=cmd_bench)
     add_bench_search_parser(sub)
-    from blocksearch.bench_stability import add_bench_stability_parser  # imports torch and diffusers
-
     add_bench_stability_parser(sub)
+
+
+def add_bench_stability_parser(sub) -> None:
+    p = sub.add_parser(
+        "stability", help="latency isolated vs under training load; in-search vs isolated",
+        description="Measures the teacher and the named designs twice -- isolated, then while two KD training runs "
+                    "(real ``distill`` loops, the work a search's trials do) run on the same machine -- through the "
+                    "same ``measure_latency`` the trials use (the measurement slot of ``cache.py``), and prints the "
+                    "largest relative difference (target <= 3 %). For contrast it also times them under load "
+                    "*without* the slot (what the trials did before). With ``--study``, re-measures every completed "
+                    "student of a finished study in isolation and prints Kendall's tau between in-search and "
+                    "isolated latency (target >= 0.95).")
+    p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
+    p.add_argument("--trainers", type=int, default=2, help="KD runs in the background (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
+    p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
+    p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
+    p.set_defaults(handler=cmd_bench)
 
 
 def _clock_arg(p) -> None:
@@ -592,10 +610,10 @@ def _clock_arg(p) -> None:
 
 
 def cmd_bench(args) -> int:
-    """``bench kd | latency``: bench.py's ``cmd_bench_<command>``, imported only when it runs."""
-    from blocksearch import bench
-
-    return getattr(bench, f"cmd_bench_{args.bench_command}")(args)
+    """``bench kd | latency | stability``: ``cmd_bench_<command>`` of bench.py or bench_stability.py, imported
+    only when it runs (both import torch and diffusers at their top)."""
+    module = "blocksearch.bench_stability" if args.bench_command == "stability" else "blocksearch.bench"
+    return getattr(importlib.import_module(module), f"cmd_bench_{args.bench_command}")(args)
 
 
 if __name__ == "__main__":
