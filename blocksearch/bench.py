@@ -3,57 +3,36 @@
 - ``kd``: KD step cost with a warm teacher cache / without it, against a plain student training step;
 - ``latency``: U-Net step latency of the teacher and the named designs (random weights; architecture only).
 - ``search``: the search's sampler vs random search, hypervolume ratio (``blocksearch/bench_search.py``).
-Verb handlers are ``cmd_bench_<verb>``, as ``cmd_<verb>`` in cli.py. Heavy imports live inside the functions so that building the CLI parser stays cheap.
+Verb handlers are ``cmd_bench_<verb>``, as ``cmd_<verb>`` in cli.py, which holds their parsers and imports
+this module only when a bench verb runs (``blocksearch --help`` stays free of torch).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from blocksearch.cache import measurement_slot
+from blocksearch.cost import unet_inputs
+from blocksearch.data import BatchStream
+from blocksearch.distill import DistillConfig, Distiller, resolve_design
+from blocksearch.errors import BlocksearchError
+from blocksearch.latency import pick_clock
+from blocksearch.space import load_space
+from blocksearch.surgery import build_student, student_config
+from blocksearch.teacher_cache import open_cache
+from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 
 KD_TARGETS = {"cached": 1.15, "live": 1.10}
-
-
-def add_bench_parsers(sub) -> None:
-    """Register the bench sub-commands on ``sub`` (an argparse subparsers object)."""
-    kd = sub.add_parser("kd", help="KD step cost with / without the teacher cache vs a plain training step",
-                        description="Time, interleaved on the same batch: a plain student training step "
-                                    "(task loss only), a KD step with a warm teacher cache, a teacher "
-                                    "forward, and a KD step without the cache; print the two ratios.")
-    kd.add_argument("--teacher", default="toy", help="teacher pipeline (default: toy)")
-    kd.add_argument("--design", default="bk_small", help="named design or genome id (default: bk_small)")
-    kd.add_argument("--batch-size", type=int, default=16)
-    kd.add_argument("--rounds", type=int, default=12, help="timed rounds (after 2 warm-up rounds)")
-    kd.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    kd.add_argument("--device", default="cpu")
-    kd.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
-                    help="wall clock, or process CPU time (immune to other processes on a shared CPU); "
-                         "auto: cpu with one CPU thread, else wall")
-    kd.set_defaults(handler=cmd_bench_kd)
-    lat = sub.add_parser("latency", help="U-Net step latency of the teacher and the named designs",
-                         description="Latency of one U-Net step (batch 2 = classifier-free guidance) at the "
-                                     "teacher's resolution for the teacher and each named design of the "
-                                     "space, with random weights, printed as ratios to the teacher.")
-    lat.add_argument("--teacher", default="toy", help="toy, sd-v1, sd-v2, sdxl, or a pipeline folder")
-    lat.add_argument("--space", default=None, help="space with the named designs (default: by teacher)")
-    lat.add_argument("--device", default="cpu")
-    lat.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    lat.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: 1 real-size, 3 toy)")
-    lat.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 3 real-size, 15 toy)")
-    lat.add_argument("--measurements", type=int, default=None,
-                     help="independent measurements per model, for the spread of their medians "
-                          "(default: 1 real-size, 5 toy)")
-    lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    lat.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
-                     help="wall clock, or process CPU time (immune to other processes on a shared CPU); "
-                          "auto: cpu with one CPU thread, else wall")
-    lat.set_defaults(handler=cmd_bench_latency)
-    from blocksearch.bench_search import add_bench_search_parser  # issue 5: bench search
-
-    add_bench_search_parser(sub)
-    from blocksearch.bench_stability import add_bench_stability_parser
-
-    add_bench_stability_parser(sub)
 
 
 def _median_ms(times) -> float:
@@ -62,19 +41,6 @@ def _median_ms(times) -> float:
 
 def cmd_bench_kd(args) -> int:
     """Two throughput ratios of the KD inner loop, timed interleaved so drift hits all alike."""
-    import copy
-    import tempfile
-    from pathlib import Path
-
-    import torch
-    import torch.nn.functional as F
-
-    from blocksearch.data import BatchStream
-    from blocksearch.distill import DistillConfig, Distiller, resolve_design
-    from blocksearch.surgery import build_student
-    from blocksearch.teacher_cache import open_cache
-    from blocksearch.teachers import load_teacher
-
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = load_teacher(args.teacher, args.device)
@@ -89,8 +55,6 @@ def cmd_bench_kd(args) -> int:
         cache = open_cache(teacher.name, teacher.unet, stream, 1, Path(tmp), device=args.device)
     batch = stream[0].to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    from blocksearch.latency import pick_clock
-
     clock = pick_clock(args.device, args.clock)
     now = time.process_time if clock == "cpu" else time.perf_counter
 
@@ -115,8 +79,6 @@ def cmd_bench_kd(args) -> int:
 
     ops = {"plain": plain_step, "cached": cached_step, "teacher": teacher_forward, "live": live_step}
     times = {k: [] for k in ops}
-    from tqdm.auto import tqdm
-
     for r in tqdm(range(args.rounds + 2), desc="bench kd", unit="round"):
         for name, op in ops.items():
             sync()
@@ -144,13 +106,6 @@ def cmd_bench_kd(args) -> int:
 
 def _bench_models(args):
     """(name, U-Net factory) for the teacher and every named design; real tensors, random weights."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from blocksearch.space import load_space
-    from blocksearch.surgery import student_config
-    from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
-
     if args.teacher in ARCHITECTURES:
         with torch.device("meta"):
             config = dict(UNet2DConditionModel(**ARCHITECTURES[args.teacher]).config)
@@ -170,19 +125,6 @@ def cmd_bench_latency(args) -> int:
     The models are timed round-robin (one call of each per round), so load from other processes on a
     shared machine hits all of them alike; the ratios are of medians over rounds.
     """
-    import math
-    from pathlib import Path
-
-    import torch
-    from diffusers import UNet2DConditionModel
-    from tqdm.auto import tqdm
-
-    from blocksearch.cost import unet_inputs
-    from blocksearch.errors import BlocksearchError
-    from blocksearch.cache import measurement_slot
-    from blocksearch.latency import pick_clock
-    from blocksearch.teachers import ARCHITECTURES
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -34,18 +34,6 @@ STABILITY_TARGET = 0.03
 TAU_TARGET = 0.95
 
 
-def add_bench_stability_parser(sub) -> None:
-    p = sub.add_parser("stability", help="latency isolated vs under training load; in-search vs isolated",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
-    p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
-    p.add_argument("--trainers", type=int, default=2, help="KD runs in the background (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
-    p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
-    p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
-    p.set_defaults(handler=cmd_bench_stability)
-
-
 def _models(teacher, space: str) -> list[tuple[str, UNet2DConditionModel]]:
     bound = load_space(space).bind(topology_of(teacher.unet.config))
     return [("teacher", teacher.unet)] + [(n, build_student(teacher.unet, g).unet.eval())

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
-from blocksearch.bench import add_bench_parsers
+import yaml
+
+from blocksearch.bench_search import add_bench_search_parser
 from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE
 from blocksearch.samplers import SAMPLERS
+from blocksearch.space import SPACES_DIR, load_space
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
@@ -74,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(verbs)
     add_distill_parser(verbs)
     add_evaluate_parser(verbs)
-    bench = verbs.add_parser("bench", help="performance figures (KD throughput, latency, sampler vs random)",
-                             description="Measure performance figures side by side in one run.")
-    add_bench_parsers(bench.add_subparsers(title="bench commands", metavar="<bench command>"))
+    add_bench_parser(verbs)
     add_toy_parser(verbs)
     return parser
 
@@ -101,8 +105,6 @@ def add_space_parser(verbs) -> None:
 
 
 def cmd_space_list(args) -> int:
-    from blocksearch.space import SPACES_DIR, load_space
-
     for path in sorted(SPACES_DIR.glob("*.yaml")):
         space = load_space(str(path))
         print(f"{space.name:24s} teacher {space.teacher:8s} {path}")
@@ -112,7 +114,6 @@ def cmd_space_list(args) -> int:
 def cmd_space_show(args) -> int:
     from blocksearch.cost import count_macs, count_params
     from blocksearch.render import fmt
-    from blocksearch.space import load_space
     from blocksearch.surgery import build_student
     from blocksearch.teachers import load_teacher_unet, topology_of
 
@@ -307,8 +308,6 @@ def cmd_run(args) -> int:
 
 def read_run_config(path: str) -> dict:
     """``--config FILE``: a YAML mapping of run flags (``steps: 5``, ``eval-prompts: 8``), typed as the flags."""
-    import yaml
-
     flags = dict(RUN_FLAGS)
     try:
         with open(path) as f:
@@ -398,8 +397,6 @@ def add_distill_parser(verbs) -> None:
 
 
 def cmd_distill(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from blocksearch.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
@@ -482,9 +479,6 @@ def add_evaluate_parser(verbs) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    import json
-    from pathlib import Path
-
     import torch
 
     from blocksearch.evaluate import EvalConfig, eval_defaults, evaluate
@@ -523,11 +517,8 @@ def cmd_evaluate(args) -> int:
 def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     """``evaluate --protocol bk-sdm``: coco.evaluate_protocol on the user's val2014 files, printed next to
     the published BK-SDM figures (coco.PUBLISHED)."""
-    import json
-    from pathlib import Path
-
     from blocksearch.coco import ProtocolSpec, evaluate_protocol, format_result
-    from blocksearch.evaluate import inception_weights, student_pipeline
+    from blocksearch.evaluate import EvalConfig, inception_weights, student_pipeline
     from blocksearch.teachers import load_teacher, load_unet
 
     needed = {"--coco-captions": args.coco_captions, "--coco-images": args.coco_images,
@@ -541,8 +532,6 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     if unused:
         raise BlocksearchError(f"{', '.join(unused)}: not used by --protocol bk-sdm (its prompts and reference "
                                f"are MS-COCO's; --limit N takes a subset)")
-    from blocksearch.evaluate import EvalConfig
-
     weights = args.inception_weights or str(inception_weights(EvalConfig()))
     overrides = dict(steps=args.sampler_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
     spec = ProtocolSpec(**{k: v for k, v in overrides.items() if v is not None})
@@ -556,6 +545,75 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     print(format_result(result, str(folder)))
     print(f"metrics written to {out}")
     return 0
+
+
+# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py) ----------------
+def add_bench_parser(verbs) -> None:
+    bench = verbs.add_parser("bench", help="performance figures (KD throughput, latency, sampler vs random)",
+                             description="Measure performance figures side by side in one run.")
+    sub = bench.add_subparsers(dest="bench_command", title="bench commands", metavar="<bench command>")
+    kd = sub.add_parser("kd", help="KD step cost with / without the teacher cache vs a plain training step",
+                        description="Time, interleaved on the same batch: a plain student training step "
+                                    "(task loss only), a KD step with a warm teacher cache, a teacher "
+                                    "forward, and a KD step without the cache; print the two ratios.")
+    kd.add_argument("--teacher", default="toy", help="teacher pipeline (default: toy)")
+    kd.add_argument("--design", default="bk_small", help="named design or genome id (default: bk_small)")
+    kd.add_argument("--batch-size", type=int, default=16)
+    kd.add_argument("--rounds", type=int, default=12, help="timed rounds (after 2 warm-up rounds)")
+    kd.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    kd.add_argument("--device", default="cpu")
+    _clock_arg(kd)
+    kd.set_defaults(handler=cmd_bench)
+    lat = sub.add_parser("latency", help="U-Net step latency of the teacher and the named designs",
+                         description="Latency of one U-Net step (batch 2 = classifier-free guidance) at the "
+                                     "teacher's resolution for the teacher and each named design of the "
+                                     "space, with random weights, printed as ratios to the teacher.")
+    lat.add_argument("--teacher", default="toy", help="toy, sd-v1, sd-v2, sdxl, or a pipeline folder")
+    lat.add_argument("--space", default=None, help="space with the named designs (default: by teacher)")
+    lat.add_argument("--device", default="cpu")
+    lat.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    lat.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: 1 real-size, 3 toy)")
+    lat.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 3 real-size, 15 toy)")
+    lat.add_argument("--measurements", type=int, default=None,
+                     help="independent measurements per model, for the spread of their medians "
+                          "(default: 1 real-size, 5 toy)")
+    lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _clock_arg(lat)
+    lat.set_defaults(handler=cmd_bench)
+    add_bench_search_parser(sub)
+    add_bench_stability_parser(sub)
+
+
+def add_bench_stability_parser(sub) -> None:
+    p = sub.add_parser(
+        "stability", help="latency isolated vs under training load; in-search vs isolated",
+        description="Measures the teacher and the named designs twice -- isolated, then while two KD training runs "
+                    "(real ``distill`` loops, the work a search's trials do) run on the same machine -- through the "
+                    "same ``measure_latency`` the trials use (the measurement slot of ``cache.py``), and prints the "
+                    "largest relative difference (target <= 3 %). For contrast it also times them under load "
+                    "*without* the slot (what the trials did before). With ``--study``, re-measures every completed "
+                    "student of a finished study in isolation and prints Kendall's tau between in-search and "
+                    "isolated latency (target >= 0.95).")
+    p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
+    p.add_argument("--trainers", type=int, default=2, help="KD runs in the background (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
+    p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
+    p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
+    p.set_defaults(handler=cmd_bench)
+
+
+def _clock_arg(p) -> None:
+    p.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
+                   help="wall clock, or process CPU time (immune to other processes on a shared CPU); "
+                        "auto: cpu with one CPU thread, else wall")
+
+
+def cmd_bench(args) -> int:
+    """``bench kd | latency | stability``: ``cmd_bench_<command>`` of bench.py or bench_stability.py, imported
+    only when it runs (both import torch and diffusers at their top)."""
+    module = "blocksearch.bench_stability" if args.bench_command == "stability" else "blocksearch.bench"
+    return getattr(importlib.import_module(module), f"cmd_bench_{args.bench_command}")(args)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+import torch_fidelity
+from diffusers import StableDiffusionPipeline
+from PIL import Image
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.data import hash_seed
 from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import clip_score
+from blocksearch.generation import ImageSet
 from blocksearch.preflight import check_clip_model, check_inception_weights, check_reference_folder, image_files
 
 FULL_PROMPTS = 30_000
@@ -98,8 +104,6 @@ def evaluate_protocol(pipe, spec: ProtocolSpec, captions_json, images_dir, incep
     """Run the protocol on ``pipe`` (a StableDiffusionPipeline); the figures and how they were measured.
 
     Generated 256 px images are kept in memory (30K: 5.9 GB of uint8); ``out_dir`` also saves them."""
-    from blocksearch.evaluate import clip_score
-
     n = spec.prompts if limit is None else int(limit)
     if not 1 <= n <= spec.prompts:
         raise BlocksearchError(f"--limit {limit}: allowed 1..{spec.prompts} prompts")
@@ -165,9 +169,6 @@ def format_result(result: dict, name: str) -> str:
 
 def protocol_pipeline(pipe, spec: ProtocolSpec):
     """``pipe``'s parts with a fresh scheduler of the protocol's class (settings from pipe's config)."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline
-
     cls = getattr(diffusers, spec.scheduler, None)
     if cls is None or not spec.scheduler.endswith("Scheduler"):
         raise BlocksearchError(f"protocol scheduler {spec.scheduler!r} is not a diffusers scheduler class; "
@@ -200,8 +201,6 @@ def generate(pipe, prompts: list[str], spec: ProtocolSpec, device, batch_size: i
 
 
 def _resize(image, size: int):
-    from PIL import Image
-
     return image.convert("RGB").resize((size, size), Image.BICUBIC)
 
 
@@ -212,34 +211,17 @@ def _tensor(image) -> torch.Tensor:
 
 def _load(path: Path, size: int) -> torch.Tensor:
     """A real image squashed to size x size, as BK-SDM's change_img_size."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return _tensor(_resize(image, size))
 
 
-class _Items(torch.utils.data.Dataset):
-    """uint8 (3, H, W) items for torch-fidelity, made on demand by ``make(i)``."""
-
-    def __init__(self, n: int, make):
-        self.n, self.make = n, make
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.make(i)
-
-
 def _fid_is(images, reference: list[Path], spec: ProtocolSpec, weights, device, cache_dir: Path):
-    import torch_fidelity
-
     size, weights = spec.eval_resolution, Path(weights)
     stat = weights.stat()
     ref_key = "blocksearch-coco-" + _sha([str(reference[0].parent.resolve()), [p.name for p in reference], size,
                                          str(weights.resolve()), stat.st_size, int(stat.st_mtime)])
     metrics = torch_fidelity.calculate_metrics(
-        input1=_Items(len(images), lambda i: images[i]), input2=_Items(len(reference), lambda i: _load(reference[i], size)),
+        input1=ImageSet.of(images), input2=ImageSet(len(reference), lambda i: _load(reference[i], size)),
         fid=True, isc=True, isc_splits=min(spec.is_splits, len(images)), feature_extractor="inception-v3-compat",
         feature_extractor_weights_path=str(weights), cuda=str(device).startswith("cuda"), cache=True,
         cache_root=str(cache_dir / "fidelity"), input2_cache_name=ref_key, verbose=False, save_cpu_ram=True)

@@ -13,9 +13,13 @@ import pickle
 from pathlib import Path
 
 import torch
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from transformers import CLIPModel, CLIPProcessor
+from transformers.utils import logging as hf_logging
 
 from blocksearch.data import IMAGE_SUFFIXES, read_metadata
 from blocksearch.errors import BlocksearchError
+from blocksearch.teachers import ARCHITECTURES, topology_of
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -74,8 +78,6 @@ def _check_weights(folder: Path, name: str) -> None:
 
 
 def _check_unet_topology(config: Path) -> None:
-    from blocksearch.teachers import topology_of
-
     try:
         topology_of(_read_json(config, "teacher folder"))
     except (BlocksearchError, KeyError) as err:
@@ -135,8 +137,6 @@ def inception_skeleton(device: str = "meta") -> torch.nn.Module:
     """torch-fidelity's FeatureExtractorInceptionV3, built without its weights (no download).
 
     Its constructor always loads a state dict; hand it an empty one from memory and skip the load."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     class Skeleton(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):
             return None
@@ -177,9 +177,6 @@ def check_inception_weights(path) -> None:
 
 def check_clip_model(path) -> None:
     """A local CLIP folder that transformers' CLIPModel and CLIPProcessor load offline from safetensors."""
-    from transformers import CLIPModel, CLIPProcessor
-    from transformers.utils import logging as hf_logging
-
     folder = Path(path)
     if not folder.is_dir():
         raise BlocksearchError(f"CLIP model folder {folder} does not exist; expected a local folder that "
@@ -226,8 +223,6 @@ def check_real_inputs(teacher=None, data=None, reference=None, inception_weights
 
 
 def _is_folder_spec(spec: str) -> bool:
-    from blocksearch.teachers import ARCHITECTURES
-
     if spec == "toy" or spec in ARCHITECTURES:
         return False
     hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))

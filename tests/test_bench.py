@@ -1,6 +1,8 @@
 """`blocksearch bench kd | latency` on a tiny teacher folder: they run and print their figures."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,19 @@ def test_bench_latency_prints_ratios_to_the_teacher(tmp_path, capsys):
 def test_bench_latency_rejects_fp16_on_cpu(capsys):
     assert main(["bench", "latency", "--teacher", "sd-v1", "--dtype", "fp16"]) == 2
     assert "fp16 needs --device cuda" in capsys.readouterr().err
+
+
+LIGHT_PARSER = """
+import sys
+from blocksearch.cli import build_parser
+build_parser()
+print(*sorted(m for m in ("blocksearch.bench", "blocksearch.bench_stability", "blocksearch.toy.commands", "torch")
+              if m in sys.modules))
+"""
+
+
+def test_building_the_parser_imports_no_verb_handlers():
+    """The handler modules (bench.py, bench_stability.py, toy/commands.py) import torch at their top: the parser
+    imports them only when a verb runs, so that `blocksearch --help` stays fast."""
+    proc = subprocess.run([sys.executable, "-c", LIGHT_PARSER], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr

@@ -1,17 +1,14 @@
 """`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/cli.py;
 `main` runs the verbs alone (`python -m blocksearch.toy`).
 
-The verbs import their modules when they run: building the parser must stay light (`blocksearch --help`
-would otherwise load torch, diffusers and torch-fidelity).
+The handlers live in toy/commands.py, imported only when a verb runs: building the parser must stay light
+(`blocksearch --help` would otherwise load torch, diffusers and torch-fidelity).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
@@ -54,7 +51,7 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
                    help="dtype of stored weights (loaded as fp32); fp16 keeps the bundled assets small")
     b.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2; on a shared, loaded machine 1 can be several times faster)")
-    b.set_defaults(handler=cmd_toy_build)
+    b.set_defaults(handler=run_verb)
 
     s = verbs.add_parser("sample", help="generate one image from a prompt of the toy grammar",
                          description="Generate one 64x64 image with the toy teacher.")
@@ -63,7 +60,7 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     _sampling_args(s)
-    s.set_defaults(handler=cmd_toy_sample)
+    s.set_defaults(handler=run_verb)
 
     c = verbs.add_parser("check", help="print judge accuracy, text alignment and toy-FID figures",
                          description="Evaluate the teacher on the held-out prompts against a random-U-Net "
@@ -76,7 +73,7 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
     c.add_argument("--grid", default=None, help="also save a captioned grid of the first 16 samples here")
     c.add_argument("--json", default=None, help="also write the figures as JSON here")
     _sampling_args(c)
-    c.set_defaults(handler=cmd_toy_check)
+    c.set_defaults(handler=run_verb)
 
 
 def _sampling_args(p) -> None:
@@ -84,40 +81,8 @@ def _sampling_args(p) -> None:
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")
 
 
-def cmd_toy_build(args) -> None:
-    from blocksearch.toy.build import build
+def run_verb(args) -> None:
+    """The verb's handler, toy/commands.py's ``cmd_toy_<verb>``, imported only when it runs."""
+    from blocksearch.toy import commands
 
-    t0 = time.perf_counter()
-    out = build(args.out, seed=args.seed, budget=args.budget, weights_dtype=args.weights_dtype, threads=args.threads)
-    print(f"toy teacher and judge written to {out} ({time.perf_counter() - t0:.0f} s)")
-
-
-def cmd_toy_sample(args) -> None:
-    from PIL import Image
-
-    from blocksearch.toy.assets import load_toy_teacher
-    from blocksearch.toy.sample import generate
-    from blocksearch.toy.world import validate_prompt
-
-    validate_prompt(args.prompt)
-    pipe = load_toy_teacher(path=args.teacher)
-    img = generate(pipe, [args.prompt], [args.seed], num_steps=args.steps, guidance_scale=args.guidance)[0]
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(args.output)
-    print(f"image written to {args.output}")
-
-
-def cmd_toy_check(args) -> None:
-    from blocksearch.toy.check import compute_figures, format_figures, save_grid
-
-    if args.prompts < 1:
-        raise BlocksearchError(f"--prompts must be at least 1, got {args.prompts}")
-    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.steps, args.guidance, args.prompts)
-    print(format_figures(f))
-    if args.grid:  # 16 prompts: every 4th of the first 64, one-object and two-object ones
-        idx = [i * args.per_prompt for i in range(0, min(64, args.prompts), 4)]
-        prompts = [f["prompts"][i] for i in idx]
-        print(f"sample grid written to {save_grid(f['images'][idx], prompts, args.grid)}")
-    if args.json:
-        skip = ("images", "prompts")
-        Path(args.json).write_text(json.dumps({k: v for k, v in f.items() if k not in skip}, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+    getattr(commands, f"cmd_toy_{args.toy_command}")(args)

@@ -6,6 +6,7 @@ import math
 import pytest
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+from blocksearch.cli import main
 from blocksearch.coco import (PUBLISHED, ProtocolSpec, coco_prompts, coco_reference_images, evaluate_protocol,
                               protocol_pipeline)
 from blocksearch.errors import BlocksearchError
@@ -94,8 +95,6 @@ def test_cli_protocol_prints_the_published_figures(sd_folder, tiny_coco, incepti
                                                    capsys):
     """`evaluate --protocol bk-sdm` on the tiny teacher (its own U-Net): a 4-prompt subset at 32 px that
     says it is a subset and which settings are not the protocol's, next to BK-SDM's table."""
-    from blocksearch.cli import main
-
     captions, images_dir = tiny_coco
     args = ["evaluate", str(sd_folder), "--teacher", str(sd_folder), "--protocol", "bk-sdm", "--coco-captions",
             str(captions), "--coco-images", str(images_dir), "--inception-weights", str(inception_file),

@@ -1,6 +1,12 @@
+import argparse
+import inspect
+
 import torch
 
-from blocksearch.toy.check import _split_by_objects, format_figures, save_grid
+from blocksearch.cli import main
+from blocksearch.evaluate import EvalConfig
+from blocksearch.toy.check import _split_by_objects, compute_figures, format_figures, save_grid
+from blocksearch.toy.cli import add_toy_parser
 
 
 def test_format_figures_and_grid(tmp_path):
@@ -26,13 +32,6 @@ def test_split_by_objects():
 
 def test_check_defaults_are_the_default_evaluation_settings():
     """`blocksearch toy check` (its flags and compute_figures) scores as `blocksearch evaluate` does by default."""
-    import argparse
-    import inspect
-
-    from blocksearch.evaluate import EvalConfig
-    from blocksearch.toy.check import compute_figures
-    from blocksearch.toy.cli import add_toy_parser
-
     cfg = EvalConfig()
     args = add_toy_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["check"])
     assert (args.prompts, args.steps, args.guidance) == (cfg.prompts, cfg.steps, cfg.guidance)
@@ -42,7 +41,5 @@ def test_check_defaults_are_the_default_evaluation_settings():
 
 
 def test_cli_check_rejects_no_prompts(capsys):
-    from blocksearch.cli import main
-
     assert main(["toy", "check", "--prompts", "0"]) == 2
     assert "--prompts must be at least 1, got 0" in capsys.readouterr().err
