@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from blocksearch.data import read_metadata
 from blocksearch.distill import CACHE_MODES, PRECISIONS, DistillConfig, distill_defaults
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, eval_defaults, inception_weights
+from blocksearch.preflight import check_captions, check_inception_weights, check_real_inputs
 from blocksearch.study import SearchConfig
 from blocksearch.teachers import is_toy, native_resolution, teacher_kind
 
@@ -105,8 +107,6 @@ def _captions_of(cfg: SearchConfig) -> str | None:
 def check_inputs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
     """Every input of the run, checked before Ray starts (preflight.py: each problem one line, exit 2):
     the teacher folder, the data, the reference set for the FID asked for, the Inception weights, CLIP."""
-    from blocksearch.preflight import check_captions, check_inception_weights, check_real_inputs
-
     teacher_kind(cfg.teacher)  # an unknown teacher, before any folder check
     check_real_inputs(cfg.teacher, cfg.data, cfg.reference, cfg.inception_weights, cfg.clip_model,
                       fid_images=cfg.eval_prompts or EvalConfig.prompts)
@@ -122,8 +122,6 @@ def data_identity(data: str) -> dict:
     """The KD data as a study records it: toy, or an imagefolder's rows and a sha256 of its metadata file."""
     if data == "toy":
         return {"source": "toy"}
-    from blocksearch.data import read_metadata
-
     folder = Path(data)
     meta = next(p for p in (folder / "metadata.jsonl", folder / "metadata.csv") if p.is_file())
     return {"source": str(folder), "items": len(read_metadata(folder)),
