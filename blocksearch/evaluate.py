@@ -30,6 +30,7 @@ from blocksearch.data import load_image, read_metadata
 from blocksearch.errors import BlocksearchError
 from blocksearch.generation import ImageSet, generate
 from blocksearch.latency import DTYPES, cost, speed_and_memory
+from blocksearch.preflight import image_files
 from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.teachers import Teacher
 from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features
@@ -248,8 +249,6 @@ def real_prompt_set(config: EvalConfig) -> tuple[list[str], list[int]]:
 
 def reference_images(folder: Path) -> list[Path]:
     """The FID reference images: an imagefolder's metadata rows, else every image file in ``folder``."""
-    from blocksearch.preflight import image_files
-
     if (folder / "metadata.jsonl").is_file() or (folder / "metadata.csv").is_file():
         return [folder / f for f, _ in read_metadata(folder)]
     return image_files(folder)

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -164,8 +165,6 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
 
     Shapes come from forward hooks on a U-Net built from the config on the meta device: no weights,
     no memory, no download."""
-    from diffusers import UNet2DConditionModel
-
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(dict(unet_config)).eval()
         noisy = torch.empty(batch_size, unet.config.in_channels, latent_size, latent_size)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Topology
@@ -221,8 +221,6 @@ def native_resolution(spec: str) -> int:
     if kind == "architecture":
         return int(architecture(spec).config.sample_size) * 8  # every SD-family VAE downsamples 8x
     if kind == "hub":
-        from diffusers import AutoencoderKL
-
         try:
             unet = UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True)
             vae = AutoencoderKL.load_config(spec, subfolder="vae", local_files_only=True)
