@@ -121,7 +121,7 @@ def _summary(r: ParetoReport) -> str:
          "sampler repeats of an already-trained Genome, closed without training and not ranked"),
         (sum(t.cached_from is not None and not t.skipped for t in r.trials),
          "cache hits (a Genome already trained; not ranked again)"),
-        (sum(not t.feasible for t in r.trials), "over a constraint such as --max-params (not ranked)")) if n]
+        (sum(not t.feasible for t in r.trials), "infeasible: below the text-aware alignment floor or over --max-params (not ranked)")) if n]
     return f"{len(r.trials)} trials ({counts})" + ("; " + "; ".join(notes) if notes else "")
 
 

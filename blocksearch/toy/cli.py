@@ -1,4 +1,4 @@
-"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/cli.py;
+"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/parsers.py;
 `main` runs the verbs alone (`python -m blocksearch.toy`).
 
 The handlers live in toy/commands.py, imported only when a verb runs: building the parser must stay light
