@@ -134,7 +134,7 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     speed, speed_how = speed_and_memory(
         student_pipeline(teacher, unet), latent, config.steps, config.guidance, prompts[0], target, dtype,
         config.latency_warmup, config.latency_repeats, config.latency_min_s, config.latency_clock, cache_dir,
-        e2e_repeats=config.e2e_repeats)
+        e2e_repeats=config.e2e_repeats, reference=teacher.unet)
     t3 = time.perf_counter()
     measured = {
         "fid": fid_how, "alignment": align_how,

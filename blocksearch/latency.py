@@ -135,21 +135,32 @@ def _summary(times: list[float], how: dict) -> Latency:
 @torch.no_grad()
 def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, min_s: float = 0.05,
                     cache_dir=None, device=None, batch: int = 2, clock: str = "auto",
-                    use_cache: bool = True) -> Latency:
+                    use_cache: bool = True, reference=None, reference_ms: float | None = None) -> Latency:
     """Median and CV of one U-Net step (batch 2 = CFG) on the U-Net's own device and dtype, timed in the
-    measurement slot and cached by (architecture, device, dtype, resolution, threads, settings)."""
+    measurement slot and cached by (architecture, device, dtype, resolution, threads, settings).
+
+    With a ``reference`` U-Net (the teacher), the two are timed interleaved, repeat by repeat, and the
+    latency is the median ratio x the reference's own latency on this machine (``reference_ms``, default:
+    its cached measurement): a slow spell of the machine (other tenants, frequency) slows both alike, so
+    the ratio -- and with one reference time per machine, the latency -- holds still."""
     param = next(unet.parameters())
     device = param.device
     clock = pick_clock(device, clock)
-    key = measure_key("unet_step", unet.config, latent=latent_size, batch=batch, device=device_name(device),
-                      dtype=str(param.dtype), threads=torch.get_num_threads(), clock=clock, warmup=warmup,
-                      repeats=repeats, min_s=min_s)
+    settings = dict(latent=latent_size, batch=batch, device=device_name(device), dtype=str(param.dtype),
+                    threads=torch.get_num_threads(), clock=clock, warmup=warmup, repeats=repeats, min_s=min_s)
+    ref_config = None if reference is None else {k: v for k, v in dict(reference.config).items() if not k.startswith("_")}
+    key = measure_key("unet_step", unet.config, reference=ref_config, **settings)
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
+    if reference is not None and reference_ms is None:
+        reference_ms = measure_latency(reference, latent_size, warmup, repeats, min_s, cache_dir, batch=batch,
+                                       clock=clock).median_ms
     inputs = unet_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype)
     now = time.process_time if clock == "cpu" else time.perf_counter
     with measurement_slot() as waited:
         times, inner = _timings(lambda: unet(**inputs), now, device, warmup, repeats, min_s)
+        if reference is not None:
+            ratios = _interleaved_ratios(unet, inputs, reference, now, device, warmup, repeats, min_s)
     how = {"what": f"one U-Net forward, batch {batch} (classifier-free guidance), latent "
                    f"{latent_size}x{latent_size}, 77 text tokens", "device": str(device),
            "device_name": device_name(device), "dtype": str(param.dtype).replace("torch.", ""),
@@ -158,10 +169,38 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
            "warmup": warmup, "repeats": repeats, "calls_per_repeat": inner, "statistic": "median; cv = std/mean",
            "isolation": "measurement slot: no other blocksearch process trained or generated meanwhile",
            "slot_wait_s": round(waited, 3), "cache": "measured"}
-    out = _summary(times, how)
+    if reference is not None:
+        ratio = statistics.median(ratios)
+        how.update(statistic="median ratio to the teacher, timed interleaved, x the teacher's latency on this "
+                             "machine; cv = std/mean of the ratios", ratio_to_teacher=round(ratio, 5),
+                   teacher_ms=round(reference_ms, 4), direct_median_ms=round(statistics.median(times), 4))
+        mean = statistics.fmean(ratios)
+        out = Latency(ratio * reference_ms, statistics.pstdev(ratios) / mean if len(ratios) > 1 else 0.0,
+                      tuple(r * reference_ms for r in ratios), how)
+    else:
+        out = _summary(times, how)
     if use_cache:
         store(key, asdict(out), cache_dir)
     return out
+
+
+def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repeats: int, min_s: float) -> list[float]:
+    """Per repeat: a loop of the U-Net, then a loop of the reference on the same inputs; their time ratio."""
+    ref_inputs = unet_inputs(reference.config, inputs["sample"].shape[0], inputs["sample"].shape[-1],
+                             device=inputs["sample"].device, dtype=inputs["sample"].dtype)
+    ref_times, ref_inner = _timings(lambda: reference(**ref_inputs), now, device, warmup, 1, min_s)
+    _, inner = _timings(lambda: unet(**inputs), now, device, 0, 1, min_s)
+    ratios = []
+    for _ in range(repeats):
+        pair = []
+        for model, args, n in ((unet, inputs, inner), (reference, ref_inputs, ref_inner)):
+            t0 = now()
+            for _ in range(n):
+                model(**args)
+            _sync(device)
+            pair.append((now() - t0) / n)
+        ratios.append(pair[0] / pair[1])
+    return ratios
 
 
 @contextmanager
@@ -317,15 +356,17 @@ def on_target(module, device, dtype):
 
 def speed_and_memory(pipe, latent_size: int, steps: int, guidance: float, prompt: str, device, dtype: str,
                      warmup: int, repeats: int, min_s: float, clock: str, cache_dir=None,
-                     e2e_repeats: int = 3) -> tuple[dict, dict]:
+                     e2e_repeats: int = 3, reference=None) -> tuple[dict, dict]:
     """U-Net step latency, end-to-end latency of one image and peak memory of ``pipe`` (a student
-    pipeline) on the deployment target ``device``/``dtype``: (metrics, how each was measured)."""
+    pipeline) on the deployment target ``device``/``dtype``: (metrics, how each was measured). With the
+    teacher U-Net as ``reference``, the step latency is relative to it (see ``measure_latency``)."""
     torch_dtype = DTYPES[dtype]
     parts = {k: on_target(v, device, torch_dtype) if isinstance(v, torch.nn.Module) else v
              for k, v in pipe.components.items()}
     target = type(pipe)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
     target.set_progress_bar_config(disable=True)
-    lat = measure_latency(target.unet, latent_size, warmup, repeats, min_s, cache_dir, clock=clock)
+    ref = None if reference is None or reference is pipe.unet else on_target(reference, device, torch_dtype)
+    lat = measure_latency(target.unet, latent_size, warmup, repeats, min_s, cache_dir, clock=clock, reference=ref)
     e2e = measure_e2e(target, steps, guidance, prompt, repeats=e2e_repeats, cache_dir=cache_dir)
     mem = peak_memory(target.unet, latent_size, cache_dir=cache_dir)
     metrics = {"latency_ms": lat.median_ms, "latency_cv": lat.cv, "e2e_ms": e2e.median_ms,

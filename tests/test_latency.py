@@ -86,3 +86,15 @@ def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "count_macs", lambda *a: pytest.fail("MACs recomputed"))
     assert L.cost(unet, 16, tmp_path) == first  # read back from measurements.json
     assert list(json.loads((tmp_path / "measurements.json").read_text()).values()) == [list(first)]
+
+
+def test_latency_relative_to_the_teacher_is_its_interleaved_ratio_times_the_teachers_time():
+    teacher, student = tiny_unet("sd-v1"), tiny_unet("sd-v1", seed=1)  # same architecture: ratio ~ 1
+    lat = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, use_cache=False, reference=teacher,
+                            reference_ms=10.0)
+    assert lat.how["teacher_ms"] == 10.0 and lat.median_ms == pytest.approx(10.0 * lat.how["ratio_to_teacher"], rel=1e-4)
+    assert 0.7 < lat.how["ratio_to_teacher"] < 1.4 and len(lat.times_ms) == 5
+    # without reference_ms, the teacher's own (cached) measurement on this machine is the unit
+    own = L.measure_latency(teacher, 16, warmup=1, repeats=5, min_s=0.0)
+    rel = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, reference=teacher)
+    assert rel.how["teacher_ms"] == pytest.approx(own.median_ms, abs=1e-3)
