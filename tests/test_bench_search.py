@@ -41,6 +41,9 @@ def test_compare_reports_ratio_and_bounded_hypervolumes(bound_and_table):
     assert len(out["tpe"]) == len(out["random"]) == 2
     assert all(0 < hv <= out["optimum"] + 1e-12 for hv in out["tpe"] + out["random"])
     assert out["ratio"] == pytest.approx(np.mean(out["tpe"]) / np.mean(out["random"]))
+    assert out["random_final"] == pytest.approx(np.mean(out["random"]))
+    assert all(r is None or 1 <= r <= 8 - 3 for r in out["reach"]["tpe"] + out["reach"]["random"])
+    assert all(r is None or 1 <= r <= 8 for r in out["reach_random"]["tpe"])
 
 
 def test_table_csv_round_trip_and_errors(tmp_path):
@@ -96,7 +99,7 @@ def test_bench_search_prints_the_kendall_tau_of_the_standin_and_the_table_it_use
     out = capsys.readouterr().out
     assert f"table: {measured} (4 measured architectures)" in out
     assert "over the 4 measured architectures: fid +0.667" in out
-    assert "trials-to-reach ratio tpe / random" in out
+    assert "trials-to-reach ratio tpe / random" in out and "until the hypervolume random search ends with" in out
 
 
 def test_default_table_prefers_the_fidelity_study(tmp_path, monkeypatch):
