@@ -6,29 +6,38 @@ whole space, so a trial is a table look-up and many seeds are affordable. The st
 SnapFusion, arXiv 2306.00980, shows MACs mis-rank latency), fid -> the one-shot output-KD loss of the
 student cut from the teacher before any training (LAPTOP-Diff's one-shot criterion, arXiv 2404.11098;
 TinyFusion, arXiv 2412.01199, shows it can mis-rank trained quality). When a table of measured trials
-exists (``blocksearch/measured/toy.csv``, or ``--table``), its values replace the stand-in's and the
-stand-in columns are mapped linearly onto the measured scale for the rest; the output says which.
-As in ``blocksearch run``, the BK designs
-are enqueued first and an architecture seen before costs no trial. The score is the hypervolume of
-the front found, objectives normalised to [0, 1] over the whole table, reference point 1.1.
+exists (``--table``; by default the fidelity study's ``blocksearch/measured/fidelity-toy.csv`` when
+present, else ``toy.csv``), its values replace the stand-in's and the stand-in columns are mapped linearly
+onto the measured scale for the rest; the output says which, and how well the stand-in ranks the measured
+architectures (Kendall tau-b). As in ``blocksearch run``, the BK designs are enqueued first, an
+architecture seen before costs no trial, and a sampler that repeats itself gets the search's fallback
+(``samplers.untrained_genome``). The score is the hypervolume of the front found, objectives normalised
+to [0, 1] over the whole table, reference point 1.1; and the trials a search needs before the
+architectures it found (the BK designs left out) reach the hypervolume of the three BK designs, and
+before it reaches the mean hypervolume random search ends with.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import default_cache_dir, file_lock, lock_path
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import normalised_hypervolume
 
-MEASURED = Path(__file__).parent / "measured" / "toy.csv"  # written from a real default run
+MEASURED_DIR = Path(__file__).parent / "measured"
+MEASURED = MEASURED_DIR / "toy.csv"  # written from a real default run
+FIDELITY = MEASURED_DIR / "fidelity-toy.csv"  # the fidelity study's table (`bench fidelity`), preferred
 COLUMNS = ("genome", "fid", "params", "latency_ms")
+STANDIN_AS = {"fid": "one-shot output-KD loss", "params": "exact params", "latency_ms": "exact MACs"}
 
 
 @dataclass(frozen=True)
@@ -45,17 +54,25 @@ class Table:
 
 def add_bench_search_parser(sub) -> None:
     """Register ``bench search`` on the bench sub-commands."""
+    from blocksearch.samplers import DEFAULT_SAMPLER
+
     p = sub.add_parser(
         "search", help="the search's sampler vs random search on a stand-in objective (hypervolume ratio)",
-        description="Run the sampler and random search for the same number of trials over several "
-                    "seeds on a table of Genome -> (fid, params, latency); print the mean normalised "
-                    "hypervolume of each and their ratio.")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | gp")
+        description="Run each sampler and random search for the same number of trials over several "
+                    "seeds on a table of Genome -> (fid, params, latency); print the Kendall tau of the "
+                    "stand-in against the measured architectures, the mean normalised hypervolume of "
+                    "each sampler and its ratio to random search's, and the trials each needs to reach "
+                    "the hypervolume of the three BK designs.")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"sampler, or several separated by commas (default: {DEFAULT_SAMPLER}; "
+                        f"see blocksearch.samplers.SAMPLERS)")
     p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: 16)")
     p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: 10)")
     p.add_argument("--table", default=None,
-                   help=f"CSV with columns {','.join(COLUMNS)} (default: {MEASURED.name} if present, else "
-                        f"a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench, default ~/.cache/blocksearch/bench)")
+                   help=f"measured CSV with columns {','.join(COLUMNS)} (default for the toy teacher: "
+                        f"{FIDELITY.name} if present, else {MEASURED.name}, in {MEASURED_DIR}); the rest of "
+                        f"the space comes from a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench "
+                        f"(default ~/.cache/blocksearch/bench)")
     p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: toy)")
     p.add_argument("--space", default="unet_blocks", help="space (default: unet_blocks)")
     p.set_defaults(handler=cmd_bench_search)
@@ -64,27 +81,90 @@ def add_bench_search_parser(sub) -> None:
 def cmd_bench_search(args) -> int:
     from blocksearch.samplers import SAMPLERS
 
-    if args.sampler not in SAMPLERS or args.sampler == "random":
+    samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
+    bad = [s for s in samplers if s not in SAMPLERS or s == "random"]
+    if bad or not samplers:
         raise BlocksearchError(f"--sampler {args.sampler!r}: allowed: {[s for s in SAMPLERS if s != 'random']}")
     if args.trials < 4 or args.seeds < 1:
         raise BlocksearchError("--trials must be >= 4 and --seeds >= 1")
     bound = _bound(args.space, args.teacher)
-    measured = Path(args.table) if args.table else MEASURED
-    table = standin_table(args.teacher, args.space)
-    if measured.exists():
-        table = calibrate(table, read_table(measured))
-    result = compare(table, bound, args.sampler, args.trials, args.seeds)
+    standin = standin_table(args.teacher, args.space)
+    measured_path = Path(args.table) if args.table else default_measured(args.teacher)
+    table, taus = standin, None
+    if measured_path is not None:
+        measured = read_table(measured_path)
+        table, taus = calibrate(standin, measured), rank_agreement(standin, measured)
+    result = compare(table, bound, samplers, args.trials, args.seeds)
     print(f"table: {table.source}")
+    if taus is None:
+        print("Kendall tau, stand-in vs measured: no measured table (pass --table); the ratios below rank "
+              "samplers on the stand-in alone")
+    else:
+        n = taus.pop("n")
+        print(f"Kendall tau-b, stand-in vs measured over the {n} measured architectures: "
+              + ", ".join(f"{c} {t:+.3f} ({STANDIN_AS[c]})" for c, t in taus.items()))
     print(f"space {args.space}: {len(table.values)} architectures; {args.trials} trials per search "
           f"(3 BK designs first), {args.seeds} seeds; hypervolume of (fid, params, latency) normalised to "
-          f"[0, 1] over the table, reference point 1.1 (best possible here: {result['optimum']:.4f})")
-    for name in (args.sampler, "random"):
+          f"[0, 1] over the table, reference point 1.1 (best possible here: {result['optimum']:.4f}; "
+          f"the 3 BK designs alone: {result['bk']:.4f})")
+    for name in [*samplers, "random"]:
         hv = result[name]
-        print(f"  {name:7s} mean {statistics.fmean(hv):.4f}  min {min(hv):.4f}  max {max(hv):.4f}  "
+        print(f"  {name:8s} mean {statistics.fmean(hv):.4f}  min {min(hv):.4f}  max {max(hv):.4f}  "
               f"per seed {' '.join(f'{v:.3f}' for v in hv)}")
-    print(f"hypervolume ratio {args.sampler} / random: {result['ratio']:.3f} "
-          f"({'better' if result['ratio'] > 1 else 'not better'} than random at {args.trials} trials)")
+    for name in samplers:
+        r = result["ratios"][name]
+        print(f"hypervolume ratio {name} / random: {r:.3f} "
+              f"({'better' if r > 1 else 'not better'} than random at {args.trials} trials)")
+    budget = args.trials - result["designs"]
+    print(f"trials after the BK designs until the architectures found (BK designs left out) reach the BK "
+          f"designs' hypervolume {result['bk']:.4f} (at most {budget}):")
+    for name in [*samplers, "random"]:
+        print(f"  {name:8s} {reach_summary(result['reach'][name], budget)}")
+    for name in samplers:
+        print(f"trials-to-reach ratio {name} / random: {result['reach_ratios'][name]:.3f} (a seed that never "
+              f"reaches it counts as {budget + 1})")
+    print(f"trials, BK designs included, until the hypervolume random search ends with (mean "
+          f"{result['random_final']:.4f}) is reached:")
+    for name in [*samplers, "random"]:
+        print(f"  {name:8s} {reach_summary(result['reach_random'][name], args.trials)}")
     return 0
+
+
+def default_measured(teacher: str) -> Path | None:
+    """The measured table the benchmark uses by default: the fidelity study's when present, else the
+    default run's; only for the toy teacher (the tables were measured on it)."""
+    if teacher != "toy":
+        return None
+    return next((p for p in (FIDELITY, MEASURED) if p.is_file()), None)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either ranking corrected; Kendall 1945): (concordant - discordant) pairs
+    over sqrt(pairs untied in x * pairs untied in y)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y) or len(x) < 2:
+        raise BlocksearchError(f"Kendall tau needs two rankings of the same >= 2 items, got {len(x)} and {len(y)}")
+    iu = np.triu_indices(len(x), 1)
+    dx, dy = np.sign(x[:, None] - x[None, :])[iu], np.sign(y[:, None] - y[None, :])[iu]
+    denominator = np.sqrt(np.count_nonzero(dx) * np.count_nonzero(dy))
+    return float(np.sum(dx * dy) / denominator) if denominator else float("nan")
+
+
+def rank_agreement(standin: Table, measured: Table) -> dict:
+    """Kendall tau-b per column between the stand-in and the measured table over the architectures both
+    have (``n``); the stand-in's fid is the one-shot loss, so this is how well it ranks trained quality."""
+    both = [g for g in measured.values if g in standin.values]
+    if len(both) < 2:
+        raise BlocksearchError(f"{measured.source}: fewer than 2 architectures of the space; cannot rank")
+    x, y = np.array([standin.values[g] for g in both]), np.array([measured.values[g] for g in both])
+    return {"n": len(both), **{c: kendall_tau(x[:, j], y[:, j]) for j, c in enumerate(COLUMNS[1:])}}
+
+
+def reach_summary(reach: Sequence[int | None], budget: int) -> str:
+    """``mean 6.2 over 8 seeds; 2 of 10 never within 13`` for a list of trials-to-reach (None: never)."""
+    hit = [r for r in reach if r is not None]
+    mean = f"mean {statistics.fmean(hit):.1f} over the {len(hit)} seeds that reach it" if hit else "no seed reaches it"
+    return f"{mean}; {len(reach) - len(hit)} of {len(reach)} never within {budget}"
 
 
 def _bound(space: str, teacher: str):
@@ -122,39 +202,71 @@ def calibrate(standin: Table, measured: Table) -> Table:
                          f"stand-in mapped linearly onto them ({standin.source})")
 
 
-def compare(table: Table, bound, sampler: str, trials: int, seeds: int) -> dict:
-    """Normalised hypervolume per seed for ``sampler`` and for random search; their mean ratio."""
+def compare(table: Table, bound, sampler: str | Sequence[str], trials: int, seeds: int) -> dict:
+    """Per seed, each sampler's and random search's normalised hypervolume, trials to reach the BK
+    designs' hypervolume (``reach``) and random search's mean final one (``reach_random``); each
+    sampler's mean-hypervolume ratio to random (``ratio``: the first sampler's) and trials ratios."""
+    samplers = [sampler] if isinstance(sampler, str) else list(sampler)
     lower, upper = table.bounds()
-    optimum = normalised_hypervolume(np.array(list(table.values.values())), lower, upper)
-    out = {"optimum": optimum}
-    for name in (sampler, "random"):
-        out[name] = [normalised_hypervolume(search_once(table, bound, name, trials, seed), lower, upper)
-                     for seed in range(seeds)]
-    out["ratio"] = statistics.fmean(out[sampler]) / max(statistics.fmean(out["random"]), 1e-12)
+    designs = [table.values[g.id] for g in bound.named_designs().values()]
+    bk = normalised_hypervolume(np.array(designs), lower, upper)
+    out = {"optimum": normalised_hypervolume(np.array(list(table.values.values())), lower, upper),
+           "bk": bk, "designs": len(designs), "reach": {}, "reach_random": {}, "ratios": {}, "reach_ratios": {}}
+    runs = {name: [search_once(table, bound, name, trials, seed) for seed in range(seeds)]
+            for name in ["random", *samplers]}
+    for name, found in runs.items():
+        out[name] = [normalised_hypervolume(run, lower, upper) for run in found]
+        out["reach"][name] = [trials_to_reach(run, bk, lower, upper, len(designs)) for run in found]
+    out["random_final"] = statistics.fmean(out["random"])
+    for name, found in runs.items():
+        out["reach_random"][name] = [trials_to_reach(run, out["random_final"], lower, upper, 0) for run in found]
+    censored = {n: statistics.fmean(trials - len(designs) + 1 if r is None else r for r in out["reach"][n])
+                for n in runs}
+    for name in samplers:
+        out["ratios"][name] = statistics.fmean(out[name]) / max(out["random_final"], 1e-12)
+        out["reach_ratios"][name] = censored[name] / censored["random"]
+    out["ratio"] = out["ratios"][samplers[0]]
     return out
 
 
+def trials_to_reach(values: np.ndarray, target: float, lower, upper, skip: int) -> int | None:
+    """Trials after the first ``skip`` (the BK designs) until the values found after them alone reach
+    normalised hypervolume ``target``; None when they never do."""
+    for k in range(skip + 1, len(values) + 1):
+        if normalised_hypervolume(values[skip:k], lower, upper) >= target * (1 - 1e-9):
+            return k - skip
+    return None
+
+
 def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np.ndarray:
-    """One search of ``trials`` distinct architectures; returns the objective values it evaluated."""
+    """One search of ``trials`` distinct architectures, as ``blocksearch run`` does it: BK designs
+    first, repeats closed as FAIL (free), and after ``REPEATS_BEFORE_FALLBACK`` repeats in a row the
+    shared fallback ``untrained_genome`` is queued. Returns the objective values in evaluation order."""
     import optuna
 
-    from blocksearch.samplers import make_sampler
+    from blocksearch import samplers
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["minimize"] * 3, sampler=make_sampler(sampler, seed, trials))
+    study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(sampler, seed, trials))
     for genome in bound.named_designs().values():
-        study.enqueue_trial(bound.to_params(genome))
+        study.enqueue_trial(bound.to_params(genome), user_attrs={"design": True})
     seen: dict[str, tuple[float, ...]] = {}
-    for _ in range(trials * 50):  # cache hits are free, as in `blocksearch run`; cap the asks
-        if len(seen) == trials:
-            break
-        trial = study.ask()
-        genome = bound.suggest(trial)
-        if genome.id not in table.values:
-            raise BlocksearchError(f"table {table.source} lacks genome {genome.id}; it must cover the space")
-        if genome.id in seen:  # a repeat: closed as FAIL, as `blocksearch run` does
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            continue
+    while len(seen) < trials:
+        for attempt in range(samplers.MAX_ASKS):
+            if attempt >= samplers.REPEATS_BEFORE_FALLBACK:
+                genome = samplers.untrained_genome(bound, set(seen), seed, attempt)
+                if genome is not None:
+                    study.enqueue_trial(bound.to_params(genome), user_attrs={"explore": True})
+            trial = study.ask()
+            genome = bound.suggest(trial)
+            if genome.id not in table.values:
+                raise BlocksearchError(f"table {table.source} lacks genome {genome.id}; it must cover the space")
+            if genome.id not in seen:
+                break
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a repeat: free, as in `blocksearch run`
+        else:
+            raise BlocksearchError(f"{sampler} proposed only evaluated Genomes {samplers.MAX_ASKS} times in a "
+                                   f"row; the space may be exhausted ({len(bound)} architectures)")
         seen[genome.id] = table.values[genome.id]
         study.tell(trial, table.values[genome.id])
     return np.array(list(seen.values()))
@@ -167,17 +279,25 @@ def standin_table(teacher: str, space: str) -> Table:
     t = load_teacher(teacher)
     digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes()[:4096] for p in t.unet.parameters())).hexdigest()[:12]
     cache = default_cache_dir() / "bench" / f"standin-{space}-{digest}.csv"
-    source = (f"DERIVED STAND-IN (no measured table yet; cached at {cache}): fid := one-shot output-KD loss "
-              f"after surgery (no training), params := exact, latency_ms := exact MACs (a proxy)")
-    if cache.exists():
-        return Table(read_table(cache).values, source)
-    rows = _measure_standin(t, _bound(space, teacher))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with cache.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        w.writerows([g, *v] for g, v in rows.items())
-    return Table(rows, source)
+    source = (f"DERIVED STAND-IN (cached at {cache}): fid := one-shot output-KD loss after surgery (no "
+              f"training), params := exact, latency_ms := exact MACs (a proxy)")
+    return Table(cached_table(cache, lambda: _measure_standin(t, _bound(space, teacher))), source)
+
+
+def cached_table(cache: Path, build: Callable[[], dict[str, tuple[float, ...]]]) -> dict[str, tuple[float, ...]]:
+    """Read ``cache``, or build and write it, under one file lock: benchmarks started together build once."""
+    with file_lock(lock_path(f"bench-{cache.stem}", cache.parent.parent)):
+        if cache.exists():
+            return read_table(cache).values
+        rows = build()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.partial")
+        with partial.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            w.writerows([g, *v] for g, v in rows.items())
+        partial.replace(cache)  # a reader without the lock never sees half a table
+        return rows
 
 
 def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
