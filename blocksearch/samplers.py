@@ -11,7 +11,7 @@ import random
 import optuna
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-DEFAULT_SAMPLER = "tpe"  # chosen by measurement: `blocksearch bench search` (see make_sampler)
+DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (README, "Does the sampler beat random search?")
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 

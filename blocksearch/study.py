@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.samplers import DEFAULT_SAMPLER
 from blocksearch.space import BoundSpace
 
 OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
@@ -71,7 +72,7 @@ class SearchConfig:
     batch_size: int | None = None  # KD batch
     lr: float | None = None  # KD learning rate
     teacher_cache: str = "auto"  # auto | disk | off
-    sampler: str = "gp"  # measured: `blocksearch bench search` (README)
+    sampler: str = DEFAULT_SAMPLER  # chosen by `blocksearch bench search` (samplers.py)
     seed: int = 0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_params: float | None = None  # parameter budget (an Optuna constraint)
