@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from blocksearch.cache import default_cache_dir
 from blocksearch.report import ParetoReport, TrialPoint, load_report
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
@@ -75,11 +76,13 @@ PATHS_NOTE = ("paths: blocksearch's own files (search spaces, toy assets) and ru
 
 def portable_path(path: str, folder: Path) -> str:
     """``path`` (absolute) written to read the same on any machine: relative to blocksearch's repository
-    when inside it, else relative to ``folder`` (the report's) when near it, else ``~/...`` in the home
-    folder, else relative to ``folder``."""
+    when inside it, ``$BLOCKSEARCH_CACHE/...`` in the cache folder, else relative to ``folder`` (the
+    report's) when near it, else ``~/...`` in the home folder, else relative to ``folder``."""
     p, folder = Path(path), folder.resolve()
     if p.is_relative_to(REPOSITORY):
         return p.relative_to(REPOSITORY).as_posix()
+    if p.is_relative_to(default_cache_dir()):
+        return "$BLOCKSEARCH_CACHE/" + p.relative_to(default_cache_dir()).as_posix()
     if p.is_relative_to(Path.home()) and not p.is_relative_to(folder.parent.parent):
         return "~/" + p.relative_to(Path.home()).as_posix()
     return os.path.relpath(p, folder)
