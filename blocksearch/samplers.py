@@ -17,14 +17,16 @@ MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an
 
 
 def make_sampler(name: str, seed: int, trials: int):
-    """TPE (default; Optuna 5 multi-objective TPE with constant liar for parallel trials), NSGA-II,
-    GP or random, all seeded."""
+    """GP (the default: Optuna's Gaussian-process sampler, log-EHVI for several objectives), TPE (Optuna 5
+    multi-objective TPE with constant liar for parallel trials), NSGA-II or random, all seeded."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(2, trials // 3)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
+        # the space is conditional (a removed stage has no layer count): GP samples those parameters at random
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)),
+                                         warn_independent_sampling=False)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
