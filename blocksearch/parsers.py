@@ -160,6 +160,8 @@ RUN_FLAGS = (
                                  "trials run)")),
     ("latency_dtype", dict(choices=("fp32", "fp16", "bf16"), help="dtype on the deployment target (default: fp16 "
                                                                  "on CUDA, fp32 on CPU)")),
+    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 15; "
+                                            "end to end: at most 3)")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "

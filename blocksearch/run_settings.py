@@ -68,7 +68,9 @@ def stage_configs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
                          resolution=resolution if data != "toy" else None, teacher_cache=cfg.teacher_cache)
     distill_cfg = DistillConfig(**(distill_defaults(toy) | _given(distill_given)), seed=cfg.seed)
     eval_given = dict(prompts=cfg.eval_prompts, steps=cfg.sampler_steps, guidance=cfg.guidance, resolution=resolution,
-                      latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype)
+                      latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype,
+                      latency_repeats=cfg.latency_repeats,
+                      e2e_repeats=None if cfg.latency_repeats is None else max(1, min(3, cfg.latency_repeats)))
     if not toy:
         eval_given |= dict(reference=cfg.reference, captions=cfg.captions or _captions_of(cfg),
                            clip_model=cfg.clip_model, inception_weights=cfg.inception_weights or str(

@@ -97,7 +97,7 @@ def test_bench_search_prints_the_kendall_tau_of_the_standin_and_the_table_it_use
     monkeypatch.setattr(B, "_bound", lambda space, teacher: bound)
     monkeypatch.setattr(B, "standin_table", lambda teacher, space: standin)
     args = argparse.Namespace(sampler="tpe", trials=6, seeds=1, table=str(measured), teacher="toy", space="x")
-    assert B.bench_search_cli(args) == 0
+    assert B.cmd_bench_search(args) == 0
     out = capsys.readouterr().out
     assert f"table: {measured} (4 measured architectures)" in out
     assert "over the 4 measured architectures: fid +0.667" in out

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--steps", "2", "--eval-prompts", "4"]
+FAST = ["--steps", "2", "--eval-prompts", "4", "--latency-repeats", "2"]
 
 
 @pytest.fixture(scope="session")
