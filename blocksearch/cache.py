@@ -9,9 +9,11 @@ benchmarks, a second driver -- excludes the others through the same file.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -47,27 +49,57 @@ def file_lock(path: Path, shared: bool = False):
 # turnstile (exclusive), then waits for ``room`` exclusively. Work yields at its checkpoints
 # (``yield_to_measurement``: one non-blocking flock call when nobody is waiting), so a measurement waits
 # for one step of each other process at most, and then runs on a machine where nothing of ours trains.
+# Every wait is bounded (``slot_timeout``): a process that holds the slot and never yields -- a stuck or
+# orphaned Ray worker -- delays the others by the timeout, never forever; what then runs says so.
 _SLOT = {"room": None, "depth": 0}
+POLL_S = 0.05
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlotWait:
+    """How a measurement got the slot: seconds waited, and whether it ran alone (False: it gave up waiting
+    after ``slot_timeout`` and ran beside work that did not yield)."""
+
+    seconds: float
+    isolated: bool = True
+
+
+def slot_timeout() -> float:
+    """Seconds any wait for the slot may last: ``$BLOCKSEARCH_SLOT_TIMEOUT`` or 600."""
+    return float(os.environ.get("BLOCKSEARCH_SLOT_TIMEOUT", 600))
 
 
 def _slot_files(cache_dir=None) -> tuple[Path, Path]:
     return lock_path("slot-turnstile", cache_dir), lock_path("slot-room", cache_dir)
 
 
-def _flock(path: Path, mode: int):
+def _flock(path: Path, mode: int, timeout: float | None = None):
+    """The open lock file once ``flock(mode)`` holds, or None when ``timeout`` seconds passed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a")
-    fcntl.flock(f, mode)
-    return f
+    deadline = time.monotonic() + (slot_timeout() if timeout is None else timeout)
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                log.warning("blocksearch: gave up waiting for %s after %.0f s (a process holds it without "
+                            "yielding); going on without it", path, timeout or slot_timeout())
+                return None
+            time.sleep(POLL_S)
 
 
 def _enter_room() -> None:
     turnstile, room = _slot_files()
-    gate = _flock(turnstile, fcntl.LOCK_SH)  # blocks while a measurement holds the turnstile
+    gate = _flock(turnstile, fcntl.LOCK_SH)  # waits while a measurement holds the turnstile
     try:
         _SLOT["room"] = _flock(room, fcntl.LOCK_SH)
     finally:
-        gate.close()  # closing the file releases its flock
+        if gate is not None:
+            gate.close()  # closing the file releases its flock
 
 
 def _leave_room() -> None:
@@ -90,6 +122,19 @@ def work_slot():
             _leave_room()
 
 
+@contextmanager
+def outside_work_slot():
+    """Step out of the work slot while this process waits on someone else (a Ray Tune report blocks
+    until the driver takes it; a killed driver never does): a lock is never held across such a wait."""
+    held = _SLOT["room"] is not None
+    _leave_room()
+    try:
+        yield
+    finally:
+        if held:
+            _enter_room()
+
+
 def yield_to_measurement() -> float:
     """A checkpoint of heavy work: if a measurement waits, step aside until it is done. Returns the
     seconds spent waiting (0.0 in the common case: one non-blocking flock call)."""
@@ -109,21 +154,24 @@ def yield_to_measurement() -> float:
 
 
 @contextmanager
-def measurement_slot():
+def measurement_slot(timeout: float | None = None):
     """Exclusive use of the machine among blocksearch processes: waits until every process in a
-    ``work_slot`` has yielded, keeps new work out, and yields the seconds spent waiting."""
+    ``work_slot`` has yielded, keeps new work out, and yields a ``SlotWait``. After ``timeout`` seconds
+    (default ``slot_timeout()``) it stops waiting and yields ``isolated=False``."""
     held = _SLOT["room"] is not None
     _leave_room()  # our own work steps aside too
     turnstile, room = _slot_files()
     t0 = time.perf_counter()
-    gate = _flock(turnstile, fcntl.LOCK_EX)
+    deadline = time.monotonic() + (slot_timeout() if timeout is None else timeout)
+    gate = _flock(turnstile, fcntl.LOCK_EX, timeout)
+    excl = None
     try:
-        excl = _flock(room, fcntl.LOCK_EX)
-        try:
-            yield time.perf_counter() - t0
-        finally:
-            excl.close()
+        if gate is not None:
+            excl = _flock(room, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic()))
+        yield SlotWait(time.perf_counter() - t0, isolated=excl is not None)
     finally:
-        gate.close()
+        for f in (excl, gate):
+            if f is not None:
+                f.close()
         if held:
             _enter_room()

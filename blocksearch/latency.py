@@ -168,8 +168,7 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
            "torch_threads": torch.get_num_threads(),
            "clock": "process CPU time" if clock == "cpu" else "wall clock",
            "warmup": warmup, "repeats": repeats, "calls_per_repeat": inner, "statistic": "median; cv = std/mean",
-           "isolation": "measurement slot: no other blocksearch process trained or generated meanwhile",
-           "slot_wait_s": round(waited, 3), "cache": "measured"}
+           "isolation": _isolation(waited), "slot_wait_s": round(waited.seconds, 3), "cache": "measured"}
     if reference is not None:
         ratio = statistics.median(ratios)
         how.update(statistic="median ratio to the teacher, timed interleaved, x the teacher's latency on this "
@@ -180,9 +179,16 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
                       tuple(r * reference_ms for r in ratios), how)
     else:
         out = _summary(times, how)
-    if use_cache:
+    if use_cache and waited.isolated:  # a timing beside work that did not yield is never reused
         store(key, asdict(out), cache_dir)
     return out
+
+
+def _isolation(waited) -> str:
+    if waited.isolated:
+        return "measurement slot: no other blocksearch process trained or generated meanwhile"
+    return (f"NOT isolated: gave up waiting for the measurement slot after {waited.seconds:.0f} s "
+            "(a process held it without yielding); not cached")
 
 
 def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repeats: int,
@@ -255,10 +261,11 @@ def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, w
                    f"({'batch 2, CFG' if guidance > 1 else 'no CFG'}) + VAE decode, guidance {guidance}",
            "device": str(device), "device_name": device_name(device), "dtype": str(dtype).replace("torch.", ""),
            "torch_threads": torch.get_num_threads(), "clock": "wall clock", "warmup": warmup,
-           "repeats": repeats, "statistic": "median", "slot_wait_s": round(waited, 3), "cache": "measured",
+           "repeats": repeats, "statistic": "median", "slot_wait_s": round(waited.seconds, 3), "cache": "measured",
+           "isolation": _isolation(waited),
            "share": {k: round(v[0] * 1000 / total, 3) for k, v in shares.items()}}
     out = _summary(times, how)
-    if use_cache:
+    if use_cache and waited.isolated:
         store(key, asdict(out), cache_dir)
     return out
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from blocksearch.cache import work_slot
+from blocksearch.cache import outside_work_slot, work_slot
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate
@@ -107,7 +107,8 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
     def report(step: int, losses: dict) -> None:
         last[KD_METRIC] = float(losses.get("loss_kd_out", losses.get("loss", float("nan"))))
         if step % job.report_every == 0:
-            tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 0, "step": step, "payload": ""})
+            with outside_work_slot():  # the report may block on the driver: never while holding the slot
+                tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 0, "step": step, "payload": ""})
 
     try:  # a failing candidate (exception, NaN, out of memory) is recorded FAILED; the search goes on
         outcome = load_candidate(candidate)(genome, job, report)

@@ -46,7 +46,7 @@ def test_a_measurement_waits_for_work_that_does_not_yield():
     with C.measurement_slot() as waited:
         pass
     p.join(10)
-    assert waited >= 0.4 and time.perf_counter() - t0 >= 0.4
+    assert waited.seconds >= 0.4 and time.perf_counter() - t0 >= 0.4 and waited.isolated
 
 
 def test_work_steps_aside_at_its_checkpoint_and_stays_out_while_measuring():
@@ -67,7 +67,7 @@ def test_work_steps_aside_at_its_checkpoint_and_stays_out_while_measuring():
         stop.set()
         for w in workers:
             w.join(10)
-    assert waited < 0.2  # one checkpoint away
+    assert waited.seconds < 0.2 and waited.isolated  # one checkpoint away
     assert during == 0  # nothing of ours ran while the slot was held
     assert after > 5  # and the work resumed
 
@@ -80,3 +80,45 @@ def test_work_slot_is_reentrant_and_a_measurement_inside_work_does_not_deadlock(
             pass
         assert C._SLOT["room"] is not None
     assert C._SLOT["room"] is None
+
+
+def test_a_holder_that_never_yields_delays_a_measurement_by_the_timeout_only():
+    ready = CTX.Event()
+    p = CTX.Process(target=_hold_without_yielding, args=(ready, 30))  # a stuck (or orphaned) worker
+    p.start()
+    try:
+        ready.wait(10)
+        t0 = time.perf_counter()
+        with C.measurement_slot(timeout=0.5) as waited:
+            pass
+        assert not waited.isolated and 0.5 <= waited.seconds < 3 and time.perf_counter() - t0 < 3
+        with C.measurement_slot(timeout=0.3) as again:  # the slot files were released: the same, no deadlock
+            pass
+        assert not again.isolated
+    finally:
+        p.kill()
+        p.join(10)
+    with C.measurement_slot(timeout=5) as free:  # the holder is gone: its flock went with it
+        pass
+    assert free.isolated and free.seconds < 1
+
+
+def _blocked_on_the_driver(ready, seconds):
+    with C.work_slot():
+        with C.outside_work_slot():  # a Ray Tune report that waits for a driver that may be dead
+            ready.set()
+            time.sleep(seconds)
+
+
+def test_work_waiting_on_someone_else_does_not_hold_the_slot():
+    ready = CTX.Event()
+    p = CTX.Process(target=_blocked_on_the_driver, args=(ready, 30))
+    p.start()
+    try:
+        ready.wait(10)
+        with C.measurement_slot(timeout=5) as waited:
+            pass
+        assert waited.isolated and waited.seconds < 1
+    finally:
+        p.kill()
+        p.join(10)

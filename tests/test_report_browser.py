@@ -47,8 +47,11 @@ def test_report_renders_in_chromium(browser, tmp_path):
     page, problems = open_page(browser, out / "index.html")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3", timeout=30_000)
     plots = page.evaluate(PLOTS)
-    assert [p["id"] for p in plots] == ["plot-fid-params", "plot-fid-latency_ms", "plot-3d"]
+    assert [p["id"] for p in plots] == ["plot-fid-params", "plot-fid-latency_ms", "plot-3d", "plot-alignment"]
     done = sum(state == "COMPLETE" for state, *_ in CASE)
+    alignment = plots.pop()  # every completed trial of CASE passes the constraints: all feasible, no crosses
+    assert alignment["names"] == ["feasible", "infeasible"] and alignment["points"] == [done, 0]
+    assert alignment["drawn"][0] == done and sum(alignment["drawn"]) == done  # plotly draws no group for an empty trace
     for plot in plots:  # front 3 (trials 2, 3, 1), dominated 2, reference designs 2 (bk_base, bk_small)
         assert plot["names"] == ["Pareto front", "dominated", "BK-SDM reference designs"]
         assert plot["points"] == [3, 2, 2] and sum(plot["points"][:2]) == done

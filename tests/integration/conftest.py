@@ -1,6 +1,7 @@
 """Integration fixtures: an untrained toy-topology teacher pipeline (real diffusers parts, built in
 seconds, no training) and helpers to run ``blocksearch run`` as a user would."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,22 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "2", "--eval-prompts", "4", "--latency-repeats", "2"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def integration_cache(tmp_path_factory):
+    """The integration runs keep their caches and lock files in one folder of their own, never the user's
+    ~/.cache/blocksearch, and no wait for the measurement slot lasts past 60 s (a process that holds it and
+    never yields -- say an orphaned worker of a killed driver -- slows a test, it cannot hang it)."""
+    folder = tmp_path_factory.mktemp("cache")
+    saved = {k: os.environ.get(k) for k in ("BLOCKSEARCH_CACHE", "BLOCKSEARCH_SLOT_TIMEOUT")}
+    os.environ.update(BLOCKSEARCH_CACHE=str(folder), BLOCKSEARCH_SLOT_TIMEOUT="60")
+    yield folder
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,9 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
     second = run_cli(args, env, start_new_session=True)
     try:
         out, _ = second.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        _kill_group(second)
+        pytest.fail(f"the resumed run did not finish in 400 s; it printed:\n{second.communicate()[0]}")
     finally:
         _kill_group(second)
     assert second.returncode == 0, out
