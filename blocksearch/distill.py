@@ -8,12 +8,18 @@ With ``feat_norm`` each feature term is divided by the teacher feature's mean sq
 balances layers whose features differ in scale). The target is the noise or, for a v-prediction
 teacher, the velocity. Teacher outputs come from the teacher cache (computed once per study) or are
 computed live under ``no_grad``.
+
+A run can stop at step k and continue to step n (``save_to`` / ``resume_from``): the checkpoint holds the
+student's weights, AdamW's full state and the step reached, in safetensors files (the scalars in JSON; never
+pickle), and the continued run reads batches k..n-1 of the same stream, so 0->k then k->n trains the same
+student as 0->n (``bench_fidelity`` trains its budget ladders this way).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,7 +31,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir, yield_to_measurement
-from blocksearch.data import Batch, BatchStream
+from safetensors.torch import load_file, save_file
+
+from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.space import Genome, load_space
@@ -39,6 +47,12 @@ CACHE_MODES = ("auto", "disk", "off")  # auto: disk where it fits under the cap,
 # The defaults that follow the teacher: the toy's are DistillConfig's own; SD-family teachers get BK-SDM's
 # AdamW learning rate (arXiv 2305.15798 sec. 4: 5e-5).
 SD_DISTILL = {"lr": 5e-5}
+# The checkpoint of a KD run (``save_checkpoint``): weights and optimizer tensors in safetensors, the rest in JSON.
+CHECKPOINT_FORMAT = 1
+WEIGHTS_FILE, OPTIMIZER_FILE, CHECKPOINT_FILE = "unet.safetensors", "optimizer.safetensors", "checkpoint.json"
+# The settings a continued run must share with the run it continues: they shape the training trajectory.
+TRAJECTORY = ("batch_size", "lr", "lambda_task", "lambda_out", "lambda_feat", "feat_norm", "precision", "seed",
+              "data", "resolution", "max_grad_norm")
 
 
 @dataclass(frozen=True)
@@ -165,13 +179,15 @@ def batch_stream(teacher: Teacher, config: DistillConfig) -> BatchStream:
     return BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir, config.resolution)
 
 
-def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
-                          stream: BatchStream | None = None) -> tuple[TeacherCache | None, str]:
+def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu", stream: BatchStream | None = None,
+                          steps: int | None = None) -> tuple[TeacherCache | None, str]:
     """The teacher cache of ``config`` (built once, e.g. in the search driver before its trials), or None
     where the teacher runs live instead; and why. ``auto`` caches where the file fits under the cap (the
     smaller of ``cache_gb`` and what the disk has), else runs the teacher live (on a GPU a teacher forward is
-    cheap); ``disk`` refuses a file over the cap; ``off`` always runs live. Decided before any forward."""
-    if config.teacher_cache == "off" or not config.steps:
+    cheap); ``disk`` refuses a file over the cap; ``off`` always runs live. Decided before any forward.
+    ``steps`` sizes the file (default ``config.steps``): batch i's entry is the same in a file of any size."""
+    steps = config.steps if steps is None else steps
+    if config.teacher_cache == "off" or not steps:
         return None, "teacher cache off: the teacher runs live in each trial"
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     stream = stream or batch_stream(teacher, config)
@@ -179,28 +195,42 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, first.noisy.shape[-1], 2,
                                     text_tokens=first.text.shape[1])  # the file stores fp16 (open_cache's dtype)
     cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
-    mode, why = cache_plan(per_step, config.steps, cap, what)
+    mode, why = cache_plan(per_step, steps, cap, what)
     if mode == "live" and config.teacher_cache == "disk":
-        raise BlocksearchError(f"--teacher-cache disk: {cache_figures(per_step, config.steps, cap, what)} is over "
+        raise BlocksearchError(f"--teacher-cache disk: {cache_figures(per_step, steps, cap, what)} is over "
                                f"the cap; allowed: --teacher-cache auto (a live teacher), fewer --steps or a "
                                f"smaller --batch-size, or a larger BLOCKSEARCH_CACHE_GB")
     if mode == "live":
         return None, why
-    return open_cache(teacher.name, teacher.unet, stream, config.steps, cache_dir, cap / 2**30, device=device), why
+    return open_cache(teacher.name, teacher.unet, stream, steps, cache_dir, cap / 2**30, device=device), why
 
 
 def distill(teacher: Teacher, student: Student, config: DistillConfig, device="cpu",
-            on_step: Callable[[int, dict], None] | None = None, progress: bool = True) -> DistillResult:
-    """Train ``student.unet`` in place by KD; ``on_step(step, record)`` after each step (may raise to stop)."""
+            on_step: Callable[[int, dict], None] | None = None, progress: bool = True, *,
+            resume_from: str | Path | None = None, save_to: str | Path | None = None,
+            cache_steps: int | None = None) -> DistillResult:
+    """Train ``student.unet`` in place by KD up to step ``config.steps``; ``on_step(step, record)`` after each
+    step (may raise to stop). ``resume_from``: a checkpoint of an earlier run of these settings (weights,
+    optimizer, step reached), continued from its step; ``save_to``: write the checkpoint of this run's end.
+    ``cache_steps``: size the teacher cache for a longer run (default ``config.steps``), so that the runs of
+    a ladder of budgets share one cache file."""
+    if cache_steps is not None and cache_steps < config.steps:
+        raise BlocksearchError(f"cache_steps {cache_steps} < steps {config.steps}: the cache must cover every step")
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     stream = batch_stream(teacher, config)
-    cache, cache_why = prepare_teacher_cache(teacher, config, device, stream)
-    teacher_s = time.perf_counter() - start
     recipe = Distiller(teacher, student, config, device)
+    first = load_checkpoint(resume_from, recipe) if resume_from is not None else 0
+    if first > config.steps:
+        recipe.close()
+        raise BlocksearchError(f"checkpoint {resume_from} is at step {first}, past the run's {config.steps} steps")
+    cache, cache_why = prepare_teacher_cache(teacher, config, device, stream,
+                                             cache_steps if first < config.steps else 0)
+    teacher_s = time.perf_counter() - start
     losses = []
     try:
-        bar = tqdm(range(config.steps), desc=f"distill {student.genome.id}", unit="step", disable=not progress)
+        bar = tqdm(range(first, config.steps), desc=f"distill {student.genome.id}", unit="step",
+                   disable=not progress)
         for i in bar:
             if cache is not None:
                 batch, t_out, t_feats = cache[i]
@@ -217,10 +247,87 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if on_step is not None:
                 on_step(i + 1, record)
+        if save_to is not None:
+            save_checkpoint(save_to, recipe, config.steps)
     finally:
         recipe.close()
     return DistillResult(losses, time.perf_counter() - start, teacher_s,
-                         str(cache.path) if cache is not None else None, {"teacher_cache": cache_why})
+                         str(cache.path) if cache is not None else None,
+                         {"teacher_cache": cache_why, "start_step": first})
+
+
+# -- checkpoints: continue a KD run where it stopped ---------------------------------------------------
+def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
+    """``folder``/unet.safetensors (student weights), optimizer.safetensors (AdamW's state tensors, keys
+    ``state.<param index>.<slot>``) and checkpoint.json (the step, the optimizer's scalars and hyperparameters,
+    and what the run must match to continue), each written to a temp file and renamed; the JSON last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, scalars = _flatten_optimizer(recipe.opt.state_dict())
+    weights = {k: v.detach().cpu().contiguous() for k, v in recipe.unet.state_dict().items()}
+    info = {"format": CHECKPOINT_FORMAT, "step": step, "genome": recipe.student.genome.id,
+            "teacher": fingerprint(recipe.teacher.unet),
+            "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY},
+            "optimizer": scalars, "grad_scaler": recipe.scaler.state_dict()}
+    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+    _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
+    return folder
+
+
+def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
+    """Load a ``save_checkpoint`` folder into ``recipe`` (weights, optimizer, grad scaler); the step reached.
+    Refused when it was written for another student, teacher or training settings."""
+    folder = Path(folder)
+    info = checkpoint_info(folder)
+    if info is None:
+        raise BlocksearchError(f"no KD checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
+    wanted = {"genome": recipe.student.genome.id, "teacher": fingerprint(recipe.teacher.unet),
+              "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY}}
+    diff = [k for k in wanted if json.loads(json.dumps(wanted[k])) != info.get(k)]
+    if info.get("format") != CHECKPOINT_FORMAT or diff:
+        what = diff[0] if diff else f"format {info.get('format')}"
+        raise BlocksearchError(f"checkpoint {folder} does not continue this run: its {what} differs "
+                               f"({info.get(what, '?') if diff else CHECKPOINT_FORMAT})")
+    recipe.unet.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    recipe.opt.load_state_dict(_unflatten_optimizer(load_file(folder / OPTIMIZER_FILE), info["optimizer"]))
+    recipe.scaler.load_state_dict(info["grad_scaler"])
+    return int(info["step"])
+
+
+def checkpoint_info(folder: str | Path) -> dict | None:
+    """checkpoint.json of a checkpoint folder (step, genome, settings), or None where there is none."""
+    path = Path(folder) / CHECKPOINT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict as flat tensors (safetensors) and JSON-ready scalars and param groups."""
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for slot, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{slot}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{slot}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, slot = key.split(".", 2)
+        state.setdefault(int(index), {})[slot] = value
+    for key, value in rest["scalars"].items():
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):

@@ -80,8 +80,11 @@ class TeacherCache:
 
     def __init__(self, path: Path, batch_size: int, steps: int):
         self.path, self.batch_size, self.steps = path, batch_size, steps
-        # fp32 once at load: a KD step then costs slicing only (~2x the file size in memory)
-        self.tensors = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()}
+        # fp32 once at load: a KD step then costs slicing only (~2x the file size in memory). Always a fresh
+        # copy: a tensor read from the file may sit at any byte offset, and CPU kernels round differently on
+        # unaligned memory, so batch i would train differently from files of different lengths.
+        self.tensors = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+                        for k, v in load_file(path).items()}
         os.utime(path)  # least-recently-used order is the files' mtime
 
     def __len__(self):
