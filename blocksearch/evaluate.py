@@ -1,6 +1,7 @@
-"""Evaluation: generate a fixed prompt set with fixed seeds, then FID, text alignment, params, MACs, latency.
+"""Evaluation: generate a fixed prompt set with fixed seeds, then FID, KID, text alignment, params, MACs, latency.
 
-FID (Heusel et al. 2017) goes through ``torch_fidelity.calculate_metrics`` with a named feature
+FID (Heusel et al. 2017) and KID (Binkowski et al. 2018, on the same features: unbiased where FID is biased
+at small sample sizes) go through one ``torch_fidelity.calculate_metrics`` call with a named feature
 extractor: ``toy-judge`` for the toy teacher, ``inception-v3-compat`` for real teachers (weights from a
 path or the user's cache; offline without them is an error naming the file). The reference (real
 image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency (one U-Net step at
@@ -42,6 +43,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # here the teacher's own scheduler, as is, at the teacher's own resolution), 8 images per batch at 512 px.
 SD_EVAL = {"guidance": 7.5, "steps": 25, "batch_size": 8}
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults; the size is capped by the image counts
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Metrics:
     weights_mb: float | None = None  # the U-Net's weights in the latency dtype
     timings: dict = field(default_factory=dict)  # generate_s, score_s, latency_s
     measured: dict = field(default_factory=dict)  # how each number was measured
+    kid: float | None = None  # mean over subsets (None: a study of an earlier version)
+    kid_std: float | None = None  # its standard deviation over the subsets
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,9 +118,29 @@ class Metrics:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
-             progress: bool = True) -> Metrics:
-    """Score ``unet`` as a drop-in replacement of the teacher's U-Net."""
+@dataclass(frozen=True)
+class ImageDistance:
+    """FID and KID (mean and std over subsets) of one image set against the reference set."""
+
+    fid: float
+    kid: float
+    kid_std: float
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """The quality half of ``evaluate``: distances to the reference set and text alignment, no cost or speed."""
+
+    distance: ImageDistance
+    alignment: float | None
+    prompts: list[str]
+    timings: dict  # generate_s, score_s
+    measured: dict  # fid (and kid), alignment, generation
+
+
+def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
+                 progress: bool = True) -> ImageScores:
+    """Generate the fixed prompt set with ``unet`` in the teacher's pipeline; FID, KID and text alignment."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     unet = unet.to(device).eval()
     scorer = scorer_for(teacher, config)
@@ -124,32 +148,46 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     prompts, seeds = scorer.prompt_set()
     images = generate_images(teacher, unet, prompts, seeds, config, device, progress)
     t1 = time.perf_counter()
-    fid, fid_how = scorer.fid(images, prompts, cache_dir, device)
+    distance, fid_how = scorer.distance(images, prompts, cache_dir, device)
     alignment, align_how = scorer.alignment(images, prompts, device)
     t2 = time.perf_counter()
-    scale = teacher.pipeline.vae_scale_factor
-    latent = config.resolution // scale if config.resolution else unet.config.sample_size
-    params, macs = cost(unet, latent, cache_dir)
-    target, dtype = config.latency_target(device)
-    speed, speed_how = speed_and_memory(
-        student_pipeline(teacher, unet), latent, config.steps, config.guidance, prompts[0], target, dtype,
-        config.latency_warmup, config.latency_repeats, config.latency_min_s, config.latency_clock, cache_dir,
-        e2e_repeats=config.e2e_repeats, reference=teacher.unet)
-    t3 = time.perf_counter()
     measured = {
         "fid": fid_how, "alignment": align_how,
         "generation": {"prompts": len(prompts), "seeds": f"per-prompt seed + {config.seed}",
                        "sampler": type(teacher.pipeline.scheduler).__name__, "steps": config.steps,
                        "guidance": config.guidance, "resolution": list(images.shape[-2:]), "device": str(device),
                        "prompt_set_sha": _sha([prompts, seeds])},
+    }
+    return ImageScores(distance, alignment, prompts, {"generate_s": t1 - t0, "score_s": t2 - t1}, measured)
+
+
+def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
+             progress: bool = True) -> Metrics:
+    """Score ``unet`` as a drop-in replacement of the teacher's U-Net."""
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    scores = score_images(teacher, unet, config, device, progress)
+    t2 = time.perf_counter()
+    scale = teacher.pipeline.vae_scale_factor
+    latent = config.resolution // scale if config.resolution else unet.config.sample_size
+    params, macs = cost(unet, latent, cache_dir)
+    target, dtype = config.latency_target(device)
+    speed, speed_how = speed_and_memory(
+        student_pipeline(teacher, unet), latent, config.steps, config.guidance, scores.prompts[0], target, dtype,
+        config.latency_warmup, config.latency_repeats, config.latency_min_s, config.latency_clock, cache_dir,
+        e2e_repeats=config.e2e_repeats, reference=teacher.unet)
+    t3 = time.perf_counter()
+    measured = {
+        **scores.measured,
         "params": "exact count of U-Net parameters",
         "macs": f"one U-Net forward at batch 1, latent {latent}x{latent}, 77 text tokens; "
                 f"torch.utils.flop_counter (matmul, conv, attention), MACs = FLOPs / 2",
         **speed_how,
     }
-    return Metrics(fid, alignment, params, macs, speed["latency_ms"], speed["latency_cv"], speed["e2e_ms"],
-                   speed["memory_mb"], speed["weights_mb"],
-                   {"generate_s": t1 - t0, "score_s": t2 - t1, "latency_s": t3 - t2}, measured)
+    d = scores.distance
+    return Metrics(fid=d.fid, alignment=scores.alignment, params=params, macs=macs, latency_ms=speed["latency_ms"],
+                   latency_cv=speed["latency_cv"], e2e_ms=speed["e2e_ms"], memory_mb=speed["memory_mb"],
+                   weights_mb=speed["weights_mb"], timings=scores.timings | {"latency_s": t3 - t2},
+                   measured=measured, kid=d.kid, kid_std=d.kid_std)
 
 
 def student_pipeline(teacher: Teacher, unet) -> StableDiffusionPipeline:
@@ -177,8 +215,9 @@ class Scorer(Protocol):
     def prompt_set(self) -> tuple[list[str], list[int]]:
         """The fixed (prompt, seed) pairs."""
 
-    def fid(self, images: torch.Tensor, prompts: list[str], cache_dir: Path, device) -> tuple[float, dict]:
-        """FID of uint8 (N,3,H,W) images against the reference set, and how it was measured."""
+    def distance(self, images: torch.Tensor, prompts: list[str], cache_dir: Path,
+                 device) -> tuple[ImageDistance, dict]:
+        """FID and KID of uint8 (N,3,H,W) images against the reference set, and how they were measured."""
 
     def alignment(self, images: torch.Tensor, prompts: list[str], device) -> tuple[float | None, str]:
         """Text alignment of the images with their prompts (None: not measured), and how."""
@@ -195,10 +234,10 @@ class ToyScorer:
         pairs = heldout_prompts(self.config.prompts)
         return [p for p, _ in pairs], [s + self.config.seed for _, s in pairs]
 
-    def fid(self, images, prompts, cache_dir, device):
+    def distance(self, images, prompts, cache_dir, device):
         seed, n_ref, uniq = self.config.seed, self.config.reference_images, sorted(set(prompts))
         reference = ImageSet(n_ref, lambda i: real_images(1, _sha([seed, i], 8), [uniq[i % len(uniq)]])[0])
-        return frechet_distance(
+        return image_distance(
             images, reference, "toy-judge", str(self.judge_path), cache_dir, device,
             ref_id=["toy", _file_sha(self.judge_path), n_ref, seed, uniq],
             ref_desc=f"{n_ref} toy-world images of the {len(uniq)} evaluation prompts (cycled), seed {seed}")
@@ -219,13 +258,13 @@ class RealScorer:
     def prompt_set(self) -> tuple[list[str], list[int]]:
         return real_prompt_set(self.config)
 
-    def fid(self, images, prompts, cache_dir, device):
+    def distance(self, images, prompts, cache_dir, device):
         weights = str(inception_weights(self.config))
         folder = _reference_folder(self.config)
         files, size = reference_images(folder), images.shape[-1]
         reference = ImageSet(len(files), lambda i: ((load_image(files[i], size) + 1) * 127.5)
                              .round().clamp(0, 255).to(torch.uint8))
-        return frechet_distance(
+        return image_distance(
             images, reference, "inception-v3-compat", weights, cache_dir, device,
             ref_id=["folder", str(folder.resolve()), len(files), size, os.stat(folder).st_mtime],
             ref_desc=f"{len(files)} images of {folder} at {size}px")
@@ -269,19 +308,26 @@ def scorer_for(teacher: Teacher, config: EvalConfig) -> Scorer:
     return ToyScorer(teacher.judge_path, config) if teacher.is_toy else RealScorer(config)
 
 
-def frechet_distance(images, reference: ImageSet, extractor: str, weights: str, cache_dir: Path, device,
-                     ref_id: list, ref_desc: str) -> tuple[float, dict]:
-    """FID (Heusel et al. 2017) through torch-fidelity; the reference statistics are cached under ``ref_id``."""
+def image_distance(images, reference: ImageSet, extractor: str, weights: str, cache_dir: Path, device,
+                   ref_id: list, ref_desc: str) -> tuple[ImageDistance, dict]:
+    """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) in one torch-fidelity call on the same
+    features; the reference features and statistics are cached under ``ref_id``. KID's subset size is
+    capped by the number of images on either side (torch-fidelity refuses a larger one)."""
     ref_key = f"blocksearch-ref-{_sha(ref_id)}"
+    subset = min(KID_SUBSET_SIZE, len(images), len(reference))
     metrics = torch_fidelity.calculate_metrics(
-        input1=ImageSet.of(images), input2=reference, fid=True,
-        feature_extractor=extractor, feature_extractor_weights_path=weights,
+        input1=ImageSet.of(images), input2=reference, fid=True, kid=True, kid_subsets=KID_SUBSETS,
+        kid_subset_size=subset, feature_extractor=extractor, feature_extractor_weights_path=weights,
         cuda=str(device).startswith("cuda"), cache=True, cache_root=str(cache_dir / "fidelity"),
         input2_cache_name=ref_key, verbose=False, save_cpu_ram=True)
     how = {"library": f"torch-fidelity {torch_fidelity.__version__}", "feature_extractor": extractor,
            "weights": weights, "generated": len(images), "reference": ref_desc,
-           "reference_stats_cache": str(cache_dir / "fidelity" / ref_key)}
-    return float(metrics["frechet_inception_distance"]), how
+           "reference_stats_cache": str(cache_dir / "fidelity" / ref_key),
+           "kid": f"polynomial-kernel MMD^2 (degree 3), mean and std over {KID_SUBSETS} subsets of {subset}"}
+    distance = ImageDistance(float(metrics["frechet_inception_distance"]),
+                             float(metrics["kernel_inception_distance_mean"]),
+                             float(metrics["kernel_inception_distance_std"]))
+    return distance, how
 
 
 @torch.no_grad()

@@ -4,11 +4,14 @@ import json
 
 import pytest
 import torch
+import torch_fidelity
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, scorer_for
+from blocksearch.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, image_distance, scorer_for
+from blocksearch.generation import ImageSet
 from blocksearch.teachers import Teacher
+from blocksearch.toy.world import heldout_prompts, real_images
 from tests.conftest import make_tiny_pipeline, make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,13 +36,29 @@ def test_same_student_prompts_and_seeds_give_the_same_fid(tmp_path):
     m = first.measured
     assert m["fid"]["feature_extractor"] == "toy-judge" and m["generation"]["prompts"] == 12
     assert m["latency"]["what"].startswith("one U-Net forward, batch 2") and "torch_threads" in m["latency"]
+    assert first.kid > 0 and first.kid_std >= 0 and "12" in m["fid"]["kid"]  # KID subsets capped at 12 images
     assert Metrics.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+    old_study = {k: v for k, v in first.to_dict().items() if k not in ("kid", "kid_std")}
+    assert Metrics.from_dict(old_study).kid is None  # metrics stored before KID still load
+
+
+def test_kid_leaves_fid_as_it_was(tmp_path):
+    """FID of the FID-only torch-fidelity call (before KID was added) equals FID next to KID."""
+    teacher = make_tiny_teacher(tmp_path)
+    prompts = [p for p, _ in heldout_prompts(12)]
+    images, reference = real_images(12, 7, prompts), real_images(24, 8, prompts)
+    distance, how = image_distance(images, ImageSet.of(reference), "toy-judge", str(teacher.judge_path), tmp_path,
+                                   "cpu", ["test"], "24 images")
+    fid_only = torch_fidelity.calculate_metrics(
+        input1=ImageSet.of(images), input2=ImageSet.of(reference), fid=True, feature_extractor="toy-judge",
+        feature_extractor_weights_path=str(teacher.judge_path), cuda=False, cache=False, verbose=False)
+    assert distance.fid == pytest.approx(fid_only["frechet_inception_distance"], rel=1e-12)
+    assert distance.kid_std >= 0 and "subsets of 12" in how["kid"]
 
 
 def test_one_scorer_per_kind_of_teacher(tmp_path):
     """The toy scorer (bundled judge): held-out prompts; toy-FID and alignment rank real images above noise."""
     from blocksearch.toy.assets import ASSETS, JUDGE_FILE
-    from blocksearch.toy.world import heldout_prompts, real_images
 
     teacher = make_tiny_teacher(tmp_path)
     config = EvalConfig(**FAST, cache_dir=str(tmp_path))
@@ -49,8 +68,8 @@ def test_one_scorer_per_kind_of_teacher(tmp_path):
     assert list(zip(prompts, seeds)) == heldout_prompts(12)
     real = real_images(12, 7, prompts)
     noise = torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    (fid_real, how), (fid_noise, _) = toy.fid(real, prompts, tmp_path, "cpu"), toy.fid(noise, prompts, tmp_path, "cpu")
-    assert fid_real < 0.5 * fid_noise and how["feature_extractor"] == "toy-judge"
+    (d_real, how), (d_noise, _) = toy.distance(real, prompts, tmp_path, "cpu"), toy.distance(noise, prompts, tmp_path, "cpu")
+    assert d_real.fid < 0.5 * d_noise.fid and d_real.kid < d_noise.kid and how["feature_extractor"] == "toy-judge"
     assert toy.alignment(real, prompts, "cpu")[0] > 0.8 > toy.alignment(noise, prompts, "cpu")[0]
     real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline), config)
     assert isinstance(real_teacher, RealScorer) and real_teacher.alignment(real, prompts, "cpu")[0] is None
