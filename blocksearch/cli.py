@@ -248,15 +248,18 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     return 0
 
 
-# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py) ----------------
+# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
+BENCH_MODULES = {"stability": "blocksearch.bench_stability", "fidelity": "blocksearch.bench_fidelity"}
+
+
 def cmd_bench(args) -> int:
-    """``bench kd | latency | stability``: ``cmd_bench_<command>`` of bench.py or bench_stability.py, imported
-    only when it runs (both import torch and diffusers at their top)."""
-    module = "blocksearch.bench_stability" if args.bench_command == "stability" else "blocksearch.bench"
+    """``bench kd | latency | stability | fidelity``: ``cmd_bench_<command>`` of bench.py, bench_stability.py or
+    bench_fidelity.py, imported only when it runs (they import torch and diffusers at their top)."""
+    module = BENCH_MODULES.get(args.bench_command, "blocksearch.bench")
     return getattr(importlib.import_module(module), f"cmd_bench_{args.bench_command}")(args)
 
 
-# Each verb's handler, by the verb's name (`bench`: kd, latency, stability); parsers.build_parser wires them.
+# Each verb's handler, by the verb's name (`bench`: kd, latency, stability, fidelity); parsers.build_parser wires them.
 HANDLERS = {"space show": cmd_space_show, "space list": cmd_space_list, "report": cmd_report, "export": cmd_export,
             "run": cmd_run, "distill": cmd_distill, "evaluate": cmd_evaluate, "bench": cmd_bench}
 

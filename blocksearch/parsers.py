@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 
 import yaml
@@ -330,7 +331,7 @@ def add_evaluate_parser(verbs, handler: Callable) -> None:
     p.set_defaults(handler=handler)
 
 
-# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py) ----------------
+# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
 def add_bench_parser(verbs, handler: Callable) -> None:
     bench = verbs.add_parser("bench", help="performance figures (KD throughput, latency, sampler vs random)",
                              description="Measure performance figures side by side in one run.")
@@ -365,6 +366,7 @@ def add_bench_parser(verbs, handler: Callable) -> None:
     lat.set_defaults(handler=handler)
     add_bench_search_parser(sub)
     add_bench_stability_parser(sub, handler)
+    add_bench_fidelity_parser(sub, handler)
 
 
 def add_bench_stability_parser(sub, handler: Callable) -> None:
@@ -383,6 +385,48 @@ def add_bench_stability_parser(sub, handler: Callable) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
     p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
     p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
+    p.set_defaults(handler=handler)
+
+
+def add_bench_fidelity_parser(sub, handler: Callable) -> None:
+    p = sub.add_parser(
+        "fidelity", help="do short KD runs rank architectures the way long runs do? (Kendall tau per budget)",
+        description="Train the BK designs, a study's Pareto front (--study) and random architectures of the space "
+                    "spread over size (at least two attention-free) along a ladder of KD budgets, each budget "
+                    "continuing from the previous one's checkpoint, and score every student at each generation "
+                    "seed (FID, KID, text alignment; the search's evaluation without latency). Prints Kendall's "
+                    "tau-b of each short budget's ranking against the longest budget's with a 95 % bootstrap "
+                    "interval, params and MACs as baselines, the seed spread, the cost per budget and the cheapest "
+                    "budget whose FID ranking matches (tau >= 0.8, interval low end >= 0.6). Rows go to "
+                    "OUT/results.jsonl as they arrive: re-running the command skips what is done and continues "
+                    "from the largest checkpoint (kept under $BLOCKSEARCH_CACHE/bench/fidelity). Writes "
+                    "OUT/index.md, OUT/fidelity.csv, OUT/short_vs_long.png and the summary --csv. Settings (KD, "
+                    "evaluation) are blocksearch run's defaults for the teacher.")
+    p.add_argument("--teacher", default="toy", help="a toy teacher: toy (bundled) or a `blocksearch toy build` "
+                                                    "folder (default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space of the architectures (default: %(default)s)")
+    p.add_argument("--archs", type=int, default=12, help="architectures in all: the named designs, the study's "
+                                                         "front, then random ones (default: %(default)s)")
+    p.add_argument("--budgets", default="0,30,120,480,1920", help="KD steps, comma-separated; 0 = surgery only "
+                                                                  "(the one-shot score); the largest is the "
+                                                                  "reference ranking (default: %(default)s)")
+    p.add_argument("--seeds", default="0,1", help="generation seeds each student is scored at (default: %(default)s)")
+    p.add_argument("--eval-prompts", type=int, default=None,
+                   help="evaluation prompts (default: evaluate's, 128 for the toy)")
+    p.add_argument("--teacher-cache", choices=("auto", "disk", "off"), default="auto",
+                   help="teacher outputs of the longest budget on disk, shared by every ladder, where they fit "
+                        "(auto), refuse otherwise (disk), or a live teacher (off) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random architectures and of KD (default: "
+                                                       "%(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="ladders in parallel, one Ray task (1 CPU, 1 torch thread) each; 0 = in this process, "
+                        "no Ray (default: the CPUs, %(default)s)")
+    p.add_argument("--study", default=None, help="also the Pareto front of this finished study")
+    p.add_argument("--storage", default=None, help=STORAGE_HELP)
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples per interval (default: %(default)s)")
+    p.add_argument("--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
+    p.add_argument("--csv", default="blocksearch/measured/fidelity-toy-tau.csv",
+                   help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: %(default)s)")
     p.set_defaults(handler=handler)
 
 

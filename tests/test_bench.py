@@ -41,7 +41,8 @@ LIGHT_PARSER = """
 import sys
 from blocksearch.cli import build_parser
 build_parser()
-print(*sorted(m for m in ("blocksearch.bench", "blocksearch.bench_stability", "blocksearch.toy.commands", "torch")
+print(*sorted(m for m in ("blocksearch.bench", "blocksearch.bench_stability", "blocksearch.bench_fidelity",
+                          "blocksearch.toy.commands", "torch")
               if m in sys.modules))
 """
 

@@ -1,0 +1,374 @@
+"""``blocksearch bench fidelity``: do short KD runs rank candidate architectures the way long runs do?
+
+Architectures: the space's BK designs, the Pareto front of a finished study (``--study``), and random Genomes
+of the space spread over size (evenly spaced quantiles of params, at least two attention-free). Each one climbs
+a ladder of budgets (``--budgets``; 0 = surgery only, the one-shot score), each budget continuing from the
+previous one's checkpoint (distill.py's ``resume_from``: 0->k->n trains the same student as 0->n, so a
+ladder costs its longest run once), and is scored at every generation seed (FID, KID, text alignment:
+``evaluate.score_images``; no latency). One Ray task per ladder, rows printed and appended to
+``<out>/results.jsonl`` as they arrive: a rerun skips every (architecture, budget, seed) done and continues
+from the largest checkpoint. rank_stats.py turns the rows into Kendall's tau of each short budget's ranking
+against the longest's, with bootstrap intervals, next to params and MACs as baselines; fidelity_report.py
+writes ``<out>/`` (index.md, fidelity.csv, short_vs_long.png) and the summary CSV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from blocksearch.cache import default_cache_dir, work_slot
+from blocksearch.data import fingerprint
+from blocksearch.distill import TRAJECTORY, DistillConfig, checkpoint_info, distill, prepare_teacher_cache
+from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import EvalConfig, score_images
+from blocksearch.fidelity_report import portable, progress_line, summarize, write_outputs
+from blocksearch.latency import cost
+from blocksearch.report import load_report
+from blocksearch.run_settings import absolute, stage_configs
+from blocksearch.search import params_table
+from blocksearch.space import BoundSpace, Genome, load_space
+from blocksearch.study import SearchConfig
+from blocksearch.surgery import Student, build_student, student_config
+from blocksearch.teachers import is_toy, load_teacher, topology_of
+from blocksearch.trial import cached_teacher
+
+DEFAULT_BUDGETS = (0, 30, 120, 480, 1920)
+DEFAULT_OUT = "reports/fidelity-toy"
+POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
+ATTENTION_FREE = 2  # random picks with every transformer removed, at least
+# EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
+EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
+               "latency_device", "latency_dtype", "e2e_repeats")
+KD_FILE = "kd.json"  # beside a ladder's checkpoint: the cumulative KD seconds to reach it
+ROW_KEYS = ("genome", "design", "source", "budget", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
+            "kd_s", "eval_s")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture of the benchmark: where it comes from (design, front, random) and its cost."""
+
+    genome: str
+    design: str | None
+    source: str
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class FidelityJob:
+    """What a ladder needs, picklable: the teacher, the stage settings and where its checkpoints go."""
+
+    teacher: str
+    device: str
+    distill: dict  # DistillConfig without steps: each budget sets its own
+    eval: dict  # EvalConfig without seed: each generation seed sets its own
+    checkpoints: str
+    cache_steps: int  # the teacher cache covers the longest budget: every run of a ladder shares one file
+    threads: int = 1
+
+
+# -- architectures ---------------------------------------------------------------------------------
+class _RandomTrial:
+    """``BoundSpace.suggest``'s trial answered by a seeded RNG: a uniformly random choice per row."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def suggest_categorical(self, name, choices):
+        return self.rng.choice(list(choices))
+
+
+def random_genomes(bound: BoundSpace, draws: int, seed: int) -> list[Genome]:
+    """Distinct valid Genomes sampled as the search's define-by-run function samples them, seeded."""
+    rng, seen = random.Random(seed), {}
+    for _ in range(draws):
+        genome = bound.suggest(_RandomTrial(rng))
+        bound.check(genome)
+        seen.setdefault(genome.id, genome)
+    return list(seen.values())
+
+
+def attention_free(genome: Genome) -> bool:
+    return not any(genome.depth)
+
+
+def spread_over_size(pool: list[Genome], size: Callable[[Genome], int], k: int) -> list[Genome]:
+    """``k`` Genomes of ``pool`` at evenly spaced quantiles of ``size`` (the midpoints of k equal bins)."""
+    ranked = sorted(pool, key=lambda g: (size(g), g.id))
+    return [ranked[int((j + 0.5) * len(ranked) / k)] for j in range(min(k, len(ranked)))]
+
+
+def pick_random(pool: list[Genome], size: Callable[[Genome], int], k: int) -> list[Genome]:
+    """``spread_over_size``, then attention-free Genomes (at their own size quantiles) replace the picks
+    nearest in size until ``ATTENTION_FREE`` of the picks are attention-free."""
+    picks = spread_over_size(pool, size, k)
+    missing = min(ATTENTION_FREE, len(picks)) - sum(map(attention_free, picks))
+    free = [g for g in pool if attention_free(g) and g not in picks]
+    for genome in spread_over_size(free, size, max(0, missing)):
+        keeps = [i for i, p in enumerate(picks) if not attention_free(p)]
+        picks[min(keeps, key=lambda i: abs(size(picks[i]) - size(genome)))] = genome
+    return sorted(picks, key=lambda g: (size(g), g.id))
+
+
+def choose_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, n: int, seed: int,
+                         front: list[Genome] = (), draws: int = POOL_DRAWS) -> list[Arch]:
+    """The named designs, then ``front`` (a study's Pareto front), then random Genomes (of ``draws`` drawn)
+    spread over params, up to ``n`` in all (fewer than the designs and the front: the first ``n`` of them).
+    Deterministic in ``seed``."""
+    fixed, taken = [], set()
+    for genome, design, source in ([(g, name, "design") for name, g in bound.named_designs().items()]
+                                   + [(g, None, "front") for g in front]):
+        if genome.id not in taken and len(fixed) < n:
+            fixed.append((genome, design, source))
+            taken.add(genome.id)
+    pool = [g for g in random_genomes(bound, draws, seed) if g.id not in taken] if n > len(fixed) else []
+    picks = pick_random(pool, params_table(teacher_unet, bound), n - len(fixed))
+    chosen = fixed + [(g, None, "random") for g in picks]
+    return [Arch(g.id, design, source, *arch_cost(teacher_unet, g)) for g, design, source in chosen]
+
+
+def arch_cost(teacher_unet: UNet2DConditionModel, genome: Genome) -> tuple[int, int]:
+    """(params, MACs) of a Genome from its config alone (meta device; cached on disk by latency.cost)."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(student_config(teacher_unet.config, genome))
+    return cost(unet, teacher_unet.config.sample_size)
+
+
+def study_front(study: str, storage: str | None, bound: BoundSpace) -> list[Genome]:
+    """The Genomes on the Pareto front of a finished study (those of this space)."""
+    report = load_report(study, storage)
+    genomes = [Genome.from_id(report.trial(n).genome) for n in report.front if report.trial(n).genome]
+    return [g for g in genomes if g in bound]
+
+
+# -- results: one JSON line per (architecture, budget, seed) -----------------------------------------
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps({k: row[k] for k in ROW_KEYS}) + "\n")
+
+
+def pending(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[dict]) -> list[tuple[Arch, list]]:
+    """Per architecture, the (budget, [seeds]) not in ``rows`` yet, budgets ascending; done ladders left out."""
+    done = {(r["genome"], r["budget"], r["seed"]) for r in rows}
+    work = []
+    for arch in archs:
+        todo = [(b, [s for s in seeds if (arch.genome, b, s) not in done]) for b in sorted(budgets)]
+        todo = [(b, s) for b, s in todo if s]
+        if todo:
+            work.append((arch, todo))
+    return work
+
+
+# -- one ladder: train up the budgets, score each at its seeds ---------------------------------------
+def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple[int, list[int]]]) -> Iterator[dict]:
+    """Yield one row per (budget, seed) of ``todo``; a failure ends the ladder with an ``error`` row."""
+    torch.set_num_threads(job.threads)
+    budget = None
+    try:
+        with work_slot():  # heavy work: a latency measurement of another process waits for its checkpoints
+            teacher = cached_teacher(job.teacher, job.device)
+            genome = Genome.from_id(arch.genome)
+            for budget, seeds in todo:
+                student, kd_s = reach_budget(job, teacher, genome, budget)
+                for seed in seeds:
+                    yield score_row(job, teacher, student, arch, budget, seed, kd_s)
+    except Exception as err:  # noqa: BLE001 - one failing architecture is reported; the others go on
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        yield {"genome": arch.genome, "budget": budget, "error": f"{type(err).__name__}: {text}"}
+
+
+def checkpoint_dir(job: FidelityJob, genome: str, budget: int) -> Path:
+    return Path(job.checkpoints) / genome / str(budget)
+
+
+def finished_checkpoints(job: FidelityJob, genome: str) -> dict[int, float]:
+    """Budget -> cumulative KD seconds of every finished checkpoint of ``genome``'s ladder."""
+    folder, out = Path(job.checkpoints) / genome, {}
+    for path in folder.glob(f"*/{KD_FILE}") if folder.is_dir() else ():
+        if path.parent.name.isdigit() and checkpoint_info(path.parent) is not None:
+            out[int(path.parent.name)] = json.loads(path.read_text())["kd_s"]
+    return out
+
+
+def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int) -> tuple[Student, float]:
+    """The student at ``budget`` KD steps and the cumulative KD seconds to get there: surgery at 0; else its
+    checkpoint, or trained on from the largest finished checkpoint below it (surgery if none) and saved."""
+    student = build_student(teacher.unet, genome)
+    if budget == 0:
+        return student, 0.0
+    done = finished_checkpoints(job, genome.id)
+    config = DistillConfig.from_dict(job.distill | {"steps": budget})
+    here = checkpoint_dir(job, genome.id, budget)
+    if budget in done:
+        distill(teacher, student, config, job.device, progress=False, resume_from=here)  # loads, trains nothing
+        return student, done[budget]
+    base = max((b for b in done if b < budget), default=0)
+    result = distill(teacher, student, config, job.device, progress=False, save_to=here,
+                     resume_from=checkpoint_dir(job, genome.id, base) if base else None,
+                     cache_steps=max(job.cache_steps, budget))
+    kd_s = done.get(base, 0.0) + result.wall_s
+    (here / KD_FILE).write_text(json.dumps({"kd_s": kd_s, "from_budget": base}) + "\n")
+    return student, kd_s
+
+
+def score_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, seed: int, kd_s: float) -> dict:
+    t0 = time.perf_counter()
+    scores = score_images(teacher, student.unet, EvalConfig.from_dict(job.eval | {"seed": seed}), job.device,
+                          progress=False)
+    d = scores.distance
+    return dict(genome=arch.genome, design=arch.design, source=arch.source, budget=budget, seed=seed, fid=d.fid,
+                kid=d.kid, kid_std=d.kid_std, alignment=scores.alignment, params=arch.params, macs=arch.macs,
+                kd_s=round(kd_s, 3), eval_s=round(time.perf_counter() - t0, 3))
+
+
+# -- running the ladders: in this process (--workers 0) or one Ray task each --------------------------
+def run_ladders(job: FidelityJob, work: list[tuple[Arch, list]], workers: int, on_row: Callable[[dict], None]) -> None:
+    if workers == 0:
+        for arch, todo in work:
+            for row in run_ladder(job, arch, todo):
+                on_row(row)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # a new local cluster: token auth, as `blocksearch run` does
+    import ray  # only once there is work for it (search.py: importing Ray costs seconds)
+
+    try:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False, configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise BlocksearchError(f"cannot start a local Ray ({str(err).strip().splitlines()[0][:160]}); "
+                               f"--workers 0 runs the ladders in this process") from None
+    try:
+        task = ray.remote(num_cpus=1, num_returns="streaming")(run_ladder)
+        running = {task.remote(job, arch, todo): arch for arch, todo in work}
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for gen in ready:
+                try:
+                    on_row(ray.get(next(gen)))
+                except StopIteration:
+                    running.pop(gen)
+                except ray.exceptions.RayError as err:  # the worker itself died (e.g. out of memory)
+                    on_row({"genome": running.pop(gen).genome, "budget": None,
+                            "error": str(err).strip().splitlines()[0][:300]})
+    finally:
+        ray.shutdown()
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def parse_ints(text: str, flag: str, low: int = 0) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise BlocksearchError(f"{flag} {text!r}: expected integers separated by commas") from None
+    if not values or values[0] < low:
+        raise BlocksearchError(f"{flag} {text!r}: allowed: integers >= {low} separated by commas")
+    return values
+
+
+def stage_settings(args) -> tuple[dict, dict]:
+    """The trials' DistillConfig and EvalConfig of ``blocksearch run`` with these flags (search.py's
+    defaults for the teacher), as dicts without the per-budget steps and the per-run seed."""
+    distill_cfg, eval_cfg = stage_configs(SearchConfig(teacher=args.teacher, eval_prompts=args.eval_prompts,
+                                                       seed=args.seed, teacher_cache=args.teacher_cache))
+    drop = lambda d, *keys: {k: v for k, v in asdict(d).items() if k not in keys}  # noqa: E731
+    return drop(distill_cfg, "steps"), drop(eval_cfg, "seed")
+
+
+def run_identity(teacher, distill: dict, eval_: dict) -> dict:
+    """What the rows and checkpoints of an --out folder depend on: a rerun must match it."""
+    return {"teacher_unet": fingerprint(teacher.unet), "distill": {k: distill[k] for k in TRAJECTORY},
+            "eval": {k: v for k, v in eval_.items() if k not in EVAL_UNUSED}}
+
+
+def check_identity(out: Path, identity: dict) -> None:
+    path = out / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = [k for k in identity if stored.get(k) != json.loads(json.dumps(identity[k]))]
+        if diff:
+            raise BlocksearchError(f"{out} holds results of other settings ({diff[0]} differs); pass another "
+                                   f"--out, or the settings of its settings.json")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(identity, indent=1) + "\n")
+
+
+def checkpoint_root(identity: dict) -> Path:
+    """``$BLOCKSEARCH_CACHE/bench/fidelity/<key>``: the ladders' checkpoints, keyed by teacher and KD settings
+    (the evaluation settings do not change a checkpoint), outside the report folder (they are large)."""
+    key = hashlib.sha256(json.dumps([identity["teacher_unet"], identity["distill"]], sort_keys=True).encode())
+    return default_cache_dir() / "bench" / "fidelity" / key.hexdigest()[:16]
+
+
+def cmd_bench_fidelity(args) -> int:
+    if not is_toy(args.teacher):
+        raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, or a "
+                               f"`blocksearch toy build` folder); its scores are the toy judge's")
+    budgets, seeds = parse_ints(args.budgets, "--budgets"), parse_ints(args.seeds, "--seeds")
+    if len(budgets) < 2 or args.archs < 2 or args.workers < 0:
+        raise BlocksearchError("--budgets needs >= 2 budgets, --archs >= 2 and --workers >= 0")
+    torch.set_num_threads(1)
+    spec = absolute(args.teacher) if Path(args.teacher).exists() else args.teacher  # as the Ray workers load it
+    teacher = load_teacher(spec)
+    bound = load_space(args.space).bind(topology_of(teacher.unet.config))
+    front = study_front(args.study, args.storage, bound) if args.study else []
+    archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front)
+    distill_settings, eval_settings = stage_settings(args)
+    out = Path(args.out)
+    identity = run_identity(teacher, distill_settings, eval_settings)
+    check_identity(out, identity)
+    checkpoints = checkpoint_root(identity)
+    cache_dir = str(default_cache_dir().resolve())  # Ray workers may run elsewhere than this working directory
+    job = FidelityJob(spec, "cpu",
+                      distill_settings | {"cache_dir": cache_dir}, eval_settings | {"cache_dir": cache_dir},
+                      str(checkpoints), max(budgets))
+    results = out / "results.jsonl"
+    work = pending(archs, budgets, seeds, read_rows(results))
+    print(f"{len(archs)} architectures x budgets {budgets} x seeds {seeds}: {sum(len(s) for _, t in work for _, s in t)} "
+          f"(architecture, budget, seed) to score in {len(work)} ladders; checkpoints in {portable(checkpoints)}")
+    if not work:
+        print(f"every (architecture, budget, seed) is in {portable(results)} already: nothing to train or score")
+    else:
+        if max(b for _, t in work for b, _ in t) > 0:
+            warm_cache(teacher, job)
+        failures = []
+
+        def on_row(row: dict) -> None:
+            if "error" in row:
+                failures.append(row)
+            else:
+                append_row(results, row)
+            print(progress_line(row), flush=True)
+
+        run_ladders(job, work, args.workers, on_row)
+        if failures:
+            print(f"{len(failures)} ladders failed (rerun to retry them): "
+                  + "; ".join(f"{r['genome']}: {r['error']}" for r in failures))
+    summary = summarize(read_rows(results), archs, budgets, seeds, args.boot)
+    write_outputs(summary, args, out, checkpoints)
+    return 0
+
+
+def warm_cache(teacher, job: FidelityJob) -> None:
+    """Build the teacher cache of the longest budget once, before the ladders (search.warm_teacher_cache)."""
+    config = DistillConfig.from_dict(job.distill | {"steps": job.cache_steps})
+    t0 = time.perf_counter()
+    cache, why = prepare_teacher_cache(teacher, config)
+    where = f"ready in {time.perf_counter() - t0:.0f} s, shared by every ladder" if cache else "none"
+    print(f"teacher cache for {job.cache_steps} KD steps: {where} ({why})")
