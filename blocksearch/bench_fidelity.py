@@ -317,12 +317,13 @@ def checkpoint_root(identity: dict) -> Path:
 
 
 def cmd_bench_fidelity(args) -> int:
+    """Choose the architectures, run what results.jsonl lacks, then summarise and write every output."""
     if not is_toy(args.teacher):
         raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, or a "
                                f"`blocksearch toy build` folder); its scores are the toy judge's")
     budgets, seeds = parse_ints(args.budgets, "--budgets"), parse_ints(args.seeds, "--seeds")
-    if len(budgets) < 2 or args.archs < 2 or args.workers < 0:
-        raise BlocksearchError("--budgets needs >= 2 budgets, --archs >= 2 and --workers >= 0")
+    if len(budgets) < 2 or args.archs < 2 or args.workers < 0 or args.boot < 1:
+        raise BlocksearchError("allowed: --budgets with >= 2 budgets, --archs >= 2, --workers >= 0, --boot >= 1")
     torch.set_num_threads(1)
     spec = absolute(args.teacher) if Path(args.teacher).exists() else args.teacher  # as the Ray workers load it
     teacher = load_teacher(spec)
@@ -330,39 +331,44 @@ def cmd_bench_fidelity(args) -> int:
     front = study_front(args.study, args.storage, bound) if args.study else []
     archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front)
     distill_settings, eval_settings = stage_settings(args)
-    out = Path(args.out)
-    identity = run_identity(teacher, distill_settings, eval_settings)
+    out, identity = Path(args.out), run_identity(teacher, distill_settings, eval_settings)
     check_identity(out, identity)
-    checkpoints = checkpoint_root(identity)
-    cache_dir = str(default_cache_dir().resolve())  # Ray workers may run elsewhere than this working directory
-    job = FidelityJob(spec, "cpu",
-                      distill_settings | {"cache_dir": cache_dir}, eval_settings | {"cache_dir": cache_dir},
-                      str(checkpoints), max(budgets))
-    results = out / "results.jsonl"
-    work = pending(archs, budgets, seeds, read_rows(results))
-    print(f"{len(archs)} architectures x budgets {budgets} x seeds {seeds}: {sum(len(s) for _, t in work for _, s in t)} "
-          f"(architecture, budget, seed) to score in {len(work)} ladders; checkpoints in {portable(checkpoints)}")
+    cache_dir = {"cache_dir": str(default_cache_dir().resolve())}  # Ray workers may run in another folder
+    job = FidelityJob(spec, "cpu", distill_settings | cache_dir, eval_settings | cache_dir,
+                      str(checkpoint_root(identity)), max(budgets))
+    print(f"{len(archs)} architectures ({', '.join(a.design or a.source for a in archs)}) x budgets {budgets} "
+          f"KD steps x generation seeds {seeds}")
+    failures = run_pending(job, teacher, pending(archs, budgets, seeds, read_rows(out / "results.jsonl")),
+                           out / "results.jsonl", args.workers)
+    write_outputs(summarize(read_rows(out / "results.jsonl"), archs, budgets, seeds, args.boot), args, out,
+                  Path(job.checkpoints))
+    return 1 if failures else 0
+
+
+def run_pending(job: FidelityJob, teacher, work: list[tuple[Arch, list]], results: Path, workers: int) -> list[dict]:
+    """Run the ladders of ``work``, printing and appending each row as it arrives; the failures."""
+    todo = sum(len(seeds) for _, ladder in work for _, seeds in ladder)
+    print(f"{todo} (architecture, budget, seed) to score in {len(work)} ladders; checkpoints in "
+          f"{portable(job.checkpoints)}")
     if not work:
         print(f"every (architecture, budget, seed) is in {portable(results)} already: nothing to train or score")
-    else:
-        if max(b for _, t in work for b, _ in t) > 0:
-            warm_cache(teacher, job)
-        failures = []
+        return []
+    if max(b for _, ladder in work for b, _ in ladder) > 0:
+        warm_cache(teacher, job)
+    failures = []
 
-        def on_row(row: dict) -> None:
-            if "error" in row:
-                failures.append(row)
-            else:
-                append_row(results, row)
-            print(progress_line(row), flush=True)
+    def on_row(row: dict) -> None:
+        if "error" in row:
+            failures.append(row)
+        else:
+            append_row(results, row)
+        print(progress_line(row), flush=True)
 
-        run_ladders(job, work, args.workers, on_row)
-        if failures:
-            print(f"{len(failures)} ladders failed (rerun to retry them): "
-                  + "; ".join(f"{r['genome']}: {r['error']}" for r in failures))
-    summary = summarize(read_rows(results), archs, budgets, seeds, args.boot)
-    write_outputs(summary, args, out, checkpoints)
-    return 0
+    run_ladders(job, work, workers, on_row)
+    if failures:
+        print(f"{len(failures)} ladders failed (a rerun retries them): "
+              + "; ".join(f"{r['genome']}: {r['error']}" for r in failures))
+    return failures
 
 
 def warm_cache(teacher, job: FidelityJob) -> None:

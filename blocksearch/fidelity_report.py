@@ -66,7 +66,8 @@ def progress_line(row: dict) -> str:
         return f"{name} FAILED at budget {row['budget']}: {row['error']}"
     align = "n/a" if row["alignment"] is None else f"{row['alignment']:.3f}"
     return (f"{name} budget {row['budget']:>5d} seed {row['seed']}  fid {row['fid']:8.3f}  kid {row['kid']:.4f} "
-            f"(+-{row['kid_std']:.4f})  alignment {align}  kd {row['kd_s']:6.0f} s (cumulative)  eval {row['eval_s']:.0f} s")
+            f"(+-{row['kid_std']:.4f})  alignment {align}  kd {row['kd_s']:6.0f} s (cumulative)  "
+            f"eval {row['eval_s']:.0f} s")
 
 
 # -- tables (markdown: printed and written alike) ---------------------------------------------------
@@ -130,7 +131,8 @@ def recommendation(s: Summary) -> str:
 
 # -- files ---------------------------------------------------------------------------------------------
 def command_line(args) -> str:
-    parts = ["blocksearch bench fidelity", f"--teacher {portable(args.teacher) if Path(args.teacher).exists() else args.teacher}",
+    teacher = portable(args.teacher) if Path(args.teacher).exists() else args.teacher
+    parts = ["blocksearch bench fidelity", f"--teacher {teacher}",
              f"--archs {args.archs}", f"--budgets {args.budgets}", f"--seeds {args.seeds}", f"--seed {args.seed}",
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
@@ -203,9 +205,11 @@ def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
                 continue
             ax.scatter(x[objective], y[objective], s=22, color="C3" if a.design else "C0")
             if a.design:
-                ax.annotate(a.design, (x[objective], y[objective]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(a.design, (x[objective], y[objective]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
         tau = taus.get(budget)
-        ax.set_title(f"{budget} steps" + (f" (tau {tau:+.2f})" if tau is not None else ""), fontsize=9)
+        name = "0 steps (one-shot)" if budget == 0 else f"{budget} steps"
+        ax.set_title(name + (f", tau {tau:+.2f}" if tau is not None else ""), fontsize=9)
         ax.set_xlabel(f"{objective} at {budget} steps", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel(f"{objective} at {longest} steps", fontsize=8)

@@ -68,7 +68,7 @@ def test_one_scorer_per_kind_of_teacher(tmp_path):
     assert list(zip(prompts, seeds)) == heldout_prompts(12)
     real = real_images(12, 7, prompts)
     noise = torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    (d_real, how), (d_noise, _) = toy.distance(real, prompts, tmp_path, "cpu"), toy.distance(noise, prompts, tmp_path, "cpu")
+    (d_real, how), (d_noise, _) = (toy.distance(images, prompts, tmp_path, "cpu") for images in (real, noise))
     assert d_real.fid < 0.5 * d_noise.fid and d_real.kid < d_noise.kid and how["feature_extractor"] == "toy-judge"
     assert toy.alignment(real, prompts, "cpu")[0] > 0.8 > toy.alignment(noise, prompts, "cpu")[0]
     real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline), config)
