@@ -224,9 +224,10 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     if first > config.steps:
         recipe.close()
         raise BlocksearchError(f"checkpoint {resume_from} is at step {first}, past the run's {config.steps} steps")
+    t_cache = time.perf_counter()
     cache, cache_why = prepare_teacher_cache(teacher, config, device, stream,
                                              cache_steps if first < config.steps else 0)
-    teacher_s = time.perf_counter() - start
+    teacher_s = time.perf_counter() - t_cache
     losses = []
     try:
         bar = tqdm(range(first, config.steps), desc=f"distill {student.genome.id}", unit="step",
