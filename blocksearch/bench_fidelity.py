@@ -32,7 +32,7 @@ from blocksearch.data import fingerprint
 from blocksearch.distill import TRAJECTORY, DistillConfig, checkpoint_info, distill, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
-from blocksearch.fidelity_report import portable, progress_line, summarize, write_outputs
+from blocksearch.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
 from blocksearch.latency import cost
 from blocksearch.report import load_report
 from blocksearch.run_settings import absolute, stage_configs
@@ -43,16 +43,12 @@ from blocksearch.surgery import Student, build_student, student_config
 from blocksearch.teachers import is_toy, load_teacher, topology_of
 from blocksearch.trial import cached_teacher
 
-DEFAULT_BUDGETS = (0, 30, 120, 480, 1920)
-DEFAULT_OUT = "reports/fidelity-toy"
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
 ATTENTION_FREE = 2  # random picks with every transformer removed, at least
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype", "e2e_repeats")
 KD_FILE = "kd.json"  # beside a ladder's checkpoint: the cumulative KD seconds to reach it
-ROW_KEYS = ("genome", "design", "source", "budget", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
-            "kd_s", "eval_s")
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def append_row(path: Path, row: dict) -> None:
     with path.open("a") as f:
-        f.write(json.dumps({k: row[k] for k in ROW_KEYS}) + "\n")
+        f.write(json.dumps({k: row[k] for k in ROW_COLUMNS}) + "\n")
 
 
 def pending(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[dict]) -> list[tuple[Arch, list]]:

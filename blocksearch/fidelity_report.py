@@ -19,6 +19,7 @@ from blocksearch.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank
 from blocksearch.space import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6
+# a row of results.jsonl and fidelity.csv: one student scored at one seed (kd_s: cumulative KD seconds)
 ROW_COLUMNS = ("genome", "design", "source", "budget", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
                "kd_s", "eval_s")
 SUMMARY_COLUMNS = ("budget", "objective", "predictor", "tau", "lo", "hi", "cost_s", "eval_s", "n")
