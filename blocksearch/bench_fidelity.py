@@ -44,7 +44,7 @@ from blocksearch.teachers import is_toy, load_teacher, topology_of
 from blocksearch.trial import cached_teacher
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
-ATTENTION_FREE = 2  # random picks with every transformer removed, at least
+ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype", "e2e_repeats")
@@ -96,10 +96,6 @@ def random_genomes(bound: BoundSpace, draws: int, seed: int) -> list[Genome]:
     return list(seen.values())
 
 
-def attention_free(genome: Genome) -> bool:
-    return not any(genome.depth)
-
-
 def spread_over_size(pool: list[Genome], size: Callable[[Genome], int], k: int) -> list[Genome]:
     """``k`` Genomes of ``pool`` at evenly spaced quantiles of ``size`` (the midpoints of k equal bins)."""
     ranked = sorted(pool, key=lambda g: (size(g), g.id))
@@ -110,10 +106,10 @@ def pick_random(pool: list[Genome], size: Callable[[Genome], int], k: int) -> li
     """``spread_over_size``, then attention-free Genomes (at their own size quantiles) replace the picks
     nearest in size until ``ATTENTION_FREE`` of the picks are attention-free."""
     picks = spread_over_size(pool, size, k)
-    missing = min(ATTENTION_FREE, len(picks)) - sum(map(attention_free, picks))
-    free = [g for g in pool if attention_free(g) and g not in picks]
+    missing = min(ATTENTION_FREE, len(picks)) - sum(g.attention_free for g in picks)
+    free = [g for g in pool if g.attention_free and g not in picks]
     for genome in spread_over_size(free, size, max(0, missing)):
-        keeps = [i for i, p in enumerate(picks) if not attention_free(p)]
+        keeps = [i for i, p in enumerate(picks) if not p.attention_free]
         picks[min(keeps, key=lambda i: abs(size(picks[i]) - size(genome)))] = genome
     return sorted(picks, key=lambda g: (size(g), g.id))
 

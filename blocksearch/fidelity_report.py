@@ -117,7 +117,7 @@ def cost_table(s: Summary) -> str:
 
 def arch_table(s: Summary) -> str:
     lines = [[a.genome, a.design or a.source, f"{a.params / 1e6:.3f}M", f"{a.macs / 1e6:.1f}M",
-              "" if any(Genome.from_id(a.genome).depth) else "yes"] for a in s.archs]
+              "yes" if Genome.from_id(a.genome).attention_free else ""] for a in s.archs]
     return _markdown(["genome", "design / source", "params", "MACs", "attention-free"], lines)
 
 

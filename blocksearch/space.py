@@ -89,6 +89,12 @@ class Genome:
         depth = "-".join(map(str, self.depth))
         return f"L{layers}_T{depth}_M{_MID_CODE[self.mid]}"
 
+    @property
+    def attention_free(self) -> bool:
+        """No transformer anywhere: every stage's depth 0 and no cross-attention mid block (SnapFusion's
+        attention removal taken to the end)."""
+        return not any(self.depth) and self.mid != "cross_attn"
+
     @classmethod
     def from_id(cls, text: str) -> "Genome":
         match = re.fullmatch(r"L([\d-]+)_T([\d-]+)_M(attn|res|none)", text)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from blocksearch.bench_fidelity import (ATTENTION_FREE, Arch, attention_free, choose_architectures, pending,
-                                        pick_random, random_genomes)
+from blocksearch.bench_fidelity import ATTENTION_FREE, Arch, choose_architectures, pending, pick_random, random_genomes
 from blocksearch.cli import main
 from blocksearch.space import Genome, load_space
 from blocksearch.teachers import topology_of
@@ -27,7 +26,8 @@ def test_random_picks_spread_over_size_with_attention_free_ones(bound):
     assert [g.id for g in random_genomes(bound, 512, seed=0)] == [g.id for g in pool]  # seeded
     size = lambda g: sum(g.layers) * 10 + sum(g.depth)  # noqa: E731 - a stand-in for params
     picks = pick_random(pool, size, 9)
-    assert len({g.id for g in picks}) == 9 and sum(map(attention_free, picks)) >= ATTENTION_FREE
+    assert len({g.id for g in picks}) == 9 and sum(g.attention_free for g in picks) >= ATTENTION_FREE
+    assert not Genome.from_id("L1-1-1_T0-0-0_Mattn").attention_free  # the mid block's transformer counts
     sizes = sorted(map(size, pool))
     assert size(picks[0]) <= sizes[len(sizes) // 4] and size(picks[-1]) >= sizes[3 * len(sizes) // 4]  # spread
 
@@ -38,7 +38,7 @@ def test_choose_architectures_designs_first_then_random(tmp_path, bound, monkeyp
     archs = choose_architectures(bound, teacher_unet, 8, seed=1, draws=64)
     assert [a.design for a in archs[:3]] == ["bk_base", "bk_small", "bk_tiny"]
     assert [a.source for a in archs] == ["design"] * 3 + ["random"] * 5 and len({a.genome for a in archs}) == 8
-    assert sum(attention_free(Genome.from_id(a.genome)) for a in archs) >= ATTENTION_FREE
+    assert sum(Genome.from_id(a.genome).attention_free for a in archs) >= ATTENTION_FREE
     assert all(a.params > 0 and a.macs > 0 for a in archs)
     assert choose_architectures(bound, teacher_unet, 8, seed=1, draws=64) == archs
     assert [a.design for a in choose_architectures(bound, teacher_unet, 2, seed=1)] == ["bk_base", "bk_small"]
