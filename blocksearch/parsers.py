@@ -17,6 +17,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE
 from blocksearch.samplers import SAMPLERS
+from blocksearch.settings import LATENCY_MIN_S, LATENCY_REPEATS
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
@@ -380,7 +381,10 @@ def add_bench_stability_parser(sub, handler: Callable) -> None:
     p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
     p.add_argument("--trainers", type=int, default=2, help="KD runs in the background (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=LATENCY_REPEATS,
+                   help="timed repeats per model, as in a trial (default: %(default)s)")
+    p.add_argument("--min-s", type=float, default=LATENCY_MIN_S,
+                   help="each repeat times a loop at least this long, as in a trial (default: %(default)s)")
     p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
     p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
     p.set_defaults(handler=handler)

@@ -39,7 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from blocksearch.errors import BlocksearchError
 from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
 from blocksearch.space import BoundSpace, Genome
-from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, heartbeats, is_stale
+from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, fail_unclaimed_trials, heartbeats, is_stale
 from blocksearch.trial import KD_METRIC
 
 # Optuna warns that heartbeats are meant for Study.optimize; Ray's OptunaSearch asks and tells instead, and
@@ -111,6 +111,7 @@ class StudySearch(OptunaSearch):
         still finish or die) or "go"; trials of dead drivers are failed and re-queued first."""
         if heartbeats(self._storage):
             optuna.storages.fail_stale_trials(self.study)
+            fail_unclaimed_trials(self.study, self._storage, self.cfg.grace_period)
         c = counts(self.study)
         if c["done"] >= self.cfg.trials:
             return "finished"

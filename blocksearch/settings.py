@@ -13,6 +13,9 @@ N_PROMPTS = 128  # held-out prompts
 # text alignment 0.750/0.812/0.773/0.656/0.453, toy-FID 33.0/28.6/30.6/34.9/46.4 (`blocksearch toy check
 # --guidance G`); SD-v1/v2 teachers are usually sampled at 7.5 (`blocksearch evaluate --guidance`)
 GUIDANCE_SCALE = 3.0
+# U-Net step latency, as trials and `bench stability` time it: repeats, each a loop at least this long
+LATENCY_REPEATS = 15
+LATENCY_MIN_S = 0.2
 
 
 class Settings:
