@@ -64,7 +64,8 @@ def latency_spread(metrics: Mapping[str, dict]) -> Spread:
     for m in metrics.values():
         if m.get("latency_ms") is None or m.get("latency_cv") is None:
             continue
-        n = int(((m.get("measured") or {}).get("latency") or {}).get("repeats") or 1)
+        how = (m.get("measured") or {}).get("latency")
+        n = int((how.get("repeats") if isinstance(how, dict) else None) or 1)  # unknown: one, the widest
         errors.append(math.sqrt(math.pi / 2) * m["latency_cv"] * m["latency_ms"] / math.sqrt(n))
         repeats.append(n)
     if not errors:

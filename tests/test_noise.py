@@ -17,7 +17,7 @@ SEEDS = {"bk_base": [{"seed": 0, "fid": 10.0, "alignment": 0.5, "kid": 0.01},
 # cv 0.01, 4 repeats each, both sqrt(pi/2) * 0.1
 METRICS = {"bk_base": {"latency_ms": 10.0, "latency_cv": 0.02, "measured": {"latency": {"repeats": 4}}},
            "bk_small": {"latency_ms": 20.0, "latency_cv": 0.01, "measured": {"latency": {"repeats": 4}}},
-           "bk_tiny": {"latency_ms": 5.0}}
+           "bk_tiny": {"latency_ms": 5.0}}  # no latency_cv: adds nothing
 
 
 def test_pooled_std_by_hand():
@@ -44,3 +44,6 @@ def test_every_objective_has_a_spread_or_says_it_is_unknown():
     assert noise["e2e_ms"].sigma == 0.0 and noise["memory_mb"].source == "no spread recorded"
     assert noise["speed"].sigma is None  # an objective of no known kind: unknown, never taken as exact
     assert estimate_noise({}, {}, ["latency_ms"])["latency_ms"].sigma is None
+    # repeats not recorded (an older study's measured.latency is text): one repeat, the widest error
+    old = {"bk_base": {"latency_ms": 10.0, "latency_cv": 0.02, "measured": {"latency": "median of 20 runs"}}}
+    assert estimate_noise(old, {}, ["latency_ms"])["latency_ms"].sigma == pytest.approx(math.sqrt(math.pi / 2) * 0.2)
