@@ -34,8 +34,9 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
-NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "distill.cache_dir",
-                          "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir", "eval.batch_size"})
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds",
+                          "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
+                          "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
 
 
