@@ -96,14 +96,16 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
 
 
 def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device) -> list[dict]:
-    """The scores on generated images (FID, alignment; KID where ``metrics`` has it) at generation seeds
-    ``config.seed`` (``metrics``, already measured) to ``config.seed + n - 1``: the seed noise of
-    noise.py. Only the generation seed changes: the FID reference set and the alignment judge stay the main
-    seed's, and nothing seed-independent (params, latency, memory) is measured again."""
+    """The scores on generated images at ``n`` generation seeds, the seed noise of noise.py: the main seed
+    ``config.seed`` (``metrics``, already measured; with its KID where it has one), then FID and alignment
+    at ``config.seed + k * config.prompts``, k = 1 .. n-1. The stride keeps every prompt's seed new: a real
+    teacher's prompt i is generated at seed + i, so seed + 1 would reuse all but one initial latent. Only
+    the generation seed changes: the FID reference set stays the main seed's, and nothing seed-independent
+    (params, latency, memory) is measured again."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     scorer = scorer_for(teacher, config)
     rows = [{"seed": config.seed, **{k: metrics[k] for k in ("fid", "alignment", "kid") if k in metrics}}]
-    for seed in range(config.seed + 1, config.seed + n):
+    for seed in range(config.seed + config.prompts, config.seed + n * config.prompts, config.prompts):
         shifted = dataclasses.replace(config, seed=seed)
         prompts, seeds = scorer_for(teacher, shifted).prompt_set()
         images = generate_images(teacher, unet, prompts, seeds, shifted, device, progress=False)

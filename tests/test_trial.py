@@ -28,7 +28,7 @@ def test_scores_at_more_generation_seeds(tmp_path, monkeypatch):
     config = EvalConfig(**FAST, seed=5, cache_dir=str(tmp_path / "cache"))
     main = {"fid": 1.0, "alignment": 0.5, "kid": 0.01, "latency_ms": 3.0}
     rows = seed_scores(teacher, teacher.unet, config, main, 3, "cpu")
-    assert [r["seed"] for r in rows] == [5, 6, 7]
+    assert [r["seed"] for r in rows] == [5, 17, 29]  # strides of the 12 prompts: every prompt's seed is new
     assert rows[0] == {"seed": 5, "fid": 1.0, "alignment": 0.5, "kid": 0.01}  # the main seed's, not measured again
     assert rows[1]["fid"] > 0 and rows[1]["fid"] != rows[2]["fid"] and 0 <= rows[1]["alignment"] <= 1
     assert set(rows[1]) == {"seed", "fid", "alignment"}
