@@ -35,8 +35,9 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
-NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "distill.cache_dir",
-                          "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir", "eval.batch_size"})
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds",
+                          "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
+                          "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
 
 
@@ -81,6 +82,7 @@ class SearchConfig:
     latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
     latency_dtype: str | None = None  # fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)
     latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's 15)
+    noise_seeds: int = 2  # generation seeds per reference design's scores: the report's seed noise (1: off)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
     grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
