@@ -161,7 +161,7 @@ RUN_FLAGS = (
                                  "trials run)")),
     ("latency_dtype", dict(choices=("fp32", "fp16", "bf16"), help="dtype on the deployment target (default: fp16 "
                                                                  "on CUDA, fp32 on CPU)")),
-    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 15; "
+    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 60; "
                                             "end to end: at most 3)")),
     ("noise_seeds", dict(type=int, help="generation seeds at which the students of the reference designs are "
                                         "scored (FID and text alignment; latency is not measured again): the "

@@ -81,7 +81,7 @@ class SearchConfig:
     min_alignment: float = 0.25  # feasible only with alignment >= this x the teacher's (0: no text rule)
     latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
     latency_dtype: str | None = None  # fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)
-    latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's 15)
+    latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's, settings.LATENCY_REPEATS)
     noise_seeds: int = 2  # generation seeds per reference design's scores: the report's seed noise (1: off)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
