@@ -89,14 +89,15 @@ def cmd_bench_stability(args) -> int:
     latent = teacher.unet.config.sample_size
     models = _models(teacher, args.space)
     teacher_unet = models[0][1]
-    direct = lambda unet: measure_latency(unet, latent, repeats=args.repeats, use_cache=False)  # noqa: E731
+    direct = lambda unet: measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s,  # noqa: E731
+                                          use_cache=False)
     unit = direct(teacher_unet).median_ms  # the teacher's time on this machine: the students' unit, as in a search
 
     def measure(unet) -> float:
         if unet is teacher_unet:
             return direct(unet).median_ms
-        return measure_latency(unet, latent, repeats=args.repeats, use_cache=False, reference=teacher_unet,
-                               reference_ms=unit).median_ms
+        return measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s, use_cache=False,
+                               reference=teacher_unet, reference_ms=unit).median_ms
 
     isolated = {n: measure(u) for n, u in models}
     ready = default_cache_dir() / "bench" / f"stability-{os.getpid()}"
@@ -135,8 +136,8 @@ def _study_tau(args, teacher, latent: int) -> None:
         genome = Genome.from_id(t.user_attrs["genome"])
         unet = build_student(teacher.unet, genome).unet.eval()
         rows.append((t.user_attrs["metrics"]["latency_ms"],
-                     measure_latency(unet, latent, repeats=args.repeats, use_cache=False, reference=teacher.unet,
-                                     reference_ms=unit).median_ms))
+                     measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s, use_cache=False,
+                                     reference=teacher.unet, reference_ms=unit).median_ms))
     if len(rows) < 3:
         raise BlocksearchError(f"study {args.study!r} has {len(rows)} complete trials; tau needs >= 3")
     tau = kendalltau([a for a, _ in rows], [b for _, b in rows]).statistic

@@ -32,7 +32,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.generation import ImageSet, generate
 from blocksearch.latency import DTYPES, cost, speed_and_memory
 from blocksearch.preflight import image_files
-from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS, Settings
+from blocksearch.settings import GUIDANCE_SCALE, LATENCY_MIN_S, LATENCY_REPEATS, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.teachers import Teacher
 from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features
 from blocksearch.toy.world import heldout_prompts, real_images
@@ -57,8 +57,8 @@ class EvalConfig(Settings):
     batch_size: int = 64
     reference_images: int = 1024  # real images behind the FID reference statistics (toy)
     latency_warmup: int = 3
-    latency_repeats: int = 15
-    latency_min_s: float = 0.2  # each repeat times a loop of calls at least this long
+    latency_repeats: int = LATENCY_REPEATS
+    latency_min_s: float = LATENCY_MIN_S  # each repeat times a loop of calls at least this long
     latency_clock: str = "auto"  # wall | cpu (process time) | auto: cpu on a 1-thread CPU, else wall
     resolution: int | None = None  # generated image size in px (None: the teacher's own)
     reference: str | None = None  # real teachers: the FID reference images (a folder; an imagefolder's metadata rows)

@@ -149,7 +149,8 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
     settings = dict(latent=latent_size, batch=batch, device=device_name(device), dtype=str(param.dtype),
                     threads=torch.get_num_threads(), clock=clock, warmup=warmup, repeats=repeats, min_s=min_s)
     ref_config = None if reference is None else {k: v for k, v in dict(reference.config).items() if not k.startswith("_")}
-    key = measure_key("unet_step", unet.config, reference=ref_config, **settings)
+    key = measure_key("unet_step", unet.config, reference=ref_config, **settings,
+                      **({"order": "ABBA"} if reference is not None else {}))
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
     if reference is not None and reference_ms is None:
@@ -193,23 +194,30 @@ def _isolation(waited) -> str:
 
 def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repeats: int,
                         min_s: float) -> tuple[list[float], int]:
-    """Per repeat: a loop of the U-Net, then a loop of the reference on the same inputs; their time ratios,
-    and the U-Net's calls per repeat."""
+    """Per repeat, in ABBA order -- half a loop of the U-Net, a loop of the reference, half a loop of the
+    U-Net -- the ratio of their per-call times: a drift of the machine's speed that is linear over the
+    repeat cancels (the ABBA counterbalancing of crossover designs). Returns the ratios and the U-Net's
+    calls per repeat."""
     ref_inputs = unet_inputs(reference.config, inputs["sample"].shape[0], inputs["sample"].shape[-1],
                              device=inputs["sample"].device, dtype=inputs["sample"].dtype)
-    ref_times, ref_inner = _timings(lambda: reference(**ref_inputs), now, device, warmup, 1, min_s)
+    _, ref_inner = _timings(lambda: reference(**ref_inputs), now, device, warmup, 1, min_s)
     _, inner = _timings(lambda: unet(**inputs), now, device, warmup, 1, min_s)
+    half, ref_half = max(1, inner // 2), max(1, ref_inner // 2)
+
+    def loop(model, args, n: int) -> float:
+        t0 = now()
+        for _ in range(n):
+            model(**args)
+        _sync(device)
+        return now() - t0
+
     ratios = []
     for _ in range(repeats):
-        pair = []
-        for model, args, n in ((unet, inputs, inner), (reference, ref_inputs, ref_inner)):
-            t0 = now()
-            for _ in range(n):
-                model(**args)
-            _sync(device)
-            pair.append((now() - t0) / n)
-        ratios.append(pair[0] / pair[1])
-    return ratios, inner
+        a1 = loop(unet, inputs, half)
+        b = loop(reference, ref_inputs, ref_half) + loop(reference, ref_inputs, ref_half)
+        a2 = loop(unet, inputs, half)
+        ratios.append(((a1 + a2) / (2 * half)) / (b / (2 * ref_half)))
+    return ratios, 2 * half
 
 
 @contextmanager

@@ -4,20 +4,43 @@ Hypervolume: the volume dominated by a front and bounded by a reference point (Z
 1998), computed exactly by slicing along the last objective (HSO, While et al., IEEE TEC 2006):
 hv_d(P) = sum over slices of (slice height) * hv_{d-1}(points below the slice). Exact and fast enough
 for the few hundred points of a study. Optuna 5 has no public hypervolume API, hence this module.
+
+Dominance beyond noise: two scores that each carry independent noise of standard deviation sigma differ
+by noise of sigma * sqrt(2); a difference counts only beyond z such standard deviations.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 REFERENCE = 1.1  # reference point of normalised hypervolume: 10% beyond the worst value, per objective
+# z of dominance beyond noise: a difference of two noisy scores is a claim beyond 2 of its standard deviations
+# (the usual "two standard errors", ~95% two-sided for one normal difference); deliberately no larger quantile:
+# the sigma itself rests on a few designs x seeds, and the report says so next to every claim
+Z_NOISE = 2.0
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` Pareto-dominates ``b`` (minimisation): no worse in every objective, better in one."""
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def noise_margins(noise: Sequence[float], z: float = Z_NOISE) -> tuple[float, ...]:
+    """Per objective, the difference of two scores that is still noise: z * sqrt(2) * sigma."""
+    return tuple(z * math.sqrt(2.0) * s for s in noise)
+
+
+def dominates_beyond_noise(a: Sequence[float], b: Sequence[float], noise: Sequence[float],
+                           z: float = Z_NOISE) -> bool:
+    """``a`` dominates ``b`` (minimisation) beyond noise ``noise`` (one sigma per objective): no worse than
+    ``b`` by more than its margin in any objective, better by more than its margin in one
+    (:func:`noise_margins`). With every sigma 0 this is :func:`dominates`."""
+    margins = noise_margins(noise, z)
+    return (all(x <= y + m for x, y, m in zip(a, b, margins))
+            and any(x < y - m for x, y, m in zip(a, b, margins)))
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE
 from blocksearch.samplers import SAMPLERS
+from blocksearch.settings import LATENCY_MIN_S, LATENCY_REPEATS
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
@@ -161,8 +162,11 @@ RUN_FLAGS = (
                                  "trials run)")),
     ("latency_dtype", dict(choices=("fp32", "fp16", "bf16"), help="dtype on the deployment target (default: fp16 "
                                                                  "on CUDA, fp32 on CPU)")),
-    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 15; "
+    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 60; "
                                             "end to end: at most 3)")),
+    ("noise_seeds", dict(type=int, help="generation seeds at which the students of the reference designs are "
+                                        "scored (FID and text alignment; latency is not measured again): the "
+                                        "report's seed noise, within which no domination is claimed; 1 turns it off")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "
@@ -382,7 +386,10 @@ def add_bench_stability_parser(sub, handler: Callable) -> None:
     p.add_argument("--teacher", default="toy", help="teacher pipeline (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
     p.add_argument("--trainers", type=int, default=2, help="KD runs in the background (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per model (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=LATENCY_REPEATS,
+                   help="timed repeats per model, as in a trial (default: %(default)s)")
+    p.add_argument("--min-s", type=float, default=LATENCY_MIN_S,
+                   help="each repeat times a loop at least this long, as in a trial (default: %(default)s)")
     p.add_argument("--study", default=None, help="also: tau of in-search vs isolated latency over this study")
     p.add_argument("--storage", default=None, help="the study's storage (default: sqlite:///<cwd>/runs/blocksearch.db)")
     p.set_defaults(handler=handler)

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 
 from blocksearch.cache import default_cache_dir
+from blocksearch.numbers import fmt
+from blocksearch.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report import ParetoReport, TrialPoint, load_report
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
@@ -27,25 +29,6 @@ LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency
 REPOSITORY = Path(__file__).resolve().parents[1]  # blocksearch's repository (or its installation)
 # an absolute path: at the start, after a space, '=', a bracket, a quote or a comma, or in a sqlite:/// URL
 _ABSOLUTE = re.compile(r"(?:^|(?<=[\s=(\[`'\",])|(?<=sqlite:///))/[^\s`'\",;|()\[\]<>]+")
-
-
-def fmt(name: str, value, digits: int = 2) -> str:
-    """The one number formatter: parameters and MACs with K/M/G (``digits`` decimals), latency in ms,
-    other numbers to 4 significant digits."""
-    if value is None:
-        return "-"
-    if not isinstance(value, (int, float)):
-        return str(value)
-    if name in ("params", "macs"):
-        for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-            if abs(value) >= scale:
-                return f"{value / scale:.{digits}f}{unit}"
-        return f"{value:.0f}"
-    if name in ("latency_ms", "e2e_ms"):
-        return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"
-    if name in ("memory_mb", "weights_mb"):
-        return f"{value:.1f} MB"
-    return f"{value:.4g}"
 
 
 def default_report_dir(study: str) -> Path:
@@ -235,9 +218,11 @@ def _html_table(r: ParetoReport) -> str:
     rows = []
     for n in r.front:
         t = r.trial(n)
-        cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)), t.architecture]
+        cells = [str(t.number), t.design or "", *(with_spread(r, o, v) for o, v in zip(r.objectives, t.values)),
+                 t.architecture]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<h2>Pareto front</h2><table id='front'><tr>{head}</tr>{''.join(rows)}</table>"
+    return (f"<h2>Pareto front</h2><table id='front'><tr>{head}</tr>{''.join(rows)}</table>"
+            f"<p id='noise'>{html.escape(noise_line(r))}</p>")
 
 
 def _html_speed(r: ParetoReport) -> str:
@@ -299,7 +284,8 @@ def render_csv(r: ParetoReport, path: Path) -> None:
     timing_keys = sorted({k for t in r.trials for k in t.timings})
     header = ["number", "state", "genome", "design", "rank", "on_front", *r.objectives,
               *(f"metrics.{k}" for k in metric_keys), *(f"timings.{k}" for k in timing_keys),
-              "duration_s", "cached_from", "feasible", "pruned_at", "architecture", "student_dir", "error"]
+              "duration_s", "cached_from", "feasible", "pruned_at", "seed_scores", "architecture", "student_dir",
+              "error"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(header)
@@ -309,7 +295,8 @@ def render_csv(r: ParetoReport, path: Path) -> None:
                           *(t.metrics.get(k, "") for k in metric_keys), *(t.timings.get(k, "") for k in timing_keys),
                           "" if t.duration_s is None else round(t.duration_s, 3),
                           "" if t.cached_from is None else t.cached_from, t.feasible,
-                          json.dumps(t.pruned_at) if t.pruned_at else "", t.architecture,
+                          json.dumps(t.pruned_at) if t.pruned_at else "",
+                          json.dumps(list(t.seed_scores)) if t.seed_scores else "", t.architecture,
                           t.student_dir or "", t.error or ""])
 
 
@@ -332,20 +319,21 @@ def render_markdown(r: ParetoReport) -> str:
         lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
                   "`blocksearch run`; finished trials are kept in the study.", ""]
     else:
-        lines += _front_md(r) + _speed_md(r) + _hypervolume_md(r) + _reference_md(r) + _infeasible_md(r)
+        lines += _front_md(r) + _speed_md(r) + _hypervolume_md(r) + reference_md(r) + _infeasible_md(r)
     lines += _measured_md(r) + _unfinished_md(r)
     return "\n".join(lines) + "\n"
 
 
 def _front_md(r: ParetoReport) -> list[str]:
-    extra = [k for k in ("macs", "alignment") if k not in r.objectives]
+    extra = [k for k in ("macs", "alignment", "kid") if k not in r.objectives
+             and (k != "kid" or any(r.trial(n).metrics.get(k) is not None for n in r.front))]
     head = ["trial", "design", *r.objectives, *extra, "architecture vs the teacher (diffusers modules)"]
     lines = [f"## Pareto front ({len(r.front)} of {len(r.ranked)} completed trials)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in r.front:
         t = r.trial(n)
-        cells = [str(t.number), t.design or "", *(fmt(o, v) for o, v in zip(r.objectives, t.values)),
-                 *(fmt(k, t.metrics.get(k)) for k in extra), t.architecture]
+        cells = [str(t.number), t.design or "", *(with_spread(r, o, v) for o, v in zip(r.objectives, t.values)),
+                 *(with_spread(r, k, t.metrics.get(k)) for k in extra), t.architecture]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -402,29 +390,6 @@ def _hypervolume_md(r: ParetoReport) -> list[str]:
     lines = ["## Hypervolume", "", f"**{r.hypervolume:.4f}** with reference point r = ({ref}); {r.reference_rule}."]
     if r.reference_hypervolume is not None:
         lines.append(f"The BK-SDM reference designs alone reach {r.reference_hypervolume:.4f} with the same r.")
-    return lines + [""]
-
-
-def _reference_md(r: ParetoReport) -> list[str]:
-    lines = ["## Against the BK-SDM reference designs", ""]
-    if not r.reference_designs:
-        return lines + ["The study names no reference designs (user attr `reference_designs`).", ""]
-    for name, genome in r.reference_designs.items():
-        if name not in r.reference_trials:
-            lines.append(f"- **{name}** (`{genome}`): no completed trial.")
-            continue
-        t = r.trial(r.reference_trials[name])
-        values = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, t.values))
-        doms = [d for d in r.dominations if d.reference == name]
-        if not doms:
-            lines.append(f"- **{name}** (trial {t.number}: {values}): no searched design dominates it.")
-            continue
-        lines.append(f"- **{name}** (trial {t.number}: {values}) is dominated by {len(doms)} searched design(s):")
-        for d in sorted(doms, key=lambda d: -sum(d.improvement)):
-            s = r.trial(d.searched)
-            gains = ", ".join(f"{o} {g:.1%} {'lower' if dr == 'minimize' else 'higher'}"
-                              for o, g, dr in zip(r.objectives, d.improvement, r.directions) if g)
-            lines.append(f"  - trial {s.number} ({gains}): {s.architecture}")
     return lines + [""]
 
 

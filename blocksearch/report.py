@@ -3,21 +3,24 @@ the reference designs).
 
 Compute first, render second (as optuna.visualization splits its Pareto plot): :func:`build_report`
 reads the Optuna study written by ``blocksearch run`` (the study contract: objective values, user
-attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``) and returns a frozen
+attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``/``seed_scores``) and returns a frozen
 :class:`ParetoReport`; :mod:`blocksearch.render` turns it into reports/<study>/ (index.html,
 pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting (:mod:`blocksearch.pareto`).
+A searched design dominates a reference design only beyond the study's noise (:mod:`blocksearch.noise`,
+measured on the reference designs' ``seed_scores``); a raw domination within noise is kept, marked so.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import REFERENCE, dominates, hypervolume, non_dominated_sort
+from blocksearch.noise import NOISY, Spread, estimate_noise
+from blocksearch.pareto import REFERENCE, Z_NOISE, dominates, dominates_beyond_noise, hypervolume, non_dominated_sort
 from blocksearch.space import Genome, Topology
 from blocksearch.study import default_storage, open_study
 from blocksearch.teachers import teacher_topology  # noqa: F401 - re-exported for export.py and tests
@@ -91,6 +94,7 @@ class TrialPoint:
     feasible: bool = True  # every constraint (e.g. --max-params) satisfied; infeasible trials are not ranked
     pruned_at: dict | None = None  # where early stopping cut a PRUNED trial
     skipped: bool = False  # a duplicate suggestion of a running Genome, never trained
+    seed_scores: tuple = ()  # reference designs: ({seed, fid, alignment, kid?}, ...) at each generation seed
 
     @property
     def on_front(self) -> bool:
@@ -103,13 +107,14 @@ class TrialPoint:
 
 @dataclass(frozen=True)
 class Domination:
-    """A searched design that Pareto-dominates a reference design; improvement per objective as a
-    fraction of the reference's value (0.12 = 12% better)."""
+    """A searched design that Pareto-dominates a reference design, on raw values or beyond noise;
+    improvement per objective as a fraction of the reference's value (0.12 = 12% better)."""
 
     searched: int  # trial number
     reference: str  # design name, e.g. bk_small
     reference_trial: int
     improvement: tuple[float, ...]
+    beyond_noise: bool | None = None  # True: a claim; False: within noise; None: noise not measured (raw rule)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,13 @@ class ParetoReport:
     dominations: tuple[Domination, ...]
     attrs: dict  # study user attrs: teacher, space, distill, eval, device, command
     teacher_note: str  # why architectures are genome ids, when the teacher's config was not found
+    noise: dict = field(default_factory=dict)  # objective or noisy metric -> Spread (noise.py)
+    noise_z: float = Z_NOISE
+
+    @property
+    def noise_measured(self) -> bool:
+        """Every objective's noise is known: dominations are judged beyond noise."""
+        return bool(self.noise) and all(self.noise[o].sigma is not None for o in self.objectives)
 
     def trial(self, number: int) -> TrialPoint:
         return next(t for t in self.trials if t.number == number)
@@ -168,15 +180,27 @@ def build_report(study: optuna.Study, storage: str = "", reference_point=None) -
         ref_designs = {t.design: t.genome for t in trials if t.design and t.genome}
     ref_trials = _reference_trials(trials, ref_designs)
     ref, hv, ref_hv = _hypervolumes(by_number, front, ref_trials, sign, reference_point)
-    dominations = tuple(
-        Domination(t.number, name, n, tuple((b - a) / abs(b) if b else 0.0
-                                            for a, b in zip(by_number[t.number], by_number[n])))
-        for name, n in ref_trials.items()
-        for t in trials if t.number in by_number and _is_searched(t, ref_designs)
-        and dominates(by_number[t.number], by_number[n]))
+    refs = {name: next(t for t in trials if t.number == n) for name, n in ref_trials.items()}
+    noise = estimate_noise({k: t.metrics for k, t in refs.items()}, {k: t.seed_scores for k, t in refs.items()},
+                           dict.fromkeys((*objectives, *NOISY)))
+    searched = [t for t in trials if t.number in by_number and _is_searched(t, ref_designs)]
+    dominations = tuple(d for name, n in ref_trials.items() for t in searched
+                        if (d := _domination(t.number, name, n, by_number, [noise[o] for o in objectives])))
     rule = REFERENCE_RULE if reference_point is None else "r given by the user (--hv-reference)"
     return ParetoReport(study.study_name, storage, objectives, directions, trials, front, ref, rule, hv,
-                        ref_hv, ref_designs, ref_trials, dominations, attrs, note)
+                        ref_hv, ref_designs, ref_trials, dominations, attrs, note, noise)
+
+
+def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spread]) -> Domination | None:
+    """``searched`` against reference design ``name`` (trial ``n``): a Domination when it dominates on raw
+    values or beyond noise (unknown noise: the raw rule alone, ``beyond_noise`` None)."""
+    a, b = points[searched], points[n]
+    known = all(s.sigma is not None for s in noise)
+    beyond = known and dominates_beyond_noise(a, b, [s.sigma for s in noise])
+    if not (beyond or dominates(a, b)):
+        return None
+    gains = tuple((y - x) / abs(y) if y else 0.0 for x, y in zip(a, b))
+    return Domination(searched, name, n, gains, beyond if known else None)
 
 
 def _topology_or_note(teacher: str | None) -> tuple[Topology | None, str]:
@@ -206,7 +230,8 @@ def _trial_row(trial: optuna.trial.FrozenTrial, topo: Topology | None) -> dict:
                 student_dir=ua.get("student_dir"), error=ua.get("error"), architecture=arch, rank=None,
                 duration_s=trial.duration.total_seconds() if trial.duration else None,
                 cached_from=ua.get("cached_from"), feasible=all(c <= 0 for c in constraints),
-                pruned_at=ua.get("pruned_at"), skipped=bool(ua.get("skipped")))
+                pruned_at=ua.get("pruned_at"), skipped=bool(ua.get("skipped")),
+                seed_scores=tuple(ua.get("seed_scores") or ()))
 
 
 def _reference_trials(trials, ref_designs: dict) -> dict:

@@ -61,6 +61,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError("--trials must be >= 1, --cpus-per-trial > 0 and --gpus-per-trial >= 0")
     if cfg.max_params is not None and cfg.max_params <= 0:
         raise BlocksearchError(f"--max-params {cfg.max_params}: must be > 0")
+    if cfg.noise_seeds < 1:
+        raise BlocksearchError(f"--noise-seeds {cfg.noise_seeds}: allowed: an integer >= 1 (1: no seed noise measured)")
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     check_stage_flags(cfg)
@@ -91,7 +93,7 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
-                   report_every=max(1, distill_cfg.steps // 10))
+                   report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds)
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -99,7 +101,8 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
              "distill": _jsonable(job.distill), "eval": _jsonable(job.eval), "device": device,
              "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
-             "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()}}
+             "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()},
+             "noise_seeds": cfg.noise_seeds}
     return job, attrs
 
 

@@ -2,7 +2,8 @@
 
 Tune asks it for one configuration per trial and tells it how the trial ended; it writes the Optuna
 study (Akiba et al., KDD 2019) that is the search's memory (:mod:`blocksearch.study`):
-- every trial's ``genome`` (and ``metrics``/``timings``/``student_dir`` when it completes);
+- every trial's ``genome`` (and ``metrics``/``timings``/``student_dir`` when it completes; a reference
+  design's also ``seed_scores``, its scores at more generation seeds: the report's seed noise);
 - a Genome is trained once: a sampler's repeat of a trained or running Genome is closed as FAIL
   (``skipped``, ``cached_from``; samplers ignore FAIL) and another is asked; after
   ``REPEATS_BEFORE_FALLBACK`` repeats an untrained Genome is queued (:func:`samplers.untrained_genome`);
@@ -39,7 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from blocksearch.errors import BlocksearchError
 from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
 from blocksearch.space import BoundSpace, Genome
-from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, heartbeats, is_stale
+from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, fail_unclaimed_trials, heartbeats, is_stale
 from blocksearch.trial import KD_METRIC
 
 # Optuna warns that heartbeats are meant for Study.optimize; Ray's OptunaSearch asks and tells instead, and
@@ -111,6 +112,7 @@ class StudySearch(OptunaSearch):
         still finish or die) or "go"; trials of dead drivers are failed and re-queued first."""
         if heartbeats(self._storage):
             optuna.storages.fail_stale_trials(self.study)
+            fail_unclaimed_trials(self.study, self._storage, self.cfg.grace_period)
         c = counts(self.study)
         if c["done"] >= self.cfg.trials:
             return "finished"
@@ -208,7 +210,7 @@ class StudySearch(OptunaSearch):
             trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
                                               KD_METRIC: result.get(KD_METRIC)})
             return "PRUNED", None, payload
-        for key in ("metrics", "timings", "student_dir", "node"):
+        for key in ("metrics", "timings", "student_dir", "node", "seed_scores"):
             if key in payload:
                 trial.set_user_attr(key, payload[key])
         alignment = payload["metrics"].get("alignment")

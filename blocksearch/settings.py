@@ -13,6 +13,12 @@ N_PROMPTS = 128  # held-out prompts
 # text alignment 0.750/0.812/0.773/0.656/0.453, toy-FID 33.0/28.6/30.6/34.9/46.4 (`blocksearch toy check
 # --guidance G`); SD-v1/v2 teachers are usually sampled at 7.5 (`blocksearch evaluate --guidance`)
 GUIDANCE_SCALE = 3.0
+# U-Net step latency, as trials and `bench stability` time it: repeats (ABBA-interleaved with the teacher),
+# each a loop at least this long. Many short repeats beat few long ones on a VM whose speed drifts: four
+# measurements of each BK design on the toy teacher (2-core VM, 1 thread) spread by 2.0-3.6 % (max-min over
+# median) with 15 x 0.2 s, and by 1.1-1.8 % with 60 x 0.05 s, at ~10 s per measurement instead of ~7 s
+LATENCY_REPEATS = 60
+LATENCY_MIN_S = 0.05
 
 
 class Settings:

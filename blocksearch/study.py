@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,9 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
-NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "distill.cache_dir",
-                          "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir", "eval.batch_size"})
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds",
+                          "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
+                          "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
 
 
@@ -79,7 +81,8 @@ class SearchConfig:
     min_alignment: float = 0.25  # feasible only with alignment >= this x the teacher's (0: no text rule)
     latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
     latency_dtype: str | None = None  # fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)
-    latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's 15)
+    latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's, settings.LATENCY_REPEATS)
+    noise_seeds: int = 2  # generation seeds per reference design's scores: the report's seed noise (1: off)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
     grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
@@ -234,32 +237,55 @@ def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: di
     for key, value in study_attrs.items():
         if key not in study.user_attrs or key in ("command",):
             study.set_user_attr(key, value)
-    _fail_stale_trials(study, storage, out)
+    _fail_stale_trials(study, storage, out, cfg.grace_period)
     for name, genome in bound.named_designs().items():
         study.enqueue_trial(bound.to_params(genome), user_attrs={"design": name}, skip_if_exists=True)
     return study
 
 
-def _fail_stale_trials(study: optuna.Study, storage, out) -> None:
+def _fail_stale_trials(study: optuna.Study, storage, out, grace_period: float) -> None:
     """Trials whose driver died: with heartbeats, those silent for the grace period (FAIL, re-queued once
-    by :class:`RequeueStale`); without (a storage that cannot beat), every RUNNING trial at start -- one
-    driver per study at a time."""
+    by :class:`RequeueStale`) and those no driver ever claimed (:func:`fail_unclaimed_trials`); without
+    (a storage that cannot beat), every RUNNING trial at start -- one driver per study at a time."""
     if heartbeats(storage):
         optuna.storages.fail_stale_trials(study)
+        fail_unclaimed_trials(study, storage, grace_period, out)
         return
-    waiting = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # Optuna has no public id of a FrozenTrial; the storage API takes FrozenTrial._trial_id
         storage.set_trial_user_attr(t._trial_id, "stale", True)
         storage.set_trial_user_attr(t._trial_id, "error", "stale: its driver stopped before it finished "
                                                           "(re-queued when the search resumed)")
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        params = t.params or t.system_attrs.get("fixed_params")
-        if params and params not in waiting:
-            study.enqueue_trial(params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "design"})
-            waiting.append(params)
+        _fail_and_requeue(study, storage, t)
         print(f"stale trial #{t.number} ({t.user_attrs.get('genome', '?')}) marked FAIL and re-queued", file=out)
+
+
+def fail_unclaimed_trials(study: optuna.Study, storage, grace_period: float, out=None) -> list[int]:
+    """RUNNING trials that no driver claimed within ``grace_period`` s of their start -- a driver killed
+    between Optuna's ``ask`` and its first heartbeat leaves one: no heartbeat, no ``driver`` attr, so
+    ``fail_stale_trials`` never sees it, and counting it as running would make every driver wait for it
+    forever. FAIL (stale: not counted toward --trials) and re-queued where it had parameters."""
+    now, failed = datetime.now(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if "driver" in t.user_attrs or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() < grace_period:
+            continue
+        _fail_and_requeue(study, storage, t)
+        failed.append(t.number)
+        print(f"stale trial #{t.number}: no driver claimed it within {grace_period:g} s of its start; "
+              f"marked FAIL", file=out or sys.stdout, flush=True)
+    return failed
+
+
+def _fail_and_requeue(study: optuna.Study, storage, t: optuna.trial.FrozenTrial) -> None:
+    """FAIL ``t`` (no error of its own: :func:`is_stale`) and enqueue its parameters again once."""
+    storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    params = t.params or t.system_attrs.get("fixed_params")
+    waiting = [w.params or w.system_attrs.get("fixed_params") for w in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    if params and params not in waiting:
+        study.enqueue_trial(params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "design"})
 
 
 def counts(study: optuna.Study) -> dict[str, int]:

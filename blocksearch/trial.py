@@ -1,12 +1,14 @@
 """One trial of the search, run inside a Ray worker: surgery -> distillation -> save -> evaluation.
 
 The same stage functions as ``blocksearch distill`` / ``evaluate`` (DESIGN.md: a trial is never a
-special case); this module only adds Ray Tune reporting, timings and failure capture. Paths are
-absolute (Ray trials chdir into their own folder).
+special case); this module only adds Ray Tune reporting, timings and failure capture, and scores the
+students of the reference designs at more generation seeds (the report's seed noise, noise.py). Paths
+are absolute (Ray trials chdir into their own folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -17,10 +19,10 @@ from typing import Callable
 
 import torch
 
-from blocksearch.cache import outside_work_slot, work_slot
+from blocksearch.cache import default_cache_dir, outside_work_slot, work_slot
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, evaluate
+from blocksearch.evaluate import EvalConfig, evaluate, generate_images, scorer_for
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
 from blocksearch.teachers import load_teacher
@@ -39,6 +41,8 @@ class TrialJob:
     students_dir: str
     cpus: int
     report_every: int
+    noise_seeds: int = 1  # generation seeds at which a reference design's student is scored (run --noise-seeds)
+    design: str | None = None  # this trial's reference design (set per trial by ``trainable``)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Outcome:
     timings: dict
     student_dir: str
     extra: dict = field(default_factory=dict)
+    seed_scores: list = field(default_factory=list)  # reference designs: the scores at each generation seed
 
 
 _TEACHERS: dict = {}  # one loaded teacher per worker process (actors are reused between trials)
@@ -77,11 +82,37 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
                  progress=False)
     out = Path(job.students_dir) / genome.id / "unet"
     student.unet.save_pretrained(out, safe_serialization=True)
-    metrics = evaluate(teacher, student.unet, EvalConfig.from_dict(job.eval), device=job.device)
+    config = EvalConfig.from_dict(job.eval)
+    metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings
-    return Outcome(metrics.to_dict(), {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),
-                                       "score_s": tm.get("score_s", 0.0) + tm.get("latency_s", 0.0)},
-                   str(out), {"prep_s": prep_s})
+    timings = {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),
+               "score_s": tm.get("score_s", 0.0) + tm.get("latency_s", 0.0)}
+    scores = []
+    if job.design and job.noise_seeds > 1:
+        t1 = time.perf_counter()
+        scores = seed_scores(teacher, student.unet, config, metrics.to_dict(), job.noise_seeds, job.device)
+        timings["noise_s"] = time.perf_counter() - t1
+    return Outcome(metrics.to_dict(), timings, str(out), {"prep_s": prep_s}, scores)
+
+
+def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device) -> list[dict]:
+    """The scores on generated images at ``n`` generation seeds, the seed noise of noise.py: the main seed
+    ``config.seed`` (``metrics``, already measured; with its KID where it has one), then FID and alignment
+    at ``config.seed + k * config.prompts``, k = 1 .. n-1. The stride keeps every prompt's seed new: a real
+    teacher's prompt i is generated at seed + i, so seed + 1 would reuse all but one initial latent. Only
+    the generation seed changes: the FID reference set stays the main seed's, and nothing seed-independent
+    (params, latency, memory) is measured again."""
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    scorer = scorer_for(teacher, config)
+    rows = [{"seed": config.seed, **{k: metrics[k] for k in ("fid", "alignment", "kid") if k in metrics}}]
+    for seed in range(config.seed + config.prompts, config.seed + n * config.prompts, config.prompts):
+        shifted = dataclasses.replace(config, seed=seed)
+        prompts, seeds = scorer_for(teacher, shifted).prompt_set()
+        images = generate_images(teacher, unet, prompts, seeds, shifted, device, progress=False)
+        fid, _ = scorer.fid(images, prompts, cache_dir, device)
+        alignment, _ = scorer.alignment(images, prompts, device)
+        rows.append({"seed": seed, "fid": float(fid), "alignment": alignment})
+    return rows
 
 
 def load_candidate(path: str) -> Callable:
@@ -98,6 +129,7 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
     from ray import tune  # in the worker only: the driver imports this module for TrialJob, and Ray lazily
 
     torch.set_num_threads(max(1, job.cpus))
+    job = dataclasses.replace(job, design=config.get("_design"))
     genome = Genome.from_id(config["_genome"])
     placeholder = {o: float("nan") for o in objectives}
     if "params" in objectives and genome.id in params_of_genome:
@@ -123,10 +155,12 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
         return
     total = time.time() - config["_suggested_at"]
     timings = {k: round(float(v), 3) for k, v in outcome.timings.items()}
-    work = sum(timings.get(k, 0.0) for k in ("kd_s", "generate_s", "score_s"))
+    work = sum(timings.get(k, 0.0) for k in ("kd_s", "generate_s", "score_s", "noise_s"))
     timings.update(total_s=round(total, 3), overhead_s=round(max(0.0, total - work), 3))
     import ray  # noqa: PLC0415 - the worker side, as `tune` above
 
     payload = {"metrics": outcome.metrics, "timings": timings, "student_dir": outcome.student_dir,
                "node": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
+    if outcome.seed_scores:
+        payload["seed_scores"] = outcome.seed_scores
     tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(payload)})

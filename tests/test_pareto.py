@@ -1,9 +1,13 @@
 """pareto.py: dominance, the front (non-dominated sorting) and exact hypervolume on hand-worked cases."""
 
+import math
+from itertools import product
+
 import numpy as np
 import pytest
 
-from blocksearch.pareto import dominates, hypervolume, non_dominated_sort, pareto_front, pareto_mask
+from blocksearch.pareto import (dominates, dominates_beyond_noise, hypervolume, noise_margins, non_dominated_sort,
+                                pareto_front, pareto_mask)
 
 # Hand-worked 2-D case (both minimised): B and E are equal, D is dominated by B (and by E), F trades a
 # worse first objective for a better second one, so it stays on the front.
@@ -50,3 +54,29 @@ def test_hypervolume_matches_optuna():
     for d in (2, 3):
         pts = rng.random((25, d))
         assert hypervolume(pts.tolist(), (1.1,) * d) == pytest.approx(compute(pts, np.full(d, 1.1)), abs=1e-12)
+
+
+# Dominance beyond noise, by hand: (fid, params), fid with sigma 1 / (2 sqrt 2), so that its margin z sqrt(2) sigma
+# is 1.0 at z = 2; params exact (sigma 0, margin 0). The reference b = (10, 100).
+SIGMA = (1 / (2 * math.sqrt(2)), 0.0)
+
+
+def test_dominance_beyond_noise_by_hand():
+    b = (10.0, 100.0)
+    assert noise_margins(SIGMA) == pytest.approx((1.0, 0.0)) and noise_margins((1.0,), z=1.0) == (math.sqrt(2),)
+    # 0.5 lower FID, same params: dominates on raw values, but within the FID margin of 1.0
+    assert dominates((9.5, 100.0), b) and not dominates_beyond_noise((9.5, 100.0), b, SIGMA)
+    # 1.5 lower FID: beyond noise
+    assert dominates_beyond_noise((8.5, 100.0), b, SIGMA)
+    # 0.8 higher FID (worse, within noise) and 10 fewer params (exact, better): a domination beyond noise that
+    # the raw rule misses; 1.2 higher FID is worse beyond noise: none
+    assert not dominates((10.8, 90.0), b) and dominates_beyond_noise((10.8, 90.0), b, SIGMA)
+    assert not dominates_beyond_noise((11.2, 90.0), b, SIGMA)
+    # a wider z: 1.5 lower FID is within 2 x the margin
+    assert not dominates_beyond_noise((8.5, 100.0), b, SIGMA, z=4.0)
+
+
+def test_dominance_beyond_zero_noise_is_dominance():
+    values = (0.0, 1.0, 2.0)
+    for a, b in product(product(values, repeat=3), repeat=2):
+        assert dominates_beyond_noise(a, b, (0.0, 0.0, 0.0)) == dominates(a, b), (a, b)

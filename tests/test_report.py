@@ -1,6 +1,7 @@
 """Report: the computed front, dominance and hypervolume against a hand-computed study; the files; bad input."""
 
 import csv
+import json
 import math
 from itertools import combinations
 
@@ -33,8 +34,9 @@ CASE = [
 CHOICES = {"removed": [False, True], "layers": [1, 2], "depth": [0, 1], "mid_block": ["cross_attn", "resnet", "none"]}
 
 
-def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy"):
-    """A study as `blocksearch run` writes it (the study contract), built with optuna.trial.create_trial."""
+def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy", seed_scores=None):
+    """A study as `blocksearch run` writes it (the study contract), built with optuna.trial.create_trial;
+    ``seed_scores``: design name -> the rows its trial carries (scores at more generation seeds)."""
     url = f"sqlite:///{tmp_path / 'blocksearch.db'}"
     study = optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
     study.set_metric_names(OBJECTIVES)
@@ -54,6 +56,8 @@ def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy"):
                   student_dir=str(tmp_path / "students" / genome / "unet"))
         if design:
             ua["design"] = design
+            if seed_scores and design in seed_scores:
+                ua["seed_scores"] = seed_scores[design]
         if values:
             ua["metrics"] = dict(fid=values[0], params=values[1], latency_ms=values[2], macs=1e6 * (i + 1),
                                  alignment=0.5, latency_cv=0.01,
@@ -65,6 +69,24 @@ def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy"):
             state=getattr(optuna.trial.TrialState, state), values=values, params=params, distributions=dists,
             user_attrs=ua | extra, constraints=constraints))
     return url
+
+
+# The noise case: the designs' FID at two generation seeds, sample variance 0.5 each: sigma = sqrt(0.5), the FID
+# margin z sqrt(2) sigma = 2.0; alignment sigma sqrt(0.0002); params exact; latency_ms from latency_cv 0.01 with the
+# repeats unrecorded: sqrt(mean((sqrt(pi/2) x 0.01 x {10, 8})^2)) ~ 0.1135 ms, margin ~ 0.32 ms. Against bk_base
+# (10, 100, 10): trial 2 is 1.0 lower in FID only (dominates on raw values, within noise); trial 3 is 1.0 higher in
+# FID (within noise) but has 10 fewer params (exact) and 1 ms less latency: beyond noise, though not on raw values;
+# trial 5 is 2.5 lower in FID (beyond the margin of 2.0) and better in the rest: beyond noise.
+NOISE_CASE = [
+    ("COMPLETE", (10.0, 100.0, 10.0), BK["bk_base"], "bk_base"),
+    ("COMPLETE", (12.0, 80.0, 8.0), BK["bk_small"], "bk_small"),
+    ("COMPLETE", (9.0, 100.0, 10.0), "L1-2-1-2_T1-1-1-0_Mattn", None),
+    ("COMPLETE", (11.0, 90.0, 9.0), "L1-1-1_T1-0-1_Mres", None),
+    ("COMPLETE", (13.0, 120.0, 11.0), "L2-2-2-2_T0-1-1-0_Mattn", None),
+    ("COMPLETE", (7.5, 95.0, 9.5), "L2-1-2-2_T1-1-1-0_Mnone", None),
+]
+SEED_SCORES = {"bk_base": [{"seed": 0, "fid": 10.0, "alignment": 0.5}, {"seed": 1, "fid": 11.0, "alignment": 0.52}],
+               "bk_small": [{"seed": 0, "fid": 12.0, "alignment": 0.5}, {"seed": 1, "fid": 13.0, "alignment": 0.48}]}
 
 
 def box(p):
@@ -215,3 +237,47 @@ def test_speed_and_memory_of_the_teacher_and_the_front_and_infeasible_students(t
     assert "| 4 | L2-2-2-2_T0-1-1-0_Mattn |" in infeasible
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "id='speed'" in page and "plot-alignment" in page
+
+
+# -- noise: dominance beyond the seed spread of the reference designs ---------------------------------
+def test_dominations_beyond_noise_and_within_it(tmp_path):
+    url = make_study(tmp_path, case=NOISE_CASE, seed_scores=SEED_SCORES)
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert r.noise_measured and r.noise_z == 2.0
+    assert r.noise["fid"].sigma == pytest.approx(math.sqrt(0.5)) and r.noise["fid"].seeds == (2, 2)
+    assert r.noise["alignment"].sigma == pytest.approx(math.sqrt(0.0002)) and r.noise["params"].sigma == 0.0
+    assert r.noise["latency_ms"].sigma == pytest.approx(math.sqrt(math.pi / 4 * (0.1 ** 2 + 0.08 ** 2)))
+    assert [(d.searched, d.reference, d.beyond_noise) for d in r.dominations] == [
+        (2, "bk_base", False), (3, "bk_base", True), (5, "bk_base", True)]
+    assert r.dominations[1].improvement == pytest.approx((-0.1, 0.1, 0.1))  # FID 10% worse, within noise
+    assert r.trial(0).seed_scores == tuple(SEED_SCORES["bk_base"]) and r.trial(2).seed_scores == ()
+
+
+def test_without_seed_scores_the_noise_is_unknown_and_the_raw_rule_stays(tmp_path):
+    url = make_study(tmp_path)  # an older study: no reference design carries seed scores
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert not r.noise_measured and r.noise["fid"].sigma is None
+    assert [(d.searched, d.reference, d.beyond_noise) for d in r.dominations] == [(2, "bk_base", None)]
+    readme = (write_report("unet_blocks-toy", url, tmp_path / "report") / "README.md").read_text()
+    assert "Seed noise: not measured for fid" in readme and "(noise not measured: raw values)" in readme
+    assert " ± " not in readme
+
+
+def test_the_report_shows_spreads_and_splits_dominations_by_noise(tmp_path):
+    url = make_study(tmp_path, case=NOISE_CASE, seed_scores=SEED_SCORES)
+    out = write_report("unet_blocks-toy", url, tmp_path / "report")
+    readme = (out / "README.md").read_text()
+    assert "| 5 |  | 7.5 ± 0.7071 | 95 | 9.50 ms | 6.00M | 0.5 ± 0.01414 |" in readme  # the front, FID first
+    assert "**bk_base** (trial 0: fid 10 ± 0.7071, params 100, latency_ms 10.00 ms) is dominated beyond noise by " \
+           "2 searched design(s):" in readme
+    refs = readme.split("## Against the BK-SDM reference designs")[1].split("\n## ")[0]
+    assert "fid ± 0.7071, alignment ± 0.01414 (pooled standard deviation of one score over 2 reference design(s) " \
+           "x 2 generation seeds)" in refs and "z = 2" in refs and "params exact" in refs
+    assert "  - trial 3 (fid 10.0% higher (within noise), params 10.0% lower, latency_ms 10.0% lower):" in refs
+    assert "  - within noise, not a claim: trial 2 (fid 10.0% lower (within noise)):" in refs
+    assert "**bk_small** (trial 1: fid 12 ± 0.7071, params 80, latency_ms 8.00 ms): no searched design dominates " \
+           "it beyond noise." in refs
+    page = (out / "index.html").read_text()
+    assert "7.5 ± 0.7071" in page and "id='noise'" in page and "z = 2" in page
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [r["fid"] for r in json.loads(rows[0]["seed_scores"])] == [10.0, 11.0] and rows[2]["seed_scores"] == ""

@@ -51,6 +51,19 @@ def test_resolve_defaults_and_bad_flags(tmp_path, monkeypatch):
             search.resolve(SearchConfig(**bad))
 
 
+def test_noise_seeds_reach_the_search_config_the_trials_and_the_study(tmp_path, monkeypatch, bound_and_unet):
+    from blocksearch.cli import main
+
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg: seen.append(cfg))
+    assert main(["run", "--noise-seeds", "3"]) == 0 and main(["run"]) == 0
+    assert [cfg.noise_seeds for cfg in seen] == [3, 2]
+    with pytest.raises(BlocksearchError, match="--noise-seeds 0"):
+        search.resolve(SearchConfig(noise_seeds=0))
+    job, attrs = search.trial_job(_cfg(tmp_path, noise_seeds=3), bound_and_unet[0])
+    assert job.noise_seeds == 3 and job.design is None and attrs["noise_seeds"] == 3
+
+
 def test_bad_storage_and_address_are_one_line_errors(tmp_path):
     with pytest.raises(BlocksearchError, match="cannot open storage"):
         open_storage("sqlite:////nonexistent-dir/deeper/x.db")
@@ -82,7 +95,7 @@ def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, 
     configs = {tid: s.suggest(tid) for tid in ("a", "b", "c")}
     assert {c["_design"] for c in configs.values()} == {"bk_base", "bk_small", "bk_tiny"}
     assert len(s.inflight) == 3
-    s.on_trial_complete("a", _final([3.0, 100.0, 2.0]))
+    s.on_trial_complete("a", _final([3.0, 100.0, 2.0], seed_scores=[{"seed": 0, "fid": 3.0}, {"seed": 1, "fid": 3.2}]))
     s.on_trial_complete("b", {"fid": math.nan, "params": 5.0, "latency_ms": math.nan, "final": 0,
                               "training_iteration": 2, "kd_out_loss": 0.7, "payload": ""})  # ASHA stop
     s.on_trial_complete("c", {"fid": math.nan, "params": 5.0, "latency_ms": math.nan, "final": 1,
@@ -91,6 +104,7 @@ def test_searcher_records_complete_pruned_failed_and_caches_by_genome(tmp_path, 
     by = {t.user_attrs["design"]: t for t in study.trials}
     assert by["bk_base"].state.name == "COMPLETE" and by["bk_base"].values == [3.0, 100.0, 2.0]
     assert by["bk_base"].user_attrs["student_dir"] == "/x" and by["bk_base"].user_attrs["timings"] == {"kd_s": 1.0}
+    assert [r["fid"] for r in by["bk_base"].user_attrs["seed_scores"]] == [3.0, 3.2]  # the report's seed noise
     assert by["bk_small"].state.name == "PRUNED" and by["bk_small"].values is None
     assert by["bk_small"].user_attrs["pruned_at"]["kd_out_loss"] == 0.7
     assert by["bk_tiny"].state.name == "FAIL" and by["bk_tiny"].user_attrs["error"] == "RuntimeError: injected"

@@ -8,7 +8,7 @@ from blocksearch import search
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
 from blocksearch.study import (SearchConfig, check_settings, counts, default_storage, default_study_name,
-                               existing_study, open_storage, open_study, prepare_study)
+                               existing_study, fail_unclaimed_trials, open_storage, open_study, prepare_study)
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet
 from tests.test_report import make_study
@@ -83,6 +83,28 @@ def test_reference_designs_enqueued_once_and_stale_trials_failed(tmp_path, bound
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_small", "bk_tiny"]
     assert counts(study)["done"] == 0  # a stale trial does not count toward --trials
+
+
+def test_a_trial_no_driver_claimed_is_failed_after_the_grace_period_and_requeued(tmp_path, bound, capsys):
+    """A driver killed between Optuna's ask and its first heartbeat leaves a RUNNING trial with no
+    heartbeat and no driver: Optuna's stale check cannot see it; counting it as running hung a resume."""
+    url = "sqlite:///" + str(tmp_path / "s.db")
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    study = prepare_study(storage, _cfg(tmp_path), bound, ATTRS)
+    orphan = study.ask()  # bk_base, popped from the queue: parameters, no driver attr, no heartbeat
+    bound.suggest(orphan)
+    claimed = study.ask()
+    bound.suggest(claimed)
+    claimed.set_user_attr("driver", "elsewhere:1")  # a live driver's trial: not ours to fail
+    assert fail_unclaimed_trials(study, storage, grace_period=3600) == []  # young: its driver may be alive
+    assert fail_unclaimed_trials(study, storage, grace_period=0) == [orphan.number]
+    assert f"stale trial #{orphan.number}: no driver claimed it" in capsys.readouterr().out
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert study.trials[claimed.number].state == optuna.trial.TrialState.RUNNING
+    c = counts(study)
+    assert c["stale"] == 1 and c["done"] == 0 and c["running"] == 1
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["design"] for t in waiting) == ["bk_base", "bk_tiny"]  # bk_base back in the queue
 
 
 def test_existing_study_mismatch_is_refused_untouched(tmp_path, bound):

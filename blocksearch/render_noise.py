@@ -1,0 +1,93 @@
+"""The report's noise, rendered: scores with their seed spread (± sigma), how the noise was measured, and
+the reference designs' dominations split into claims beyond noise and differences within it.
+
+Formats only what :func:`blocksearch.report.build_report` computed (:mod:`blocksearch.noise`,
+``Domination.beyond_noise``).
+"""
+
+from __future__ import annotations
+
+from blocksearch.noise import NOISY
+from blocksearch.numbers import fmt
+from blocksearch.pareto import noise_margins
+from blocksearch.report import Domination, ParetoReport
+
+
+def with_spread(r: ParetoReport, name: str, value) -> str:
+    """``fmt`` of a value, with '± sigma' for a score of generated images whose seed spread is known."""
+    spread = r.noise.get(name)
+    if name not in NOISY or value is None or spread is None or spread.sigma is None:
+        return fmt(name, value)
+    return f"{fmt(name, value)} ± {fmt(name, spread.sigma)}"
+
+
+def noise_line(r: ParetoReport) -> str:
+    """One paragraph: each objective's spread, what it rests on, and the rule of dominance beyond noise."""
+    seeded = {o: s for o, s in r.noise.items() if s.source == "seeds"}
+    unknown = [o for o in r.objectives if r.noise.get(o) is None or r.noise[o].sigma is None]
+    asked = r.attrs.get("noise_seeds")
+    if unknown:
+        return (f"Seed noise: not measured for {', '.join(unknown)} (no reference design was scored at two or more "
+                f"generation seeds{f'; the study asked for {asked}' if asked else ''}: `blocksearch run "
+                f"--noise-seeds 2` scores them in a new study). Dominance below is on raw values "
+                f"(noise not measured): a small difference may be seed noise.")
+    parts = []
+    if seeded:
+        counts = sorted({n for s in seeded.values() for n in s.seeds})
+        seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+        parts.append(", ".join(f"{o} ± {fmt(o, s.sigma)}" for o, s in seeded.items())
+                     + f" (pooled standard deviation of one score over {max(s.designs for s in seeded.values())} "
+                       f"reference design(s) x {seeds} generation seeds{f', --noise-seeds {asked}' if asked else ''})")
+    for o in r.objectives:
+        s = r.noise[o]
+        if s.source == "latency_cv":
+            parts.append(f"{o} ± {fmt(o, s.sigma)} (standard error of the median latency, from latency_cv)")
+        elif s.source in ("exact", "no spread recorded"):
+            parts.append(f"{o} {'exact' if s.source == 'exact' else 'compared raw (no spread recorded)'}")
+    z = r.noise_z
+    return (f"Seed noise: {'; '.join(parts)}. A searched design dominates a reference beyond noise when it is "
+            f"worse by at most z·√2·σ in every objective and better by more than z·√2·σ in one, z = {z:g} ({z:g} "
+            f"standard deviations of the difference of two scores); σ rests on few seeds, so a claim near its "
+            f"margin is weak.")
+
+
+def _gains(r: ParetoReport, d: Domination) -> str:
+    """'fid 2.0% higher (within noise), params 10.0% lower': each objective's difference, relative."""
+    a, b = r.trial(d.searched).values, r.trial(d.reference_trial).values
+    sigmas = [r.noise[o].sigma if r.noise_measured else 0.0 for o in r.objectives]
+    out = []
+    for o, g, direction, x, y, m in zip(r.objectives, d.improvement, r.directions, a, b,
+                                        noise_margins(sigmas, r.noise_z)):
+        better, worse = ("lower", "higher") if direction == "minimize" else ("higher", "lower")
+        if g:
+            noise = " (within noise)" if abs(x - y) <= m else ""
+            out.append(f"{o} {abs(g):.1%} {better if g > 0 else worse}{noise}")
+    return ", ".join(out)
+
+
+def reference_md(r: ParetoReport) -> list[str]:
+    """The README's section on the reference designs: each one's scores and who dominates it, beyond noise
+    or within it (a raw domination that the noise could explain; not a claim)."""
+    lines = ["## Against the BK-SDM reference designs", ""]
+    if not r.reference_designs:
+        return lines + ["The study names no reference designs (user attr `reference_designs`).", ""]
+    lines += [noise_line(r), ""]
+    for name, genome in r.reference_designs.items():
+        if name not in r.reference_trials:
+            lines.append(f"- **{name}** (`{genome}`): no completed trial.")
+            continue
+        t = r.trial(r.reference_trials[name])
+        values = ", ".join(f"{o} {with_spread(r, o, v)}" for o, v in zip(r.objectives, t.values))
+        doms = sorted((d for d in r.dominations if d.reference == name), key=lambda d: -sum(d.improvement))
+        beyond = [d for d in doms if d.beyond_noise is not False]
+        head = f"- **{name}** (trial {t.number}: {values})"
+        if not r.noise_measured:
+            lines.append(f"{head} is dominated by {len(beyond)} searched design(s) (noise not measured: raw "
+                         f"values):" if beyond else f"{head}: no searched design dominates it.")
+        else:
+            lines.append(f"{head} is dominated beyond noise by {len(beyond)} searched design(s):" if beyond
+                         else f"{head}: no searched design dominates it beyond noise.")
+        lines += [f"  - trial {d.searched} ({_gains(r, d)}): {r.trial(d.searched).architecture}" for d in beyond]
+        lines += [f"  - within noise, not a claim: trial {d.searched} ({_gains(r, d)}): "
+                  f"{r.trial(d.searched).architecture}" for d in doms if d.beyond_noise is False]
+    return lines + [""]

@@ -1,0 +1,63 @@
+"""trial.py: a reference design's student is scored again at more generation seeds (the report's seed noise),
+with the main seed's FID reference set and without measuring latency again; other candidates are not."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from blocksearch import evaluate as evaluate_module
+from blocksearch import latency, trial
+from blocksearch.evaluate import EvalConfig
+from blocksearch.trial import TrialJob, seed_scores
+from tests.conftest import make_tiny_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = dict(prompts=12, steps=2, reference_images=24)
+
+
+def _no_timing(*args, **kwargs):
+    raise AssertionError("latency or memory measured again at another seed")
+
+
+def test_scores_at_more_generation_seeds(tmp_path, monkeypatch):
+    for module, name in ((evaluate_module, "speed_and_memory"), (latency, "measure_latency"),
+                         (evaluate_module, "cost")):
+        monkeypatch.setattr(module, name, _no_timing)
+    teacher = make_tiny_teacher(tmp_path)
+    config = EvalConfig(**FAST, seed=5, cache_dir=str(tmp_path / "cache"))
+    main = {"fid": 1.0, "alignment": 0.5, "kid": 0.01, "latency_ms": 3.0}
+    rows = seed_scores(teacher, teacher.unet, config, main, 3, "cpu")
+    assert [r["seed"] for r in rows] == [5, 17, 29]  # strides of the 12 prompts: every prompt's seed is new
+    assert rows[0] == {"seed": 5, "fid": 1.0, "alignment": 0.5, "kid": 0.01}  # the main seed's, not measured again
+    assert rows[1]["fid"] > 0 and rows[1]["fid"] != rows[2]["fid"] and 0 <= rows[1]["alignment"] <= 1
+    assert set(rows[1]) == {"seed", "fid", "alignment"}
+    # one FID reference set (the toy's depends on the seed): only the generation seed changed
+    refs = {p.name[:32] for p in (tmp_path / "cache" / "fidelity").glob("blocksearch-ref-*")}  # by key
+    assert len(refs) == 1
+
+
+def _fake_stages(monkeypatch, tmp_path, calls):
+    student = SimpleNamespace(unet=SimpleNamespace(save_pretrained=lambda *a, **k: None))
+    metrics = SimpleNamespace(timings={"generate_s": 1.0, "score_s": 1.0, "latency_s": 1.0},
+                              to_dict=lambda: {"fid": 9.0, "alignment": 0.4})
+    monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: SimpleNamespace(unet=None))
+    monkeypatch.setattr(trial, "build_student", lambda unet, genome: student)
+    monkeypatch.setattr(trial, "distill", lambda *a, **k: SimpleNamespace(wall_s=2.0))
+    monkeypatch.setattr(trial, "evaluate", lambda *a, **k: metrics)
+    monkeypatch.setattr(trial, "seed_scores",
+                        lambda teacher, unet, config, m, n, device: calls.append(n) or [{"seed": 0}])
+
+
+def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
+    calls = []
+    _fake_stages(monkeypatch, tmp_path, calls)
+    genome = SimpleNamespace(id="g")
+    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3)
+    searched = trial._train_candidate(genome, job, lambda step, losses: None)
+    assert calls == [] and searched.seed_scores == [] and "noise_s" not in searched.timings
+    design = trial._train_candidate(genome, TrialJob(**{**vars(job), "design": "bk_base"}), lambda s, l: None)
+    assert calls == [3] and design.seed_scores == [{"seed": 0}] and design.timings["noise_s"] >= 0
+    trial._train_candidate(genome, TrialJob(**{**vars(job), "design": "bk_base", "noise_seeds": 1}),
+                           lambda s, l: None)
+    assert calls == [3]  # --noise-seeds 1: off
