@@ -47,7 +47,7 @@ POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the 
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
-               "latency_device", "latency_dtype", "e2e_repeats")
+               "latency_device", "latency_dtype")
 KD_FILE = "kd.json"  # beside a ladder's checkpoint: the cumulative KD seconds to reach it
 
 
@@ -220,9 +220,11 @@ def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int) -> tupl
 
 
 def score_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, seed: int, kd_s: float) -> dict:
+    """The student's scores at generation seed ``seed``; the FID reference set stays the evaluation's own
+    (seed 0's), as for the search's noise seeds (trial.seed_scores): only the generated images change."""
     t0 = time.perf_counter()
     scores = score_images(teacher, student.unet, EvalConfig.from_dict(job.eval | {"seed": seed}), job.device,
-                          progress=False)
+                          progress=False, reference=EvalConfig.from_dict(job.eval))
     d = scores.distance
     return dict(genome=arch.genome, design=arch.design, source=arch.source, budget=budget, seed=seed, fid=d.fid,
                 kid=d.kid, kid_std=d.kid_std, alignment=scores.alignment, params=arch.params, macs=arch.macs,

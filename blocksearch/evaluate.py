@@ -139,8 +139,10 @@ class ImageScores:
 
 
 def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
-                 progress: bool = True) -> ImageScores:
-    """Generate the fixed prompt set with ``unet`` in the teacher's pipeline; FID, KID and text alignment."""
+                 progress: bool = True, reference: EvalConfig | None = None) -> ImageScores:
+    """Generate the fixed prompt set with ``unet`` in the teacher's pipeline; FID, KID and text alignment.
+    ``reference``: the settings whose FID reference set is used (default ``config``'s; the toy's depends on
+    the seed), so that only the generation seed changes between scores at several seeds."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     unet = unet.to(device).eval()
     scorer = scorer_for(teacher, config)
@@ -148,7 +150,7 @@ def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfi
     prompts, seeds = scorer.prompt_set()
     images = generate_images(teacher, unet, prompts, seeds, config, device, progress)
     t1 = time.perf_counter()
-    distance, fid_how = scorer.distance(images, prompts, cache_dir, device)
+    distance, fid_how = scorer_for(teacher, reference or config).distance(images, prompts, cache_dir, device)
     alignment, align_how = scorer.alignment(images, prompts, device)
     t2 = time.perf_counter()
     measured = {

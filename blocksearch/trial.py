@@ -19,10 +19,10 @@ from typing import Callable
 
 import torch
 
-from blocksearch.cache import default_cache_dir, outside_work_slot, work_slot
+from blocksearch.cache import outside_work_slot, work_slot
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, evaluate, generate_images, scorer_for
+from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
 from blocksearch.teachers import load_teacher
@@ -97,21 +97,17 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
 
 def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device) -> list[dict]:
     """The scores on generated images at ``n`` generation seeds, the seed noise of noise.py: the main seed
-    ``config.seed`` (``metrics``, already measured; with its KID where it has one), then FID and alignment
-    at ``config.seed + k * config.prompts``, k = 1 .. n-1. The stride keeps every prompt's seed new: a real
+    ``config.seed`` (``metrics``, already measured; with its KID where it has one), then FID, KID and
+    alignment at ``config.seed + k * config.prompts``, k = 1 .. n-1. The stride keeps every prompt's seed new: a real
     teacher's prompt i is generated at seed + i, so seed + 1 would reuse all but one initial latent. Only
     the generation seed changes: the FID reference set stays the main seed's, and nothing seed-independent
     (params, latency, memory) is measured again."""
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    scorer = scorer_for(teacher, config)
     rows = [{"seed": config.seed, **{k: metrics[k] for k in ("fid", "alignment", "kid") if k in metrics}}]
     for seed in range(config.seed + config.prompts, config.seed + n * config.prompts, config.prompts):
-        shifted = dataclasses.replace(config, seed=seed)
-        prompts, seeds = scorer_for(teacher, shifted).prompt_set()
-        images = generate_images(teacher, unet, prompts, seeds, shifted, device, progress=False)
-        fid, _ = scorer.fid(images, prompts, cache_dir, device)
-        alignment, _ = scorer.alignment(images, prompts, device)
-        rows.append({"seed": seed, "fid": float(fid), "alignment": alignment})
+        scores = score_images(teacher, unet, dataclasses.replace(config, seed=seed), device, progress=False,
+                              reference=config)
+        rows.append({"seed": seed, "fid": scores.distance.fid, "kid": scores.distance.kid,
+                     "alignment": scores.alignment})
     return rows
 
 

@@ -31,7 +31,7 @@ def test_scores_at_more_generation_seeds(tmp_path, monkeypatch):
     assert [r["seed"] for r in rows] == [5, 17, 29]  # strides of the 12 prompts: every prompt's seed is new
     assert rows[0] == {"seed": 5, "fid": 1.0, "alignment": 0.5, "kid": 0.01}  # the main seed's, not measured again
     assert rows[1]["fid"] > 0 and rows[1]["fid"] != rows[2]["fid"] and 0 <= rows[1]["alignment"] <= 1
-    assert set(rows[1]) == {"seed", "fid", "alignment"}
+    assert set(rows[1]) == {"seed", "fid", "kid", "alignment"} and rows[1]["kid"] != rows[2]["kid"]
     # one FID reference set (the toy's depends on the seed): only the generation seed changed
     refs = {p.name[:32] for p in (tmp_path / "cache" / "fidelity").glob("blocksearch-ref-*")}  # by key
     assert len(refs) == 1
