@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from blocksearch.cache import default_cache_dir, yield_to_measurement
+from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
 from safetensors.torch import load_file, save_file
 
 from blocksearch.data import Batch, BatchStream, fingerprint
@@ -202,7 +202,9 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
                                f"smaller --batch-size, or a larger BLOCKSEARCH_CACHE_GB")
     if mode == "live":
         return None, why
-    return open_cache(teacher.name, teacher.unet, stream, steps, cache_dir, cap / 2**30, device=device), why
+    with work_slot():  # building it is heavy work: latency measurements of other processes wait for its batches
+        cache = open_cache(teacher.name, teacher.unet, stream, steps, cache_dir, cap / 2**30, device=device)
+    return cache, why
 
 
 def distill(teacher: Teacher, student: Student, config: DistillConfig, device="cpu",
