@@ -58,11 +58,13 @@ def test_baselines_are_signed_so_that_bigger_predicts_better():
 def test_recommend_budget_takes_the_cheapest_that_matches():
     rows = [dict(budget=30, objective="fid", tau=0.9, lo=0.5, hi=1.0, cost_s=10),  # interval too wide
             dict(budget=120, objective="fid", tau=0.85, lo=0.65, hi=0.95, cost_s=40),
-            dict(budget=480, objective="fid", tau=0.95, lo=0.9, hi=1.0, cost_s=160),
+            dict(budget=480, objective="fid", tau=0.95, lo=0.9, hi=1.0, cost_s=160, eval_s=5),
             dict(budget=0, objective="kid", tau=1.0, lo=1.0, hi=1.0, cost_s=0)]  # not FID
     assert recommend_budget(rows) == 120
     assert recommend_budget(rows, target=0.9, lower=0.7) == 480
     assert recommend_budget(rows, target=0.99) is None
+    assert recommend_budget(rows, max_cost_s=0.25 * 640) == 120  # a quarter of a 640-s longest budget
+    assert recommend_budget(rows, target=0.9, lower=0.7, max_cost_s=0.25 * 640) is None  # 480 costs 160 s + eval
 
 
 def test_seed_spread_and_cost_per_budget():
