@@ -19,7 +19,7 @@ from blocksearch.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank
 from blocksearch.space import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
-MAX_COST_FRACTION = 0.25  # ... at <= 25 % of a trial at the longest budget (else: spend budget on the front)
+MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (else: spend budget on the front)
 # a row of results.jsonl and fidelity.csv: one student scored at one seed (kd_s: cumulative KD seconds)
 ROW_COLUMNS = ("genome", "design", "source", "budget", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
                "kd_s", "eval_s")
@@ -46,10 +46,9 @@ def summarize(rows: list[dict], archs: list, budgets: list[int], seeds: list[int
     genomes = {a.genome for a in archs}
     rows = [r for r in rows if r["genome"] in genomes and r["budget"] in budgets and r["seed"] in seeds]
     table = rank_table(rows, n_boot) if rows else []
-    costs = cost_per_budget(rows)
-    cap = MAX_COST_FRACTION * (costs[-1]["kd_s"] + costs[-1]["eval_s"]) if costs else None
+    cap = int(MAX_COST_FRACTION * max(budgets))
     return Summary(rows, archs, budgets, seeds, table, baselines(rows, n_boot) if rows else [], seed_spread(rows),
-                   costs, recommend_budget(table, TARGET, LOWER, cap), n_boot)
+                   cost_per_budget(rows), recommend_budget(table, TARGET, LOWER, cap), n_boot)
 
 
 def portable(path) -> str:
@@ -128,11 +127,10 @@ def recommendation(s: Summary) -> str:
     longest = s.budgets[-1]
     if s.recommended is None:
         return (f"cheapest budget whose FID ranking matches the {longest}-step ranking: none (no budget reaches "
-                f"tau >= {TARGET} with the interval's low end >= {LOWER} at <= {MAX_COST_FRACTION:.0%} of a "
-                f"{longest}-step trial's cost): spend the search's budget on the front instead")
+                f"tau >= {TARGET} with the interval's low end >= {LOWER} at <= {MAX_COST_FRACTION:.0%} of its "
+                f"{longest} KD steps): spend the search's budget on the front instead")
     return (f"cheapest budget whose FID ranking matches the {longest}-step ranking: {s.recommended} KD steps "
-            f"(tau >= {TARGET}, interval low end >= {LOWER}, <= {MAX_COST_FRACTION:.0%} of a {longest}-step "
-            f"trial's cost)")
+            f"(tau >= {TARGET}, interval low end >= {LOWER}, <= {MAX_COST_FRACTION:.0%} of {longest} KD steps)")
 
 
 # -- files ---------------------------------------------------------------------------------------------

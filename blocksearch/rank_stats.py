@@ -140,15 +140,10 @@ def cost_per_budget(rows: list[dict]) -> list[dict]:
 
 
 def recommend_budget(rows: list[dict], target: float = 0.8, lower: float = 0.6,
-                     max_cost_s: float | None = None) -> int | None:
+                     max_budget: int | None = None) -> int | None:
     """The cheapest budget whose FID ranking matches the longest budget's: tau >= ``target`` and the
-    interval's low end >= ``lower``, at a trial cost (KD to the budget + one evaluation) of at most
-    ``max_cost_s``; None when no budget does. ``rows``: ``rank_table``'s."""
+    interval's low end >= ``lower``, at no more than ``max_budget`` KD steps; None when no budget does.
+    ``rows``: ``rank_table``'s."""
     good = [r for r in rows if r["objective"] == "fid" and r["tau"] >= target and r["lo"] >= lower
-            and (max_cost_s is None or trial_cost(r) <= max_cost_s)]
+            and (max_budget is None or r["budget"] <= max_budget)]
     return min(good, key=lambda r: (r["cost_s"], r["budget"]))["budget"] if good else None
-
-
-def trial_cost(row: dict) -> float:
-    """What a search trial at this budget costs: the KD seconds to reach it and one evaluation."""
-    return row["cost_s"] + (row.get("eval_s") or 0.0)

@@ -63,8 +63,8 @@ def test_recommend_budget_takes_the_cheapest_that_matches():
     assert recommend_budget(rows) == 120
     assert recommend_budget(rows, target=0.9, lower=0.7) == 480
     assert recommend_budget(rows, target=0.99) is None
-    assert recommend_budget(rows, max_cost_s=0.25 * 640) == 120  # a quarter of a 640-s longest budget
-    assert recommend_budget(rows, target=0.9, lower=0.7, max_cost_s=0.25 * 640) is None  # 480 costs 160 s + eval
+    assert recommend_budget(rows, target=0.9, lower=0.7, max_budget=480) == 480  # a quarter of 1920 steps
+    assert recommend_budget(rows, target=0.9, lower=0.7, max_budget=240) is None  # a quarter of 960 steps
 
 
 def test_seed_spread_and_cost_per_budget():
