@@ -1,13 +1,14 @@
 """The noise of a study's scores, estimated on its reference designs: what a difference must exceed to count.
 
-FID, KID and text alignment are scores of a fixed prompt set generated at fixed seeds (evaluate.py); at
-other generation seeds the same student scores differently. ``blocksearch run`` scores the students of the
-reference designs at ``--noise-seeds`` generation seeds (trial.py: ``seed_scores``), and the spread of such
+FID, KID and text alignment are scores of a fixed prompt set generated at fixed seeds (evaluate.py) by a
+student trained with one KD seed; at other seeds the same architecture scores differently. ``blocksearch
+run`` trains and scores each reference design at ``--noise-seeds`` (KD seed, generation seed) pairs
+(trial.py: ``seed_scores``), and the spread of such
 a score is the pooled within-design standard deviation (the pooled SD of a one-way layout, e.g. Cohen,
 *Statistical Power Analysis*, 1988): sigma^2 = sum_i (n_i - 1) s_i^2 / sum_i (n_i - 1), s_i^2 the sample
 variance of design i's n_i scores -- with as many seeds per design, the mean of the per-design variances.
 
-The other objectives do not depend on the generation seed. params and macs are exact (sigma 0).
+The other objectives do not depend on the seeds. params and macs are exact (sigma 0).
 latency_ms is one measurement per architecture whose repeat-to-repeat spread is recorded (``latency_cv``,
 std/mean of the timed repeats): its sigma is the standard error of that median, sqrt(pi/2) * cv * latency /
 sqrt(repeats) (the median of normal repeats), pooled over the reference designs as above. e2e_ms and
@@ -23,7 +24,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-NOISY = ("fid", "kid", "alignment")  # scores of generated images: they change with the generation seed
+NOISY = ("fid", "kid", "alignment")  # scores of generated images: they change with the KD and generation seeds
 EXACT = ("params", "macs")
 UNSPREAD = ("e2e_ms", "memory_mb")  # seed-independent, no spread recorded: taken as exact
 

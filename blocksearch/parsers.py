@@ -164,9 +164,10 @@ RUN_FLAGS = (
                                                                  "on CUDA, fp32 on CPU)")),
     ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 60; "
                                             "end to end: at most 3)")),
-    ("noise_seeds", dict(type=int, help="generation seeds at which the students of the reference designs are "
-                                        "scored (FID and text alignment; latency is not measured again): the "
-                                        "report's seed noise, within which no domination is claimed; 1 turns it off")),
+    ("noise_seeds", dict(type=int, help="seeds at which each reference design is trained and scored (each extra "
+                                        "seed: KD again with seed + k, images at another generation seed; FID, "
+                                        "KID, text alignment; latency is not measured again): the report's seed "
+                                        "noise, within which no domination is claimed; 1 turns it off")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "

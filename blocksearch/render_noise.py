@@ -28,7 +28,7 @@ def noise_line(r: ParetoReport) -> str:
     asked = r.attrs.get("noise_seeds")
     if unknown:
         return (f"Seed noise: not measured for {', '.join(unknown)} (no reference design was scored at two or more "
-                f"generation seeds{f'; the study asked for {asked}' if asked else ''}: `blocksearch run "
+                f"seeds{f'; the study asked for {asked}' if asked else ''}: `blocksearch run "
                 f"--noise-seeds 2` scores them in a new study). Dominance below is on raw values "
                 f"(noise not measured): a small difference may be seed noise.")
     parts = []
@@ -37,7 +37,8 @@ def noise_line(r: ParetoReport) -> str:
         seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
         parts.append(", ".join(f"{o} ± {fmt(o, s.sigma)}" for o, s in seeded.items())
                      + f" (pooled standard deviation of one score over {max(s.designs for s in seeded.values())} "
-                       f"reference design(s) x {seeds} generation seeds{f', --noise-seeds {asked}' if asked else ''})")
+                       f"reference design(s) x {seeds} seeds, KD and generation"
+                       f"{f', --noise-seeds {asked}' if asked else ''})")
     for o in r.objectives:
         s = r.noise[o]
         if s.source == "latency_cv":

@@ -272,7 +272,7 @@ def test_the_report_shows_spreads_and_splits_dominations_by_noise(tmp_path):
            "2 searched design(s):" in readme
     refs = readme.split("## Against the BK-SDM reference designs")[1].split("\n## ")[0]
     assert "fid ± 0.7071, alignment ± 0.01414 (pooled standard deviation of one score over 2 reference design(s) " \
-           "x 2 generation seeds)" in refs and "z = 2" in refs and "params exact" in refs
+           "x 2 seeds, KD and generation)" in refs and "z = 2" in refs and "params exact" in refs
     assert "  - trial 3 (fid 10.0% higher (within noise), params 10.0% lower, latency_ms 10.0% lower):" in refs
     assert "  - within noise, not a claim: trial 2 (fid 10.0% lower (within noise)):" in refs
     assert "**bk_small** (trial 1: fid 12 ± 0.7071, params 80, latency_ms 8.00 ms): no searched design dominates " \

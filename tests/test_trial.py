@@ -29,12 +29,36 @@ def test_scores_at_more_generation_seeds(tmp_path, monkeypatch):
     main = {"fid": 1.0, "alignment": 0.5, "kid": 0.01, "latency_ms": 3.0}
     rows = seed_scores(teacher, teacher.unet, config, main, 3, "cpu")
     assert [r["seed"] for r in rows] == [5, 17, 29]  # strides of the 12 prompts: every prompt's seed is new
-    assert rows[0] == {"seed": 5, "fid": 1.0, "alignment": 0.5, "kid": 0.01}  # the main seed's, not measured again
+    assert rows[0] == {"seed": 5, "kd_seed": 0, "fid": 1.0, "alignment": 0.5, "kid": 0.01}  # not measured again
     assert rows[1]["fid"] > 0 and rows[1]["fid"] != rows[2]["fid"] and 0 <= rows[1]["alignment"] <= 1
-    assert set(rows[1]) == {"seed", "fid", "kid", "alignment"} and rows[1]["kid"] != rows[2]["kid"]
+    assert set(rows[1]) == {"seed", "kd_seed", "fid", "kid", "alignment"} and rows[1]["kid"] != rows[2]["kid"]
+    assert [r["kd_seed"] for r in rows] == [0, 0, 0]  # no retrain given: the same student
     # one FID reference set (the toy's depends on the seed): only the generation seed changed
     refs = {p.name[:32] for p in (tmp_path / "cache" / "fidelity").glob("blocksearch-ref-*")}  # by key
     assert len(refs) == 1
+
+
+def test_with_retrain_each_extra_seed_scores_a_student_trained_again(tmp_path):
+    import copy
+
+    import torch
+
+    teacher = make_tiny_teacher(tmp_path)
+    config = EvalConfig(**FAST, seed=0, cache_dir=str(tmp_path / "cache"))
+    asked = []
+
+    def retrain(k):
+        asked.append(k)
+        other = copy.deepcopy(teacher.unet)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.mul_(1 + 0.05 * k)  # another KD seed: other weights
+        return other
+
+    same = seed_scores(teacher, teacher.unet, config, {"fid": 1.0, "alignment": 0.5}, 2, "cpu")
+    again = seed_scores(teacher, teacher.unet, config, {"fid": 1.0, "alignment": 0.5}, 3, "cpu", retrain)
+    assert asked == [1, 2] and [r["kd_seed"] for r in again] == [0, 1, 2]
+    assert again[1]["seed"] == same[1]["seed"] and again[1]["fid"] != same[1]["fid"]  # the retrained student's
 
 
 def _fake_stages(monkeypatch, tmp_path, calls):
@@ -43,10 +67,16 @@ def _fake_stages(monkeypatch, tmp_path, calls):
                               to_dict=lambda: {"fid": 9.0, "alignment": 0.4})
     monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: SimpleNamespace(unet=None))
     monkeypatch.setattr(trial, "build_student", lambda unet, genome: student)
-    monkeypatch.setattr(trial, "distill", lambda *a, **k: SimpleNamespace(wall_s=2.0))
+    monkeypatch.setattr(trial, "distill", lambda teacher, student, config, **k: calls.append(("kd", config.seed))
+                        or SimpleNamespace(wall_s=2.0))
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: metrics)
-    monkeypatch.setattr(trial, "seed_scores",
-                        lambda teacher, unet, config, m, n, device: calls.append(n) or [{"seed": 0}])
+
+    def scores(teacher, unet, config, m, n, device, retrain):
+        calls.append(n)
+        retrain(1)  # a second student of the same architecture, KD seed + 1
+        return [{"seed": 0}]
+
+    monkeypatch.setattr(trial, "seed_scores", scores)
 
 
 def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
@@ -55,9 +85,12 @@ def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
     genome = SimpleNamespace(id="g")
     job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3)
     searched = trial._train_candidate(genome, job, lambda step, losses: None)
-    assert calls == [] and searched.seed_scores == [] and "noise_s" not in searched.timings
+    assert calls == [("kd", 0)] and searched.seed_scores == [] and "noise_s" not in searched.timings
+    calls.clear()
     design = trial._train_candidate(genome, TrialJob(**{**vars(job), "design": "bk_base"}), lambda s, l: None)
-    assert calls == [3] and design.seed_scores == [{"seed": 0}] and design.timings["noise_s"] >= 0
+    assert calls == [("kd", 0), 3, ("kd", 1)]  # the extra seed retrains with KD seed 0 + 1
+    assert design.seed_scores == [{"seed": 0}] and design.timings["noise_s"] >= 0
+    calls.clear()
     trial._train_candidate(genome, TrialJob(**{**vars(job), "design": "bk_base", "noise_seeds": 1}),
                            lambda s, l: None)
-    assert calls == [3]  # --noise-seeds 1: off
+    assert calls == [("kd", 0)]  # --noise-seeds 1: off
