@@ -332,8 +332,9 @@ def cmd_bench_fidelity(args) -> int:
                       str(checkpoint_root(identity)), max(budgets))
     print(f"{len(archs)} architectures ({', '.join(a.design or a.source for a in archs)}) x budgets {budgets} "
           f"KD steps x generation seeds {seeds}")
-    failures = run_pending(job, teacher, pending(archs, budgets, seeds, read_rows(out / "results.jsonl")),
-                           out / "results.jsonl", args.workers)
+    failures = [] if args.report_only else run_pending(
+        job, teacher, pending(archs, budgets, seeds, read_rows(out / "results.jsonl")), out / "results.jsonl",
+        args.workers)
     write_outputs(summarize(read_rows(out / "results.jsonl"), archs, budgets, seeds, args.boot), args, out,
                   Path(job.checkpoints))
     return 1 if failures else 0

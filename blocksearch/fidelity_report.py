@@ -151,7 +151,8 @@ def index_md(s: Summary, args, checkpoints: Path, settings: dict) -> str:
            f"- architectures: {len(s.archs)} ({', '.join(sorted({a.source for a in s.archs}))}); budgets {s.budgets} "
            f"KD steps (0 = surgery only: the one-shot score), each continuing from the previous one's checkpoint; "
            f"generation seeds {s.seeds} (each prompt's seed + s; the FID reference set stays seed 0's); "
-           f"{len(s.rows)} scored students\n"
+           f"{len(s.rows)} scored students; {complete_ladders(s)} of {len(s.archs)} ladders reached {longest} steps "
+           f"at every seed\n"
            f"- KD (blocksearch run's defaults for the teacher): {_settings(settings['distill'])}\n"
            f"- evaluation (the same, without latency): {_settings(settings['eval'])}\n"
            f"- tau: Kendall's tau-b of the seed-mean scores, each short budget against {longest} steps; 95% "
@@ -167,6 +168,12 @@ def index_md(s: Summary, args, checkpoints: Path, settings: dict) -> str:
         "## Recommendation", recommendation(s),
         "Files: `results.jsonl` (one row per architecture, budget and seed), `fidelity.csv` (the same rows), "
         "`short_vs_long.png` (FID at each short budget against the longest)."]) + "\n"
+
+
+def complete_ladders(s: Summary) -> int:
+    """Architectures scored at every budget and seed (a run in progress has fewer)."""
+    need = {(b, seed) for b in s.budgets for seed in s.seeds}
+    return sum(need <= {(r["budget"], r["seed"]) for r in s.rows if r["genome"] == a.genome} for a in s.archs)
 
 
 def _settings(d: dict) -> str:
@@ -226,7 +233,8 @@ def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
 def write_outputs(s: Summary, args, out: Path, checkpoints: Path) -> None:
     """Print the tables and the recommendation; write index.md, fidelity.csv, short_vs_long.png, --csv."""
     longest = s.budgets[-1]
-    print(f"\nrank agreement with the {longest}-step ranking (Kendall tau-b, 95% bootstrap interval):")
+    print(f"\n{complete_ladders(s)} of {len(s.archs)} ladders complete; rank agreement with the {longest}-step "
+          f"ranking (Kendall tau-b, 95% bootstrap interval):")
     print(tau_table(s))
     print("\nbaselines, signed so that +1 = larger scores better (-params predicts FID/KID, +params alignment):")
     print(baseline_table(s))

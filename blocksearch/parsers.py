@@ -432,6 +432,9 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
     p.add_argument("--study", default=None, help="also the Pareto front of this finished study")
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples per interval (default: %(default)s)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and score nothing: summarise OUT/results.jsonl as it stands (a run in progress: "
+                        "tau over the architectures whose ladder reached the longest budget)")
     p.add_argument("--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
     p.add_argument("--csv", default="blocksearch/measured/fidelity-toy-tau.csv",
                    help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: %(default)s)")

@@ -100,6 +100,10 @@ def test_cli_runs_resumes_and_writes_no_absolute_path(tmp_path, toy_teacher_fold
         json.dumps(r) + "\n" for r in rows if not (r["design"] == "bk_tiny" and r["budget"] == 2)))
     for kd_file in (tmp_path / "cache" / "bench" / "fidelity").glob(f"*/{tiny[0]['genome']}/2/kd.json"):
         kd_file.unlink()
+    assert main(args + ["--report-only"]) == 0  # a run in progress: summarised as it stands, nothing trained
+    assert "2 of 3 ladders complete" in capsys.readouterr().out
+    assert "2 of 3 ladders reached 2 steps" in (tmp_path / "out" / "index.md").read_text()
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 16
     assert main(args + ["--workers", "0"]) == 0
     assert "2 (architecture, budget, seed) to score in 1 ladders" in capsys.readouterr().out
     again = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()[-2:]]
