@@ -249,7 +249,8 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
 
 
 # -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
-BENCH_MODULES = {"stability": "blocksearch.bench_stability", "fidelity": "blocksearch.bench_fidelity"}
+BENCH_MODULES = {"stability": "blocksearch.bench_stability", "fidelity": "blocksearch.bench_fidelity",
+                 "deploy": "blocksearch.bench_deploy"}
 
 
 def cmd_bench(args) -> int:

@@ -372,6 +372,32 @@ def add_bench_parser(verbs, handler: Callable) -> None:
     add_bench_search_parser(sub)
     add_bench_stability_parser(sub, handler)
     add_bench_fidelity_parser(sub, handler)
+    add_bench_deploy_parser(sub, handler)
+
+
+def add_bench_deploy_parser(sub, handler: Callable) -> None:
+    p = sub.add_parser(
+        "deploy", help="U-Net step and end-to-end latency, peak memory: teacher and named designs, full size",
+        description="What a user ships, on the deployment target, for the teacher and each named design at full "
+                    "size with random weights (no download): the U-Net step latency relative to the teacher (as "
+                    "trials measure it), the end-to-end latency of one image (text encoder, the sampler's steps "
+                    "with CFG, VAE decode) and the peak memory of one CFG U-Net step. For sd-v1 / sd-v2 the "
+                    "pipeline is built from the published shapes (SD's VAE, a CLIP text encoder of the teacher's "
+                    "size, PNDM); the GPU check of a lent machine: --teacher sd-v1 --device cuda.")
+    p.add_argument("--teacher", default="toy", help="toy, a `blocksearch toy build` folder, sd-v1 or sd-v2 "
+                                                   "(default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="deployment target: cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="dtype on the target (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps of one image (default: %(default)s, BK-SDM's)")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls of the U-Net (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=LATENCY_REPEATS,
+                   help="interleaved repeats of the step latency, as in a trial (default: %(default)s)")
+    p.add_argument("--e2e-repeats", type=int, default=3, help="timed images end to end (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: every width x scale
+    p.set_defaults(handler=handler)
 
 
 def add_bench_stability_parser(sub, handler: Callable) -> None:

@@ -1,0 +1,117 @@
+"""``blocksearch bench deploy``: what a user ships, measured on the deployment target for the teacher and
+the named designs at full size, with random weights (nothing is downloaded): the U-Net step latency
+relative to the teacher (as trials measure it), the end-to-end latency of one image (text encoder, N
+U-Net steps with classifier-free guidance, VAE decode) and the peak memory of one CFG U-Net step, through
+the same ``latency.speed_and_memory`` the trials use.
+
+For SD-v1 / SD-v2 the pipeline around the U-Net is built from the published shapes: SD's VAE (4 stages,
+128-512 channels), a CLIP text encoder of the teacher's width and depth (SD-v1: ViT-L/14's 12 layers of
+768; SD-v2: OpenCLIP ViT-H/14's 23 of 1024), PNDM with 25 steps. Only the tokenizer is the toy's (the CLIP
+BPE files are a download): prompts are the toy world's, padded to 77 tokens, so the text encoder does the
+same work. On a lent GPU: ``--device cuda`` (fp16 by default); BK-SDM (arXiv 2305.15798) reports about
+36 % (Small) and 43 % (Tiny) lower U-Net latency than SD-v1.4.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.latency import speed_and_memory
+from blocksearch.settings import LATENCY_MIN_S
+from blocksearch.space import load_space
+from blocksearch.surgery import build_student
+from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
+from blocksearch.toy.models import make_tokenizer
+from blocksearch.toy.world import heldout_prompts
+
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+              block_out_channels=(128, 256, 512, 512))
+TEXT_ENCODERS = {  # CLIP ViT-L/14 (SD-v1) and OpenCLIP ViT-H/14 (SD-v2), 77 positions
+    "sd-v1": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  projection_dim=768, hidden_act="quick_gelu"),
+    "sd-v2": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                  projection_dim=1024, hidden_act="gelu"),
+}
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                    steps_offset=1)
+PUBLISHED = {"bk_small": 0.36, "bk_tiny": 0.43}  # BK-SDM: U-Net latency lower than SD-v1.4's, about
+
+
+def random_pipeline(name: str, scale: float = 1.0) -> StableDiffusionPipeline:
+    """An SD-shaped pipeline with random weights (seed 0) around ``ARCHITECTURES[name]``; ``scale`` < 1
+    shrinks every width (tests only: the same code path in seconds)."""
+    if name not in TEXT_ENCODERS:
+        raise BlocksearchError(f"bench deploy --teacher {name}: allowed: toy, a toy-built folder, "
+                               f"{', '.join(TEXT_ENCODERS)} (SDXL's two text encoders are not built here)")
+    torch.manual_seed(0)
+    unet_config, vae_config, text = dict(ARCHITECTURES[name]), dict(SD_VAE), dict(TEXT_ENCODERS[name])
+    if scale != 1.0:
+        widths = unet_config.get("block_out_channels", (320, 640, 1280, 1280))
+        unet_config["block_out_channels"] = tuple(max(32, int(c * scale) // 32 * 32) for c in widths)
+        vae_config["block_out_channels"] = tuple(max(32, int(c * scale) // 32 * 32) for c in SD_VAE["block_out_channels"])
+        text.update(hidden_size=max(64, int(text["hidden_size"] * scale) // 64 * 64), num_hidden_layers=2,
+                    intermediate_size=max(64, int(text["intermediate_size"] * scale)))
+        text["num_attention_heads"] = text["hidden_size"] // 64
+        unet_config["cross_attention_dim"] = text["hidden_size"]
+    tokenizer = make_tokenizer()
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,  # CLIP BPE vocab
+                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                           pad_token_id=tokenizer.pad_token_id, **text))
+    tokenizer.model_max_length = 77
+    return StableDiffusionPipeline(vae=AutoencoderKL(**vae_config), text_encoder=encoder.eval(), tokenizer=tokenizer,
+                                   unet=UNet2DConditionModel(**unet_config).eval(),
+                                   scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def cmd_bench_deploy(args) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BlocksearchError(f"--device {args.device}: no CUDA device on this machine; allowed here: cpu")
+    dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+    if dtype == "fp16" and not args.device.startswith("cuda"):
+        raise BlocksearchError("--dtype fp16 needs --device cuda; on CPU use fp32 or bf16")
+    t0 = time.perf_counter()
+    pipe = load_teacher(args.teacher).pipeline if args.teacher not in ARCHITECTURES else \
+        random_pipeline(args.teacher, args.scale)
+    teacher = pipe.unet.eval()
+    bound = load_space(args.space).bind(topology_of(teacher.config))
+    models = [("teacher", bound.teacher_genome.id, teacher)]
+    models += [(n, g.id, build_student(teacher, g).unet.eval()) for n, g in bound.named_designs().items()]
+    latent = teacher.config.sample_size
+    prompt = heldout_prompts(1)[0][0]
+    print(f"built {len(models)} U-Nets and the pipeline around them in {time.perf_counter() - t0:.0f} s (random "
+          f"weights); measuring on {args.device}, {dtype}: U-Net step at latent {latent}x{latent} (batch 2, CFG), "
+          f"one image end to end ({args.steps} steps, guidance {args.guidance}), peak memory of one CFG step")
+    rows = []
+    with tempfile.TemporaryDirectory() as fresh:  # measured now, not read from an earlier run's cache
+        for name, gid, unet in models:
+            student = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
+            metrics, _ = speed_and_memory(student, latent, args.steps, args.guidance, prompt, args.device, dtype,
+                                          args.warmup, args.repeats, LATENCY_MIN_S, "auto", fresh,
+                                          e2e_repeats=args.e2e_repeats, reference=teacher)
+            rows.append((name, gid, sum(p.numel() for p in unet.parameters()), metrics))
+            print(f"  {name}: step {metrics['latency_ms']:.2f} ms, end to end {metrics['e2e_ms']:.0f} ms, "
+                  f"peak {metrics['memory_mb']:.0f} MB", flush=True)
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[tuple[str, str, int, dict]]) -> str:
+    """The figures side by side, each with how much lower than the teacher's; BK-SDM's published step latency."""
+    base = rows[0][3]
+    lines = [f"{'model':9s} {'genome':26s} {'params':>8s} {'step ms':>8s} {'lower':>6s} {'e2e ms':>8s} "
+             f"{'lower':>6s} {'peak MB':>8s} {'lower':>6s} {'weights MB':>10s}  published step lower"]
+    for name, gid, params, m in rows:
+        low = {k: 1 - m[k] / base[k] for k in ("latency_ms", "e2e_ms", "memory_mb")}
+        published = f"~{PUBLISHED[name]:.0%}" if name in PUBLISHED else ""
+        lines.append(f"{name:9s} {gid:26s} {params / 1e6:7.1f}M {m['latency_ms']:8.2f} {low['latency_ms']:6.1%} "
+                     f"{m['e2e_ms']:8.0f} {low['e2e_ms']:6.1%} {m['memory_mb']:8.0f} {low['memory_mb']:6.1%} "
+                     f"{m['weights_mb']:10.0f}  {published}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""bench deploy: the SD-shaped pipelines around the teacher have the published sizes (built on the meta
+device), a shrunk one runs end to end, and the table reports how much lower than the teacher."""
+
+import pytest
+import torch
+
+from blocksearch.bench_deploy import random_pipeline, table
+from blocksearch.errors import BlocksearchError
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name, unet, text", [("sd-v1", 859_520_964, 123_060_480),  # SD-v1.4, CLIP ViT-L/14
+                                              ("sd-v2", 865_910_724, 340_387_840)])  # SD-v2.1-base, OpenCLIP ViT-H
+def test_pipelines_have_the_published_sizes(name, unet, text):
+    with torch.device("meta"):
+        pipe = random_pipeline(name)
+    assert (_params(pipe.unet), _params(pipe.text_encoder), _params(pipe.vae)) == (unet, text, 83_653_863)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 512
+
+
+def test_a_shrunk_pipeline_encodes_77_tokens_and_denoises():
+    pipe = random_pipeline("sd-v1", scale=0.1)
+    ids = pipe.tokenizer(["a red circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    assert ids.shape == (1, 77)
+    with torch.no_grad():
+        text = pipe.text_encoder(ids)[0]
+        out = pipe.unet(torch.randn(1, 4, 8, 8), 10, text).sample
+    assert text.shape == (1, 77, 64) and out.shape == (1, 4, 8, 8)
+
+
+def test_sdxl_is_refused_in_one_line():
+    with pytest.raises(BlocksearchError, match="allowed: toy, a toy-built folder, sd-v1, sd-v2"):
+        random_pipeline("sdxl")
+
+
+def test_table_says_how_much_lower_than_the_teacher_and_the_published_figure():
+    m = lambda step, e2e, mem: dict(latency_ms=step, e2e_ms=e2e, memory_mb=mem, weights_mb=1.0)  # noqa: E731
+    out = table([("teacher", "T", 10, m(10.0, 100.0, 50.0)), ("bk_small", "S", 5, m(6.4, 90.0, 40.0))])
+    small = out.splitlines()[2]
+    assert "36.0%" in small and "10.0%" in small and "20.0%" in small and small.endswith("~36%")
