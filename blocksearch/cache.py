@@ -78,7 +78,8 @@ def _flock(path: Path, mode: int, timeout: float | None = None):
     """The open lock file once ``flock(mode)`` holds, or None when ``timeout`` seconds passed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a")
-    deadline = time.monotonic() + (slot_timeout() if timeout is None else timeout)
+    limit = slot_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + limit
     while True:
         try:
             fcntl.flock(f, mode | fcntl.LOCK_NB)
@@ -87,7 +88,7 @@ def _flock(path: Path, mode: int, timeout: float | None = None):
             if time.monotonic() >= deadline:
                 f.close()
                 log.warning("blocksearch: gave up waiting for %s after %.0f s (a process holds it without "
-                            "yielding); going on without it", path, timeout or slot_timeout())
+                            "yielding); going on without it", path, limit)
                 return None
             time.sleep(POLL_S)
 

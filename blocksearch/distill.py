@@ -28,11 +28,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
-from safetensors.torch import load_file, save_file
-
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings

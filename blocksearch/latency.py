@@ -214,7 +214,7 @@ def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repea
     ratios = []
     for _ in range(repeats):
         a1 = loop(unet, inputs, half)
-        b = loop(reference, ref_inputs, ref_half) + loop(reference, ref_inputs, ref_half)
+        b = loop(reference, ref_inputs, 2 * ref_half)
         a2 = loop(unet, inputs, half)
         ratios.append(((a1 + a2) / (2 * half)) / (b / (2 * ref_half)))
     return ratios, 2 * half

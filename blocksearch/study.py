@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -82,7 +82,7 @@ class SearchConfig:
     latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
     latency_dtype: str | None = None  # fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)
     latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's, settings.LATENCY_REPEATS)
-    noise_seeds: int = 2  # generation seeds per reference design's scores: the report's seed noise (1: off)
+    noise_seeds: int = 2  # (KD, generation) seeds per reference design: the report's seed noise (1: off)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
     grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
