@@ -43,6 +43,17 @@ def dominates_beyond_noise(a: Sequence[float], b: Sequence[float], noise: Sequen
             and any(x < y - m for x, y, m in zip(a, b, margins)))
 
 
+def dominates_despite_noise(a: Sequence[float], b: Sequence[float], noise: Sequence[float],
+                            z: float = Z_NOISE) -> bool:
+    """``a`` dominates ``b`` (minimisation) even with every score moved by its noise margin against ``a``:
+    ``a`` + margin no worse than ``b`` anywhere and better somewhere. Where this fails, ``b`` may still be
+    non-dominated once the noise is out: it is *within noise of the front* (rungs.py promotes it). With every
+    sigma 0 this is :func:`dominates`."""
+    margins = noise_margins(noise, z)
+    return (all(x + m <= y for x, y, m in zip(a, b, margins))
+            and any(x + m < y for x, y, m in zip(a, b, margins)))
+
+
 def pareto_mask(values: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated rows of ``values`` (n x d, every column minimised): the one
     front computation of the package, :func:`dominates` applied to every pair at once.

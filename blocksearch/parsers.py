@@ -107,6 +107,17 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _step_counts(text: str) -> tuple[int, ...]:
+    """``--rungs``: comma-separated KD step counts; ``none`` or ``0``: no rung."""
+    names = _names(str(text).lower())
+    if names in ((), ("none",), ("0",), ("off",)):
+        return ()
+    try:
+        return tuple(int(n) for n in names)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: comma-separated KD step counts, or none") from None
+
+
 # One flag per SearchConfig field (--cpus-per-trial sets cpus_per_trial); the defaults are SearchConfig's,
 # shown by the help as "(default: ...)". A help text that names a default describes a derived one.
 RUN_FLAGS = (
@@ -168,6 +179,11 @@ RUN_FLAGS = (
                                         "seed: KD again with seed + k, images at another generation seed; FID, "
                                         "KID, text alignment; latency is not measured again): the report's seed "
                                         "noise, within which no domination is claimed; 1 turns it off")),
+    ("rungs", dict(type=_step_counts, help="longer KD budgets, spent where the front is: after the search, the "
+                                           "students on or within noise of the front, and the reference designs, "
+                                           "continue from their KD checkpoints to each of these step counts in "
+                                           "turn, each rung a study <study>@<steps> whose front compares only "
+                                           "students of that budget (default: 4 x --steps; none: off)")),
     ("asha", dict(action="store_true", help="stop weak candidates early (ASHA on the output-KD loss); they are "
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "
@@ -237,6 +253,12 @@ def _config_value(path: str, key, value, kwargs: dict):
     elif kind is float:
         ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
         value = float(value) if ok else value
+    elif kind is _step_counts:
+        ok, want = isinstance(value, (str, int, list)) and not isinstance(value, bool), "KD step counts or none"
+        try:
+            value = _step_counts(",".join(map(str, value)) if isinstance(value, list) else value) if ok else value
+        except argparse.ArgumentTypeError:
+            ok = False
     elif kind is _names:
         ok, want = isinstance(value, (str, list)), "a list of names or comma-separated text"
         value = _names(",".join(map(str, value)) if isinstance(value, list) else value) if ok else value

@@ -37,11 +37,14 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
+from blocksearch.rungs import (check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
+                               rung_name)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
-from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir, default_storage,
-                               default_study_name, existing_study, open_storage, prepare_study, space_name)
+from blocksearch.study import (FINISHED, OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
+                               default_storage, default_study_name, existing_study, is_stale, open_storage,
+                               prepare_study, space_name)
 from blocksearch.surgery import student_config
 from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
@@ -90,10 +93,12 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
     settings -- the teacher and a sha256 of its U-Net weights, the data, the evaluation set, the budgets
     and constraints -- which a resume must match (``study.check_settings``)."""
     distill_cfg, eval_cfg = stage_configs(cfg)
+    rungs = default_rungs(distill_cfg.steps) if cfg.rungs is None else check_rungs(cfg.rungs, distill_cfg.steps)
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
-                   report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds)
+                   report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
+                   checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -102,8 +107,74 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
              "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
              "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()},
-             "noise_seeds": cfg.noise_seeds}
+             "noise_seeds": cfg.noise_seeds, "rungs": list(rungs)}
     return job, attrs
+
+
+# -- rungs: longer KD for the students near the front (rungs.py) ------------------------------------
+def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, str, TrialJob, dict]]:
+    """Per rung, in order: its study, the study below it, its trials' job and its study attrs (the search's
+    settings at the rung's KD steps, and where it comes from)."""
+    plan, below, below_dir = [], cfg.study, job.students_dir
+    rungs = attrs["rungs"]
+    for i, steps in enumerate(rungs):
+        name = rung_name(cfg.study, steps)
+        rung_job = dataclasses.replace(job, distill=job.distill | {"steps": steps}, resume_dir=below_dir,
+                                       students_dir=str(Path(cfg.runs_dir) / name / "students"),
+                                       report_every=max(1, steps // 10), checkpoint=i + 1 < len(rungs))
+        rung_attrs = attrs | {"distill": _jsonable(rung_job.distill),
+                              "rung": {"of": cfg.study, "from": below, "steps": steps}}
+        plan.append((name, below, rung_job, rung_attrs))
+        below, below_dir = name, rung_job.students_dir
+    return plan
+
+
+def check_rung_settings(storage, plan) -> None:
+    """A resume: each rung study that exists must have been run with this run's settings (reads only)."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    for name, _, _, attrs in plan:
+        if name in names:
+            check_settings(optuna.load_study(study_name=name, storage=storage), attrs)
+
+
+def rung_work(storage, cfg: SearchConfig, plan, bound: BoundSpace) -> bool:
+    """Is a promoted student of some rung not trained yet (or the rung not started)? Reads only."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    for name, below, _, _ in plan:
+        if name not in names or below not in names:
+            return below in names
+        rung = optuna.load_study(study_name=name, storage=storage)
+        trained = {t.user_attrs.get("genome") for t in rung.get_trials(deepcopy=False)
+                   if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
+        chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)))
+        if any(t.genome not in trained for t in chosen):
+            return True
+    return False
+
+
+def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ray_info: dict, out: TextIO,
+              floor: float | None) -> None:
+    """Each rung in turn: promote the students of the study below (rungs.promoted), queue them in the rung's
+    study, continue them from their KD checkpoints on Ray Tune, and free the checkpoints nobody continues."""
+    for name, below, job, attrs in plan:
+        report = build_report(optuna.load_study(study_name=below, storage=storage))
+        chosen = promoted(report)
+        rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
+        print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
+              f"{below!r} go on from their KD checkpoints -- the reference designs and every student {rule}: "
+              f"{', '.join(t.genome for t in chosen)}", file=out)
+        study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives], attrs,
+                             chosen, bound)
+        freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen})
+        if freed:
+            print(f"KD checkpoints of the {len(report.ranked) - len(chosen)} students that stop here deleted "
+                  f"({freed / 2**20:.0f} MB)", file=out)
+        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        if not waiting:
+            continue
+        rung_cfg = dataclasses.replace(cfg, study=name, trials=len(chosen), asha=False)
+        parallel = lanes(rung_cfg, ray_info["resources"], waiting)
+        _tune(rung_cfg, storage, bound, job, params_of, waiting, parallel, out, floor, queue_only=True)
 
 
 def _jsonable(d: dict) -> dict:
@@ -138,11 +209,12 @@ def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
         return
     device = job.device if job.device == "cpu" or torch.cuda.is_available() else "cpu"
     where = config.cache_dir or default_cache_dir()
-    print(f"teacher cache ({config.teacher_cache}): the teacher's outputs and stage features for {config.steps} KD "
+    print(f"teacher cache ({config.teacher_cache}): the teacher's outputs and stage features for "
+          f"{job.cache_steps or config.steps} KD "
           f"batches of {config.batch_size} ({config.data} data), computed once for every trial, under {where}",
           file=out)
     t0 = time.perf_counter()
-    cache, why = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device)
+    cache, why = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device, steps=job.cache_steps)
     if cache is None:
         print(why, file=out)
         return
@@ -237,7 +309,7 @@ def _announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, 
 
 
 def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_of, remaining: int,
-          parallel: int, out: TextIO, alignment_floor: float | None = None) -> None:
+          parallel: int, out: TextIO, alignment_floor: float | None = None, queue_only: bool = False) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -246,7 +318,7 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
 
     progress = Progress(remaining, cfg.objectives, out)
     searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,
-                           alignment_floor=alignment_floor)
+                           alignment_floor=alignment_floor, queue_only=queue_only)
     n_reports = max(1, int(job.distill.get("steps", 1)) // job.report_every)
     scheduler = (_design_safe_asha()(time_attr="training_iteration", metric=KD_METRIC, mode="min",
                                      max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
@@ -330,45 +402,64 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
     check_inputs(cfg)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
     bound, teacher_unet = bind_space(space, cfg.teacher)
     job, study_attrs = trial_job(cfg, bound, teacher_unet)
+    plan = rung_plan(cfg, job, study_attrs)
     if study is not None:
         check_settings(study, study_attrs)  # a resume with incomparable settings: refused, nothing touched
+    check_rung_settings(storage, plan)
     done = counts(study)["done"] if study is not None else 0
-    if cfg.trials - done <= 0:
+    if cfg.trials - done <= 0 and not rung_work(storage, cfg, plan, bound):
         print(f"study {cfg.study!r} already has {done} finished trials (>= --trials {cfg.trials}); "
               f"nothing to run", file=out)
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
-        return finish(cfg, storage, out)
+        return finish(cfg, storage, out, plan)
     params_of = params_table(teacher_unet, bound)
     ray_info = start_ray(cfg)  # fails (unreachable --address) before the study is touched
     try:
         study = prepare_study(storage, cfg, bound, study_attrs, out)
         remaining = cfg.trials - counts(study)["done"]
+        parallel = lanes(cfg, ray_info["resources"], max(1, remaining))
+        _announce(cfg, remaining, parallel, ray_info, out)
+        warm_teacher_cache(cfg, job, out)
+        floor = measure_teacher(cfg, job, study, out)
         if remaining > 0:
-            parallel = lanes(cfg, ray_info["resources"], remaining)
-            _announce(cfg, remaining, parallel, ray_info, out)
-            warm_teacher_cache(cfg, job, out)
-            floor = measure_teacher(cfg, job, study, out)
             _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
+        run_rungs(cfg, storage, bound, plan, params_of, ray_info, out, floor)
     finally:
         stop_ray()
-    return finish(cfg, storage, out)
+    return finish(cfg, storage, out, plan)
 
 
-def finish(cfg: SearchConfig, storage, out: TextIO) -> ParetoReport:
-    """Print the Pareto front of the study's report, write the report, and say where everything is."""
-    study = optuna.load_study(study_name=cfg.study, storage=storage)
-    report = build_report(study, cfg.storage)
+def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
+    """Print the Pareto front of the study and of each rung, write their reports, and say where everything
+    is. Returns the report of the longest rung that ran (its students trained longest), else the study's."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    studies = [(cfg.study, Path(cfg.runs_dir) / cfg.study / "students")]
+    studies += [(name, Path(job.students_dir)) for name, _, job, _ in plan if name in names]
+    folders, report = [], None
+    for name, students in studies:
+        report = build_report(optuna.load_study(study_name=name, storage=storage), cfg.storage)
+        _print_front(report, optuna.load_study(study_name=name, storage=storage),
+                     report.attrs.get("distill", {}).get("steps"), out)
+        folder = Path(cfg.runs_dir).parent / "reports" / name
+        render_all(report, folder)
+        folders.append((name, students, folder))
+    print("\nresults:", file=out)
+    for name, students, folder in folders:
+        print(f"  study {name!r} in {cfg.storage}; students in {students}; report in {folder}", file=out)
+    if len(folders) > 1:
+        print(f"the students trained longest, and the front to pick from: study {folders[-1][0]!r} "
+              f"(blocksearch export --study {folders[-1][0]} --front -o DIR)", file=out)
+    return report
+
+
+def _print_front(report: ParetoReport, study: optuna.Study, steps, out: TextIO) -> None:
     c = counts(study)
     hits = f"; {c['cached']} sampler repeats of trained Genomes skipped" if c["cached"] else ""
-    print(f"\nstudy {cfg.study!r}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+    budget = f" ({steps} KD steps)" if steps is not None else ""
+    print(f"\nstudy {report.study!r}{budget}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
           f"{hits}; Pareto front ({len(report.front)}):", file=out)
     print(f"{'trial':>6s} {'design':9s} {'genome':28s} " + " ".join(f"{n:>11s}" for n in report.objectives),
           file=out)
     for t in map(report.trial, report.front):
         print(f"{t.number:>6d} {t.design or '':9s} {t.genome or '':28s} "
               + " ".join(f"{fmt(n, v):>11s}" for n, v in zip(report.objectives, t.values)), file=out)
-    folder = Path(cfg.runs_dir).parent / "reports" / cfg.study
-    render_all(report, folder)
-    print(f"\nresults: study {cfg.study!r} in {cfg.storage}; students in {Path(cfg.runs_dir) / cfg.study / 'students'}"
-          f"; report in {folder}", file=out)
-    return report

@@ -70,8 +70,9 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, cfg: SearchConfig, storage, bound: BoundSpace, params_of: Callable[[Genome], int],
                  on_change: Callable[[TrialOutcome | None, int], None] | None = None,
-                 alignment_floor: float | None = None):
+                 alignment_floor: float | None = None, queue_only: bool = False):
         self.cfg, self.bound, self.params_of, self.on_change = cfg, bound, params_of, on_change
+        self.queue_only = queue_only  # a rung (rungs.py): run the queued students, never sample new ones
         self.alignment_floor = alignment_floor  # text-aware feasibility: alignment >= floor (None: no rule)
         sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials)
         super().__init__(space=self._define_by_run, metric=list(cfg.objectives),
@@ -114,6 +115,10 @@ class StudySearch(OptunaSearch):
             optuna.storages.fail_stale_trials(self.study)
             fail_unclaimed_trials(self.study, self._storage, self.cfg.grace_period)
         c = counts(self.study)
+        if self.queue_only:  # done when the queue is empty and nothing of it runs (under any driver)
+            if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                return "go"
+            return "wait" if c["running"] else "finished"
         if c["done"] >= self.cfg.trials:
             return "finished"
         return "wait" if c["done"] + c["running"] >= self.cfg.trials else "go"
@@ -139,12 +144,16 @@ class StudySearch(OptunaSearch):
             return Searcher.FINISHED if state == "finished" else None
         self._start_heartbeats()
         for attempt in range(MAX_ASKS):
-            if attempt >= REPEATS_BEFORE_FALLBACK:
+            if attempt >= REPEATS_BEFORE_FALLBACK and not self.queue_only:
                 self._enqueue_untrained(attempt)
             key = f"{trial_id}/{attempt}"  # a fresh key: OptunaSearch asks a new Optuna trial for it
             params = super().suggest(key)
             trial = self._asked
             self._beat(trial)  # at once: other drivers see a live trial, never a silent one
+            if self.queue_only and "promoted_from" not in trial.user_attrs:  # another driver took the last one
+                trial.set_user_attr("skipped", True)
+                self.study.tell(trial.number, state=FAIL)
+                return None
             genome = self.bound.from_params(params)
             trial.set_user_attr("driver", DRIVER)
             trial.set_user_attr("genome", genome.id)  # written before we look: of two drivers racing
@@ -210,7 +219,7 @@ class StudySearch(OptunaSearch):
             trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
                                               KD_METRIC: result.get(KD_METRIC)})
             return "PRUNED", None, payload
-        for key in ("metrics", "timings", "student_dir", "node", "seed_scores"):
+        for key in ("metrics", "timings", "student_dir", "node", "seed_scores", "kd_start_step"):
             if key in payload:
                 trial.set_user_attr(key, payload[key])
         alignment = payload["metrics"].get("alignment")

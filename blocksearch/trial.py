@@ -20,9 +20,10 @@ from typing import Callable
 import torch
 
 from blocksearch.cache import outside_work_slot, work_slot
-from blocksearch.distill import DistillConfig, distill
+from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
+from blocksearch.rungs import checkpoint_dir
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
 from blocksearch.teachers import load_teacher
@@ -43,6 +44,9 @@ class TrialJob:
     report_every: int
     noise_seeds: int = 1  # generation seeds at which a reference design's student is scored (run --noise-seeds)
     design: str | None = None  # this trial's reference design (set per trial by ``trainable``)
+    checkpoint: bool = False  # keep the students' KD checkpoints: a longer rung may continue them (rungs.py)
+    resume_dir: str | None = None  # a rung's trial: the students folder of the study below, whose checkpoints it continues
+    cache_steps: int | None = None  # the teacher cache covers this many steps (the longest rung): one file for all
 
 
 @dataclass
@@ -79,7 +83,7 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
     student = build_student(teacher.unet, genome)
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
     kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=report,
-                 progress=False)
+                 progress=False, **kd_checkpoints(job, genome, 0))
     out = Path(job.students_dir) / genome.id / "unet"
     student.unet.save_pretrained(out, safe_serialization=True)
     config = EvalConfig.from_dict(job.eval)
@@ -94,12 +98,28 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
         def retrain(k: int):  # the same architecture and recipe, KD seed + k
             other = build_student(teacher.unet, genome)
             settings = job.distill | {"seed": int(job.distill.get("seed", 0)) + k}
-            distill(teacher, other, DistillConfig.from_dict(settings), device=job.device, progress=False)
+            distill(teacher, other, DistillConfig.from_dict(settings), device=job.device, progress=False,
+                    **kd_checkpoints(job, genome, k))
             return other.unet
 
         scores = seed_scores(teacher, student.unet, config, metrics.to_dict(), job.noise_seeds, job.device, retrain)
         timings["noise_s"] = time.perf_counter() - t1
-    return Outcome(metrics.to_dict(), timings, str(out), {"prep_s": prep_s}, scores)
+    return Outcome(metrics.to_dict(), timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]},
+                   scores)
+
+
+def kd_checkpoints(job: TrialJob, genome: Genome, kd_seed: int) -> dict:
+    """``distill``'s checkpoint arguments for the student of ``kd_seed``: continue the study below's checkpoint
+    where one exists (a rung; a missing one -- deleted, or never kept -- means a straight run from surgery,
+    the same student at more cost), keep this run's own where a longer rung may follow."""
+    kwargs: dict = {"cache_steps": job.cache_steps}
+    if job.resume_dir is not None:
+        below = checkpoint_dir(job.resume_dir, genome.id, kd_seed)
+        if checkpoint_info(below) is not None:
+            kwargs["resume_from"] = below
+    if job.checkpoint:
+        kwargs["save_to"] = checkpoint_dir(job.students_dir, genome.id, kd_seed)
+    return kwargs
 
 
 def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device,
@@ -172,4 +192,6 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
                "node": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
     if outcome.seed_scores:
         payload["seed_scores"] = outcome.seed_scores
+    if outcome.extra.get("kd_start_step"):
+        payload["kd_start_step"] = outcome.extra["kd_start_step"]  # a rung's student: continued from this step
     tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(payload)})

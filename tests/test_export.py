@@ -16,7 +16,7 @@ from blocksearch.export import export_study
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
 from tests.conftest import make_tiny_pipeline as tiny_pipeline
-from tests.test_report import BK, CASE, make_study
+from tests.conftest import BK, CASE, make_study
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):

@@ -6,7 +6,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from blocksearch.pareto import (dominates, dominates_beyond_noise, hypervolume, noise_margins, non_dominated_sort,
+from blocksearch.pareto import (dominates, dominates_beyond_noise, dominates_despite_noise, hypervolume, noise_margins, non_dominated_sort,
                                 pareto_front, pareto_mask)
 
 # Hand-worked 2-D case (both minimised): B and E are equal, D is dominated by B (and by E), F trades a
@@ -80,3 +80,15 @@ def test_dominance_beyond_zero_noise_is_dominance():
     values = (0.0, 1.0, 2.0)
     for a, b in product(product(values, repeat=3), repeat=2):
         assert dominates_beyond_noise(a, b, (0.0, 0.0, 0.0)) == dominates(a, b), (a, b)
+
+
+def test_dominance_despite_noise_by_hand():
+    """SIGMA's FID margin is 1.0, params exact: ``a`` dominates ``b`` for sure only when a's FID + 1.0 is still
+    no worse than b's; a student within that margin of its dominator may be on the front once the noise is out."""
+    b = (10.0, 100.0)
+    assert dominates_despite_noise((8.5, 100.0), b, SIGMA)  # 1.5 lower FID: beyond the margin
+    assert not dominates_despite_noise((9.5, 100.0), b, SIGMA) and dominates((9.5, 100.0), b)  # within it
+    assert dominates_despite_noise((9.0, 90.0), b, SIGMA)  # exactly the margin lower, fewer params
+    assert not dominates_despite_noise((10.0, 90.0), b, SIGMA)  # same FID: b may be the better one in truth
+    for a, c in product(product((0.0, 1.0, 2.0), repeat=3), repeat=2):
+        assert dominates_despite_noise(a, c, (0.0, 0.0, 0.0)) == dominates(a, c), (a, c)

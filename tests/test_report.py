@@ -13,82 +13,9 @@ from blocksearch.render import write_report
 from blocksearch.report import architecture_diff, architecture_table, build_report, teacher_topology
 from blocksearch.space import Genome, load_space
 from blocksearch.study import open_study
+from tests.conftest import BK, CASE, NOISE_CASE, OBJECTIVES, SEED_SCORES, make_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-OBJECTIVES = ["fid", "params", "latency_ms"]
-BK = {"bk_base": "L1-1-1-1_T1-1-1-0_Mattn", "bk_small": "L1-1-1-1_T1-1-1-0_Mnone",
-      "bk_tiny": "L1-1-1_T1-1-1_Mnone"}
-# (state, values, genome, design): the hand-computed case. Front = trials 2, 3, 1; trial 2 dominates bk_base
-# by 10% in every objective; trial 0 (bk_base) has rank 1, trial 4 rank 2 (dominated by trial 0).
-CASE = [
-    ("COMPLETE", (10.0, 100.0, 10.0), BK["bk_base"], "bk_base"),
-    ("COMPLETE", (12.0, 80.0, 8.0), BK["bk_small"], "bk_small"),
-    ("COMPLETE", (9.0, 90.0, 9.0), "L1-2-1-2_T1-1-1-0_Mattn", None),
-    ("COMPLETE", (11.0, 70.0, 12.0), "L1-1-1_T1-0-1_Mres", None),
-    ("COMPLETE", (13.0, 120.0, 11.0), "L2-2-2-2_T0-1-1-0_Mattn", None),
-    ("PRUNED", None, "L2-1-2-2_T1-1-1-0_Mnone", None),
-    ("FAIL", None, "L2-2-1-1_T1-1-0-0_Mattn", None),
-]
-
-
-CHOICES = {"removed": [False, True], "layers": [1, 2], "depth": [0, 1], "mid_block": ["cross_attn", "resnet", "none"]}
-
-
-def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy", seed_scores=None):
-    """A study as `blocksearch run` writes it (the study contract), built with optuna.trial.create_trial;
-    ``seed_scores``: design name -> the rows its trial carries (scores at more generation seeds)."""
-    url = f"sqlite:///{tmp_path / 'blocksearch.db'}"
-    study = optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
-    study.set_metric_names(OBJECTIVES)
-    space = load_space("unet_blocks")
-    bound = space.bind(teacher_topology("toy"))
-    attrs = dict(space="unet_blocks", space_path=str(space.path), teacher=teacher,
-                 distill=dict(steps=200, batch_size=8, lr=1e-4), eval=dict(prompts=64, steps=20, seed=0),
-                 device="cpu", command="blocksearch run --space unet_blocks", reference_designs=BK)
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    for i, (state, values, genome, design, *extra) in enumerate(case):
-        extra = dict(extra[0]) if extra else {}
-        constraints = extra.pop("constraints", None)
-        params = bound.to_params(Genome.from_id(genome))
-        dists = {k: optuna.distributions.CategoricalDistribution(CHOICES[k.rsplit(".", 1)[-1]]) for k in params}
-        ua = dict(genome=genome, timings=dict(kd_s=3.0 + i, generate_s=1.0, score_s=0.5, total_s=5.0 + i),
-                  student_dir=str(tmp_path / "students" / genome / "unet"))
-        if design:
-            ua["design"] = design
-            if seed_scores and design in seed_scores:
-                ua["seed_scores"] = seed_scores[design]
-        if values:
-            ua["metrics"] = dict(fid=values[0], params=values[1], latency_ms=values[2], macs=1e6 * (i + 1),
-                                 alignment=0.5, latency_cv=0.01,
-                                 measured=dict(fid="toy-judge features, 64 held-out prompts, seed 0",
-                                               latency="median of 20 runs after 3 warm-up, cpu"))
-        if state == "FAIL":
-            ua["error"] = "non-finite loss at step 7"
-        study.add_trial(optuna.trial.create_trial(
-            state=getattr(optuna.trial.TrialState, state), values=values, params=params, distributions=dists,
-            user_attrs=ua | extra, constraints=constraints))
-    return url
-
-
-# The noise case: the designs' FID at two generation seeds, sample variance 0.5 each: sigma = sqrt(0.5), the FID
-# margin z sqrt(2) sigma = 2.0; alignment sigma sqrt(0.0002); params exact; latency_ms from latency_cv 0.01 with the
-# repeats unrecorded: sqrt(mean((sqrt(pi/2) x 0.01 x {10, 8})^2)) ~ 0.1135 ms, margin ~ 0.32 ms. Against bk_base
-# (10, 100, 10): trial 2 is 1.0 lower in FID only (dominates on raw values, within noise); trial 3 is 1.0 higher in
-# FID (within noise) but has 10 fewer params (exact) and 1 ms less latency: beyond noise, though not on raw values;
-# trial 5 is 2.5 lower in FID (beyond the margin of 2.0) and better in the rest: beyond noise.
-NOISE_CASE = [
-    ("COMPLETE", (10.0, 100.0, 10.0), BK["bk_base"], "bk_base"),
-    ("COMPLETE", (12.0, 80.0, 8.0), BK["bk_small"], "bk_small"),
-    ("COMPLETE", (9.0, 100.0, 10.0), "L1-2-1-2_T1-1-1-0_Mattn", None),
-    ("COMPLETE", (11.0, 90.0, 9.0), "L1-1-1_T1-0-1_Mres", None),
-    ("COMPLETE", (13.0, 120.0, 11.0), "L2-2-2-2_T0-1-1-0_Mattn", None),
-    ("COMPLETE", (7.5, 95.0, 9.5), "L2-1-2-2_T1-1-1-0_Mnone", None),
-]
-SEED_SCORES = {"bk_base": [{"seed": 0, "fid": 10.0, "alignment": 0.5}, {"seed": 1, "fid": 11.0, "alignment": 0.52}],
-               "bk_small": [{"seed": 0, "fid": 12.0, "alignment": 0.5}, {"seed": 1, "fid": 13.0, "alignment": 0.48}]}
-
-
 def box(p):
     return math.prod(1.0 - x for x in p)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from blocksearch.render import write_report
-from tests.test_report import CASE, make_study
+from tests.conftest import CASE, make_study
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

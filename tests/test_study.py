@@ -11,7 +11,7 @@ from blocksearch.study import (SearchConfig, check_settings, counts, default_sto
                                existing_study, fail_unclaimed_trials, open_storage, open_study, prepare_study)
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet
-from tests.test_report import make_study
+from tests.conftest import make_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

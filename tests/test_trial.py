@@ -68,7 +68,7 @@ def _fake_stages(monkeypatch, tmp_path, calls):
     monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: SimpleNamespace(unet=None))
     monkeypatch.setattr(trial, "build_student", lambda unet, genome: student)
     monkeypatch.setattr(trial, "distill", lambda teacher, student, config, **k: calls.append(("kd", config.seed))
-                        or SimpleNamespace(wall_s=2.0))
+                        or SimpleNamespace(wall_s=2.0, extra={"start_step": 0}))
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: metrics)
 
     def scores(teacher, unet, config, m, n, device, retrain):

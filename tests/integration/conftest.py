@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--steps", "2", "--eval-prompts", "4", "--latency-repeats", "2"]
+FAST = ["--steps", "2", "--eval-prompts", "4", "--latency-repeats", "2", "--rungs", "none"]  # rungs: test_rungs_search
 
 
 @pytest.fixture(scope="session", autouse=True)

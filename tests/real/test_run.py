@@ -28,7 +28,7 @@ def real_args(sd_folder, data_folder, reference_folder, inception_file, clip_fol
     return ["run", "--teacher", str(sd_folder), "--data", str(data_folder), "--reference", str(reference_folder),
             "--inception-weights", str(inception_file), "--clip-model", str(clip_folder), "--study", "real",
             "--storage", f"sqlite:///{tmp_path / 's.db'}", "--runs-dir", str(tmp_path / "runs"),
-            "--eval-prompts", "4", "--sampler-steps", "2", "--steps", "5", "--batch-size", "4"]
+            "--eval-prompts", "4", "--sampler-steps", "2", "--steps", "5", "--batch-size", "4", "--rungs", "none"]
 
 
 @pytest.fixture

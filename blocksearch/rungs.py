@@ -1,0 +1,102 @@
+"""Spend the search's KD budget where the front is: rungs of longer training for the students near it.
+
+``blocksearch bench fidelity`` measured that a short KD run ranks architectures poorly against a long one
+(the toy teacher: 120 steps, Kendall tau +0.07 against 1920 steps; 480 steps, +0.64), and no flat budget
+reached tau >= 0.8 at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalkar,
+AISTATS 2016) and Hyperband (Li et al., JMLR 2018), every candidate gets the short budget, and only the
+students that may still be on the front go on: after the search, each rung continues the students on or
+within noise of the previous study's front -- and always the reference designs -- from their KD
+checkpoints to a longer budget (``distill``'s checkpoints: 0 -> k -> n trains the same student as 0 -> n).
+
+A rung is an Optuna study of its own, ``<study>@<steps>``, in the same storage: its front and report
+compare only students trained to the same budget. Its trials are exactly the promoted students, queued
+(``enqueue_trial``) and never sampled; they do not count toward ``--trials``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import optuna
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.pareto import dominates, dominates_despite_noise
+from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.space import BoundSpace, Genome
+
+RUNG_FACTOR = 4  # the default rung: 4 x the search's KD steps (the fidelity ladder's step from 120 to 480)
+CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint
+
+
+def default_rungs(steps: int) -> tuple[int, ...]:
+    """The rungs when ``--rungs`` is not given: one, at ``RUNG_FACTOR`` x the search's steps (none at 0 steps)."""
+    return (RUNG_FACTOR * steps,) if steps > 0 else ()
+
+
+def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
+    """``rungs`` as given: increasing KD step counts, each above the search's ``steps``; one-line error else."""
+    rungs = tuple(int(r) for r in rungs)
+    if any(r <= low for r, low in zip(rungs, (steps, *rungs))):
+        raise BlocksearchError(f"--rungs {','.join(map(str, rungs))}: allowed: increasing KD step counts, each "
+                               f"above --steps {steps} (or none)")
+    return rungs
+
+
+def rung_name(study: str, steps: int) -> str:
+    """The study of the rung at ``steps`` KD steps: ``<study>@<steps>``."""
+    return f"{study}@{steps}"
+
+
+def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> Path:
+    """Where a trial keeps the KD checkpoint of its student (``kd_seed`` k > 0: the noise-seed student k)."""
+    return Path(students_dir) / genome / (CHECKPOINT if kd_seed == 0 else f"{CHECKPOINT}-seed{kd_seed}")
+
+
+def promoted(report: ParetoReport) -> list[TrialPoint]:
+    """The students of ``report`` that go on to the next rung: every reference design's, and every feasible
+    completed student on or within noise of the front -- one that no other dominates even with both moved by
+    their noise margins (``pareto.dominates_despite_noise``; with the noise not measured, the plain front).
+    Sorted by trial number."""
+    sign = [1.0 if d == "minimize" else -1.0 for d in report.directions]
+    points = {t.number: tuple(s * v for s, v in zip(sign, t.values)) for t in report.ranked}
+    sigmas = [report.noise[o].sigma if o in report.noise else None for o in report.objectives]
+    known = all(s is not None for s in sigmas)
+
+    def beaten(n: int) -> bool:
+        return any(m != n and (dominates_despite_noise(p, points[n], sigmas) if known else dominates(p, points[n]))
+                   for m, p in points.items())
+
+    refs = set(report.reference_trials.values())
+    return [t for t in report.ranked if t.number in refs or not beaten(t.number)]
+
+
+def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: list[str], attrs: dict,
+                 chosen: list[TrialPoint], bound: BoundSpace) -> optuna.Study:
+    """Create or load the rung's study and queue each chosen student once (``promoted_from``: its trial in
+    the study below; reference designs keep ``design``). A student queued before is not queued again."""
+    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, directions=directions)
+    if not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(objectives))
+    for key, value in attrs.items():
+        if key not in study.user_attrs or key == "command":
+            study.set_user_attr(key, value)
+    for t in chosen:
+        extra = {"design": t.design} if t.design else {}
+        study.enqueue_trial(bound.to_params(Genome.from_id(t.genome)), skip_if_exists=True,
+                            user_attrs={"promoted_from": t.number, **extra})
+    return study
+
+
+def drop_checkpoints(students_dir: str | Path, keep: set[str]) -> int:
+    """Delete the KD checkpoints of the students not in ``keep`` (genome ids): a checkpoint (weights and
+    AdamW's state, ~3x the student) is kept only while a rung may continue it. The bytes freed."""
+    freed = 0
+    for folder in Path(students_dir).glob(f"*/{CHECKPOINT}*"):
+        if folder.is_dir() and folder.parent.name not in keep:
+            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed

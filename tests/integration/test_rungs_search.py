@@ -1,0 +1,60 @@
+"""``blocksearch run`` with a rung: the students near the front continue from their KD checkpoints on Ray Tune,
+into a study of their own; the continued student is the one a straight run of the longer budget trains."""
+
+import optuna
+import pytest
+import torch
+
+from blocksearch.cli import main
+from blocksearch.distill import DistillConfig, distill
+from blocksearch.report import build_report
+from blocksearch.rungs import checkpoint_dir, promoted
+from blocksearch.space import Genome
+from blocksearch.study import counts
+from blocksearch.surgery import build_student
+from blocksearch.teachers import load_teacher
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_students_near_the_front_go_on_to_a_longer_budget(tiny_teacher, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    db, runs = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "runs"
+    args = ["run", "--teacher", str(tiny_teacher), "--trials", "4", "--steps", "2", "--rungs", "6", "--eval-prompts",
+            "4", "--latency-repeats", "2", "--min-alignment", "0", "--study", "r", "--storage", db, "--runs-dir",
+            str(runs), "--dashboard-port", str(free_port())]
+    code = main(args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    base = optuna.load_study(study_name="r", storage=db)
+    rung = optuna.load_study(study_name="r@6", storage=db)
+    assert counts(base)["done"] == 4 and base.user_attrs["rungs"] == [6]
+    chosen = {t.number: t for t in promoted(build_report(base))}
+    assert {t.design for t in chosen.values()} >= {"bk_base", "bk_small", "bk_tiny"}
+    done = rung.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["promoted_from"] for t in done) == sorted(chosen), out
+    for t in done:
+        assert t.user_attrs["genome"] == chosen[t.user_attrs["promoted_from"]].genome
+        assert t.user_attrs["kd_start_step"] == 2  # continued from the 2-step checkpoint, not from surgery
+        assert t.user_attrs["student_dir"].startswith(str(runs / "r@6" / "students"))
+    assert rung.user_attrs["distill"]["steps"] == 6 and rung.user_attrs["rung"] == {"of": "r", "from": "r", "steps": 6}
+    for t in base.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):  # checkpoints only where a rung continues
+        genome = t.user_attrs["genome"]
+        assert checkpoint_dir(runs / "r" / "students", genome).is_dir() == (t.number in chosen), genome
+    assert not list((runs / "r@6" / "students").glob("*/kd-checkpoint*"))  # the last rung keeps none
+    assert "rung 6 KD steps: " in out and "the students trained longest" in out
+    assert (tmp_path / "reports" / "r@6" / "index.html").is_file() and (tmp_path / "reports" / "r" / "index.html").is_file()
+
+    # the continued student (2 steps, checkpoint, 4 more) is the straight 6-step run's
+    tiny = next(t for t in done if t.user_attrs.get("design") == "bk_tiny")
+    teacher = load_teacher(str(tiny_teacher), device="cpu")
+    straight = build_student(teacher.unet, Genome.from_id(tiny.user_attrs["genome"]))
+    distill(teacher, straight, DistillConfig.from_dict(rung.user_attrs["distill"]), progress=False)
+    continued = type(straight.unet).from_pretrained(tiny.user_attrs["student_dir"])
+    for name, tensor in straight.unet.state_dict().items():
+        torch.testing.assert_close(continued.state_dict()[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+    assert main(args) == 0  # a rerun: every rung done, nothing to train
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name="r@6", storage=db).get_trials()) == len(rung.get_trials())
