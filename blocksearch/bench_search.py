@@ -28,15 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
+import torch
+from tqdm.auto import tqdm
 
+from blocksearch import samplers
 from blocksearch.cache import default_cache_dir, file_lock, lock_path
+from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import normalised_hypervolume
+from blocksearch.samplers import SAMPLERS
+from blocksearch.settings import FIDELITY, MEASURED, MEASURED_COLUMNS
+from blocksearch.space import load_space
+from blocksearch.surgery import build_student
+from blocksearch.teachers import load_teacher, load_teacher_unet, topology_of
 
-MEASURED_DIR = Path(__file__).parent / "measured"
-MEASURED = MEASURED_DIR / "toy.csv"  # written from a real default run
-FIDELITY = MEASURED_DIR / "fidelity-toy.csv"  # the fidelity study's table (`bench fidelity`), preferred
-COLUMNS = ("genome", "fid", "params", "latency_ms")
+COLUMNS = MEASURED_COLUMNS
 STANDIN_AS = {"fid": "one-shot output-KD loss", "params": "exact params", "latency_ms": "exact MACs"}
 
 
@@ -52,34 +59,7 @@ class Table:
         return arr.min(axis=0), arr.max(axis=0)
 
 
-def add_bench_search_parser(sub) -> None:
-    """Register ``bench search`` on the bench sub-commands."""
-    from blocksearch.samplers import DEFAULT_SAMPLER
-
-    p = sub.add_parser(
-        "search", help="the search's sampler vs random search on a stand-in objective (hypervolume ratio)",
-        description="Run each sampler and random search for the same number of trials over several "
-                    "seeds on a table of Genome -> (fid, params, latency); print the Kendall tau of the "
-                    "stand-in against the measured architectures, the mean normalised hypervolume of "
-                    "each sampler and its ratio to random search's, and the trials each needs to reach "
-                    "the hypervolume of the three BK designs.")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
-                   help=f"sampler, or several separated by commas (default: {DEFAULT_SAMPLER}; "
-                        f"see blocksearch.samplers.SAMPLERS)")
-    p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: 16)")
-    p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: 10)")
-    p.add_argument("--table", default=None,
-                   help=f"measured CSV with columns {','.join(COLUMNS)} (default for the toy teacher: "
-                        f"{FIDELITY.name} if present, else {MEASURED.name}, in {MEASURED_DIR}); the rest of "
-                        f"the space comes from a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench "
-                        f"(default ~/.cache/blocksearch/bench)")
-    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: toy)")
-    p.add_argument("--space", default="unet_blocks", help="space (default: unet_blocks)")
-    p.set_defaults(handler=cmd_bench_search)
-
-
 def cmd_bench_search(args) -> int:
-    from blocksearch.samplers import SAMPLERS
 
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
     bad = [s for s in samplers if s not in SAMPLERS or s == "random"]
@@ -168,8 +148,6 @@ def reach_summary(reach: Sequence[int | None], budget: int) -> str:
 
 
 def _bound(space: str, teacher: str):
-    from blocksearch.space import load_space
-    from blocksearch.teachers import load_teacher_unet, topology_of
 
     return load_space(space).bind(topology_of(load_teacher_unet(teacher, device="cpu").config))
 
@@ -242,9 +220,7 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
     """One search of ``trials`` distinct architectures, as ``blocksearch run`` does it: BK designs
     first, repeats closed as FAIL (free), and after ``REPEATS_BEFORE_FALLBACK`` repeats in a row the
     shared fallback ``untrained_genome`` is queued. Returns the objective values in evaluation order."""
-    import optuna
 
-    from blocksearch import samplers
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(sampler, seed, trials))
@@ -274,7 +250,6 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
 
 def standin_table(teacher: str, space: str) -> Table:
     """Derived table (cached): exact params, exact MACs for latency, one-shot output-KD loss for fid."""
-    from blocksearch.teachers import load_teacher
 
     t = load_teacher(teacher)
     digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes()[:4096] for p in t.unet.parameters())).hexdigest()[:12]
@@ -301,11 +276,7 @@ def cached_table(cache: Path, build: Callable[[], dict[str, tuple[float, ...]]])
 
 
 def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
-    import torch
-    from tqdm.auto import tqdm
 
-    from blocksearch.cost import count_macs, count_params
-    from blocksearch.surgery import build_student
 
     torch.manual_seed(0)
     pipe, unet = teacher.pipeline, teacher.unet.eval()

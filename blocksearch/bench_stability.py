@@ -21,7 +21,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from scipy.stats import kendalltau
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import default_cache_dir, work_slot
 from blocksearch.cost import unet_inputs
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
@@ -63,8 +63,6 @@ def _stop(procs) -> None:
 
 def _train_forever(teacher_spec: str, ready: str) -> None:
     """A background KD run (live teacher, as in a trial's distill loop) until terminated."""
-    from blocksearch.cache import work_slot
-
     torch.set_num_threads(1)
     teacher = load_teacher(teacher_spec)
     genome = next(iter(load_space("unet_blocks").bind(topology_of(teacher.unet.config)).named_designs().values()))

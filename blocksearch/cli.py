@@ -250,12 +250,12 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
 
 # -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
 BENCH_MODULES = {"stability": "blocksearch.bench_stability", "fidelity": "blocksearch.bench_fidelity",
-                 "deploy": "blocksearch.bench_deploy"}
+                 "deploy": "blocksearch.bench_deploy", "search": "blocksearch.bench_search"}
 
 
 def cmd_bench(args) -> int:
-    """``bench kd | latency | stability | fidelity``: ``cmd_bench_<command>`` of bench.py, bench_stability.py or
-    bench_fidelity.py, imported only when it runs (they import torch and diffusers at their top)."""
+    """``bench kd | latency | search | stability | fidelity | deploy``: ``cmd_bench_<command>`` of bench.py or
+    bench_<command>.py, imported only when it runs (they import torch and diffusers at their top)."""
     module = BENCH_MODULES.get(args.bench_command, "blocksearch.bench")
     return getattr(importlib.import_module(module), f"cmd_bench_{args.bench_command}")(args)
 

@@ -13,12 +13,11 @@ from collections.abc import Callable, Mapping
 
 import yaml
 
-from blocksearch.bench_search import add_bench_search_parser
 from blocksearch.cache import default_cache_dir
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE
-from blocksearch.samplers import SAMPLERS
-from blocksearch.settings import LATENCY_MIN_S, LATENCY_REPEATS
+from blocksearch.samplers import DEFAULT_SAMPLER, SAMPLERS
+from blocksearch.settings import FIDELITY, LATENCY_MIN_S, LATENCY_REPEATS, MEASURED, MEASURED_COLUMNS, MEASURED_DIR
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
@@ -391,10 +390,34 @@ def add_bench_parser(verbs, handler: Callable) -> None:
     lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     _clock_arg(lat)
     lat.set_defaults(handler=handler)
-    add_bench_search_parser(sub)
+    add_bench_search_parser(sub, handler)
     add_bench_stability_parser(sub, handler)
     add_bench_fidelity_parser(sub, handler)
     add_bench_deploy_parser(sub, handler)
+
+
+def add_bench_search_parser(sub, handler: Callable) -> None:
+    """Register ``bench search`` on the bench sub-commands (the handler: bench_search.cmd_bench_search)."""
+    p = sub.add_parser(
+        "search", help="the search's sampler vs random search on a stand-in objective (hypervolume ratio)",
+        description="Run each sampler and random search for the same number of trials over several "
+                    "seeds on a table of Genome -> (fid, params, latency); print the Kendall tau of the "
+                    "stand-in against the measured architectures, the mean normalised hypervolume of "
+                    "each sampler and its ratio to random search's, and the trials each needs to reach "
+                    "the hypervolume of the three BK designs.")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"sampler, or several separated by commas (default: {DEFAULT_SAMPLER}; "
+                        f"see blocksearch.samplers.SAMPLERS)")
+    p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: %(default)s)")
+    p.add_argument("--table", default=None,
+                   help=f"measured CSV with columns {','.join(MEASURED_COLUMNS)} (default for the toy teacher: "
+                        f"{FIDELITY.name} if present, else {MEASURED.name}, in {MEASURED_DIR}); the rest of "
+                        f"the space comes from a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench "
+                        f"(default ~/.cache/blocksearch/bench)")
+    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: %(default)s)")
+    p.add_argument("--space", default="unet_blocks", help="space (default: %(default)s)")
+    p.set_defaults(handler=handler)
 
 
 def add_bench_deploy_parser(sub, handler: Callable) -> None:

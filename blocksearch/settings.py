@@ -3,6 +3,7 @@ and the default evaluation settings, which `blocksearch evaluate` and `blocksear
 (here, not in evaluate.py, so that the CLI parsers read them without importing torch)."""
 
 from dataclasses import asdict
+from pathlib import Path
 
 from blocksearch.errors import BlocksearchError
 
@@ -19,6 +20,11 @@ GUIDANCE_SCALE = 3.0
 # median) with 15 x 0.2 s, and by 1.1-1.8 % with 60 x 0.05 s, at ~10 s per measurement instead of ~7 s
 LATENCY_REPEATS = 60
 LATENCY_MIN_S = 0.05
+# `blocksearch bench search`'s measured tables (genome, fid, params, latency_ms; the rest of the space is a stand-in)
+MEASURED_DIR = Path(__file__).parent / "measured"
+MEASURED = MEASURED_DIR / "toy.csv"  # written from a real default run
+FIDELITY = MEASURED_DIR / "fidelity-toy.csv"  # the fidelity study's table (`bench fidelity`), preferred
+MEASURED_COLUMNS = ("genome", "fid", "params", "latency_ms")
 
 
 class Settings:

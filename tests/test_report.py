@@ -11,7 +11,7 @@ import pytest
 from blocksearch.cli import main
 from blocksearch.render import write_report
 from blocksearch.report import architecture_diff, architecture_table, build_report, teacher_topology
-from blocksearch.space import Genome, load_space
+from blocksearch.space import Genome
 from blocksearch.study import open_study
 from tests.conftest import BK, CASE, NOISE_CASE, OBJECTIVES, SEED_SCORES, make_study
 
