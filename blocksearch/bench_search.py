@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -60,7 +61,6 @@ class Table:
 
 
 def cmd_bench_search(args) -> int:
-
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
     bad = [s for s in samplers if s not in SAMPLERS or s == "random"]
     if bad or not samplers:
@@ -82,7 +82,8 @@ def cmd_bench_search(args) -> int:
     else:
         n = taus.pop("n")
         print(f"Kendall tau-b, stand-in vs measured over the {n} measured architectures: "
-              + ", ".join(f"{c} {t:+.3f} ({STANDIN_AS[c]})" for c, t in taus.items()))
+              + ", ".join(f"{c} {t:+.3f} ({STANDIN_AS[c]})" if not math.isnan(t) else f"{c} not measured"
+                          for c, t in taus.items()))
     print(f"space {args.space}: {len(table.values)} architectures; {args.trials} trials per search "
           f"(3 BK designs first), {args.seeds} seeds; hypervolume of (fid, params, latency) normalised to "
           f"[0, 1] over the table, reference point 1.1 (best possible here: {result['optimum']:.4f}; "
@@ -137,7 +138,11 @@ def rank_agreement(standin: Table, measured: Table) -> dict:
     if len(both) < 2:
         raise BlocksearchError(f"{measured.source}: fewer than 2 architectures of the space; cannot rank")
     x, y = np.array([standin.values[g] for g in both]), np.array([measured.values[g] for g in both])
-    return {"n": len(both), **{c: kendall_tau(x[:, j], y[:, j]) for j, c in enumerate(COLUMNS[1:])}}
+    out = {"n": len(both)}
+    for j, c in enumerate(COLUMNS[1:]):  # a column measured for fewer than 2 architectures: no tau (nan)
+        seen = ~np.isnan(y[:, j])
+        out[c] = kendall_tau(x[seen, j], y[seen, j]) if seen.sum() >= 2 else math.nan
+    return out
 
 
 def reach_summary(reach: Sequence[int | None], budget: int) -> str:
@@ -148,7 +153,6 @@ def reach_summary(reach: Sequence[int | None], budget: int) -> str:
 
 
 def _bound(space: str, teacher: str):
-
     return load_space(space).bind(topology_of(load_teacher_unet(teacher, device="cpu").config))
 
 
@@ -160,22 +164,37 @@ def read_table(path: Path) -> Table:
     missing = [c for c in COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
         raise BlocksearchError(f"table {path}: expected a CSV with columns {list(COLUMNS)}; missing {missing}")
-    values = {r["genome"]: tuple(float(r[c]) for c in COLUMNS[1:]) for r in rows}
-    return Table(values, f"{path} ({len(values)} measured architectures)")
+    values = {r["genome"]: tuple(float(r[c]) if str(r[c]).strip() else math.nan for c in COLUMNS[1:]) for r in rows}
+    blank = [c for j, c in enumerate(COLUMNS[1:]) if all(math.isnan(v[j]) for v in values.values())]
+    return Table(values, f"{path} ({len(values)} measured architectures"
+                         f"{'; ' + ', '.join(blank) + ' not measured: from the stand-in' if blank else ''})")
 
 
 def calibrate(standin: Table, measured: Table) -> Table:
     """Measured values where there are any; elsewhere each stand-in column mapped linearly onto the
-    measured scale (least squares over the architectures both tables have)."""
+    measured scale (least squares over the architectures both tables have). A column the measured table
+    leaves blank (nan) everywhere keeps the stand-in's own values (a linear map does not change a ranking)."""
     both = [g for g in measured.values if g in standin.values]
     if len(both) < 2:
         raise BlocksearchError(f"{measured.source}: fewer than 2 architectures of the space; cannot calibrate")
     x = np.array([standin.values[g] for g in both])
     y = np.array([measured.values[g] for g in both])
-    fits = [np.polyfit(x[:, j], y[:, j], 1) if np.ptp(x[:, j]) > 0 else (0.0, y[:, j].mean())
-            for j in range(x.shape[1])]
-    values = {g: measured.values.get(g) or tuple(float(np.polyval(f, v)) for f, v in zip(fits, vals))
-              for g, vals in standin.values.items()}
+    fits = []
+    for j in range(x.shape[1]):
+        seen = ~np.isnan(y[:, j])
+        if seen.sum() == 0:
+            fits.append((1.0, 0.0))
+        elif np.ptp(x[seen, j]) > 0 and seen.sum() >= 2:
+            fits.append(np.polyfit(x[seen, j], y[seen, j], 1))
+        else:
+            fits.append((0.0, float(y[seen, j].mean())))
+
+    def value(g: str, vals) -> tuple[float, ...]:
+        mapped = [float(np.polyval(f, v)) for f, v in zip(fits, vals)]
+        have = measured.values.get(g)
+        return tuple(m if have is None or math.isnan(have[j]) else have[j] for j, m in enumerate(mapped))
+
+    values = {g: value(g, vals) for g, vals in standin.values.items()}
     return Table(values, f"{measured.source}, the other {len(values) - len(both)} architectures from the "
                          f"stand-in mapped linearly onto them ({standin.source})")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from blocksearch.cache import default_cache_dir
 from blocksearch.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
+from blocksearch.settings import MEASURED_COLUMNS
 from blocksearch.space import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
@@ -200,6 +201,24 @@ def write_summary_csv(s: Summary, path: Path, command: str) -> None:
     path.write_text(f"# measured by: {command}\n" + text.getvalue())
 
 
+def write_measured_table(s: Summary, path: Path, command: str) -> int:
+    """``bench search``'s measured table (settings.MEASURED_COLUMNS): per architecture whose ladder reached the
+    longest budget, its seed-mean FID there and its params; latency_ms blank (not measured by this benchmark).
+    The number of architectures written."""
+    longest = s.budgets[-1]
+    means = seed_means(s.rows)
+    params = {r["genome"]: r["params"] for r in s.rows}
+    done = [a.genome for a in s.archs if (a.genome, longest) in means]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(MEASURED_COLUMNS)
+    writer.writerows([g, round(means[(g, longest)]["fid"], 4), params[g], ""] for g in done)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# measured by: {command} (FID at {longest} KD steps, mean over generation seeds "
+                    f"{','.join(map(str, s.seeds))}; latency not measured)\n" + text.getvalue())
+    return len(done)
+
+
 def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
     """One panel per short budget: x the seed-mean score there, y at the longest budget; BK designs labelled."""
     import matplotlib
@@ -249,6 +268,8 @@ def write_outputs(s: Summary, args, out: Path, checkpoints: Path) -> None:
     if s.rows:
         plot_short_vs_long(s, out / "short_vs_long.png")
     write_summary_csv(s, Path(args.csv), command_line(args))
+    n = write_measured_table(s, Path(args.table), command_line(args)) if s.rows else 0
     print("\n" + recommendation(s))
     print(f"results in {portable(out)}/ (index.md, results.jsonl, fidelity.csv, short_vs_long.png); "
-          f"summary in {portable(args.csv)}")
+          f"summary in {portable(args.csv)}; bench search's measured table ({n} architectures) in "
+          f"{portable(args.table)}")

@@ -509,6 +509,10 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
     p.add_argument("--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
     p.add_argument("--csv", default="blocksearch/measured/fidelity-toy-tau.csv",
                    help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: %(default)s)")
+    p.add_argument("--table", default=str(FIDELITY.relative_to(FIDELITY.parents[2])),
+                   help="`bench search`'s measured table: genome, the seed-mean FID at the longest budget, params; "
+                        "latency_ms blank (not measured here: bench search takes it from its stand-in) "
+                        "(default: %(default)s)")
     p.set_defaults(handler=handler)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import blocksearch.bench_search as B
 from blocksearch.bench_fidelity import ATTENTION_FREE, Arch, choose_architectures, pending, pick_random, random_genomes
 from blocksearch.cli import main
 from blocksearch.space import Genome, load_space
@@ -85,6 +86,9 @@ def test_cli_runs_resumes_and_writes_no_absolute_path(tmp_path, toy_teacher_fold
     assert "cheapest budget whose FID ranking matches the 2-step ranking" in out
     written = ["index.md", "fidelity.csv", "results.jsonl", "settings.json", "short_vs_long.png"]
     assert all((tmp_path / "out" / f).is_file() for f in written)
+    table = (tmp_path / "blocksearch" / "measured" / "fidelity-toy.csv").read_text()  # bench search's table
+    assert table.startswith("# measured by: blocksearch bench fidelity") and "FID at 2 KD steps" in table
+    assert len(B.read_table(tmp_path / "blocksearch" / "measured" / "fidelity-toy.csv").values) == 3
     summary = (tmp_path / "summary.csv").read_text()
     assert summary.startswith("# measured by: blocksearch bench fidelity") and "0,fid,score," in summary
     for text in [summary] + [(tmp_path / "out" / f).read_text() for f in written[:4]]:

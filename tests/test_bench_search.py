@@ -76,6 +76,20 @@ def test_calibrate_maps_the_standin_onto_measured_values():
         B.calibrate(standin, B.Table({"a": (1.0, 1.0, 1.0)}, "m"))
 
 
+def test_a_blank_latency_column_comes_from_the_standin(tmp_path):
+    """The fidelity study's table measures FID and params, not latency: its blank column keeps the stand-in's
+    values (for the measured architectures too), and its Kendall tau says "not measured"."""
+    path = tmp_path / "fidelity-toy.csv"
+    path.write_text("# measured by: test\ngenome,fid,params,latency_ms\na,5,10,\nb,7,20,\n")
+    measured = B.read_table(path)
+    assert "latency_ms not measured: from the stand-in" in measured.source
+    standin = B.Table({"a": (1.0, 10.0, 100.0), "b": (2.0, 20.0, 200.0), "c": (3.0, 30.0, 300.0)}, "s")
+    out = B.calibrate(standin, measured)
+    assert out.values["a"] == (5.0, 10.0, 100.0) and out.values["c"] == pytest.approx((9.0, 30.0, 300.0))
+    taus = B.rank_agreement(standin, measured)
+    assert taus["fid"] == 1.0 and taus["params"] == 1.0 and np.isnan(taus["latency_ms"]) and taus["n"] == 2
+
+
 def test_kendall_tau_b_on_hand_made_rankings():
     assert B.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((5 - 1) / 6)  # one discordant pair of 6
     assert B.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
