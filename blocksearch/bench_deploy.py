@@ -10,22 +10,35 @@ For SD-v1 / SD-v2 the pipeline around the U-Net is built from the published shap
 BPE files are a download): prompts are the toy world's, padded to 77 tokens, so the text encoder does the
 same work. On a lent GPU: ``--device cuda`` (fp16 by default); BK-SDM (arXiv 2305.15798) reports about
 36 % (Small) and 43 % (Tiny) lower U-Net latency than SD-v1.4.
+
+``--kd-steps N`` then runs one search trial's distillation at that size: bk_small cut from the random
+teacher, BK-SDM's KD loss on a synthetic captioned imagefolder at the teacher's resolution (random images,
+toy captions: the cost, not the quality), ``--kd-batch`` and ``--kd-precision``, the teacher cache as a
+trial decides it (``auto``); it prints the KD step time, the peak GPU memory, and the teacher cache's bytes
+per step or that the teacher ran live (the real-size check of a lent GPU).
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from blocksearch.distill import DistillConfig, distill
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.latency import speed_and_memory
 from blocksearch.settings import LATENCY_MIN_S
 from blocksearch.space import load_space
 from blocksearch.surgery import build_student
+from blocksearch.teacher_cache import cache_bytes_per_step
 from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 from blocksearch.toy.models import make_tokenizer
 from blocksearch.toy.world import heldout_prompts
@@ -100,7 +113,60 @@ def cmd_bench_deploy(args) -> int:
             print(f"  {name}: step {metrics['latency_ms']:.2f} ms, end to end {metrics['e2e_ms']:.0f} ms, "
                   f"peak {metrics['memory_mb']:.0f} MB", flush=True)
     print(table(rows))
+    if args.kd_steps:
+        kd_check(pipe, bound, args)
     return 0
+
+
+def synthetic_imagefolder(folder: Path, images: int, size: int, seed: int = 0) -> Path:
+    """A captioned imagefolder of random RGB images (toy-world captions): what a KD step costs does not
+    depend on what the images show."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, (caption, _) in enumerate(heldout_prompts(images)):
+        pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        rows.append(json.dumps({"file_name": f"{i:04d}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def kd_check(pipe: StableDiffusionPipeline, bound, args) -> dict:
+    """One trial's distillation at this size: bk_small from the teacher, ``args.kd_steps`` steps; prints and
+    returns the median KD step time, the peak GPU memory and what the teacher cache did."""
+    device = args.device
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(Path(tmp) / "teacher", safe_serialization=True)
+        teacher = load_teacher(str(Path(tmp) / "teacher"), device)
+        data = synthetic_imagefolder(Path(tmp) / "data", max(args.kd_batch * 4, 32), resolution)
+        config = DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, precision=args.kd_precision,
+                               data=str(data), resolution=resolution, cache_dir=str(Path(tmp) / "cache"),
+                               lr=5e-5)
+        per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, pipe.unet.config.sample_size, 2)
+        student = build_student(teacher.unet, bound.named_designs()["bk_small"])
+        stamps = []
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        print(f"KD check: bk_small from the {args.teacher} teacher, {config.steps} steps of batch {config.batch_size} "
+              f"at {resolution} px, {config.precision}, teacher cache auto ({per_step / 2**20:.1f} MiB per step)",
+              flush=True)
+        result = distill(teacher, student, config, device=device, progress=False,
+                         on_step=lambda step, record: stamps.append(time.perf_counter()))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        steps = [b - a for a, b in zip(stamps, stamps[1:])][max(0, len(stamps) // 5):]  # warm steps only
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+    out = {"step_s": statistics.median(steps) if steps else None, "peak_mb": peak, "cache_bytes_per_step": per_step,
+           "teacher_cache": result.extra["teacher_cache"], "cached": result.cache_path is not None,
+           "wall_s": result.wall_s, "teacher_s": result.teacher_s}
+    step = f"{out['step_s'] * 1000:.0f} ms" if out["step_s"] is not None else "n/a (too few steps)"
+    print(f"KD step (median of the warm steps): {step}; peak GPU memory "
+          f"{f'{peak:.0f} MB' if peak is not None else 'n/a (not CUDA)'}; teacher cache: "
+          f"{'on disk' if out['cached'] else 'live teacher'} ({out['teacher_cache']}); whole run {result.wall_s:.0f} s, "
+          f"of which the teacher (cache build or live forwards) {result.teacher_s:.0f} s")
+    return out
 
 
 def table(rows: list[tuple[str, str, int, dict]]) -> str:

@@ -441,6 +441,12 @@ def add_bench_deploy_parser(sub, handler: Callable) -> None:
     p.add_argument("--repeats", type=int, default=LATENCY_REPEATS,
                    help="interleaved repeats of the step latency, as in a trial (default: %(default)s)")
     p.add_argument("--e2e-repeats", type=int, default=3, help="timed images end to end (default: %(default)s)")
+    p.add_argument("--kd-steps", type=int, default=0, help="then one trial's distillation at this size: bk_small, "
+                   "this many KD steps on a synthetic captioned imagefolder; prints the KD step time, peak memory "
+                   "and the teacher cache's bytes per step or that it ran live (default: %(default)s, none)")
+    p.add_argument("--kd-batch", type=int, default=8, help="KD batch size (default: %(default)s)")
+    p.add_argument("--kd-precision", choices=("fp32", "bf16", "fp16"), default="bf16",
+                   help="KD mixed precision (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: every width x scale
     p.set_defaults(handler=handler)
 

@@ -1,11 +1,16 @@
 """bench deploy: the SD-shaped pipelines around the teacher have the published sizes (built on the meta
 device), a shrunk one runs end to end, and the table reports how much lower than the teacher."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from blocksearch.bench_deploy import random_pipeline, table
+from blocksearch.bench_deploy import kd_check, random_pipeline, table
 from blocksearch.errors import BlocksearchError
+from blocksearch.space import load_space
+from blocksearch.teacher_cache import cache_bytes_per_step
+from blocksearch.teachers import topology_of
 
 
 def _params(module) -> int:
@@ -43,3 +48,19 @@ def test_table_says_how_much_lower_than_the_teacher_and_the_published_figure():
     out = table([("teacher", "T", 10, m(10.0, 100.0, 50.0)), ("bk_small", "S", 5, m(6.4, 90.0, 40.0))])
     small = out.splitlines()[2]
     assert "36.0%" in small and "10.0%" in small and "20.0%" in small and small.endswith("~36%")
+
+
+def test_the_kd_check_distils_bk_small_at_the_teachers_size(tmp_path, monkeypatch, capsys):
+    """`--kd-steps`: one trial's KD on a synthetic imagefolder through the real path (save, load_teacher, imagefolder
+    encoding, the teacher cache's auto decision); here at a tenth of SD-v1's widths and 64 px."""
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "cache"))
+    pipe = random_pipeline("sd-v1", scale=0.1)
+    pipe.unet.register_to_config(sample_size=8)  # 64 px images: seconds on a CPU
+    bound = load_space("unet_blocks").bind(topology_of(pipe.unet.config))
+    args = SimpleNamespace(device="cpu", kd_steps=4, kd_batch=2, kd_precision="fp32", teacher="sd-v1")
+    out = kd_check(pipe, bound, args)
+    assert out["cached"] and out["cache_bytes_per_step"] == cache_bytes_per_step(pipe.unet.config, 2, 8, 2)
+    assert out["step_s"] > 0 and out["peak_mb"] is None and "fits" in out["teacher_cache"]
+    printed = capsys.readouterr().out
+    assert "KD check: bk_small from the sd-v1 teacher, 4 steps of batch 2 at 64 px, fp32" in printed
+    assert "KD step (median of the warm steps): " in printed and "teacher cache: on disk" in printed
