@@ -315,6 +315,7 @@ def render_markdown(r: ParetoReport) -> str:
                "trial: [trials.csv](trials.csv).", ""]
     if r.teacher_note:
         lines += [f"Note: {r.teacher_note}.", ""]
+    lines += _budget_md(r)
     if not r.ranked:
         lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
                   "`blocksearch run`; finished trials are kept in the study.", ""]
@@ -322,6 +323,21 @@ def render_markdown(r: ParetoReport) -> str:
         lines += _front_md(r) + _speed_md(r) + _hypervolume_md(r) + reference_md(r) + _infeasible_md(r)
     lines += _measured_md(r) + _unfinished_md(r)
     return "\n".join(lines) + "\n"
+
+
+def _budget_md(r: ParetoReport) -> list[str]:
+    """Every student here trained the same KD budget; a rung says where its students came from."""
+    steps, rung = (r.attrs.get("distill") or {}).get("steps"), r.attrs.get("rung")
+    if rung:
+        return [f"**A rung of study `{rung['of']}`**: every student here trained {steps} KD steps, continued from "
+                f"its checkpoint in study `{rung['from']}` -- the reference designs and the students on or within "
+                f"noise of that study's front. Only students of this budget are compared here.", ""]
+    rungs = r.attrs.get("rungs")
+    if steps is not None and rungs:
+        names = ", ".join(f"`{r.study}@{n}`" for n in rungs)
+        return [f"Every student here trained {steps} KD steps; those near the front continue to longer budgets "
+                f"in {names}, the front to pick from.", ""]
+    return [f"Every student here trained {steps} KD steps.", ""] if steps is not None else []
 
 
 def _front_md(r: ParetoReport) -> list[str]:
