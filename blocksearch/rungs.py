@@ -15,6 +15,8 @@ compare only students trained to the same budget. Its trials are exactly the pro
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -23,11 +25,12 @@ import optuna
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import dominates, dominates_despite_noise
-from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace, Genome
+from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale
+from blocksearch.trial import CHECKPOINT, TrialJob
 
 RUNG_FACTOR = 4  # the default rung: 4 x the search's KD steps (the fidelity ladder's step from 120 to 480)
-CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint
 
 
 def default_rungs(steps: int) -> tuple[int, ...]:
@@ -47,11 +50,6 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
 def rung_name(study: str, steps: int) -> str:
     """The study of the rung at ``steps`` KD steps: ``<study>@<steps>``."""
     return f"{study}@{steps}"
-
-
-def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> Path:
-    """Where a trial keeps the KD checkpoint of its student (``kd_seed`` k > 0: the noise-seed student k)."""
-    return Path(students_dir) / genome / (CHECKPOINT if kd_seed == 0 else f"{CHECKPOINT}-seed{kd_seed}")
 
 
 def promoted(report: ParetoReport) -> list[TrialPoint]:
@@ -100,3 +98,43 @@ def drop_checkpoints(students_dir: str | Path, keep: set[str]) -> int:
             freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             shutil.rmtree(folder, ignore_errors=True)
     return freed
+
+
+def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, str, TrialJob, dict]]:
+    """Per rung, in order: its study, the study below it, its trials' job and its study attrs (the search's
+    settings at the rung's KD steps, and where it comes from)."""
+    plan, below, below_dir = [], cfg.study, job.students_dir
+    rungs = attrs["rungs"]
+    for i, steps in enumerate(rungs):
+        name = rung_name(cfg.study, steps)
+        rung_job = dataclasses.replace(job, distill=job.distill | {"steps": steps}, resume_dir=below_dir,
+                                       students_dir=str(Path(cfg.runs_dir) / name / "students"),
+                                       report_every=max(1, steps // 10), checkpoint=i + 1 < len(rungs))
+        rung_attrs = attrs | {"distill": json.loads(json.dumps(rung_job.distill, default=str)),
+                              "rung": {"of": cfg.study, "from": below, "steps": steps}}
+        plan.append((name, below, rung_job, rung_attrs))
+        below, below_dir = name, rung_job.students_dir
+    return plan
+
+
+def check_rung_settings(storage, plan) -> None:
+    """A resume: each rung study that exists must have been run with this run's settings (reads only)."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    for name, _, _, attrs in plan:
+        if name in names:
+            check_settings(optuna.load_study(study_name=name, storage=storage), attrs)
+
+
+def rung_work(storage, plan) -> bool:
+    """Is a promoted student of some rung not trained yet (or the rung not started)? Reads only."""
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    for name, below, _, _ in plan:
+        if name not in names or below not in names:
+            return below in names
+        rung = optuna.load_study(study_name=name, storage=storage)
+        trained = {t.user_attrs.get("genome") for t in rung.get_trials(deepcopy=False)
+                   if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
+        chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)))
+        if any(t.genome not in trained for t in chosen):
+            return True
+    return False

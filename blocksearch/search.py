@@ -37,13 +37,13 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
-from blocksearch.rungs import (check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               rung_name)
+from blocksearch.rungs import (check_rung_settings, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
+                               promoted, rung_plan, rung_work)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
-from blocksearch.study import (FINISHED, OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
-                               default_storage, default_study_name, existing_study, is_stale, open_storage,
+from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
+                               default_storage, default_study_name, existing_study, open_storage,
                                prepare_study, space_name)
 from blocksearch.surgery import student_config
 from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
@@ -112,46 +112,6 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
 
 
 # -- rungs: longer KD for the students near the front (rungs.py) ------------------------------------
-def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, str, TrialJob, dict]]:
-    """Per rung, in order: its study, the study below it, its trials' job and its study attrs (the search's
-    settings at the rung's KD steps, and where it comes from)."""
-    plan, below, below_dir = [], cfg.study, job.students_dir
-    rungs = attrs["rungs"]
-    for i, steps in enumerate(rungs):
-        name = rung_name(cfg.study, steps)
-        rung_job = dataclasses.replace(job, distill=job.distill | {"steps": steps}, resume_dir=below_dir,
-                                       students_dir=str(Path(cfg.runs_dir) / name / "students"),
-                                       report_every=max(1, steps // 10), checkpoint=i + 1 < len(rungs))
-        rung_attrs = attrs | {"distill": _jsonable(rung_job.distill),
-                              "rung": {"of": cfg.study, "from": below, "steps": steps}}
-        plan.append((name, below, rung_job, rung_attrs))
-        below, below_dir = name, rung_job.students_dir
-    return plan
-
-
-def check_rung_settings(storage, plan) -> None:
-    """A resume: each rung study that exists must have been run with this run's settings (reads only)."""
-    names = set(optuna.study.get_all_study_names(storage=storage))
-    for name, _, _, attrs in plan:
-        if name in names:
-            check_settings(optuna.load_study(study_name=name, storage=storage), attrs)
-
-
-def rung_work(storage, cfg: SearchConfig, plan, bound: BoundSpace) -> bool:
-    """Is a promoted student of some rung not trained yet (or the rung not started)? Reads only."""
-    names = set(optuna.study.get_all_study_names(storage=storage))
-    for name, below, _, _ in plan:
-        if name not in names or below not in names:
-            return below in names
-        rung = optuna.load_study(study_name=name, storage=storage)
-        trained = {t.user_attrs.get("genome") for t in rung.get_trials(deepcopy=False)
-                   if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
-        chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)))
-        if any(t.genome not in trained for t in chosen):
-            return True
-    return False
-
-
 def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ray_info: dict, out: TextIO,
               floor: float | None) -> None:
     """Each rung in turn: promote the students of the study below (rungs.promoted), queue them in the rung's
@@ -407,7 +367,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         check_settings(study, study_attrs)  # a resume with incomparable settings: refused, nothing touched
     check_rung_settings(storage, plan)
     done = counts(study)["done"] if study is not None else 0
-    if cfg.trials - done <= 0 and not rung_work(storage, cfg, plan, bound):
+    if cfg.trials - done <= 0 and not rung_work(storage, plan):
         print(f"study {cfg.study!r} already has {done} finished trials (>= --trials {cfg.trials}); "
               f"nothing to run", file=out)
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL

@@ -23,12 +23,12 @@ from blocksearch.cache import outside_work_slot, work_slot
 from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
-from blocksearch.rungs import checkpoint_dir
 from blocksearch.space import Genome
 from blocksearch.surgery import build_student
 from blocksearch.teachers import load_teacher
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
+CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint (rungs.py)
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,11 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
         timings["noise_s"] = time.perf_counter() - t1
     return Outcome(metrics.to_dict(), timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]},
                    scores)
+
+
+def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> Path:
+    """Where a trial keeps the KD checkpoint of its student (``kd_seed`` k > 0: the noise-seed student k)."""
+    return Path(students_dir) / genome / (CHECKPOINT if kd_seed == 0 else f"{CHECKPOINT}-seed{kd_seed}")
 
 
 def kd_checkpoints(job: TrialJob, genome: Genome, kd_seed: int) -> dict:

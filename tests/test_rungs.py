@@ -8,11 +8,11 @@ from blocksearch.cli import main
 from blocksearch.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
-from blocksearch.rungs import (check_rungs, checkpoint_dir, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               rung_name)
+from blocksearch.rungs import (check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted, rung_name,
+                               rung_plan)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study
-from blocksearch.trial import TrialJob
+from blocksearch.trial import TrialJob, checkpoint_dir
 from tests.conftest import BK, CASE, NOISE_CASE, SEED_SCORES, make_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,7 +70,7 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
                                       steps=10, rungs=(40, 160)))
     job, attrs = search.trial_job(cfg, bound)
     assert job.checkpoint and job.cache_steps == 160 and attrs["rungs"] == [40, 160]
-    plan = search.rung_plan(cfg, job, attrs)
+    plan = rung_plan(cfg, job, attrs)
     assert [(name, below) for name, below, _, _ in plan] == [("s@40", "s"), ("s@160", "s@40")]
     (_, _, j40, a40), (_, _, j160, a160) = plan
     assert j40.distill["steps"] == 40 and j40.resume_dir == job.students_dir and j40.checkpoint
@@ -79,7 +79,7 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
     with pytest.raises(BlocksearchError, match="--rungs 5"):
         search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=(5,))), bound)
     job0, attrs0 = search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=())), bound)
-    assert not job0.checkpoint and attrs0["rungs"] == [] and search.rung_plan(cfg, job0, attrs0) == []
+    assert not job0.checkpoint and attrs0["rungs"] == [] and rung_plan(cfg, job0, attrs0) == []
 
 
 def test_a_rung_queues_each_promoted_student_once(tmp_path):

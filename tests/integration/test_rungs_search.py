@@ -8,11 +8,12 @@ import torch
 from blocksearch.cli import main
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.report import build_report
-from blocksearch.rungs import checkpoint_dir, promoted
+from blocksearch.rungs import promoted
 from blocksearch.space import Genome
 from blocksearch.study import counts
 from blocksearch.surgery import build_student
 from blocksearch.teachers import load_teacher
+from blocksearch.trial import checkpoint_dir
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
