@@ -1,0 +1,87 @@
+"""The package's import structure: no import cycles, and imports at the top of each module except where
+laziness is the point (a fast ``--help``, optional plotting libraries, Ray in workers and after validation)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "blocksearch"
+# module -> what it may import inside functions, and why
+LAZY = {
+    "blocksearch.cli": "verb handlers' heavy imports: `blocksearch --help` and bad flags stay fast",
+    "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
+    "blocksearch.render": "matplotlib / plotly, only when a report is drawn",
+    "blocksearch.fidelity_report": "matplotlib, only when the plot is drawn",
+    "blocksearch.search": "Ray, only once a search has work for it (1-3 s)",
+    "blocksearch.trial": "Ray, in the worker only",
+    "blocksearch.bench_fidelity": "Ray, only when ladders run on it",
+}
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text())
+    return out
+
+
+def _imports(tree: ast.AST, names: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            candidates = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        found |= {c for c in candidates if c in names}
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan, 1972)."""
+    index, low, stack, on, groups = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_no_import_cycles_in_the_package():
+    modules = _modules()
+    graph = {name: _imports(tree, set(modules)) - {name} for name, tree in modules.items()}
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+
+
+def test_imports_sit_at_the_top_except_where_laziness_is_the_point():
+    inside = {}
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lazy = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                if lazy:
+                    inside.setdefault(name, []).append(f"{node.name}:{lazy[0].lineno}")
+    assert {name: where for name, where in inside.items() if name not in LAZY} == {}
