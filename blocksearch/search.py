@@ -125,7 +125,8 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
               f"{', '.join(t.genome for t in chosen)}", file=out)
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives], attrs,
                              chosen, bound)
-        freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen})
+        running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on
+        freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen} | running)
         if freed:
             print(f"KD checkpoints of the {len(report.ranked) - len(chosen)} students that stop here deleted "
                   f"({freed / 2**20:.0f} MB)", file=out)
