@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blocksearch import samplers
-from blocksearch.cache import default_cache_dir, file_lock, lock_path
+from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot, yield_to_measurement
 from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import normalised_hypervolume
@@ -239,8 +239,6 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
     """One search of ``trials`` distinct architectures, as ``blocksearch run`` does it: BK designs
     first, repeats closed as FAIL (free), and after ``REPEATS_BEFORE_FALLBACK`` repeats in a row the
     shared fallback ``untrained_genome`` is queued. Returns the objective values in evaluation order."""
-
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(sampler, seed, trials))
     for genome in bound.named_designs().values():
@@ -269,7 +267,6 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
 
 def standin_table(teacher: str, space: str) -> Table:
     """Derived table (cached): exact params, exact MACs for latency, one-shot output-KD loss for fid."""
-
     t = load_teacher(teacher)
     digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes()[:4096] for p in t.unet.parameters())).hexdigest()[:12]
     cache = default_cache_dir() / "bench" / f"standin-{space}-{digest}.csv"
@@ -295,8 +292,6 @@ def cached_table(cache: Path, build: Callable[[], dict[str, tuple[float, ...]]])
 
 
 def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
-
-
     torch.manual_seed(0)
     pipe, unet = teacher.pipeline, teacher.unet.eval()
     size = unet.config["sample_size"]
@@ -310,10 +305,11 @@ def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
         text = torch.randn(len(prompts), getattr(pipe.tokenizer, "model_max_length", 77), unet.config["cross_attention_dim"])
     x = torch.randn(len(prompts), unet.config["in_channels"], size, size)
     t = torch.tensor([100, 400, 700, 900])
-    with torch.no_grad():
+    with torch.no_grad(), work_slot():  # heavy work: a latency measurement elsewhere waits one architecture at most
         target = unet(x, t, text).sample
         rows = {}
         for genome in tqdm(list(bound), desc="stand-in table", unit="arch"):
+            yield_to_measurement()
             student = build_student(unet, genome).unet.eval()
             loss = torch.nn.functional.mse_loss(student(x, t, text).sample, target).item()
             rows[genome.id] = (loss, float(count_params(student)), float(count_macs(student, size)))
