@@ -89,15 +89,17 @@ def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: li
     return study
 
 
-def drop_checkpoints(students_dir: str | Path, keep: set[str]) -> int:
+def drop_checkpoints(students_dir: str | Path, keep: set[str]) -> tuple[int, int]:
     """Delete the KD checkpoints of the students not in ``keep`` (genome ids): a checkpoint (weights and
-    AdamW's state, ~3x the student) is kept only while a rung may continue it. The bytes freed."""
-    freed = 0
+    AdamW's state, ~3x the student) is kept only while a rung may continue it. The students whose checkpoints
+    went, and the bytes freed."""
+    freed, students = 0, set()
     for folder in Path(students_dir).glob(f"*/{CHECKPOINT}*"):
         if folder.is_dir() and folder.parent.name not in keep:
             freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            students.add(folder.parent.name)
             shutil.rmtree(folder, ignore_errors=True)
-    return freed
+    return len(students), freed
 
 
 def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, str, TrialJob, dict]]:

@@ -126,10 +126,10 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives], attrs,
                              chosen, bound)
         running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on
-        freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen} | running)
-        if freed:
-            print(f"KD checkpoints of the {len(report.ranked) - len(chosen)} students that stop here deleted "
-                  f"({freed / 2**20:.0f} MB)", file=out)
+        stopped, freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen} | running)
+        if stopped:
+            print(f"KD checkpoints of the {stopped} students that stop here (infeasible or beyond noise of the "
+                  f"front) deleted: {freed / 2**20:.0f} MB freed", file=out)
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
         if not waiting:
             continue

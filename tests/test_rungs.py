@@ -105,7 +105,7 @@ def test_checkpoints_of_students_that_stop_are_deleted(tmp_path):
             (folder / "w.bin").write_bytes(b"x" * 100)
         (tmp_path / genome / "unet").mkdir()
     assert checkpoint_dir(tmp_path, "a", 1).name == "kd-checkpoint-seed1"
-    assert drop_checkpoints(tmp_path, keep={"a"}) == 200
+    assert drop_checkpoints(tmp_path, keep={"a"}) == (1, 200)
     assert checkpoint_dir(tmp_path, "a", 0).is_dir() and checkpoint_dir(tmp_path, "a", 1).is_dir()
     assert not checkpoint_dir(tmp_path, "b", 0).exists() and (tmp_path / "b" / "unet").is_dir()  # the student stays
 
