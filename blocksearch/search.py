@@ -131,11 +131,18 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
             print(f"KD checkpoints of the {stopped} students that stop here (infeasible or beyond noise of the "
                   f"front) deleted: {freed / 2**20:.0f} MB freed", file=out)
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-        if not waiting:
-            continue
-        rung_cfg = dataclasses.replace(cfg, study=name, trials=len(chosen), asha=False)
-        parallel = lanes(rung_cfg, ray_info["resources"], waiting)
-        _tune(rung_cfg, storage, bound, job, params_of, waiting, parallel, out, floor, queue_only=True)
+        if waiting:
+            rung_cfg = dataclasses.replace(cfg, study=name, trials=len(chosen), asha=False)
+            parallel = lanes(rung_cfg, ray_info["resources"], waiting)
+            _tune(rung_cfg, storage, bound, job, params_of, waiting, parallel, out, floor, queue_only=True)
+        # the rung has continued every student it took (its queue is empty, nothing of it runs): the checkpoints
+        # below are no longer needed, except a student another driver still trains there
+        running = {t.user_attrs.get("genome") for t in optuna.load_study(study_name=below, storage=storage)
+                   .get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        done, freed = drop_checkpoints(job.resume_dir, running)
+        if done:
+            print(f"rung {job.distill['steps']} done: the KD checkpoints of {done} students in {below!r} deleted "
+                  f"({freed / 2**20:.0f} MB freed)", file=out)
 
 
 def _jsonable(d: dict) -> dict:
