@@ -240,7 +240,8 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
     first, repeats closed as FAIL (free), and after ``REPEATS_BEFORE_FALLBACK`` repeats in a row the
     shared fallback ``untrained_genome`` is queued. Returns the objective values in evaluation order."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(sampler, seed, trials))
+    study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(
+        sampler, seed, trials, designs=len(bound.named_designs())))
     for genome in bound.named_designs().values():
         study.enqueue_trial(bound.to_params(genome), user_attrs={"design": True})
     seen: dict[str, tuple[float, ...]] = {}

@@ -16,16 +16,19 @@ REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an unt
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 
 
-def make_sampler(name: str, seed: int, trials: int):
+def make_sampler(name: str, seed: int, trials: int, designs: int = 0):
     """GP (the default: Optuna's Gaussian-process sampler, log-EHVI for several objectives), TPE (Optuna 5
-    multi-objective TPE with constant liar for parallel trials), NSGA-II or random, all seeded."""
+    multi-objective TPE with constant liar for parallel trials), NSGA-II or random, all seeded. ``designs``:
+    the reference designs the study starts with (enqueued, evaluated first); GP takes them as its initial
+    design and models from the next trial on, where more random start-up trials measured worse (README)."""
+    startup = min(10, max(2, trials // 3))
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(2, trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     if name == "gp":
         # the space is conditional (a removed stage has no layer count): GP samples those parameters at random
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)),
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=designs if designs >= 2 else startup,
                                          warn_independent_sampling=False)
     return optuna.samplers.RandomSampler(seed=seed)
 

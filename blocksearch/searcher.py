@@ -74,7 +74,7 @@ class StudySearch(OptunaSearch):
         self.cfg, self.bound, self.params_of, self.on_change = cfg, bound, params_of, on_change
         self.queue_only = queue_only  # a rung (rungs.py): run the queued students, never sample new ones
         self.alignment_floor = alignment_floor  # text-aware feasibility: alignment >= floor (None: no rule)
-        sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials)
+        sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials, designs=len(bound.named_designs()))
         super().__init__(space=self._define_by_run, metric=list(cfg.objectives),
                          mode=["min" if OBJECTIVES[o] == "minimize" else "max" for o in cfg.objectives],
                          sampler=sampler, study_name=cfg.study, storage=storage)

@@ -166,7 +166,7 @@ def test_search_once_applies_the_searchs_repeat_rule(bound_and_table, monkeypatc
         calls.append((attempt, genome.id))
         return genome
 
-    monkeypatch.setattr(samplers, "make_sampler", lambda name, seed, trials: _Stubborn())
+    monkeypatch.setattr(samplers, "make_sampler", lambda name, seed, trials, designs=0: _Stubborn())
     monkeypatch.setattr(samplers, "untrained_genome", recording)
     evaluated = B.search_once(table, bound, "tpe", 9, seed=3)
     assert len(evaluated) == 9

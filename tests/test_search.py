@@ -226,7 +226,7 @@ class _StuckSampler(optuna.samplers.RandomSampler):
 def test_a_sampler_stuck_on_a_trained_genome_falls_back_to_untrained_ones(tmp_path, bound_and_unet, monkeypatch):
     bound, unet = bound_and_unet
     stuck = bound.to_params(bound.design("bk_base"))
-    monkeypatch.setattr(searcher, "make_sampler", lambda *a: _StuckSampler(stuck))
+    monkeypatch.setattr(searcher, "make_sampler", lambda *a, **k: _StuckSampler(stuck))
     s, _, _ = _searcher(tmp_path, bound, unet)
     for tid in ("a", "b", "c"):  # the three enqueued BK designs
         s.suggest(tid)
