@@ -14,6 +14,7 @@ import pytest
 from blocksearch import search
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
+from blocksearch.parsers import _step_counts
 from blocksearch.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
@@ -151,7 +152,7 @@ def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_
 
 def search_config(args: list[str]) -> SearchConfig:
     pairs = dict(zip(args[1::2], args[2::2]))
-    types = {"eval_prompts": int, "sampler_steps": int, "steps": int, "batch_size": int}
+    types = {"eval_prompts": int, "sampler_steps": int, "steps": int, "batch_size": int, "rungs": _step_counts}
     return SearchConfig(**{k[2:].replace("-", "_"): types.get(k[2:].replace("-", "_"), str)(v)
                            for k, v in pairs.items()})
 
