@@ -411,9 +411,10 @@ def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
         folder = Path(cfg.runs_dir).parent / "reports" / name
         render_all(report, folder)
         folders.append((name, students, folder))
-    print("\nresults:", file=out)
-    for name, students, folder in folders:
-        print(f"  study {name!r} in {cfg.storage}; students in {students}; report in {folder}", file=out)
+    lines = [f"study {name!r} in {cfg.storage}; students in {students}; report in {folder}"
+             for name, students, folder in folders]
+    print("\nresults: " + lines[0] if len(lines) == 1 else "\nresults:\n" + "\n".join("  " + x for x in lines),
+          file=out)
     if len(folders) > 1:
         print(f"the students trained longest, and the front to pick from: study {folders[-1][0]!r} "
               f"(blocksearch export --study {folders[-1][0]} --front -o DIR)", file=out)
