@@ -19,6 +19,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.numbers import fmt
 from blocksearch.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report import ParetoReport, TrialPoint, load_report
+from blocksearch.study import rung_name
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
 LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
@@ -334,7 +335,7 @@ def _budget_md(r: ParetoReport) -> list[str]:
                 f"noise of that study's front. Only students of this budget are compared here.", ""]
     rungs = r.attrs.get("rungs")
     if steps is not None and rungs:
-        names = ", ".join(f"`{r.study}@{n}`" for n in rungs)
+        names = ", ".join(f"`{rung_name(r.study, n)}`" for n in rungs)
         return [f"Every student here trained {steps} KD steps; those near the front continue to longer budgets "
                 f"in {names}, the front to pick from.", ""]
     return [f"Every student here trained {steps} KD steps.", ""] if steps is not None else []

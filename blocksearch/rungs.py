@@ -27,7 +27,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import dominates, dominates_despite_noise
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace, Genome
-from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale
+from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
 from blocksearch.trial import CHECKPOINT, TrialJob
 
 RUNG_FACTOR = 4  # the default rung: 4 x the search's KD steps (the fidelity ladder's step from 120 to 480)
@@ -45,11 +45,6 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
         raise BlocksearchError(f"--rungs {','.join(map(str, rungs))}: allowed: increasing KD step counts, each "
                                f"above --steps {steps} (or none)")
     return rungs
-
-
-def rung_name(study: str, steps: int) -> str:
-    """The study of the rung at ``steps`` KD steps: ``<study>@<steps>``."""
-    return f"{study}@{steps}"
 
 
 def promoted(report: ParetoReport) -> list[TrialPoint]:

@@ -405,9 +405,9 @@ def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
     studies += [(name, Path(job.students_dir)) for name, _, job, _ in plan if name in names]
     folders, report = [], None
     for name, students in studies:
-        report = build_report(optuna.load_study(study_name=name, storage=storage), cfg.storage)
-        _print_front(report, optuna.load_study(study_name=name, storage=storage),
-                     report.attrs.get("distill", {}).get("steps"), out)
+        study = optuna.load_study(study_name=name, storage=storage)
+        report = build_report(study, cfg.storage)
+        _print_front(report, study, report.attrs.get("distill", {}).get("steps"), out)
         folder = Path(cfg.runs_dir).parent / "reports" / name
         render_all(report, folder)
         folders.append((name, students, folder))

@@ -106,6 +106,11 @@ def space_name(space: str) -> str:
     return Path(space).stem if space.endswith((".yaml", ".yml")) else space
 
 
+def rung_name(study: str, steps: int) -> str:
+    """The study of ``study``'s rung at ``steps`` KD steps (rungs.py): ``<study>@<steps>``."""
+    return f"{study}@{steps}"
+
+
 def default_study_name(space: str, teacher: str) -> str:
     """``<space>-<teacher>``: a teacher folder by its name, a hub id with ``--`` for ``/``."""
     teacher_tag = Path(teacher).name if Path(teacher).exists() else teacher.replace("/", "--")

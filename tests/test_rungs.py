@@ -8,12 +8,12 @@ from blocksearch.cli import main
 from blocksearch.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
-from blocksearch.rungs import (check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted, rung_name,
-                               rung_plan)
+from blocksearch.rungs import check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted, rung_plan
 from blocksearch.space import Genome, load_space
-from blocksearch.study import SearchConfig, open_study
+from blocksearch.study import SearchConfig, open_study, rung_name
+from blocksearch.teachers import topology_of
 from blocksearch.trial import TrialJob, checkpoint_dir
-from tests.conftest import BK, CASE, NOISE_CASE, SEED_SCORES, make_study
+from tests.conftest import BK, CASE, NOISE_CASE, SEED_SCORES, make_study, tiny_unet
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,11 +61,8 @@ def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
-    space = load_space("unet_blocks")
-    from tests.conftest import tiny_unet
-
     unet = tiny_unet("sd-v1")
-    bound = space.bind(search.topology_of(unet.config))
+    bound = load_space("unet_blocks").bind(topology_of(unet.config))
     cfg = search.resolve(SearchConfig(runs_dir=str(tmp_path), storage=f"sqlite:///{tmp_path / 's.db'}", study="s",
                                       steps=10, rungs=(40, 160)))
     job, attrs = search.trial_job(cfg, bound)
