@@ -74,7 +74,7 @@ def cmd_space_list(args) -> int:
 def cmd_space_show(args) -> int:
     from blocksearch.cost import count_macs, count_params
     from blocksearch.render import fmt
-    from blocksearch.surgery import build_student
+    from blocksearch.families.unet import build_student
     from blocksearch.teachers import load_teacher_unet, topology_of
 
     space = load_space(args.space)
@@ -145,7 +145,7 @@ def cmd_distill(args) -> int:
     import torch
 
     from blocksearch.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
-    from blocksearch.surgery import build_student, load_student
+    from blocksearch.families.unet import build_student, load_student
     from blocksearch.teachers import is_toy, load_teacher
 
     if args.threads:
@@ -248,15 +248,15 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     return 0
 
 
-# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
-BENCH_MODULES = {"stability": "blocksearch.bench_stability", "fidelity": "blocksearch.bench_fidelity",
-                 "deploy": "blocksearch.bench_deploy", "search": "blocksearch.bench_search"}
+# -- blocksearch bench (the handlers: bench/speed.py, bench/search.py, bench/stability.py, bench/fidelity.py, bench/deploy.py) --
+BENCH_MODULES = {"stability": "blocksearch.bench.stability", "fidelity": "blocksearch.bench.fidelity",
+                 "deploy": "blocksearch.bench.deploy", "search": "blocksearch.bench.search"}
 
 
 def cmd_bench(args) -> int:
-    """``bench kd | latency | search | stability | fidelity | deploy``: ``cmd_bench_<command>`` of bench.py or
-    bench_<command>.py, imported only when it runs (they import torch and diffusers at their top)."""
-    module = BENCH_MODULES.get(args.bench_command, "blocksearch.bench")
+    """``bench kd | latency | search | stability | fidelity | deploy``: ``cmd_bench_<command>`` of bench/speed.py or
+    bench/<command>.py, imported only when it runs (they import torch and diffusers at their top)."""
+    module = BENCH_MODULES.get(args.bench_command, "blocksearch.bench.speed")
     return getattr(importlib.import_module(module), f"cmd_bench_{args.bench_command}")(args)
 
 

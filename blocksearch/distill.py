@@ -36,7 +36,7 @@ from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
 from blocksearch.space import Genome, load_space
-from blocksearch.surgery import Student
+from blocksearch.families.unet import Student
 from blocksearch.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher, topology_of

@@ -357,7 +357,7 @@ def add_evaluate_parser(verbs, handler: Callable) -> None:
     p.set_defaults(handler=handler)
 
 
-# -- blocksearch bench (the handlers: bench.py, bench_search.py, bench_stability.py, bench_fidelity.py) --
+# -- blocksearch bench (the handlers: bench/speed.py, bench/search.py, bench/stability.py, bench/fidelity.py, bench/deploy.py) --
 def add_bench_parser(verbs, handler: Callable) -> None:
     bench = verbs.add_parser("bench", help="performance figures (KD throughput, latency, sampler vs random)",
                              description="Measure performance figures side by side in one run.")

@@ -45,7 +45,7 @@ from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
                                default_storage, default_study_name, existing_study, open_storage,
                                prepare_study, space_name)
-from blocksearch.surgery import student_config
+from blocksearch.families.unet import student_config
 from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 

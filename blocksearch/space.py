@@ -23,7 +23,7 @@ ATTENTION_CHOICES = ("keep", "drop")
 REMOVED = "removed"
 _MID_CODE = {"cross_attn": "attn", "resnet": "res", "none": "none"}
 _STAGE_KEYS = {"up", "layers", "attention", "transformer_depth", "removable"}
-_TOP_KEYS = {"name", "teacher", "stages", "mid_block", "designs"}
+_TOP_KEYS = {"name", "family", "teacher", "stages", "mid_block", "designs"}
 _DESIGN_KEYS = {"layers", "attention", "transformer_depth", "mid_block"}
 
 
@@ -49,6 +49,7 @@ class SearchSpace:
     stages: tuple[StageSpec, ...]
     mid_block: tuple[str, ...]
     designs: dict[str, dict[str, Any]]
+    family: str = "unet"  # the denoiser family (families/base.py); this loader reads the U-Net's rows
 
     def bind(self, topology: "Topology") -> "BoundSpace":
         """Check the space against a teacher's topology; return the space of concrete Genomes."""
@@ -314,6 +315,8 @@ def load_space(name_or_path: str) -> SearchSpace:
     if not isinstance(raw, dict):
         raise BlocksearchError(f"{path}: expected a mapping with keys {sorted(_TOP_KEYS)}")
     _no_unknown(raw, _TOP_KEYS, f"{path}")
+    if raw.get("family", "unet") != "unet":
+        raise BlocksearchError(f"{path}: family: {raw['family']!r}; allowed here: unet")
     for key in ("name", "stages", "mid_block"):
         if key not in raw:
             raise BlocksearchError(f"{path}: missing key '{key}'")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
-from blocksearch.surgery import kd_teacher_modules
+from blocksearch.families.unet import kd_teacher_modules
 from blocksearch.teachers import topology_of
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.space import Genome
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth

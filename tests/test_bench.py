@@ -41,14 +41,14 @@ LIGHT_PARSER = """
 import sys
 from blocksearch.cli import build_parser
 build_parser()
-print(*sorted(m for m in ("blocksearch.bench", "blocksearch.bench_stability", "blocksearch.bench_fidelity",
+print(*sorted(m for m in ("blocksearch.bench.speed", "blocksearch.bench.stability", "blocksearch.bench.fidelity",
                           "blocksearch.toy.commands", "torch")
               if m in sys.modules))
 """
 
 
 def test_building_the_parser_imports_no_verb_handlers():
-    """The handler modules (bench.py, bench_stability.py, toy/commands.py) import torch at their top: the parser
+    """The handler modules (bench/speed.py, bench/stability.py, toy/commands.py) import torch at their top: the parser
     imports them only when a verb runs, so that `blocksearch --help` stays fast."""
     proc = subprocess.run([sys.executable, "-c", LIGHT_PARSER], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from blocksearch.bench_deploy import kd_check, random_pipeline, table
+from blocksearch.bench.deploy import kd_check, random_pipeline, table
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
 from blocksearch.teacher_cache import cache_bytes_per_step

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import blocksearch.bench_search as B
-from blocksearch.bench_fidelity import ATTENTION_FREE, Arch, choose_architectures, pending, pick_random, random_genomes
+import blocksearch.bench.search as B
+from blocksearch.bench.fidelity import ATTENTION_FREE, Arch, choose_architectures, pending, pick_random, random_genomes
 from blocksearch.cli import main
 from blocksearch.space import Genome, load_space
 from blocksearch.teachers import topology_of

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
-from blocksearch import bench_search as B
+from blocksearch.bench import search as B
 from blocksearch import samplers
 from blocksearch.pareto import hypervolume, normalised_hypervolume, pareto_mask
 from blocksearch.space import load_space

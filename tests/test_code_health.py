@@ -10,10 +10,10 @@ LAZY = {
     "blocksearch.cli": "verb handlers' heavy imports: `blocksearch --help` and bad flags stay fast",
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
     "blocksearch.render": "matplotlib / plotly, only when a report is drawn",
-    "blocksearch.fidelity_report": "matplotlib, only when the plot is drawn",
+    "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",
     "blocksearch.search": "Ray, only once a search has work for it (1-3 s)",
     "blocksearch.trial": "Ray, in the worker only",
-    "blocksearch.bench_fidelity": "Ray, only when ladders run on it",
+    "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
 }
 
 

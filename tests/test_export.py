@@ -14,7 +14,7 @@ from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.export import export_study
 from blocksearch.space import Genome
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from tests.conftest import make_tiny_pipeline as tiny_pipeline
 from tests.conftest import BK, CASE, make_study
 

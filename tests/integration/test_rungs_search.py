@@ -11,7 +11,7 @@ from blocksearch.report import build_report
 from blocksearch.rungs import promoted
 from blocksearch.space import Genome
 from blocksearch.study import counts
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher
 from tests.integration.conftest import free_port
 

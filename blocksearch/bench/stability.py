@@ -27,7 +27,7 @@ from blocksearch.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.latency import _timings, measure_latency, pick_clock
 from blocksearch.space import Genome, load_space
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher, topology_of
 
 STABILITY_TARGET = 0.03
@@ -42,7 +42,7 @@ def _models(teacher, space: str) -> list[tuple[str, UNet2DConditionModel]]:
 
 def _start_trainers(n: int, teacher: str, ready_dir: Path) -> list[subprocess.Popen]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "blocksearch.bench_stability", "--train", teacher,
+    procs = [subprocess.Popen([sys.executable, "-m", "blocksearch.bench.stability", "--train", teacher,
                                str(ready_dir / f"trainer{i}")], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for i in range(n)]
     deadline = time.time() + 300
@@ -144,6 +144,6 @@ def _study_tau(args, teacher, latent: int) -> None:
           f"(target >= {TAU_TARGET}) {'ok' if tau >= TAU_TARGET else 'MISSED'}; largest difference {worst:.1%}")
 
 
-if __name__ == "__main__":  # the background trainers: python -m blocksearch.bench_stability --train SPEC READY
+if __name__ == "__main__":  # the background trainers: python -m blocksearch.bench.stability --train SPEC READY
     if len(sys.argv) == 4 and sys.argv[1] == "--train":
         _train_forever(sys.argv[2], sys.argv[3])

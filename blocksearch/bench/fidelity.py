@@ -32,14 +32,14 @@ from blocksearch.data import fingerprint
 from blocksearch.distill import TRAJECTORY, DistillConfig, checkpoint_info, distill, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
-from blocksearch.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
+from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
 from blocksearch.latency import cost
 from blocksearch.report import load_report
 from blocksearch.run_settings import absolute, stage_configs
 from blocksearch.search import params_table
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.study import SearchConfig
-from blocksearch.surgery import Student, build_student, student_config
+from blocksearch.families.unet import Student, build_student, student_config
 from blocksearch.teachers import is_toy, load_teacher, topology_of
 from blocksearch.trial import cached_teacher
 

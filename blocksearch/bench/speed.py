@@ -2,7 +2,7 @@
 
 - ``kd``: KD step cost with a warm teacher cache / without it, against a plain student training step;
 - ``latency``: U-Net step latency of the teacher and the named designs (random weights; architecture only).
-- ``search``: the search's sampler vs random search, hypervolume ratio (``blocksearch/bench_search.py``).
+- ``search``: the search's sampler vs random search, hypervolume ratio (``blocksearch/bench/search.py``).
 Verb handlers are ``cmd_bench_<verb>``, as ``cmd_<verb>`` in cli.py; their parsers live in parsers.py, and
 cli.py imports this module only when a bench verb runs (``blocksearch --help`` stays free of torch).
 """
@@ -28,7 +28,7 @@ from blocksearch.distill import DistillConfig, Distiller, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.latency import pick_clock
 from blocksearch.space import load_space
-from blocksearch.surgery import build_student, student_config
+from blocksearch.families.unet import build_student, student_config
 from blocksearch.teacher_cache import open_cache
 from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DConditionModel
 
+from blocksearch.cost import unet_inputs
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import scheduler_target
 from blocksearch.space import Genome, Topology
 from blocksearch.teachers import load_unet, topology_of
 
@@ -165,3 +167,39 @@ def load_student(folder, teacher: UNet2DConditionModel) -> Student:
 
 def _module(key: str) -> str:
     return _MODULE.match(key)[1]
+
+
+class UNetFamily:
+    """SD's ``UNet2DConditionModel`` as a family (families/base.py): the functions above behind one object."""
+
+    name = "unet"
+    subfolder = "unet"
+    pipeline_class = "StableDiffusionPipeline"
+
+    def topology(self, denoiser_config) -> Topology:
+        return topology_of(denoiser_config)
+
+    def student_config(self, teacher_config, arch: Genome) -> dict:
+        return student_config(teacher_config, arch)
+
+    def build_student(self, teacher_denoiser: UNet2DConditionModel, arch: Genome) -> Student:
+        return build_student(teacher_denoiser, arch)
+
+    def kd_pairs(self, arch: Genome, topology: Topology) -> tuple[tuple[str, str], ...]:
+        return kd_pairs(arch, topology)
+
+    def forward_inputs(self, config, batch: int = 1, latent_size: int | None = None, device="meta",
+                       dtype=torch.float32, text_len: int = 77) -> dict:
+        return unet_inputs(config, batch, latent_size, device, dtype, text_len)
+
+    def describe(self, arch: Genome, teacher_config) -> list[tuple[str, str]]:
+        topo = topology_of(teacher_config)
+        with torch.device("meta"):
+            keys = UNet2DConditionModel.from_config(student_config(teacher_config, arch)).state_dict()
+        return list({_module(k): _module(teacher_key(k, arch, topo)) for k in keys}.items())
+
+    def training_target(self, scheduler, latents, noise, timesteps):
+        return scheduler_target(scheduler, latents, noise, timesteps)
+
+
+FAMILY = UNetFamily()

@@ -42,7 +42,7 @@ from blocksearch.samplers import SAMPLERS
 from blocksearch.settings import FIDELITY, MEASURED
 from blocksearch.settings import MEASURED_COLUMNS as COLUMNS
 from blocksearch.space import load_space
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher, load_teacher_unet, topology_of
 
 STANDIN_AS = {"fid": "one-shot output-KD loss", "params": "exact params", "latency_ms": "exact MACs"}

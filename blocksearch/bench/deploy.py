@@ -37,7 +37,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.latency import speed_and_memory
 from blocksearch.settings import LATENCY_MIN_S
 from blocksearch.space import load_space
-from blocksearch.surgery import build_student
+from blocksearch.families.unet import build_student
 from blocksearch.teacher_cache import cache_bytes_per_step
 from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 from blocksearch.toy.models import make_tokenizer
