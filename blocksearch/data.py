@@ -94,6 +94,14 @@ class BatchStream:
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
         return Batch(noisy, t, text, target)
 
+    @torch.no_grad()
+    def clean(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch ``i``'s clean latents, captions (none dropped) and noise, as ``self[i]`` draws them."""
+        gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
+        latents, text = self._toy(i, gen) if self.folder is None else self.folder.sample(self.batch_size, gen)
+        torch.rand(len(text), generator=gen)  # the caption-dropout draw of ``self[i]``: the same noise follows
+        return latents, text, torch.randn(latents.shape, generator=gen)
+
     def _toy(self, i: int, gen: torch.Generator):
         images, captions, _ = sample_batch(self.batch_size, 0xD157 + self.seed, i)
         return encode_images(self.pipe, images, gen), encode_text(self.pipe, captions)

@@ -24,7 +24,10 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-NOISY = ("fid", "kid", "alignment")  # scores of generated images: they change with the KD and generation seeds
+from blocksearch.settings import PROBE_KEYS
+
+# scores of generated images and of the held-out probe: they change with the KD (and generation) seeds
+NOISY = ("fid", "kid", "alignment", *PROBE_KEYS)
 EXACT = ("params", "macs")
 UNSPREAD = ("e2e_ms", "memory_mb")  # seed-independent, no spread recorded: taken as exact
 

@@ -41,6 +41,7 @@ from blocksearch.rungs import (check_rung_settings, check_rungs, default_rungs, 
                                promoted, rung_plan, rung_work)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
+from blocksearch.selection import FirstStage, first_stage
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
                                default_storage, default_study_name, existing_study, open_storage,
@@ -78,6 +79,18 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
                                study=cfg.study or default_study_name(cfg.space, teacher))
 
 
+def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
+    """The base study's settings for a first stage (selection.py): its objectives (``fid`` -> the stage's score),
+    its KD budget, and -- where the stage is a cheaper score than FID and no ``--rungs`` were given -- one rung at
+    4 x the default KD budget (FID after 480 steps on the toy: the rung whose ranking came closest to the
+    1920-step one in bench fidelity)."""
+    if stage.score == "fid":
+        return dataclasses.replace(cfg, score="fid")
+    rungs = cfg.rungs if cfg.rungs is not None else default_rungs(DistillConfig().steps)
+    return dataclasses.replace(cfg, score=stage.score, objectives=stage.objectives(cfg.objectives),
+                               steps=stage.steps, rungs=rungs)
+
+
 def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, UNet2DConditionModel]:
     """The space bound to the teacher's topology, and the teacher U-Net (for exact params)."""
     if teacher in ARCHITECTURES:
@@ -98,7 +111,7 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
-                   checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)))
+                   checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score)
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -107,7 +120,7 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
              "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
              "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()},
-             "noise_seeds": cfg.noise_seeds, "rungs": list(rungs)}
+             "noise_seeds": cfg.noise_seeds, "rungs": list(rungs), "score": cfg.score}
     return job, attrs
 
 
@@ -297,7 +310,7 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=parallel),
-                                    scheduler=scheduler, reuse_actors=True,
+                                    scheduler=scheduler, reuse_actors=True, trial_dirname_creator=trial_dirname,
                                     num_samples=-1),  # until the searcher says FINISHED: --trials finished
                                     # over every driver (early-stopped candidates and repeats do not count),
         run_config=tune.RunConfig(name=f"{cfg.study}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -307,6 +320,12 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
         tuner.fit()
     finally:
         progress.close()
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder under <runs>/<study>/tune/: ``<number>_<genome>`` (its Optuna trial number and Genome)
+    instead of Tune's long default names."""
+    return f"{trial.config.get('_number', trial.trial_id)}_{trial.config.get('_genome', 'candidate')}"
 
 
 def _design_safe_asha():
@@ -361,6 +380,10 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
     out = out or sys.stdout
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = resolve(cfg)  # every check reads only; the first write is prepare_study
+    stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
+    rung_objectives = cfg.objectives  # the rungs rank by FID (the first stage may rank by a cheaper score)
+    cfg = first_stage_config(cfg, stage)
+    print(f"first-stage score: {stage.why}", file=out)
     if cfg.address and cfg.address != "auto":
         _probe(cfg.address)
     space = load_space(cfg.space)
@@ -391,7 +414,8 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         floor = measure_teacher(cfg, job, study, out)
         if remaining > 0:
             _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
-        run_rungs(cfg, storage, bound, plan, params_of, ray_info, out, floor)
+        run_rungs(dataclasses.replace(cfg, objectives=rung_objectives), storage, bound, plan, params_of, ray_info,
+                  out, floor)
     finally:
         stop_ray()
     return finish(cfg, storage, out, plan)

@@ -25,6 +25,9 @@ MEASURED_DIR = Path(__file__).parent / "measured"
 MEASURED = MEASURED_DIR / "toy.csv"  # written from a real default run
 FIDELITY = MEASURED_DIR / "fidelity-toy.csv"  # the fidelity study's table (`bench fidelity`), preferred
 MEASURED_COLUMNS = ("genome", "fid", "params", "latency_ms")
+# the held-out KD probe's scores (probe.py): possible first-stage scores of the search, lower is better
+PROBE_KEYS = ("probe_out", "probe_feat", "probe_task", "probe_guide", "probe_cfg")
+SELECTION_SCORE = MEASURED_DIR / "selection-score.json"  # `bench fidelity`'s chosen first-stage score of the search
 
 
 class Settings:

@@ -28,10 +28,12 @@ import optuna
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.samplers import DEFAULT_SAMPLER
+from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import BoundSpace
 
 OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
-              "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize"}
+              "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize",
+              **dict.fromkeys(PROBE_KEYS, "minimize")}  # the held-out probe's scores: first-stage scores (selection.py)
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
@@ -77,6 +79,7 @@ class SearchConfig:
     sampler: str = DEFAULT_SAMPLER  # chosen by `blocksearch bench search` (samplers.py)
     seed: int = 0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    score: str = "auto"  # the first stage's quality score: fid, a probe score, or auto (selection.py)
     max_params: float | None = None  # parameter budget (an Optuna constraint)
     min_alignment: float = 0.25  # feasible only with alignment >= this x the teacher's (0: no text rule)
     latency_device: str | None = None  # deployment target of latency/memory: cpu | cuda (default: the trials')
@@ -122,7 +125,13 @@ def open_storage(url: str, create_folder: bool = False, heartbeat_interval: int 
                  grace_period: int | None = None):
     """An Optuna storage object for ``url`` (Ray's OptunaSearch needs the object, not the URL);
     ``create_folder``: make the folder of a SQLite file first (the default storage's runs/). A database
-    URL gets heartbeats when ``heartbeat_interval`` is given (several drivers on one study)."""
+    URL gets heartbeats when ``heartbeat_interval`` is given (several drivers on one study). Optuna's
+    JournalStorage (a log file) is refused: it records no heartbeats."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        raise BlocksearchError(
+            f"storage {url!r} is an Optuna journal file, which records no heartbeats (so a dead driver's trial "
+            f"cannot be told from a running one); allowed: sqlite:////abs/path/study.db on one machine, "
+            f"postgresql+psycopg://user:pass@host/db for several")
     if create_folder and url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -135,9 +144,11 @@ def open_storage(url: str, create_folder: bool = False, heartbeat_interval: int 
                                               grace_period=grace_period, heartbeat_stale_trial_callback=RequeueStale())
     except Exception as err:  # sqlalchemy/optuna raise many types for a bad URL
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if isinstance(err, ModuleNotFoundError) and url.startswith("postgres"):  # blocksearch[postgres]: psycopg 3
+            first += "; for PostgreSQL: pip install 'blocksearch[postgres]' and a postgresql+psycopg:// URL"
         raise BlocksearchError(
             f"cannot open storage {url!r} ({first}); allowed: an Optuna storage URL such as "
-            f"sqlite:////abs/path/study.db or postgresql://user@host/db") from None
+            f"sqlite:////abs/path/study.db or postgresql+psycopg://user:pass@host/db") from None
 
 
 def heartbeats(storage) -> bool:

@@ -8,6 +8,7 @@ are absolute (Ray trials chdir into their own folder).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,11 +25,14 @@ from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.space import Genome
-from blocksearch.families.unet import build_student
-from blocksearch.teachers import load_teacher
+from blocksearch.families.unet import build_student, kd_teacher_modules
+from blocksearch.probe import Probe, ProbeConfig
+from blocksearch.settings import PROBE_KEYS
+from blocksearch.teachers import load_teacher, topology_of
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
 CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint (rungs.py)
+LOSSES_FILE = "losses.jsonl"  # <students>/<genome>/losses.jsonl: every KD step's losses of the trial's student
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class TrialJob:
     checkpoint: bool = False  # keep the students' KD checkpoints: a longer rung may continue them (rungs.py)
     resume_dir: str | None = None  # a rung's trial: the students folder of the study below, whose checkpoints it continues
     cache_steps: int | None = None  # the teacher cache covers this many steps (the longest rung): one file for all
+    score: str = "fid"  # the quality objective: fid, or a held-out probe score (probe.py; selection.py chose it)
 
 
 @dataclass
@@ -70,6 +75,19 @@ def cached_teacher(spec: str, device: str):
     return _TEACHERS[(spec, device)]
 
 
+_PROBES: dict = {}  # one held-out probe per worker process, teacher and KD data
+
+
+def cached_probe(teacher, job: TrialJob) -> Probe:
+    """The held-out KD probe (probe.py) of the trials' teacher and KD data, built once per worker process."""
+    settings = DistillConfig.from_dict(job.distill)
+    key = (job.teacher, job.device, settings.data, settings.resolution)
+    if key not in _PROBES:
+        _PROBES[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)), ProbeConfig(),
+                                   job.device, settings.data, settings.cache_dir, settings.resolution)
+    return _PROBES[key]
+
+
 def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
     """One candidate: surgery -> distillation -> save -> evaluation (BK-SDM's recipe, short). The whole
     trial is heavy work: latency measurements of other trials wait for its next checkpoint (cache.py)."""
@@ -82,8 +100,9 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
-    kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=report,
-                 progress=False, **kd_checkpoints(job, genome, 0))
+    with logged(report, Path(job.students_dir) / genome.id / LOSSES_FILE) as on_step:
+        kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=on_step,
+                     progress=False, **kd_checkpoints(job, genome, 0))
     out = Path(job.students_dir) / genome.id / "unet"
     student.unet.save_pretrained(out, safe_serialization=True)
     config = EvalConfig.from_dict(job.eval)
@@ -91,6 +110,12 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
     tm = metrics.timings
     timings = {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),
                "score_s": tm.get("score_s", 0.0) + tm.get("latency_s", 0.0)}
+    probe = None
+    if job.score in PROBE_KEYS:  # the first-stage score: the held-out KD probe, paired across candidates
+        probe = cached_probe(teacher, job)
+        result = probe.score(student.unet, student.kd_pairs)
+        timings["score_s"] += result.pop("probe_s")
+    values = metrics.to_dict() | (result if probe is not None else {})
     scores = []
     if job.design and job.noise_seeds > 1:
         t1 = time.perf_counter()
@@ -100,12 +125,24 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
             settings = job.distill | {"seed": int(job.distill.get("seed", 0)) + k}
             distill(teacher, other, DistillConfig.from_dict(settings), device=job.device, progress=False,
                     **kd_checkpoints(job, genome, k))
-            return other.unet
+            return other
 
-        scores = seed_scores(teacher, student.unet, config, metrics.to_dict(), job.noise_seeds, job.device, retrain)
+        scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
         timings["noise_s"] = time.perf_counter() - t1
-    return Outcome(metrics.to_dict(), timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]},
-                   scores)
+    return Outcome(values, timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]}, scores)
+
+
+@contextlib.contextmanager
+def logged(report: Callable[[int, dict], None], path: Path):
+    """``report``, each step's losses first appended to ``path`` as a JSON line (a rerun starts it again)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        def on_step(step: int, losses: dict) -> None:
+            f.write(json.dumps(losses) + "\n")
+            f.flush()
+            report(step, losses)
+
+        yield on_step
 
 
 def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> Path:
@@ -128,7 +165,7 @@ def kd_checkpoints(job: TrialJob, genome: Genome, kd_seed: int) -> dict:
 
 
 def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device,
-                retrain: Callable[[int], object] | None = None) -> list[dict]:
+                retrain: Callable[[int], object] | None = None, probe: Probe | None = None) -> list[dict]:
     """The scores of one architecture at ``n`` seeds, the seed noise of noise.py: the main student
     (``metrics``, already measured; with its KID where it has one), then for k = 1 .. n-1 a student
     trained again with KD seed + k (``retrain(k)``; without it, the same student) whose images are
@@ -136,16 +173,21 @@ def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device
     than the generation seed does (the toy's bk_tiny: FID 193.8 at KD seed 0, 144.8 at seed 1), so both
     vary. The stride keeps every prompt's seed new: a real teacher's prompt i is generated at seed + i, so
     seed + 1 would reuse all but one initial latent. The FID reference set stays the main seed's, and
-    nothing seed-independent (params, latency, memory) is measured again."""
+    nothing seed-independent (params, latency, memory) is measured again. ``retrain(k)`` returns a Student;
+    with ``probe`` its held-out probe scores are kept too (the probe's data is fixed: only KD's seed moves them)."""
     rows = [{"seed": config.seed, "kd_seed": 0,
-             **{k: metrics[k] for k in ("fid", "alignment", "kid") if k in metrics}}]
+             **{k: metrics[k] for k in ("fid", "alignment", "kid", *PROBE_KEYS) if k in metrics}}]
     for k in range(1, n):
         seed = config.seed + k * config.prompts
-        other = retrain(k) if retrain is not None else unet
-        scores = score_images(teacher, other, dataclasses.replace(config, seed=seed), device, progress=False,
+        other = retrain(k) if retrain is not None else None
+        other_unet = other.unet if other is not None else unet
+        scores = score_images(teacher, other_unet, dataclasses.replace(config, seed=seed), device, progress=False,
                               reference=config)
-        rows.append({"seed": seed, "kd_seed": k if retrain is not None else 0, "fid": scores.distance.fid,
-                     "kid": scores.distance.kid, "alignment": scores.alignment})
+        row = {"seed": seed, "kd_seed": k if retrain is not None else 0, "fid": scores.distance.fid,
+               "kid": scores.distance.kid, "alignment": scores.alignment}
+        if probe is not None and other is not None:
+            row |= {key: v for key, v in probe.score(other_unet, other.kd_pairs).items() if key in PROBE_KEYS}
+        rows.append(row)
     return rows
 
 

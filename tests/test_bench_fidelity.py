@@ -84,6 +84,11 @@ def test_cli_runs_resumes_and_writes_no_absolute_path(tmp_path, toy_teacher_fold
     kd = {(r["genome"], r["budget"]): r["kd_s"] for r in rows}
     assert all(kd[g, 0] == 0 < kd[g, 1] < kd[g, 2] for g, _ in kd)  # cumulative KD seconds
     assert "cheapest budget whose FID ranking matches the 2-step ranking" in out
+    probes = [json.loads(line) for line in (tmp_path / "out" / "probes.jsonl").read_text().splitlines()]
+    assert sorted((p["design"], p["budget"]) for p in probes) == sorted((d, b) for d in ("bk_base", "bk_small", "bk_tiny")
+                                                                         for b in (0, 1))  # every budget but the longest
+    assert all(p["probe_out"] > 0 and p["probe_guide"] > 0 and p["kd_seed"] == 0 for p in probes)
+    assert "| probe_cfg | 0 |" in (tmp_path / "out" / "predictors.md").read_text()
     written = ["index.md", "fidelity.csv", "results.jsonl", "settings.json", "short_vs_long.png"]
     assert all((tmp_path / "out" / f).is_file() for f in written)
     table = (tmp_path / "blocksearch" / "measured" / "fidelity-toy.csv").read_text()  # bench search's table
@@ -109,6 +114,6 @@ def test_cli_runs_resumes_and_writes_no_absolute_path(tmp_path, toy_teacher_fold
     assert "2 of 3 ladders reached 2 steps" in (tmp_path / "out" / "index.md").read_text()
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 16
     assert main(args + ["--workers", "0"]) == 0
-    assert "2 (architecture, budget, seed) to score in 1 ladders" in capsys.readouterr().out
+    assert "2 (architecture, budget, seed) to score and 0 to probe in 1 ladders" in capsys.readouterr().out
     again = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()[-2:]]
     assert [r["fid"] for r in again] == pytest.approx([r["fid"] for r in tiny], rel=1e-6)  # continued from step 1

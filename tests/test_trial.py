@@ -7,6 +7,10 @@ import pytest
 
 from blocksearch import evaluate as evaluate_module
 from blocksearch import latency, trial
+from blocksearch.probe import ProbeConfig
+from blocksearch.settings import PROBE_KEYS
+from blocksearch.space import load_space
+from blocksearch.teachers import topology_of
 from blocksearch.evaluate import EvalConfig
 from blocksearch.trial import TrialJob, seed_scores
 from tests.conftest import make_tiny_teacher
@@ -53,7 +57,7 @@ def test_with_retrain_each_extra_seed_scores_a_student_trained_again(tmp_path):
         with torch.no_grad():
             for p in other.parameters():
                 p.mul_(1 + 0.05 * k)  # another KD seed: other weights
-        return other
+        return SimpleNamespace(unet=other, kd_pairs=())
 
     same = seed_scores(teacher, teacher.unet, config, {"fid": 1.0, "alignment": 0.5}, 2, "cpu")
     again = seed_scores(teacher, teacher.unet, config, {"fid": 1.0, "alignment": 0.5}, 3, "cpu", retrain)
@@ -71,7 +75,7 @@ def _fake_stages(monkeypatch, tmp_path, calls):
                         or SimpleNamespace(wall_s=2.0, extra={"start_step": 0}))
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: metrics)
 
-    def scores(teacher, unet, config, m, n, device, retrain):
+    def scores(teacher, unet, config, m, n, device, retrain, probe=None):
         calls.append(n)
         retrain(1)  # a second student of the same architecture, KD seed + 1
         return [{"seed": 0}]
@@ -94,3 +98,23 @@ def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
     trial._train_candidate(genome, TrialJob(**{**vars(job), "design": "bk_base", "noise_seeds": 1}),
                            lambda s, l: None)
     assert calls == [("kd", 0)]  # --noise-seeds 1: off
+
+
+def test_a_probe_scored_trial_keeps_the_probe_at_every_kd_seed(tmp_path, monkeypatch):
+    """--score probe_cfg: the trial's metrics carry the held-out probe's scores (its objective), and a reference
+    design's extra KD seed is probed too (the score's KD-seed noise)."""
+    teacher = make_tiny_teacher(tmp_path)
+    monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: teacher)
+    monkeypatch.setattr(trial, "ProbeConfig", lambda: ProbeConfig(batches=1, batch_size=2))
+    for module, name in ((evaluate_module, "speed_and_memory"), (latency, "measure_latency")):
+        monkeypatch.setattr(module, name, lambda *a, **k: ({"latency_ms": 1.0, "latency_cv": 0.0, "e2e_ms": None,
+                                                            "memory_mb": None, "weights_mb": None}, {}))
+    genome = load_space("unet_blocks").bind(topology_of(teacher.unet.config)).design("bk_tiny")
+    job = TrialJob("tiny", "cpu", {"steps": 1, "batch_size": 2, "cache_dir": str(tmp_path / "c")},
+                   {**FAST, "cache_dir": str(tmp_path / "c")}, str(tmp_path / "s"), 1, 1, noise_seeds=2,
+                   design="bk_tiny", score="probe_cfg")
+    out = trial._train_candidate(genome, job, lambda step, losses: None)
+    assert out.metrics["probe_cfg"] > 0 and out.metrics["fid"] > 0 and set(PROBE_KEYS) <= set(out.metrics)
+    assert [r["kd_seed"] for r in out.seed_scores] == [0, 1]
+    assert out.seed_scores[0]["probe_cfg"] == out.metrics["probe_cfg"]
+    assert out.seed_scores[1]["probe_cfg"] > 0 and out.seed_scores[1]["probe_cfg"] != out.metrics["probe_cfg"]

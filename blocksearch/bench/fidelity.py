@@ -33,13 +33,16 @@ from blocksearch.distill import TRAJECTORY, DistillConfig, checkpoint_info, dist
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
 from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
+from blocksearch.bench.predictors_report import write_predictors
 from blocksearch.latency import cost
 from blocksearch.report import load_report
 from blocksearch.run_settings import absolute, stage_configs
 from blocksearch.search import params_table
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.study import SearchConfig
-from blocksearch.families.unet import Student, build_student, student_config
+from blocksearch.families.unet import Student, build_student, kd_teacher_modules, student_config
+from blocksearch.predictors import curve_features
+from blocksearch.probe import Probe, ProbeConfig
 from blocksearch.teachers import is_toy, load_teacher, topology_of
 from blocksearch.trial import cached_teacher
 
@@ -49,6 +52,7 @@ ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_fre
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype")
 KD_FILE = "kd.json"  # beside a ladder's checkpoint: the cumulative KD seconds to reach it
+LOSSES_FILE = "losses.jsonl"  # beside a ladder's checkpoint: the per-step training losses of its segment
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class FidelityJob:
     checkpoints: str
     cache_steps: int  # the teacher cache covers the longest budget: every run of a ladder shares one file
     threads: int = 1
+    probe: dict | None = None  # ProbeConfig: the held-out KD probe at the probe budgets (probe.py); None: off
+    longest: int = 0  # the reference budget (learning-curve extrapolation's target)
 
 
 # -- architectures ---------------------------------------------------------------------------------
@@ -145,6 +151,11 @@ def study_front(study: str, storage: str | None, bound: BoundSpace) -> list[Geno
     return [g for g in genomes if g in bound]
 
 
+def results_front(rows: list[dict]) -> list[Genome]:
+    """The front architectures of an earlier run of this --out (extending a study keeps its architectures)."""
+    return [Genome.from_id(g) for g in dict.fromkeys(r["genome"] for r in rows if r.get("source") == "front")]
+
+
 # -- results: one JSON line per (architecture, budget, seed) -----------------------------------------
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -157,64 +168,118 @@ def append_row(path: Path, row: dict) -> None:
 
 def pending(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[dict]) -> list[tuple[Arch, list]]:
     """Per architecture, the (budget, [seeds]) not in ``rows`` yet, budgets ascending; done ladders left out."""
-    done = {(r["genome"], r["budget"], r["seed"]) for r in rows}
+    return [(arch, [(b, s) for b, s, _ in todo]) for arch, _, todo in pending_ladders(archs, budgets, seeds, rows)]
+
+
+def pending_ladders(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[dict],
+                    probes: list[dict] = (), kd_seeds: list[int] = (0,), probe_budgets: list[int] = (),
+                    extra_budgets: list[int] | None = None) -> list[tuple[Arch, int, list]]:
+    """Per (architecture, KD seed), the (budget, [generation seeds to score], probe?) not done yet, budgets
+    ascending. KD seeds other than the first climb only ``extra_budgets`` (default: every budget) above 0 and
+    are scored at the first generation seed (the KD-seed spread compares students at the same generation
+    seed); rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded)."""
+    done = {(r["genome"], r.get("kd_seed", 0), r["budget"], r["seed"]) for r in rows}
+    probed = {(r["genome"], r.get("kd_seed", 0), r["budget"]) for r in probes}
     work = []
     for arch in archs:
-        todo = [(b, [s for s in seeds if (arch.genome, b, s) not in done]) for b in sorted(budgets)]
-        todo = [(b, s) for b, s in todo if s]
-        if todo:
-            work.append((arch, todo))
+        for k in kd_seeds:
+            first = k == kd_seeds[0]  # other KD seeds: no budget 0 (surgery alone has no KD seed), generation seed 1st
+            ladder = [b for b in budgets if first or (b > 0 and (extra_budgets is None or b in extra_budgets))]
+            todo = [(b, [s for s in (seeds if first else seeds[:1]) if (arch.genome, k, b, s) not in done],
+                     b in probe_budgets and (arch.genome, k, b) not in probed) for b in sorted(ladder)]
+            todo = [(b, s, p) for b, s, p in todo if s or p]
+            if todo:
+                work.append((arch, k, todo))
     return work
 
 
 # -- one ladder: train up the budgets, score each at its seeds ---------------------------------------
-def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple[int, list[int]]]) -> Iterator[dict]:
-    """Yield one row per (budget, seed) of ``todo``; a failure ends the ladder with an ``error`` row."""
+def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple], kd_seed: int = 0) -> Iterator[dict]:
+    """Yield one row per (budget, seed) of ``todo`` (and a probe row where asked: ``"probe": True``); a failure
+    ends the ladder with an ``error`` row."""
     torch.set_num_threads(job.threads)
     budget = None
     try:
         with work_slot():  # heavy work: a latency measurement of another process waits for its checkpoints
             teacher = cached_teacher(job.teacher, job.device)
             genome = Genome.from_id(arch.genome)
-            for budget, seeds in todo:
-                student, kd_s = reach_budget(job, teacher, genome, budget)
+            for budget, seeds, *probe in todo:
+                student, kd_s = reach_budget(job, teacher, genome, budget, kd_seed)
+                if probe and probe[0]:
+                    yield probe_row(job, teacher, student, arch, budget, kd_seed, kd_s)
                 for seed in seeds:
-                    yield score_row(job, teacher, student, arch, budget, seed, kd_s)
+                    yield score_row(job, teacher, student, arch, budget, seed, kd_s) | {"kd_seed": kd_seed}
     except Exception as err:  # noqa: BLE001 - one failing architecture is reported; the others go on
         text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        yield {"genome": arch.genome, "budget": budget, "error": f"{type(err).__name__}: {text}"}
+        yield {"genome": arch.genome, "budget": budget, "kd_seed": kd_seed, "error": f"{type(err).__name__}: {text}"}
 
 
-def checkpoint_dir(job: FidelityJob, genome: str, budget: int) -> Path:
-    return Path(job.checkpoints) / genome / str(budget)
+_PROBES: dict = {}  # one held-out probe per worker process and teacher
 
 
-def finished_checkpoints(job: FidelityJob, genome: str) -> dict[int, float]:
+def probe_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, kd_seed: int, kd_s: float) -> dict:
+    """The held-out KD probe's scores (probe.py) and the training-loss curve's features (predictors.py) of the
+    student at ``budget``: the cheap predictors, beside the FID rows."""
+    key = (job.teacher, json.dumps(job.probe, sort_keys=True))
+    if key not in _PROBES:
+        _PROBES[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)),
+                                   ProbeConfig.from_dict(job.probe), job.device, job.distill.get("data", "toy"),
+                                   job.distill.get("cache_dir"), job.distill.get("resolution"))
+    scores = _PROBES[key].score(student.unet, student.kd_pairs)
+    losses = ladder_losses(job, arch.genome, budget, kd_seed)
+    return dict(genome=arch.genome, design=arch.design, source=arch.source, kd_seed=kd_seed, budget=budget,
+                params=arch.params, macs=arch.macs, kd_s=round(kd_s, 3),
+                **{k: v for k, v in scores.items() if k != "probe_s"}, probe_s=round(scores["probe_s"], 3),
+                **curve_features([r["loss_kd_out"] for r in losses], job.longest), probe=True)
+
+
+def checkpoint_dir(job: FidelityJob, genome: str, budget: int, kd_seed: int = 0) -> Path:
+    """``<root>/<genome>/<budget>`` (KD seed 0, as before seeds were recorded), ``<root>/<genome>/kd<k>/<budget>``."""
+    return Path(job.checkpoints) / genome / (f"kd{kd_seed}" if kd_seed else "") / str(budget)
+
+
+def ladder_losses(job: FidelityJob, genome: str, budget: int, kd_seed: int = 0) -> list[dict]:
+    """The per-step training losses from step 1 to ``budget``, following the checkpoints' segments back."""
+    segments, b = [], budget
+    while b:
+        here = checkpoint_dir(job, genome, b, kd_seed)
+        if not (here / LOSSES_FILE).is_file():
+            return []  # a checkpoint of an older run: its losses were not kept
+        segments.append(read_rows(here / LOSSES_FILE))
+        b = json.loads((here / KD_FILE).read_text())["from_budget"]
+    return [r for seg in reversed(segments) for r in seg]
+
+
+def finished_checkpoints(job: FidelityJob, genome: str, kd_seed: int = 0) -> dict[int, float]:
     """Budget -> cumulative KD seconds of every finished checkpoint of ``genome``'s ladder."""
-    folder, out = Path(job.checkpoints) / genome, {}
+    folder, out = Path(job.checkpoints) / genome / (f"kd{kd_seed}" if kd_seed else ""), {}
     for path in folder.glob(f"*/{KD_FILE}") if folder.is_dir() else ():
         if path.parent.name.isdigit() and checkpoint_info(path.parent) is not None:
             out[int(path.parent.name)] = json.loads(path.read_text())["kd_s"]
     return out
 
 
-def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int) -> tuple[Student, float]:
+def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int, kd_seed: int = 0) -> tuple[Student, float]:
     """The student at ``budget`` KD steps and the cumulative KD seconds to get there: surgery at 0; else its
-    checkpoint, or trained on from the largest finished checkpoint below it (surgery if none) and saved."""
+    checkpoint, or trained on from the largest finished checkpoint below it (surgery if none) and saved.
+    KD seed k trains with the run's seed + k: another data order, noise and timesteps (the KD-seed noise)."""
     student = build_student(teacher.unet, genome)
     if budget == 0:
         return student, 0.0
-    done = finished_checkpoints(job, genome.id)
-    config = DistillConfig.from_dict(job.distill | {"steps": budget})
-    here = checkpoint_dir(job, genome.id, budget)
+    done = finished_checkpoints(job, genome.id, kd_seed)
+    config = DistillConfig.from_dict(job.distill | {"steps": budget, "seed": int(job.distill.get("seed", 0)) + kd_seed})
+    here = checkpoint_dir(job, genome.id, budget, kd_seed)
     if budget in done:
         distill(teacher, student, config, job.device, progress=False, resume_from=here)  # loads, trains nothing
         return student, done[budget]
     base = max((b for b in done if b < budget), default=0)
     result = distill(teacher, student, config, job.device, progress=False, save_to=here,
-                     resume_from=checkpoint_dir(job, genome.id, base) if base else None,
+                     resume_from=checkpoint_dir(job, genome.id, base, kd_seed) if base else None,
                      cache_steps=max(job.cache_steps, budget))
     kd_s = done.get(base, 0.0) + result.wall_s
+    with (here / LOSSES_FILE).open("w") as f:
+        f.writelines(json.dumps({k: r[k] for k in ("step", "loss", "loss_task", "loss_kd_out", "loss_kd_feat")}) + "\n"
+                     for r in result.losses)
     (here / KD_FILE).write_text(json.dumps({"kd_s": kd_s, "from_budget": base}) + "\n")
     return student, kd_s
 
@@ -232,10 +297,12 @@ def score_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: i
 
 
 # -- running the ladders: in this process (--workers 0) or one Ray task each --------------------------
-def run_ladders(job: FidelityJob, work: list[tuple[Arch, list]], workers: int, on_row: Callable[[dict], None]) -> None:
+def run_ladders(job: FidelityJob, work: list[tuple[Arch, int, list]], workers: int,
+                on_row: Callable[[dict], None]) -> None:
+    """Each (architecture, KD seed, todo) of ``work`` as one ladder: here (``workers`` 0) or one Ray task each."""
     if workers == 0:
-        for arch, todo in work:
-            for row in run_ladder(job, arch, todo):
+        for arch, kd_seed, todo in work:
+            for row in run_ladder(job, arch, todo, kd_seed):
                 on_row(row)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # a new local cluster: token auth, as `blocksearch run` does
@@ -249,7 +316,7 @@ def run_ladders(job: FidelityJob, work: list[tuple[Arch, list]], workers: int, o
                                f"--workers 0 runs the ladders in this process") from None
     try:
         task = ray.remote(num_cpus=1, num_returns="streaming")(run_ladder)
-        running = {task.remote(job, arch, todo): arch for arch, todo in work}
+        running = {task.remote(job, arch, todo, kd_seed): arch for arch, kd_seed, todo in work}
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             for gen in ready:
@@ -311,50 +378,67 @@ def checkpoint_root(identity: dict) -> Path:
 
 
 def cmd_bench_fidelity(args) -> int:
-    """Choose the architectures, run what results.jsonl lacks, then summarise and write every output."""
+    """Choose the architectures, run what results.jsonl and probes.jsonl lack, then summarise and write every
+    output: the budgets' FID rankings (KD seed 0, fidelity_report.py) and the cheap predictors against the
+    longest budget (predictors_report.py)."""
     if not is_toy(args.teacher):
         raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, or a "
                                f"`blocksearch toy build` folder); its scores are the toy judge's")
     budgets, seeds = parse_ints(args.budgets, "--budgets"), parse_ints(args.seeds, "--seeds")
+    kd_seeds = parse_ints(args.kd_seeds, "--kd-seeds")
+    probe_budgets = {"none": [], "auto": budgets[:-1]}.get(args.probe_budgets) if args.probe_budgets in (
+        "none", "auto") else parse_ints(args.probe_budgets, "--probe-budgets")
+    extra = None if args.extra_seed_budgets is None else parse_ints(args.extra_seed_budgets, "--extra-seed-budgets")
     if len(budgets) < 2 or args.archs < 2 or args.workers < 0 or args.boot < 1:
         raise BlocksearchError("allowed: --budgets with >= 2 budgets, --archs >= 2, --workers >= 0, --boot >= 1")
+    if not set(probe_budgets) <= set(budgets) or not set(extra or ()) <= set(budgets):
+        raise BlocksearchError(f"--probe-budgets and --extra-seed-budgets: allowed: budgets of --budgets {budgets}")
     torch.set_num_threads(1)
     spec = absolute(args.teacher) if Path(args.teacher).exists() else args.teacher  # as the Ray workers load it
     teacher = load_teacher(spec)
     bound = load_space(args.space).bind(topology_of(teacher.unet.config))
-    front = study_front(args.study, args.storage, bound) if args.study else []
+    results, probes = Path(args.out) / "results.jsonl", Path(args.out) / "probes.jsonl"
+    front = study_front(args.study, args.storage, bound) if args.study else results_front(read_rows(results))
     archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front)
     distill_settings, eval_settings = stage_settings(args)
     out, identity = Path(args.out), run_identity(teacher, distill_settings, eval_settings)
     check_identity(out, identity)
     cache_dir = {"cache_dir": str(default_cache_dir().resolve())}  # Ray workers may run in another folder
+    work = pending_ladders(archs, budgets, seeds, read_rows(results), read_rows(probes), kd_seeds, probe_budgets, extra)
     job = FidelityJob(spec, "cpu", distill_settings | cache_dir, eval_settings | cache_dir,
-                      str(checkpoint_root(identity)), max(budgets))
+                      str(checkpoint_root(identity)), max([b for _, _, todo in work for b, _, _ in todo], default=0),
+                      probe=ProbeConfig().to_dict(), longest=max(budgets))
     print(f"{len(archs)} architectures ({', '.join(a.design or a.source for a in archs)}) x budgets {budgets} "
-          f"KD steps x generation seeds {seeds}")
-    failures = [] if args.report_only else run_pending(
-        job, teacher, pending(archs, budgets, seeds, read_rows(out / "results.jsonl")), out / "results.jsonl",
-        args.workers)
-    write_outputs(summarize(read_rows(out / "results.jsonl"), archs, budgets, seeds, args.boot), args, out,
-                  Path(job.checkpoints))
+          f"KD steps x KD seeds {kd_seeds} x generation seeds {seeds}; the held-out probe at {probe_budgets or 'none'}")
+    failures = [] if args.report_only else run_pending(job, teacher, work, results, probes, args.workers)
+    rows = read_rows(results)
+    write_outputs(summarize([r for r in rows if r.get("kd_seed", 0) == 0], archs, budgets, seeds, args.boot), args,
+                  out, Path(job.checkpoints))
+    write_predictors(rows, read_rows(probes), archs, budgets, args, out)
     return 1 if failures else 0
 
 
-def run_pending(job: FidelityJob, teacher, work: list[tuple[Arch, list]], results: Path, workers: int) -> list[dict]:
+def run_pending(job: FidelityJob, teacher, work: list[tuple[Arch, int, list]], results: Path, probes: Path,
+                workers: int) -> list[dict]:
     """Run the ladders of ``work``, printing and appending each row as it arrives; the failures."""
-    todo = sum(len(seeds) for _, ladder in work for _, seeds in ladder)
-    print(f"{todo} (architecture, budget, seed) to score in {len(work)} ladders; checkpoints in "
-          f"{portable(job.checkpoints)}")
+    todo = sum(len(seeds) for _, _, ladder in work for _, seeds, _ in ladder)
+    n_probe = sum(p for _, _, ladder in work for _, _, p in ladder)
+    print(f"{todo} (architecture, budget, seed) to score and {n_probe} to probe in {len(work)} ladders; "
+          f"checkpoints in {portable(job.checkpoints)}")
     if not work:
         print(f"every (architecture, budget, seed) is in {portable(results)} already: nothing to train or score")
         return []
-    if max(b for _, ladder in work for b, _ in ladder) > 0:
-        warm_cache(teacher, job)
+    for kd_seed in sorted({k for _, k, _ in work}):
+        if max(b for _, k, ladder in work if k == kd_seed for b, _, _ in ladder) > 0:
+            warm_cache(teacher, job, kd_seed)
     failures = []
 
     def on_row(row: dict) -> None:
         if "error" in row:
             failures.append(row)
+        elif row.pop("probe", False):
+            with probes.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         else:
             append_row(results, row)
         print(progress_line(row), flush=True)
@@ -366,10 +450,11 @@ def run_pending(job: FidelityJob, teacher, work: list[tuple[Arch, list]], result
     return failures
 
 
-def warm_cache(teacher, job: FidelityJob) -> None:
-    """Build the teacher cache of the longest budget once, before the ladders (search.warm_teacher_cache)."""
-    config = DistillConfig.from_dict(job.distill | {"steps": job.cache_steps})
+def warm_cache(teacher, job: FidelityJob, kd_seed: int = 0) -> None:
+    """Build the teacher cache of the longest budget trained once, before the ladders (search.warm_teacher_cache)."""
+    config = DistillConfig.from_dict(job.distill | {"steps": job.cache_steps,
+                                                    "seed": int(job.distill.get("seed", 0)) + kd_seed})
     t0 = time.perf_counter()
     cache, why = prepare_teacher_cache(teacher, config)
     where = f"ready in {time.perf_counter() - t0:.0f} s, shared by every ladder" if cache else "none"
-    print(f"teacher cache for {job.cache_steps} KD steps: {where} ({why})")
+    print(f"teacher cache for {job.cache_steps} KD steps, KD seed {kd_seed}: {where} ({why})")

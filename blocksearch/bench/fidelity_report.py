@@ -22,7 +22,7 @@ from blocksearch.space import Genome
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
 MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (else: spend budget on the front)
 # a row of results.jsonl and fidelity.csv: one student scored at one seed (kd_s: cumulative KD seconds)
-ROW_COLUMNS = ("genome", "design", "source", "budget", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
+ROW_COLUMNS = ("genome", "design", "source", "budget", "kd_seed", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
                "kd_s", "eval_s")
 SUMMARY_COLUMNS = ("budget", "objective", "predictor", "tau", "lo", "hi", "cost_s", "eval_s", "n")
 
@@ -68,8 +68,11 @@ def progress_line(row: dict) -> str:
     name = f"{row['genome']:28s} {row.get('design') or '':8s}"
     if "error" in row:
         return f"{name} FAILED at budget {row['budget']}: {row['error']}"
+    if "probe_out" in row:
+        return (f"{name} budget {row['budget']:>5d} KD seed {row['kd_seed']}  probe: out {row['probe_out']:.4f}  "
+                f"cfg {row['probe_cfg']:.4f}  guide {row['probe_guide']:.3f}  ({row['probe_s']:.1f} s)")
     align = "n/a" if row["alignment"] is None else f"{row['alignment']:.3f}"
-    return (f"{name} budget {row['budget']:>5d} seed {row['seed']}  fid {row['fid']:8.3f}  kid {row['kid']:.4f} "
+    return (f"{name} budget {row['budget']:>5d} KD seed {row.get('kd_seed', 0)} seed {row['seed']}  fid {row['fid']:8.3f}  kid {row['kid']:.4f} "
             f"(+-{row['kid_std']:.4f})  alignment {align}  kd {row['kd_s']:6.0f} s (cumulative)  "
             f"eval {row['eval_s']:.0f} s")
 

@@ -1,0 +1,227 @@
+"""``bench fidelity``'s verdict on the cheap predictors: compute first (``predictor_table``), render second.
+
+Each predictor (the held-out KD probe's scores, the training-loss curve's features, FID and alignment at the
+short budget, the combined leave-one-architecture-out regression, and params / MACs as baselines) is ranked
+against FID at the longest budget (the mean over KD seeds and generation seeds) by Kendall's tau-b with a
+bootstrap interval (rank_stats.py), over all architectures and over the text-following ones (alignment at
+the longest budget >= the text rule's floor). KD-seed and generation-seed spreads are kept apart. The
+selection rule: the cheapest predictor whose tau over the text-following architectures is >= 0.8 with the
+interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else the best one measured, said so.
+The choice is written to ``blocksearch/measured/selection-score.json``, which the search reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, portable
+from blocksearch.predictors import CURVE_KEYS, loao_ridge
+from blocksearch.probe import PROBE_KEYS
+from blocksearch.rank_stats import kendall_tau_ci
+from blocksearch.settings import SELECTION_SCORE as SELECTION
+
+TOY_TEACHER_ALIGNMENT = 0.8125  # `blocksearch toy check` at the default evaluation settings (settings.py)
+MIN_ALIGNMENT = 0.25  # the text rule's default (study.SearchConfig.min_alignment)
+COMBINED_FEATURES = ("probe_out", "probe_cfg", "probe_guide", "probe_feat", "params", "macs")
+BASELINES = ("params", "macs")
+
+
+@dataclass(frozen=True)
+class PredictorRow:
+    """One predictor at one budget: tau against the long FID over all / text-following architectures."""
+
+    predictor: str
+    budget: int
+    tau: float
+    lo: float
+    hi: float
+    n: int
+    tau_text: float
+    lo_text: float
+    hi_text: float
+    n_text: int
+    cost_s: float  # KD seconds to the budget plus the predictor's own (probe or image generation) per student
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def reference(rows: list[dict], longest: int) -> tuple[dict[str, float], dict[str, float]]:
+    """genome -> FID and alignment at the longest budget, averaged over KD seeds and generation seeds."""
+    long = [r for r in rows if r["budget"] == longest]
+    genomes = {r["genome"] for r in long}
+    return ({g: _mean(r["fid"] for r in long if r["genome"] == g) for g in genomes},
+            {g: _mean(r["alignment"] for r in long if r["genome"] == g) for g in genomes})
+
+
+def values_at(rows: list[dict], probes: list[dict], budget: int) -> dict[str, dict[str, float]]:
+    """predictor -> genome -> value at ``budget`` (mean over KD seeds and generation seeds), oriented so that
+    lower predicts a better (lower) long FID."""
+    out: dict[str, dict[str, float]] = {}
+    here = [p for p in probes if p["budget"] == budget]
+    for key in (*PROBE_KEYS, *CURVE_KEYS):
+        out[key] = {g: v for g in {p["genome"] for p in here}
+                    if (v := _mean(p.get(key) for p in here if p["genome"] == g)) is not None}
+    fid_rows = [r for r in rows if r["budget"] == budget]
+    out["fid"] = {g: _mean(r["fid"] for r in fid_rows if r["genome"] == g) for g in {r["genome"] for r in fid_rows}}
+    out["alignment"] = {g: -a for g in {r["genome"] for r in fid_rows}
+                        if (a := _mean(r["alignment"] for r in fid_rows if r["genome"] == g)) is not None}
+    sizes = {r["genome"]: (r["params"], r["macs"]) for r in [*rows, *probes]}
+    out["params"] = {g: -p for g, (p, _) in sizes.items()}  # baselines: more parameters predicts a better FID
+    out["macs"] = {g: -m for g, (_, m) in sizes.items()}
+    return {k: v for k, v in out.items() if v}
+
+
+def combined(values: dict[str, dict[str, float]], target: dict[str, float]) -> dict[str, float]:
+    """The leave-one-architecture-out ridge regression of log long FID on the log features."""
+    keys = [k for k in COMBINED_FEATURES if k in values]
+    genomes = set.intersection(*(set(values[k]) for k in keys)) if keys else set()
+    feats = {g: [math.log(abs(values[k][g]) + 1e-12) for k in keys] for g in genomes}
+    return loao_ridge(feats, {g: math.log(target[g]) for g in genomes if target.get(g)})
+
+
+def cost_at(rows: list[dict], probes: list[dict], budget: int, predictor: str) -> float:
+    kd = _mean(p["kd_s"] for p in [*probes, *rows] if p["budget"] == budget) or 0.0
+    if predictor in BASELINES:
+        return 0.0
+    if predictor in ("fid", "alignment"):
+        return kd + (_mean(r["eval_s"] for r in rows if r["budget"] == budget) or 0.0)
+    return kd + (_mean(p["probe_s"] for p in probes if p["budget"] == budget) or 0.0)
+
+
+def predictor_table(rows: list[dict], probes: list[dict], budgets: list[int], n_boot: int = 2000,
+                    floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> list[PredictorRow]:
+    longest = max(budgets)
+    fid, align = reference(rows, longest)
+    text = {g for g, a in align.items() if a is not None and a >= floor}
+    table = []
+    for budget in [b for b in budgets if b < longest]:
+        values = values_at(rows, probes, budget)
+        if "probe_out" in values:
+            values["combined"] = combined(values, fid)
+        for name, by in values.items():
+            if name in BASELINES and budget != min(budgets):
+                continue  # the same at every budget: once
+            tau = _tau(by, fid, set(fid), n_boot)
+            tau_t = _tau(by, fid, text, n_boot)
+            table.append(PredictorRow(name, budget, *tau, *tau_t, cost_at(rows, probes, budget, name)))
+    return table
+
+
+def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: int) -> tuple[float, float, float, int]:
+    genomes = sorted(g for g in by if g in keep and fid.get(g) is not None)
+    tau, lo, hi = kendall_tau_ci([by[g] for g in genomes], [fid[g] for g in genomes], n_boot)
+    return tau, lo, hi, len(genomes)
+
+
+def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None, bool]:
+    """The cheapest non-baseline predictor meeting the target over the text-following architectures within the
+    cost cap, and True; else the best one measured (highest tau there, then cheaper), and False."""
+    cap = MAX_COST_FRACTION * longest
+    usable = [r for r in table if r.predictor not in BASELINES and r.budget <= cap and math.isfinite(r.tau_text)]
+    meeting = [r for r in usable if r.tau_text >= TARGET and r.lo_text >= LOWER]
+    if meeting:
+        return min(meeting, key=lambda r: (r.cost_s, -r.tau_text)), True
+    if not usable:
+        return None, False
+    return max(usable, key=lambda r: (round(r.tau_text, 6), -r.cost_s)), False
+
+
+def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -> dict | None:
+    """The KD-seed spread of ``key`` at ``budget``: |a - b| over architectures trained at two KD seeds (FID at
+    generation seed 0), median and max, and the pooled standard deviation of log(value) (sqrt(mean(d^2 / 2)))."""
+    source = rows if key in ("fid", "alignment") else probes
+    per: dict[str, dict[int, float]] = {}
+    for r in source:
+        if r["budget"] == budget and r.get(key) is not None and r.get("seed", 0) == 0:
+            per.setdefault(r["genome"], {})[r.get("kd_seed", 0)] = r[key]
+    pairs = [(v[0], v[1]) for v in per.values() if 0 in v and 1 in v]
+    if not pairs:
+        return None
+    diffs = [abs(a - b) for a, b in pairs]
+    logs = [(math.log(a) - math.log(b)) ** 2 / 2 for a, b in pairs if a > 0 and b > 0]
+    return dict(median=statistics.median(diffs), max=max(diffs), n=len(pairs),
+                sigma_log=math.sqrt(statistics.fmean(logs)) if logs else None)
+
+
+def gen_seed_noise(rows: list[dict], budget: int) -> dict | None:
+    """|FID(seed 0) - FID(seed 1)| at KD seed 0: median and max over architectures."""
+    per: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["budget"] == budget and r.get("kd_seed", 0) == 0:
+            per.setdefault(r["genome"], {})[r["seed"]] = r["fid"]
+    diffs = [abs(v[0] - v[1]) for v in per.values() if 0 in v and 1 in v]
+    return dict(median=statistics.median(diffs), max=max(diffs), n=len(diffs)) if diffs else None
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _ci(tau: float, lo: float, hi: float) -> str:
+    if not math.isfinite(tau):
+        return "-"
+    return f"{tau:+.2f} [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else f"{tau:+.2f}"
+
+
+def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, noise: list[dict],
+           command: str) -> str:
+    lines = ["# Cheap predictors of the long-run FID", "", f"Measured by `{command}`.", "",
+             "Kendall tau-b of each predictor (lower value = better predicted) against the FID at the longest "
+             "budget (mean over KD and generation seeds), 95 % bootstrap interval over architectures; "
+             "text-following = alignment at the longest budget >= the text rule's floor.", "",
+             "| predictor | budget | tau, all [CI] | n | tau, text-following [CI] | n | cost s per student |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(table, key=lambda r: (r.budget, -r.tau_text if math.isfinite(r.tau_text) else 9)):
+        lines.append(f"| {r.predictor} | {r.budget} | {_ci(r.tau, r.lo, r.hi)} | {r.n} | "
+                     f"{_ci(r.tau_text, r.lo_text, r.hi_text)} | {r.n_text} | {r.cost_s:.1f} |")
+    lines += ["", "Noise per budget: KD seed (|seed 0 - seed 1|, same generation seed) and generation seed "
+              "(|seed 0 - seed 1|, KD seed 0), median / max over architectures:", "",
+              "| budget | score | KD-seed spread | n | sigma of log (KD seed) | generation-seed spread | n |",
+              "|---|---|---|---|---|---|---|"]
+    for n in noise:
+        kd, gen = n["kd"], n.get("gen")
+        kd_cells = [f"{kd['median']:.4g} / {kd['max']:.4g}", kd["n"],
+                    "-" if kd["sigma_log"] is None else f"{kd['sigma_log']:.3f}"] if kd else ["-", 0, "-"]
+        gen_cells = [f"{gen['median']:.4g} / {gen['max']:.4g}", gen["n"]] if gen else ["-", 0]
+        lines.append("| " + " | ".join(str(c) for c in [n["budget"], n["key"], *kd_cells, *gen_cells]) + " |")
+    verdict = ("none measured" if chosen is None else
+               f"**{chosen.predictor} at {chosen.budget} KD steps**: tau {_ci(chosen.tau_text, chosen.lo_text, chosen.hi_text)} "
+               f"over {chosen.n_text} text-following architectures, {chosen.cost_s:.1f} s per student -- "
+               + ("meets the target (tau >= 0.8, low end >= 0.6, <= 25 % of the long budget)" if meets else
+                  "the best measured; it does NOT meet the target (tau >= 0.8 with the low end >= 0.6)"))
+    return "\n".join(lines + ["", f"The search's first-stage score: {verdict}.", ""])
+
+
+def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets: list[int], args, out: Path,
+                     selection: Path | None = None) -> PredictorRow | None:
+    """Compute, print and write ``<out>/predictors.md`` and ``selection-score.json`` (only with probe rows)."""
+    genomes = {a.genome for a in archs}
+    rows = [r for r in rows if r["genome"] in genomes and r["budget"] in budgets]
+    probes = [p for p in probes if p["genome"] in genomes and p["budget"] in budgets]
+    if not probes:
+        return None
+    table = predictor_table(rows, probes, budgets, args.boot)
+    chosen, meets = choose(table, max(budgets))
+    noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
+                  else None) for b in budgets for k in ("fid", *PROBE_KEYS)
+             if kd_seed_noise(rows, probes, b, k) or (k == "fid" and gen_seed_noise(rows, b))]
+    command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
+               f"--probe-budgets {args.probe_budgets}")
+    text = render(table, chosen, meets, noise, command)
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictors.md").write_text(text)
+    if chosen is not None:
+        sigma = kd_seed_noise(rows, probes, chosen.budget, chosen.predictor)
+        record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
+                                   "sigma_log_kd_seed": sigma and sigma["sigma_log"], "measured_by": command,
+                                   "longest": max(budgets)}
+        path = selection or Path(getattr(args, "selection", SELECTION))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, default=lambda v: None if not math.isfinite(v) else v) + "\n")
+        print(f"predictors in {portable(out)}/predictors.md; the search's first-stage score in {portable(path)}")
+    return chosen

@@ -1,0 +1,57 @@
+"""The search's first-stage score: which quality score ranks the trials before the rungs, and why.
+
+``bench fidelity`` measures every cheap predictor against FID after a 16x longer KD run (Kendall tau over the
+text-following architectures) and writes its choice to ``blocksearch/measured/selection-score.json``: the
+cheapest one with tau >= 0.8 (interval low end >= 0.6) at <= 25 % of the long budget, else the best one
+measured. With ``--score auto`` the toy teacher's search takes that choice (its score and its KD budget); a
+real teacher keeps FID (the table is the toy teacher's; nothing has validated a cheaper score there yet).
+FID at the longer budgets stays the rungs' score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.settings import PROBE_KEYS, SELECTION_SCORE
+
+SCORES = ("fid", *PROBE_KEYS)  # the scores a trial can compute on its own
+CHOICES = ("auto", *SCORES)
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """The first stage's quality objective, its KD budget (None: DistillConfig's default) and why."""
+
+    score: str
+    steps: int | None
+    why: str
+
+    def objectives(self, objectives: tuple[str, ...]) -> tuple[str, ...]:
+        """The base study's objectives: ``fid`` replaced by the first-stage score."""
+        return tuple(self.score if o == "fid" else o for o in objectives)
+
+
+def read_selection(path: Path = SELECTION_SCORE) -> dict | None:
+    """``bench fidelity``'s recorded choice, or None where none was recorded."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def first_stage(score: str, toy: bool, steps: int | None, path: Path = SELECTION_SCORE) -> FirstStage:
+    """The first stage of a search with ``--score score`` (and ``--steps steps`` if given)."""
+    if score not in CHOICES:
+        raise BlocksearchError(f"--score {score!r}; allowed: {', '.join(CHOICES)}")
+    if score != "auto":
+        return FirstStage(score, steps, f"--score {score}")
+    record = read_selection(path) if toy else None
+    if record is None or record.get("predictor") not in SCORES:
+        why = ("FID (a real teacher: no cheaper score has been validated on its kind)" if not toy else
+               f"FID ({path.name} names no score a trial computes)")
+        return FirstStage("fid", steps, why)
+    tau = f"tau {record['tau_text']:+.2f} [{record['lo_text']:+.2f}, {record['hi_text']:+.2f}]"
+    verdict = "meets the target" if record.get("meets_target") else "the best measured, below the target (tau >= 0.8)"
+    why = (f"{record['predictor']} after {record['budget']} KD steps: {tau} against FID after {record['longest']} "
+           f"steps over {record['n_text']} text-following architectures ({verdict}; bench fidelity, {path.name})")
+    return FirstStage(record["predictor"], steps if steps is not None else int(record["budget"]), why)

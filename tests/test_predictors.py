@@ -1,0 +1,71 @@
+"""Cheap predictors (predictors.py) and bench fidelity's verdict on them (bench/predictors_report.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from blocksearch.bench.predictors_report import PredictorRow, choose, kd_seed_noise, predictor_table
+from blocksearch.predictors import curve_features, extrapolate, loao_ridge
+
+
+def test_extrapolation_recovers_a_saturating_power_law():
+    steps = np.arange(1, 121, dtype=float)
+    losses = 0.05 + 0.8 * steps ** -0.7
+    assert extrapolate(steps, losses, 1920) == pytest.approx(0.05 + 0.8 * 1920 ** -0.7, rel=0.05)
+    f = curve_features(list(losses), 1920)
+    assert f["train_area"] == pytest.approx(losses.mean()) and f["train_last"] == pytest.approx(losses[-12:].mean())
+    assert f["train_slope"] < 0
+    assert curve_features([0.3] * 5, 1920) == dict.fromkeys(f)  # too short a curve: no features
+
+
+def test_combined_predictor_never_sees_the_architecture_it_predicts():
+    rng = np.random.default_rng(0)
+    genomes = [f"g{i}" for i in range(10)]
+    features = {g: list(rng.normal(size=3)) for g in genomes}
+    target = {g: float(features[g][0] * 2 + rng.normal(scale=0.1)) for g in genomes}
+    base = loao_ridge(features, target)
+    assert set(base) == set(genomes)
+    moved = loao_ridge(features, target | {"g3": 1e6})  # g3's own target changes: its prediction cannot
+    assert moved["g3"] == pytest.approx(base["g3"])
+    assert moved["g4"] != pytest.approx(base["g4"])  # every other prediction was fitted with g3 in it
+    assert np.corrcoef([base[g] for g in genomes], [target[g] for g in genomes])[0, 1] > 0.9
+
+
+def _rows(fid_long: dict, align_long: dict, short: dict, kd1: dict | None = None):
+    rows, probes = [], []
+    for g in fid_long:
+        for seed in (0, 1):
+            rows.append(dict(genome=g, budget=1920, kd_seed=0, seed=seed, fid=fid_long[g], alignment=align_long[g],
+                             params=100, macs=10, kd_s=900.0, eval_s=30.0))
+        probes.append(dict(genome=g, budget=30, kd_seed=0, probe_out=short[g], probe_cfg=short[g], probe_guide=1.0,
+                           probe_feat=1.0, probe_task=1.0, probe_s=1.0, params=100 + len(g), macs=10, kd_s=15.0))
+        if kd1:
+            probes.append(dict(probes[-1], kd_seed=1, probe_out=kd1[g], probe_cfg=kd1[g]))
+    return rows, probes
+
+
+def test_predictor_table_separates_the_text_following_architectures_and_chooses_by_cost():
+    # 8 architectures; a, b are text-blind (alignment 0) with a probe that ranks them first: over all
+    # architectures the probe mis-ranks them, over the text-following ones it is perfect
+    fid = dict(a=100.0, b=110.0, c=20.0, d=22.0, e=24.0, f=26.0, g=28.0, h=30.0)
+    align = dict(a=0.0, b=0.0, c=0.8, d=0.8, e=0.7, f=0.7, g=0.6, h=0.6)
+    short = dict(a=0.01, b=0.02, c=0.1, d=0.2, e=0.3, f=0.4, g=0.5, h=0.6)
+    rows, probes = _rows(fid, align, short, kd1={g: v * 1.1 for g, v in short.items()})
+    table = predictor_table(rows, probes, [30, 1920], n_boot=200)
+    by = {(r.predictor, r.budget): r for r in table}
+    out = by["probe_out", 30]
+    assert out.n == 8 and out.n_text == 6 and out.tau_text == pytest.approx(1.0) and out.tau < 0.5
+    chosen, meets = choose(table, 1920)
+    assert chosen.predictor in ("probe_out", "probe_cfg") and meets  # cheapest meeting the target over text-following
+    noise = kd_seed_noise(rows, probes, 30, "probe_out")
+    assert noise["n"] == 8 and noise["sigma_log"] == pytest.approx(math.log(1.1) / math.sqrt(2))
+
+
+def test_choose_says_when_nothing_meets_the_target():
+    rows = [PredictorRow("probe_out", 30, 0.5, 0.1, 0.8, 10, 0.6, 0.2, 0.9, 8, 16.0),
+            PredictorRow("fid", 120, 0.4, 0.0, 0.7, 10, 0.7, 0.3, 0.9, 8, 90.0),
+            PredictorRow("params", 0, 0.9, 0.8, 1.0, 10, 0.9, 0.8, 1.0, 8, 0.0),  # a baseline is never chosen
+            PredictorRow("probe_cfg", 960, 0.95, 0.9, 1.0, 10, 0.95, 0.9, 1.0, 8, 300.0)]  # over the cost cap
+    chosen, meets = choose(rows, 1920)
+    assert (chosen.predictor, chosen.budget, meets) == ("fid", 120, False)
