@@ -2,7 +2,8 @@
 
 Each folder holds the trial's student U-Net (copied byte for byte from its ``student_dir``), the
 teacher's VAE, text encoder, tokenizer and scheduler, ``model_index.json`` and a ``README.md`` model
-card — the way BK-SDM ships its students (arXiv 2305.15798): a stock pipeline with a smaller U-Net.
+card (``model_card.py``) — the way BK-SDM ships its students (arXiv 2305.15798): a stock pipeline with a
+smaller U-Net.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from tqdm import tqdm
 
 from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
-from blocksearch.render import fmt
-from blocksearch.report import ParetoReport, TrialPoint, architecture_table, load_report, teacher_topology
-from blocksearch.space import Genome
+from blocksearch.model_card import model_card
+from blocksearch.report import ParetoReport, TrialPoint, load_report
 from blocksearch.teachers import load_teacher
 
 PIPELINE_FILES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json", "README.md")
@@ -95,7 +95,7 @@ def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, com
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / "unet")  # the search's own files, byte for byte (dtype and all)
     shutil.copytree(weights.parent, folder / "unet")
-    (folder / "README.md").write_text(model_card(report, t, folder, command, teacher_cost), encoding="utf-8")
+    model_card(report, t, folder, command, teacher_cost).save(folder / "README.md")
     return folder
 
 
@@ -112,66 +112,3 @@ def _student_weights(t: TrialPoint) -> Path:
         raise BlocksearchError(f"trial {t.number}: student U-Net {t.student_dir} lacks config.json or {UNET_WEIGHTS} "
                                f"(was runs/ moved or cleaned?)")
     return weights
-
-
-# -- the model card ----------------------------------------------------------------------------------
-METRIC_ROWS = (("fid", "FID (lower is better)", "fid"), ("alignment", "text alignment", "alignment"),
-               ("params", "U-Net parameters", "params"), ("macs", "U-Net MACs per forward", "macs"),
-               ("latency_ms", "U-Net latency (median)", "latency"))
-
-
-def _how(how) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in how.items()) if isinstance(how, dict) else str(how)
-    return text.replace("|", "/").replace("\n", " ")
-
-
-def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command: str = "",
-               teacher_cost: dict | None = None) -> str:
-    """A Hugging Face model card: architecture vs the teacher, metrics with how measured, provenance."""
-    a, m = report.attrs, t.metrics
-    teacher = a.get("teacher", "?")
-    title = f"{report.study} trial {t.number}" + (f" ({t.design})" if t.design else "")
-    lines = ["---", "library_name: diffusers", "pipeline_tag: text-to-image",
-             "tags: [stable-diffusion, knowledge-distillation, bk-sdm, blocksearch]", "---", "",
-             f"# {title}: `{t.genome}`", "",
-             f"A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
-             f"multi-objective search), initialised from teacher `{teacher}`'s weights and trained by a short "
-             f"feature-level knowledge-distillation run. The VAE, text encoder, tokenizer and scheduler are the "
-             f"teacher's, unchanged. {'On' if t.on_front else 'Not on'} the study's Pareto front.", "",
-             "```python", "from diffusers import StableDiffusionPipeline", "",
-             f'pipe = StableDiffusionPipeline.from_pretrained("{folder}")',
-             'image = pipe("a prompt", num_inference_steps=20).images[0]', "```", "",
-             "## Architecture against the teacher", "", f"Removed: {t.architecture}.", ""]
-    try:
-        rows = architecture_table(Genome.from_id(t.genome), teacher_topology(teacher))
-        lines += ["| module (teacher) | teacher | student |", "|---|---|---|"]
-        lines += [f"| `{mod}` | {a_} | {b_} |" for mod, a_, b_ in rows]
-    except BlocksearchError as err:
-        lines.append(f"(table unavailable: {err})")
-    measured = m.get("measured") or {}
-    lines += ["", "## Metrics", "", "| metric | value | how measured |", "|---|---|---|"]
-    for key, label, how_key in METRIC_ROWS:
-        value = fmt(key, m.get(key))
-        if teacher_cost and key in teacher_cost and m.get(key):
-            value += f" ({m[key] / teacher_cost[key]:.1%} of the teacher's {fmt(key, teacher_cost[key])})"
-        if key == "latency_ms" and m.get("latency_cv") is not None:
-            value += f" (cv {m['latency_cv']:.1%})"
-        lines.append(f"| {label} | {value} | {_how(measured.get(how_key, measured.get(key, '')))} |")
-    if "generation" in measured:
-        lines.append(f"| images scored | - | {_how(measured['generation'])} |")
-    lines += ["", f"Search settings: device `{a.get('device', '?')}`; distillation {_how(a.get('distill', '?'))}; "
-                  f"evaluation {_how(a.get('eval', '?'))}. Re-measure this folder: "
-                  f"`blocksearch evaluate {folder / 'unet'} --teacher {teacher}`.", "",
-              "## How it was made", "", f"- search: `{a.get('command', '?')}` (study `{report.study}`, "
-              f"trial {t.number}, space `{a.get('space', '?')}`)"]
-    if export_command:
-        lines.append(f"- export: `{export_command}`")
-    steps = (a.get("distill") or {}).get("steps", "?") if isinstance(a.get("distill"), dict) else "?"
-    lines += ["", "## Continue distillation at full length", "",
-              f"The search trained this student for {steps} steps only, enough to rank candidates, not to "
-              f"converge. Continue from this folder with the full recipe (BK-SDM: 50K iterations, batch 256, "
-              f"AdamW lr 5e-5, all loss weights 1):", "", "```",
-              f"blocksearch distill --teacher {teacher} --init {folder} --steps 50000 --batch-size 256 --lr 5e-5 "
-              f"-o {folder}-full",
-              "```", ""]
-    return "\n".join(lines)

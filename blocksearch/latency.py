@@ -26,7 +26,6 @@ import platform
 import statistics
 import time
 import weakref
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
 from blocksearch.cost import count_macs, count_params, unet_inputs
+from blocksearch.timers import Clock, ComponentTimer, CudaEventClock, device_clock
 
 _COSTS: dict[str, tuple[int, int]] = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -220,34 +220,30 @@ def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repea
     return ratios, 2 * half
 
 
-@contextmanager
-def _timed_module(module, acc: list):
-    """Accumulate the wall time of ``module``'s forward calls into ``acc[0]``."""
-    start = {}
-    pre = module.register_forward_pre_hook(lambda m, a: start.__setitem__("t", time.perf_counter()))
-    post = module.register_forward_hook(lambda m, a, o: acc.__setitem__(0, acc[0] + time.perf_counter() - start["t"]))
-    try:
-        yield
-    finally:
-        pre.remove()
-        post.remove()
+def e2e_components(pipe) -> dict[str, list[torch.nn.Module]]:
+    """The parts of one generation whose time ``measure_e2e`` breaks out (diffusers module names)."""
+    vae = pipe.vae
+    return {"text_encoder": [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)], "unet": [pipe.unet],
+            "vae_decode": [getattr(vae, "post_quant_conv", None), vae.decoder]}
 
 
 @torch.no_grad()
 def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, warmup: int = 1,
-                repeats: int = 3, cache_dir=None, use_cache: bool = True) -> Latency:
+                repeats: int = 3, cache_dir=None, use_cache: bool = True, clock: Clock | None = None) -> Latency:
     """End-to-end latency of one image: text encoder, ``steps`` U-Net steps with CFG, VAE decode (what a
-    user ships), wall clock, in the measurement slot; the text-encoder and U-Net shares in ``how``."""
+    user ships), wall clock with the device synchronised, in the measurement slot. ``how["share"]``: each
+    part's fraction of the time, on the device's clock (``timers.device_clock``: CUDA events on a GPU, so
+    GPU time, not kernel launches); "other" is the rest (tokenizer, scheduler, image post-processing)."""
     device = pipe.device
     unet = pipe.unet
     dtype = next(unet.parameters()).dtype
     key = measure_key("e2e", unet.config, steps=steps, guidance=guidance, device=device_name(device),
                       dtype=str(dtype), threads=torch.get_num_threads(), repeats=repeats,
                       vae=dict(pipe.vae.config), text=pipe.text_encoder.config.to_dict(),
-                      scheduler=type(pipe.scheduler).__name__)
+                      scheduler=type(pipe.scheduler).__name__, breakdown="device-clock")
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
-    shares = {"text_encoder": [0.0], "unet": [0.0]}
+    parts = ComponentTimer(clock or device_clock(device), e2e_components(pipe))
 
     def call():
         gen = torch.Generator(device).manual_seed(seed)
@@ -257,21 +253,25 @@ def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, w
         for _ in range(warmup):
             call()
         times = []
-        with _timed_module(pipe.text_encoder, shares["text_encoder"]), _timed_module(unet, shares["unet"]):
+        with parts.hooks():
             for _ in range(repeats):
                 _sync(device)
                 t0 = time.perf_counter()
                 call()
                 _sync(device)
                 times.append((time.perf_counter() - t0) * 1000)
-    total = sum(times)
+                parts.settle()
+    total_s = sum(times) / 1000
+    share = {k: round(v / total_s, 3) for k, v in parts.seconds.items()}
+    share["other"] = round(1 - sum(parts.seconds.values()) / total_s, 3)
     how = {"what": f"one image: text encoder + {steps} U-Net steps "
                    f"({'batch 2, CFG' if guidance > 1 else 'no CFG'}) + VAE decode, guidance {guidance}",
            "device": str(device), "device_name": device_name(device), "dtype": str(dtype).replace("torch.", ""),
-           "torch_threads": torch.get_num_threads(), "clock": "wall clock", "warmup": warmup,
+           "torch_threads": torch.get_num_threads(), "warmup": warmup,
+           "clock": "wall clock" + (", device synchronised" if torch.device(device).type == "cuda" else ""),
            "repeats": repeats, "statistic": "median", "slot_wait_s": round(waited.seconds, 3), "cache": "measured",
-           "isolation": _isolation(waited),
-           "share": {k: round(v[0] * 1000 / total, 3) for k, v in shares.items()}}
+           "isolation": _isolation(waited), "share": share,
+           "share_clock": "CUDA events (GPU time)" if isinstance(parts.clock, CudaEventClock) else "host clock"}
     out = _summary(times, how)
     if use_cache and waited.isolated:
         store(key, asdict(out), cache_dir)

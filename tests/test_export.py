@@ -8,11 +8,14 @@ import textwrap
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import load_file, save_file
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.export import export_study
+from blocksearch.report import load_report
 from blocksearch.space import Genome
 from blocksearch.families.unet import build_student
 from tests.conftest import make_tiny_pipeline as tiny_pipeline
@@ -84,7 +87,7 @@ def test_export_round_trip_in_plain_diffusers(searched, tmp_path, capsys):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         tmp / "students" / CASE[2][2] / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     card = (out / "README.md").read_text()
-    assert "| `mid_block` |" in card and "blocksearch distill --teacher" in card and f"--init {out}" in card
+    assert "| `mid_block` |" in card and "blocksearch train --teacher" in card and f"--init {out}" in card
     assert "toy-judge features" in card and "blocksearch run --space unet_blocks" in card
     assert "of the teacher's" in card  # params and MACs as fractions of the teacher's
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": "", "HOME": str(tmp_path)}
@@ -93,6 +96,24 @@ def test_export_round_trip_in_plain_diffusers(searched, tmp_path, capsys):
     result, expected = load_file(tmp_path / "result.safetensors"), load_file(tmp / "inputs.safetensors")
     assert_same_student(result["sample"], expected)
     assert result["image"].shape == (1, 64, 64, 3) and torch.isfinite(result["image"]).all()
+
+
+def test_exported_card_is_a_hub_model_card_with_the_trials_metrics(searched, tmp_path):
+    """ModelCard.load parses the exported README offline; its model-index holds the trial's own numbers."""
+    tmp, url = searched
+    [out] = export_study("unet_blocks-toy", url, tmp_path / "card", trial=3)
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "teacher" and data["license"] == "other"  # a local folder that states no licence
+    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "text-to-image"
+    assert {"blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image"} <= set(data["tags"])
+    _, results = model_index_to_eval_results(data["model-index"])
+    trial = load_report("unet_blocks-toy", url).trial(3)
+    assert {r.metric_type: r.metric_value for r in results} == {
+        "fid": trial.metrics["fid"], "text-alignment": trial.metrics["alignment"], "params": trial.metrics["params"],
+        "macs": trial.metrics["macs"], "latency-ms": trial.metrics["latency_ms"]}
+    assert trial.metrics["fid"] == CASE[3][1][0] and "Fill in `license:`" in card.text
+    assert "| `down_blocks.3` | 2 x resnet | removed | the whole stage |" in card.text
 
 
 def test_export_front_and_design(searched, tmp_path):

@@ -10,7 +10,8 @@ import torch
 
 from blocksearch import cache as C
 from blocksearch import latency as L
-from tests.conftest import tiny_unet
+from tests.conftest import make_tiny_pipeline, tiny_unet
+from tests.test_timers import FakeEvent, fake_sync  # the CUDA event double
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,3 +99,28 @@ def test_latency_relative_to_the_teacher_is_its_interleaved_ratio_times_the_teac
     own = L.measure_latency(teacher, 16, warmup=1, repeats=5, min_s=0.0)
     rel = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, reference=teacher)
     assert rel.how["teacher_ms"] == pytest.approx(own.median_ms, abs=1e-3)
+
+
+def test_end_to_end_shares_of_text_encoder_unet_and_vae_decode_add_up_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("synchronised on CPU"))
+    pipe = make_tiny_pipeline()
+    lat = L.measure_e2e(pipe, steps=4, guidance=2.0, prompt="a red circle", repeats=2, use_cache=False)
+    share = lat.how["share"]
+    assert set(share) == {"text_encoder", "unet", "vae_decode", "other"} and lat.how["share_clock"] == "host clock"
+    assert all(share[k] > 0 for k in ("text_encoder", "unet", "vae_decode"))
+    assert share["unet"] > share["text_encoder"]  # 4 CFG steps against one text encoding (of 2 prompts)
+    assert 0.5 < share["text_encoder"] + share["unet"] + share["vae_decode"] <= 1.0
+    assert sum(share.values()) == pytest.approx(1.0, abs=0.005)
+
+
+def test_end_to_end_shares_on_a_cuda_clock_come_from_events_read_after_a_sync():
+    """The e2e breakdown on a CUDA clock (a double here: no GPU): an event at the start and end of every
+    text-encoder, U-Net and VAE-decoder call, and one synchronise per image before they are read."""
+    FakeEvent.log = []
+    pipe = make_tiny_pipeline()
+    clock = L.CudaEventClock("cuda", event=FakeEvent, sync=fake_sync)
+    lat = L.measure_e2e(pipe, steps=3, guidance=2.0, prompt="a red circle", repeats=2, use_cache=False, clock=clock)
+    kinds = [kind for kind, _ in FakeEvent.log]
+    # per image: 2 text-encoder calls (prompt, empty negative prompt), 3 U-Net steps, post_quant_conv + decoder
+    assert kinds == (["record"] * 2 * (2 + 3 + 2) + ["sync"]) * 2
+    assert lat.how["share_clock"] == "CUDA events (GPU time)" and lat.how["share"]["unet"] > 0

@@ -1,0 +1,272 @@
+"""The model card of an exported student: a Hugging Face ``ModelCard`` whose metadata (``ModelCardData``:
+base model, licence, library, pipeline tag, tags, and a ``model-index`` of the measured metrics) is written
+by ``huggingface_hub`` itself, and whose body holds the architecture against the teacher, how every number
+was measured, and the commands that made the student and that continue its training.
+
+Licence: a derived model carries its teacher's licence. Stable Diffusion v1 is under the CreativeML
+OpenRAIL-M licence, v2 and XL under CreativeML OpenRAIL++-M; both are RAIL licences whose use
+restrictions must travel with every derivative (their paragraph 4 / attachment A).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
+
+from blocksearch.errors import BlocksearchError
+from blocksearch.numbers import fmt
+from blocksearch.report import MID_TEXT, ParetoReport, TrialPoint, architecture_table, teacher_topology
+from blocksearch.space import Genome, Topology
+from blocksearch.teachers import teacher_kind
+
+PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under
+TOY_BASE_MODEL = "blocksearch/toy-teacher"  # not a Hub repository: the toy teacher bundled with blocksearch
+TAGS = ["blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion"]
+# Hub licence ids of the published SD teachers (blocksearch's architecture names and Hub ids)
+ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
+HUB_LICENSE = ((r"^(compvis|runwayml|stable-diffusion-v1-5|stabilityai)/stable-diffusion-v1", "creativeml-openrail-m"),
+               (r"^stabilityai/(stable-diffusion-2|stable-diffusion-xl|sdxl)", "openrail++"))
+# blocksearch's architecture names -> the Hub checkpoints whose configs they copy (teachers.py)
+ARCH_HUB = {"sd-v1": "CompVis/stable-diffusion-v1-4", "sd-v2": "stabilityai/stable-diffusion-2-1-base",
+            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+RAIL = ("creativeml-openrail-m", "openrail++", "openrail")
+# Full-length training on one GPU: BK-SDM's global batch of 256, split into micro-batches
+FULL_STEPS, FULL_BATCH, MICRO_BATCH = 50_000, 256, 16
+# (metric key, label, key of its "how" in metrics["measured"], model-index metric type)
+METRICS = (("fid", "FID (lower is better)", "fid", "fid"), ("kid", "KID (mean over subsets)", "fid", "kid"),
+           ("alignment", "text alignment", "alignment", "text-alignment"),
+           ("params", "U-Net parameters", "params", "params"), ("macs", "U-Net MACs per forward", "macs", "macs"),
+           ("latency_ms", "U-Net latency (median)", "latency", "latency-ms"),
+           ("e2e_ms", "one image end to end (median)", "e2e", "e2e-latency-ms"),
+           ("memory_mb", "peak memory of one CFG U-Net step", "memory", "peak-memory-mb"))
+
+
+@dataclass(frozen=True)
+class CardLicense:
+    """The Hub licence id a student inherits from its teacher, and where that was read."""
+
+    id: str  # a Hub licence id (creativeml-openrail-m, openrail++, mit, ...) or "other" when unknown
+    source: str  # one clause for the card: why this licence
+
+    @property
+    def restricted(self) -> bool:
+        """A RAIL licence: its use restrictions bind every derived model."""
+        return self.id in RAIL
+
+    @property
+    def known(self) -> bool:
+        return self.id != "other"
+
+
+def teacher_license(spec: str) -> CardLicense:
+    """The teacher's licence, by a simple rule: the toy teacher is blocksearch's (MIT); sd-v1 and the SD-v1
+    Hub ids are CreativeML OpenRAIL-M, sd-v2 / sdxl and theirs OpenRAIL++-M; a folder or cached Hub id
+    declares its own (README ``license:``, or a README / LICENSE that names OpenRAIL); else "other"."""
+    kind = _kind(spec)
+    if kind in ("toy", "toy-folder"):
+        return CardLicense(PROJECT_LICENSE, "the toy teacher is part of blocksearch, under its licence")
+    if kind == "architecture":
+        return CardLicense(ARCH_LICENSE[spec], f"the licence of the published {spec} weights")
+    declared = _declared_license(spec, kind)
+    if declared:
+        return declared
+    for pattern, license_id in HUB_LICENSE if kind == "hub" else ():
+        if re.match(pattern, spec.lower()):
+            return CardLicense(license_id, f"the licence of {spec} on the Hugging Face Hub")
+    return CardLicense("other", f"blocksearch could not tell the licence of teacher {spec}")
+
+
+def _declared_license(spec: str, kind: str) -> CardLicense | None:
+    """A licence the teacher states itself: its README's metadata, or a README / LICENSE naming OpenRAIL."""
+    if kind == "folder":
+        files = [Path(spec) / "README.md", *sorted(Path(spec).glob("LICEN[CS]E*"))]
+    elif kind == "hub":
+        cached = try_to_load_from_cache(spec, "README.md")  # the local cache only: never the network
+        files = [Path(cached)] if isinstance(cached, str) else []
+    else:
+        return None
+    files = [f for f in files if f.is_file()]
+    readme = next((f for f in files if f.name == "README.md"), None)
+    if readme is not None:
+        license_id = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+        if license_id:
+            return CardLicense(str(license_id), f"declared in the teacher's {readme.name}")
+    for f in files:  # the SD licence texts say "CreativeML Open RAIL-M" / "Open RAIL++-M"
+        rail = re.search(r"open ?rail(\+\+)?", f.read_text(encoding="utf-8", errors="replace").lower())
+        if rail:
+            return CardLicense("openrail++" if rail.group(1) else "creativeml-openrail-m",
+                               f"the teacher's {f.name} names the OpenRAIL licence")
+    return None
+
+
+def base_model(spec: str) -> tuple[str, str]:
+    """The card's ``base_model`` (the teacher's Hub id where it has one) and a note on it for the body."""
+    kind = _kind(spec)
+    if kind == "hub":
+        return spec, f"the teacher, `{spec}` on the Hugging Face Hub"
+    if kind == "architecture":
+        return ARCH_HUB[spec], f"`{ARCH_HUB[spec]}`, whose architecture teacher `{spec}` names"
+    if kind in ("toy", "toy-folder"):
+        return TOY_BASE_MODEL, ("the toy teacher bundled with blocksearch; `blocksearch/toy-teacher` is not a Hub "
+                                "repository, so remove `base_model` before pushing this card to the Hub")
+    name = Path(spec).name or spec
+    return name, (f"the local teacher folder `{spec}`; set `base_model` to the teacher's Hub id before pushing "
+                  f"this card to the Hub")
+
+
+def eval_results(report: ParetoReport, t: TrialPoint) -> list[EvalResult]:
+    """The trial's measured metrics as Hub eval results on its evaluation set (one per metric it has)."""
+    a, m = report.attrs, t.metrics
+    ev = a.get("eval") or {}
+    prompts = (a.get("eval_set") or {}).get("prompts", ev.get("prompts"))
+    if _kind(a.get("teacher", "")) in ("toy", "toy-folder"):
+        dataset_type, dataset_name = "blocksearch/toy-world", f"toy world held-out prompts ({prompts})"
+    elif ev.get("reference") or ev.get("captions"):
+        folder = Path(ev.get("captions") or ev["reference"]).name
+        dataset_type, dataset_name = "imagefolder", f"{folder} captions ({prompts} prompts)"
+    else:
+        dataset_type, dataset_name = "prompts", f"{prompts} evaluation prompts"
+    return [EvalResult(task_type="text-to-image", dataset_type=dataset_type, dataset_name=dataset_name,
+                       metric_type=kind, metric_name=label,
+                       metric_value=int(m[key]) if key in ("params", "macs") else float(m[key]))
+            for key, label, _, kind in METRICS if m.get(key) is not None]
+
+
+def _kind(spec: str) -> str:
+    """``teachers.teacher_kind``, or "unknown" for a spec that names nothing (a moved folder)."""
+    try:
+        return teacher_kind(spec)
+    except BlocksearchError:
+        return "unknown"
+
+
+def card_data(report: ParetoReport, t: TrialPoint) -> ModelCardData:
+    """The card's YAML metadata, built by ``huggingface_hub``."""
+    teacher = report.attrs.get("teacher", "?")
+    lic = teacher_license(teacher)
+    return ModelCardData(base_model=base_model(teacher)[0], license=lic.id, library_name="diffusers",
+                         pipeline_tag="text-to-image", tags=list(TAGS),
+                         model_name=f"{report.study}-trial{t.number}-{t.genome}",
+                         eval_results=eval_results(report, t) or None)
+
+
+def removed(genome: Genome, topo: Topology) -> dict[str, str]:
+    """What the student removed, per teacher module (diffusers paths); modules kept whole are absent."""
+    n_t, n, out = topo.n_stages, len(genome.layers), {}
+
+    def stage(layers: int, kept: int, depth: int, kept_depth: int) -> str:
+        parts = [f"{layers - kept} of {layers} layers"] if kept < layers else []
+        if depth and not kept_depth:
+            parts.append("attention")
+        elif kept_depth < depth:
+            parts.append(f"transformer depth {depth} -> {kept_depth}")
+        return ", ".join(parts)
+
+    for i in range(n_t):
+        j = n_t - 1 - i  # the up stage tied to down stage i
+        if i >= n:
+            out[f"down_blocks.{i}"] = out[f"up_blocks.{j}"] = "the whole stage"
+            continue
+        out[f"down_blocks.{i}"] = stage(topo.layers[i], genome.layers[i], topo.depth[i], genome.depth[i])
+        out[f"up_blocks.{j}"] = stage(topo.layers[i] + 1, genome.layers[i] + 1, topo.depth[i], genome.depth[i])
+    if genome.mid != topo.mid:
+        out["mid_block"] = {"none": "the whole block", "resnet": "attention"}.get(
+            genome.mid, f"{MID_TEXT[topo.mid]} -> {MID_TEXT[genome.mid]}")
+    return {k: v for k, v in out.items() if v}
+
+
+def continue_command(report: ParetoReport, folder: Path) -> str:
+    """Full-length training of the exported student on one GPU (BK-SDM's recipe, micro-batched)."""
+    a = report.attrs
+    data = (a.get("distill") or {}).get("data") if isinstance(a.get("distill"), dict) else None
+    return (f"blocksearch train --teacher {a.get('teacher', '?')} --init {folder}"
+            + (f" --data {data}" if data and data != "toy" else "")
+            + f" --steps {FULL_STEPS} --batch-size {FULL_BATCH} --micro-batch-size {MICRO_BATCH} --lr 5e-5"
+              f" --precision bf16 --gpus-per-worker 1 -o {folder}-full")
+
+
+def _how(how) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in how.items()) if isinstance(how, dict) else str(how)
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command: str = "",
+               teacher_cost: dict | None = None) -> ModelCard:
+    """The model card: ``ModelCardData`` metadata, then architecture vs the teacher, metrics with how
+    they were measured, licence, provenance and the command that continues training."""
+    a, m = report.attrs, t.metrics
+    teacher = a.get("teacher", "?")
+    lic, (_, base_note) = teacher_license(teacher), base_model(teacher)
+    title = f"{report.study} trial {t.number}" + (f" ({t.design})" if t.design else "")
+    lines = [f"# {title}: `{t.genome}`", "",
+             f"A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
+             f"multi-objective search), initialised from teacher `{teacher}`'s weights and trained by a short "
+             f"feature-level knowledge-distillation run. The VAE, text encoder, tokenizer and scheduler are the "
+             f"teacher's, unchanged. {'On' if t.on_front else 'Not on'} the study's Pareto front. "
+             f"Base model: {base_note}.", "",
+             "```python", "from diffusers import StableDiffusionPipeline", "",
+             f'pipe = StableDiffusionPipeline.from_pretrained("{folder}")',
+             'image = pipe("a prompt", num_inference_steps=20).images[0]', "```", "",
+             *_license_lines(lic), *_architecture_lines(t, teacher), *_metric_lines(report, t, folder, teacher_cost),
+             "## How it was made", "", f"- search: `{a.get('command', '?')}` (study `{report.study}`, "
+             f"trial {t.number}, space `{a.get('space', '?')}`)"]
+    if export_command:
+        lines.append(f"- export: `{export_command}`")
+    steps = (a.get("distill") or {}).get("steps", "?") if isinstance(a.get("distill"), dict) else "?"
+    lines += ["", "## Continue training at full length", "",
+              f"The search trained this student for {steps} steps only, enough to rank candidates, not to "
+              f"converge. Continue from this folder with BK-SDM's recipe (50K iterations, batch 256, AdamW lr "
+              f"5e-5, all loss weights 1) on one GPU: each optimizer step accumulates the gradients of "
+              f"{FULL_BATCH // MICRO_BATCH} micro-batches of {MICRO_BATCH} (a global batch of {FULL_BATCH}) in "
+              f"bf16; lower `--micro-batch-size` if it runs out of memory (the global batch stays {FULL_BATCH}).",
+              "", "```", continue_command(report, folder), "```", ""]
+    return ModelCard(f"---\n{card_data(report, t).to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _license_lines(lic: CardLicense) -> list[str]:
+    text = f"`{lic.id}`: {lic.source}."
+    if lic.restricted:
+        text += (" This student is a derivative of its teacher, so the licence's use restrictions travel with "
+                 "it: anyone who shares or uses it must keep them and pass them on to its users.")
+    if not lic.known:
+        text += (" Fill in `license:` in this card's header with the teacher's licence before sharing it; a "
+                 "derived model is bound by its teacher's licence.")
+    return ["## Licence", "", text, ""]
+
+
+def _architecture_lines(t: TrialPoint, teacher: str) -> list[str]:
+    lines = ["## Architecture against the teacher", "", f"Removed: {t.architecture}.", ""]
+    try:
+        genome, topo = Genome.from_id(t.genome), teacher_topology(teacher)
+        cut = removed(genome, topo)
+        lines += ["| module (teacher) | teacher | student | removed |", "|---|---|---|---|"]
+        lines += [f"| `{mod}` | {a_} | {b_} | {cut.get(mod, '-')} |"
+                  for mod, a_, b_ in architecture_table(genome, topo)]
+    except BlocksearchError as err:
+        lines.append(f"(table unavailable: {err})")
+    return lines + [""]
+
+
+def _metric_lines(report: ParetoReport, t: TrialPoint, folder: Path, teacher_cost: dict | None) -> list[str]:
+    a, m = report.attrs, t.metrics
+    measured = m.get("measured") or {}
+    lines = ["## Metrics", "", "The same numbers are in this card's `model-index`.", "",
+             "| metric | value | how measured |", "|---|---|---|"]
+    for key, label, how_key, _ in METRICS:
+        if m.get(key) is None and key in ("kid", "e2e_ms", "memory_mb"):
+            continue  # recorded by later versions only
+        value = fmt(key, m.get(key))
+        if teacher_cost and key in teacher_cost and m.get(key):
+            value += f" ({m[key] / teacher_cost[key]:.1%} of the teacher's {fmt(key, teacher_cost[key])})"
+        if key == "latency_ms" and m.get("latency_cv") is not None:
+            value += f" (cv {m['latency_cv']:.1%})"
+        lines.append(f"| {label} | {value} | {_how(measured.get(how_key, measured.get(key, '')))} |")
+    if "generation" in measured:
+        lines.append(f"| images scored | - | {_how(measured['generation'])} |")
+    return lines + ["", f"Search settings: device `{a.get('device', '?')}`; distillation "
+                        f"{_how(a.get('distill', '?'))}; evaluation {_how(a.get('eval', '?'))}. "
+                        f"Re-measure this folder: `blocksearch evaluate {folder / 'unet'} "
+                        f"--teacher {a.get('teacher', '?')}`.", ""]
