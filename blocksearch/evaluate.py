@@ -69,6 +69,8 @@ class EvalConfig(Settings):
     latency_dtype: str | None = None  # fp32 | fp16 | bf16 on the target (default: fp16 on CUDA, fp32 on CPU)
     e2e_repeats: int = 3  # timed end-to-end generations of one image (after one warm-up)
     cache_dir: str | None = None
+    images: bool = True  # generate and score images (FID, KID, alignment); False: cost and speed only (a first
+    # stage ranked by the held-out KD probe, selection.py: no image is generated)
 
     def __post_init__(self):
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
@@ -165,9 +167,14 @@ def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfi
 
 def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
              progress: bool = True) -> Metrics:
-    """Score ``unet`` as a drop-in replacement of the teacher's U-Net."""
+    """Score ``unet`` as a drop-in replacement of the teacher's U-Net (``config.images`` False: its cost and
+    speed only, FID and alignment None)."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    scores = score_images(teacher, unet, config, device, progress)
+    if config.images:
+        scores = score_images(teacher, unet, config, device, progress)
+    else:
+        prompts = scorer_for(teacher, config).prompt_set()[0][:1]
+        scores = ImageScores(ImageDistance(None, None, None), None, prompts, {}, {"fid": "not measured (images off)"})
     t2 = time.perf_counter()
     scale = teacher.pipeline.vae_scale_factor
     latent = config.resolution // scale if config.resolution else unet.config.sample_size

@@ -42,6 +42,7 @@ from blocksearch.rungs import (check_rung_settings, check_rungs, default_rungs, 
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.selection import FirstStage, first_stage
+from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
                                default_storage, default_study_name, existing_study, open_storage,
@@ -82,11 +83,11 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
 def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
     """The base study's settings for a first stage (selection.py): its objectives (``fid`` -> the stage's score),
     its KD budget, and -- where the stage is a cheaper score than FID and no ``--rungs`` were given -- one rung at
-    4 x the default KD budget (FID after 480 steps on the toy: the rung whose ranking came closest to the
-    1920-step one in bench fidelity)."""
+    4 x the default KD budget (FID after 480 steps on the toy: the budget whose ranking came closest to the
+    1920-step one in bench fidelity), or 4 x ``--steps`` where they were given."""
     if stage.score == "fid":
         return dataclasses.replace(cfg, score="fid")
-    rungs = cfg.rungs if cfg.rungs is not None else default_rungs(DistillConfig().steps)
+    rungs = cfg.rungs if cfg.rungs is not None else default_rungs(cfg.steps or DistillConfig().steps)
     return dataclasses.replace(cfg, score=stage.score, objectives=stage.objectives(cfg.objectives),
                                steps=stage.steps, rungs=rungs)
 
@@ -106,6 +107,8 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
     settings -- the teacher and a sha256 of its U-Net weights, the data, the evaluation set, the budgets
     and constraints -- which a resume must match (``study.check_settings``)."""
     distill_cfg, eval_cfg = stage_configs(cfg)
+    if cfg.score in PROBE_KEYS:  # the first stage is ranked by the held-out probe: no image to generate
+        eval_cfg = dataclasses.replace(eval_cfg, images=False)
     rungs = default_rungs(distill_cfg.steps) if cfg.rungs is None else check_rungs(cfg.rungs, distill_cfg.steps)
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
@@ -212,7 +215,8 @@ def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: 
     threads = torch.get_num_threads()
     torch.set_num_threads(job.cpus)  # as in a trial: the latencies must be comparable (same threads)
     try:
-        metrics = teacher_reference(load_teacher(cfg.teacher, device), EvalConfig.from_dict(job.eval), device)
+        config = EvalConfig.from_dict(job.eval | {"images": True})  # the rungs' settings, if the first stage has none
+        metrics = teacher_reference(load_teacher(cfg.teacher, device), config, device)
     finally:
         torch.set_num_threads(threads)
     study.set_user_attr("teacher_metrics", {k: v for k, v in metrics.items() if k != "timings"})
@@ -290,7 +294,8 @@ def _announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, 
 
 
 def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_of, remaining: int,
-          parallel: int, out: TextIO, alignment_floor: float | None = None, queue_only: bool = False) -> None:
+          parallel: int, out: TextIO, alignment_floor: float | None = None, queue_only: bool = False,
+          guide_ceiling: float | None = None) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -299,7 +304,7 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
 
     progress = Progress(remaining, cfg.objectives, out)
     searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,
-                           alignment_floor=alignment_floor, queue_only=queue_only)
+                           alignment_floor=alignment_floor, queue_only=queue_only, guide_ceiling=guide_ceiling)
     n_reports = max(1, int(job.distill.get("steps", 1)) // job.report_every)
     scheduler = (_design_safe_asha()(time_attr="training_iteration", metric=KD_METRIC, mode="min",
                                      max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
@@ -413,7 +418,13 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         warm_teacher_cache(cfg, job, out)
         floor = measure_teacher(cfg, job, study, out)
         if remaining > 0:
-            _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
+            if cfg.score in PROBE_KEYS:  # no images in the first stage: its text rule is the probe's (selection.py)
+                rule = "off" if stage.guide_ceiling is None else f"probe_guide <= {stage.guide_ceiling:.3f}"
+                print(f"first stage: no images generated; feasible students: {rule}", file=out)
+                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, None,
+                      guide_ceiling=stage.guide_ceiling)
+            else:
+                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
         run_rungs(dataclasses.replace(cfg, objectives=rung_objectives), storage, bound, plan, params_of, ray_info,
                   out, floor)
     finally:

@@ -28,6 +28,7 @@ class FirstStage:
     score: str
     steps: int | None
     why: str
+    guide_ceiling: float | None = None  # a probe-ranked stage's text rule: probe_guide <= this (None: no rule)
 
     def objectives(self, objectives: tuple[str, ...]) -> tuple[str, ...]:
         """The base study's objectives: ``fid`` replaced by the first-stage score."""
@@ -54,4 +55,6 @@ def first_stage(score: str, toy: bool, steps: int | None, path: Path = SELECTION
     verdict = "meets the target" if record.get("meets_target") else "the best measured, below the target (tau >= 0.8)"
     why = (f"{record['predictor']} after {record['budget']} KD steps: {tau} against FID after {record['longest']} "
            f"steps over {record['n_text']} text-following architectures ({verdict}; bench fidelity, {path.name})")
-    return FirstStage(record["predictor"], steps if steps is not None else int(record["budget"]), why)
+    rule = record.get("text_rule") or {}
+    return FirstStage(record["predictor"], steps if steps is not None else int(record["budget"]), why,
+                      rule.get("ceiling") if rule.get("budget") == (steps or record["budget"]) else None)

@@ -176,15 +176,16 @@ def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device
     nothing seed-independent (params, latency, memory) is measured again. ``retrain(k)`` returns a Student;
     with ``probe`` its held-out probe scores are kept too (the probe's data is fixed: only KD's seed moves them)."""
     rows = [{"seed": config.seed, "kd_seed": 0,
-             **{k: metrics[k] for k in ("fid", "alignment", "kid", *PROBE_KEYS) if k in metrics}}]
+             **{k: metrics[k] for k in ("fid", "alignment", "kid", *PROBE_KEYS) if metrics.get(k) is not None}}]
     for k in range(1, n):
         seed = config.seed + k * config.prompts
         other = retrain(k) if retrain is not None else None
         other_unet = other.unet if other is not None else unet
-        scores = score_images(teacher, other_unet, dataclasses.replace(config, seed=seed), device, progress=False,
-                              reference=config)
-        row = {"seed": seed, "kd_seed": k if retrain is not None else 0, "fid": scores.distance.fid,
-               "kid": scores.distance.kid, "alignment": scores.alignment}
+        row = {"seed": seed, "kd_seed": k if retrain is not None else 0}
+        if config.images:
+            scores = score_images(teacher, other_unet, dataclasses.replace(config, seed=seed), device,
+                                  progress=False, reference=config)
+            row |= {"fid": scores.distance.fid, "kid": scores.distance.kid, "alignment": scores.alignment}
         if probe is not None and other is not None:
             row |= {key: v for key, v in probe.score(other_unet, other.kd_pairs).items() if key in PROBE_KEYS}
         rows.append(row)

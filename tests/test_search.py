@@ -308,3 +308,29 @@ def test_a_student_that_ignores_the_prompt_is_infeasible_and_never_on_the_front(
     assert study.trials[reads["_number"]].constraints == {"alignment_floor": pytest.approx(-0.3)}
     r = build_report(study)
     assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible
+
+
+def test_a_probe_ranked_first_stage_keeps_text_blind_students_off_its_front(tmp_path, bound_and_unet):
+    """No images in a probe-ranked first stage: the text rule is the probe's text direction, probe_guide <= the
+    ceiling bench fidelity measured (selection.py); the objective is the probe score itself."""
+    bound, unet = bound_and_unet
+    cfg = _cfg(tmp_path, objectives=("probe_cfg", "params", "latency_ms"), score="probe_cfg")
+    storage = _storage(tmp_path)
+    prepare_study(storage, cfg, bound, _attrs(bound))
+    s = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), guide_ceiling=0.95)
+    blind, reads = s.suggest("a"), s.suggest("b")
+
+    def done(values, guide):
+        body = {"metrics": {"probe_cfg": values[0], "probe_guide": guide, "fid": None, "alignment": None},
+                "timings": {}, "student_dir": "/x"}
+        return {"probe_cfg": values[0], "params": values[1], "latency_ms": values[2], "final": 1,
+                "payload": json.dumps(body)}
+
+    s.on_trial_complete("a", done([0.1, 1.0, 1.0], 1.0))  # best on every objective, but no text direction at all
+    s.on_trial_complete("b", done([0.5, 5.0, 5.0], 0.4))
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    assert study.trials[blind["_number"]].constraints == {"guide_ceiling": pytest.approx(0.05)}
+    assert study.trials[reads["_number"]].constraints == {"guide_ceiling": pytest.approx(-0.55)}
+    r = build_report(study)
+    assert r.objectives == ("probe_cfg", "params", "latency_ms")
+    assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible

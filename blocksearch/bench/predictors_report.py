@@ -133,6 +133,22 @@ def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None
     return max(usable, key=lambda r: (round(r.tau_text, 6), -r.cost_s)), False
 
 
+def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
+              floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> dict:
+    """The first stage's text rule where no image is generated: ``probe_guide`` (1.0 = no text direction at all)
+    at ``budget`` against text-following at the longest budget (alignment >= ``floor``). The ceiling is the
+    midpoint between the largest value of a text-following architecture and the smallest of the others, where
+    one separates them; else None (no rule before the rungs)."""
+    _, align = reference(rows, longest)
+    guide = values_at(rows, probes, budget).get("probe_guide", {})
+    follow = [v for g, v in guide.items() if align.get(g) is not None and align[g] >= floor]
+    others = [v for g, v in guide.items() if align.get(g) is not None and align[g] < floor]
+    separates = bool(follow and others and max(follow) < min(others))
+    return dict(key="probe_guide", budget=budget, ceiling=(max(follow) + min(others)) / 2 if separates else None,
+                text_following_max=max(follow) if follow else None, others_min=min(others) if others else None,
+                separates=separates, n=len(follow) + len(others))
+
+
 def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -> dict | None:
     """The KD-seed spread of ``key`` at ``budget``: |a - b| over architectures trained at two KD seeds (FID at
     generation seed 0), median and max, and the pooled standard deviation of log(value) (sqrt(mean(d^2 / 2)))."""
@@ -217,9 +233,13 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     (out / "predictors.md").write_text(text)
     if chosen is not None:
         sigma = kd_seed_noise(rows, probes, chosen.budget, chosen.predictor)
+        rule = text_rule(rows, probes, chosen.budget, max(budgets))
         record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
                                    "sigma_log_kd_seed": sigma and sigma["sigma_log"], "measured_by": command,
-                                   "longest": max(budgets)}
+                                   "longest": max(budgets), "text_rule": rule}
+        print(f"text rule at {chosen.budget} KD steps without images: probe_guide of the text-following "
+              f"architectures <= {rule['text_following_max']}, of the others >= {rule['others_min']}: "
+              + (f"ceiling {rule['ceiling']:.3f}" if rule["separates"] else "no ceiling separates them"))
         path = selection or Path(getattr(args, "selection", SELECTION))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1, default=lambda v: None if not math.isfinite(v) else v) + "\n")
