@@ -8,13 +8,30 @@ benchmarks, a second driver -- excludes the others through the same file.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from blocksearch.errors import BlocksearchError
+
+
+class _NoFcntl:
+    """Stands in for ``fcntl`` where the platform has none (Windows): importing blocksearch, ``--help`` and
+    argument parsing still work; the first lock taken raises a one-line error. blocksearch is POSIX only."""
+
+    def __getattr__(self, name: str):
+        raise BlocksearchError(f"blocksearch needs a POSIX system (Linux or macOS): file locks use fcntl, not "
+                               f"available on {sys.platform}")
+
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = _NoFcntl()
 
 
 def default_cache_dir() -> Path:

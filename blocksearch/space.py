@@ -10,14 +10,27 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.dit_space import DitSearchSpace, load_dit_space
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _shipped_spaces_dir() -> Path:
+    """The shipped space files: package data ``blocksearch.search_spaces`` (pyproject.toml maps the repository's
+    top-level search_spaces/ onto it, in a wheel and in an editable install); a checkout that is only on
+    PYTHONPATH, not installed, has no such package and reads search_spaces/ beside the package folder."""
+    try:
+        return Path(resources.files("blocksearch.search_spaces"))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SPACES_DIR = _shipped_spaces_dir()
 MID_CHOICES = ("cross_attn", "resnet", "none")
 ATTENTION_CHOICES = ("keep", "drop")
 REMOVED = "removed"
@@ -298,13 +311,19 @@ def resolve_space_path(name_or_path: str) -> Path:
         return path
     candidate = SPACES_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
-        known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        known = [p.stem for p in space_files()]
         raise BlocksearchError(f"unknown space {name_or_path!r}; allowed: {known} or a .yaml path")
     return candidate
 
 
-def load_space(name_or_path: str) -> SearchSpace:
-    """Load and validate a space file; every error names the file, the key and the allowed values."""
+def space_files() -> list[Path]:
+    """The shipped space files (every ``*.yaml`` in ``SPACES_DIR``), by name: what ``space list`` shows."""
+    return sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace | DitSearchSpace:
+    """Load and validate a space file; every error names the file, the key and the allowed values.
+    A ``family: dit`` file is read by the dit family's loader (families/dit_space.py)."""
     path = resolve_space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -314,9 +333,11 @@ def load_space(name_or_path: str) -> SearchSpace:
         raise BlocksearchError(f"{path}:{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise BlocksearchError(f"{path}: expected a mapping with keys {sorted(_TOP_KEYS)}")
+    if raw.get("family") == "dit":
+        return load_dit_space(path, raw)
     _no_unknown(raw, _TOP_KEYS, f"{path}")
     if raw.get("family", "unet") != "unet":
-        raise BlocksearchError(f"{path}: family: {raw['family']!r}; allowed here: unet")
+        raise BlocksearchError(f"{path}: family: {raw['family']!r}; allowed: unet, dit")
     for key in ("name", "stages", "mid_block"):
         if key not in raw:
             raise BlocksearchError(f"{path}: missing key '{key}'")

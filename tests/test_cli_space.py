@@ -55,7 +55,7 @@ def test_unknown_teacher_and_space(capsys):
     assert main(["space", "show", "unet_blocks", "--teacher", "sd-v9"]) == 2
     assert "allowed: toy, sd-v1" in capsys.readouterr().err
     assert main(["space", "show", "no_such_space"]) == 2
-    assert "allowed: ['unet_blocks', 'unet_blocks_sdxl']" in capsys.readouterr().err
+    assert "allowed: ['dit_blocks', 'unet_blocks', 'unet_blocks_sdxl']" in capsys.readouterr().err
 
 
 def test_console_script_exit_code_and_no_traceback():
