@@ -69,3 +69,6 @@ def test_choose_says_when_nothing_meets_the_target():
             PredictorRow("probe_cfg", 960, 0.95, 0.9, 1.0, 10, 0.95, 0.9, 1.0, 8, 300.0)]  # over the cost cap
     chosen, meets = choose(rows, 1920)
     assert (chosen.predictor, chosen.budget, meets) == ("fid", 120, False)
+    rows.append(PredictorRow("alignment", 120, 0.9, 0.8, 1.0, 10, 0.9, 0.7, 1.0, 8, 90.0))  # a trial has none alone
+    rows.append(PredictorRow("probe_task", 120, 0.6, 0.2, 0.9, 10, 0.7, 0.3, 0.9, 8, 70.0))  # ties fid over text:
+    assert choose(rows, 1920)[0].predictor == "probe_task"  # ... then the better tau over all wins

@@ -50,7 +50,7 @@ POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the 
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
-               "latency_device", "latency_dtype")
+               "latency_device", "latency_dtype", "images")  # images: always generated here
 KD_FILE = "kd.json"  # beside a ladder's checkpoint: the cumulative KD seconds to reach it
 LOSSES_FILE = "losses.jsonl"  # beside a ladder's checkpoint: the per-step training losses of its segment
 

@@ -22,6 +22,7 @@ from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, 
 from blocksearch.predictors import CURVE_KEYS, loao_ridge
 from blocksearch.probe import PROBE_KEYS
 from blocksearch.rank_stats import kendall_tau_ci
+from blocksearch.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
 
 TOY_TEACHER_ALIGNMENT = 0.8125  # `blocksearch toy check` at the default evaluation settings (settings.py)
@@ -121,16 +122,20 @@ def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: in
 
 
 def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None, bool]:
-    """The cheapest non-baseline predictor meeting the target over the text-following architectures within the
-    cost cap, and True; else the best one measured (highest tau there, then cheaper), and False."""
+    """The first-stage score: among the scores a trial computes on its own (FID, the probe's: selection.SCORES),
+    within the cost cap, the cheapest meeting the target over the text-following architectures, and True;
+    else the best one measured there (highest tau over the text-following ones, then over all, then the
+    cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
+    chosen: a trial cannot compute them alone, or they are costs already searched on."""
     cap = MAX_COST_FRACTION * longest
-    usable = [r for r in table if r.predictor not in BASELINES and r.budget <= cap and math.isfinite(r.tau_text)]
+    usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)]
     meeting = [r for r in usable if r.tau_text >= TARGET and r.lo_text >= LOWER]
     if meeting:
         return min(meeting, key=lambda r: (r.cost_s, -r.tau_text)), True
     if not usable:
         return None, False
-    return max(usable, key=lambda r: (round(r.tau_text, 6), -r.cost_s)), False
+    return max(usable, key=lambda r: (round(r.tau_text, 6), round(r.tau, 6) if math.isfinite(r.tau) else -9,
+                                      -r.cost_s)), False
 
 
 def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
@@ -209,7 +214,13 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
                f"over {chosen.n_text} text-following architectures, {chosen.cost_s:.1f} s per student -- "
                + ("meets the target (tau >= 0.8, low end >= 0.6, <= 25 % of the long budget)" if meets else
                   "the best measured; it does NOT meet the target (tau >= 0.8 with the low end >= 0.6)"))
-    return "\n".join(lines + ["", f"The search's first-stage score: {verdict}.", ""])
+    finite = [r for r in table if math.isfinite(r.tau_text) and r.predictor not in BASELINES]
+    best = max(finite, key=lambda r: (round(r.tau_text, 6), -r.cost_s), default=None)
+    also = ("" if best is None or best == chosen else
+            f"\n\nThe best of every predictor over the text-following architectures, a trial's own or not: {best.predictor} "
+            f"at {best.budget} KD steps, tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, {best.cost_s:.1f} s.")
+    return "\n".join(lines + ["", f"The search's first-stage score (a score a trial computes alone, FID or the "
+                                   f"probe's): {verdict}.{also}", ""])
 
 
 def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets: list[int], args, out: Path,

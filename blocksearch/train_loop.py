@@ -1,0 +1,292 @@
+"""The loop of ``blocksearch train`` on one worker: BK-SDM's KD loss (``distill.Distiller.losses``; the teacher
+runs live under no_grad) on this worker's micro-batches of each global batch, gradient accumulation, DDP's
+all-reduce across workers (``ray.train.torch.prepare_model``), AdamW with the step's learning rate, EMA, and a
+checkpoint every K steps through ``ray.train.report``. Worker 0 also evaluates, logs, tracks, draws the learning
+curve and exports the final pipeline. A Session hides where the loop runs: a Ray Train worker, or this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from diffusers import StableDiffusionPipeline
+
+from blocksearch.distill import DistillConfig, Distiller, batch_stream, resolve_design
+from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import EvalConfig, score_images
+from blocksearch.families.unet import Student, build_student, load_student
+from blocksearch.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
+from blocksearch.teachers import Teacher, load_teacher
+from blocksearch.tracking import open_tracker
+from blocksearch.train_state import (Ema, TrainConfig, load_state, lr_at, micro_batch, save_state, settings_of,
+                                     split)
+
+RUN_NAME = "train"  # DIR/ray/train: Ray Train's storage of the run (checkpoints, the manager's snapshot)
+TERMS = ("loss", "loss_task", "loss_kd_out", "loss_kd_feat")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every worker needs, plain data: the teacher, the student (("design", NAME) or ("init", DIR)), the
+    KD recipe (a DistillConfig's dict), the loop (a TrainConfig's), the evaluation (an EvalConfig's, or None)."""
+
+    teacher: str
+    student: tuple[str, str]
+    space: str
+    distill: dict
+    train: dict
+    eval: dict | None
+    out: str
+    command: str = ""
+    source: dict = dataclasses.field(default_factory=dict)  # what the student came from, as given
+
+
+def make_student(job: TrainJob, teacher: Teacher) -> Student:
+    """A design cut out of the teacher (surgery), or a saved student folder (``load_student``)."""
+    kind, value = job.student
+    if kind == "design":
+        return build_student(teacher.unet, resolve_design(teacher.unet, value, job.space)[0])
+    return load_student(value, teacher.unet)
+
+
+# -- where the loop runs ----------------------------------------------------------------------------------
+class RaySession:
+    """A Ray Train worker: rank, world size and device from Ray; checkpoints through ``ray.train.report``."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def latest(self):
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this worker's device, in DDP over the workers (with more than one)."""
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict, step: int, folder: Path | None) -> None:
+        """Every worker calls it (a barrier); worker 0 brings the checkpoint folder."""
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:07d}")
+
+
+class LocalSession:
+    """This process, no Ray (``--workers 0``): checkpoints in DIR/checkpoints/step-N, the last ``keep`` kept."""
+
+    rank, world = 0, 1
+
+    def __init__(self, out: Path, device: str, keep: int):
+        self.root, self.device, self.keep = out / "checkpoints", torch.device(device), keep
+
+    def _done(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("step-*") if (p / "checkpoint.json").is_file())
+
+    @contextlib.contextmanager
+    def latest(self):
+        done = self._done()
+        yield done[-1] if done else None
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def report(self, metrics: dict, step: int, folder: Path | None) -> None:
+        target = self.root / f"step-{step:07d}"
+        shutil.rmtree(target, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, target.with_name(f".{target.name}.tmp"), dirs_exist_ok=True)
+        target.with_name(f".{target.name}.tmp").rename(target)
+        for old in self._done()[:-self.keep]:
+            shutil.rmtree(old)
+
+
+def ray_worker(config: dict) -> None:
+    """The function each Ray Train worker runs."""
+    job = config["job"]
+    train_worker(TrainJob(**{**job, "student": tuple(job["student"])}), RaySession())
+
+
+def run_local(job: TrainJob) -> None:
+    tcfg = TrainConfig.from_dict(job.train)
+    train_worker(job, LocalSession(Path(job.out), "cuda" if tcfg.gpus_per_worker else "cpu", tcfg.keep_checkpoints))
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+def train_worker(job: TrainJob, session) -> None:
+    """Train the student from the last checkpoint (if any) to ``steps``; worker 0 writes DIR's outputs."""
+    tcfg, dcfg = TrainConfig.from_dict(job.train), DistillConfig.from_dict(job.distill)
+    torch.set_num_threads(tcfg.cpus_per_worker)
+    torch.manual_seed(dcfg.seed)
+    lead, out = session.rank == 0, Path(job.out)
+    teacher = load_teacher(job.teacher, session.device)
+    student = make_student(job, teacher)
+    ema = Ema(student.unet, tcfg.ema) if tcfg.ema and lead else None  # before the KD hooks: a clean copy
+    recipe = Distiller(teacher, student, dcfg, session.device)
+    micro, accum = split(dcfg.batch_size, session.world, tcfg.micro_batch_size)
+    settings, genome = settings_of(dcfg, tcfg), student.genome.id
+    start = 0
+    with session.latest() as folder:
+        if folder is not None:
+            start = load_state(folder, recipe.unet, recipe.opt, recipe.scaler, ema, genome, teacher.unet, settings)
+    raw = recipe.unet
+    recipe.unet = model = session.wrap(raw)  # Distiller.losses runs the student through DDP
+    stream = batch_stream(teacher, dcfg)
+    log = RunLog(job, start, session.world, micro, accum) if lead else None
+    eval_cfg = EvalConfig.from_dict(job.eval) if job.eval else None
+    t0 = time.perf_counter()
+    for i in range(start, tcfg.steps):
+        lr = lr_at(i, dcfg.lr, tcfg.warmup, tcfg.steps, tcfg.schedule)
+        for group in recipe.opt.param_groups:
+            group["lr"] = lr
+        record = train_step(recipe, model, stream[i], session, micro, accum, i + 1) | {"lr": lr}
+        if ema is not None:
+            ema.update(raw)
+        step, scores = i + 1, {}
+        if lead:
+            log.step(record)
+            if eval_cfg is not None and (step % tcfg.every_eval == 0 or step == tcfg.steps):
+                scores = log.evaluate(step, teacher, ema.model if ema else raw, eval_cfg, session.device)
+                raw.train()
+                recipe.hooks.pop()  # the features of the generation's forwards
+        if step % tcfg.every_checkpoint == 0 or step == tcfg.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                if lead:
+                    save_state(Path(tmp), raw, recipe.opt, recipe.scaler, ema, step, genome, teacher.unet, settings)
+                    log.progress(step, record, scores, (step - start) / (time.perf_counter() - t0), True)
+                session.report(record | scores, step, Path(tmp) if lead else None)
+        elif lead and scores:
+            log.progress(step, record, scores, (step - start) / (time.perf_counter() - t0), False)
+    recipe.close()
+    if lead:
+        log.finish(teacher, ema.model if ema else raw, genome, time.perf_counter() - t0)
+
+
+def train_step(recipe: Distiller, model, batch, session, micro: int, accum: int, step: int) -> dict:
+    """One optimizer step on the global batch: this worker's ``accum`` micro-batches (the gradients of the
+    others' arrive by DDP's all-reduce on the last one), the step's losses averaged over every worker."""
+    sums = torch.zeros(len(TERMS), device=recipe.device)
+    for a in range(accum):
+        part = micro_batch(batch, session.rank, session.world, a, micro).to(recipe.device)
+        t_out, t_feats = recipe.teacher_targets(part)
+        last = a == accum - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if last else model.no_sync():
+            terms = recipe.losses(part, t_out, t_feats)
+            recipe.scaler.scale(terms["loss"] / accum).backward()
+        sums += torch.stack([terms[k].detach().float() for k in TERMS]) / accum
+    if session.world > 1:
+        dist.all_reduce(sums)
+        sums /= session.world
+    record = {"step": step} | {k: float(v) for k, v in zip(TERMS, sums)}
+    if not all(math.isfinite(v) for v in record.values()):
+        raise BlocksearchError(f"non-finite loss at step {step} (" + ", ".join(
+            f"{k}={record[k]:.4g}" for k in TERMS) + "); lower --lr or use --precision fp32; the last checkpoint "
+            "is kept")
+    recipe.scaler.unscale_(recipe.opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.config.max_grad_norm)
+    recipe.scaler.step(recipe.opt)
+    recipe.scaler.update()
+    recipe.opt.zero_grad(set_to_none=True)
+    return record
+
+
+class RunLog:
+    """Worker 0's outputs: DIR/train_log.jsonl and evals.jsonl (cut back to the checkpoint on resume), the
+    tracker, progress lines, the learning curve and, at the end, the pipeline and train.json."""
+
+    def __init__(self, job: TrainJob, start: int, world: int, micro: int, accum: int):
+        self.job, self.out, self.start = job, Path(job.out), start
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in (TRAIN_LOG, EVAL_LOG):
+            truncate_log(self.out / name, start)
+        self.split = {"workers": world, "micro_batch_size": micro, "accumulation": accum}
+        params = {"distill": job.distill, "train": job.train, "student": job.source, "split": self.split}
+        self.tracker = open_tracker(TrainConfig.from_dict(job.train).report_to, self.out, start, params,
+                                    self.out.name)
+        self.steps = TrainConfig.from_dict(job.train).steps
+        say(f"training {job.source.get('value')} from step {start} to {self.steps}: global batch "
+            f"{job.distill['batch_size']} = {world} worker(s) x {micro} x {accum} accumulation step(s)")
+
+    def step(self, record: dict) -> None:
+        with (self.out / TRAIN_LOG).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record["step"], {f"train/{k}": v for k, v in record.items() if k != "step"})
+
+    def evaluate(self, step: int, teacher: Teacher, unet, config: EvalConfig, device) -> dict:
+        t0 = time.perf_counter()
+        s = score_images(teacher, unet, config, device, progress=False)
+        scores = {"fid": s.distance.fid, "kid": s.distance.kid, "alignment": s.alignment}
+        with (self.out / EVAL_LOG).open("a") as f:
+            f.write(json.dumps({"step": step, **scores, "eval_s": round(time.perf_counter() - t0, 2)}) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(step, {f"eval/{k}": v for k, v in scores.items() if v is not None})
+        write_curve(compute_curve(self.out), self.out)
+        return scores
+
+    def progress(self, step: int, record: dict, scores: dict, rate: float, checkpoint: bool) -> None:
+        shown = "".join(f", {k} {v:.4g}" for k, v in scores.items() if v is not None)
+        say(f"step {step}/{self.steps}: loss {record['loss']:.4f} (task {record['loss_task']:.4f}, out "
+            f"{record['loss_kd_out']:.4f}, feat {record['loss_kd_feat']:.4f}), lr {record['lr']:.3g}{shown}; "
+            f"{rate:.2f} steps/s{'; checkpoint' if checkpoint else ''}")
+
+    def finish(self, teacher: Teacher, unet, genome: str, wall_s: float) -> None:
+        """The final student as a pipeline folder in DIR, the learning curve, train.json and a short card."""
+        pipe = StableDiffusionPipeline(vae=teacher.pipeline.vae, text_encoder=teacher.pipeline.text_encoder,
+                                       tokenizer=teacher.pipeline.tokenizer, unet=unet.eval(),
+                                       scheduler=teacher.pipeline.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(self.out, safe_serialization=True)
+        curve = compute_curve(self.out)
+        write_curve(curve, self.out)
+        weights = "EMA" if self.job.train.get("ema") else "final"
+        info = json.loads((self.out / "train.json").read_text())
+        info |= {"genome": genome, "steps": self.steps, "exported_weights": weights, "split": self.split,
+                 "final": curve.rows[-1] if curve.rows else None, "wall_s_last_session": round(wall_s, 1),
+                 "resumed_from": self.start or None}
+        (self.out / "train.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+        (self.out / "README.md").write_text(model_card(self.job, genome, weights, info["final"]), encoding="utf-8")
+        if self.tracker is not None:
+            self.tracker.close()
+
+
+def say(line: str) -> None:
+    """One progress line on stdout (not ``print``: Ray Train's workers route print through a logger too)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def model_card(job: TrainJob, genome: str, weights: str, final: dict | None) -> str:
+    """A short Hugging Face model card for the trained pipeline."""
+    final = final or {}
+    scores = ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "fid", "alignment") if final.get(k) is not None)
+    return "\n".join([
+        "---", "library_name: diffusers", "pipeline_tag: text-to-image",
+        "tags: [stable-diffusion, knowledge-distillation, bk-sdm, blocksearch]", "---", "",
+        f"# `{genome}`, trained by `blocksearch train`", "",
+        f"A block-removed U-Net distilled from teacher `{job.teacher}` with BK-SDM's feature KD (arXiv 2305.15798) "
+        f"for {job.train['steps']} steps at global batch {job.distill['batch_size']}, lr {job.distill['lr']} "
+        f"({job.train['schedule']}, warm-up {job.train['warmup']}). `unet/` holds the {weights} weights"
+        f"{' (EMA decay ' + str(job.train['ema']) + ')' if job.train.get('ema') else ''}. At the last step: "
+        f"{scores or 'not evaluated'}. The VAE, text encoder, tokenizer and scheduler are the teacher's.", "",
+        "```python", "from diffusers import StableDiffusionPipeline",
+        f'pipe = StableDiffusionPipeline.from_pretrained("{job.out}")', "```", "",
+        f"Made by: `{job.command}`; the learning curve is curve.html / curve.png / curve.csv.", ""])

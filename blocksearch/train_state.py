@@ -1,0 +1,191 @@
+"""The state of a long KD run (``blocksearch train``): learning-rate schedule, EMA of the weights, the split of
+a global batch into per-worker micro-batches, and checkpoints in safetensors + JSON (never pickle).
+
+- Schedule: linear warm-up (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), then constant, linear decay or
+  cosine decay (Loshchilov & Hutter 2017, SGDR) towards 0 at the last step. The rate depends on the step only,
+  so a resumed run needs no scheduler state.
+- EMA: ema <- decay * ema + (1 - decay) * w after every optimizer step (Polyak averaging, as DDPM and LDM train).
+- Batch split: the global batch of step i is ``BatchStream[i]`` (the same stream as ``blocksearch distill``);
+  worker r's micro-step a takes chunk ``a * workers + r`` of it, so N workers x micro x accumulation steps is
+  the global batch, the same samples whatever N is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from blocksearch.data import Batch, fingerprint
+from blocksearch.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig,
+                                 _flatten_optimizer, _unflatten_optimizer, _write_atomic)
+from blocksearch.errors import BlocksearchError
+from blocksearch.settings import Settings
+from blocksearch.tracking import TRACKERS
+
+SCHEDULES = ("constant", "linear", "cosine")
+EMA_FILE = "ema.safetensors"
+TRAIN_FORMAT = 1
+# The train settings a resumed run must share with the run it continues (with distill.TRAJECTORY): they shape
+# the trajectory. Workers and micro-batch size may change: the global batch's samples stay the same.
+TRAIN_TRAJECTORY = ("steps", "warmup", "schedule", "ema")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """The loop and its parallelism; the KD recipe itself (loss weights, lr, global batch, precision, data)
+    is a DistillConfig."""
+
+    steps: int = 1920
+    workers: int = 1  # Ray Train workers; 0: in this process, no Ray
+    micro_batch_size: int | None = None  # per worker and accumulation step (default: batch / workers)
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    warmup: int = 0
+    schedule: str = "constant"
+    ema: float = 0.0  # EMA decay of the weights; 0: off
+    checkpoint_every: int | None = None  # default: steps // 20
+    eval_every: int | None = None  # default: steps // 8; 0: off
+    keep_checkpoints: int = 2
+    report_to: str = "none"
+
+    def __post_init__(self):
+        ints = {"steps": 1, "workers": 0, "cpus_per_worker": 1, "warmup": 0, "keep_checkpoints": 1}
+        for name, low in ints.items():
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise BlocksearchError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: allowed: an integer "
+                                       f">= {low}")
+        if self.warmup > self.steps:
+            raise BlocksearchError(f"--warmup {self.warmup}: allowed: at most --steps ({self.steps})")
+        if self.schedule not in SCHEDULES:
+            raise BlocksearchError(f"--schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise BlocksearchError(f"--ema {self.ema}: allowed: 0 (off) or a decay in (0, 1), e.g. 0.999")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker and not self.workers):
+            raise BlocksearchError("--gpus-per-worker must be >= 0, and > 0 only with --workers >= 1")
+        for name in ("checkpoint_every", "eval_every", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (name != "eval_every")):
+                raise BlocksearchError(f"--{name.replace('_', '-')} {value!r}: allowed: an integer >= "
+                                       f"{int(name != 'eval_every')}")
+        if self.report_to not in TRACKERS:
+            raise BlocksearchError(f"--report-to {self.report_to!r}; allowed: {', '.join(TRACKERS)}")
+
+    @property
+    def every_checkpoint(self) -> int:
+        return self.checkpoint_every or max(1, self.steps // 20)
+
+    @property
+    def every_eval(self) -> int:
+        return max(1, self.steps // 8) if self.eval_every is None else self.eval_every
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
+    """The learning rate of optimizer update ``step`` (0-based) of ``total``: ``base * (step + 1) / warmup``
+    during warm-up, then constant, or decayed linearly / along a half cosine with progress
+    p = (step - warmup) / (total - warmup) from ``base`` at p = 0 towards 0 at p = 1."""
+    if schedule not in SCHEDULES:
+        raise BlocksearchError(f"--schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * p))
+    return base * (1.0 - p) if schedule == "linear" else base
+
+
+class Ema:
+    """An exponential moving average of a model's weights, kept in fp32 beside it."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise BlocksearchError(f"--ema {decay}: allowed: 0 (off) or a decay in (0, 1), e.g. 0.999")
+        self.decay = decay
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """ema <- decay * ema + (1 - decay) * w, for every parameter; buffers are copied."""
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def split(batch_size: int, workers: int, micro: int | None) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) with workers x micro x accumulation = the global batch."""
+    workers = max(1, workers)
+    micro = micro or batch_size // workers
+    if micro < 1 or batch_size % (workers * micro):
+        raise BlocksearchError(f"--batch-size {batch_size} is not a multiple of {workers} worker(s) x "
+                               f"--micro-batch-size {micro}; allowed: a global batch that workers x micro-batch "
+                               f"divides (accumulation steps = batch / (workers x micro-batch))")
+    return micro, batch_size // (workers * micro)
+
+
+def micro_batch(batch: Batch, rank: int, world: int, step: int, micro: int) -> Batch:
+    """Worker ``rank``'s rows for accumulation step ``step``: chunk ``step * world + rank`` of ``micro`` rows."""
+    start = (step * world + rank) * micro
+    return Batch(*(t[start:start + micro] for t in (batch.noisy, batch.timesteps, batch.text, batch.target)))
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+def settings_of(distill: DistillConfig, train) -> dict:
+    """What a checkpoint must share with the run that continues it."""
+    return {"distill": {k: getattr(distill, k) for k in TRAJECTORY},
+            "train": {k: getattr(train, k) for k in TRAIN_TRAJECTORY}}
+
+
+def save_state(folder: Path, unet, opt, scaler, ema: Ema | None, step: int, genome: str, teacher_unet,
+               settings: dict) -> Path:
+    """``folder``/unet.safetensors (the student), optimizer.safetensors (AdamW's tensors), ema.safetensors (the
+    EMA weights, when on) and checkpoint.json (the step = the next batch of the stream, the optimizer's scalars,
+    the grad scaler, and the settings a resume must match), each written to a temp file and renamed, JSON last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, scalars = _flatten_optimizer(opt.state_dict())
+    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(_cpu(unet), tmp))
+    _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+    if ema is not None:
+        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(_cpu(ema.model), tmp))
+    info = {"format": TRAIN_FORMAT, "kind": "train", "step": step, "data_index": step, "genome": genome,
+            "teacher": fingerprint(teacher_unet), **settings, "optimizer": scalars,
+            "grad_scaler": scaler.state_dict()}
+    _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
+    return folder
+
+
+def load_state(folder: Path, unet, opt, scaler, ema: Ema | None, genome: str, teacher_unet, settings: dict) -> int:
+    """Load a ``save_state`` folder into the run; the step reached. Refused when it was written for another
+    student, teacher or trajectory (naming the first setting that differs)."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise BlocksearchError(f"no train checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
+    info = json.loads(path.read_text())
+    wanted = {"genome": genome, "teacher": fingerprint(teacher_unet), **json.loads(json.dumps(settings))}
+    for key, value in wanted.items():
+        if isinstance(value, dict):
+            diff = [k for k in value if value[k] != info.get(key, {}).get(k)]
+            if diff:
+                raise BlocksearchError(f"checkpoint {folder} does not continue this run: its {diff[0]} is "
+                                       f"{info.get(key, {}).get(diff[0])!r}, this run's {value[diff[0]]!r}; "
+                                       f"rerun with its settings or write to another -o folder")
+        elif value != info.get(key):
+            raise BlocksearchError(f"checkpoint {folder} does not continue this run: its {key} differs "
+                                   f"({info.get(key)!r}); write to another -o folder")
+    unet.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    opt.load_state_dict(_unflatten_optimizer(load_file(folder / OPTIMIZER_FILE), info["optimizer"]))
+    scaler.load_state_dict(info["grad_scaler"])
+    if ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise BlocksearchError(f"checkpoint {folder} has no {EMA_FILE}: it was written without --ema")
+        ema.model.load_state_dict(load_file(folder / EMA_FILE))
+    return int(info["step"])
+
+
+def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

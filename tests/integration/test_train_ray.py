@@ -1,0 +1,101 @@
+"""``blocksearch train`` on Ray Train (TorchTrainer, DDP over gloo on CPU): 2 workers train the same student as 1
+from the same global batch; a run whose CLI driver is SIGKILLed after its first checkpoint continues from its last
+checkpoint when the same command runs again, and ends with the student of a straight run; a worker's error is one
+line. A Ray start costs 10-20 s on a busy 2-core machine, so the in-process runs and the killed driver share one
+local Ray (``--address``); one CLI run starts its own, as a user's does."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from blocksearch.cli import main
+from blocksearch.learning_curve import read_log
+from tests.conftest import save_tiny_teacher
+from tests.integration.conftest import ROOT, free_port
+from tests.test_train import assert_same_student, initial_student, train_args, weights
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
+
+
+def on_ray(teacher: str, out: Path, steps: int, workers: int, *extra: str) -> list[str]:
+    """``train_args`` on ``workers`` Ray Train workers of a new local Ray (its dashboard on a free port)."""
+    args = train_args(teacher, out, steps, *extra)
+    at = args.index("--workers")
+    return args[:at] + ["--workers", str(workers), "--dashboard-port", str(free_port())] + args[at + 2:]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this module's in-process runs (``run_train`` uses a Ray the process has started), token
+    auth off on purpose (tests/conftest.py: no token files in the user's home)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as tests/conftest.py sets it for every test
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def test_two_workers_train_the_same_student_as_one(local_ray, tmp_path, capsys):
+    """fp32, global batch 4 for 3 steps: 2 workers x 2 rows (DDP's all-reduce) and 1 worker x 4 rows give the
+    same losses and weights up to float rounding (tests/test_train.py ``assert_same_student``)."""
+    teacher = save_tiny_teacher(tmp_path)
+    assert main(on_ray(teacher, tmp_path / "one", 3, 1)) == 0
+    assert main(on_ray(teacher, tmp_path / "two", 3, 2)) == 0
+    for a, b in zip(read_log(tmp_path / "one" / "train_log.jsonl"), read_log(tmp_path / "two" / "train_log.jsonl")):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert_same_student(weights(tmp_path / "one"), weights(tmp_path / "two"), initial_student(teacher))
+    assert (tmp_path / "two" / "ray" / "train" / "step-0000003" / "checkpoint.json").is_file()
+    assert main(on_ray(teacher, tmp_path / "big", 3, 4)) == 2  # 4 workers x 1 CPU on a 2-CPU Ray
+    assert "the Ray cluster has 2 CPU" in capsys.readouterr().err
+
+
+def test_a_workers_error_is_one_line_and_the_cli_starts_its_own_ray(tmp_path):
+    """The CLI as a user runs it, starting (and stopping) its own local Ray: a worker's BlocksearchError (a
+    non-finite loss) ends the run with exit code 2 and the error's one line last on stderr."""
+    teacher = save_tiny_teacher(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.run([sys.executable, "-m", "blocksearch.cli", *on_ray(teacher, tmp_path / "nan", 3, 2, "--lr",
+                                                                            "1e30")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    last = run.stderr.strip().splitlines()[-1]  # after Ray's own log of the worker's traceback
+    assert run.returncode == 2 and last.startswith("blocksearch: error: non-finite loss at step 2 (loss=nan"), last
+
+
+def test_a_killed_ray_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
+    """The CLI driver on this module's Ray (``--address``) SIGKILLed after Ray Train registered its first
+    checkpoint; the same command again continues from the last registered checkpoint."""
+    teacher = save_tiny_teacher(tmp_path)
+    out = tmp_path / "killed"
+    args = on_ray(teacher, out, 12, 2, "--checkpoint-every", "2")
+    args[args.index("--dashboard-port"):args.index("--dashboard-port") + 2] = [
+        "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, "-m", "blocksearch.cli", *args]
+    doomed = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"  # Ray Train's record of checkpoints
+    try:
+        end = time.time() + 300
+        while doomed.poll() is None and time.time() < end and not (
+                snapshot.is_file() and "step-0000002" in snapshot.read_text()):
+            time.sleep(0.05)
+        os.killpg(doomed.pid, signal.SIGKILL)  # the driver: Ray ends its job's Train controller and workers
+    finally:
+        doomed.wait(30)
+    assert doomed.returncode == -signal.SIGKILL and not (out / "model_index.json").exists()
+    logged_before = max(r["step"] for r in read_log(out / "train_log.jsonl"))
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    start = int(rerun.stdout.split(" from step ")[1].split()[0])
+    assert 2 <= start <= logged_before and start % 2 == 0, (start, logged_before)
+    assert [r["step"] for r in read_log(out / "train_log.jsonl")] == list(range(1, 13))
+    assert main(train_args(teacher, tmp_path / "straight", 12, "--checkpoint-every", "2")) == 0
+    for a, b in zip(read_log(out / "train_log.jsonl"), read_log(tmp_path / "straight" / "train_log.jsonl")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert_same_student(weights(out), weights(tmp_path / "straight"), initial_student(teacher))
