@@ -419,10 +419,10 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         floor = measure_teacher(cfg, job, study, out)
         if remaining > 0:
             if cfg.score in PROBE_KEYS:  # no images in the first stage: its text rule is the probe's (selection.py)
-                rule = "off" if stage.guide_ceiling is None else f"probe_guide <= {stage.guide_ceiling:.3f}"
+                ceiling = stage.guide_ceiling if cfg.min_alignment > 0 else None  # --min-alignment 0: no text rule
+                rule = "off" if ceiling is None else f"probe_guide <= {ceiling:.3f} (bench fidelity's text rule)"
                 print(f"first stage: no images generated; feasible students: {rule}", file=out)
-                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, None,
-                      guide_ceiling=stage.guide_ceiling)
+                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, None, guide_ceiling=ceiling)
             else:
                 _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
         run_rungs(dataclasses.replace(cfg, objectives=rung_objectives), storage, bound, plan, params_of, ray_info,

@@ -12,6 +12,7 @@ from blocksearch.rungs import promoted
 from blocksearch.space import Genome
 from blocksearch.study import counts
 from blocksearch.families.unet import build_student
+from blocksearch.selection import read_selection
 from blocksearch.teachers import load_teacher
 from tests.integration.conftest import free_port
 
@@ -30,6 +31,10 @@ def test_the_students_near_the_front_go_on_to_a_longer_budget(tiny_teacher, tmp_
     base = optuna.load_study(study_name="r", storage=db)
     rung = optuna.load_study(study_name="r@6", storage=db)
     assert counts(base)["done"] == 4 and base.user_attrs["rungs"] == [6]
+    # the default first stage is ranked by the score bench fidelity chose (no images), the rung by FID
+    assert base.metric_names[0] == base.user_attrs["score"] == read_selection()["predictor"]
+    assert rung.metric_names[0] == rung.user_attrs["score"] == "fid"
+    assert all(t.user_attrs["metrics"]["fid"] is None for t in base.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     chosen = {t.number: t for t in promoted(build_report(base))}
     assert {t.design for t in chosen.values()} >= {"bk_base", "bk_small", "bk_tiny"}
     done = rung.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -53,10 +58,16 @@ def test_the_students_near_the_front_go_on_to_a_longer_budget(tiny_teacher, tmp_
     tiny = next(t for t in done if t.user_attrs.get("design") == "bk_tiny")
     teacher = load_teacher(str(tiny_teacher), device="cpu")
     straight = build_student(teacher.unet, Genome.from_id(tiny.user_attrs["genome"]))
-    distill(teacher, straight, DistillConfig.from_dict(rung.user_attrs["distill"]), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trials ran (--cpus-per-trial 1): another thread count rounds otherwise
+    try:
+        distill(teacher, straight, DistillConfig.from_dict(rung.user_attrs["distill"]), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     continued = type(straight.unet).from_pretrained(tiny.user_attrs["student_dir"])
     for name, tensor in straight.unet.state_dict().items():
-        torch.testing.assert_close(continued.state_dict()[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(continued.state_dict()[name], tensor, atol=1e-6, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
     assert main(args) == 0  # a rerun: every rung done, nothing to train
     assert "nothing to run" in capsys.readouterr().out
