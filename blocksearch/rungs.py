@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import dominates, dominates_despite_noise
+from blocksearch.pareto import dominates, dominates_despite_noise, non_dominated_sort
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
@@ -47,11 +48,19 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
     return rungs
 
 
-def promoted(report: ParetoReport) -> list[TrialPoint]:
-    """The students of ``report`` that go on to the next rung: every reference design's, and every feasible
-    completed student on or within noise of the front -- one that no other dominates even with both moved by
-    their noise margins (``pareto.dominates_despite_noise``; with the noise not measured, the plain front).
-    Sorted by trial number."""
+MAX_FRACTION = 0.5  # a rung takes at most this share of the feasible students below it (reference designs included)
+COSTS = ("params", "macs", "latency_ms", "e2e_ms", "memory_mb")  # objectives that are costs, not quality
+
+
+def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[TrialPoint]:
+    """The students of ``report`` that go on to the next rung (successive halving's cut, Jamieson & Talwalkar
+    2016): every reference design's, and every feasible completed student on or within noise of the front --
+    one that no other dominates even with both moved by their noise margins (``pareto.dominates_despite_noise``,
+    on the noise measured for each objective, the first-stage score's included; unmeasured: the plain front) --
+    at most ``max_fraction`` of the feasible students (never fewer than the reference designs). Past the cap the
+    reference designs stay (the comparison at the longer budget) and the others are taken by non-dominated rank
+    (Deb et al. 2002), then by the quality objective's value (the first objective that is not a cost). Sorted by
+    trial number."""
     sign = [1.0 if d == "minimize" else -1.0 for d in report.directions]
     points = {t.number: tuple(s * v for s, v in zip(sign, t.values)) for t in report.ranked}
     sigmas = [report.noise[o].sigma if o in report.noise else None for o in report.objectives]
@@ -62,7 +71,17 @@ def promoted(report: ParetoReport) -> list[TrialPoint]:
                    for m, p in points.items())
 
     refs = set(report.reference_trials.values())
-    return [t for t in report.ranked if t.number in refs or not beaten(t.number)]
+    chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
+    kept = [t for t in chosen if t.number in refs]
+    cap = max(len(kept), math.floor(max_fraction * len(report.ranked)))
+    if len(chosen) <= cap:
+        return chosen
+    others = [t for t in chosen if t.number not in refs]
+    rank = {others[i].number: r for r, front in enumerate(non_dominated_sort([points[t.number] for t in others]))
+            for i in front}
+    q = next((i for i, o in enumerate(report.objectives) if o not in COSTS), 0)
+    others.sort(key=lambda t: (rank[t.number], points[t.number][q], t.number))
+    return sorted(kept + others[:cap - len(kept)], key=lambda t: t.number)
 
 
 def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: list[str], attrs: dict,
@@ -104,11 +123,13 @@ def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, 
     rungs = attrs["rungs"]
     for i, steps in enumerate(rungs):
         name = rung_name(cfg.study, steps)
-        rung_job = dataclasses.replace(job, distill=job.distill | {"steps": steps}, resume_dir=below_dir,
+        rung_job = dataclasses.replace(job, distill=job.distill | {"steps": steps}, resume_dir=below_dir, score="fid",
+                                       eval=job.eval | {"images": True},
                                        students_dir=str(Path(cfg.runs_dir) / name / "students"),
                                        report_every=max(1, steps // 10), checkpoint=i + 1 < len(rungs))
         rung_attrs = attrs | {"distill": json.loads(json.dumps(rung_job.distill, default=str)),
-                              "rung": {"of": cfg.study, "from": below, "steps": steps}}
+                              "eval": json.loads(json.dumps(rung_job.eval, default=str)),
+                              "rung": {"of": cfg.study, "from": below, "steps": steps}, "score": "fid"}
         plan.append((name, below, rung_job, rung_attrs))
         below, below_dir = name, rung_job.students_dir
     return plan

@@ -37,7 +37,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
-from blocksearch.rungs import (check_rung_settings, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
+from blocksearch.rungs import (MAX_FRACTION, check_rung_settings, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
                                promoted, rung_plan, rung_work)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
@@ -137,7 +137,8 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         chosen = promoted(report)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
-              f"{below!r} go on from their KD checkpoints -- the reference designs and every student {rule}: "
+              f"{below!r} go on from their KD checkpoints -- the reference designs and the students {rule}, at most "
+              f"{MAX_FRACTION:.0%} of the feasible: "
               f"{', '.join(t.genome for t in chosen)}", file=out)
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives], attrs,
                              chosen, bound)
@@ -380,9 +381,12 @@ class Progress:
 
 
 # -- the run -----------------------------------------------------------------------------------------
-def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
-    """Validate everything, then connect Ray, prepare the study and run the remaining trials."""
+def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | None = None) -> ParetoReport:
+    """Validate everything, then connect Ray, prepare the study and run the remaining trials. Progress goes to
+    ``out`` (default: stdout), the final fronts and the results lines to ``results`` (default: ``out``; ``-q``
+    sends progress to os.devnull)."""
     out = out or sys.stdout
+    results = results or out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = resolve(cfg)  # every check reads only; the first write is prepare_study
     stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
@@ -393,7 +397,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         _probe(cfg.address)
     space = load_space(cfg.space)
     storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir),
-                           heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+                           heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
     study = existing_study(storage, cfg)
     check_inputs(cfg)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
     bound, teacher_unet = bind_space(space, cfg.teacher)
@@ -407,7 +411,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
         print(f"study {cfg.study!r} already has {done} finished trials (>= --trials {cfg.trials}); "
               f"nothing to run", file=out)
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
-        return finish(cfg, storage, out, plan)
+        return finish(cfg, storage, results, plan)
     params_of = params_table(teacher_unet, bound)
     ray_info = start_ray(cfg)  # fails (unreachable --address) before the study is touched
     try:
@@ -429,7 +433,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None) -> ParetoReport:
                   out, floor)
     finally:
         stop_ray()
-    return finish(cfg, storage, out, plan)
+    return finish(cfg, storage, results, plan)
 
 
 def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:

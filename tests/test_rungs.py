@@ -28,7 +28,10 @@ def test_without_noise_the_front_and_the_reference_designs_go_on(tmp_path):
     infeasible = ("COMPLETE", (1.0, 10.0, 1.0), "L2-2-1-1_T1-1-0-0_Mres", None, {"constraints": {"alignment_floor": 0.5}})
     r = _report(tmp_path, CASE + [infeasible])
     assert not r.noise_measured
-    assert [t.number for t in promoted(r)] == [0, 1, 2, 3]  # the infeasible trial 7 would dominate all: it stops
+    # the infeasible trial 7 would dominate all: it stops
+    assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3]
+    # at most half of the 5 feasible students (2), reference designs first: they take both places
+    assert [t.number for t in promoted(r)] == [0, 1]
 
 
 def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
@@ -37,7 +40,11 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     # noise is out, so it goes on; trial 4 (13, 120, 11) is dominated by bk_base even with the margins: it stops.
     r = _report(tmp_path, NOISE_CASE, SEED_SCORES)
     assert r.noise_measured and r.front == (5, 3, 1)
-    assert [t.number for t in promoted(r)] == [0, 1, 2, 3, 5]
+    assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3, 5]
+    # at most half of the 6 feasible (3): bk_base, bk_small, then by non-dominated rank among 2, 3, 5 (5 dominates
+    # 2: rank 0 is {3, 5}) and within the rank the better FID (5: 7.5 before 3: 11)
+    assert [t.number for t in promoted(r)] == [0, 1, 5]
+    assert [t.number for t in promoted(r, max_fraction=4 / 6)] == [0, 1, 3, 5]
 
 
 def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
@@ -81,7 +88,7 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
 
 def test_a_rung_queues_each_promoted_student_once(tmp_path):
     r = _report(tmp_path, CASE)
-    chosen = promoted(r)
+    chosen = promoted(r, max_fraction=1.0)
     bound = load_space("unet_blocks").bind(teacher_topology("toy"))
     storage = optuna.storages.get_storage(f"sqlite:///{tmp_path / 'blocksearch.db'}")
     for _ in range(2):  # a resume queues nothing twice
