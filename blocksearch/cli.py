@@ -17,9 +17,10 @@ import warnings
 from pathlib import Path
 
 from blocksearch import parsers
+from blocksearch.console import quiet, set_quiet
 from blocksearch.errors import BlocksearchError
-from blocksearch.parsers import RUN_FLAGS, read_run_config
-from blocksearch.space import SPACES_DIR, load_space
+from blocksearch.parsers import RUN_FLAGS, dump_run_config, read_run_config
+from blocksearch.space import load_space, space_files
 from blocksearch.study import SearchConfig
 
 LIBRARY_VERBOSITY = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY",
@@ -29,7 +30,11 @@ LIBRARY_VERBOSITY = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSF
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet: choose one")
     quiet_libraries(args.verbose)
+    if args.quiet:
+        set_quiet()  # progress bars and progress lines off (console.py)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blocksearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `blocksearch ... | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a tool the pipe stopped
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- blocksearch space ----------------------------------------------------------------------------
 def cmd_space_list(args) -> int:
-    for path in sorted(SPACES_DIR.glob("*.yaml")):
+    for path in space_files():
         space = load_space(str(path))
         print(f"{space.name:24s} teacher {space.teacher:8s} {path}")
     return 0
@@ -78,6 +86,8 @@ def cmd_space_show(args) -> int:
     from blocksearch.teachers import load_teacher_unet, topology_of
 
     space = load_space(args.space)
+    if space.family == "dit":
+        return show_dit_space(space, args)
     teacher_name = args.teacher or space.teacher
     teacher = load_teacher_unet(teacher_name, device="cpu")
     bound = space.bind(topology_of(teacher.config))
@@ -102,6 +112,40 @@ def cmd_space_show(args) -> int:
         print(f"{name:12s} {genome.id:28s} {fmt('params', params, 1):>9s} ({params / base_p:6.1%}) "
               f"{fmt('macs', macs, 1):>9s} ({macs / base_m:6.1%})")
     print("\nMACs: one U-Net forward at batch 1, torch.utils.flop_counter (matmul, conv, attention).")
+    return 0
+
+
+def show_dit_space(space, args) -> int:
+    """``space show`` of a transformer space (families/dit.py): groups, size, and the designs' exact params."""
+    from blocksearch.families.dit import PIPELINES, TEXT_LEN, design_costs
+    from blocksearch.families.dit_genome import load_teacher_config, topology_of
+    from blocksearch.render import fmt
+
+    teacher_name = args.teacher or space.teacher
+    config = load_teacher_config(teacher_name)
+    bound = space.bind(topology_of(config))
+    topo = bound.topology
+    print(f"space {space.name} ({space.path}) on teacher {teacher_name} ({topo.model_class}, "
+          f"{PIPELINES[topo.model_class]})\n")
+    print(f"{'group':28s} {'blocks':>6s}  choices (patterns keeping the same blocks count once)")
+    for group, n in topo.depths:
+        choices = [c for c, _ in dict(bound.options).get(group, (("all (not searched)", None),))]
+        print(f"{group:28s} {n:6d}  {', '.join(choices)}")
+    print(f"\ndistinct architectures: {len(bound)}\n")
+    latent = args.latent or config.get("sample_size", 128)  # Flux has none: 128 latents = 1024 px
+    rows = design_costs(bound, config, teacher_name, latent)
+    print(f"{'design':14s} {'genome':24s} {'params':>17s} {f'MACs @ {latent}x{latent}':>19s}  published (ours vs it)")
+    base_p, base_m = rows[0].params, rows[0].macs
+    for r in rows:
+        pub = "" if r.published is None else (f"{fmt('params', r.published[0], 2)} "
+                                              f"({r.paper_params / r.published[0] - 1:+.2%}) {r.published[1]}")
+        print(f"{r.name:14s} {r.genome.id:24s} {fmt('params', r.params, 2):>9s} ({r.params / base_p:6.1%}) "
+              f"{fmt('macs', r.macs, 1):>10s} ({r.macs / base_m:6.1%})  {pub}")
+    if any(r.paper_params != r.params for r in rows):
+        print("\nDiT counts its timestep and class embedders once; diffusers repeats them in every block. Counted as "
+              "DiT does: " + ", ".join(f"{r.name} {fmt('params', r.paper_params, 1)}" for r in rows))
+    text = f"{TEXT_LEN[topo.model_class]} text tokens" if TEXT_LEN[topo.model_class] else "a class label"
+    print(f"\nMACs: one transformer forward at batch 1 ({text}), torch.utils.flop_counter (matmul, attention).")
     return 0
 
 
@@ -132,11 +176,19 @@ def cmd_export(args) -> int:
 
 # -- blocksearch run ------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from blocksearch.search import run_search
+    from blocksearch.search import resolve, run_search
 
     given = {name: getattr(args, name) for name, _ in RUN_FLAGS if hasattr(args, name)}
     from_file = read_run_config(args.config) if args.config else {}
-    run_search(SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:])))
+    cfg = SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:]))
+    if args.print_config:  # the settings resolved (defaults, --config, flags; paths absolute), nothing run
+        print(dump_run_config(resolve(cfg)), end="")
+        return 0
+    if quiet():  # -q: the fronts and the results lines only
+        with open(os.devnull, "w") as progress:
+            run_search(cfg, out=progress, results=sys.stdout)
+    else:
+        run_search(cfg)
     return 0
 
 
@@ -165,7 +217,7 @@ def cmd_distill(args) -> int:
         genome, name = resolve_design(teacher.unet, args.design, args.space)
         student = build_student(teacher.unet, genome)
     result = distill(teacher, student, config, args.device)
-    if config.steps:
+    if config.steps and not quiet():
         print(result.extra["teacher_cache"])
     meta = {"teacher": args.teacher, "design": name, "space": args.space, "distill": config.to_dict(),
             "device": args.device, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
@@ -198,7 +250,7 @@ def cmd_evaluate(args) -> int:
     unet = load_unet(folder, what="student folder",
                      expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
     teacher = load_teacher(teacher_spec, args.device)
-    given = dict(prompts=args.prompts, steps=args.sampler_steps, guidance=args.guidance, seed=args.seed,
+    given = dict(prompts=args.prompts, steps=args.inference_steps, guidance=args.guidance, seed=args.seed,
                  resolution=args.resolution, reference_images=args.reference_images,
                  latency_repeats=args.latency_repeats)
     config = EvalConfig(**(eval_defaults(teacher.is_toy) | {k: v for k, v in given.items() if v is not None}),
@@ -234,7 +286,7 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
         raise BlocksearchError(f"{', '.join(unused)}: not used by --protocol bk-sdm (its prompts and reference "
                                f"are MS-COCO's; --limit N takes a subset)")
     weights = args.inception_weights or str(inception_weights(EvalConfig()))
-    overrides = dict(steps=args.sampler_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
+    overrides = dict(steps=args.inference_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
     spec = ProtocolSpec(**{k: v for k, v in overrides.items() if v is not None})
     unet = load_unet(folder, what="student folder", expected="a folder written by `blocksearch distill`, a "
                                                              "diffusers U-Net folder or a pipeline folder")
@@ -245,6 +297,32 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     out.write_text(json.dumps(result | {"model": str(folder), "teacher": teacher.name}, indent=2, default=str) + "\n")
     print(format_result(result, str(folder)))
     print(f"metrics written to {out}")
+    return 0
+
+
+# -- blocksearch train (train.py) -----------------------------------------------------------------
+def cmd_train(args) -> int:
+    from blocksearch.train import prepare_job, run_train
+
+    student = (("trial", f"{args.study}:{args.trial}") if args.trial is not None else
+               ("init", args.init) if args.init else ("design", args.design))
+    distill = {k: getattr(args, k) for k in ("batch_size", "lr", "lambda_task", "lambda_out", "lambda_feat",
+                                             "feat_norm", "precision", "seed", "data", "resolution", "cache_dir")}
+    train = {k: getattr(args, k) for k in ("steps", "workers", "micro_batch_size", "cpus_per_worker",
+                                           "gpus_per_worker", "warmup", "schedule", "ema", "checkpoint_every",
+                                           "eval_every", "report_to")}
+    evaluation = {"prompts": args.eval_prompts, "reference": args.reference, "captions": args.captions,
+                  "inception_weights": args.inception_weights, "clip_model": args.clip_model,
+                  "cache_dir": args.cache_dir}
+    job = prepare_job(args.teacher, student, args.out, space=args.space, storage=args.storage, distill=distill,
+                      train=train, evaluation=evaluation, command=" ".join(["blocksearch"] + sys.argv[1:]))
+    info = run_train(job, address=args.address, dashboard_port=args.dashboard_port)
+    final = info.get("final") or {}
+    scores = "".join(f", {k} {final[k]:.4g}" for k in ("fid", "alignment") if final.get(k) is not None)
+    print(f"{info.get('genome')}: trained to step {info.get('steps')} (loss {final.get('loss', float('nan')):.4f}"
+          f"{scores}); pipeline ({info.get('exported_weights')} weights) in {job.out}, learning curve "
+          f"{job.out}/curve.html, checkpoints under {job.out}/"
+          f"{'checkpoints' if job.train.get('workers') == 0 else 'ray/train'}")
     return 0
 
 
@@ -262,7 +340,8 @@ def cmd_bench(args) -> int:
 
 # Each verb's handler, by the verb's name (`bench`: kd, latency, stability, fidelity); parsers.build_parser wires them.
 HANDLERS = {"space show": cmd_space_show, "space list": cmd_space_list, "report": cmd_report, "export": cmd_export,
-            "run": cmd_run, "distill": cmd_distill, "evaluate": cmd_evaluate, "bench": cmd_bench}
+            "run": cmd_run, "distill": cmd_distill, "evaluate": cmd_evaluate, "bench": cmd_bench,
+            "train": cmd_train}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
+from blocksearch.console import quiet
 from blocksearch.data import hash_seed
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import clip_score
@@ -187,7 +188,7 @@ def generate(pipe, prompts: list[str], spec: ProtocolSpec, device, batch_size: i
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     size, out = spec.eval_resolution, []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch"):
+    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=quiet()):
         chunk = prompts[i:i + batch_size]
         gens = [torch.Generator(device).manual_seed(spec.seed + i + j) for j in range(len(chunk))]
         images = pipe(chunk, height=spec.resolution, width=spec.resolution, num_inference_steps=spec.steps,

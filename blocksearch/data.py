@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
+from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy.world import sample_batch
@@ -161,7 +162,7 @@ class ImageFolder:
         size = self.size
         gen = torch.Generator().manual_seed(0)
         latents, text = [], []
-        for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch"):
+        for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch", disable=quiet()):
             chunk = self.items[i:i + 16]
             images = torch.stack([load_image(self.root / f, size) for f, _ in chunk])
             latents.append(encode_images(pipe, images, gen))

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
+from blocksearch.console import quiet
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
@@ -232,7 +233,7 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     losses = []
     try:
         bar = tqdm(range(first, config.steps), desc=f"distill {student.genome.id}", unit="step",
-                   disable=not progress)
+                   disable=not progress or quiet())
         for i in bar:
             if cache is not None:
                 batch, t_out, t_feats = cache[i]

@@ -14,6 +14,7 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
+from blocksearch.console import quiet
 from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.model_card import model_card
@@ -72,7 +73,7 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
     teacher = teacher_pipeline(report.attrs.get("teacher", "toy"))
     scale = _teacher_cost(teacher.unet)
     folders = []
-    for t in tqdm(chosen, desc="export", unit="student", disable=len(chosen) < 2):
+    for t in tqdm(chosen, desc="export", unit="student", disable=len(chosen) < 2 or quiet()):
         folder = out / f"trial{t.number}_{t.genome}" if front else out
         command = f"blocksearch export --study {study}" + (f" --storage {storage}" if storage else "") + (
             " --front" if front else f" --design {design}" if design else f" --trial {t.number}") + f" -o {out}"

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blocksearch.cache import yield_to_measurement
+from blocksearch.console import quiet
 from blocksearch.settings import GUIDANCE_SCALE, NUM_STEPS
 
 
@@ -28,7 +29,7 @@ def generate(
     if len(prompts) != len(seeds):
         raise ValueError(f"generate got {len(prompts)} prompts but {len(seeds)} seeds")
     out = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress or quiet()):
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,

@@ -13,11 +13,15 @@ from collections.abc import Callable, Mapping
 
 import yaml
 
+from blocksearch import __version__
 from blocksearch.cache import default_cache_dir
+from blocksearch.console import add_renamed, deprecated
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import REFERENCE
 from blocksearch.samplers import DEFAULT_SAMPLER, SAMPLERS
-from blocksearch.settings import FIDELITY, LATENCY_MIN_S, LATENCY_REPEATS, MEASURED, MEASURED_COLUMNS, MEASURED_DIR
+from blocksearch.settings import (FIDELITY, LATENCY_MIN_S, LATENCY_REPEATS, MEASURED, MEASURED_COLUMNS, MEASURED_DIR,
+                                  SELECTION_SCORE)
+from blocksearch.selection import CHOICES as SCORE_CHOICES
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
@@ -33,19 +37,39 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blocksearch",
         description="Find small, fast Stable Diffusion U-Nets by removing blocks and distilling "
-                    "(BK-SDM, arXiv 2305.15798, as a multi-objective search).")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log progress details (INFO) and show library warnings")
+                    "(BK-SDM, arXiv 2305.15798, as a multi-objective search).",
+        epilog="Every command takes -v/--verbose and -q/--quiet, before or after its name, and -o where it writes "
+               "files (-o/--out; run: -o/--runs-dir); 'blocksearch <command> --help' describes each. Bad input: one "
+               "line on stderr and exit code 2.")
+    parser.add_argument("--version", action="version", version=f"blocksearch {__version__}")
     verbs = parser.add_subparsers(title="commands", metavar="<command>")
     add_space_parser(verbs, handlers["space show"], handlers["space list"])
     add_run_parser(verbs, handlers["run"])
     add_report_parser(verbs, handlers["report"])
     add_export_parser(verbs, handlers["export"])
     add_distill_parser(verbs, handlers["distill"])
+    add_train_parser(verbs, handlers["train"])
     add_evaluate_parser(verbs, handlers["evaluate"])
     add_bench_parser(verbs, handlers["bench"])
     add_toy_parser(verbs)
+    add_verbosity(parser)
     return parser
+
+
+def add_verbosity(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``-v`` / ``-q`` on ``parser`` and on every verb and sub-verb under it, so that they work before or after
+    any verb. Below the top they default to absent (SUPPRESS): a verb's parser would otherwise reset a ``-v``
+    given before the verb."""
+    group = parser.add_mutually_exclusive_group()
+    default = False if top else argparse.SUPPRESS
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log progress details (INFO) and show library warnings")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print only warnings, errors and the results: no progress bars or progress lines")
+    for action in parser._actions:  # argparse lists a parser's verbs only on its subparsers action
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in {id(p): p for p in action.choices.values()}.values():  # an alias maps to the same parser
+                add_verbosity(verb, top=False)
 
 
 # -- blocksearch space ----------------------------------------------------------------------------
@@ -56,14 +80,17 @@ def add_space_parser(verbs, show_handler: Callable, list_handler: Callable) -> N
     show = sub.add_parser(
         "show", help="print a space, its size, and its named designs' params and MACs",
         description="Print the space as a table, its number of distinct architectures, and each "
-                    "named design's U-Net params and MACs against the teacher's.")
+                    "named design's denoiser params and MACs against the teacher's.")
     show.add_argument("space", help="space name (file stem in search_spaces/) or a .yaml path")
     show.add_argument("--teacher", default=None,
-                      help=TEACHER_HELP + " (default: the space's reference architecture)")
+                      help=TEACHER_HELP + "; for a transformer space (family: dit, e.g. dit_blocks): pixart-sigma "
+                           "| sd3-medium | flux-dev | dit-xl (shipped configs, meta device, no download) or a "
+                           "diffusers transformer folder (default: the space's reference architecture)")
     show.add_argument("--latent", type=int, default=None,
-                      help="latent size for MACs (default: the teacher's sample_size)")
+                      help="latent size for MACs (default: the teacher's sample_size; Flux: 128, i.e. 1024 px)")
     show.set_defaults(handler=show_handler)
-    lst = sub.add_parser("list", help="list the bundled spaces")
+    lst = sub.add_parser("list", help="list the bundled spaces",
+                         description="Print each bundled space's name, its reference teacher and its file.")
     lst.set_defaults(handler=list_handler)
 
 
@@ -76,7 +103,7 @@ def add_report_parser(verbs, handler: Callable) -> None:
                     "README.md.")
     p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default: %(default)s)")
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
-    p.add_argument("--out", default=None, help="output folder (default: reports/<study>/)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: reports/<study>/)")
     p.add_argument("--hv-reference", default=None, metavar="V1,V2,...",
                    help="hypervolume reference point, one value per objective in its own units (default: "
                         f"{REFERENCE} x the worst completed value); fix it to compare studies")
@@ -125,15 +152,21 @@ RUN_FLAGS = (
     ("trials", dict(type=int, help="finished trials the study should reach, reference designs included")),
     ("study", dict(help="study name (default: <space>-<teacher>)")),
     ("storage", dict(help="Optuna storage URL (default: sqlite:///<runs-dir>/blocksearch.db)")),
-    ("runs_dir", dict(help="where students and Ray results go (default: <cwd>/runs; the report goes to "
-                           "<runs-dir>/../reports/<study>)")),
+    ("runs_dir", dict(help="where the study's database, students and Ray results go (default: <cwd>/runs; "
+                           "the report goes to <runs-dir>/../reports/<study>)")),
     ("address", dict(help="Ray cluster: 'auto' or host:port of 'ray start --head' (default: start a local Ray)")),
     ("dashboard_host", dict(help="interface of a local Ray's dashboard (a loopback address keeps it to this machine)")),
     ("dashboard_port", dict(type=int, help="local Ray dashboard port")),
     ("cpus_per_trial", dict(type=float, help="CPUs per trial")),
     ("gpus_per_trial", dict(type=float, help="GPUs per trial (0: the trials run on CPU)")),
     ("max_concurrent", dict(type=int, help="trials in parallel (default: as many as the cluster's resources allow)")),
-    ("steps", dict(type=int, help="distillation steps per trial (default: distill's)")),
+    ("score", dict(choices=SCORE_CHOICES, help="the first stage's quality score: fid (toy-FID / FID of generated "
+                                               "images), a held-out KD probe score (probe_cfg, probe_out, ...: no "
+                                               "images, paired across candidates), or auto: the score bench fidelity "
+                                               "validated for the toy teacher (blocksearch/measured/selection-score.json)"
+                                               " and its KD budget, FID for real teachers; the rungs rank by FID")),
+    ("steps", dict(type=int, help="distillation steps per trial (default: the first-stage score's budget, else "
+                                  "distill's)")),
     ("eval_prompts", dict(type=int, help="evaluation prompts (default: evaluate's)")),
     # a real teacher's settings, as `distill` and `evaluate` name them; defaults follow the teacher
     ("data", dict(help="KD data: toy, or an imagefolder (images + metadata.jsonl/.csv with file_name and text); "
@@ -148,8 +181,9 @@ RUN_FLAGS = (
                              "--min-alignment > 0)")),
     ("guidance", dict(type=float, help="classifier-free guidance scale (default: the toy's 3 for the toy teacher, "
                                        "BK-SDM's 7.5 for SD teachers)")),
-    ("sampler_steps", dict(type=int, help="sampler steps of the teacher's own scheduler (default: the toy's 10, "
-                                          "BK-SDM's 25 for SD teachers)")),
+    ("inference_steps", dict(type=int, help="denoising steps per generated image, with the teacher's own scheduler "
+                                            "(default: the toy's 10, BK-SDM's 25 for SD teachers; was "
+                                            "--sampler-steps)")),
     ("resolution", dict(type=int, help="image size in px for generation and the imagefolder's KD latents "
                                        "(default: the teacher's own, unet sample_size x the VAE scale factor)")),
     ("precision", dict(choices=("fp32", "bf16", "fp16"), help="KD mixed precision, a fast path (default: fp32)")),
@@ -187,9 +221,14 @@ RUN_FLAGS = (
                                             "recorded PRUNED")),
     ("heartbeat_interval", dict(type=int, help="seconds between heartbeats of this driver's running trials "
                                                "(several drivers may share a study's storage)")),
-    ("grace_period", dict(type=int, help="seconds without a heartbeat after which another driver marks a "
-                                         "trial FAIL and re-queues it once")),
+    ("heartbeat_grace", dict(type=int, help="seconds without a heartbeat after which another driver marks a "
+                                            "trial FAIL and re-queues it once (Optuna's heartbeat grace period, "
+                                            "unrelated to --asha; was --grace-period)")),
 )
+# Renamed run flags: the SearchConfig field -> its old name, still accepted (deprecated, one line on stderr) on the
+# command line and as a --config key. A study stores stage settings, not flag names: resuming one is unaffected.
+RUN_RENAMED = {"inference_steps": "sampler_steps", "heartbeat_grace": "grace_period"}
+RUN_SHORT = {"runs_dir": "-o"}  # -o: the output of every verb that writes files
 
 
 def add_run_parser(verbs, handler: Callable) -> None:
@@ -203,8 +242,9 @@ def add_run_parser(verbs, handler: Callable) -> None:
                     "trials incomparable is refused. A real teacher's inputs are checked before Ray starts. "
                     "Example: blocksearch run --space unet_blocks")
     p.add_argument("--config", metavar="FILE", help="a YAML file of these flags (keys: flag names, dashes or "
-                                                    "underscores; paths as on the command line, relative to the "
-                                                    "working directory); flags on the command line override it")
+                                                    "underscores; null: the default; paths as on the command line, "
+                                                    "relative to the working directory; --print-config writes one); "
+                                                    "flags on the command line override it")
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     for name, kwargs in RUN_FLAGS:
         default = defaults[name]
@@ -212,8 +252,16 @@ def add_run_parser(verbs, handler: Callable) -> None:
             default = ",".join(default)
         shown = "" if default is None or default is False else f" (default: {default})"
         # not given: absent (SUPPRESS), so that --config can tell a flag on the command line from a default
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                       **{**kwargs, "help": kwargs["help"].replace("%", "%%") + shown})
+        flags = ([RUN_SHORT[name]] if name in RUN_SHORT else []) + ["--" + name.replace("_", "-")]
+        kwargs = {**kwargs, "help": kwargs["help"].replace("%", "%%") + shown}
+        if name in RUN_RENAMED:
+            add_renamed(p, *flags, old="--" + RUN_RENAMED[name].replace("_", "-"), dest=name,
+                        default=argparse.SUPPRESS, **kwargs)
+        else:
+            p.add_argument(*flags, dest=name, default=argparse.SUPPRESS, **kwargs)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings the flags and --config resolve to, as a YAML file --config accepts, and "
+                        "exit without running anything")
     p.set_defaults(handler=handler)
 
 
@@ -232,14 +280,29 @@ def read_run_config(path: str) -> dict:
     if not isinstance(data, dict):
         raise BlocksearchError(f"--config {path}: expected a mapping of flag names to values, got a "
                                f"{type(data).__name__}")
-    out = {}
+    out, keys, old_names = {}, {}, {old: new for new, old in RUN_RENAMED.items()}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in old_names:
+            name = old_names[name]
+            deprecated(f"--config {path}: {key}", name.replace("_", "-"))
         if name not in flags:
             raise BlocksearchError(f"--config {path}: unknown key {key!r}; allowed: "
                                    f"{', '.join(n.replace('_', '-') for n in flags)}")
-        out[name] = _config_value(path, key, value, flags[name])
-    return out
+        if name in keys:
+            raise BlocksearchError(f"--config {path}: {keys[name]!r} and {key!r} name the same flag; keep one")
+        keys[name] = key
+        out[name] = None if value is None else _config_value(path, key, value, flags[name])
+    return {name: value for name, value in out.items() if value is not None}  # null: the default
+
+
+def dump_run_config(cfg: SearchConfig) -> str:
+    """``run --print-config``: every run flag's value in ``cfg`` as the YAML ``--config`` reads back (null: the
+    default, one that follows the teacher or the first-stage score)."""
+    values = {name.replace("_", "-"): getattr(cfg, name) for name, _ in RUN_FLAGS}
+    body = yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, sort_keys=False,
+                          default_flow_style=None, width=120)
+    return "# blocksearch run --config FILE (null: the default; flags on the command line override a key)\n" + body
 
 
 def _config_value(path: str, key, value, kwargs: dict):
@@ -289,16 +352,20 @@ def add_distill_parser(verbs, handler: Callable) -> None:
     p.add_argument("--space", default="unet_blocks", help="space that names the designs (default: %(default)s)")
     p.add_argument("--steps", type=int, help="KD steps; 0 = surgery only (default: DistillConfig's)")
     p.add_argument("-o", "--out", required=True, help="output folder for the student")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lambda-task", type=float)
-    p.add_argument("--lambda-out", type=float)
-    p.add_argument("--lambda-feat", type=float)
+    p.add_argument("--batch-size", type=int, help="KD batch size (default: 16)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the toy's 5e-4; BK-SDM's 5e-5 for SD "
+                                            "teachers)")
+    p.add_argument("--lambda-task", type=float, help="weight of the task loss, MSE to the added noise (default: 1, "
+                                                     "BK-SDM's)")
+    p.add_argument("--lambda-out", type=float, help="weight of the output KD loss, MSE to the teacher's output "
+                                                    "(default: 1)")
+    p.add_argument("--lambda-feat", type=float, help="weight of the feature KD loss, MSE to the teacher's stage "
+                                                     "outputs (default: 1)")
     p.add_argument("--feat-norm", action="store_true", help="LAPTOP-Diff: divide each feature term by the "
                    "teacher feature's mean square")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="mixed precision, a fast path (default: DistillConfig's, full precision)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the student's data order, noise and timesteps (default: 0)")
     p.add_argument("--data", help="toy (the toy world), or an imagefolder (images + metadata.jsonl/.csv "
                    "with file_name and text) (default: DistillConfig's)")
     p.add_argument("--resolution", type=int, help="px the imagefolder's images are encoded at (default: the "
@@ -310,6 +377,71 @@ def add_distill_parser(verbs, handler: Callable) -> None:
     p.add_argument("--no-teacher-cache", action="store_true", help="the same as --teacher-cache off")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(handler=handler)
+
+
+def add_train_parser(verbs, handler: Callable) -> None:
+    """``blocksearch train`` (train.py): a chosen student's full-length KD run on Ray Train."""
+    p = verbs.add_parser(
+        "train", help="finish a chosen student: a long KD run on Ray Train (DDP, checkpoints, EMA, learning curve)",
+        description="Train one student by BK-SDM's KD loss for many steps on N Ray Train workers (DDP: gloo on CPU, "
+                    "nccl on GPU); the global batch is split into per-worker micro-batches with gradient accumulation, "
+                    "the same samples whatever the number of workers. Checkpoints (safetensors + JSON: weights, "
+                    "optimizer, EMA, data position) go to DIR/ray/train; rerunning the same command after a kill "
+                    "continues from the last one. Worker 0 evaluates every --eval-every steps at the search's "
+                    "evaluation settings and writes DIR/curve.csv, curve.png, curve.html; the final student is a "
+                    "StableDiffusionPipeline folder in DIR. The teacher runs live in each worker (no teacher cache). "
+                    "Example: blocksearch train --design bk_small --workers 2 -o runs/bk_small-full")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--design", help="a named design of --space (bk_base, bk_small, bk_tiny) or a genome id, cut "
+                                        "out of the teacher")
+    which.add_argument("--init", metavar="DIR", help="a saved student: DIR/unet, a U-Net or a pipeline folder (e.g. "
+                                                     "an exported one)")
+    which.add_argument("--trial", type=int, metavar="N", help="trial N of --study: its saved student, teacher and "
+                                                              "KD / evaluation settings (flags override them)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study of --trial (default: %(default)s)")
+    p.add_argument("--storage", default=None, help=STORAGE_HELP)
+    p.add_argument("--teacher", default=None, help=TEACHER_HELP + " (default: the study's, else toy)")
+    p.add_argument("--space", default="unet_blocks", help="space that names --design (default: %(default)s)")
+    p.add_argument("-o", "--out", required=True, help="run folder: the pipeline, curve.*, logs, checkpoints")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: 1920 for the toy; BK-SDM's 50000 for SD)")
+    p.add_argument("--batch-size", type=int, help="global batch per step (default: the study's or distill's 16 "
+                                                  "for the toy; BK-SDM's 256 for SD)")
+    p.add_argument("--micro-batch-size", type=int, help="per worker and forward; accumulation steps = batch / "
+                                                        "(workers x micro) (default: batch / workers)")
+    p.add_argument("--workers", type=int, help="Ray Train workers; 0 = in this process, no Ray (default: 1)")
+    p.add_argument("--cpus-per-worker", type=int, help="CPUs (torch threads) per worker (default: 1)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 0, CPU with gloo)")
+    p.add_argument("--address", default=None, help="Ray cluster: 'auto' or host:port (default: a local Ray)")
+    p.add_argument("--dashboard-port", type=int, default=None, help="local Ray dashboard port (default: Ray's)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="mixed precision (default: fp32)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: the toy's 5e-4; 5e-5 for SD)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default: 0)")
+    p.add_argument("--schedule", choices=("constant", "linear", "cosine"), help="after warm-up (default: constant)")
+    p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999; the exported and evaluated "
+                                             "weights are the EMA's (default: 0, off)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: steps / 20)")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations; 0 = off (default: steps / 8; off for a "
+                                                  "real teacher without --reference or a study)")
+    p.add_argument("--eval-prompts", type=int, help="evaluation prompts (default: the search's)")
+    p.add_argument("--reference", default=None, help="real teachers: FID reference images (as in evaluate)")
+    p.add_argument("--captions", default=None, help="real teachers: imagefolder of the evaluation prompts")
+    p.add_argument("--inception-weights", default=None, help="real teachers: torch-fidelity's Inception weights")
+    p.add_argument("--clip-model", default=None, help="real teachers: local CLIP folder for text alignment")
+    p.add_argument("--report-to", choices=("none", "tensorboard", "mlflow", "wandb"),
+                   help="experiment tracking from worker 0: TensorBoard (DIR/tensorboard), MLflow ($MLFLOW_TRACKING_URI"
+                        " or sqlite:///DIR/mlflow.db) or W&B (default: none)")
+    p.add_argument("--lambda-task", type=float, help="weight of the task loss, MSE to the added noise (default: "
+                                                     "the study's, else 1, BK-SDM's)")
+    p.add_argument("--lambda-out", type=float, help="weight of the output KD loss, MSE to the teacher's output "
+                                                    "(default: the study's, else 1)")
+    p.add_argument("--lambda-feat", type=float, help="weight of the feature KD loss, MSE to the teacher's stage "
+                                                     "outputs (default: the study's, else 1)")
+    p.add_argument("--feat-norm", action="store_true", default=None, help="LAPTOP-Diff's normalised feature loss")
+    p.add_argument("--seed", type=int, help="seed of the KD data stream")
+    p.add_argument("--data", help="toy, or an imagefolder (default: the study's, else toy)")
+    p.add_argument("--resolution", type=int, help="px the imagefolder's images are encoded at")
+    p.add_argument("--cache-dir", default=None, help=f"dataset and FID cache folder (default: {default_cache_dir()})")
     p.set_defaults(handler=handler)
 
 
@@ -329,13 +461,13 @@ def add_evaluate_parser(verbs, handler: Callable) -> None:
                         "(30K val2014 captions, PNDM 25 steps, guidance 7.5, 512 px resized to 256, FID/IS/CLIP) "
                         "on --coco-captions and --coco-images (default: %(default)s)")
     p.add_argument("--prompts", type=int, help="number of prompts (default: EvalConfig's)")
-    p.add_argument("--sampler-steps", type=int, help="sampler steps (default: the toy's 10; 25 for SD teachers "
-                                                     "and the bk-sdm protocol)")
+    add_renamed(p, "--inference-steps", old="--sampler-steps", type=int,
+                help="denoising steps per image (default: the toy's 10; 25 for SD teachers and the bk-sdm protocol)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale (default: the toy's 3; BK-SDM's 7.5 for SD teachers)")
     p.add_argument("--resolution", type=int, help="generated image size in px (default: the teacher's own; 512 "
                                                   "for the bk-sdm protocol)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="generation seed, added to every prompt's own seed (default: 0)")
     p.add_argument("--reference-images", type=int, help="toy: real images behind the FID reference statistics")
     p.add_argument("--latency-repeats", type=int, help="timed repeats of the latency measurement")
     p.add_argument("--reference", default=None, help="real teachers: folder of reference images (an imagefolder's "
@@ -368,10 +500,10 @@ def add_bench_parser(verbs, handler: Callable) -> None:
                                     "forward, and a KD step without the cache; print the two ratios.")
     kd.add_argument("--teacher", default="toy", help="teacher pipeline (default: toy)")
     kd.add_argument("--design", default="bk_small", help="named design or genome id (default: bk_small)")
-    kd.add_argument("--batch-size", type=int, default=16)
-    kd.add_argument("--rounds", type=int, default=12, help="timed rounds (after 2 warm-up rounds)")
+    kd.add_argument("--batch-size", type=int, default=16, help="KD batch size (default: %(default)s)")
+    kd.add_argument("--rounds", type=int, default=12, help="timed rounds, after 2 warm-up rounds (default: %(default)s)")
     kd.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    kd.add_argument("--device", default="cpu")
+    kd.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     _clock_arg(kd)
     kd.set_defaults(handler=handler)
     lat = sub.add_parser("latency", help="U-Net step latency of the teacher and the named designs",
@@ -380,8 +512,8 @@ def add_bench_parser(verbs, handler: Callable) -> None:
                                      "space, with random weights, printed as ratios to the teacher.")
     lat.add_argument("--teacher", default="toy", help="toy, sd-v1, sd-v2, sdxl, or a pipeline folder")
     lat.add_argument("--space", default=None, help="space with the named designs (default: by teacher)")
-    lat.add_argument("--device", default="cpu")
-    lat.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    lat.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    lat.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="dtype (default: %(default)s)")
     lat.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: 1 real-size, 3 toy)")
     lat.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 3 real-size, 15 toy)")
     lat.add_argument("--measurements", type=int, default=None,
@@ -406,8 +538,8 @@ def add_bench_search_parser(sub, handler: Callable) -> None:
                     "each sampler and its ratio to random search's, and the trials each needs to reach "
                     "the hypervolume of the three BK designs.")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
-                   help=f"sampler, or several separated by commas (default: {DEFAULT_SAMPLER}; "
-                        f"see blocksearch.samplers.SAMPLERS)")
+                   help=f"sampler, or several separated by commas: {' | '.join(SAMPLERS)} (default: "
+                        f"{DEFAULT_SAMPLER})")
     p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: %(default)s)")
     p.add_argument("--table", default=None,
@@ -435,7 +567,8 @@ def add_bench_deploy_parser(sub, handler: Callable) -> None:
     p.add_argument("--device", default="cpu", help="deployment target: cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="dtype on the target (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps of one image (default: %(default)s, BK-SDM's)")
+    add_renamed(p, "--inference-steps", old="--steps", type=int, default=25,
+                help="denoising steps of one image (default: %(default)s, BK-SDM's)")
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls of the U-Net (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=LATENCY_REPEATS,
@@ -496,6 +629,17 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
                                                                   "(the one-shot score); the largest is the "
                                                                   "reference ranking (default: %(default)s)")
     p.add_argument("--seeds", default="0,1", help="generation seeds each student is scored at (default: %(default)s)")
+    p.add_argument("--kd-seeds", default="0", help="KD seeds each ladder is trained at (the run's --seed + k: another "
+                                                   "data order, noise and timesteps), comma-separated: KD-seed noise "
+                                                   "is reported apart from generation-seed noise (default: %(default)s)")
+    p.add_argument("--extra-seed-budgets", default=None,
+                   help="the budgets KD seeds after the first climb (default: every budget)")
+    p.add_argument("--probe-budgets", default="auto",
+                   help="budgets at which every student also gets the held-out KD probe and the training-curve "
+                        "features (the cheap predictors, OUT/probes.jsonl, OUT/predictors.md), comma-separated; "
+                        "auto: every budget but the longest; none: no probe (default: %(default)s)")
+    p.add_argument("--selection", default=str(SELECTION_SCORE.relative_to(SELECTION_SCORE.parents[2])),
+                   help="where the chosen first-stage score of the search is written (default: %(default)s)")
     p.add_argument("--eval-prompts", type=int, default=None,
                    help="evaluation prompts (default: evaluate's, 128 for the toy)")
     p.add_argument("--teacher-cache", choices=("auto", "disk", "off"), default="auto",
@@ -512,7 +656,7 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train and score nothing: summarise OUT/results.jsonl as it stands (a run in progress: "
                         "tau over the architectures whose ladder reached the longest budget)")
-    p.add_argument("--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
+    p.add_argument("-o", "--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
     p.add_argument("--csv", default="blocksearch/measured/fidelity-toy-tau.csv",
                    help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: %(default)s)")
     p.add_argument("--table", default=str(FIDELITY.relative_to(FIDELITY.parents[2])),

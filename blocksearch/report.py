@@ -272,3 +272,11 @@ def load_report(study_name: str, storage: str | None = None, reference_point=Non
     """The report of the stored study ``study_name`` (default storage: the one ``blocksearch run`` uses)."""
     url = storage or default_storage()
     return build_report(open_study(study_name, url), url, reference_point)
+
+
+def load_study_front(study_name: str, storage: str | None = None) -> tuple[TrialPoint, ...]:
+    """The Pareto front of a finished study, in front order (by the first objective): each trial's genome id,
+    design, objective values, metrics and ``student_dir``. A rung's front is that of ``<study>@<steps>``
+    (``study.rung_name``); ``load_report`` has the rest (hypervolume, reference designs, dominations)."""
+    report = load_report(study_name, storage)
+    return tuple(report.trial(n) for n in report.front)

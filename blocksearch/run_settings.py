@@ -26,7 +26,7 @@ def absolute(path: str) -> str:
 
 def check_stage_flags(cfg: SearchConfig) -> None:
     """The real-teacher settings, named by their flags (DistillConfig / EvalConfig check them again)."""
-    positive = {"--sampler-steps": cfg.sampler_steps, "--batch-size": cfg.batch_size,
+    positive = {"--inference-steps": cfg.inference_steps, "--batch-size": cfg.batch_size,
                 "--eval-prompts": cfg.eval_prompts, "--resolution": cfg.resolution}
     for flag, value in positive.items():
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -67,7 +67,7 @@ def stage_configs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
     distill_given = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, precision=cfg.precision, data=data,
                          resolution=resolution if data != "toy" else None, teacher_cache=cfg.teacher_cache)
     distill_cfg = DistillConfig(**(distill_defaults(toy) | _given(distill_given)), seed=cfg.seed)
-    eval_given = dict(prompts=cfg.eval_prompts, steps=cfg.sampler_steps, guidance=cfg.guidance, resolution=resolution,
+    eval_given = dict(prompts=cfg.eval_prompts, steps=cfg.inference_steps, guidance=cfg.guidance, resolution=resolution,
                       latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype,
                       latency_repeats=cfg.latency_repeats,
                       e2e_repeats=None if cfg.latency_repeats is None else max(1, min(3, cfg.latency_repeats)))

@@ -115,7 +115,7 @@ class StudySearch(OptunaSearch):
         still finish or die) or "go"; trials of dead drivers are failed and re-queued first."""
         if heartbeats(self._storage):
             optuna.storages.fail_stale_trials(self.study)
-            fail_unclaimed_trials(self.study, self._storage, self.cfg.grace_period)
+            fail_unclaimed_trials(self.study, self._storage, self.cfg.heartbeat_grace)
         c = counts(self.study)
         if self.queue_only:  # done when the queue is empty and nothing of it runs (under any driver)
             if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):

@@ -37,7 +37,8 @@ OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize",
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
-NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "rungs",
+# (score: the objectives already name the first-stage score, and existing_study compares them)
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "rungs", "score",
                           "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
                           "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
@@ -70,7 +71,7 @@ class SearchConfig:
     inception_weights: str | None = None  # torch-fidelity's Inception weights (default: found in the caches)
     clip_model: str | None = None  # local CLIP folder for the alignment score (real teachers)
     guidance: float | None = None
-    sampler_steps: int | None = None
+    inference_steps: int | None = None  # denoising steps per generated image
     resolution: int | None = None  # px, generation and imagefolder encoding (default: the teacher's own)
     precision: str | None = None  # KD mixed precision
     batch_size: int | None = None  # KD batch
@@ -89,7 +90,7 @@ class SearchConfig:
     rungs: tuple[int, ...] | None = None  # longer KD budgets for the students near the front (None: rungs.default_rungs)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
-    grace_period: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
+    heartbeat_grace: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
     candidate: str | None = None  # "module:function" doing one trial's work (default: search.CANDIDATE)
     command: str = ""
 
@@ -254,7 +255,7 @@ def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: di
     for key, value in study_attrs.items():
         if key not in study.user_attrs or key in ("command",):
             study.set_user_attr(key, value)
-    _fail_stale_trials(study, storage, out, cfg.grace_period)
+    _fail_stale_trials(study, storage, out, cfg.heartbeat_grace)
     for name, genome in bound.named_designs().items():
         study.enqueue_trial(bound.to_params(genome), user_attrs={"design": name}, skip_if_exists=True)
     return study

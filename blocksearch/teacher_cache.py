@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from blocksearch.cache import file_lock, yield_to_measurement
+from blocksearch.console import quiet
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import kd_teacher_modules
@@ -138,7 +139,7 @@ def _compute(unet, stream: BatchStream, steps: int, dtype: str, device) -> dict[
     hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
     parts: dict[str, list] = {}
     try:
-        for i in tqdm(range(steps), desc="teacher cache", unit="batch"):
+        for i in tqdm(range(steps), desc="teacher cache", unit="batch", disable=quiet()):
             yield_to_measurement()
             batch = stream[i]
             out, feats = teacher_forward(unet, hooks, batch.to(device))

@@ -117,7 +117,7 @@ def teacher_kind(spec: str) -> str:
 def _not_cached(hub_id: str, err: Exception) -> BlocksearchError:
     return BlocksearchError(
         f"teacher {hub_id!r} is not in the local Hugging Face cache and this machine is offline "
-        f"(blocksearch never downloads at run time); download it first (huggingface-cli download "
+        f"(blocksearch never downloads at run time); download it first (hf download "
         f"{hub_id}) or pass a local folder ({type(err).__name__})")
 
 

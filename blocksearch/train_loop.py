@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from diffusers import StableDiffusionPipeline
 
+from blocksearch.console import quiet
 from blocksearch.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
@@ -269,7 +270,10 @@ class RunLog:
 
 
 def say(line: str) -> None:
-    """One progress line on stdout (not ``print``: Ray Train's workers route print through a logger too)."""
+    """One progress line on stdout (not ``print``: Ray Train's workers route print through a logger too); none
+    with ``-q`` (console.quiet)."""
+    if quiet():
+        return
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

@@ -97,7 +97,7 @@ def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
     student = tmp_path / "student"
     assert main(["distill", "--teacher", folder, "--design", "bk_small", "--steps", "0", "-o", str(student),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert main(["evaluate", str(student), "--prompts", "8", "--sampler-steps", "2", "--reference-images", "16",
+    assert main(["evaluate", str(student), "--prompts", "8", "--inference-steps", "2", "--reference-images", "16",
                  "--latency-repeats", "2", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((student / "metrics.json").read_text())

@@ -139,7 +139,7 @@ def test_a_written_report_holds_no_absolute_path_of_this_machine(tmp_path):
 
 def test_cli_report(tmp_path, capsys):
     url = make_study(tmp_path)
-    assert main(["report", "--study", "unet_blocks-toy", "--storage", url, "--out", str(tmp_path / "r")]) == 0
+    assert main(["report", "--study", "unet_blocks-toy", "--storage", url, "-o", str(tmp_path / "r")]) == 0
     assert str(tmp_path / "r") in capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["report", "--study", "other", "--storage", url]) == 2
     assert "unknown study 'other'" in capsys.readouterr().err

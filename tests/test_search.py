@@ -241,7 +241,7 @@ def test_a_sampler_stuck_on_a_trained_genome_falls_back_to_untrained_ones(tmp_pa
 # -- several drivers on one study (Optuna heartbeats) ------------------------------------------------
 def _driver(tmp_path, bound, unet, trials=8, interval=1, grace=1):
     """One driver's searcher over the shared SQLite study, with heartbeats (its own storage object)."""
-    cfg = _cfg(tmp_path, trials=trials, heartbeat_interval=interval, grace_period=grace)
+    cfg = _cfg(tmp_path, trials=trials, heartbeat_interval=interval, heartbeat_grace=grace)
     storage = open_storage(cfg.storage, heartbeat_interval=interval, grace_period=grace)
     prepare_study(storage, cfg, bound, _attrs(bound))
     return searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound))

@@ -101,13 +101,13 @@ def cmd_bench_deploy(args) -> int:
     prompt = heldout_prompts(1)[0][0]
     print(f"built {len(models)} U-Nets and the pipeline around them in {time.perf_counter() - t0:.0f} s (random "
           f"weights); measuring on {args.device}, {dtype}: U-Net step at latent {latent}x{latent} (batch 2, CFG), "
-          f"one image end to end ({args.steps} steps, guidance {args.guidance}), peak memory of one CFG step")
+          f"one image end to end ({args.inference_steps} steps, guidance {args.guidance}), peak memory of one CFG step")
     rows = []
     with tempfile.TemporaryDirectory() as fresh:  # measured now, not read from an earlier run's cache
         for name, gid, unet in models:
             student = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
-            metrics, _ = speed_and_memory(student, latent, args.steps, args.guidance, prompt, args.device, dtype,
-                                          args.warmup, args.repeats, LATENCY_MIN_S, "auto", fresh,
+            metrics, _ = speed_and_memory(student, latent, args.inference_steps, args.guidance, prompt, args.device,
+                                          dtype, args.warmup, args.repeats, LATENCY_MIN_S, "auto", fresh,
                                           e2e_repeats=args.e2e_repeats, reference=teacher)
             rows.append((name, gid, sum(p.numel() for p in unet.parameters()), metrics))
             print(f"  {name}: step {metrics['latency_ms']:.2f} ms, end to end {metrics['e2e_ms']:.0f} ms, "

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from blocksearch import samplers
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot, yield_to_measurement
+from blocksearch.console import quiet
 from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.pareto import normalised_hypervolume
@@ -309,7 +310,7 @@ def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
     with torch.no_grad(), work_slot():  # heavy work: a latency measurement elsewhere waits one architecture at most
         target = unet(x, t, text).sample
         rows = {}
-        for genome in tqdm(list(bound), desc="stand-in table", unit="arch"):
+        for genome in tqdm(list(bound), desc="stand-in table", unit="arch", disable=quiet()):
             yield_to_measurement()
             student = build_student(unet, genome).unet.eval()
             loss = torch.nn.functional.mse_loss(student(x, t, text).sample, target).item()

@@ -22,6 +22,7 @@ from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from blocksearch.cache import measurement_slot
+from blocksearch.console import quiet
 from blocksearch.cost import unet_inputs
 from blocksearch.data import BatchStream
 from blocksearch.distill import DistillConfig, Distiller, resolve_design
@@ -79,7 +80,7 @@ def cmd_bench_kd(args) -> int:
 
     ops = {"plain": plain_step, "cached": cached_step, "teacher": teacher_forward, "live": live_step}
     times = {k: [] for k in ops}
-    for r in tqdm(range(args.rounds + 2), desc="bench kd", unit="round"):
+    for r in tqdm(range(args.rounds + 2), desc="bench kd", unit="round", disable=quiet()):
         for name, op in ops.items():
             sync()
             t0 = now()
@@ -140,7 +141,7 @@ def cmd_bench_latency(args) -> int:
     now = time.process_time if clock == "cpu" else time.perf_counter
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     models = []
-    for name, gid, config in tqdm(_bench_models(args), desc="build models", unit="model"):
+    for name, gid, config in tqdm(_bench_models(args), desc="build models", unit="model", disable=quiet()):
         torch.manual_seed(0)
         with torch.device(args.device):
             unet = UNet2DConditionModel.from_config(config).eval()
@@ -161,11 +162,11 @@ def cmd_bench_latency(args) -> int:
     times = {m[0]: [[] for _ in range(measurements)] for m in models}
     with torch.no_grad(), measurement_slot():  # the slot trials time in: nothing of ours trains meanwhile
         inner = {}
-        for name, _, unet, inputs, _ in tqdm(models, desc="warm up", unit="model"):
+        for name, _, unet, inputs, _ in tqdm(models, desc="warm up", unit="model", disable=quiet()):
             for _ in range(warmup):
                 one = call(unet, inputs)
             inner[name] = 1 if real else max(1, math.ceil(0.2 / max(one, 1e-6)))
-        for m in tqdm(range(measurements * repeats), desc="bench latency", unit="round"):
+        for m in tqdm(range(measurements * repeats), desc="bench latency", unit="round", disable=quiet()):
             for name, _, unet, inputs, _ in models:
                 times[name][m // repeats].append(call(unet, inputs, inner[name]) * 1000)
     rows = []

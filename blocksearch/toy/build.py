@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy import judge as J
@@ -84,7 +85,7 @@ def train_vae(b: Budget, seed: int):
     torch.manual_seed(seed)
     vae = M.make_vae()
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    bar = tqdm(range(b.vae_steps), desc="vae", unit="step")
+    bar = tqdm(range(b.vae_steps), desc="vae", unit="step", disable=quiet())
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr(step, b.vae_steps, 2e-3, warmup=20)
@@ -113,7 +114,7 @@ def train_judge(b: Budget, seed: int) -> J.ToyJudge:
     judge = J.ToyJudge()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
-    bar = tqdm(range(b.judge_steps), desc="judge", unit="step")
+    bar = tqdm(range(b.judge_steps), desc="judge", unit="step", disable=quiet())
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr(step, b.judge_steps, 2e-3, warmup=20)
@@ -141,7 +142,7 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=b.unet_lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(b.unet_steps), desc="unet+text", unit="step")
+    bar = tqdm(range(b.unet_steps), desc="unet+text", unit="step", disable=quiet())
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr(step, b.unet_steps, b.unet_lr, progress=step / b.unet_steps if step >= 50 else None)

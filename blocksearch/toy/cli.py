@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from blocksearch.console import add_renamed
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 
@@ -43,7 +44,7 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
     b = verbs.add_parser("build", help="train the toy teacher and judge into a folder",
                          description="Train VAE, judge, then text encoder + U-Net; write a diffusers pipeline "
                                      "folder plus judge.safetensors and build.json.")
-    b.add_argument("--out", required=True, help="output folder (the bundled one: blocksearch/toy/assets)")
+    b.add_argument("-o", "--out", required=True, help="output folder (the bundled one: blocksearch/toy/assets)")
     b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     b.add_argument("--budget", choices=("tiny", "full"), default="full",
                    help="tiny: seconds, exercises every code path (CI); full: the real teacher (~55 min on 2 CPU cores)")
@@ -56,8 +57,8 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
     s = verbs.add_parser("sample", help="generate one image from a prompt of the toy grammar",
                          description="Generate one 64x64 image with the toy teacher.")
     s.add_argument("prompt", help='e.g. "a red circle above a blue square" or "a small green triangle"')
-    s.add_argument("-o", "--output", required=True, help="PNG file to write")
-    s.add_argument("--seed", type=int, default=0)
+    add_renamed(s, "-o", "--out", old="--output", required=True, help="PNG file to write")
+    s.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     s.add_argument("--teacher", default=None, help="pipeline folder (default: bundled assets)")
     _sampling_args(s)
     s.set_defaults(handler=run_verb)
@@ -77,7 +78,8 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p) -> None:
-    p.add_argument("--steps", type=int, default=NUM_STEPS, help=f"sampler steps (default {NUM_STEPS})")
+    add_renamed(p, "--inference-steps", old="--steps", type=int, default=NUM_STEPS,
+                help=f"denoising steps per image (default {NUM_STEPS})")
     p.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help=f"CFG scale (default {GUIDANCE_SCALE})")
 
 

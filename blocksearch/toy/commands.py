@@ -26,15 +26,15 @@ def cmd_toy_build(args) -> None:
 def cmd_toy_sample(args) -> None:
     validate_prompt(args.prompt)
     pipe = load_toy_teacher(path=args.teacher)
-    img = generate(pipe, [args.prompt], [args.seed], num_steps=args.steps, guidance_scale=args.guidance)[0]
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(args.output)
-    print(f"image written to {args.output}")
+    img = generate(pipe, [args.prompt], [args.seed], num_steps=args.inference_steps, guidance_scale=args.guidance)[0]
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(args.out)
+    print(f"image written to {args.out}")
 
 
 def cmd_toy_check(args) -> None:
     if args.prompts < 1:
         raise BlocksearchError(f"--prompts must be at least 1, got {args.prompts}")
-    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.steps, args.guidance, args.prompts)
+    f = compute_figures(args.teacher, args.judge, args.per_prompt, args.inference_steps, args.guidance, args.prompts)
     print(format_figures(f))
     if args.grid:  # 16 prompts: every 4th of the first 64, one-object and two-object ones
         idx = [i * args.per_prompt for i in range(0, min(64, args.prompts), 4)]

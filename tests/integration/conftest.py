@@ -77,7 +77,7 @@ def run_cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
 
 
 # -- several drivers on one study (test_drivers.py, test_postgres.py) -------------------------------------
-BEATS = ["--heartbeat-interval", "1", "--grace-period", "8"]
+BEATS = ["--heartbeat-interval", "1", "--heartbeat-grace", "8"]
 
 
 def load_study(db: str, name: str) -> optuna.Study:

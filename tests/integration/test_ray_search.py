@@ -52,7 +52,7 @@ def test_sigkill_resume_failure_isolation_and_dashboard(tiny_teacher, tmp_path):
     port, db, study = free_port(), f"sqlite:///{tmp_path / 's.db'}", "resume"
     args = ["run", "--teacher", str(tiny_teacher), "--trials", "5", *FAST, "--study", study, "--storage", db,
             "--runs-dir", str(tmp_path / "runs"), "--dashboard-port", str(port), "--seed", "3",
-            "--heartbeat-interval", "1", "--grace-period", "8"]  # the restart takes over the killed trials after 8 s
+            "--heartbeat-interval", "1", "--heartbeat-grace", "8"]  # the restart takes over the killed trials after 8 s
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "BLOCKSEARCH_TEST_FAIL_GENOME": BK_TINY}
     first = run_cli(args, env, start_new_session=True)
     try:

@@ -100,7 +100,7 @@ def test_cli_protocol_prints_the_published_figures(sd_folder, tiny_coco, incepti
             str(captions), "--coco-images", str(images_dir), "--inception-weights", str(inception_file),
             "--clip-model", str(clip_folder), "--cache-dir", str(tmp_path / "cache")]
     out_file = tmp_path / "coco.json"
-    assert main(args + ["--limit", "4", "--resolution", "32", "--sampler-steps", "3", "-o", str(out_file)]) == 0
+    assert main(args + ["--limit", "4", "--resolution", "32", "--inference-steps", "3", "-o", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "SUBSET (--limit 4)" in out and "NOT the protocol's settings: steps 3 (BK-SDM: 25), resolution 32" in out
     for model, fig in PUBLISHED.items():

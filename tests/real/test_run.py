@@ -29,7 +29,7 @@ def real_args(sd_folder, data_folder, reference_folder, inception_file, clip_fol
     return ["run", "--teacher", str(sd_folder), "--data", str(data_folder), "--reference", str(reference_folder),
             "--inception-weights", str(inception_file), "--clip-model", str(clip_folder), "--study", "real",
             "--storage", f"sqlite:///{tmp_path / 's.db'}", "--runs-dir", str(tmp_path / "runs"),
-            "--eval-prompts", "4", "--sampler-steps", "2", "--steps", "5", "--batch-size", "4", "--rungs", "none"]
+            "--eval-prompts", "4", "--inference-steps", "2", "--steps", "5", "--batch-size", "4", "--rungs", "none"]
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_defaults_follow_the_teacher(sd_folder, data_folder, reference_folder, i
     assert (eval_cfg.guidance, eval_cfg.steps, eval_cfg.resolution) == (7.5, 25, 32)  # BK-SDM's, the teacher's size
     assert distill_cfg.lr == 5e-5 and distill_cfg.resolution == 32 and distill_cfg.data == str(data_folder)
     assert eval_cfg.captions == str(data_folder)  # the reference has no captions: the prompts are the data's
-    given = dict(guidance=5.0, resolution=16, lr=1e-4, sampler_steps=3)
+    given = dict(guidance=5.0, resolution=16, lr=1e-4, inference_steps=3)
     flags = stage_configs(search.resolve(dataclasses.replace(cfg, **given)))
     assert (flags[1].guidance, flags[1].resolution, flags[1].steps, flags[0].lr) == (5.0, 16, 3, 1e-4)
     with pytest.raises(BlocksearchError, match="--reference, --clip-model: for real teachers"):
@@ -70,11 +70,11 @@ def test_config_file_with_flags_overriding_it(tmp_path, monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(search, "run_search", lambda cfg: seen.append(cfg))
     config = tmp_path / "study.yaml"
-    config.write_text("eval-prompts: 8\nsampler_steps: 2\nguidance: 4\nobjectives: [fid, params]\nasha: true\n"
+    config.write_text("eval-prompts: 8\ninference_steps: 2\nguidance: 4\nobjectives: [fid, params]\nasha: true\n"
                       "teacher-cache: off\nsteps: 5\n")
     assert main(["run", "--config", str(config), "--steps", "7"]) == 0
     cfg = seen[0]
-    assert (cfg.eval_prompts, cfg.sampler_steps, cfg.guidance, cfg.objectives) == (8, 2, 4.0, ("fid", "params"))
+    assert (cfg.eval_prompts, cfg.inference_steps, cfg.guidance, cfg.objectives) == (8, 2, 4.0, ("fid", "params"))
     assert cfg.asha is True and cfg.teacher_cache == "off" and cfg.steps == 7  # the flag wins over the file
     for text, word in (("stepz: 5\n", "unknown key 'stepz'; allowed: space, teacher"), ("steps: five\n", "steps"),
                        ("precision: fp8\n", "fp32 | bf16 | fp16"), ("- steps\n", "expected a mapping"),
@@ -152,7 +152,7 @@ def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_
 
 def search_config(args: list[str]) -> SearchConfig:
     pairs = dict(zip(args[1::2], args[2::2]))
-    types = {"eval_prompts": int, "sampler_steps": int, "steps": int, "batch_size": int, "rungs": _step_counts}
+    types = {"eval_prompts": int, "inference_steps": int, "steps": int, "batch_size": int, "rungs": _step_counts}
     return SearchConfig(**{k[2:].replace("-", "_"): types.get(k[2:].replace("-", "_"), str)(v)
                            for k, v in pairs.items()})
 
@@ -212,7 +212,7 @@ def test_evaluate_defaults_follow_the_teacher(sd_folder, reference_folder, data_
     monkeypatch.setattr(E, "evaluate", lambda teacher, unet, config, device: seen.append(config) or 1 / 0)
     args = ["evaluate", str(sd_folder), "--teacher", str(sd_folder), "--reference", str(reference_folder),
             "--captions", str(data_folder), "--prompts", "4"]
-    for extra in ([], ["--guidance", "2", "--sampler-steps", "3"]):
+    for extra in ([], ["--guidance", "2", "--inference-steps", "3"]):
         with pytest.raises(ZeroDivisionError):
             main(args + extra)
     assert [(c.guidance, c.steps) for c in seen] == [(7.5, 25), (2.0, 3)]

@@ -63,7 +63,7 @@ def test_cli_sample_rejects_unknown_words(capsys, tmp_path):
 def test_cli_sample_writes_png(tiny_build, tmp_path):
     out = tmp_path / "x.png"
     assert main(["toy", "sample", "a red circle above a blue square", "-o", str(out), "--teacher", str(tiny_build),
-                 "--steps", "2"]) == 0
+                 "--inference-steps", "2"]) == 0
     assert out.stat().st_size > 0
 
 
