@@ -239,18 +239,20 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
     text = render(table, chosen, meets, noise, command)
+    rule = text_rule(rows, probes, chosen.budget, max(budgets)) if chosen is not None else None
+    if rule is not None and rule["text_following_max"] is not None and rule["others_min"] is not None:
+        text += (f"\nThe first stage's text rule without images (probe_guide at {rule['budget']} KD steps; 1.0 = no "
+                 f"text direction): text-following architectures <= {rule['text_following_max']:.3f}, the others >= "
+                 f"{rule['others_min']:.3f}: " + (f"ceiling {rule['ceiling']:.3f}.\n" if rule["separates"] else
+                                                  "no ceiling separates them; no text rule before the rungs.\n"))
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictors.md").write_text(text)
     if chosen is not None:
         sigma = kd_seed_noise(rows, probes, chosen.budget, chosen.predictor)
-        rule = text_rule(rows, probes, chosen.budget, max(budgets))
         record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
                                    "sigma_log_kd_seed": sigma and sigma["sigma_log"], "measured_by": command,
                                    "longest": max(budgets), "text_rule": rule}
-        print(f"text rule at {chosen.budget} KD steps without images: probe_guide of the text-following "
-              f"architectures <= {rule['text_following_max']}, of the others >= {rule['others_min']}: "
-              + (f"ceiling {rule['ceiling']:.3f}" if rule["separates"] else "no ceiling separates them"))
         path = selection or Path(getattr(args, "selection", SELECTION))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1, default=lambda v: None if not math.isfinite(v) else v) + "\n")
