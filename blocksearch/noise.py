@@ -30,6 +30,14 @@ from blocksearch.settings import PROBE_KEYS
 NOISY = ("fid", "kid", "alignment", *PROBE_KEYS)
 EXACT = ("params", "macs")
 UNSPREAD = ("e2e_ms", "memory_mb")  # seed-independent, no spread recorded: taken as exact
+# what a student costs to run; every other objective (fid, kid, alignment, probe_*, ...) is a quality objective
+COSTS = ("params", "macs", "latency_ms", "e2e_ms", "memory_mb")
+
+
+def quality_mask(objectives: Sequence[str]) -> tuple[bool, ...]:
+    """Per objective, is it a quality objective (not one of :data:`COSTS`)? A claim against a reference design
+    rests on these (``pareto.claim``); a rung promotes by the first of them (``rungs.promoted``)."""
+    return tuple(o not in COSTS for o in objectives)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ hv_d(P) = sum over slices of (slice height) * hv_{d-1}(points below the slice). 
 for the few hundred points of a study. Optuna 5 has no public hypervolume API, hence this module.
 
 Dominance beyond noise: two scores that each carry independent noise of standard deviation sigma differ
-by noise of sigma * sqrt(2); a difference counts only beyond z such standard deviations.
+by noise of sigma * sqrt(2); a difference counts only beyond z such standard deviations. A claim against a
+reference design is "on quality" only when a quality objective (FID, KID, alignment, a probe score) differs
+beyond noise; a domination won on cost alone, every quality gap within noise, is "on cost only" (:func:`claim`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ def dominates_despite_noise(a: Sequence[float], b: Sequence[float], noise: Seque
     margins = noise_margins(noise, z)
     return (all(x + m <= y for x, y, m in zip(a, b, margins))
             and any(x + m < y for x, y, m in zip(a, b, margins)))
+
+
+def claim(a: Sequence[float], b: Sequence[float], noise: Sequence[float], quality: Sequence[bool],
+          z: float = Z_NOISE) -> str | None:
+    """What ``a`` may claim over ``b`` (minimisation), ``quality`` marking the quality objectives (the rest are
+    costs): "quality" when ``a`` is better beyond noise in a quality objective and worse beyond noise in none;
+    "cost only" when it dominates beyond noise (:func:`dominates_beyond_noise`) but every quality difference is
+    within noise, so the gain is in cost alone; None otherwise (worse beyond noise anywhere -- a quality loss
+    beyond noise included -- or better beyond noise nowhere)."""
+    if not dominates_beyond_noise(a, b, noise, z):
+        return None
+    margins = noise_margins(noise, z)
+    return "quality" if any(q and x < y - m for x, y, m, q in zip(a, b, margins, quality)) else "cost only"
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:

@@ -332,7 +332,8 @@ def _budget_md(r: ParetoReport) -> list[str]:
     if rung:
         return [f"**A rung of study `{rung['of']}`**: every student here trained {steps} KD steps, continued from "
                 f"its checkpoint in study `{rung['from']}` -- the reference designs and the students on or within "
-                f"noise of that study's front. Only students of this budget are compared here.", ""]
+                f"noise of that study's front, at most half of its feasible students by default (the reference "
+                f"designs and its best one kept). Only students of this budget are compared here.", ""]
     rungs = r.attrs.get("rungs")
     if steps is not None and rungs:
         names = ", ".join(f"`{rung_name(r.study, n)}`" for n in rungs)

@@ -1,13 +1,14 @@
 """The report's noise, rendered: scores with their seed spread (± sigma), how the noise was measured, and
-the reference designs' dominations split into claims beyond noise and differences within it.
+the reference designs' dominations split into claims beyond noise -- on quality, or on cost only with every
+quality difference within noise -- and differences within it.
 
 Formats only what :func:`blocksearch.report.build_report` computed (:mod:`blocksearch.noise`,
-``Domination.beyond_noise``).
+``Domination.beyond_noise`` and ``Domination.kind``, from ``pareto.claim``).
 """
 
 from __future__ import annotations
 
-from blocksearch.noise import NOISY
+from blocksearch.noise import NOISY, quality_mask
 from blocksearch.numbers import fmt
 from blocksearch.pareto import noise_margins
 from blocksearch.report import Domination, ParetoReport
@@ -46,10 +47,15 @@ def noise_line(r: ParetoReport) -> str:
         elif s.source in ("exact", "no spread recorded"):
             parts.append(f"{o} {'exact' if s.source == 'exact' else 'compared raw (no spread recorded)'}")
     z = r.noise_z
+    quality = [o for o, q in zip(r.objectives, quality_mask(r.objectives)) if q]
+    kinds = (f" The claim is on quality when a quality objective ({', '.join(quality)}) is better beyond noise, and "
+             f"on cost only when only a cost is (every quality difference within noise); a design whose quality is "
+             f"worse beyond noise claims nothing." if quality
+             else " Every objective is a cost: claims are on cost only.")
     return (f"Seed noise: {'; '.join(parts)}. A searched design dominates a reference beyond noise when it is "
             f"worse by at most z·√2·σ in every objective and better by more than z·√2·σ in one, z = {z:g} ({z:g} "
             f"standard deviations of the difference of two scores); σ rests on few seeds, so a claim near its "
-            f"margin is weak.")
+            f"margin is weak.{kinds}")
 
 
 def _gains(r: ParetoReport, d: Domination) -> str:
@@ -66,9 +72,29 @@ def _gains(r: ParetoReport, d: Domination) -> str:
     return ", ".join(out)
 
 
+def claim_text(r: ParetoReport, d: Domination) -> str:
+    """'dominates bk_tiny on cost only (params, latency_ms); fid within noise' or 'dominates bk_base on quality,
+    fid better beyond noise': what a domination claims (``Domination.kind``) and on which objectives."""
+    a, b = r.trial(d.searched).values, r.trial(d.reference_trial).values
+    sigmas = [r.noise[o].sigma if r.noise_measured else 0.0 for o in r.objectives]
+    where = " beyond noise" if r.noise_measured else ""
+    better, quality = [], []
+    for o, q, x, y, m, s in zip(r.objectives, quality_mask(r.objectives), a, b, noise_margins(sigmas, r.noise_z),
+                                [1.0 if direction == "minimize" else -1.0 for direction in r.directions]):
+        if s * x < s * y - m:
+            better.append((o, q))
+        if q:
+            quality.append(o)
+    if d.kind == "quality":
+        return f"dominates {d.reference} on quality, {', '.join(o for o, q in better if q)} better{where}"
+    same = f"; {', '.join(quality)} within noise" if r.noise_measured else f"; {', '.join(quality)} equal"
+    return f"dominates {d.reference} on cost only ({', '.join(o for o, _ in better)}){same if quality else ''}"
+
+
 def reference_md(r: ParetoReport) -> list[str]:
-    """The README's section on the reference designs: each one's scores and who dominates it, beyond noise
-    or within it (a raw domination that the noise could explain; not a claim)."""
+    """The README's section on the reference designs: each one's scores and who dominates it, beyond noise --
+    on quality, or on cost only (every quality difference within noise) -- or within it (a raw domination that
+    the noise could explain; not a claim). Quality claims first."""
     lines = ["## Against the BK-SDM reference designs", ""]
     if not r.reference_designs:
         return lines + ["The study names no reference designs (user attr `reference_designs`).", ""]
@@ -79,16 +105,20 @@ def reference_md(r: ParetoReport) -> list[str]:
             continue
         t = r.trial(r.reference_trials[name])
         values = ", ".join(f"{o} {with_spread(r, o, v)}" for o, v in zip(r.objectives, t.values))
-        doms = sorted((d for d in r.dominations if d.reference == name), key=lambda d: -sum(d.improvement))
+        doms = sorted((d for d in r.dominations if d.reference == name),
+                      key=lambda d: (d.kind != "quality", -sum(d.improvement)))
         beyond = [d for d in doms if d.beyond_noise is not False]
         head = f"- **{name}** (trial {t.number}: {values})"
         if not r.noise_measured:
             lines.append(f"{head} is dominated by {len(beyond)} searched design(s) (noise not measured: raw "
                          f"values):" if beyond else f"{head}: no searched design dominates it.")
         else:
-            lines.append(f"{head} is dominated beyond noise by {len(beyond)} searched design(s):" if beyond
+            on_quality = sum(d.kind == "quality" for d in beyond)
+            lines.append(f"{head} is dominated beyond noise by {len(beyond)} searched design(s) ({on_quality} on "
+                         f"quality, {len(beyond) - on_quality} on cost only):" if beyond
                          else f"{head}: no searched design dominates it beyond noise.")
-        lines += [f"  - trial {d.searched} ({_gains(r, d)}): {r.trial(d.searched).architecture}" for d in beyond]
+        lines += [f"  - trial {d.searched} {claim_text(r, d)} ({_gains(r, d)}): {r.trial(d.searched).architecture}"
+                  for d in beyond]
         lines += [f"  - within noise, not a claim: trial {d.searched} ({_gains(r, d)}): "
                   f"{r.trial(d.searched).architecture}" for d in doms if d.beyond_noise is False]
     return lines + [""]

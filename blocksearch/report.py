@@ -7,7 +7,9 @@ attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``/``
 :class:`ParetoReport`; :mod:`blocksearch.render` turns it into reports/<study>/ (index.html,
 pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting (:mod:`blocksearch.pareto`).
 A searched design dominates a reference design only beyond the study's noise (:mod:`blocksearch.noise`,
-measured on the reference designs' ``seed_scores``); a raw domination within noise is kept, marked so.
+measured on the reference designs' ``seed_scores``); a raw domination within noise is kept, marked so. A claim
+is "on quality" when a quality objective (not a cost: ``noise.COSTS``) is better beyond noise, else "on cost only"
+(``pareto.claim``); a searched design whose quality is worse beyond noise claims nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from dataclasses import dataclass, field
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.noise import NOISY, Spread, estimate_noise
-from blocksearch.pareto import REFERENCE, Z_NOISE, dominates, dominates_beyond_noise, hypervolume, non_dominated_sort
+from blocksearch.noise import NOISY, Spread, estimate_noise, quality_mask
+from blocksearch.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
 from blocksearch.space import Genome, Topology
 from blocksearch.study import default_storage, open_study
 from blocksearch.teachers import teacher_topology  # noqa: F401 - re-exported for export.py and tests
@@ -107,13 +109,16 @@ class TrialPoint:
 @dataclass(frozen=True)
 class Domination:
     """A searched design that Pareto-dominates a reference design, on raw values or beyond noise;
-    improvement per objective as a fraction of the reference's value (0.12 = 12% better)."""
+    improvement per objective as a fraction of the reference's value (0.12 = 12% better); ``kind``: what it
+    claims (``pareto.claim``), "quality" or "cost only" (every quality difference within noise), None when it is
+    no claim (within noise)."""
 
     searched: int  # trial number
     reference: str  # design name, e.g. bk_small
     reference_trial: int
     improvement: tuple[float, ...]
     beyond_noise: bool | None = None  # True: a claim; False: within noise; None: noise not measured (raw rule)
+    kind: str | None = None  # "quality" | "cost only" (a claim, or the raw rule's); None: within noise
 
 
 @dataclass(frozen=True)
@@ -184,22 +189,25 @@ def build_report(study: optuna.Study, storage: str = "", reference_point=None) -
                            dict.fromkeys((*objectives, *NOISY)))
     searched = [t for t in trials if t.number in by_number and _is_searched(t, ref_designs)]
     dominations = tuple(d for name, n in ref_trials.items() for t in searched
-                        if (d := _domination(t.number, name, n, by_number, [noise[o] for o in objectives])))
+                        if (d := _domination(t.number, name, n, by_number, [noise[o] for o in objectives],
+                                             quality_mask(objectives))))
     rule = REFERENCE_RULE if reference_point is None else "r given by the user (--hv-reference)"
     return ParetoReport(study.study_name, storage, objectives, directions, trials, front, ref, rule, hv,
                         ref_hv, ref_designs, ref_trials, dominations, attrs, note, noise)
 
 
-def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spread]) -> Domination | None:
+def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spread],
+                quality: tuple[bool, ...]) -> Domination | None:
     """``searched`` against reference design ``name`` (trial ``n``): a Domination when it dominates on raw
-    values or beyond noise (unknown noise: the raw rule alone, ``beyond_noise`` None)."""
+    values or beyond noise, with what it claims (``pareto.claim``; unknown noise: the raw rule alone, every
+    sigma taken as 0, ``beyond_noise`` None)."""
     a, b = points[searched], points[n]
     known = all(s.sigma is not None for s in noise)
-    beyond = known and dominates_beyond_noise(a, b, [s.sigma for s in noise])
-    if not (beyond or dominates(a, b)):
+    kind = claim(a, b, [s.sigma if known else 0.0 for s in noise], quality)
+    if not (kind or dominates(a, b)):
         return None
     gains = tuple((y - x) / abs(y) if y else 0.0 for x, y in zip(a, b))
-    return Domination(searched, name, n, gains, beyond if known else None)
+    return Domination(searched, name, n, gains, kind is not None if known else None, kind)
 
 
 def _topology_or_note(teacher: str | None) -> tuple[Topology | None, str]:

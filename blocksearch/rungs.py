@@ -5,8 +5,9 @@
 reached tau >= 0.8 at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalkar,
 AISTATS 2016) and Hyperband (Li et al., JMLR 2018), every candidate gets the short budget, and only the
 students that may still be on the front go on: after the search, each rung continues the students on or
-within noise of the previous study's front -- and always the reference designs -- from their KD
-checkpoints to a longer budget (``distill``'s checkpoints: 0 -> k -> n trains the same student as 0 -> n).
+within noise of the previous study's front -- and always the reference designs --, at most half of its
+feasible students (:func:`promoted`), from their KD checkpoints to a longer budget (``distill``'s
+checkpoints: 0 -> k -> n trains the same student as 0 -> n).
 
 A rung is an Optuna study of its own, ``<study>@<steps>``, in the same storage: its front and report
 compare only students trained to the same budget. Its trials are exactly the promoted students, queued
@@ -25,7 +26,8 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import dominates, dominates_despite_noise, non_dominated_sort
+from blocksearch.noise import quality_mask
+from blocksearch.pareto import dominates, dominates_despite_noise
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
@@ -49,18 +51,26 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
 
 
 MAX_FRACTION = 0.5  # a rung takes at most this share of the feasible students below it (reference designs included)
-COSTS = ("params", "macs", "latency_ms", "e2e_ms", "memory_mb")  # objectives that are costs, not quality
 
 
 def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[TrialPoint]:
-    """The students of ``report`` that go on to the next rung (successive halving's cut, Jamieson & Talwalkar
-    2016): every reference design's, and every feasible completed student on or within noise of the front --
-    one that no other dominates even with both moved by their noise margins (``pareto.dominates_despite_noise``,
-    on the noise measured for each objective, the first-stage score's included; unmeasured: the plain front) --
-    at most ``max_fraction`` of the feasible students (never fewer than the reference designs). Past the cap the
-    reference designs stay (the comparison at the longer budget) and the others are taken by non-dominated rank
-    (Deb et al. 2002), then by the quality objective's value (the first objective that is not a cost). Sorted by
-    trial number."""
+    """The students of ``report`` that go on to the next rung, by trial number: successive halving's cut
+    (Jamieson & Talwalkar, AISTATS 2016) on noisy scores.
+
+    1. Candidates: the reference designs' students, and every feasible completed student on or within noise of
+       the front: one that no other dominates even with both moved by their noise margins
+       (``pareto.dominates_despite_noise``, on the noise measured for each objective, the first-stage score's
+       included; any objective's noise unmeasured: the plain front).
+    2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, but never
+       below the reference designs plus one searched student (a rung that re-trained the baselines alone would
+       test nothing the search found). Candidates within the cap all go on.
+    3. Past the cap the reference designs stay (the comparison at the longer budget), and the searched candidates
+       fill the places left by the report's non-dominated sorting rank (Deb et al. 2002, over every feasible
+       student: one that a reference design dominates ranks behind one that nothing dominates), within a rank by
+       the quality objective (the first objective that is not a cost, ``noise.COSTS``: fid, or the first stage's
+       probe score), then by trial number."""
+    if not 0 < max_fraction <= 1:
+        raise BlocksearchError(f"max_fraction {max_fraction}: allowed: a share of the feasible students in (0, 1]")
     sign = [1.0 if d == "minimize" else -1.0 for d in report.directions]
     points = {t.number: tuple(s * v for s, v in zip(sign, t.values)) for t in report.ranked}
     sigmas = [report.noise[o].sigma if o in report.noise else None for o in report.objectives]
@@ -73,14 +83,11 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[T
     refs = set(report.reference_trials.values())
     chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
     kept = [t for t in chosen if t.number in refs]
-    cap = max(len(kept), math.floor(max_fraction * len(report.ranked)))
+    cap = max(math.floor(max_fraction * len(report.ranked) + 1e-9), len(kept) + 1)
     if len(chosen) <= cap:
         return chosen
-    others = [t for t in chosen if t.number not in refs]
-    rank = {others[i].number: r for r, front in enumerate(non_dominated_sort([points[t.number] for t in others]))
-            for i in front}
-    q = next((i for i, o in enumerate(report.objectives) if o not in COSTS), 0)
-    others.sort(key=lambda t: (rank[t.number], points[t.number][q], t.number))
+    q = next((i for i, quality in enumerate(quality_mask(report.objectives)) if quality), 0)
+    others = sorted((t for t in chosen if t.number not in refs), key=lambda t: (t.rank, points[t.number][q], t.number))
     return sorted(kept + others[:cap - len(kept)], key=lambda t: t.number)
 
 

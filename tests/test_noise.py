@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from blocksearch.noise import estimate_noise, pooled_std, seed_spread
+from blocksearch.noise import estimate_noise, pooled_std, quality_mask, seed_spread
 
 # fid: bk_base 10, 12 (sample variance 2), bk_small 20, 24 (variance 8): pooled sqrt((2 + 8) / 2) = sqrt(5);
 # alignment: 0.5, 0.6 (variance 0.005) and 0.7, 0.7 (0): sqrt(0.0025) = 0.05; kid at one seed only: unknown.
@@ -47,3 +47,10 @@ def test_every_objective_has_a_spread_or_says_it_is_unknown():
     # repeats not recorded (an older study's measured.latency is text): one repeat, the widest error
     old = {"bk_base": {"latency_ms": 10.0, "latency_cv": 0.02, "measured": {"latency": "median of 20 runs"}}}
     assert estimate_noise(old, {}, ["latency_ms"])["latency_ms"].sigma == pytest.approx(math.sqrt(math.pi / 2) * 0.2)
+
+
+def test_every_objective_that_is_not_a_cost_is_a_quality_objective():
+    # a claim against a reference design rests on these; a rung promotes by the first of them
+    assert quality_mask(("fid", "params", "latency_ms")) == (True, False, False)
+    assert quality_mask(("params", "probe_cfg", "macs", "e2e_ms", "memory_mb", "kid", "alignment")) == (
+        False, True, False, False, False, True, True)

@@ -6,8 +6,8 @@ from itertools import product
 import numpy as np
 import pytest
 
-from blocksearch.pareto import (dominates, dominates_beyond_noise, dominates_despite_noise, hypervolume, noise_margins, non_dominated_sort,
-                                pareto_front, pareto_mask)
+from blocksearch.pareto import (claim, dominates, dominates_beyond_noise, dominates_despite_noise, hypervolume,
+                                noise_margins, non_dominated_sort, pareto_front, pareto_mask)
 
 # Hand-worked 2-D case (both minimised): B and E are equal, D is dominated by B (and by E), F trades a
 # worse first objective for a better second one, so it stays on the front.
@@ -92,3 +92,25 @@ def test_dominance_despite_noise_by_hand():
     assert not dominates_despite_noise((10.0, 90.0), b, SIGMA)  # same FID: b may be the better one in truth
     for a, c in product(product((0.0, 1.0, 2.0), repeat=3), repeat=2):
         assert dominates_despite_noise(a, c, (0.0, 0.0, 0.0)) == dominates(a, c), (a, c)
+
+
+def test_a_claim_is_on_quality_on_cost_only_or_none_by_hand():
+    """SIGMA: FID margin 1.0 (a quality objective), params exact (a cost); b = (FID 10, 100 params)."""
+    b, quality = (10.0, 100.0), (True, False)
+    assert claim((8.5, 100.0), b, SIGMA, quality) == "quality"  # FID 1.5 lower: beyond noise
+    assert claim((8.5, 90.0), b, SIGMA, quality) == "quality"
+    assert claim((9.5, 90.0), b, SIGMA, quality) == "cost only"  # FID 0.5 lower, within noise; 10 fewer params
+    assert claim((10.8, 90.0), b, SIGMA, quality) == "cost only"  # FID 0.8 higher, within noise
+    assert claim((11.2, 90.0), b, SIGMA, quality) is None  # FID 1.2 higher: worse beyond noise, fewer params or not
+    assert claim((9.5, 100.0), b, SIGMA, quality) is None  # better within noise only: nothing to claim
+    assert claim((8.5, 101.0), b, SIGMA, quality) is None  # one more param (exact): worse beyond noise
+    assert claim((8.5, 100.0), b, SIGMA, (False, False)) == "cost only"  # no quality objective: cost only
+    exact = (0.0, 0.0)
+    assert claim((9.9, 100.0), b, exact, quality) == "quality" and claim((10.0, 99.0), b, exact, quality) == "cost only"
+    # two quality objectives (FID; alignment negated to be minimised, margin 0.1): FID within noise, alignment
+    # 0.2 better beyond its margin -> quality; alignment 0.2 worse -> none, however many fewer params
+    sigmas, both = (SIGMA[0], 0.1 / (2 * math.sqrt(2)), 0.0), (True, True, False)
+    assert claim((10.5, -0.7, 90.0), (10.0, -0.5, 100.0), sigmas, both) == "quality"
+    assert claim((9.5, -0.3, 50.0), (10.0, -0.5, 100.0), sigmas, both) is None
+    for a, c in product(product((9.0, 10.0, 11.0), repeat=2), repeat=2):  # a claim is dominance beyond noise
+        assert (claim(a, c, SIGMA, quality) is not None) == dominates_beyond_noise(a, c, SIGMA), (a, c)

@@ -99,7 +99,8 @@ def test_report_files(tmp_path):
     readme = (out / "README.md").read_text()
     assert "![Pareto front](pareto.png)" in readme
     assert "| 2 |  | 9 | 90 | 9.00 ms |" in readme  # the front table, first row (lowest FID)
-    assert "trial 2 (fid 10.0% lower, params 10.0% lower, latency_ms 10.0% lower)" in readme
+    assert "trial 2 dominates bk_base on quality, fid better (fid 10.0% lower, params 10.0% lower, " \
+           "latency_ms 10.0% lower)" in readme
     assert "**bk_tiny** (`L1-1-1_T1-1-1_Mnone`): no completed trial" in readme
     assert "device: `cpu`" in readme and "blocksearch run --space unet_blocks" in readme
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
@@ -177,6 +178,9 @@ def test_dominations_beyond_noise_and_within_it(tmp_path):
     assert [(d.searched, d.reference, d.beyond_noise) for d in r.dominations] == [
         (2, "bk_base", False), (3, "bk_base", True), (5, "bk_base", True)]
     assert r.dominations[1].improvement == pytest.approx((-0.1, 0.1, 0.1))  # FID 10% worse, within noise
+    # trial 5 is 2.5 lower in FID (beyond the margin of 2.0): on quality; trial 3 wins on params and latency with FID
+    # 1.0 higher, within noise: on cost only; trial 2 (FID 1.0 lower, the rest equal) claims nothing
+    assert [d.kind for d in r.dominations] == [None, "cost only", "quality"]
     assert r.trial(0).seed_scores == tuple(SEED_SCORES["bk_base"]) and r.trial(2).seed_scores == ()
 
 
@@ -184,9 +188,11 @@ def test_without_seed_scores_the_noise_is_unknown_and_the_raw_rule_stays(tmp_pat
     url = make_study(tmp_path)  # an older study: no reference design carries seed scores
     r = build_report(open_study("unet_blocks-toy", url), url)
     assert not r.noise_measured and r.noise["fid"].sigma is None
-    assert [(d.searched, d.reference, d.beyond_noise) for d in r.dominations] == [(2, "bk_base", None)]
+    assert [(d.searched, d.reference, d.beyond_noise, d.kind) for d in r.dominations] == [
+        (2, "bk_base", None, "quality")]
     readme = (write_report("unet_blocks-toy", url, tmp_path / "report") / "README.md").read_text()
     assert "Seed noise: not measured for fid" in readme and "(noise not measured: raw values)" in readme
+    assert "  - trial 2 dominates bk_base on quality, fid better (fid 10.0% lower," in readme
     assert " ± " not in readme
 
 
@@ -196,11 +202,16 @@ def test_the_report_shows_spreads_and_splits_dominations_by_noise(tmp_path):
     readme = (out / "README.md").read_text()
     assert "| 5 |  | 7.5 ± 0.7071 | 95 | 9.50 ms | 6.00M | 0.5 ± 0.01414 |" in readme  # the front, FID first
     assert "**bk_base** (trial 0: fid 10 ± 0.7071, params 100, latency_ms 10.00 ms) is dominated beyond noise by " \
-           "2 searched design(s):" in readme
+           "2 searched design(s) (1 on quality, 1 on cost only):" in readme
     refs = readme.split("## Against the BK-SDM reference designs")[1].split("\n## ")[0]
     assert "fid ± 0.7071, alignment ± 0.01414 (pooled standard deviation of one score over 2 reference design(s) " \
            "x 2 seeds, KD and generation)" in refs and "z = 2" in refs and "params exact" in refs
-    assert "  - trial 3 (fid 10.0% higher (within noise), params 10.0% lower, latency_ms 10.0% lower):" in refs
+    assert "on cost only when only a cost is (every quality difference within noise)" in refs
+    assert "  - trial 5 dominates bk_base on quality, fid better beyond noise (fid 25.0% lower, params 5.0% lower, " \
+           "latency_ms 5.0% lower):" in refs
+    assert "  - trial 3 dominates bk_base on cost only (params, latency_ms); fid within noise (fid 10.0% higher " \
+           "(within noise), params 10.0% lower, latency_ms 10.0% lower):" in refs
+    assert refs.index("  - trial 5 dominates") < refs.index("  - trial 3 dominates")  # quality claims first
     assert "  - within noise, not a claim: trial 2 (fid 10.0% lower (within noise)):" in refs
     assert "**bk_small** (trial 1: fid 12 ± 0.7071, params 80, latency_ms 8.00 ms): no searched design dominates " \
            "it beyond noise." in refs
@@ -208,3 +219,20 @@ def test_the_report_shows_spreads_and_splits_dominations_by_noise(tmp_path):
     assert "7.5 ± 0.7071" in page and "id='noise'" in page and "z = 2" in page
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert [r["fid"] for r in json.loads(rows[0]["seed_scores"])] == [10.0, 11.0] and rows[2]["seed_scores"] == ""
+
+
+def test_a_quality_loss_beyond_noise_is_no_claim_whatever_the_cost(tmp_path):
+    # trial 6: FID 12.5, far fewer params, lower latency. Against bk_base (FID 10): 2.5 worse, beyond the margin of
+    # 2.0: no claim, not even one within noise. Against bk_small (FID 12): 0.5 worse, within noise: on cost only.
+    case = NOISE_CASE + [("COMPLETE", (12.5, 60.0, 6.0), "L1-1-1_T0-1-1_Mres", None)]
+    url = make_study(tmp_path, case=case, seed_scores=SEED_SCORES)
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert [(d.searched, d.reference, d.kind) for d in r.dominations if d.searched == 6] == [
+        (6, "bk_small", "cost only")]
+    refs = (write_report("unet_blocks-toy", url, tmp_path / "rep") / "README.md").read_text().split(
+        "## Against the BK-SDM reference designs")[1].split("\n## ")[0]
+    assert "**bk_small** (trial 1: fid 12 ± 0.7071, params 80, latency_ms 8.00 ms) is dominated beyond noise by 1 " \
+           "searched design(s) (0 on quality, 1 on cost only):" in refs
+    assert "  - trial 6 dominates bk_small on cost only (params, latency_ms); fid within noise (fid 4.2% higher " \
+           "(within noise), params 25.0% lower, latency_ms 25.0% lower):" in refs
+    assert "trial 6 dominates bk_base" not in refs and "trial 6 (" not in refs

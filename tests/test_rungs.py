@@ -30,8 +30,11 @@ def test_without_noise_the_front_and_the_reference_designs_go_on(tmp_path):
     assert not r.noise_measured
     # the infeasible trial 7 would dominate all: it stops
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3]
-    # at most half of the 5 feasible students (2), reference designs first: they take both places
-    assert [t.number for t in promoted(r)] == [0, 1]
+    # at most half of the 5 feasible students is 2, below the 2 reference designs + 1: the cap is 3, the reference
+    # designs first, then the better FID of the front's searched students 2 (9.0) and 3 (11.0)
+    assert [t.number for t in promoted(r)] == [0, 1, 2]
+    with pytest.raises(BlocksearchError, match="max_fraction 0: allowed: a share of the feasible students in"):
+        promoted(r, max_fraction=0)
 
 
 def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
@@ -45,6 +48,62 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     # 2: rank 0 is {3, 5}) and within the rank the better FID (5: 7.5 before 3: 11)
     assert [t.number for t in promoted(r)] == [0, 1, 5]
     assert [t.number for t in promoted(r, max_fraction=4 / 6)] == [0, 1, 3, 5]
+
+
+# A first stage ranked by a probe score: objectives (params, probe_cfg, latency_ms), the quality objective second.
+# probe_cfg's KD-seed sigma: bk_base 1.0, 1.1 and bk_small 1.2, 1.3 (variance 0.005 each): sqrt(0.005), margin
+# z sqrt(2) sigma = 0.2; params exact; latency_cv 0: latency exact. Rows: (values, feasible).
+PROBE_SEEDS = {"bk_base": [{"seed": 0, "probe_cfg": 1.0}, {"seed": 1, "probe_cfg": 1.1}],
+               "bk_small": [{"seed": 0, "probe_cfg": 1.2}, {"seed": 1, "probe_cfg": 1.3}]}
+PROBE_REFS = {"bk_base": "g0", "bk_small": "g1", "bk_tiny": "g2"}
+PROBE_CASE = [((100.0, 1.0, 10.0), True),  # 0 bk_base
+              ((80.0, 1.2, 8.0), True),  # 1 bk_small
+              ((60.0, 1.5, 6.0), True),  # 2 bk_tiny
+              ((90.0, 1.05, 9.0), True),  # 3 on the front
+              ((105.0, 1.02, 10.5), True),  # 4 bk_base dominates it on raw values (rank 1), not beyond the 0.2 margin
+              ((85.0, 1.1, 8.5), True),  # 5 on the front
+              ((110.0, 1.3, 11.0), True),  # 6 bk_base dominates it even with the margin (1.0 + 0.2 <= 1.3): stops
+              ((95.0, 1.4, 9.5), True),  # 7 trial 3 dominates it even with the margin (1.05 + 0.2 <= 1.4): stops
+              ((50.0, 0.5, 5.0), False)]  # 8 infeasible: it would dominate every other
+
+
+def _probe_report(tmp_path, case):
+    url = f"sqlite:///{tmp_path / 'probe.db'}"
+    study = optuna.create_study(study_name="probe", storage=url, directions=["minimize"] * 3)
+    study.set_metric_names(["params", "probe_cfg", "latency_ms"])
+    study.set_user_attr("reference_designs", PROBE_REFS)
+    names = {g: n for n, g in PROBE_REFS.items()}
+    for i, (values, feasible) in enumerate(case):
+        ua = {"genome": f"g{i}", "metrics": {"params": values[0], "latency_ms": values[2], "latency_cv": 0.0}}
+        if f"g{i}" in names:
+            ua |= {"design": names[f"g{i}"], "seed_scores": PROBE_SEEDS.get(names[f"g{i}"], [])}
+        study.add_trial(optuna.trial.create_trial(
+            values=values, params={"x": float(i)}, distributions={"x": optuna.distributions.FloatDistribution(0, 99)},
+            user_attrs=ua, constraints={"max_params": 0.0 if feasible else 1.0}))
+    return build_report(study, url)
+
+
+def test_past_the_cap_the_reference_designs_stay_then_rank_then_the_probe_score(tmp_path):
+    r = _probe_report(tmp_path, PROBE_CASE)
+    assert r.noise_measured and r.noise["probe_cfg"].sigma == pytest.approx(0.005 ** 0.5)
+    assert [t.number for t in r.ranked] == list(range(8)) and [t.rank for t in r.ranked] == [0, 0, 0, 0, 1, 0, 2, 1]
+    # within noise of the front: the 3 reference designs and 3, 4, 5 (6 of 8 feasible); the infeasible 8 never
+    assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3, 4, 5]
+    # the cap: floor(8 / 2) = 4 = the 3 reference designs + 1. Of 3, 4, 5: rank 0 (3, 5) before rank 1 (4, though
+    # its probe_cfg 1.02 is the best: bk_base, which goes on anyway, is no worse anywhere); then probe_cfg, the
+    # quality objective (not params, the first objective): 3 (1.05) before 5 (1.1)
+    assert [t.number for t in promoted(r)] == [0, 1, 2, 3]
+    assert [t.number for t in promoted(r, max_fraction=5 / 8)] == [0, 1, 2, 3, 5]
+    assert [t.number for t in promoted(r, max_fraction=0.1)] == [0, 1, 2, 3]  # never below the refs + 1
+
+
+def test_candidates_within_the_cap_all_go_on(tmp_path):
+    # 4 and 5 moved beyond noise of the front (bk_base: 1.0 + 0.2 <= 1.25; trial 3: 1.05 + 0.2 <= 1.3): 4 candidates
+    # of 8 feasible, within the cap of 4 -- today's rule unchanged
+    case = PROBE_CASE[:4] + [((105.0, 1.25, 10.5), True), ((95.0, 1.3, 9.5), True)] + PROBE_CASE[6:]
+    r = _probe_report(tmp_path, case)
+    assert [t.number for t in promoted(r)] == [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3]
+    assert 8 not in {t.number for t in r.ranked}
 
 
 def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
