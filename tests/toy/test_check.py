@@ -34,7 +34,7 @@ def test_check_defaults_are_the_default_evaluation_settings():
     """`blocksearch toy check` (its flags and compute_figures) scores as `blocksearch evaluate` does by default."""
     cfg = EvalConfig()
     args = add_toy_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["check"])
-    assert (args.prompts, args.steps, args.guidance) == (cfg.prompts, cfg.steps, cfg.guidance)
+    assert (args.prompts, args.inference_steps, args.guidance) == (cfg.prompts, cfg.steps, cfg.guidance)
     defaults = {k: p.default for k, p in inspect.signature(compute_figures).parameters.items()}
     assert (defaults["n_prompts"], defaults["num_steps"], defaults["guidance_scale"]) == (
         cfg.prompts, cfg.steps, cfg.guidance)
