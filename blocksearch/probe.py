@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from blocksearch.data import Batch, BatchStream
+from blocksearch.families.unet import kd_teacher_modules
 from blocksearch.settings import GUIDANCE_SCALE, PROBE_KEYS, Settings
 from blocksearch.teacher_cache import FeatureHooks
+from blocksearch.teachers import topology_of
 
 PROBE_SEED = 1_000_003  # the held-out stream's seed: KD streams use small seeds (the run's seed + k)
 
@@ -71,7 +74,6 @@ class Probe:
     teacher_cond: list[torch.Tensor]
     teacher_uncond: list[torch.Tensor]
     teacher_feats: list[dict[str, torch.Tensor]]
-    teacher_s: float
 
     @classmethod
     @torch.no_grad()
@@ -79,7 +81,6 @@ class Probe:
               data: str = "toy", cache_dir=None, resolution: int | None = None) -> "Probe":
         """Run the teacher once on the held-out set of the KD data ``data``, keeping the outputs of ``modules``
         (the KD pairs' teacher side: ``kd_teacher_modules``)."""
-        t0 = time.perf_counter()
         stream = BatchStream(teacher.pipeline, data, config.batch_size, config.seed, cache_dir, resolution)
         batches = [b.to(device) for b in probe_batches(stream, config)]
         empty = stream.empty_text().to(device)
@@ -94,7 +95,7 @@ class Probe:
                 hooks.pop()
         finally:
             hooks.remove()
-        return cls(config, batches, empty, cond, uncond, feats, time.perf_counter() - t0)
+        return cls(config, batches, empty, cond, uncond, feats)
 
     @torch.no_grad()
     def score(self, unet: torch.nn.Module, kd_pairs: tuple[tuple[str, str], ...]) -> dict[str, float]:
@@ -125,3 +126,16 @@ class Probe:
         out["probe_guide"] = sums["guide_err"] / max(sums["guide_ref"], 1e-12)
         out["probe_s"] = time.perf_counter() - t0
         return out
+
+
+_BUILT: dict = {}  # one probe per process and (teacher, settings): Ray workers are reused across trials and ladders
+
+
+def teacher_probe(spec: str, teacher, config: ProbeConfig = ProbeConfig(), device="cpu", data: str = "toy",
+                  cache_dir: str | Path | None = None, resolution: int | None = None) -> Probe:
+    """``Probe.build`` for the teacher loaded from ``spec``, its every KD module kept, once per process."""
+    key = (spec, str(device), data, str(cache_dir), resolution, config)
+    if key not in _BUILT:
+        _BUILT[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)), config, device,
+                                  data, cache_dir, resolution)
+    return _BUILT[key]

@@ -138,7 +138,8 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
               f"{below!r} go on from their KD checkpoints -- the reference designs and the students {rule}, at most "
-              f"{MAX_FRACTION:.0%} of the feasible: "
+              f"{MAX_FRACTION:.0%} of the feasible (never fewer than the reference designs and one searched "
+              f"student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives], attrs,
                              chosen, bound)

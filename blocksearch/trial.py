@@ -25,10 +25,10 @@ from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.space import Genome
-from blocksearch.families.unet import build_student, kd_teacher_modules
-from blocksearch.probe import Probe, ProbeConfig
+from blocksearch.families.unet import build_student
+from blocksearch.probe import Probe, ProbeConfig, teacher_probe
 from blocksearch.settings import PROBE_KEYS
-from blocksearch.teachers import load_teacher, topology_of
+from blocksearch.teachers import load_teacher
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
 CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint (rungs.py)
@@ -75,17 +75,11 @@ def cached_teacher(spec: str, device: str):
     return _TEACHERS[(spec, device)]
 
 
-_PROBES: dict = {}  # one held-out probe per worker process, teacher and KD data
-
-
 def cached_probe(teacher, job: TrialJob) -> Probe:
     """The held-out KD probe (probe.py) of the trials' teacher and KD data, built once per worker process."""
     settings = DistillConfig.from_dict(job.distill)
-    key = (job.teacher, job.device, settings.data, settings.resolution)
-    if key not in _PROBES:
-        _PROBES[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)), ProbeConfig(),
-                                   job.device, settings.data, settings.cache_dir, settings.resolution)
-    return _PROBES[key]
+    return teacher_probe(job.teacher, teacher, ProbeConfig(), job.device, settings.data, settings.cache_dir,
+                         settings.resolution)
 
 
 def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:

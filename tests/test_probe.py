@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blocksearch.data import BatchStream
-from blocksearch.distill import DistillConfig, Distiller, resolve_design
+from blocksearch.distill import DistillConfig, Distiller, distill, resolve_design
 from blocksearch.families.unet import build_student, kd_teacher_modules
 from blocksearch.probe import Probe, ProbeConfig, probe_batches, stratified_timesteps
 from blocksearch.teachers import topology_of
@@ -30,7 +30,7 @@ def test_stratified_timesteps_cover_the_schedule_once_each_bin():
     assert torch.equal(t, stratified_timesteps(8, 1000, seed=3))
 
 
-def test_two_candidates_are_scored_on_identical_tensors(tmp_path):
+def test_two_candidates_are_scored_on_identical_tensors(tmp_path, monkeypatch):
     """Common random numbers: the probe's batches (noisy latents, timesteps, text, targets) do not depend on
     the candidate, are rebuilt identically, and each candidate's KD run reads the same batches."""
     teacher = make_tiny_teacher(tmp_path)
@@ -41,15 +41,23 @@ def test_two_candidates_are_scored_on_identical_tensors(tmp_path):
     assert torch.equal(a.teacher_cond[0], b.teacher_cond[0])
     stream = BatchStream(teacher.pipeline, "toy", 4, SMALL.seed)
     assert torch.equal(probe_batches(stream, SMALL)[1].noisy, a.batches[1].noisy)
-    # the KD data of two candidates at one KD seed: the same batch i, whichever student trains on it
-    seen = []
+    # the KD data of two candidates at one KD seed: each KD run is handed the same batches and teacher targets
+    seen, real_step = {}, Distiller.step
+
+    def spy(recipe, step, batch, t_out, t_feats):
+        seen.setdefault(recipe.student.genome.id, []).append((batch, t_out))
+        return real_step(recipe, step, batch, t_out, t_feats)
+
+    monkeypatch.setattr(Distiller, "step", spy)
+    config = DistillConfig(steps=2, batch_size=2, cache_dir=str(tmp_path / "cache"))
     for design in ("bk_small", "bk_tiny"):
-        config = DistillConfig(steps=1, batch_size=2)
-        recipe = Distiller(teacher, _student(teacher, design), config)
-        seen.append(BatchStream(teacher.pipeline, "toy", 2, config.seed)[0])
-        recipe.close()
-    for field in ("noisy", "timesteps", "text", "target"):
-        assert torch.equal(getattr(seen[0], field), getattr(seen[1], field))
+        distill(teacher, _student(teacher, design), config, progress=False)
+    small, tiny = seen.values()
+    assert len(seen) == 2 and len(small) == len(tiny) == 2
+    for (x, tx), (y, ty) in zip(small, tiny):
+        assert torch.equal(tx, ty)
+        for field in ("noisy", "timesteps", "text", "target"):
+            assert torch.equal(getattr(x, field), getattr(y, field))
     # ...and the held-out set is not a KD batch
     assert not torch.equal(stream.clean(0)[2][:2], BatchStream(teacher.pipeline, "toy", 2, 0).clean(0)[2])
 

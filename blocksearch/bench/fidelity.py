@@ -40,9 +40,9 @@ from blocksearch.run_settings import absolute, stage_configs
 from blocksearch.search import params_table
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.study import SearchConfig
-from blocksearch.families.unet import Student, build_student, kd_teacher_modules, student_config
+from blocksearch.families.unet import Student, build_student, student_config
 from blocksearch.predictors import curve_features
-from blocksearch.probe import Probe, ProbeConfig
+from blocksearch.probe import ProbeConfig, teacher_probe
 from blocksearch.teachers import is_toy, load_teacher, topology_of
 from blocksearch.trial import cached_teacher
 
@@ -214,18 +214,12 @@ def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple], kd_seed: int = 0
         yield {"genome": arch.genome, "budget": budget, "kd_seed": kd_seed, "error": f"{type(err).__name__}: {text}"}
 
 
-_PROBES: dict = {}  # one held-out probe per worker process and teacher
-
-
 def probe_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, kd_seed: int, kd_s: float) -> dict:
     """The held-out KD probe's scores (probe.py) and the training-loss curve's features (predictors.py) of the
     student at ``budget``: the cheap predictors, beside the FID rows."""
-    key = (job.teacher, json.dumps(job.probe, sort_keys=True))
-    if key not in _PROBES:
-        _PROBES[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)),
-                                   ProbeConfig.from_dict(job.probe), job.device, job.distill.get("data", "toy"),
-                                   job.distill.get("cache_dir"), job.distill.get("resolution"))
-    scores = _PROBES[key].score(student.unet, student.kd_pairs)
+    probe = teacher_probe(job.teacher, teacher, ProbeConfig.from_dict(job.probe), job.device,
+                          job.distill.get("data", "toy"), job.distill.get("cache_dir"), job.distill.get("resolution"))
+    scores = probe.score(student.unet, student.kd_pairs)
     losses = ladder_losses(job, arch.genome, budget, kd_seed)
     return dict(genome=arch.genome, design=arch.design, source=arch.source, kd_seed=kd_seed, budget=budget,
                 params=arch.params, macs=arch.macs, kd_s=round(kd_s, 3),

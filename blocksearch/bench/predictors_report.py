@@ -234,8 +234,8 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     table = predictor_table(rows, probes, budgets, args.boot)
     chosen, meets = choose(table, max(budgets))
     noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
-                  else None) for b in budgets for k in ("fid", *PROBE_KEYS)
-             if kd_seed_noise(rows, probes, b, k) or (k == "fid" and gen_seed_noise(rows, b))]
+                  else None) for b in budgets for k in ("fid", *PROBE_KEYS)]
+    noise = [n for n in noise if n["kd"] or n["gen"]]
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
     text = render(table, chosen, meets, noise, command)
