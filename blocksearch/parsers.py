@@ -549,6 +549,10 @@ def add_bench_search_parser(sub, handler: Callable) -> None:
                         f"(default ~/.cache/blocksearch/bench)")
     p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space (default: %(default)s)")
+    p.add_argument("--front", nargs="+", metavar="TRIALS_CSV", default=None,
+                   help="instead of comparing samplers: score the final front of each report's trials.csv on the "
+                        "table (hypervolume normalised over the whole table), e.g. to compare two default runs "
+                        "after long training")
     p.set_defaults(handler=handler)
 
 

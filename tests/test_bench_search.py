@@ -198,3 +198,27 @@ def test_two_benchmarks_started_together_build_the_table_once(tmp_path):
     assert marker.read_text() == "built\n"
     assert B.cached_table(cache, lambda: pytest.fail("rebuilt")) == {"L1-1-1-1_T1-1-1-0_Mnone": (1.5, 10.0, 2.0)}
     assert not list(cache.parent.glob("*.partial"))
+
+
+def test_front_scores_each_reports_front_on_the_table(bound_and_table, tmp_path, monkeypatch, capsys):
+    """--front: a report's front genomes looked up in the table; a front that adds a non-dominated design
+    scores higher, and a report without the columns is a one-line error."""
+    bound, table = bound_and_table
+    best = min(table.values, key=lambda g: table.values[g][0])
+    small = min(table.values, key=lambda g: table.values[g][1])
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    one.write_text(f"number,genome,on_front\n0,{best},True\n1,{small},False\n")
+    two.write_text(f"number,genome,on_front\n0,{best},True\n1,{small},True\n")
+    assert B.front_genomes(one) == [best]
+    assert B.front_hypervolume(table, [best, small]) > B.front_hypervolume(table, [best]) > 0
+    monkeypatch.setattr(B, "standin_table", lambda teacher, space: table)
+    args = argparse.Namespace(front=[str(one), str(two)], table=None, teacher="x", space="x")
+    assert B.cmd_bench_search(args) == 0
+    out = capsys.readouterr().out
+    assert f"{one}: 1 on the front, hypervolume {B.front_hypervolume(table, [best]):.4f}" in out
+    assert f"{two}: 2 on the front" in out
+    (tmp_path / "bad.csv").write_text("number,fid\n0,1\n")
+    with pytest.raises(B.BlocksearchError, match="no genome/on_front columns"):
+        B.front_genomes(tmp_path / "bad.csv")
+    with pytest.raises(B.BlocksearchError, match="not in the table"):
+        B.front_hypervolume(table, ["L9_T9_Mnone"])

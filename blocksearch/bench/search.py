@@ -62,6 +62,8 @@ class Table:
 
 
 def cmd_bench_search(args) -> int:
+    if getattr(args, "front", None):
+        return print_fronts(args)
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
     bad = [s for s in samplers if s not in SAMPLERS or s == "random"]
     if bad or not samplers:
@@ -109,6 +111,50 @@ def cmd_bench_search(args) -> int:
           f"{result['random_final']:.4f}) is reached:")
     for name in [*samplers, "random"]:
         print(f"  {name:8s} {reach_summary(result['reach_random'][name], args.trials)}")
+    return 0
+
+
+def front_genomes(trials_csv: Path) -> list[str]:
+    """The genomes on the front of a report's ``trials.csv`` (column ``on_front``)."""
+    try:
+        rows = list(csv.DictReader(trials_csv.open()))
+    except OSError as exc:
+        raise BlocksearchError(f"--front {trials_csv}: cannot read it ({exc.strerror}); allowed: a report's "
+                               "trials.csv") from None
+    if not rows or not {"genome", "on_front"} <= set(rows[0]):
+        raise BlocksearchError(f"--front {trials_csv}: no genome/on_front columns; allowed: a report's trials.csv")
+    return [r["genome"] for r in rows if r["on_front"] == "True"]
+
+
+def front_hypervolume(table: Table, genomes: Sequence[str]) -> float:
+    """The normalised hypervolume of ``genomes`` looked up in ``table`` (bounds: the whole table's), so that
+    fronts found by different runs are scored on one long-training scale rather than by their own noisy FIDs."""
+    missing = [g for g in genomes if g not in table.values]
+    if missing or not genomes:
+        raise BlocksearchError(f"front genomes not in the table: {missing or 'none given'}; allowed: genomes of "
+                               "the table's space")
+    lower, upper = table.bounds()
+    return normalised_hypervolume(np.array([table.values[g] for g in genomes]), lower, upper)
+
+
+def print_fronts(args) -> int:
+    """``bench search --front trials.csv ...``: each report's final front scored in the measured (else the
+    stand-in's calibrated) table: how two runs' fronts compare after long training."""
+    standin = standin_table(args.teacher, args.space)
+    measured_path = Path(args.table) if args.table else default_measured(args.teacher)
+    measured = read_table(measured_path) if measured_path is not None else None
+    table = calibrate(standin, measured) if measured is not None else standin
+    print(f"table: {table.source}")
+    names = list(COLUMNS[1:])
+    if measured is None or "latency_ms not measured" in measured.source:
+        names[-1] = "MACs (latency stand-in)"
+    for path in map(Path, args.front):
+        genomes = front_genomes(path)
+        seen = sum(g in measured.values for g in genomes) if measured is not None else 0
+        print(f"{path}: {len(genomes)} on the front, hypervolume {front_hypervolume(table, genomes):.4f} "
+              f"({seen} of them measured, the rest from the stand-in)")
+        for g in genomes:
+            print(f"  {g}: " + ", ".join(f"{c} {v:.4g}" for c, v in zip(names, table.values[g])))
     return 0
 
 

@@ -37,6 +37,7 @@ def test_two_drivers_share_one_study_without_repeating_work(tiny_teacher, tmp_pa
     assert len(drivers) == 2, drivers  # the work was divided between the two
 
 
+@pytest.mark.slow  # CI covers it through PostgreSQL (test_postgres.py) and SQLite's heartbeat rule in test_search.py
 def test_a_killed_drivers_trial_is_requeued_once_and_the_other_finishes(tiny_teacher, tmp_path, cache):
     kill_one_driver_midtrial(tiny_teacher, tmp_path, cache, f"sqlite:///{tmp_path / 's.db'}", "killed")
 
@@ -74,6 +75,7 @@ def two_node_cluster():
             p.wait(30)
 
 
+@pytest.mark.slow  # CI covers --address with a separately started cluster (test_ray_search.py)
 def test_a_search_across_a_two_node_cluster(two_node_cluster, tiny_teacher, tmp_path, cache):
     db, name = f"sqlite:///{tmp_path / 's.db'}", "cluster"
     proc = run_cli(["run", "--address", two_node_cluster, "--teacher", str(tiny_teacher), "--trials", "2", *FAST,
