@@ -2,7 +2,7 @@
 (measured), params / MACs (counted); all cached by architecture and measurement key.
 
 Latency is a property of (architecture, device, dtype, resolution, threads), not of the machine's load
-(DESIGN.md, "Latency and memory"). So every timing runs in the ``measurement_slot`` of
+(docs/design.md, "Latency and memory"). So every timing runs in the ``measurement_slot`` of
 ``blocksearch/cache.py``: it waits until every other blocksearch process on this machine -- trials that
 train or generate, ``blocksearch distill``, benchmarks -- has stepped aside at its next checkpoint, and
 keeps them out until it is done. On a CPU with one torch thread the clock is the process CPU time;

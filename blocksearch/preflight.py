@@ -1,6 +1,6 @@
 """Preflight: a real teacher's inputs are checked before Ray starts -- each problem one line, exit 2.
 
-A wrong folder must cost one line, never N failed trials (DESIGN.md, "Real teachers"). Every check
+A wrong folder must cost one line, never N failed trials (docs/design.md, "Real teachers"). Every check
 raises ``BlocksearchError`` naming the path, what is wrong and what is allowed; ``check_real_inputs``
 runs all of them and reports every problem, one per line.
 """

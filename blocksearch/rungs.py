@@ -1,8 +1,9 @@
 """Spend the search's KD budget where the front is: rungs of longer training for the students near it.
 
-``blocksearch bench fidelity`` measured that a short KD run ranks architectures poorly against a long one
-(the toy teacher: 120 steps, Kendall tau +0.07 against 1920 steps; 480 steps, +0.64), and no flat budget
-reached tau >= 0.8 at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalkar,
+``blocksearch bench fidelity`` measured that the FID of a short KD run ranks architectures poorly against a
+long one (the toy teacher, 12 architectures: FID after 120 steps, Kendall tau +0.45 against 1920 steps; 480
+steps, +0.70; reports/fidelity-toy/predictors.md), and no flat budget's FID reached tau >= 0.8 at <= 25 % of
+the long budget. So, as in successive halving (Jamieson & Talwalkar,
 AISTATS 2016) and Hyperband (Li et al., JMLR 2018), every candidate gets the short budget, and only the
 students that may still be on the front go on: after the search, each rung continues the students on or
 within noise of the previous study's front -- and always the reference designs --, at most half of its

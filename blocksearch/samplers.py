@@ -11,7 +11,7 @@ import random
 import optuna
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (README, "Does the sampler beat random search?")
+DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 
@@ -20,7 +20,7 @@ def make_sampler(name: str, seed: int, trials: int, designs: int = 0):
     """GP (the default: Optuna's Gaussian-process sampler, log-EHVI for several objectives), TPE (Optuna 5
     multi-objective TPE with constant liar for parallel trials), NSGA-II or random, all seeded. ``designs``:
     the reference designs the study starts with (enqueued, evaluated first); GP takes them as its initial
-    design and models from the next trial on, where more random start-up trials measured worse (README)."""
+    design and models from the next trial on, where more random start-up trials measured worse (docs/benchmarks.md)."""
     startup = min(10, max(2, trials // 3))
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)

@@ -187,7 +187,7 @@ def params_table(teacher_unet: UNet2DConditionModel, bound: BoundSpace) -> Calla
 
 def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
     """Build the trials' teacher cache once, in the driver, before Tune starts: teacher outputs depend
-    only on the batch (DESIGN.md, Distillation), so every trial then finds it warm instead of the first
+    only on the batch (docs/design.md, Distillation), so every trial then finds it warm instead of the first
     ones building it in silence. Trials on other machines of a cluster build their own copy."""
     config = DistillConfig.from_dict(job.distill)
     if config.teacher_cache == "off" or not config.steps:

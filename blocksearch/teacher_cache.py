@@ -3,7 +3,7 @@
 Teacher outputs depend only on the batch (noisy latent, timestep, text), never on the student, so one
 file per (teacher, data, seed, batch size, steps) serves every candidate of a study. It stores the
 batch inputs (fp32) and the teacher's output and *every* feature any Genome may pair with
-(``surgery.kd_teacher_modules``), so all students share it.
+(``families.unet.kd_teacher_modules``), so all students share it.
 Files live under ``<cache_dir>/teacher/``; the folder is capped in size with least-recently-used
 eviction; writers take a per-key file lock and write a temp file, then rename it atomically.
 """
@@ -212,7 +212,7 @@ def cache_figures(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str
 def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int,
                cap_what: str = "BLOCKSEARCH_CACHE_GB") -> tuple[str, str]:
     """("disk", why) when ``steps`` cached steps fit under the cap, else ("live", why): the teacher then
-    runs alongside the student in every trial instead of being read from the cache (DESIGN.md)."""
+    runs alongside the student in every trial instead of being read from the cache (docs/design.md)."""
     figures = cache_figures(bytes_per_step, steps, cap_bytes, cap_what)
     if bytes_per_step * steps <= cap_bytes:
         return "disk", f"{figures}: fits, computed once and shared by every trial"

@@ -1,6 +1,6 @@
 """One trial of the search, run inside a Ray worker: surgery -> distillation -> save -> evaluation.
 
-The same stage functions as ``blocksearch distill`` / ``evaluate`` (DESIGN.md: a trial is never a
+The same stage functions as ``blocksearch distill`` / ``evaluate`` (docs/design.md: a trial is never a
 special case); this module only adds Ray Tune reporting, timings and failure capture, and scores the
 students of the reference designs at more generation seeds (the report's seed noise, noise.py). Paths
 are absolute (Ray trials chdir into their own folder).
