@@ -161,7 +161,8 @@ def cmd_report(args) -> int:
             raise BlocksearchError(
                 f"--hv-reference {args.hv_reference!r}: expected numbers separated by commas") from None
     folder = write_report(args.study, args.storage, args.out, ref)
-    print(f"report of study {args.study} written to {folder}/ (index.html, pareto.png, trials.csv, README.md)")
+    files = [f for f in ("README.md", "index.html", "pareto.png", "curves.png", "trials.csv") if (folder / f).exists()]
+    print(f"report of study {args.study} written to {folder}/ ({', '.join(files)})")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from blocksearch.cache import default_cache_dir
 from blocksearch.numbers import fmt
 from blocksearch.render_noise import noise_line, reference_md, with_spread
+from blocksearch.report_curves import SMOOTH, front_curves, render_curves_png
 from blocksearch.report import ParetoReport, TrialPoint, load_report
 from blocksearch.study import rung_name
 
@@ -46,11 +47,17 @@ def write_report(study_name: str, storage: str | None = None, out: str | Path | 
 
 def render_all(report: ParetoReport, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    curves = front_curves(report)  # read before the paths are made portable
+    if curves:
+        render_curves_png(curves, folder / CURVES_PNG, f"{report.study}: the front students and reference designs")
     report = portable(report, folder)
     (folder / "index.html").write_text(render_html(report), encoding="utf-8")
     render_png(report, folder / "pareto.png")
     render_csv(report, folder / "trials.csv")
-    (folder / "README.md").write_text(render_markdown(report), encoding="utf-8")
+    (folder / "README.md").write_text(render_markdown(report, curves=bool(curves)), encoding="utf-8")
+
+
+CURVES_PNG = "curves.png"
 
 
 # -- reports that travel ---------------------------------------------------------------------------
@@ -308,7 +315,7 @@ def _kv(d) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
 
 
-def render_markdown(r: ParetoReport) -> str:
+def render_markdown(r: ParetoReport, curves: bool = False) -> str:
     lines = [f"# blocksearch report: `{r.study}`", "", "![Pareto front](pareto.png)", "",
              f"Study `{r.study}` in `{r.storage}`: {_summary(r)}. Objectives: "
              + ", ".join(f"{o} ({d})" for o, d in zip(r.objectives, r.directions))
@@ -321,9 +328,18 @@ def render_markdown(r: ParetoReport) -> str:
         lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
                   "`blocksearch run`; finished trials are kept in the study.", ""]
     else:
-        lines += _front_md(r) + _speed_md(r) + _hypervolume_md(r) + reference_md(r) + _infeasible_md(r)
+        lines += _front_md(r) + _speed_md(r) + (_curves_md(r) if curves else []) + _hypervolume_md(r)
+        lines += reference_md(r) + _infeasible_md(r)
     lines += _measured_md(r) + _unfinished_md(r)
     return "\n".join(lines) + "\n"
+
+
+def _curves_md(r: ParetoReport) -> list[str]:
+    rung = (r.attrs.get("rung") or {}).get("of")
+    return ["## Learning curves", "", f"![KD loss per step]({CURVES_PNG})", "",
+            "The KD loss of each front student (solid) and reference design (dashed) at every step it trained"
+            + (f", from surgery through study `{rung}` and this rung" if rung else "")
+            + f"; a {SMOOTH}-step moving mean of one batch per step (each trial's `losses.jsonl`).", ""]
 
 
 def _budget_md(r: ParetoReport) -> list[str]:
