@@ -23,7 +23,7 @@ from blocksearch.teachers import Teacher
 
 def reference_key(teacher: Teacher, config: EvalConfig, device) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k != "cache_dir"}
-    blob = json.dumps([fingerprint(teacher.unet), settings, str(device), torch.get_num_threads()], sort_keys=True,
+    blob = json.dumps([fingerprint(teacher.denoiser), settings, str(device), torch.get_num_threads()], sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -36,7 +36,7 @@ def teacher_reference(teacher: Teacher, config: EvalConfig, device="cpu", progre
         if path.exists():
             return json.loads(path.read_text())
         with work_slot():
-            metrics = evaluate(teacher, teacher.unet, config, device=device, progress=progress).to_dict()
+            metrics = evaluate(teacher, teacher.denoiser, config, device=device, progress=progress).to_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(metrics, default=str))

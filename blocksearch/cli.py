@@ -83,12 +83,15 @@ def cmd_space_show(args) -> int:
     from blocksearch.cost import count_macs, count_params
     from blocksearch.render import fmt
     from blocksearch.families.unet import build_student
-    from blocksearch.teachers import load_teacher_unet, topology_of
+    from blocksearch.teachers import load_teacher_unet, resolve_teacher, topology_of
 
     space = load_space(args.space)
     if space.family == "dit":
         return show_dit_space(space, args)
     teacher_name = args.teacher or space.teacher
+    if resolve_teacher(teacher_name).family_name != "unet":
+        raise BlocksearchError(f"teacher {teacher_name} is a transformer; space {space.name} is for U-Nets (allowed: a "
+                               f"U-Net teacher, or a transformer space such as dit_blocks)")
     teacher = load_teacher_unet(teacher_name, device="cpu")
     bound = space.bind(topology_of(teacher.config))
     print(f"space {space.name} ({space.path}) on teacher {teacher_name}\n")
@@ -118,11 +121,19 @@ def cmd_space_show(args) -> int:
 def show_dit_space(space, args) -> int:
     """``space show`` of a transformer space (families/dit.py): groups, size, and the designs' exact params."""
     from blocksearch.families.dit import PIPELINES, TEXT_LEN, design_costs
-    from blocksearch.families.dit_genome import load_teacher_config, topology_of
+    from blocksearch.families.dit_genome import load_teacher_config, model_class_of, topology_of
     from blocksearch.render import fmt
+    from blocksearch.teachers import TOY_TEACHERS
+    from blocksearch.toy.assets import check_asset
 
     teacher_name = args.teacher or space.teacher
-    config = load_teacher_config(teacher_name)
+    folder = TOY_TEACHERS.get(teacher_name, Path(teacher_name))
+    if teacher_name in TOY_TEACHERS:
+        check_asset(folder / "transformer" / "config.json")  # not built: the one-line error names the build
+    config = load_teacher_config(str(folder) if teacher_name in TOY_TEACHERS else teacher_name)
+    tokenizer = folder / "tokenizer" / "tokenizer_config.json"  # a pipeline folder: its own text length
+    text_len = (min(TEXT_LEN[model_class_of(config)], json.loads(tokenizer.read_text()).get("model_max_length", 10**9))
+                if tokenizer.is_file() and TEXT_LEN[model_class_of(config)] else None)
     bound = space.bind(topology_of(config))
     topo = bound.topology
     print(f"space {space.name} ({space.path}) on teacher {teacher_name} ({topo.model_class}, "
@@ -133,7 +144,7 @@ def show_dit_space(space, args) -> int:
         print(f"{group:28s} {n:6d}  {', '.join(choices)}")
     print(f"\ndistinct architectures: {len(bound)}\n")
     latent = args.latent or config.get("sample_size", 128)  # Flux has none: 128 latents = 1024 px
-    rows = design_costs(bound, config, teacher_name, latent)
+    rows = design_costs(bound, config, teacher_name, latent, text_len)
     print(f"{'design':14s} {'genome':24s} {'params':>17s} {f'MACs @ {latent}x{latent}':>19s}  published (ours vs it)")
     base_p, base_m = rows[0].params, rows[0].macs
     for r in rows:
@@ -144,7 +155,7 @@ def show_dit_space(space, args) -> int:
     if any(r.paper_params != r.params for r in rows):
         print("\nDiT counts its timestep and class embedders once; diffusers repeats them in every block. Counted as "
               "DiT does: " + ", ".join(f"{r.name} {fmt('params', r.paper_params, 1)}" for r in rows))
-    text = f"{TEXT_LEN[topo.model_class]} text tokens" if TEXT_LEN[topo.model_class] else "a class label"
+    text = f"{text_len or TEXT_LEN[topo.model_class]} text tokens" if TEXT_LEN[topo.model_class] else "a class label"
     print(f"\nMACs: one transformer forward at batch 1 ({text}), torch.utils.flop_counter (matmul, attention).")
     return 0
 
@@ -198,7 +209,7 @@ def cmd_distill(args) -> int:
     import torch
 
     from blocksearch.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
-    from blocksearch.families.unet import build_student, load_student
+    from blocksearch.families.unet import load_student
     from blocksearch.teachers import is_toy, load_teacher
 
     if args.threads:
@@ -212,23 +223,26 @@ def cmd_distill(args) -> int:
                            teacher_cache="off" if args.no_teacher_cache else args.teacher_cache)
     teacher = load_teacher(args.teacher, args.device)
     if args.init:  # continue distilling a saved student (e.g. an exported one, at full length)
+        if teacher.family.name != "unet":
+            raise BlocksearchError(f"--init continues U-Net students only; teacher {args.teacher} is a "
+                                   f"{teacher.family.denoiser_name}: distil a --design from it instead")
         student, name = load_student(args.init, teacher.unet), None
         genome = student.genome
     else:
-        genome, name = resolve_design(teacher.unet, args.design, args.space)
-        student = build_student(teacher.unet, genome)
+        genome, name = resolve_design(teacher.denoiser, args.design, args.space)
+        student = teacher.family.build_student(teacher.denoiser, genome)
     result = distill(teacher, student, config, args.device)
     if config.steps and not quiet():
         print(result.extra["teacher_cache"])
     meta = {"teacher": args.teacher, "design": name, "space": args.space, "distill": config.to_dict(),
             "device": args.device, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
-    out = write_student(Path(args.out), student, result, meta)
+    out = write_student(Path(args.out), student, result, meta, teacher.family.subfolder)
     if result.losses:
         first, last = result.losses[0], result.losses[-1]
         print(f"{genome.id}: {config.steps} KD steps in {result.wall_s:.1f} s; loss {first['loss']:.4f} -> "
               f"{last['loss']:.4f} (task {last['loss_task']:.4f}, out {last['loss_kd_out']:.4f}, "
               f"feat {last['loss_kd_feat']:.4f})")
-    print(f"student written to {out / 'unet'} (log: {out / 'train_log.jsonl'})")
+    print(f"student written to {out / teacher.family.subfolder} (log: {out / 'train_log.jsonl'})")
     return 0
 
 
@@ -248,9 +262,13 @@ def cmd_evaluate(args) -> int:
         return cmd_evaluate_protocol(args, folder, teacher_spec)
     check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,
                       fid_images=args.prompts or EvalConfig.prompts)
-    unet = load_unet(folder, what="student folder",
-                     expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
     teacher = load_teacher(teacher_spec, args.device)
+    if teacher.family.name == "unet":
+        unet = load_unet(folder, what="student folder",
+                         expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
+    else:  # a transformer student: DIR/transformer (distill's, export's) or a transformer folder
+        sub = teacher.family.subfolder if (folder / teacher.family.subfolder).is_dir() else None
+        unet = type(teacher.denoiser).from_pretrained(folder, subfolder=sub, use_safetensors=True)
     given = dict(prompts=args.prompts, steps=args.inference_steps, guidance=args.guidance, seed=args.seed,
                  resolution=args.resolution, reference_images=args.reference_images,
                  latency_repeats=args.latency_repeats)

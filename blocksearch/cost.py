@@ -1,4 +1,5 @@
-"""Cost of an architecture: exact parameter count and MACs of one U-Net forward.
+"""Cost of an architecture: exact parameter count and MACs of one denoiser forward (a U-Net's, or another
+family's with its ``forward_inputs``).
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention;
 norms and pointwise ops are not counted), run on the meta device so no memory or weights are needed.
@@ -10,8 +11,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
+
+from blocksearch.families.base import Family, get_family
 
 
 def count_params(unet: torch.nn.Module) -> int:
@@ -39,11 +41,14 @@ def unet_inputs(config, batch: int = 1, latent_size: int | None = None, device="
     return kwargs
 
 
-def count_macs(unet: UNet2DConditionModel, latent_size: int | None = None, text_len: int = 77) -> int:
-    """MACs of one forward at batch 1 (no classifier-free-guidance doubling)."""
+def count_macs(unet: torch.nn.Module, latent_size: int | None = None, text_len: int = 77,
+               family: Family | None = None) -> int:
+    """MACs of one forward at batch 1 (no classifier-free-guidance doubling) of the denoiser ``unet`` of
+    ``family`` (default: a U-Net), rebuilt from its config on the meta device."""
     with torch.device("meta"):
-        meta = UNet2DConditionModel.from_config(copy.deepcopy(dict(unet.config)))
+        meta = type(unet).from_config(copy.deepcopy(dict(unet.config)))
+    inputs = (family or get_family("unet")).forward_inputs(meta.config, 1, latent_size, text_len=text_len)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        meta(**unet_inputs(meta.config, 1, latent_size, text_len=text_len))
+        meta(**inputs)
     return counter.get_total_flops() // 2

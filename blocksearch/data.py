@@ -2,9 +2,10 @@
 
 Sources: the toy world's generator, or a user's folder of captioned images in the Hugging Face
 ``imagefolder`` layout (``metadata.jsonl`` or ``metadata.csv`` with ``file_name`` and ``text``
-columns), whose VAE latents and text embeddings are encoded once and cached on disk. Noise follows
-the teacher's training schedule (DDPM forward process, Ho et al. 2020); the target is the noise
-(epsilon prediction) or the velocity (v-prediction, Salimans & Ho 2022) as the teacher's scheduler says.
+columns), whose VAE latents and text embeddings (as the teacher's family encodes them) are encoded once and
+cached on disk. Noise follows the teacher's training schedule (DDPM forward process, Ho et al. 2020, or
+rectified flow's straight line for SD3 / Flux); the target is the family's (``training_target``): the noise
+(epsilon prediction), the velocity (v-prediction, Salimans & Ho 2022) or the flow, as the scheduler says.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import default_cache_dir
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import add_noise, family_of, is_flow
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy.world import sample_batch
 
@@ -34,15 +36,23 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 @dataclass(frozen=True)
 class Batch:
-    """One KD batch: the student and teacher both see (noisy, timesteps, text); target is eps or v."""
+    """One KD batch: the student and teacher both see (noisy, timesteps, text); target is eps, v or flow.
+    ``mask``: the text's attention mask where the family's pipeline passes one (PixArt), else None."""
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
     text: torch.Tensor
     target: torch.Tensor
+    mask: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.noisy, self.timesteps, self.text, self.target)))
+        return Batch(*(t.to(device) for t in (self.noisy, self.timesteps, self.text, self.target)),
+                     mask=None if self.mask is None else self.mask.to(device))
+
+    def unconditional(self, empty_text: torch.Tensor, empty_mask: torch.Tensor | None) -> "Batch":
+        """This batch with every caption replaced by the empty one (classifier-free guidance's other branch)."""
+        mask = None if empty_mask is None else empty_mask.to(self.mask.device).expand_as(self.mask)
+        return Batch(self.noisy, self.timesteps, empty_text.expand_as(self.text), self.target, mask)
 
 
 def fingerprint(*modules: torch.nn.Module) -> str:
@@ -61,11 +71,13 @@ class BatchStream:
     def __init__(self, pipeline, data: str = "toy", batch_size: int = 16, seed: int = 0,
                  cache_dir: Path | None = None, resolution: int | None = None):
         self.pipe, self.data, self.batch_size, self.seed = pipeline, data, batch_size, seed
-        self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self.prediction_type = self.scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
+        self.family = family_of(pipeline)
+        flow = is_flow(pipeline.scheduler)  # SD3, Flux: the straight-line forward process (families/base.py)
+        self.scheduler = (type(pipeline.scheduler) if flow else DDPMScheduler).from_config(pipeline.scheduler.config)
+        self.prediction_type = "flow" if flow else self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "flow"):
             raise BlocksearchError(f"teacher scheduler prediction_type {self.prediction_type!r} is not "
-                                   f"supported; allowed: epsilon, v_prediction")
+                                   f"supported; allowed: epsilon, v_prediction, or a flow-matching scheduler")
         if data == "toy" and resolution is not None:
             raise BlocksearchError(f"resolution {resolution} applies to an imagefolder --data; the toy world's "
                                    f"images have their own size")
@@ -83,34 +95,41 @@ class BatchStream:
     @torch.no_grad()
     def __getitem__(self, i: int) -> Batch:
         gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
-        if self.folder is None:
-            latents, text = self._toy(i, gen)
-        else:
-            latents, text = self.folder.sample(self.batch_size, gen)
+        latents, text, mask = self._draw(i, gen)
         drop = torch.rand(len(text), generator=gen) < CAPTION_DROPOUT
         text = torch.where(drop[:, None, None], self.empty_text(), text)
+        if mask is not None:
+            mask = torch.where(drop[:, None], self.empty_mask(), mask)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
-        noisy = self.scheduler.add_noise(latents, noise, t)
-        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
-        return Batch(noisy, t, text, target)
+        noisy = add_noise(self.scheduler, latents, noise, t)
+        target = self.family.training_target(self.scheduler, latents, noise, t)
+        return Batch(noisy, t, text, target, mask)
 
     @torch.no_grad()
-    def clean(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batch ``i``'s clean latents, captions (none dropped) and noise, as ``self[i]`` draws them."""
+    def clean(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Batch ``i``'s clean latents, captions (none dropped), noise and text mask, as ``self[i]`` draws them."""
         gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
-        latents, text = self._toy(i, gen) if self.folder is None else self.folder.sample(self.batch_size, gen)
+        latents, text, mask = self._draw(i, gen)
         torch.rand(len(text), generator=gen)  # the caption-dropout draw of ``self[i]``: the same noise follows
-        return latents, text, torch.randn(latents.shape, generator=gen)
+        return latents, text, torch.randn(latents.shape, generator=gen), mask
 
-    def _toy(self, i: int, gen: torch.Generator):
+    def _draw(self, i: int, gen: torch.Generator):
+        if self.folder is not None:
+            return self.folder.sample(self.batch_size, gen)
         images, captions, _ = sample_batch(self.batch_size, 0xD157 + self.seed, i)
-        return encode_images(self.pipe, images, gen), encode_text(self.pipe, captions)
+        latents = encode_images(self.pipe, images, gen)
+        return (latents, *self.family.encode_text(self.pipe, captions))
 
     def empty_text(self) -> torch.Tensor:
         if self._empty is None:
-            self._empty = encode_text(self.pipe, [""])
-        return self._empty
+            self._empty = self.family.encode_text(self.pipe, [""])
+        return self._empty[0]
+
+    def empty_mask(self) -> torch.Tensor | None:
+        """The empty caption's attention mask (None where the family passes none)."""
+        self.empty_text()
+        return self._empty[1]
 
 
 def hash_seed(*parts: int) -> int:
@@ -138,7 +157,9 @@ class ImageFolder:
 
     def __init__(self, root: str, pipe, cache_dir: Path, resolution: int | None = None):
         self.root = Path(root)
-        self.size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor  # the teacher's own
+        self.family = family_of(pipe)
+        denoiser = getattr(pipe, self.family.subfolder)
+        self.size = resolution or denoiser.config.sample_size * pipe.vae_scale_factor  # the teacher's own
         if not self.root.is_dir():
             raise BlocksearchError(f"dataset folder {root} does not exist; pass 'toy' or an imagefolder "
                                    f"(images + metadata.jsonl or metadata.csv with file_name and text)")
@@ -147,7 +168,8 @@ class ImageFolder:
         stat = meta.stat()
         self.identity = {"folder": str(self.root.resolve()), "items": len(self.items),
                          "metadata": [stat.st_size, int(stat.st_mtime)], "resolution": self.size}
-        key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder)])
+        own = [] if self.family.name == "unet" else [self.family.name]  # a transformer's text comes with its mask
+        key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder), *own])
                              .encode()).hexdigest()[:16]
         path = cache_dir / f"dataset-{key}.safetensors"
         if not path.exists():
@@ -156,22 +178,25 @@ class ImageFolder:
             save_file(self._encode(pipe), tmp)
             os.replace(tmp, path)
         cached = load_file(path)
-        self.latents, self.text = cached["latents"], cached["text"]
+        self.latents, self.text, self.mask = cached["latents"], cached["text"], cached.get("mask")
 
     def _encode(self, pipe) -> dict[str, torch.Tensor]:
         size = self.size
         gen = torch.Generator().manual_seed(0)
-        latents, text = [], []
+        latents, text, masks = [], [], []
         for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch", disable=quiet()):
             chunk = self.items[i:i + 16]
             images = torch.stack([load_image(self.root / f, size) for f, _ in chunk])
             latents.append(encode_images(pipe, images, gen))
-            text.append(encode_text(pipe, [c for _, c in chunk]))
-        return {"latents": torch.cat(latents).contiguous(), "text": torch.cat(text).contiguous()}
+            embedded, mask = self.family.encode_text(pipe, [c for _, c in chunk])
+            text.append(embedded)
+            masks += [mask] if mask is not None else []
+        out = {"latents": torch.cat(latents).contiguous(), "text": torch.cat(text).contiguous()}
+        return out | ({"mask": torch.cat(masks).contiguous()} if masks else {})
 
     def sample(self, n: int, gen: torch.Generator):
         idx = torch.randint(0, len(self.latents), (n,), generator=gen)
-        return self.latents[idx], self.text[idx]
+        return self.latents[idx], self.text[idx], None if self.mask is None else self.mask[idx]
 
 
 def read_metadata(root: Path) -> list[tuple[str, str]]:

@@ -2,11 +2,13 @@
 
     L = lambda_task * MSE(eps_s, eps) + lambda_out * MSE(eps_s, eps_t) + lambda_feat * sum_l MSE(F_s^l, F_t^l)
 
-over the layer pairs that surgery derived (``Student.kd_pairs``: the output of every surviving stage).
+over the layer pairs that surgery derived (``Student.kd_pairs``: the output of every surviving stage of a U-Net,
+of every kept block of a transformer), with the denoiser called and its features read as the teacher's family
+says (families/base.py: ``forward``, ``kd_feature``).
 With ``feat_norm`` each feature term is divided by the teacher feature's mean square, i.e.
 ||F_s - F_t||^2 / ||F_t||^2 (LAPTOP-Diff's normalised distillation, arXiv 2404.11098, which
-balances layers whose features differ in scale). The target is the noise or, for a v-prediction
-teacher, the velocity. Teacher outputs come from the teacher cache (computed once per study) or are
+balances layers whose features differ in scale). The target is the family's ``training_target``: the noise,
+the velocity (a v-prediction teacher) or the flow (SD3, Flux). Teacher outputs come from the teacher cache (computed once per study) or are
 computed live under ``no_grad``.
 
 A run can stop at step k and continue to step n (``save_to`` / ``resume_from``): the checkpoint holds the
@@ -36,11 +38,12 @@ from blocksearch.console import quiet
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.settings import Settings
-from blocksearch.space import Genome, load_space
+from blocksearch.space import load_space
+from blocksearch.families.base import get_family
 from blocksearch.families.unet import Student
 from blocksearch.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
-from blocksearch.teachers import Teacher, topology_of
+from blocksearch.teachers import Teacher
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "disk", "off")  # auto: disk where it fits under the cap, else the teacher runs live
@@ -118,11 +121,12 @@ class Distiller:
         self.teacher, self.student, self.config, self.device = teacher, student, config, torch.device(device)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise BlocksearchError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        self.family = teacher.family
         self.pairs = student.kd_pairs
-        self.unet = student.unet.to(self.device).train().requires_grad_(True)
+        self.unet = student.denoiser.to(self.device).train().requires_grad_(True)  # the student U-Net or transformer
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=1e-2)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
-        self.hooks = FeatureHooks(self.unet, [s for _, s in self.pairs])
+        self.hooks = FeatureHooks(self.unet, [s for _, s in self.pairs], self.family)
         self._teacher_hooks = None
 
     def autocast(self):
@@ -134,15 +138,15 @@ class Distiller:
     def teacher_targets(self, batch: Batch):
         """Live teacher output and the paired features (no cache), under no_grad."""
         if self._teacher_hooks is None:
-            self.teacher.unet.eval().requires_grad_(False)
-            self._teacher_hooks = FeatureHooks(self.teacher.unet, [t for t, _ in self.pairs])
+            self.teacher.denoiser.eval().requires_grad_(False)
+            self._teacher_hooks = FeatureHooks(self.teacher.denoiser, [t for t, _ in self.pairs], self.family)
         with self.autocast():
-            return teacher_forward(self.teacher.unet, self._teacher_hooks, batch)
+            return teacher_forward(self.teacher.denoiser, self._teacher_hooks, batch, self.family)
 
     def losses(self, batch: Batch, t_out: torch.Tensor, t_feats: dict) -> dict[str, torch.Tensor]:
         c = self.config
         with self.autocast():
-            pred = self.unet(batch.noisy, batch.timesteps, batch.text).sample.float()
+            pred = self.family.forward(self.unet, batch.noisy, batch.timesteps, batch).float()
         s_feats = self.hooks.pop()
         loss_task = F.mse_loss(pred, batch.target)
         loss_kd_out = F.mse_loss(pred, t_out.float())
@@ -192,8 +196,9 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     stream = stream or batch_stream(teacher, config)
     first = stream[0]
-    per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, first.noisy.shape[-1], 2,
-                                    text_tokens=first.text.shape[1])  # the file stores fp16 (open_cache's dtype)
+    per_step = cache_bytes_per_step(teacher.denoiser.config, config.batch_size, first.noisy.shape[-1], 2,
+                                    text_tokens=first.text.shape[1], family=teacher.family,
+                                    model_class=type(teacher.denoiser))  # the file stores fp16 (open_cache's dtype)
     cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
     mode, why = cache_plan(per_step, steps, cap, what)
     if mode == "live" and config.teacher_cache == "disk":
@@ -203,7 +208,8 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     if mode == "live":
         return None, why
     with work_slot():  # building it is heavy work: latency measurements of other processes wait for its batches
-        cache = open_cache(teacher.name, teacher.unet, stream, steps, cache_dir, cap / 2**30, device=device)
+        cache = open_cache(teacher.name, teacher.denoiser, stream, steps, cache_dir, cap / 2**30, device=device,
+                           family=teacher.family)
     return cache, why
 
 
@@ -211,7 +217,7 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
             on_step: Callable[[int, dict], None] | None = None, progress: bool = True, *,
             resume_from: str | Path | None = None, save_to: str | Path | None = None,
             cache_steps: int | None = None) -> DistillResult:
-    """Train ``student.unet`` in place by KD up to step ``config.steps``; ``on_step(step, record)`` after each
+    """Train ``student.denoiser`` in place by KD up to step ``config.steps``; ``on_step(step, record)`` after each
     step (may raise to stop). ``resume_from``: a checkpoint of an earlier run of these settings (weights,
     optimizer, step reached), continued from its step; ``save_to``: write the checkpoint of this run's end.
     ``cache_steps``: size the teacher cache for a longer run (default ``config.steps``), so that the runs of
@@ -269,7 +275,7 @@ def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
     tensors, scalars = _flatten_optimizer(recipe.opt.state_dict())
     weights = {k: v.detach().cpu().contiguous() for k, v in recipe.unet.state_dict().items()}
     info = {"format": CHECKPOINT_FORMAT, "step": step, "genome": recipe.student.genome.id,
-            "teacher": fingerprint(recipe.teacher.unet),
+            "teacher": fingerprint(recipe.teacher.denoiser),
             "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY},
             "optimizer": scalars, "grad_scaler": recipe.scaler.state_dict()}
     _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
@@ -285,7 +291,7 @@ def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
     info = checkpoint_info(folder)
     if info is None:
         raise BlocksearchError(f"no KD checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
-    wanted = {"genome": recipe.student.genome.id, "teacher": fingerprint(recipe.teacher.unet),
+    wanted = {"genome": recipe.student.genome.id, "teacher": fingerprint(recipe.teacher.denoiser),
               "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY}}
     diff = [k for k in wanted if json.loads(json.dumps(wanted[k])) != info.get(k)]
     if info.get("format") != CHECKPOINT_FORMAT or diff:
@@ -334,22 +340,32 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
-    """(Genome, design name or None) for a named design of ``space`` or a genome id."""
-    bound = load_space(space).bind(topology_of(teacher_unet.config))
+    """(arch, design name or None) for a named design of ``space`` or an architecture id, on the teacher's
+    denoiser ``teacher_unet`` (a U-Net, or a transformer for a ``family: dit`` space)."""
+    loaded = load_space(space)
+    family = get_family(loaded.family)
+    bound = loaded.bind(family.topology(teacher_unet.config))
     if design in bound.space.designs:
         return bound.design(design), design
-    if not design.startswith("L"):
-        raise BlocksearchError(f"unknown design {design!r}; allowed: {sorted(bound.space.designs)} or a "
-                               f"genome id such as 'L1-1-1-1_T1-1-1-0_Mnone'")
-    genome = Genome.from_id(design)
+    unknown = (f"unknown design {design!r}; allowed: {sorted(bound.space.designs)} or a genome id such as "
+               + ("'L1-1-1-1_T1-1-1-0_Mnone'" if loaded.family == "unet" else "'D0-7' (blocks 0..7 kept)"))
+    if loaded.family == "unet" and not design.startswith("L"):
+        raise BlocksearchError(unknown)
+    try:
+        genome = family.arch_from_id(design)
+    except BlocksearchError:
+        if loaded.family == "unet":
+            raise  # an 'L...' id that does not parse: Genome.from_id's own message
+        raise BlocksearchError(unknown) from None
     bound.check(genome)
     return genome, None
 
 
-def write_student(out: Path, student: Student, result: DistillResult, meta: dict) -> Path:
-    """``out/unet`` (diffusers, safetensors), ``out/train_log.jsonl`` and ``out/distill.json``."""
+def write_student(out: Path, student: Student, result: DistillResult, meta: dict, subfolder: str = "unet") -> Path:
+    """``out/<subfolder>`` (the family's: unet or transformer; diffusers, safetensors), ``out/train_log.jsonl``
+    and ``out/distill.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    student.unet.save_pretrained(out / "unet", safe_serialization=True)
+    student.denoiser.save_pretrained(out / subfolder, safe_serialization=True)
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.losses))
     info = meta | {"genome": student.genome.id, "kd_pairs": [list(p) for p in student.kd_pairs],
                    "fresh_tensors": list(student.fresh), "wall_s": round(result.wall_s, 2),

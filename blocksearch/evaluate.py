@@ -4,9 +4,10 @@ FID (Heusel et al. 2017) and KID (Binkowski et al. 2018, on the same features: u
 at small sample sizes) go through one ``torch_fidelity.calculate_metrics`` call with a named feature
 extractor: ``toy-judge`` for the toy teacher, ``inception-v3-compat`` for real teachers (weights from a
 path or the user's cache; offline without them is an error naming the file). The reference (real
-image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency (one U-Net step at
+image) statistics are cached by torch-fidelity under ``<cache_dir>/fidelity``. Latency (one denoiser step at
 the evaluation resolution with a classifier-free-guidance batch of 2), end-to-end latency of one image and
 peak memory are measured on the deployment target (``latency_device``/``latency_dtype``; ``latency.py``).
+The student is scored inside its teacher's own pipeline class, called as its family says (families/base.py).
 Every number says how it was measured (``Metrics.measured``). What differs between kinds of teacher
 (prompt set, FID features, alignment score) is one small ``Scorer`` each: ``ToyScorer``, ``RealScorer``.
 """
@@ -23,7 +24,6 @@ from typing import Protocol
 
 import torch
 import torch_fidelity
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPModel, CLIPProcessor
 
 from blocksearch.cache import default_cache_dir
@@ -33,7 +33,7 @@ from blocksearch.generation import ImageSet, generate
 from blocksearch.latency import DTYPES, cost, speed_and_memory
 from blocksearch.preflight import image_files
 from blocksearch.settings import GUIDANCE_SCALE, LATENCY_MIN_S, LATENCY_REPEATS, N_PROMPTS, NUM_STEPS, Settings
-from blocksearch.teachers import Teacher
+from blocksearch.teachers import Teacher, with_denoiser
 from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features
 from blocksearch.toy.world import heldout_prompts, real_images
 
@@ -140,9 +140,10 @@ class ImageScores:
     measured: dict  # fid (and kid), alignment, generation
 
 
-def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
+def score_images(teacher: Teacher, unet: torch.nn.Module, config: EvalConfig, device="cpu",
                  progress: bool = True, reference: EvalConfig | None = None) -> ImageScores:
-    """Generate the fixed prompt set with ``unet`` in the teacher's pipeline; FID, KID and text alignment.
+    """Generate the fixed prompt set with the denoiser ``unet`` in the teacher's pipeline; FID, KID and text
+    alignment.
     ``reference``: the settings whose FID reference set is used (default ``config``'s; the toy's depends on
     the seed), so that only the generation seed changes between scores at several seeds."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -165,10 +166,10 @@ def score_images(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfi
     return ImageScores(distance, alignment, prompts, {"generate_s": t1 - t0, "score_s": t2 - t1}, measured)
 
 
-def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, device="cpu",
+def evaluate(teacher: Teacher, unet: torch.nn.Module, config: EvalConfig, device="cpu",
              progress: bool = True) -> Metrics:
-    """Score ``unet`` as a drop-in replacement of the teacher's U-Net (``config.images`` False: its cost and
-    speed only, FID and alignment None)."""
+    """Score the denoiser ``unet`` as a drop-in replacement of the teacher's (U-Net or transformer;
+    ``config.images`` False: its cost and speed only, FID and alignment None)."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     if config.images:
         scores = score_images(teacher, unet, config, device, progress)
@@ -178,17 +179,20 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
     t2 = time.perf_counter()
     scale = teacher.pipeline.vae_scale_factor
     latent = config.resolution // scale if config.resolution else unet.config.sample_size
-    params, macs = cost(unet, latent, cache_dir)
+    family = teacher.family
+    text_len = family.text_tokens(teacher.pipeline)
+    params, macs = cost(unet, latent, cache_dir, family, text_len)
     target, dtype = config.latency_target(device)
     speed, speed_how = speed_and_memory(
         student_pipeline(teacher, unet), latent, config.steps, config.guidance, scores.prompts[0], target, dtype,
         config.latency_warmup, config.latency_repeats, config.latency_min_s, config.latency_clock, cache_dir,
-        e2e_repeats=config.e2e_repeats, reference=teacher.unet)
+        e2e_repeats=config.e2e_repeats, reference=teacher.denoiser)
     t3 = time.perf_counter()
+    name = family.denoiser_name
     measured = {
         **scores.measured,
-        "params": "exact count of U-Net parameters",
-        "macs": f"one U-Net forward at batch 1, latent {latent}x{latent}, 77 text tokens; "
+        "params": f"exact count of {name} parameters",
+        "macs": f"one {name} forward at batch 1, latent {latent}x{latent}, {text_len} text tokens; "
                 f"torch.utils.flop_counter (matmul, conv, attention), MACs = FLOPs / 2",
         **speed_how,
     }
@@ -199,12 +203,12 @@ def evaluate(teacher: Teacher, unet: UNet2DConditionModel, config: EvalConfig, d
                    measured=measured, kid=d.kid, kid_std=d.kid_std)
 
 
-def student_pipeline(teacher: Teacher, unet) -> StableDiffusionPipeline:
-    """The teacher's pipeline with the student U-Net (and its own scheduler state)."""
-    parts = dict(teacher.pipeline.components)
-    parts["unet"] = unet
-    parts["scheduler"] = type(parts["scheduler"]).from_config(parts["scheduler"].config)
-    pipe = StableDiffusionPipeline(**parts, requires_safety_checker=False)
+def student_pipeline(teacher: Teacher, unet):
+    """The teacher's pipeline class with the student denoiser (and its own scheduler state): a stock
+    StableDiffusionPipeline for a U-Net, the teacher's transformer pipeline (PixArtSigmaPipeline, ...) for a
+    transformer."""
+    pipe = with_denoiser(teacher.pipeline, unet, teacher.family)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

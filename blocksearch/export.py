@@ -1,9 +1,10 @@
-"""Export chosen students as plain diffusers ``StableDiffusionPipeline`` folders with a model card.
+"""Export chosen students as plain diffusers pipeline folders with a model card.
 
-Each folder holds the trial's student U-Net (copied byte for byte from its ``student_dir``), the
-teacher's VAE, text encoder, tokenizer and scheduler, ``model_index.json`` and a ``README.md`` model
-card (``model_card.py``) — the way BK-SDM ships its students (arXiv 2305.15798): a stock pipeline with a
-smaller U-Net.
+Each folder holds the trial's student denoiser (copied byte for byte from its ``student_dir``) in the
+family's subfolder (``unet/``, or ``transformer/``), the teacher's VAE, text encoder, tokenizer and scheduler,
+``model_index.json`` and a ``README.md`` model card (``model_card.py``) — the way BK-SDM ships its students
+(arXiv 2305.15798): the teacher's stock pipeline class (StableDiffusionPipeline, PixArtSigmaPipeline, ...)
+with a smaller denoiser.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
 from blocksearch.console import quiet
 from blocksearch.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import family_of
 from blocksearch.model_card import model_card
 from blocksearch.report import ParetoReport, TrialPoint, load_report
-from blocksearch.teachers import load_teacher
+from blocksearch.teachers import load_teacher, with_denoiser
 
-PIPELINE_FILES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json", "README.md")
+PIPELINE_FILES = ("unet", "transformer", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json",
+                  "README.md")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -52,7 +54,7 @@ def choose(report: ParetoReport, trial: int | None = None, design: str | None = 
 
 
 def teacher_pipeline(spec: str):
-    """The teacher's StableDiffusionPipeline (its VAE, text encoder, tokenizer and scheduler are reused)."""
+    """The teacher's pipeline (its VAE, text encoder, tokenizer and scheduler are reused)."""
     return load_teacher(spec).pipeline
 
 
@@ -71,7 +73,7 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
     for t in chosen:
         _student_weights(t)  # fail before writing anything
     teacher = teacher_pipeline(report.attrs.get("teacher", "toy"))
-    scale = _teacher_cost(teacher.unet)
+    scale = _teacher_cost(teacher)
     folders = []
     for t in tqdm(chosen, desc="export", unit="student", disable=len(chosen) < 2 or quiet()):
         folder = out / f"trial{t.number}_{t.genome}" if front else out
@@ -83,26 +85,30 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
 
 def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, command: str = "",
                  teacher_cost: dict | None = None) -> Path:
-    """Write one pipeline folder: the teacher's components around the student U-Net, plus a model card."""
+    """Write one pipeline folder: the teacher pipeline's components around the student denoiser (``teacher``: the
+    teacher's pipeline), plus a model card."""
     weights = _student_weights(t)
-    student = UNet2DConditionModel.from_pretrained(weights.parent, use_safetensors=True)  # checks it loads
+    family = family_of(teacher)
+    sub = family.subfolder
+    student = type(getattr(teacher, sub)).from_pretrained(weights.parent, use_safetensors=True)  # checks it loads
     folder.mkdir(parents=True, exist_ok=True)
     for name in PIPELINE_FILES:
         path = folder / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    pipe = StableDiffusionPipeline(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
-                                   unet=student, scheduler=teacher.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    shutil.rmtree(folder / "unet")  # the search's own files, byte for byte (dtype and all)
-    shutil.copytree(weights.parent, folder / "unet")
-    model_card(report, t, folder, command, teacher_cost).save(folder / "README.md")
+    with_denoiser(teacher, student, family).save_pretrained(folder, safe_serialization=True)
+    shutil.rmtree(folder / sub)  # the search's own files, byte for byte (dtype and all)
+    shutil.copytree(weights.parent, folder / sub)
+    model_card(report, t, folder, command, teacher_cost, family, family.call_kwargs(teacher)).save(folder / "README.md")
     return folder
 
 
-def _teacher_cost(unet) -> dict:
-    """The teacher U-Net's params and MACs, to state the student's as fractions of them."""
-    return {"params": count_params(unet), "macs": count_macs(unet)}
+def _teacher_cost(pipeline) -> dict:
+    """The teacher denoiser's params and MACs, to state the student's as fractions of them (counted as the
+    trials count them: the family's text tokens)."""
+    family = family_of(pipeline)
+    denoiser = getattr(pipeline, family.subfolder)
+    text = {} if family.name == "unet" else {"text_len": family.text_tokens(pipeline)}
+    return {"params": count_params(denoiser), "macs": count_macs(denoiser, family=family, **text)}
 
 
 def _student_weights(t: TrialPoint) -> Path:
@@ -110,6 +116,6 @@ def _student_weights(t: TrialPoint) -> Path:
         raise BlocksearchError(f"trial {t.number} records no student_dir (user attr); it cannot be exported")
     weights = Path(t.student_dir) / UNET_WEIGHTS
     if not weights.is_file() or not (weights.parent / "config.json").is_file():
-        raise BlocksearchError(f"trial {t.number}: student U-Net {t.student_dir} lacks config.json or {UNET_WEIGHTS} "
+        raise BlocksearchError(f"trial {t.number}: student {t.student_dir} lacks config.json or {UNET_WEIGHTS} "
                                f"(was runs/ moved or cleaned?)")
     return weights

@@ -3,6 +3,7 @@ Shared by ``evaluate.py`` and the toy world (``toy/sample.py``, ``toy/judge.py``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import yield_to_measurement
 from blocksearch.console import quiet
+from blocksearch.families.base import family_of
 from blocksearch.settings import GUIDANCE_SCALE, NUM_STEPS
 
 
@@ -25,16 +27,21 @@ def generate(
     resolution: int | None = None,
 ) -> torch.Tensor:
     """uint8 (N,3,H,W) images; image i depends only on (prompts[i], seeds[i]), not on batching; at
-    ``resolution`` px (None: the pipeline's default, the U-Net's sample_size x the VAE scale factor)."""
+    ``resolution`` px (None: the pipeline's default, the denoiser's sample_size x the VAE scale factor). The
+    pipeline is called as its denoiser's family says (``call_kwargs``: PixArt's text length, for one)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"generate got {len(prompts)} prompts but {len(seeds)} seeds")
+    kwargs = family_of(pipe).call_kwargs(pipe)
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        kwargs["callback_on_step_end"] = _yield_each_step
+    else:  # PixArt's pipelines take the older per-step callback
+        kwargs |= {"callback": lambda step, timestep, latents: yield_to_measurement(), "callback_steps": 1}
     out = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress or quiet()):
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-            height=resolution, width=resolution, generator=gens, output_type="pt",
-            callback_on_step_end=_yield_each_step,
+            height=resolution, width=resolution, generator=gens, output_type="pt", **kwargs,
         ).images
         out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)

@@ -1,5 +1,6 @@
-"""Speed and size of an architecture: U-Net step latency, end-to-end generation latency, peak memory
-(measured), params / MACs (counted); all cached by architecture and measurement key.
+"""Speed and size of an architecture: denoiser (U-Net or transformer) step latency, end-to-end generation
+latency, peak memory (measured), params / MACs (counted); all cached by architecture and measurement key.
+A denoiser is called with its family's ``forward_inputs`` (families/base.py; default: a U-Net's).
 
 Latency is a property of (architecture, device, dtype, resolution, threads), not of the machine's load
 (docs/design.md, "Latency and memory"). So every timing runs in the ``measurement_slot`` of
@@ -33,11 +34,22 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
-from blocksearch.cost import count_macs, count_params, unet_inputs
+from blocksearch.cost import count_macs, count_params
+from blocksearch.families.base import Family, family_of, get_family
 from blocksearch.timers import Clock, ComponentTimer, CudaEventClock, device_clock
 
 _COSTS: dict[str, tuple[int, int]] = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+UNET_TEXT = 77  # text tokens of a U-Net call as every measurement counts them (SD's CLIP context)
+
+
+def _call(family: Family | None, text_len: int | None) -> tuple[Family, int, dict]:
+    """The family (default: U-Net), its text tokens, and what a measurement key adds for a non-U-Net family
+    (nothing for a U-Net: its keys, and so its cached measurements, are those of earlier versions)."""
+    family = family or get_family("unet")
+    text_len = text_len or UNET_TEXT
+    extra = {} if family.name == "unet" else {"family": family.name, "text_len": text_len}
+    return family, text_len, extra
 
 
 @dataclass(frozen=True)
@@ -135,9 +147,11 @@ def _summary(times: list[float], how: dict) -> Latency:
 @torch.no_grad()
 def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, min_s: float = 0.05,
                     cache_dir=None, device=None, batch: int = 2, clock: str = "auto",
-                    use_cache: bool = True, reference=None, reference_ms: float | None = None) -> Latency:
-    """Median and CV of one U-Net step (batch 2 = CFG) on the U-Net's own device and dtype, timed in the
-    measurement slot and cached by (architecture, device, dtype, resolution, threads, settings).
+                    use_cache: bool = True, reference=None, reference_ms: float | None = None,
+                    family: Family | None = None, text_len: int | None = None) -> Latency:
+    """Median and CV of one denoiser step (batch 2 = CFG) on the denoiser's own device and dtype, timed in the
+    measurement slot and cached by (architecture, device, dtype, resolution, threads, settings); the
+    denoiser ``unet`` of ``family`` (default: a U-Net) is called on ``text_len`` text tokens (default 77).
 
     With a ``reference`` U-Net (the teacher), the two are timed interleaved, repeat by repeat, and the
     latency is the median ratio x the reference's own latency on this machine (``reference_ms``, default:
@@ -149,22 +163,27 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
     settings = dict(latent=latent_size, batch=batch, device=device_name(device), dtype=str(param.dtype),
                     threads=torch.get_num_threads(), clock=clock, warmup=warmup, repeats=repeats, min_s=min_s)
     ref_config = None if reference is None else {k: v for k, v in dict(reference.config).items() if not k.startswith("_")}
-    key = measure_key("unet_step", unet.config, reference=ref_config, **settings,
+    family, text_len, extra = _call(family, text_len)
+    key = measure_key("unet_step", unet.config, reference=ref_config, **settings, **extra,
                       **({"order": "ABBA"} if reference is not None else {}))
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
     if reference is not None and reference_ms is None:
         reference_ms = measure_latency(reference, latent_size, warmup, repeats, min_s, cache_dir, batch=batch,
-                                       clock=clock).median_ms
-    inputs = unet_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype)
+                                       clock=clock, family=family, text_len=text_len).median_ms
+    inputs = family.forward_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype,
+                                   text_len=text_len)
     now = time.process_time if clock == "cpu" else time.perf_counter
     with measurement_slot() as waited:
         if reference is None:
             times, inner = _timings(lambda: unet(**inputs), now, device, warmup, repeats, min_s)
         else:  # the ratios only: timing the U-Net alone as well would double the work of every trial
-            ratios, inner = _interleaved_ratios(unet, inputs, reference, now, device, warmup, repeats, min_s)
-    how = {"what": f"one U-Net forward, batch {batch} (classifier-free guidance), latent "
-                   f"{latent_size}x{latent_size}, 77 text tokens", "device": str(device),
+            ref_inputs = family.forward_inputs(reference.config, batch, latent_size, device=device, dtype=param.dtype,
+                                               text_len=text_len)
+            ratios, inner = _interleaved_ratios(unet, inputs, reference, ref_inputs, now, device, warmup, repeats,
+                                                min_s)
+    how = {"what": f"one {family.denoiser_name} forward, batch {batch} (classifier-free guidance), latent "
+                   f"{latent_size}x{latent_size}, {text_len} text tokens", "device": str(device),
            "device_name": device_name(device), "dtype": str(param.dtype).replace("torch.", ""),
            "torch_threads": torch.get_num_threads(),
            "clock": "process CPU time" if clock == "cpu" else "wall clock",
@@ -192,14 +211,12 @@ def _isolation(waited) -> str:
             "(a process held it without yielding); not cached")
 
 
-def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repeats: int,
+def _interleaved_ratios(unet, inputs, reference, ref_inputs, now, device, warmup: int, repeats: int,
                         min_s: float) -> tuple[list[float], int]:
     """Per repeat, in ABBA order -- half a loop of the U-Net, a loop of the reference, half a loop of the
     U-Net -- the ratio of their per-call times: a drift of the machine's speed that is linear over the
     repeat cancels (the ABBA counterbalancing of crossover designs). Returns the ratios and the U-Net's
     calls per repeat."""
-    ref_inputs = unet_inputs(reference.config, inputs["sample"].shape[0], inputs["sample"].shape[-1],
-                             device=inputs["sample"].device, dtype=inputs["sample"].dtype)
     _, ref_inner = _timings(lambda: reference(**ref_inputs), now, device, warmup, 1, min_s)
     _, inner = _timings(lambda: unet(**inputs), now, device, warmup, 1, min_s)
     half, ref_half = max(1, inner // 2), max(1, ref_inner // 2)
@@ -221,9 +238,10 @@ def _interleaved_ratios(unet, inputs, reference, now, device, warmup: int, repea
 
 
 def e2e_components(pipe) -> dict[str, list[torch.nn.Module]]:
-    """The parts of one generation whose time ``measure_e2e`` breaks out (diffusers module names)."""
-    vae = pipe.vae
-    return {"text_encoder": [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)], "unet": [pipe.unet],
+    """The parts of one generation whose time ``measure_e2e`` breaks out (diffusers module names: the
+    denoiser's is ``unet`` or ``transformer``)."""
+    vae, sub = pipe.vae, family_of(pipe).subfolder
+    return {"text_encoder": [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)], sub: [getattr(pipe, sub)],
             "vae_decode": [getattr(vae, "post_quant_conv", None), vae.decoder]}
 
 
@@ -234,20 +252,22 @@ def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, w
     user ships), wall clock with the device synchronised, in the measurement slot. ``how["share"]``: each
     part's fraction of the time, on the device's clock (``timers.device_clock``: CUDA events on a GPU, so
     GPU time, not kernel launches); "other" is the rest (tokenizer, scheduler, image post-processing)."""
-    device = pipe.device
-    unet = pipe.unet
+    device, family = pipe.device, family_of(pipe)
+    unet = getattr(pipe, family.subfolder)
     dtype = next(unet.parameters()).dtype
+    kwargs = family.call_kwargs(pipe)
     key = measure_key("e2e", unet.config, steps=steps, guidance=guidance, device=device_name(device),
                       dtype=str(dtype), threads=torch.get_num_threads(), repeats=repeats,
                       vae=dict(pipe.vae.config), text=pipe.text_encoder.config.to_dict(),
-                      scheduler=type(pipe.scheduler).__name__, breakdown="device-clock")
+                      scheduler=type(pipe.scheduler).__name__, breakdown="device-clock",
+                      **({} if family.name == "unet" else {"pipeline": type(pipe).__name__, "call": kwargs}))
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return Latency.from_dict({**hit, "how": {**hit["how"], "cache": "hit"}})
     parts = ComponentTimer(clock or device_clock(device), e2e_components(pipe))
 
     def call():
         gen = torch.Generator(device).manual_seed(seed)
-        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt")
+        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt", **kwargs)
 
     with measurement_slot() as waited:
         for _ in range(warmup):
@@ -264,7 +284,7 @@ def measure_e2e(pipe, steps: int, guidance: float, prompt: str, seed: int = 0, w
     total_s = sum(times) / 1000
     share = {k: round(v / total_s, 3) for k, v in parts.seconds.items()}
     share["other"] = round(1 - sum(parts.seconds.values()) / total_s, 3)
-    how = {"what": f"one image: text encoder + {steps} U-Net steps "
+    how = {"what": f"one image: text encoder + {steps} {family.denoiser_name} steps "
                    f"({'batch 2, CFG' if guidance > 1 else 'no CFG'}) + VAE decode, guidance {guidance}",
            "device": str(device), "device_name": device_name(device), "dtype": str(dtype).replace("torch.", ""),
            "torch_threads": torch.get_num_threads(), "warmup": warmup,
@@ -311,19 +331,22 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def weights_bytes(unet) -> int:
-    """Bytes of the U-Net's parameters and buffers in their current dtype."""
+    """Bytes of the denoiser's parameters and buffers in their current dtype."""
     return sum(t.numel() * t.element_size() for t in [*unet.parameters(), *unet.buffers()])
 
 
 @torch.no_grad()
-def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cache: bool = True) -> dict:
-    """Peak memory of one CFG U-Net step at inference, and the weights' bytes, in MB (2**20 bytes)."""
+def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cache: bool = True,
+                family: Family | None = None, text_len: int | None = None) -> dict:
+    """Peak memory of one CFG denoiser step at inference, and the weights' bytes, in MB (2**20 bytes)."""
     param = next(unet.parameters())
     device = param.device
-    key = measure_key("memory", unet.config, latent=latent_size, batch=batch, device=device.type, dtype=str(param.dtype))
+    family, text_len, extra = _call(family, text_len)
+    key = measure_key("memory", unet.config, latent=latent_size, batch=batch, device=device.type, dtype=str(param.dtype),
+                      **extra)
     if use_cache and (hit := cached(key, cache_dir)) is not None:
         return hit
-    inputs = unet_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype)
+    inputs = family.forward_inputs(unet.config, batch, latent_size, device=device, dtype=param.dtype, text_len=text_len)
     tensors = [*unet.parameters(), *unet.buffers(), *[v for v in inputs.values() if isinstance(v, torch.Tensor)]]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -343,21 +366,24 @@ def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cach
         method = ("peak of live tensor bytes (weights + inputs + activations), traced op by op with a "
                   "TorchDispatchMode; the allocator's own overhead is not included")
     out = {"peak_mb": peak / 2**20, "weights_mb": weights_bytes(unet) / 2**20,
-           "how": {"what": f"one U-Net forward at inference, batch {batch} (CFG), latent {latent_size}x{latent_size}",
+           "how": {"what": f"one {family.denoiser_name} forward at inference, batch {batch} (CFG), latent "
+                           f"{latent_size}x{latent_size}",
                    "device": device.type, "dtype": str(param.dtype).replace("torch.", ""), "method": method}}
     if use_cache:
         store(key, out, cache_dir)
     return out
 
 
-def cost(unet, latent_size: int, cache_dir: Path | None = None) -> tuple[int, int]:
+def cost(unet, latent_size: int, cache_dir: Path | None = None, family: Family | None = None,
+         text_len: int | None = None) -> tuple[int, int]:
     """(params, MACs), cached by architecture (the config, i.e. the Genome on a given teacher) on disk."""
-    key = measure_key("cost", unet.config, latent=latent_size)
+    family, text_len, extra = _call(family, text_len)
+    key = measure_key("cost", unet.config, latent=latent_size, **extra)
     if key in _COSTS:
         return _COSTS[key]
     hit = cached(key, cache_dir)
     if hit is None:
-        hit = [count_params(unet), count_macs(unet, latent_size)]
+        hit = [count_params(unet), count_macs(unet, latent_size, text_len, family)]
         store(key, hit, cache_dir)
     _COSTS[key] = tuple(hit)
     return _COSTS[key]
@@ -375,18 +401,23 @@ def on_target(module, device, dtype):
 def speed_and_memory(pipe, latent_size: int, steps: int, guidance: float, prompt: str, device, dtype: str,
                      warmup: int, repeats: int, min_s: float, clock: str, cache_dir=None,
                      e2e_repeats: int = 3, reference=None) -> tuple[dict, dict]:
-    """U-Net step latency, end-to-end latency of one image and peak memory of ``pipe`` (a student
+    """Denoiser step latency, end-to-end latency of one image and peak memory of ``pipe`` (a student
     pipeline) on the deployment target ``device``/``dtype``: (metrics, how each was measured). With the
-    teacher U-Net as ``reference``, the step latency is relative to it (see ``measure_latency``)."""
+    teacher's denoiser as ``reference``, the step latency is relative to it (see ``measure_latency``)."""
     torch_dtype = DTYPES[dtype]
+    family = family_of(pipe)
+    text_len = family.text_tokens(pipe)
     parts = {k: on_target(v, device, torch_dtype) if isinstance(v, torch.nn.Module) else v
              for k, v in pipe.components.items()}
     target = type(pipe)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
     target.set_progress_bar_config(disable=True)
-    ref = None if reference is None or reference is pipe.unet else on_target(reference, device, torch_dtype)
-    lat = measure_latency(target.unet, latent_size, warmup, repeats, min_s, cache_dir, clock=clock, reference=ref)
+    denoiser = getattr(target, family.subfolder)
+    ref = (None if reference is None or reference is getattr(pipe, family.subfolder)
+           else on_target(reference, device, torch_dtype))
+    lat = measure_latency(denoiser, latent_size, warmup, repeats, min_s, cache_dir, clock=clock, reference=ref,
+                          family=family, text_len=text_len)
     e2e = measure_e2e(target, steps, guidance, prompt, repeats=e2e_repeats, cache_dir=cache_dir)
-    mem = peak_memory(target.unet, latent_size, cache_dir=cache_dir)
+    mem = peak_memory(denoiser, latent_size, cache_dir=cache_dir, family=family, text_len=text_len)
     metrics = {"latency_ms": lat.median_ms, "latency_cv": lat.cv, "e2e_ms": e2e.median_ms,
                "memory_mb": mem["peak_mb"], "weights_mb": mem["weights_mb"]}
     return metrics, {"latency": lat.how, "e2e": e2e.how, "memory": mem["how"]}

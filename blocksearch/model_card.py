@@ -18,13 +18,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_fr
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.numbers import fmt
-from blocksearch.report import MID_TEXT, ParetoReport, TrialPoint, architecture_table, teacher_topology
-from blocksearch.space import Genome, Topology
-from blocksearch.teachers import teacher_kind
+from blocksearch.families.base import Family, get_family
+from blocksearch.families.unet import removed  # noqa: F401 - re-exported (the model card's words of a U-Net)
+from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.teachers import resolve_teacher, teacher_kind
 
 PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under
 TOY_BASE_MODEL = "blocksearch/toy-teacher"  # not a Hub repository: the toy teacher bundled with blocksearch
 TAGS = ["blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion"]
+UNET_TAGS, DIT_TAGS = ("bk-sdm", "stable-diffusion"), ["diffusion-transformer", "depth-pruning"]  # a transformer's
 # Hub licence ids of the published SD teachers (blocksearch's architecture names and Hub ids)
 ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
 HUB_LICENSE = ((r"^(compvis|runwayml|stable-diffusion-v1-5|stabilityai)/stable-diffusion-v1", "creativeml-openrail-m"),
@@ -129,8 +131,9 @@ def eval_results(report: ParetoReport, t: TrialPoint) -> list[EvalResult]:
         dataset_type, dataset_name = "imagefolder", f"{folder} captions ({prompts} prompts)"
     else:
         dataset_type, dataset_name = "prompts", f"{prompts} evaluation prompts"
+    name = teacher_family(report).denoiser_name
     return [EvalResult(task_type="text-to-image", dataset_type=dataset_type, dataset_name=dataset_name,
-                       metric_type=kind, metric_name=label,
+                       metric_type=kind, metric_name=label.replace("U-Net", name),
                        metric_value=int(m[key]) if key in ("params", "macs") else float(m[key]))
             for key, label, _, kind in METRICS if m.get(key) is not None]
 
@@ -147,35 +150,11 @@ def card_data(report: ParetoReport, t: TrialPoint) -> ModelCardData:
     """The card's YAML metadata, built by ``huggingface_hub``."""
     teacher = report.attrs.get("teacher", "?")
     lic = teacher_license(teacher)
+    tags = TAGS if teacher_family(report).name == "unet" else [t for t in TAGS if t not in UNET_TAGS] + DIT_TAGS
     return ModelCardData(base_model=base_model(teacher)[0], license=lic.id, library_name="diffusers",
-                         pipeline_tag="text-to-image", tags=list(TAGS),
+                         pipeline_tag="text-to-image", tags=list(tags),
                          model_name=f"{report.study}-trial{t.number}-{t.genome}",
                          eval_results=eval_results(report, t) or None)
-
-
-def removed(genome: Genome, topo: Topology) -> dict[str, str]:
-    """What the student removed, per teacher module (diffusers paths); modules kept whole are absent."""
-    n_t, n, out = topo.n_stages, len(genome.layers), {}
-
-    def stage(layers: int, kept: int, depth: int, kept_depth: int) -> str:
-        parts = [f"{layers - kept} of {layers} layers"] if kept < layers else []
-        if depth and not kept_depth:
-            parts.append("attention")
-        elif kept_depth < depth:
-            parts.append(f"transformer depth {depth} -> {kept_depth}")
-        return ", ".join(parts)
-
-    for i in range(n_t):
-        j = n_t - 1 - i  # the up stage tied to down stage i
-        if i >= n:
-            out[f"down_blocks.{i}"] = out[f"up_blocks.{j}"] = "the whole stage"
-            continue
-        out[f"down_blocks.{i}"] = stage(topo.layers[i], genome.layers[i], topo.depth[i], genome.depth[i])
-        out[f"up_blocks.{j}"] = stage(topo.layers[i] + 1, genome.layers[i] + 1, topo.depth[i], genome.depth[i])
-    if genome.mid != topo.mid:
-        out["mid_block"] = {"none": "the whole block", "resnet": "attention"}.get(
-            genome.mid, f"{MID_TEXT[topo.mid]} -> {MID_TEXT[genome.mid]}")
-    return {k: v for k, v in out.items() if v}
 
 
 def continue_command(report: ParetoReport, folder: Path) -> str:
@@ -193,37 +172,62 @@ def _how(how) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
+def teacher_family(report: ParetoReport) -> Family:
+    """The family of the study's teacher (a U-Net where the teacher is no longer readable: a moved folder)."""
+    try:
+        return resolve_teacher(report.attrs.get("teacher", "?")).family
+    except BlocksearchError:
+        return get_family("unet")
+
+
 def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command: str = "",
-               teacher_cost: dict | None = None) -> ModelCard:
+               teacher_cost: dict | None = None, family: Family | None = None, call_kwargs: dict | None = None) -> ModelCard:
     """The model card: ``ModelCardData`` metadata, then architecture vs the teacher, metrics with how
-    they were measured, licence, provenance and the command that continues training."""
+    they were measured, licence, provenance and the command that continues training. ``family``: the teacher's
+    denoiser family (default: read from the study's teacher); ``call_kwargs``: what its stock pipeline's call
+    needs beyond its defaults (the snippet shows them)."""
     a, m = report.attrs, t.metrics
     teacher = a.get("teacher", "?")
+    family = family or teacher_family(report)
     lic, (_, base_note) = teacher_license(teacher), base_model(teacher)
     title = f"{report.study} trial {t.number}" + (f" ({t.design})" if t.design else "")
+    what = ("A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
+            "multi-objective search)" if family.name == "unet" else
+            f"A depth-pruned {family.denoiser_name} ({type_name(family)}) found by blocksearch (blocks removed as "
+            f"TinyFusion, arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)")
+    extra = "".join(f", {k}={v!r}" for k, v in (call_kwargs or {}).items())
     lines = [f"# {title}: `{t.genome}`", "",
-             f"A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
-             f"multi-objective search), initialised from teacher `{teacher}`'s weights and trained by a short "
+             f"{what}, initialised from teacher `{teacher}`'s weights and trained by a short "
              f"feature-level knowledge-distillation run. The VAE, text encoder, tokenizer and scheduler are the "
              f"teacher's, unchanged. {'On' if t.on_front else 'Not on'} the study's Pareto front. "
              f"Base model: {base_note}.", "",
-             "```python", "from diffusers import StableDiffusionPipeline", "",
-             f'pipe = StableDiffusionPipeline.from_pretrained("{folder}")',
-             'image = pipe("a prompt", num_inference_steps=20).images[0]', "```", "",
-             *_license_lines(lic), *_architecture_lines(t, teacher), *_metric_lines(report, t, folder, teacher_cost),
+             "```python", f"from diffusers import {family.pipeline_class}", "",
+             f'pipe = {family.pipeline_class}.from_pretrained("{folder}")',
+             f'image = pipe("a prompt", num_inference_steps=20{extra}).images[0]', "```", "",
+             *_license_lines(lic), *_architecture_lines(t, teacher, family),
+             *_metric_lines(report, t, folder, teacher_cost, family),
              "## How it was made", "", f"- search: `{a.get('command', '?')}` (study `{report.study}`, "
              f"trial {t.number}, space `{a.get('space', '?')}`)"]
     if export_command:
         lines.append(f"- export: `{export_command}`")
     steps = (a.get("distill") or {}).get("steps", "?") if isinstance(a.get("distill"), dict) else "?"
-    lines += ["", "## Continue training at full length", "",
-              f"The search trained this student for {steps} steps only, enough to rank candidates, not to "
-              f"converge. Continue from this folder with BK-SDM's recipe (50K iterations, batch 256, AdamW lr "
-              f"5e-5, all loss weights 1) on one GPU: each optimizer step accumulates the gradients of "
-              f"{FULL_BATCH // MICRO_BATCH} micro-batches of {MICRO_BATCH} (a global batch of {FULL_BATCH}) in "
-              f"bf16; lower `--micro-batch-size` if it runs out of memory (the global batch stays {FULL_BATCH}).",
-              "", "```", continue_command(report, folder), "```", ""]
+    if family.name == "unet":  # blocksearch train continues U-Nets (train.py); a transformer's is not built yet
+        lines += ["", "## Continue training at full length", "",
+                  f"The search trained this student for {steps} steps only, enough to rank candidates, not to "
+                  f"converge. Continue from this folder with BK-SDM's recipe (50K iterations, batch 256, AdamW lr "
+                  f"5e-5, all loss weights 1) on one GPU: each optimizer step accumulates the gradients of "
+                  f"{FULL_BATCH // MICRO_BATCH} micro-batches of {MICRO_BATCH} (a global batch of {FULL_BATCH}) in "
+                  f"bf16; lower `--micro-batch-size` if it runs out of memory (the global batch stays {FULL_BATCH}).",
+                  "", "```", continue_command(report, folder), "```", ""]
+    else:
+        lines += ["", f"The search trained this student for {steps} KD steps only, enough to rank candidates, not "
+                      f"to converge.", ""]
     return ModelCard(f"---\n{card_data(report, t).to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def type_name(family: Family) -> str:
+    """The diffusers class of a transformer family's teacher (``PixArtTransformer2DModel``, ...)."""
+    return getattr(family, "model_class", None) or family.denoiser_name
 
 
 def _license_lines(lic: CardLicense) -> list[str]:
@@ -237,20 +241,23 @@ def _license_lines(lic: CardLicense) -> list[str]:
     return ["## Licence", "", text, ""]
 
 
-def _architecture_lines(t: TrialPoint, teacher: str) -> list[str]:
+def _architecture_lines(t: TrialPoint, teacher: str, family: Family) -> list[str]:
+    """Removed modules in one line, then a row per teacher module: the teacher's, the student's (for a
+    transformer: which student block each kept teacher block became), what was removed."""
     lines = ["## Architecture against the teacher", "", f"Removed: {t.architecture}.", ""]
     try:
-        genome, topo = Genome.from_id(t.genome), teacher_topology(teacher)
-        cut = removed(genome, topo)
+        genome, topo = family.arch_from_id(t.genome), resolve_teacher(teacher).topology()
+        cut = family.removed(genome, topo)
         lines += ["| module (teacher) | teacher | student | removed |", "|---|---|---|---|"]
         lines += [f"| `{mod}` | {a_} | {b_} | {cut.get(mod, '-')} |"
-                  for mod, a_, b_ in architecture_table(genome, topo)]
+                  for mod, a_, b_ in family.architecture_table(genome, topo)]
     except BlocksearchError as err:
         lines.append(f"(table unavailable: {err})")
     return lines + [""]
 
 
-def _metric_lines(report: ParetoReport, t: TrialPoint, folder: Path, teacher_cost: dict | None) -> list[str]:
+def _metric_lines(report: ParetoReport, t: TrialPoint, folder: Path, teacher_cost: dict | None,
+                  family: Family) -> list[str]:
     a, m = report.attrs, t.metrics
     measured = m.get("measured") or {}
     lines = ["## Metrics", "", "The same numbers are in this card's `model-index`.", "",
@@ -263,10 +270,11 @@ def _metric_lines(report: ParetoReport, t: TrialPoint, folder: Path, teacher_cos
             value += f" ({m[key] / teacher_cost[key]:.1%} of the teacher's {fmt(key, teacher_cost[key])})"
         if key == "latency_ms" and m.get("latency_cv") is not None:
             value += f" (cv {m['latency_cv']:.1%})"
+        label = label.replace("U-Net", family.denoiser_name)
         lines.append(f"| {label} | {value} | {_how(measured.get(how_key, measured.get(key, '')))} |")
     if "generation" in measured:
         lines.append(f"| images scored | - | {_how(measured['generation'])} |")
     return lines + ["", f"Search settings: device `{a.get('device', '?')}`; distillation "
                         f"{_how(a.get('distill', '?'))}; evaluation {_how(a.get('eval', '?'))}. "
-                        f"Re-measure this folder: `blocksearch evaluate {folder / 'unet'} "
+                        f"Re-measure this folder: `blocksearch evaluate {folder / family.subfolder} "
                         f"--teacher {a.get('teacher', '?')}`.", ""]

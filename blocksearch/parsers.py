@@ -25,7 +25,8 @@ from blocksearch.selection import CHOICES as SCORE_CHOICES
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 
-TEACHER_HELP = ("teacher: toy (bundled default), sd-v1 | sd-v2 | sdxl (published architectures on the "
+TEACHER_HELP = ("teacher: toy (bundled default; for a transformer space, family: dit, the bundled toy "
+                "transformer toy-dit), toy-dit, sd-v1 | sd-v2 | sdxl (published architectures on the "
                 "meta device: no weights), a local diffusers folder, or a hub id in the local HF cache")
 STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, where blocksearch run keeps it)"
 DEFAULT_STUDY = default_study_name(SearchConfig.space, SearchConfig.teacher)

@@ -19,7 +19,8 @@ from transformers.utils import logging as hf_logging
 
 from blocksearch.data import IMAGE_SUFFIXES, read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.teachers import ARCHITECTURES, topology_of
+from blocksearch.families import dit_genome
+from blocksearch.teachers import ARCHITECTURES, TOY_TEACHERS, topology_of
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -34,20 +35,23 @@ SD_COMPONENTS = {
 
 
 def check_teacher_folder(path) -> None:
-    """A diffusers Stable Diffusion folder: model_index.json and the five parts, weights as safetensors."""
+    """A diffusers Stable Diffusion folder: model_index.json and the five parts, weights as safetensors (a
+    transformer teacher's folder: ``transformer/`` in the U-Net's place)."""
     root = Path(path)
     if not root.is_dir():
         raise BlocksearchError(f"teacher folder {root} does not exist; expected a diffusers StableDiffusionPipeline "
                                f"folder (save_pretrained): model_index.json, {', '.join(SD_COMPONENTS)}")
     _read_json(root / "model_index.json", "teacher folder")
+    denoiser = "transformer" if (root / "transformer").is_dir() and not (root / "unet").is_dir() else "unet"
     for part, (config, weights) in SD_COMPONENTS.items():
+        part = denoiser if part == "unet" else part
         if not (root / part).is_dir():
             raise BlocksearchError(f"teacher folder {root} has no {part}/; a diffusers SD folder has "
                                    f"model_index.json and {'/, '.join(SD_COMPONENTS)}/")
         _read_json(root / part / config, "teacher folder")
         if weights:
             _check_weights(root / part, weights)
-    _check_unet_topology(root / "unet" / "config.json")
+    _check_unet_topology(root / denoiser / "config.json")
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -78,8 +82,10 @@ def _check_weights(folder: Path, name: str) -> None:
 
 
 def _check_unet_topology(config: Path) -> None:
+    """The denoiser's blocks are ones surgery knows (a U-Net's, or a transformer class of the dit family)."""
+    read = dit_genome.topology_of if config.parent.name == "transformer" else topology_of
     try:
-        topology_of(_read_json(config, "teacher folder"))
+        read(_read_json(config, "teacher folder"))
     except (BlocksearchError, KeyError) as err:
         raise BlocksearchError(f"{config}: {err}") from None
 
@@ -223,7 +229,7 @@ def check_real_inputs(teacher=None, data=None, reference=None, inception_weights
 
 
 def _is_folder_spec(spec: str) -> bool:
-    if spec == "toy" or spec in ARCHITECTURES:
+    if spec in TOY_TEACHERS or spec in ARCHITECTURES:
         return False
     hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     return Path(spec).exists() or not hub_id

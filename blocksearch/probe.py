@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from blocksearch.data import Batch, BatchStream
-from blocksearch.families.unet import kd_teacher_modules
+from blocksearch.families.base import add_noise, get_family
 from blocksearch.settings import GUIDANCE_SCALE, PROBE_KEYS, Settings
 from blocksearch.teacher_cache import FeatureHooks
-from blocksearch.teachers import topology_of
 
 PROBE_SEED = 1_000_003  # the held-out stream's seed: KD streams use small seeds (the run's seed + k)
 
@@ -56,11 +55,10 @@ def probe_batches(stream: BatchStream, config: ProbeConfig) -> list[Batch]:
     steps = stratified_timesteps(n, sched.config.num_train_timesteps, config.seed).view(config.batches, -1)
     out = []
     for i in range(config.batches):
-        latents, text, noise = stream.clean(i)
+        latents, text, noise, mask = stream.clean(i)
         t = steps[i]
-        noisy = sched.add_noise(latents, noise, t)
-        target = noise if stream.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
-        out.append(Batch(noisy, t, text, target))
+        noisy = add_noise(sched, latents, noise, t)
+        out.append(Batch(noisy, t, text, stream.family.training_target(sched, latents, noise, t), mask))
     return out
 
 
@@ -74,6 +72,12 @@ class Probe:
     teacher_cond: list[torch.Tensor]
     teacher_uncond: list[torch.Tensor]
     teacher_feats: list[dict[str, torch.Tensor]]
+    empty_mask: torch.Tensor | None = None  # its attention mask, where the family passes one (PixArt)
+    family: object = None  # the teacher's denoiser family (families/base.py): how the denoiser is called
+
+    def __post_init__(self):
+        if self.family is None:
+            self.family = get_family("unet")
 
     @classmethod
     @torch.no_grad()
@@ -83,19 +87,19 @@ class Probe:
         (the KD pairs' teacher side: ``kd_teacher_modules``)."""
         stream = BatchStream(teacher.pipeline, data, config.batch_size, config.seed, cache_dir, resolution)
         batches = [b.to(device) for b in probe_batches(stream, config)]
-        empty = stream.empty_text().to(device)
-        unet = teacher.unet.eval()
-        hooks = FeatureHooks(unet, modules)
+        empty, empty_mask = stream.empty_text().to(device), stream.empty_mask()
+        family, unet = teacher.family, teacher.denoiser.eval()
+        hooks = FeatureHooks(unet, modules, family)
         cond, uncond, feats = [], [], []
         try:
             for b in batches:
-                cond.append(unet(b.noisy, b.timesteps, b.text).sample.float())
+                cond.append(family.forward(unet, b.noisy, b.timesteps, b).float())
                 feats.append({k: v.float() for k, v in hooks.pop().items()})
-                uncond.append(unet(b.noisy, b.timesteps, empty.expand_as(b.text)).sample.float())
+                uncond.append(family.forward(unet, b.noisy, b.timesteps, b.unconditional(empty, empty_mask)).float())
                 hooks.pop()
         finally:
             hooks.remove()
-        return cls(config, batches, empty, cond, uncond, feats)
+        return cls(config, batches, empty, cond, uncond, feats, empty_mask, family)
 
     @torch.no_grad()
     def score(self, unet: torch.nn.Module, kd_pairs: tuple[tuple[str, str], ...]) -> dict[str, float]:
@@ -103,14 +107,14 @@ class Probe:
         t0 = time.perf_counter()
         was_training = unet.training
         unet.eval()
-        hooks = FeatureHooks(unet, [s for _, s in kd_pairs])
+        hooks = FeatureHooks(unet, [s for _, s in kd_pairs], self.family)
         w = self.config.guidance
         sums = dict.fromkeys(("probe_out", "probe_feat", "probe_task", "guide_err", "guide_ref", "probe_cfg"), 0.0)
         try:
             for b, tc, tu, tf in zip(self.batches, self.teacher_cond, self.teacher_uncond, self.teacher_feats):
-                sc = unet(b.noisy, b.timesteps, b.text).sample.float()
+                sc = self.family.forward(unet, b.noisy, b.timesteps, b).float()
                 sf = hooks.pop()
-                su = unet(b.noisy, b.timesteps, self.empty.expand_as(b.text)).sample.float()
+                su = self.family.forward(unet, b.noisy, b.timesteps, b.unconditional(self.empty, self.empty_mask)).float()
                 hooks.pop()
                 sums["probe_out"] += F.mse_loss(sc, tc).item()
                 sums["probe_task"] += F.mse_loss(sc, b.target.float()).item()
@@ -136,6 +140,7 @@ def teacher_probe(spec: str, teacher, config: ProbeConfig = ProbeConfig(), devic
     """``Probe.build`` for the teacher loaded from ``spec``, its every KD module kept, once per process."""
     key = (spec, str(device), data, str(cache_dir), resolution, config)
     if key not in _BUILT:
-        _BUILT[key] = Probe.build(teacher, kd_teacher_modules(topology_of(teacher.unet.config)), config, device,
-                                  data, cache_dir, resolution)
+        family = teacher.family
+        _BUILT[key] = Probe.build(teacher, family.kd_teacher_modules(family.topology(teacher.denoiser.config)), config,
+                                  device, data, cache_dir, resolution)
     return _BUILT[key]

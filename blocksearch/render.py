@@ -33,6 +33,15 @@ REPOSITORY = Path(__file__).resolve().parents[1]  # blocksearch's repository (or
 _ABSOLUTE = re.compile(r"(?:^|(?<=[\s=(\[`'\",])|(?<=sqlite:///))/[^\s`'\",;|()\[\]<>]+")
 
 
+def _label(r: ParetoReport, key: str) -> str:
+    """An objective's label in the study's words: a transformer study's "transformer parameters"."""
+    return LABELS.get(key, key).replace("U-Net", r.denoiser)
+
+
+def _speed_head(r: ParetoReport) -> tuple[str, ...]:
+    return tuple(h.replace("U-Net", r.denoiser) for h in SPEED_HEAD)
+
+
 def default_report_dir(study: str) -> Path:
     return Path.cwd() / "reports" / study
 
@@ -122,7 +131,8 @@ def _summary(r: ParetoReport) -> str:
 def _hover(r: ParetoReport, t: TrialPoint) -> str:
     values = " · ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, t.values))
     where = "on the Pareto front" if t.on_front else f"rank {t.rank} (dominated)"
-    arch = re.sub(r"; (?=down_blocks|mid_block)", "<br>", html.escape(t.architecture))  # a line per stage
+    arch = re.sub(r"; (?=down_blocks|mid_block|transformer_blocks|single_transformer_blocks)", "<br>",
+                  html.escape(t.architecture))  # a line per stage, or per block group
     return f"<b>{html.escape(t.label)}</b> · {where}<br>{values}<br>{t.genome}<br>{arch}"
 
 
@@ -143,16 +153,16 @@ def _figures(r: ParetoReport) -> list[tuple[str, object]]:
                 hoverinfo="text"))
         fig.add_trace(go.Scatter(
             x=[t.values[j] for t in refs], y=[t.values[0] for t in refs], mode="markers+text",
-            name="BK-SDM reference designs", text=[t.design or t.label for t in refs], textposition="top center",
+            name=f"{r.designs_name} reference designs", text=[t.design or t.label for t in refs], textposition="top center",
             marker=dict(color=REF_COLOR, size=18, symbol="star-open", line=dict(width=2)),
             hovertext=[_hover(r, t) for t in refs], hoverinfo="text"))
-        fig.update_layout(title=f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", xaxis_title=LABELS.get(x, x),
-                          yaxis_title=LABELS.get(y, y), height=480, template="plotly_white")
+        fig.update_layout(title=f"{_label(r, y)} vs {_label(r, x)}", xaxis_title=_label(r, x),
+                          yaxis_title=_label(r, y), height=480, template="plotly_white")
         figures.append((f"plot-{y}-{x}", fig))
     if len(r.objectives) >= 3:
         a, b, c = r.objectives[1], r.objectives[2], r.objectives[0]
         fig = go.Figure()
-        for name, pts, color, size, symbol in groups + [("BK-SDM reference designs", refs, REF_COLOR, 9,
+        for name, pts, color, size, symbol in groups + [(f"{r.designs_name} reference designs", refs, REF_COLOR, 9,
                                                           "diamond-open")]:
             fig.add_trace(go.Scatter3d(
                 x=[t.values[1] for t in pts], y=[t.values[2] for t in pts], z=[t.values[0] for t in pts],
@@ -203,7 +213,7 @@ def render_html(r: ParetoReport) -> str:
     else:
         hv = "-" if r.hypervolume is None else f"{r.hypervolume:.4f}"
         ref = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, r.reference_point))
-        body.append(f"<p>Pareto front: {len(r.front)} of {len(r.ranked)} completed trials (red); BK-SDM reference "
+        body.append(f"<p>Pareto front: {len(r.front)} of {len(r.ranked)} completed trials (red); {r.designs_name} reference "
                     f"designs are the blue stars. Hypervolume {hv} with reference point ({html.escape(ref)}): "
                     f"{html.escape(r.reference_rule)}. Hover over a point for its architecture.</p>")
         for div_id, fig in _figures(r):
@@ -237,7 +247,7 @@ def _html_speed(r: ParetoReport) -> str:
     rows = speed_rows(r)
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("", *SPEED_HEAD))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("", *_speed_head(r)))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (who, *cells)) + "</tr>"
                    for who, cells in rows)
     return f"<h2>Speed and memory: the teacher and the front</h2><table id='speed'><tr>{head}</tr>{body}</table>"
@@ -268,13 +278,13 @@ def render_png(r: ParetoReport, path: Path) -> None:
         for name, n in r.reference_trials.items():
             t = r.trial(n)
             ax.scatter([t.values[j]], [t.values[0]], marker="*", s=220, facecolors="none", edgecolors=REF_COLOR,
-                       linewidths=1.5, zorder=4, label="BK-SDM designs" if name == next(iter(r.reference_trials)) else None)
+                       linewidths=1.5, zorder=4, label=f"{r.designs_name} designs" if name == next(iter(r.reference_trials)) else None)
             ax.annotate(name, (t.values[j], t.values[0]), textcoords="offset points", xytext=(6, 6), fontsize=8,
                         color=REF_COLOR)
         if r.objectives[j] in ("params", "macs"):
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_xlabel(LABELS.get(r.objectives[j], r.objectives[j]))
-        ax.set_ylabel(LABELS.get(y, y))
+        ax.set_xlabel(_label(r, r.objectives[j]))
+        ax.set_ylabel(_label(r, y))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     hv = "" if r.hypervolume is None else f", hypervolume {r.hypervolume:.3f}"
@@ -395,7 +405,7 @@ def _speed_md(r: ParetoReport) -> list[str]:
     where = (f" on {target.get('device_name', target.get('device'))} ({target.get('dtype')}, "
              f"{target.get('torch_threads')} thread(s))" if target else "")
     lines = [f"## Speed and memory: the teacher and the front{where}", "",
-             "| | " + " | ".join(SPEED_HEAD) + " |", "|" + "---|" * (len(SPEED_HEAD) + 1)]
+             "| | " + " | ".join(_speed_head(r)) + " |", "|" + "---|" * (len(SPEED_HEAD) + 1)]
     lines += ["| " + " | ".join([who, *cells]) + " |" for who, cells in speed_rows(r)]
     return lines + ["", "End to end: text encoder + the evaluation's sampler steps with classifier-free guidance + "
                         "VAE decode, one image. Each latency was timed while no other blocksearch process trained "
@@ -423,7 +433,7 @@ def _hypervolume_md(r: ParetoReport) -> list[str]:
     ref = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, r.reference_point))
     lines = ["## Hypervolume", "", f"**{r.hypervolume:.4f}** with reference point r = ({ref}); {r.reference_rule}."]
     if r.reference_hypervolume is not None:
-        lines.append(f"The BK-SDM reference designs alone reach {r.reference_hypervolume:.4f} with the same r.")
+        lines.append(f"The {r.designs_name} reference designs alone reach {r.reference_hypervolume:.4f} with the same r.")
     return lines + [""]
 
 

@@ -95,7 +95,7 @@ def reference_md(r: ParetoReport) -> list[str]:
     """The README's section on the reference designs: each one's scores and who dominates it, beyond noise --
     on quality, or on cost only (every quality difference within noise) -- or within it (a raw domination that
     the noise could explain; not a claim). Quality claims first."""
-    lines = ["## Against the BK-SDM reference designs", ""]
+    lines = [f"## Against the {r.designs_name} reference designs", ""]
     if not r.reference_designs:
         return lines + ["The study names no reference designs (user attr `reference_designs`).", ""]
     lines += [noise_line(r), ""]

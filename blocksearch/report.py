@@ -22,58 +22,13 @@ import optuna
 from blocksearch.errors import BlocksearchError
 from blocksearch.noise import NOISY, Spread, estimate_noise, quality_mask
 from blocksearch.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
-from blocksearch.space import Genome, Topology
+from blocksearch.families.unet import MID_TEXT, architecture_diff, architecture_table  # noqa: F401 - re-exported
 from blocksearch.study import default_storage, open_study
-from blocksearch.teachers import teacher_topology  # noqa: F401 - re-exported for export.py and tests
+from blocksearch.teachers import resolve_teacher, teacher_topology  # noqa: F401 - re-exported for export.py and tests
 
 REFERENCE_RULE = (f"r = {REFERENCE} x the worst value of each objective over the completed trials; the "
                   f"hypervolume is the fraction of the box [0, r] that the points dominate (each objective "
                   f"divided by r, reference point (1, ..., 1)); 1.0 would be a point at the origin")
-MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "2 resnets (no attention)",
-            "none": "removed"}
-
-
-# -- architectures written against the teacher, in diffusers module names ---------------------------
-def architecture_diff(genome: Genome, topo: Topology) -> str:
-    """What ``genome`` removes from the teacher, e.g. 'down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3;
-    mid_block removed; down_blocks.3/up_blocks.0 removed'."""
-    n_t, parts = topo.n_stages, []
-    for i, (k, d) in enumerate(zip(genome.layers, genome.depth)):
-        down, up, big_k, big_d = f"down_blocks.{i}", f"up_blocks.{n_t - 1 - i}", topo.layers[i], topo.depth[i]
-        if k != big_k:
-            parts.append(f"{down}: {k} of {big_k} layers; {up}: {k + 1} of {big_k + 1}")
-        if big_d and not d:
-            parts.append(f"{down}/{up}: attention removed")
-        elif d != big_d:
-            parts.append(f"{down}/{up}: transformer depth {d} of {big_d}")
-    if genome.mid != topo.mid:
-        parts.append("mid_block removed" if genome.mid == "none" else "mid_block: attention removed")
-    if len(genome.layers) < n_t:
-        parts.append(f"down_blocks.{n_t - 1}/up_blocks.0 removed")
-    return "; ".join(parts) or "teacher (nothing removed)"
-
-
-def architecture_table(genome: Genome, topo: Topology) -> list[tuple[str, str, str]]:
-    """(teacher module, teacher's blocks, student's blocks) for every stage, down, mid and up."""
-    n_t, n = topo.n_stages, len(genome.layers)
-
-    def stage(layers: int, depth: int) -> str:
-        return f"{layers} x (resnet + transformer depth {depth})" if depth else f"{layers} x resnet"
-
-    rows = []
-    for i in range(n_t):
-        kept = stage(genome.layers[i], genome.depth[i]) if i < n else "removed"
-        rows.append((f"down_blocks.{i}", stage(topo.layers[i], topo.depth[i]), kept))
-    rows.append(("mid_block", MID_TEXT[topo.mid], MID_TEXT[genome.mid]))
-    for j in range(n_t):
-        i = n_t - 1 - j  # the down stage this up stage is tied to by the skip connections
-        kept = "removed" if i >= n else stage(genome.layers[i] + 1, genome.depth[i])
-        if i < n and n < n_t:
-            kept += f" (student up_blocks.{j - (n_t - n)})"
-        rows.append((f"up_blocks.{j}", stage(topo.layers[i] + 1, topo.depth[i]), kept))
-    return rows
-
-
 # -- the computed report --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrialPoint:
@@ -140,6 +95,12 @@ class ParetoReport:
     teacher_note: str  # why architectures are genome ids, when the teacher's config was not found
     noise: dict = field(default_factory=dict)  # objective or noisy metric -> Spread (noise.py)
     noise_z: float = Z_NOISE
+    denoiser: str = "U-Net"  # the teacher family's word for its denoiser ("transformer"): the report's labels
+
+    @property
+    def designs_name(self) -> str:
+        """What the reference designs are called: BK-SDM's for a U-Net study, the space's own otherwise."""
+        return "BK-SDM" if self.denoiser == "U-Net" else "space's"
 
     @property
     def noise_measured(self) -> bool:
@@ -193,7 +154,8 @@ def build_report(study: optuna.Study, storage: str = "", reference_point=None) -
                                              quality_mask(objectives))))
     rule = REFERENCE_RULE if reference_point is None else "r given by the user (--hv-reference)"
     return ParetoReport(study.study_name, storage, objectives, directions, trials, front, ref, rule, hv,
-                        ref_hv, ref_designs, ref_trials, dominations, attrs, note, noise)
+                        ref_hv, ref_designs, ref_trials, dominations, attrs, note, noise,
+                        denoiser=topo[0].denoiser_name if topo is not None else "U-Net")
 
 
 def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spread],
@@ -210,22 +172,26 @@ def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spre
     return Domination(searched, name, n, gains, kind is not None if known else None, kind)
 
 
-def _topology_or_note(teacher: str | None) -> tuple[Topology | None, str]:
+def _topology_or_note(teacher: str | None) -> tuple[tuple | None, str]:
+    """(the teacher's family and topology, or None; and a note when the teacher is not readable)."""
     if not teacher:
         return None, "the study does not name its teacher (user attr 'teacher'); architectures are genome ids"
     try:
-        return teacher_topology(teacher), ""
+        ref = resolve_teacher(teacher)
+        return (ref.family, ref.topology()), ""
     except BlocksearchError as err:
         return None, f"{err}; architectures are genome ids"
 
 
-def _trial_row(trial: optuna.trial.FrozenTrial, topo: Topology | None) -> dict:
+def _trial_row(trial: optuna.trial.FrozenTrial, topo: tuple | None) -> dict:
+    """One trial's row; ``topo``: (family, topology) of the teacher, to write its architecture in module names."""
     ua = trial.user_attrs
     genome = ua.get("genome")
     arch = genome or "?"
     if genome and topo is not None:
+        family, topology = topo
         try:
-            arch = architecture_diff(Genome.from_id(genome), topo)
+            arch = family.architecture_diff(family.arch_from_id(genome), topology)
         except BlocksearchError:
             pass
     complete = trial.state == optuna.trial.TrialState.COMPLETE and trial.values is not None

@@ -30,7 +30,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.noise import quality_mask
 from blocksearch.pareto import dominates, dominates_despite_noise
 from blocksearch.report import ParetoReport, TrialPoint, build_report
-from blocksearch.space import BoundSpace, Genome
+from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
 from blocksearch.trial import CHECKPOINT, TrialJob
 
@@ -106,7 +106,7 @@ def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: li
             study.set_user_attr(key, value)
     for t in chosen:
         extra = {"design": t.design} if t.design else {}
-        study.enqueue_trial(bound.to_params(Genome.from_id(t.genome)), skip_if_exists=True,
+        study.enqueue_trial(bound.to_params(bound.from_id(t.genome)), skip_if_exists=True,
                             user_attrs={"promoted_from": t.number, **extra})
     return study
 

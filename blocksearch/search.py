@@ -26,7 +26,6 @@ from typing import Callable, TextIO
 
 import optuna
 import torch
-from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from blocksearch.baseline import alignment_bound, teacher_reference
@@ -47,11 +46,13 @@ from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
                                default_storage, default_study_name, existing_study, open_storage,
                                prepare_study, space_name)
-from blocksearch.families.unet import student_config
-from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher, load_teacher_unet, topology_of, weights_sha256
+from blocksearch.families.base import get_family
+from blocksearch.teachers import (ARCHITECTURES, is_toy, load_teacher, load_teacher_denoiser,  # noqa: F401
+                                  load_teacher_unet, resolve_teacher, weights_sha256)  # load_teacher_unet: tests
 from blocksearch.trial import KD_METRIC, TrialJob, trainable
 
 CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
+TOY_OF_FAMILY = {"unet": "toy", "dit": "toy-dit"}  # `--teacher toy` (the default) for a space of each family
 
 
 # -- validation and set-up (driver) -----------------------------------------------------------------
@@ -75,6 +76,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     paths = {k: absolute(getattr(cfg, k)) for k in ("data", "reference", "captions", "inception_weights",
                                                      "clip_model") if getattr(cfg, k) not in (None, "toy")}
     teacher = str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher  # trials chdir
+    if teacher == "toy":  # the bundled toy teacher of the space's family: a U-Net, or the toy transformer
+        teacher = TOY_OF_FAMILY[load_space(cfg.space).family]
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
                                candidate=cfg.candidate or CANDIDATE, teacher=teacher, **paths,
                                study=cfg.study or default_study_name(cfg.space, teacher))
@@ -92,14 +95,20 @@ def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
                                steps=stage.steps, rungs=rungs)
 
 
-def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, UNet2DConditionModel]:
-    """The space bound to the teacher's topology, and the teacher U-Net (for exact params)."""
+def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, torch.nn.Module]:
+    """The space bound to the teacher's topology, and the teacher's denoiser (for exact params); a space of
+    another denoiser family than the teacher's is a one-line error."""
     if teacher in ARCHITECTURES:
         raise BlocksearchError(
             f"teacher {teacher!r} is an architecture without weights; a search distils from real "
             f"weights: use toy, a local diffusers folder, or a cached hub id")
-    unet = load_teacher_unet(teacher, device="cpu")
-    return space.bind(topology_of(unet.config)), unet
+    ref = resolve_teacher(teacher)
+    if ref.family_name != space.family:
+        raise BlocksearchError(f"space {space.name} ({space.path}) is for the {space.family} family but teacher "
+                               f"{teacher} is a {ref.family_name} teacher; allowed: a {space.family} teacher (e.g. "
+                               f"{TOY_OF_FAMILY[space.family]}) or a {ref.family_name} space")
+    denoiser = load_teacher_denoiser(teacher, device="cpu")
+    return space.bind(ref.family.topology(denoiser.config)), denoiser
 
 
 def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[TrialJob, dict]:
@@ -114,7 +123,8 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
     job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
-                   checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score)
+                   checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
+                   family=bound.space.family)
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -167,15 +177,17 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def params_table(teacher_unet: UNet2DConditionModel, bound: BoundSpace) -> Callable[[Genome], int]:
-    """Exact params of a Genome, from the config alone (meta device), cached by Genome in ``.cache``."""
+def params_table(teacher_unet: torch.nn.Module, bound: BoundSpace) -> Callable[[Genome], int]:
+    """Exact params of an architecture, from the config alone (meta device), cached by its id in ``.cache``;
+    ``teacher_unet``: the teacher's denoiser, of the space's family."""
     cache: dict[str, int] = {}
-    config = teacher_unet.config  # only the config: Tune pickles the searcher and this function with it
+    config, model_class = teacher_unet.config, type(teacher_unet)  # only the config: Tune pickles the searcher
+    family = get_family(bound.space.family)  # and this function with it
 
     def params_of(genome: Genome) -> int:
         if genome.id not in cache:
             with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(student_config(config, genome))
+                unet = model_class.from_config(family.student_config(config, genome))
             cache[genome.id] = count_params(unet)
         return cache[genome.id]
 
@@ -218,14 +230,15 @@ def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: 
     torch.set_num_threads(job.cpus)  # as in a trial: the latencies must be comparable (same threads)
     try:
         config = EvalConfig.from_dict(job.eval | {"images": True})  # the rungs' settings, if the first stage has none
-        metrics = teacher_reference(load_teacher(cfg.teacher, device), config, device)
+        teacher = load_teacher(cfg.teacher, device)
+        metrics = teacher_reference(teacher, config, device)
     finally:
         torch.set_num_threads(threads)
     study.set_user_attr("teacher_metrics", {k: v for k, v in metrics.items() if k != "timings"})
     floor = alignment_bound(metrics.get("alignment"), cfg.min_alignment)
     shown = "off" if floor is None else f"alignment >= {floor:.3f} ({cfg.min_alignment:g} x the teacher's)"
     print(f"teacher: fid {fmt('fid', metrics['fid'])}, alignment {fmt('alignment', metrics.get('alignment'))}, "
-          f"U-Net step {fmt('latency_ms', metrics['latency_ms'])}, end to end {fmt('e2e_ms', metrics.get('e2e_ms'))}; "
+          f"{teacher.family.denoiser_name} step {fmt('latency_ms', metrics['latency_ms'])}, end to end {fmt('e2e_ms', metrics.get('e2e_ms'))}; "
           f"feasible students: {shown}", file=out)
     return floor
 
@@ -402,6 +415,10 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     study = existing_study(storage, cfg)
     check_inputs(cfg)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
     bound, teacher_unet = bind_space(space, cfg.teacher)
+    if cfg.trials > len(bound):  # a small space (9 architectures on the toy transformer): each one once, no more
+        print(f"--trials {cfg.trials}: the space has {len(bound)} architectures on this teacher; {len(bound)} trials",
+              file=out)
+        cfg = dataclasses.replace(cfg, trials=len(bound))
     job, study_attrs = trial_job(cfg, bound, teacher_unet)
     plan = rung_plan(cfg, job, study_attrs)
     if study is not None:

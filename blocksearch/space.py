@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import yaml
 
@@ -91,6 +91,7 @@ class Genome:
     layers: tuple[int, ...]
     depth: tuple[int, ...]
     mid: str
+    family: ClassVar[str] = "unet"  # the denoiser family whose architectures these are (families/base.py)
 
     def __post_init__(self):
         if len(self.layers) != len(self.depth) or self.mid not in MID_CHOICES:
@@ -193,6 +194,10 @@ class BoundSpace:
         """Rebuild the Genome of a finished trial from its params."""
         fixed = _FixedTrial(params)
         return self.suggest(fixed)
+
+    def from_id(self, text: str) -> Genome:
+        """The Genome of an id (the search side stores ids: ``Genome.id``)."""
+        return Genome.from_id(text)
 
     # -- enumeration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Genome]:

@@ -2,8 +2,8 @@
 
 Teacher outputs depend only on the batch (noisy latent, timestep, text), never on the student, so one
 file per (teacher, data, seed, batch size, steps) serves every candidate of a study. It stores the
-batch inputs (fp32) and the teacher's output and *every* feature any Genome may pair with
-(``families.unet.kd_teacher_modules``), so all students share it.
+batch inputs (fp32; a transformer's text mask too) and the teacher's output and *every* feature any
+architecture may pair with (the family's ``kd_teacher_modules``), so all students share it.
 Files live under ``<cache_dir>/teacher/``; the folder is capped in size with least-recently-used
 eviction; writers take a per-key file lock and write a temp file, then rename it atomically.
 """
@@ -27,8 +27,7 @@ from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.console import quiet
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.unet import kd_teacher_modules
-from blocksearch.teachers import topology_of
+from blocksearch.families.base import Family, get_family
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +37,26 @@ DISK_RESERVE = 2**30  # bytes the teacher cache always leaves free on its disk
 _INPUTS = ("noisy", "timesteps", "text", "target")
 
 
-def _output(out) -> torch.Tensor:
-    """A block's feature: down blocks return (hidden, skips); transformers return an output object."""
-    if isinstance(out, tuple):
-        return out[0]
-    return out.sample if hasattr(out, "sample") else out
+def _unet() -> Family:
+    return get_family("unet")
 
 
 class FeatureHooks:
-    """Forward hooks that keep the outputs of named modules (BK-SDM feature KD)."""
+    """Forward hooks that keep the outputs of named modules (BK-SDM feature KD), each as the family's feature
+    (``kd_feature``; default: the U-Net's)."""
 
-    def __init__(self, model: torch.nn.Module, names):
+    def __init__(self, model: torch.nn.Module, names, family: Family | None = None):
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            raise BlocksearchError(f"KD layer {missing[0]} is not a module of the U-Net")
+            raise BlocksearchError(f"KD layer {missing[0]} is not a module of the {type(model).__name__}")
+        self.feature = (family or _unet()).kd_feature
         self.features: dict[str, torch.Tensor] = {}
         self._handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
 
     def _keep(self, name):
         def hook(module, args, out):
-            self.features[name] = _output(out)
+            self.features[name] = self.feature(out)
         return hook
 
     def pop(self) -> dict[str, torch.Tensor]:
@@ -71,9 +69,9 @@ class FeatureHooks:
 
 
 @torch.no_grad()
-def teacher_forward(unet, hooks: FeatureHooks, batch: Batch):
+def teacher_forward(denoiser, hooks: FeatureHooks, batch: Batch, family: Family | None = None):
     """Teacher output and features for one batch, under no_grad."""
-    out = unet(batch.noisy, batch.timesteps, batch.text).sample
+    out = (family or _unet()).forward(denoiser, batch.noisy, batch.timesteps, batch)
     return out, hooks.pop()
 
 
@@ -100,7 +98,7 @@ class TeacherCache:
 
     def __getitem__(self, i: int):
         s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        batch = Batch(*(self._rows(k, s) for k in _INPUTS))
+        batch = Batch(*(self._rows(k, s) for k in _INPUTS), mask=self._rows("mask", s) if "mask" in self._keys else None)
         feats = {k[5:]: self._rows(k, s) for k in self._keys if k.startswith("feat.")}
         return batch, self._rows("out", s), feats
 
@@ -112,14 +110,16 @@ def cache_key(teacher_name: str, unet, stream: BatchStream, steps: int, dtype: s
 
 
 def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_dir: Path,
-               cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu") -> TeacherCache:
-    """Load the cache file for this run, computing it first (once, under a lock) if missing."""
+               cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu",
+               family: Family | None = None) -> TeacherCache:
+    """Load the cache file for this run, computing it first (once, under a lock) if missing. ``unet``: the
+    teacher's denoiser, of ``family`` (default: the U-Net's)."""
     folder = Path(cache_dir) / "teacher"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            tensors = _compute(unet, stream, steps, dtype, device)
+            tensors = _compute(unet, stream, steps, dtype, device, family or _unet())
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             cap = int(cap_gb * 2**30)
             if size > cap:
@@ -134,16 +134,17 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
     return TeacherCache(path, stream.batch_size, steps)
 
 
-def _compute(unet, stream: BatchStream, steps: int, dtype: str, device) -> dict[str, torch.Tensor]:
+def _compute(unet, stream: BatchStream, steps: int, dtype: str, device, family: Family) -> dict[str, torch.Tensor]:
     store = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
-    hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
+    hooks = FeatureHooks(unet, family.kd_teacher_modules(family.topology(unet.config)), family)
     parts: dict[str, list] = {}
     try:
         for i in tqdm(range(steps), desc="teacher cache", unit="batch", disable=quiet()):
             yield_to_measurement()
             batch = stream[i]
-            out, feats = teacher_forward(unet, hooks, batch.to(device))
+            out, feats = teacher_forward(unet, hooks, batch.to(device), family)
             row = {k: getattr(batch, k) for k in _INPUTS} | {"out": out.to("cpu", store)}
+            row |= {} if batch.mask is None else {"mask": batch.mask}
             row |= {f"feat.{k}": v.to("cpu", store) for k, v in feats.items()}
             for k, v in row.items():
                 parts.setdefault(k, []).append(v)
@@ -170,23 +171,27 @@ _INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchS
 
 
 def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
-                         text_tokens: int = 77) -> int:
+                         text_tokens: int = 77, family: Family | None = None, model_class=UNet2DConditionModel) -> int:
     """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
-    and the teacher's output and every feature of ``kd_teacher_modules`` (stored at ``dtype_bytes``).
+    and the teacher's output and every feature of the family's ``kd_teacher_modules`` (stored at
+    ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of ``model_class`` and ``family``
+    (default: a U-Net's).
 
-    Shapes come from forward hooks on a U-Net built from the config on the meta device: no weights,
+    Shapes come from forward hooks on the denoiser built from the config on the meta device: no weights,
     no memory, no download."""
+    family = family or _unet()
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(dict(unet_config)).eval()
-        noisy = torch.empty(batch_size, unet.config.in_channels, latent_size, latent_size)
-        timesteps = torch.zeros(batch_size, dtype=torch.long)
-        text = torch.empty(batch_size, text_tokens, unet.config.cross_attention_dim)
-        hooks = FeatureHooks(unet, kd_teacher_modules(topology_of(unet.config)))
+        model = model_class.from_config(dict(unet_config)).eval()
+        args = family.forward_inputs(model.config, batch_size, latent_size, device="meta", text_len=text_tokens)
+        hooks = FeatureHooks(model, family.kd_teacher_modules(family.topology(model.config)), family)
         try:
-            out, feats = teacher_forward(unet, hooks, Batch(noisy, timesteps, text, noisy))
+            with torch.no_grad():
+                out, feats = model(**args).sample, hooks.pop()
         finally:
             hooks.remove()
-    inputs = {"noisy": noisy, "timesteps": timesteps, "text": text, "target": noisy}  # target: eps or v, as noisy
+    noisy = args.get("sample", args.get("hidden_states"))
+    inputs = {"noisy": noisy, "timesteps": args["timestep"], "text": args["encoder_hidden_states"],
+              "target": noisy}  # target: eps, v or flow, as noisy
     stored = sum(t.numel() * _INPUT_BYTES[k] for k, t in inputs.items())
     return stored + sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes
 

@@ -12,12 +12,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import Family, family_of, get_family
 from blocksearch.space import Topology
-from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
+from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher
 from blocksearch.toy.models import UNET as TOY_UNET
 
 # Published U-Net configs (the fields that differ from diffusers' defaults).
@@ -37,7 +40,8 @@ SDXL = dict(  # stabilityai/stable-diffusion-xl-base-1.0: 3 stages, depth 1/2/10
     projection_class_embeddings_input_dim=2816,
 )
 ARCHITECTURES = {"sd-v1": SD_V1, "sd-v2": SD_V2, "sdxl": SDXL}
-TEACHER_CHOICES = "toy, sd-v1, sd-v2, sdxl, a local diffusers folder, or a cached hub id"
+TOY_TEACHERS = {"toy": ASSETS, "toy-dit": ASSETS_DIT}  # the bundled toy teachers: SD's U-Net, a PixArt transformer
+TEACHER_CHOICES = "toy, sd-v1, sd-v2, sdxl, toy-dit (the toy transformer), a local diffusers folder, or a cached hub id"
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
@@ -103,7 +107,7 @@ def teacher_kind(spec: str) -> str:
     build`` folder, recognised by its judge), ``folder`` or ``hub`` (an owner/name id)."""
     if spec in ARCHITECTURES:
         return "architecture"
-    if spec == "toy":
+    if spec in TOY_TEACHERS:
         return "toy"
     folder = Path(spec)
     if folder.exists():
@@ -121,13 +125,77 @@ def _not_cached(hub_id: str, err: Exception) -> BlocksearchError:
         f"{hub_id}) or pass a local folder ({type(err).__name__})")
 
 
+@dataclass(frozen=True)
+class TeacherRef:
+    """``--teacher`` resolved once, from files only (no weights): what it names, where its pipeline folder is
+    (bundled toy, toy build or local folder), and its denoiser family."""
+
+    spec: str
+    kind: str  # teacher_kind's
+    folder: Path | None  # the pipeline (or bare U-Net) folder; None for an architecture or a hub id
+    family_name: str  # "unet" or "dit"
+
+    @property
+    def family(self) -> Family:
+        family = get_family(self.family_name)
+        return family.for_teacher(self.denoiser_config()) if self.family_name == "dit" else family
+
+    def denoiser_config(self) -> dict:
+        """The denoiser's diffusers config (``config.json`` of ``unet/`` or ``transformer/``)."""
+        if self.kind == "architecture":
+            return dict(architecture(self.spec).config)
+        sub = "transformer" if self.family_name == "dit" else "unet"
+        if self.kind == "hub":
+            try:
+                cls = UNet2DConditionModel if sub == "unet" else diffusers.PixArtTransformer2DModel
+                return dict(cls.load_config(self.spec, subfolder=sub, local_files_only=True))
+            except (OSError, ValueError) as err:
+                raise _not_cached(self.spec, err) from None
+        if self.kind == "toy" and self.spec == "toy":
+            return dict(TOY_UNET)
+        if self.kind == "toy":  # a bundled toy teacher not built yet: the error names its build command
+            check_asset(self.folder / sub / "config.json")
+        if sub == "unet":
+            own = unet_subfolder(self.folder)
+            return json.loads((self.folder / (own or "") / "config.json").read_text())
+        return _read_config(self.folder / sub / "config.json")
+
+    def topology(self):
+        """What surgery needs of the teacher's denoiser (families/base.py ``topology``)."""
+        return self.family.topology(self.denoiser_config())
+
+
+def resolve_teacher(spec: str) -> TeacherRef:
+    """Read ``--teacher`` once: its kind, folder and family (a pipeline folder with ``transformer/config.json``
+    and no ``unet/`` is a transformer teacher); one-line errors as ``teacher_kind``'s."""
+    kind = teacher_kind(spec)
+    folder = TOY_TEACHERS[spec] if kind == "toy" else Path(spec) if kind in ("toy-folder", "folder") else None
+    family = "unet"
+    if folder is not None and not (folder / "unet").is_dir() and (
+            (folder / "transformer" / "config.json").is_file() or folder == ASSETS_DIT):
+        family = "dit"
+    elif kind == "hub":  # the cached model_index.json names its parts (not cached: loading says so, _not_cached)
+        index = try_to_load_from_cache(spec, "model_index.json")
+        if isinstance(index, str):
+            parts = json.loads(Path(index).read_text())
+            family = "dit" if "transformer" in parts and "unet" not in parts else "unet"
+    return TeacherRef(spec, kind, folder, family)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise BlocksearchError(f"teacher folder {path.parent.parent} has no {path.parent.name}/config.json; expected a "
+                               f"diffusers pipeline folder (save_pretrained)")
+    return json.loads(path.read_text())
+
+
 def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
     """The teacher U-Net named by ``--teacher`` (weights where there are any)."""
     kind = teacher_kind(spec)
     if kind == "architecture":
         return architecture(spec, device="meta")
     if kind == "toy":
-        return load_toy_teacher(device=device).unet
+        return load_teacher(spec, device).unet
     if kind == "hub":
         try:
             return UNet2DConditionModel.from_pretrained(
@@ -137,39 +205,46 @@ def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
     return load_unet(spec, device)
 
 
-def teacher_topology(spec: str) -> Topology:
-    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights)."""
-    kind = teacher_kind(spec)
-    if kind == "architecture":
-        return topology_of(architecture(spec).config)
-    if kind == "toy":
-        return topology_of(TOY_UNET)
-    if kind == "hub":
-        try:
-            return topology_of(UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True))
-        except (OSError, ValueError) as err:
-            raise _not_cached(spec, err) from None
-    folder = Path(spec)
-    sub = unet_subfolder(folder)
-    return topology_of(json.loads((folder / (sub or "") / "config.json").read_text()))
+def load_teacher_denoiser(spec: str, device: str = "cpu") -> torch.nn.Module:
+    """The teacher's denoiser (U-Net or transformer) named by ``--teacher``, with its weights."""
+    ref = resolve_teacher(spec)
+    if ref.family_name == "unet":
+        return load_teacher_unet(spec, device)
+    return load_teacher(spec, device).denoiser
+
+
+def teacher_topology(spec: str):
+    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights): a
+    U-Net ``Topology`` or a transformer's ``DitTopology``."""
+    return resolve_teacher(spec).topology()
 
 
 # -- whole pipelines (distill / evaluate need the VAE, text encoder and scheduler too) -------------
 @dataclass(frozen=True, eq=False)
 class Teacher:
-    """A loaded teacher pipeline; ``.unet`` is the teacher U-Net.
+    """A loaded teacher pipeline and its denoiser family (``family``, from the pipeline when not given);
+    ``.denoiser`` is the teacher U-Net or transformer (``.unet``: the same, under its U-Net name).
 
     ``judge_path`` is set for the toy teacher (the bundled one, or a ``blocksearch toy build`` folder,
     recognised by its ``judge.safetensors``): its FID and alignment use the toy judge.
     """
 
     name: str  # the --teacher spec: "toy", a folder, or a hub id
-    pipeline: StableDiffusionPipeline
+    pipeline: diffusers.DiffusionPipeline
     judge_path: Path | None = None
+    family: Family | None = None
+
+    def __post_init__(self):
+        if self.family is None:
+            object.__setattr__(self, "family", family_of(self.pipeline))
 
     @property
-    def unet(self) -> UNet2DConditionModel:
-        return self.pipeline.unet
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipeline, self.family.subfolder)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.denoiser
 
     @property
     def is_toy(self) -> bool:
@@ -178,33 +253,43 @@ class Teacher:
 
 def load_teacher(spec: str = "toy", device: str = "cpu") -> Teacher:
     """The teacher pipeline named by ``--teacher`` (local files only); a clear error when missing."""
-    kind = teacher_kind(spec)
+    ref = resolve_teacher(spec)
+    kind = ref.kind
     if kind == "architecture":
         raise BlocksearchError(
             f"teacher {spec!r} is an architecture without weights (for space/bench latency only); "
             f"distill and evaluate need a pipeline: toy, a local diffusers folder, or a cached hub id")
-    if kind == "toy":
-        return Teacher(spec, load_toy_teacher(device=device), ASSETS / JUDGE_FILE)
-    if kind == "toy-folder":
-        return Teacher(spec, load_toy_teacher(device=device, path=spec), Path(spec) / JUDGE_FILE)
+    if kind in ("toy", "toy-folder"):
+        return Teacher(spec, load_toy_teacher(device=device, path=ref.folder), ref.folder / JUDGE_FILE)
     if kind == "folder":
         if not (Path(spec) / "model_index.json").is_file():
             raise BlocksearchError(
                 f"teacher folder {spec} has no model_index.json; expected a diffusers "
                 f"StableDiffusionPipeline folder (save_pretrained)")
-        return Teacher(spec, _pipeline(spec, device))
+        return Teacher(spec, _pipeline(spec, device, ref.family_name))
     try:
-        return Teacher(spec, _pipeline(spec, device))
+        return Teacher(spec, _pipeline(spec, device, ref.family_name))
     except (OSError, ValueError) as err:
         raise _not_cached(spec, err) from None
 
 
-def _pipeline(source: str, device: str) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(
-        source, local_files_only=True, use_safetensors=True, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+def _pipeline(source: str, device: str, family: str = "unet") -> diffusers.DiffusionPipeline:
+    if family == "unet":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, local_files_only=True, use_safetensors=True, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    else:  # the class model_index.json names (PixArtSigmaPipeline, StableDiffusion3Pipeline, FluxPipeline)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(source, local_files_only=True, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def with_denoiser(pipeline, denoiser: torch.nn.Module, family: Family | None = None):
+    """A pipeline of the same class with the same components and ``denoiser`` in the family's place (the
+    student in its teacher's pipeline, as BK-SDM ships students)."""
+    family = family or family_of(pipeline)
+    parts = dict(pipeline.components) | {family.subfolder: denoiser}
+    return type(pipeline)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
 
 
 # -- what a study records of its teacher, and the defaults that follow it ---------------------------
@@ -215,20 +300,23 @@ def is_toy(spec: str) -> bool:
 
 
 def native_resolution(spec: str) -> int:
-    """The teacher's own image size: ``unet.sample_size`` x the VAE's scale factor (2^(stages-1)), as
-    diffusers' StableDiffusionPipeline defaults to; read from the configs only."""
-    kind = teacher_kind(spec)
+    """The teacher's own image size: the denoiser's ``sample_size`` x the VAE's scale factor (2^(stages-1)), as
+    diffusers' pipelines default to; read from the configs only."""
+    ref = resolve_teacher(spec)
+    kind, sub = ref.kind, ref.family.subfolder
     if kind == "architecture":
         return int(architecture(spec).config.sample_size) * 8  # every SD-family VAE downsamples 8x
     if kind == "hub":
         try:
-            unet = UNet2DConditionModel.load_config(spec, subfolder="unet", local_files_only=True)
+            unet = ref.denoiser_config()
             vae = AutoencoderKL.load_config(spec, subfolder="vae", local_files_only=True)
         except (OSError, ValueError) as err:
             raise _not_cached(spec, err) from None
     else:
-        folder = ASSETS if kind == "toy" else Path(spec)
-        configs = [folder / part / "config.json" for part in ("unet", "vae")]
+        folder = ref.folder
+        configs = [folder / part / "config.json" for part in (sub, "vae")]
+        for config in configs if kind == "toy" else ():
+            check_asset(config)  # a bundled toy teacher not built yet: the error names its build command
         missing = [c for c in configs if not c.is_file()]
         if missing:
             raise BlocksearchError(f"teacher folder {folder} has no {missing[0].parent.name}/config.json; expected "

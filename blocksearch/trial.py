@@ -24,8 +24,7 @@ from blocksearch.cache import outside_work_slot, work_slot
 from blocksearch.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
-from blocksearch.space import Genome
-from blocksearch.families.unet import build_student
+from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.probe import Probe, ProbeConfig, teacher_probe
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.teachers import load_teacher
@@ -52,6 +51,7 @@ class TrialJob:
     resume_dir: str | None = None  # a rung's trial: the students folder of the study below, whose checkpoints it continues
     cache_steps: int | None = None  # the teacher cache covers this many steps (the longest rung): one file for all
     score: str = "fid"  # the quality objective: fid, or a held-out probe score (probe.py; selection.py chose it)
+    family: str = "unet"  # the space's denoiser family (families/base.py): how an architecture id is read
 
 
 @dataclass
@@ -68,6 +68,12 @@ class Outcome:
 _TEACHERS: dict = {}  # one loaded teacher per worker process (actors are reused between trials)
 
 
+def build_student(teacher_denoiser, arch):
+    """Surgery by the architecture's family (families/base.py): a U-Net ``Genome`` or a transformer's
+    ``DitGenome``. ``.unet`` of teachers and students below is their denoiser, of either family."""
+    return family_of_arch(arch).build_student(teacher_denoiser, arch)
+
+
 def cached_teacher(spec: str, device: str):
     """``load_teacher`` once per worker process."""
     if (spec, device) not in _TEACHERS:
@@ -82,14 +88,14 @@ def cached_probe(teacher, job: TrialJob) -> Probe:
                          settings.resolution)
 
 
-def train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
+def train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
     """One candidate: surgery -> distillation -> save -> evaluation (BK-SDM's recipe, short). The whole
     trial is heavy work: latency measurements of other trials wait for its next checkpoint (cache.py)."""
     with work_slot():
         return _train_candidate(genome, job, report)
 
 
-def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
+def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None]) -> Outcome:
     t0 = time.perf_counter()
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
@@ -97,7 +103,7 @@ def _train_candidate(genome: Genome, job: TrialJob, report: Callable[[int, dict]
     with logged(report, Path(job.students_dir) / genome.id / LOSSES_FILE) as on_step:
         kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=on_step,
                      progress=False, **kd_checkpoints(job, genome, 0))
-    out = Path(job.students_dir) / genome.id / "unet"
+    out = Path(job.students_dir) / genome.id / get_family(job.family).subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
     config = EvalConfig.from_dict(job.eval)
     metrics = evaluate(teacher, student.unet, config, device=job.device)
@@ -144,7 +150,7 @@ def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> P
     return Path(students_dir) / genome / (CHECKPOINT if kd_seed == 0 else f"{CHECKPOINT}-seed{kd_seed}")
 
 
-def kd_checkpoints(job: TrialJob, genome: Genome, kd_seed: int) -> dict:
+def kd_checkpoints(job: TrialJob, genome, kd_seed: int) -> dict:
     """``distill``'s checkpoint arguments for the student of ``kd_seed``: continue the study below's checkpoint
     where one exists (a rung; a missing one -- deleted, or never kept -- means a straight run from surgery,
     the same student at more cost), keep this run's own where a longer rung may follow."""
@@ -201,7 +207,7 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
 
     torch.set_num_threads(max(1, job.cpus))
     job = dataclasses.replace(job, design=config.get("_design"))
-    genome = Genome.from_id(config["_genome"])
+    genome = get_family(job.family).arch_from_id(config["_genome"])
     placeholder = {o: float("nan") for o in objectives}
     if "params" in objectives and genome.id in params_of_genome:
         placeholder["params"] = float(params_of_genome[genome.id])

@@ -11,6 +11,7 @@ LAZY = {
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
     "blocksearch.render": "matplotlib / plotly, only when a report is drawn",
     "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",
+    "blocksearch.report_curves": "matplotlib, only when a report's curves are drawn",
     "blocksearch.search": "Ray, only once a search has work for it (1-3 s)",
     "blocksearch.trial": "Ray, in the worker only",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",

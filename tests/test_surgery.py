@@ -176,6 +176,7 @@ def test_students_reload_in_a_process_that_never_imports_blocksearch(tmp_path):
 import sys, torch
 from safetensors.torch import load_file, save_file
 from diffusers import UNet2DConditionModel
+torch.set_num_threads({torch.get_num_threads()})  # bit-equal needs this process's CPU reduction order
 x = load_file({str(tmp_path / 'inputs.safetensors')!r})
 added = {{k[6:]: v for k, v in x.items() if k.startswith('added.')}}
 out = {{}}

@@ -1,7 +1,8 @@
 """The denoiser-family interface: everything that knows what a denoiser looks like, behind one object.
 
 The search side (searcher, study, samplers, rungs, pareto, report) knows an architecture only by its id
-(``Genome.id``); a family turns ids into models. ``unet`` is SD's U-Net (BK-SDM, arXiv 2305.15798);
+(``Genome.id``); a family turns ids into models, and the trial path (distill, probe, teacher cache, evaluate,
+latency, export, model card) calls, reads and describes a denoiser only through its family. ``unet`` is SD's U-Net (BK-SDM, arXiv 2305.15798);
 ``dit`` keeps a subset of a transformer denoiser's blocks (TinyFusion, arXiv 2412.01199; Flux.1-Lite).
 A new family is one module that provides a ``Family``, one space YAML that names it, and its tests.
 """
@@ -47,6 +48,41 @@ class Family(Protocol):
                         timesteps: torch.Tensor) -> torch.Tensor:
         """What the denoiser is trained to predict (noise, velocity or flow)."""
 
+    # -- the trial path: distillation, probe, teacher cache, evaluation, export --------------------
+    denoiser_name: str  # the report's and model card's word for the denoiser ("U-Net", "transformer")
+
+    def arch_from_id(self, text: str) -> Any:
+        """The arch of an id (``arch.id``): the search side stores ids only."""
+
+    def forward(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch) -> torch.Tensor:
+        """One denoiser call on ``noisy`` with a KD batch's text conditioning (``batch.text``, ``batch.mask``,
+        ``batch.pooled``): the prediction that ``training_target`` matches, in the latents' layout."""
+
+    def kd_feature(self, output) -> torch.Tensor:
+        """The feature that feature KD matches, from the output of one of ``kd_pairs``' modules."""
+
+    def kd_teacher_modules(self, topology) -> tuple[str, ...]:
+        """Every teacher module ``kd_pairs`` names for some arch that fits ``topology`` (the teacher cache's)."""
+
+    def encode_text(self, pipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings of ``captions`` as the family's pipeline makes them, and their attention mask (None:
+        every token is attended)."""
+
+    def text_tokens(self, pipeline) -> int:
+        """Text tokens of one denoiser call, as MACs and latency count them."""
+
+    def call_kwargs(self, pipeline) -> dict:
+        """Keyword arguments a generation call of the stock pipeline needs beyond prompt, steps and guidance."""
+
+    def architecture_diff(self, arch, topology) -> str:
+        """What ``arch`` removes from the teacher, in one line of diffusers module names (the report)."""
+
+    def architecture_table(self, arch, topology) -> list[tuple[str, str, str]]:
+        """(teacher module, the teacher's, the student's) rows: the model card's table."""
+
+    def removed(self, arch, topology) -> dict[str, str]:
+        """What the student removed, per teacher module; modules kept whole are absent."""
+
 
 @dataclass(frozen=True)
 class FamilyRef:
@@ -67,6 +103,33 @@ def get_family(name: str) -> Family:
     return import_module(FAMILIES[name].module).FAMILY
 
 
+def family_of_arch(arch) -> Family:
+    """The family of an architecture, which its genome class names (``Genome.family``, ``DitGenome.family``)."""
+    return get_family(getattr(arch, "family", "unet"))
+
+
+def family_of(pipeline) -> Family:
+    """The family of a loaded diffusers pipeline: ``unet`` where it has a U-Net, else ``dit`` for its transformer."""
+    if getattr(pipeline, "unet", None) is not None:
+        return get_family("unet")
+    return get_family("dit").for_teacher(pipeline.transformer.config)
+
+
+def is_flow(scheduler) -> bool:
+    """A flow-matching scheduler (SD3, Flux): x_t = (1 - sigma) x_0 + sigma noise, sigma = t / T."""
+    return getattr(scheduler.config, "prediction_type", None) is None and type(scheduler).__name__.startswith(
+        "FlowMatch")
+
+
+def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The forward process of the teacher's training: DDPM's (Ho et al., 2020) or rectified flow's straight line
+    (Liu et al., 2022; SD3, Esser et al., arXiv 2403.03206) at sigma = t / num_train_timesteps."""
+    if not is_flow(scheduler):
+        return scheduler.add_noise(latents, noise, timesteps)
+    sigma = (timesteps.float() / scheduler.config.num_train_timesteps).view(-1, *[1] * (latents.dim() - 1))
+    return (1 - sigma) * latents + sigma * noise
+
+
 def scheduler_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The DDPM-family target the scheduler's ``prediction_type`` asks for: noise or velocity (Salimans & Ho,
     2022); flow-matching schedulers (SD3, Flux) train on ``noise - latents`` (Lipman et al., 2023)."""
@@ -75,7 +138,7 @@ def scheduler_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
-    if kind is None and type(scheduler).__name__.startswith("FlowMatch"):
+    if is_flow(scheduler):
         return noise - latents
     raise BlocksearchError(f"scheduler {type(scheduler).__name__} prediction_type {kind!r}; allowed: epsilon, "
                            "v_prediction, or a flow-matching scheduler")

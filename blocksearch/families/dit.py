@@ -22,7 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import scheduler_target
-from blocksearch.families.dit_genome import GROUPS, DitGenome, DitTopology, model_class_of, topology_of
+from blocksearch.families.dit_genome import (GROUPS, DitGenome, DitTopology, architecture_diff, architecture_table,
+                                             model_class_of, removed, topology_of)
+from blocksearch.families.dit_pipeline import call_kwargs, encode_text, forward, max_text, prediction
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +227,10 @@ class DesignCost:
     published: tuple[float, str] | None  # (params, source) where a figure is published for this teacher
 
 
-def design_costs(bound, teacher_config, teacher_name: str, latent_size: int | None = None) -> list[DesignCost]:
-    """The teacher and every named design of a bound dit space, built on the meta device."""
+def design_costs(bound, teacher_config, teacher_name: str, latent_size: int | None = None,
+                 text_len: int | None = None) -> list[DesignCost]:
+    """The teacher and every named design of a bound dit space, built on the meta device (MACs at ``text_len``
+    text tokens; default: the class's pipeline's, ``TEXT_LEN``)."""
     model_class, config = model_class_of(teacher_config), dict(teacher_config)
     teacher_pub = ((config["_published_params"], config.get("_published_source", ""))
                    if "_published_params" in config else None)
@@ -237,7 +241,7 @@ def design_costs(bound, teacher_config, teacher_name: str, latent_size: int | No
         published = teacher_pub if name == "teacher" else (
             (pub.params, pub.source) if pub is not None and pub.teacher == teacher_name else None)
         rows.append(DesignCost(name, genome, count_params(model), paper_params(model),
-                               count_macs(model, latent_size), published))
+                               count_macs(model, latent_size, text_len), published))
     return rows
 
 
@@ -247,6 +251,7 @@ class DitFamily:
 
     name = "dit"
     subfolder = "transformer"
+    denoiser_name = "transformer"
 
     def __init__(self, model_class: str | None = None):
         self.model_class = model_class
@@ -283,11 +288,39 @@ class DitFamily:
     def training_target(self, scheduler, latents, noise, timesteps):
         return scheduler_target(scheduler, latents, noise, timesteps)
 
+    def arch_from_id(self, text: str) -> DitGenome:
+        return DitGenome.from_id(text)
+
+    def forward(self, denoiser, noisy, timesteps, batch) -> torch.Tensor:
+        return forward(denoiser, noisy, timesteps, batch)
+
+    def kd_feature(self, output) -> torch.Tensor:
+        return block_feature(output)
+
+    def kd_teacher_modules(self, topology: DitTopology) -> tuple[str, ...]:
+        return kd_teacher_modules(topology)
+
+    def encode_text(self, pipeline, captions):
+        return encode_text(pipeline, captions)
+
+    def text_tokens(self, pipeline) -> int:
+        model_class = type(pipeline.transformer).__name__
+        return max_text(pipeline) if model_class == "PixArtTransformer2DModel" else TEXT_LEN[model_class]
+
+    def call_kwargs(self, pipeline) -> dict:
+        return call_kwargs(pipeline)
+
+    def architecture_diff(self, arch: DitGenome, topology: DitTopology) -> str:
+        return architecture_diff(arch, topology)
+
+    def architecture_table(self, arch: DitGenome, topology: DitTopology) -> list[tuple[str, str, str]]:
+        return architecture_table(arch, topology)
+
+    def removed(self, arch: DitGenome, topology: DitTopology) -> dict[str, str]:
+        return removed(arch, topology)
+
     def prediction(self, config, output: torch.Tensor) -> torch.Tensor:
-        """The part of the output that the training target matches: PixArt and DiT also predict the variance
-        (learned sigma, ``out_channels = 2 x in_channels``); their pipelines keep the first half."""
-        c = dict(config)
-        return output.chunk(2, dim=1)[0] if c.get("out_channels") == 2 * c["in_channels"] else output
+        return prediction(config, output)
 
 
 FAMILY = DitFamily()

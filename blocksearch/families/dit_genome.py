@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from blocksearch.errors import BlocksearchError
 
@@ -60,6 +61,7 @@ class DitGenome:
     """One architecture: the teacher blocks kept in each block group. Hashable, with a stable id."""
 
     kept: tuple[tuple[str, tuple[int, ...]], ...]  # (group, sorted kept teacher indices), groups in GROUPS order
+    family: ClassVar[str] = "dit"  # the denoiser family whose architectures these are (families/base.py)
 
     def __post_init__(self):
         groups = [g for g, _ in self.kept]
@@ -144,3 +146,35 @@ def load_teacher_config(spec: str) -> dict:
         raise BlocksearchError(f"{found}: malformed JSON: {err.msg} (line {err.lineno})") from None
     model_class_of(config)
     return config
+
+
+# -- the report's and model card's words -----------------------------------------------------------------
+def architecture_diff(genome: DitGenome, topo: DitTopology) -> str:
+    """What ``genome`` removes, per group: e.g. 'transformer_blocks: 8 of 16 blocks kept (teacher blocks 0-7);
+    removed 8-15', or '... (teacher blocks 0-14 step 2); removed 1-15 step 2'."""
+    parts = []
+    for g, n in topo.depths:
+        kept = genome.blocks(g)
+        if len(kept) < n:
+            gone = tuple(i for i in range(n) if i not in kept)
+            parts.append(f"{g}: {len(kept)} of {n} blocks kept (teacher blocks {_runs(kept)}); removed {_runs(gone)}")
+    return "; ".join(parts) or "teacher (nothing removed)"
+
+
+def _runs(blocks: tuple[int, ...]) -> str:
+    """Block indices as the genome id's runs, in words: '0-3, 8-15', '0-14 step 2'."""
+    return re.sub(r"s(\d+)", r" step \1", encode_runs(blocks).replace(".", ", "))
+
+
+def architecture_table(genome: DitGenome, topo: DitTopology) -> list[tuple[str, str, str]]:
+    """(teacher block, the teacher's, the student's): each teacher block, kept as which student block or removed."""
+    rows = []
+    for g, n in topo.depths:
+        student = {t: i for i, t in enumerate(genome.blocks(g))}
+        rows += [(f"{g}.{t}", "transformer block", f"kept as {g}.{student[t]}" if t in student else "removed")
+                 for t in range(n)]
+    return rows
+
+
+def removed(genome: DitGenome, topo: DitTopology) -> dict[str, str]:
+    return {f"{g}.{t}": "the whole block" for g, n in topo.depths for t in range(n) if t not in genome.blocks(g)}

@@ -223,6 +223,10 @@ class DitBoundSpace:
     def from_params(self, params: dict[str, Any]) -> DitGenome:
         return self.suggest(_FixedTrial(params))
 
+    def from_id(self, text: str) -> DitGenome:
+        """The DitGenome of an id (the search side stores ids: ``DitGenome.id``)."""
+        return DitGenome.from_id(text)
+
     # -- enumeration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[DitGenome]:
         groups = self.topology.groups

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import PixArtSigmaPipeline, StableDiffusionPipeline
 from diffusers.utils import logging as dlog
 from safetensors import SafetensorError, safe_open
 from transformers.utils import logging as tlog
@@ -15,9 +15,12 @@ from transformers.utils import logging as tlog
 from blocksearch.errors import BlocksearchError
 
 ASSETS = Path(__file__).parent / "assets"
+ASSETS_DIT = Path(__file__).parent / "assets_dit"  # the toy transformer teacher (PixArt-style), toy/build_dit.py
 JUDGE_FILE = "judge.safetensors"
 REBUILD = "blocksearch toy build --out blocksearch/toy/assets"
-# every file load_toy_teacher reads; checked up front so a missing one is named, not a deep library error
+REBUILD_DIT = "blocksearch toy build --family dit --out blocksearch/toy/assets_dit"
+# every file load_toy_teacher reads (the toy transformer teacher's: transformer/ for unet/); checked up front so a
+# missing one is named, not a deep library error
 TEACHER_FILES = (
     "model_index.json",
     "scheduler/scheduler_config.json",
@@ -29,6 +32,7 @@ TEACHER_FILES = (
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
 )
+COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "tokenizer", "scheduler")  # a pipeline folder's parts
 
 
 class ToyAssetError(BlocksearchError):
@@ -37,7 +41,19 @@ class ToyAssetError(BlocksearchError):
 
 def asset_error(path: Path, why: str) -> ToyAssetError:
     """The one-line error for a bad asset file: what is wrong, and the rebuild command."""
-    return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {REBUILD}")
+    root = path.parent.parent if path.parent.name in COMPONENTS else path.parent
+    return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {_rebuild(_denoiser(root))}")
+
+
+def _rebuild(denoiser: str) -> str:
+    return REBUILD_DIT if denoiser == "transformer" else REBUILD
+
+
+def _denoiser(root: Path) -> str:
+    """The denoiser subfolder of a toy teacher folder: ``transformer`` for the toy transformer (its bundled folder,
+    or a build with ``transformer/`` and no ``unet/``), else ``unet``."""
+    own = (root / "transformer").is_dir() and not (root / "unet").is_dir()
+    return "transformer" if own or root.resolve() == ASSETS_DIT.resolve() else "unet"
 
 
 def check_asset(path: Path) -> None:
@@ -58,21 +74,27 @@ def check_asset(path: Path) -> None:
 
 
 def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
-    """The toy StableDiffusionPipeline (fp32, no safety checker) from `path` or the bundled assets."""
+    """The toy pipeline (fp32, no safety checker) from `path` or the bundled assets: a StableDiffusionPipeline,
+    or the PixArtSigmaPipeline of the toy transformer teacher (a ``transformer/`` folder)."""
     root = Path(path) if path is not None else ASSETS
+    sub = _denoiser(root)
     for f in TEACHER_FILES:
-        check_asset(root / f)
+        check_asset(root / f.replace("unet/", f"{sub}/"))
     verbosity = dlog.get_verbosity()
     dlog.set_verbosity_error()  # fp16-stored weights upcast to fp32: expected, not worth a warning
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            root, dtype=torch.float32, local_files_only=True, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
-        )
+        if sub == "transformer":  # dit: a CLIP text encoder where PixArt expects T5 (toy/build_dit.py says why)
+            pipe = PixArtSigmaPipeline.from_pretrained(root, dtype=torch.float32, local_files_only=True)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                root, dtype=torch.float32, local_files_only=True, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False,
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ToyAssetError(f"toy teacher at {root} does not load ({str(e).splitlines()[0][:120]}); rebuild it with: {REBUILD}") from None
+        raise ToyAssetError(f"toy teacher at {root} does not load ({str(e).splitlines()[0][:120]}); rebuild it "
+                            f"with: {_rebuild(sub)}") from None
     finally:
         dlog.set_verbosity(verbosity)
         dlog.enable_progress_bar()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from blocksearch.families.base import family_of
 from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import load_toy_teacher
@@ -55,11 +56,12 @@ def compute_figures(teacher: str | None = None, judge_path: str | None = None, p
     kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, progress=True)
     images = generate(pipe, prompts, seeds, **kw)
     ref, ref2 = real_images(len(prompts), 1, prompts), real_images(len(prompts), 2, prompts)
-    trained_unet = pipe.unet
+    sub = family_of(pipe).subfolder  # the toy U-Net's, or the toy transformer's (toy/build_dit.py)
+    trained = getattr(pipe, sub)
     torch.manual_seed(0)
-    pipe.unet = M.make_unet().eval()
+    setattr(pipe, sub, (M.make_unet() if sub == "unet" else M.make_transformer()).eval())
     random_images = generate(pipe, prompts, seeds, **kw)
-    pipe.unet = trained_unet
+    setattr(pipe, sub, trained)
     return {
         "settings": {"prompts": len(held), "images_per_prompt": per_prompt, "num_steps": num_steps,
                      "guidance_scale": guidance_scale, "sampler": type(pipe.scheduler).__name__},

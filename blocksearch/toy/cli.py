@@ -43,11 +43,20 @@ def add_toy_verbs(toy: argparse.ArgumentParser) -> None:
 
     b = verbs.add_parser("build", help="train the toy teacher and judge into a folder",
                          description="Train VAE, judge, then text encoder + U-Net; write a diffusers pipeline "
-                                     "folder plus judge.safetensors and build.json.")
-    b.add_argument("-o", "--out", required=True, help="output folder (the bundled one: blocksearch/toy/assets)")
+                                     "folder plus judge.safetensors and build.json. --family dit trains the toy "
+                                     "transformer teacher instead: a PixArt-style transformer on the toy U-Net "
+                                     "teacher's VAE, text encoder and judge (a PixArtSigmaPipeline folder).")
+    b.add_argument("-o", "--out", required=True, help="output folder (the bundled ones: blocksearch/toy/assets, "
+                                                      "blocksearch/toy/assets_dit for --family dit)")
+    b.add_argument("--family", choices=("unet", "dit"), default="unet",
+                   help="unet: the toy U-Net teacher; dit: the toy transformer teacher (default: unet)")
+    b.add_argument("--from", dest="source", default=None,
+                   help="--family dit: the toy U-Net teacher folder whose VAE, text encoder and judge it reuses "
+                        "(default: the bundled one)")
     b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     b.add_argument("--budget", choices=("tiny", "full"), default="full",
-                   help="tiny: seconds, exercises every code path (CI); full: the real teacher (~55 min on 2 CPU cores)")
+                   help="tiny: seconds, exercises every code path (CI); full: the real teacher (~55 min on 2 CPU cores; "
+                        "dit: ~45 min)")
     b.add_argument("--weights-dtype", choices=("fp16", "fp32"), default="fp16",
                    help="dtype of stored weights (loaded as fp32); fp16 keeps the bundled assets small")
     b.add_argument("--threads", type=int, default=2,

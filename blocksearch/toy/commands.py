@@ -12,6 +12,7 @@ from PIL import Image
 from blocksearch.errors import BlocksearchError
 from blocksearch.toy.assets import load_toy_teacher
 from blocksearch.toy.build import build
+from blocksearch.toy.build_dit import build_dit
 from blocksearch.toy.check import compute_figures, format_figures, save_grid
 from blocksearch.toy.sample import generate
 from blocksearch.toy.world import validate_prompt
@@ -19,6 +20,13 @@ from blocksearch.toy.world import validate_prompt
 
 def cmd_toy_build(args) -> None:
     t0 = time.perf_counter()
+    if getattr(args, "family", "unet") == "dit":
+        out = build_dit(args.out, seed=args.seed, budget=args.budget, weights_dtype=args.weights_dtype,
+                        threads=args.threads, source=args.source)
+        print(f"toy transformer teacher and judge written to {out} ({time.perf_counter() - t0:.0f} s)")
+        return
+    if getattr(args, "source", None):
+        raise BlocksearchError("--from: for --family dit (the parts it reuses); the U-Net teacher trains its own")
     out = build(args.out, seed=args.seed, budget=args.budget, weights_dtype=args.weights_dtype, threads=args.threads)
     print(f"toy teacher and judge written to {out} ({time.perf_counter() - t0:.0f} s)")
 

@@ -1,12 +1,17 @@
-"""Configs of the toy teacher's parts: VAE, tokenizer + text encoder, U-Net (SD-v1 topology), scheduler.
+"""Configs of the toy teachers' parts: VAE, tokenizer + text encoder, U-Net (SD-v1 topology), the toy
+transformer (PixArt's block topology), scheduler.
 
 The U-Net keeps SD-v1's exact block layout (diffusers `UNet2DConditionModel` defaults) with channels
 scaled 320 -> 32 (ratio 1:2:4:4) and sample_size 64 -> 16, so every SD / BK-SDM block move applies.
+The transformer is PixArt-Sigma's `PixArtTransformer2DModel` (28 blocks of width 1152) scaled to 16 blocks of
+width 128 on the same 16x16 latents (patch 2: 64 tokens): about the U-Net's MACs per call, and enough blocks
+for every pattern of search_spaces/dit_blocks.yaml (first:16 and last:16 keep all of them).
 """
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, PixArtTransformer2DModel,
+                       UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from blocksearch.toy.world import VOCABULARY
@@ -36,6 +41,23 @@ UNET = dict(
     norm_num_groups=8,
     cross_attention_dim=TEXT_DIM,
     attention_head_dim=4,  # diffusers' legacy name: the number of heads (SD-v1 uses 8)
+)
+
+TRANSFORMER = dict(  # PixArt-Sigma's config fields (families/configs/pixart-sigma.json), scaled down
+    sample_size=16,
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,  # no learned variance: the toy is trained on v with a fixed schedule
+    num_layers=16,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    cross_attention_dim=128,
+    caption_channels=TEXT_DIM,  # the toy CLIP encoder's width where PixArt reads T5's 4096
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    use_additional_conditions=False,
+    interpolation_scale=1,
 )
 
 VAE = dict(
@@ -98,6 +120,10 @@ def make_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 def make_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(**UNET)
+
+
+def make_transformer() -> PixArtTransformer2DModel:
+    return PixArtTransformer2DModel(**TRANSFORMER)
 
 
 def make_vae() -> AutoencoderKL:

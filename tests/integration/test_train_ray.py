@@ -55,6 +55,7 @@ def test_two_workers_train_the_same_student_as_one(local_ray, tmp_path, capsys):
     assert "the Ray cluster has 2 CPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 45-60 s of Ray start-up; kept out of CI for suite time (run with --runslow)
 def test_a_workers_error_is_one_line_and_the_cli_starts_its_own_ray(tmp_path):
     """The CLI as a user runs it, starting (and stopping) its own local Ray: a worker's BlocksearchError (a
     non-finite loss) ends the run with exit code 2 and the error's one line last on stderr."""
