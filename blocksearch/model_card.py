@@ -25,6 +25,7 @@ from blocksearch.teachers import resolve_teacher, teacher_kind
 
 PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under
 TOY_BASE_MODEL = "blocksearch/toy-teacher"  # not a Hub repository: the toy teacher bundled with blocksearch
+TOY_DIT_BASE_MODEL = "blocksearch/toy-dit-teacher"  # the same for the bundled toy transformer teacher
 TAGS = ["blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion"]
 UNET_TAGS, DIT_TAGS = ("bk-sdm", "stable-diffusion"), ["diffusion-transformer", "depth-pruning"]  # a transformer's
 # Hub licence ids of the published SD teachers (blocksearch's architecture names and Hub ids)
@@ -112,8 +113,9 @@ def base_model(spec: str) -> tuple[str, str]:
     if kind == "architecture":
         return ARCH_HUB[spec], f"`{ARCH_HUB[spec]}`, whose architecture teacher `{spec}` names"
     if kind in ("toy", "toy-folder"):
-        return TOY_BASE_MODEL, ("the toy teacher bundled with blocksearch; `blocksearch/toy-teacher` is not a Hub "
-                                "repository, so remove `base_model` before pushing this card to the Hub")
+        name = TOY_DIT_BASE_MODEL if spec == "toy-dit" else TOY_BASE_MODEL
+        return name, (f"the toy teacher bundled with blocksearch; `{name}` is not a Hub repository, so remove "
+                      "`base_model` before pushing this card to the Hub")
     name = Path(spec).name or spec
     return name, (f"the local teacher folder `{spec}`; set `base_model` to the teacher's Hub id before pushing "
                   f"this card to the Hub")

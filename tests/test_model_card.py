@@ -71,6 +71,8 @@ def test_base_model_is_the_hub_id_or_a_named_stand_in(tmp_path):
     assert MC.base_model("sd-v2")[0] == "stabilityai/stable-diffusion-2-1-base"
     name, note = MC.base_model("toy")
     assert name == MC.TOY_BASE_MODEL and "not a Hub repository" in note
+    name, note = MC.base_model("toy-dit")
+    assert name == MC.TOY_DIT_BASE_MODEL != MC.TOY_BASE_MODEL and f"`{name}` is not a Hub repository" in note
     name, note = MC.base_model(_folder(tmp_path / "teachers" / "my-sdxl"))
     assert name == "my-sdxl" and "Hub id" in note
 
