@@ -45,3 +45,5 @@ class Settings:
         return cls(**d)
 
 CAPTION_DROPOUT = 0.1  # SD's and the toy teacher's training rate (toy/build.py, data.py); keeps CFG's unconditional branch alive
+# <students>/<genome>/losses.jsonl: every KD step's losses of a trial's student (trial.py writes, reports draw)
+LOSSES_FILE = "losses.jsonl"

@@ -26,12 +26,11 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.probe import Probe, ProbeConfig, teacher_probe
-from blocksearch.settings import PROBE_KEYS
+from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
 CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint (rungs.py)
-LOSSES_FILE = "losses.jsonl"  # <students>/<genome>/losses.jsonl: every KD step's losses of the trial's student
 
 
 @dataclass(frozen=True)

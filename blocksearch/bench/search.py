@@ -71,12 +71,8 @@ def cmd_bench_search(args) -> int:
     if args.trials < 4 or args.seeds < 1:
         raise BlocksearchError("--trials must be >= 4 and --seeds >= 1")
     bound = _bound(args.space, args.teacher)
-    standin = standin_table(args.teacher, args.space)
-    measured_path = Path(args.table) if args.table else default_measured(args.teacher)
-    table, taus = standin, None
-    if measured_path is not None:
-        measured = read_table(measured_path)
-        table, taus = calibrate(standin, measured), rank_agreement(standin, measured)
+    standin, measured, table = tables(args)
+    taus = rank_agreement(standin, measured) if measured is not None else None
     result = compare(table, bound, samplers, args.trials, args.seeds)
     print(f"table: {table.source}")
     if taus is None:
@@ -137,13 +133,19 @@ def front_hypervolume(table: Table, genomes: Sequence[str]) -> float:
     return normalised_hypervolume(np.array([table.values[g] for g in genomes]), lower, upper)
 
 
-def print_fronts(args) -> int:
-    """``bench search --front trials.csv ...``: each report's final front scored in the measured (else the
-    stand-in's calibrated) table: how two runs' fronts compare after long training."""
+def tables(args) -> tuple[Table, Table | None, Table]:
+    """(stand-in, measured or None, the table searched): the measured table (``--table``, else the default one)
+    with the stand-in mapped onto it for the rest of the space, or the stand-in alone."""
     standin = standin_table(args.teacher, args.space)
     measured_path = Path(args.table) if args.table else default_measured(args.teacher)
     measured = read_table(measured_path) if measured_path is not None else None
-    table = calibrate(standin, measured) if measured is not None else standin
+    return standin, measured, calibrate(standin, measured) if measured is not None else standin
+
+
+def print_fronts(args) -> int:
+    """``bench search --front trials.csv ...``: each report's final front scored in the measured (else the
+    stand-in's calibrated) table: how two runs' fronts compare after long training."""
+    _, measured, table = tables(args)
     print(f"table: {table.source}")
     names = list(COLUMNS[1:])
     if measured is None or "latency_ms not measured" in measured.source:

@@ -129,6 +129,40 @@ def train_judge(b: Budget, seed: int) -> J.ToyJudge:
     return judge.eval().requires_grad_(False)
 
 
+def noised_latents(vae, noise_sched, x: torch.Tensor, gen: torch.Generator):
+    """(latents, noise, timesteps, noisy latents) of a training batch of images, drawn from ``gen`` in that order."""
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=gen)
+    t = train_timesteps(len(x), noise_sched.config.num_train_timesteps, gen)
+    return latents, noise, t, noise_sched.add_noise(latents, noise, t)
+
+
+def min_snr_v_loss(noise_sched, pred: torch.Tensor, latents, noise, t) -> torch.Tensor:
+    """The v-prediction loss (zero terminal SNR needs it: epsilon says nothing about x0 at SNR 0); the v loss
+    weights the x0 error by SNR + 1, reweighted here to min(SNR + 1, gamma) (Min-SNR)."""
+    snr = noise_sched.alphas_cumprod[t] / (1 - noise_sched.alphas_cumprod[t])
+    target, weight = noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1)
+    return (weight * F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))).mean()
+
+
+def step_with_ema(opt, loss: torch.Tensor, params: list, ema: list, decay: float) -> None:
+    """One AdamW step (gradients clipped to norm 1), then the EMA of the weights moves towards them."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+
+
+def load_ema(params: list, ema: list) -> None:
+    """The trained weights become their EMA's."""
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+
+
 def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
     """Text encoder + U-Net, jointly, on the v-prediction loss with caption dropout; returns EMA weights.
 
@@ -149,29 +183,13 @@ def train_teacher(vae, b: Budget, seed: int, bf16: bool = False):
         x, captions, _ = sample_batch(b.unet_batch, seed * 10 + 4, step)
         drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
         tokens = torch.stack([ids["" if d else c] for c, d in zip(captions, drop)])
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen)
-        t = train_timesteps(len(x), noise_sched.config.num_train_timesteps, gen)
-        noisy = noise_sched.add_noise(latents, noise, t)
+        latents, noise, t, noisy = noised_latents(vae, noise_sched, x, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             eps = unet(noisy, t, text_encoder(tokens)[0]).sample
-        # v target (zero terminal SNR needs it: epsilon says nothing about x0 at SNR 0); the v loss weights the
-        # x0 error by SNR + 1, reweighted here to min(SNR + 1, gamma)
-        snr = noise_sched.alphas_cumprod[t] / (1 - noise_sched.alphas_cumprod[t])
-        target, weight = noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1)
-        loss = (weight * F.mse_loss(eps.float(), target, reduction="none").mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(b.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        loss = min_snr_v_loss(noise_sched, eps, latents, noise, t)
+        step_with_ema(opt, loss, params, ema, min(b.ema_decay, (1 + step) / (10 + step)))
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+    load_ema(params, ema)
     return tokenizer, text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
 
 

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import PixArtSigmaPipeline
 from tqdm.auto import tqdm
 
@@ -36,7 +35,7 @@ from blocksearch.families import dit
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
-from blocksearch.toy.build import MIN_SNR_GAMMA, _lr, _recast, train_timesteps
+from blocksearch.toy.build import _lr, _recast, load_ema, min_snr_v_loss, noised_latents, step_with_ema
 from blocksearch.toy.world import all_captions, sample_batch
 
 
@@ -81,26 +80,12 @@ def train_transformer(pipe, b: DitBudget, seed: int) -> None:
         x, captions, _ = sample_batch(b.batch, seed * 10 + 5, step)
         drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
         text, mask = (torch.stack(v) for v in zip(*(table["" if d else c] for c, d in zip(captions, drop))))
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen)
-        t = train_timesteps(len(x), noise_sched.config.num_train_timesteps, gen)
-        noisy = noise_sched.add_noise(latents, noise, t)
+        latents, noise, t, noisy = noised_latents(vae, noise_sched, x, gen)
         pred = dit.forward(model, noisy, t, Batch(noisy, t, text, noisy, mask))
-        snr = noise_sched.alphas_cumprod[t] / (1 - noise_sched.alphas_cumprod[t])
-        target, weight = noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1)
-        loss = (weight * F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(b.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        loss = min_snr_v_loss(noise_sched, pred, latents, noise, t)
+        step_with_ema(opt, loss, params, ema, min(b.ema_decay, (1 + step) / (10 + step)))
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+    load_ema(params, ema)
     model.eval().requires_grad_(False)
 
 
