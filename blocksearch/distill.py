@@ -15,6 +15,13 @@ A run can stop at step k and continue to step n (``save_to`` / ``resume_from``):
 student's weights, AdamW's full state and the step reached, in safetensors files (the scalars in JSON; never
 pickle), and the continued run reads batches k..n-1 of the same stream, so 0->k then k->n trains the same
 student as 0->n (``bench_fidelity`` trains its budget ladders this way).
+
+Opt-in (issue 19, to lower the noise of short runs): ``schedule``/``warmup`` give each run segment
+[first, steps) its own warm-up and decay towards 0 at the segment's end (a warm restart per rung or ladder
+segment: SGDR, Loshchilov & Hutter, ICLR 2017), with ``schedules.lr_at``; ``ema`` keeps an EMA of the
+student's weights (Polyak averaging, ``schedules.Ema``, its decay warmed up as min(ema, (1+n)/(10+n)) so that
+a 120-step run does not average in the surgery's weights), saved with the checkpoint and copied into the
+student at the end. With the defaults (constant, no warm-up, no EMA) neither the run nor its identity changes.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +44,7 @@ from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
 from blocksearch.console import quiet
 from blocksearch.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
+from blocksearch.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
 from blocksearch.settings import Settings
 from blocksearch.space import load_space
 from blocksearch.families.base import get_family
@@ -56,6 +64,9 @@ WEIGHTS_FILE, OPTIMIZER_FILE, CHECKPOINT_FILE = "unet.safetensors", "optimizer.s
 # The settings a continued run must share with the run it continues: they shape the training trajectory.
 TRAJECTORY = ("batch_size", "lr", "lambda_task", "lambda_out", "lambda_feat", "feat_norm", "precision", "seed",
               "data", "resolution", "max_grad_norm")
+# Opt-in trajectory settings: in ``trajectory`` only where they differ from these defaults (DistillConfig's), so
+# the identity of a default run (checkpoints, bench fidelity's checkpoint root) is what it was before them.
+OPTIONAL_TRAJECTORY = ("schedule", "warmup", "ema")
 
 
 @dataclass(frozen=True)
@@ -77,8 +88,17 @@ class DistillConfig(Settings):
     teacher_cache: str = "auto"  # reuse teacher outputs across candidates: auto | disk | off (see CACHE_MODES)
     cache_gb: float = DEFAULT_CAP_GB
     max_grad_norm: float = 1.0
+    schedule: str = "constant"  # lr per run segment: constant | linear | cosine (schedules.SCHEDULES)
+    warmup: int = 0  # linear warm-up steps at the start of each run segment
+    ema: float = 0.0  # EMA decay of the student's weights; 0: off
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise BlocksearchError(f"distill schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise BlocksearchError(f"distill warmup {self.warmup!r}; allowed: an integer >= 0 (steps)")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
+            raise BlocksearchError(f"distill ema {self.ema!r}; allowed: 0 (off) or a decay in (0, 1), e.g. 0.99")
         if isinstance(self.teacher_cache, bool):  # settings of earlier versions: True (cached), False (live)
             object.__setattr__(self, "teacher_cache", "auto" if self.teacher_cache else "off")
         if self.teacher_cache not in CACHE_MODES:
@@ -92,6 +112,15 @@ class DistillConfig(Settings):
                 raise BlocksearchError(f"distill {name} must be an integer >= {low}, got {getattr(self, name)!r}")
         if not self.lr > 0 or min(self.lambda_task, self.lambda_out, self.lambda_feat) < 0:
             raise BlocksearchError("distill lr must be > 0 and every lambda >= 0")
+
+
+def trajectory(config: DistillConfig | dict) -> dict:
+    """The settings a continued run must share with the run it continues (a config, or its dict as
+    ``asdict`` gives): TRAJECTORY's, plus each OPTIONAL_TRAJECTORY setting that is not its default."""
+    values = config if isinstance(config, dict) else asdict(config)
+    defaults = {k: DistillConfig.__dataclass_fields__[k].default for k in OPTIONAL_TRAJECTORY}
+    return ({k: values[k] for k in TRAJECTORY}
+            | {k: values.get(k, d) for k, d in defaults.items() if values.get(k, d) != d})
 
 
 def distill_defaults(toy: bool) -> dict:
@@ -128,6 +157,7 @@ class Distiller:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.hooks = FeatureHooks(self.unet, [s for _, s in self.pairs], self.family)
         self._teacher_hooks = None
+        self.ema = None  # a schedules.Ema of the student (``distill`` sets it), saved with a checkpoint
 
     def autocast(self):
         if self.config.precision == "fp32":
@@ -221,13 +251,18 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     step (may raise to stop). ``resume_from``: a checkpoint of an earlier run of these settings (weights,
     optimizer, step reached), continued from its step; ``save_to``: write the checkpoint of this run's end.
     ``cache_steps``: size the teacher cache for a longer run (default ``config.steps``), so that the runs of
-    a ladder of budgets share one cache file."""
+    a ladder of budgets share one cache file. The lr of step i of the segment [first, steps) is
+    ``lr_at(i - first, lr, warmup, steps - first, schedule)``: a warm restart per segment (SGDR). With ``ema``,
+    the student ends with the EMA weights (the checkpoint keeps the raw ones, and the EMA beside them)."""
     if cache_steps is not None and cache_steps < config.steps:
         raise BlocksearchError(f"cache_steps {cache_steps} < steps {config.steps}: the cache must cover every step")
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     stream = batch_stream(teacher, config)
+    # the EMA copy before the KD hooks (a clean copy), on the device the student trains on
+    ema = Ema(student.denoiser.to(device), config.ema, warmup=True) if config.ema else None
     recipe = Distiller(teacher, student, config, device)
+    recipe.ema = ema
     first = load_checkpoint(resume_from, recipe) if resume_from is not None else 0
     if first > config.steps:
         recipe.close()
@@ -250,7 +285,12 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
                 batch = stream[i].to(device)
                 t_out, t_feats = recipe.teacher_targets(batch)
                 teacher_s += time.perf_counter() - t0
+            lr = lr_at(i - first, config.lr, config.warmup, config.steps - first, config.schedule)
+            for group in recipe.opt.param_groups:
+                group["lr"] = lr
             record = recipe.step(i + 1, batch, t_out, t_feats)
+            if ema is not None:
+                ema.update(recipe.unet)
             yield_to_measurement()  # a latency measurement of another process waits for one step at most
             losses.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -260,6 +300,8 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
             save_checkpoint(save_to, recipe, config.steps)
     finally:
         recipe.close()
+    if ema is not None:  # the caller scores the EMA student
+        recipe.unet.load_state_dict(ema.model.state_dict())
     return DistillResult(losses, time.perf_counter() - start, teacher_s,
                          str(cache.path) if cache is not None else None,
                          {"teacher_cache": cache_why, "start_step": first})
@@ -268,31 +310,37 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
 # -- checkpoints: continue a KD run where it stopped ---------------------------------------------------
 def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
     """``folder``/unet.safetensors (student weights), optimizer.safetensors (AdamW's state tensors, keys
-    ``state.<param index>.<slot>``) and checkpoint.json (the step, the optimizer's scalars and hyperparameters,
-    and what the run must match to continue), each written to a temp file and renamed; the JSON last."""
+    ``state.<param index>.<slot>``), ema.safetensors (the EMA weights, with ``ema``) and checkpoint.json (the
+    step, the optimizer's scalars and hyperparameters, and what the run must match to continue), each written
+    to a temp file and renamed; the JSON last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, scalars = _flatten_optimizer(recipe.opt.state_dict())
     weights = {k: v.detach().cpu().contiguous() for k, v in recipe.unet.state_dict().items()}
     info = {"format": CHECKPOINT_FORMAT, "step": step, "genome": recipe.student.genome.id,
             "teacher": fingerprint(recipe.teacher.denoiser),
-            "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY},
+            "distill": trajectory(recipe.config),
             "optimizer": scalars, "grad_scaler": recipe.scaler.state_dict()}
+    if recipe.ema is not None:
+        info["ema_updates"] = recipe.ema.updates  # the EMA's warm-up goes on where it stopped
     _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
     _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+    if recipe.ema is not None:
+        ema = {k: v.detach().cpu().contiguous() for k, v in recipe.ema.model.state_dict().items()}
+        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(ema, tmp))
     _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
     return folder
 
 
 def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
-    """Load a ``save_checkpoint`` folder into ``recipe`` (weights, optimizer, grad scaler); the step reached.
-    Refused when it was written for another student, teacher or training settings."""
+    """Load a ``save_checkpoint`` folder into ``recipe`` (weights, optimizer, grad scaler, EMA); the step
+    reached. Refused when it was written for another student, teacher or training settings."""
     folder = Path(folder)
     info = checkpoint_info(folder)
     if info is None:
         raise BlocksearchError(f"no KD checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
     wanted = {"genome": recipe.student.genome.id, "teacher": fingerprint(recipe.teacher.denoiser),
-              "distill": {k: getattr(recipe.config, k) for k in TRAJECTORY}}
+              "distill": trajectory(recipe.config)}
     diff = [k for k in wanted if json.loads(json.dumps(wanted[k])) != info.get(k)]
     if info.get("format") != CHECKPOINT_FORMAT or diff:
         what = diff[0] if diff else f"format {info.get('format')}"
@@ -301,6 +349,11 @@ def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
     recipe.unet.load_state_dict(load_file(folder / WEIGHTS_FILE))
     recipe.opt.load_state_dict(_unflatten_optimizer(load_file(folder / OPTIMIZER_FILE), info["optimizer"]))
     recipe.scaler.load_state_dict(info["grad_scaler"])
+    if recipe.ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise BlocksearchError(f"checkpoint {folder} has no {EMA_FILE}: it was written without ema")
+        recipe.ema.model.load_state_dict(load_file(folder / EMA_FILE))
+        recipe.ema.updates = int(info.get("ema_updates", info["step"]))
     return int(info["step"])
 
 

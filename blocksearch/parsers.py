@@ -650,6 +650,15 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
     p.add_argument("--teacher-cache", choices=("auto", "disk", "off"), default="auto",
                    help="teacher outputs of the longest budget on disk, shared by every ladder, where they fit "
                         "(auto), refuse otherwise (disk), or a live teacher (off) (default: %(default)s)")
+    p.add_argument("--kd-schedule", choices=("constant", "linear", "cosine"), default="constant",
+                   help="KD learning rate over each ladder segment (budget b to the next): a warm restart per "
+                        "segment (SGDR) that decays towards 0 at the segment's end (linear, cosine); other than "
+                        "constant: its own checkpoints, pass another --out (default: %(default)s)")
+    p.add_argument("--kd-warmup", type=int, default=0,
+                   help="linear warm-up steps at the start of each ladder segment (default: %(default)s)")
+    p.add_argument("--kd-ema", type=float, default=0.0,
+                   help="EMA decay of the student's weights (e.g. 0.99; 0: off): each budget is scored with the "
+                        "EMA weights, carried along the ladder in its checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random architectures and of KD (default: "
                                                        "%(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,

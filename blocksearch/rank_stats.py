@@ -38,6 +38,21 @@ def kendall_tau_ci(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, s
     return tau, float(lo), float(hi)
 
 
+def kendall_tau_gap(x1: Sequence[float], x2: Sequence[float], y: Sequence[float], n_boot: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """tau-b(x1, y) - tau-b(x2, y) and its paired bootstrap standard error: the architectures resampled together
+    for both predictors (Efron & Tibshirani 1993, ch. 6), so the gap's error excludes what the two share."""
+    x1, x2, y = (np.asarray(v, dtype=float) for v in (x1, x2, y))
+    if not len(x1) == len(x2) == len(y) or len(y) < 3:
+        return float("nan"), float("nan")
+    gap = float(kendalltau(x1, y).statistic - kendalltau(x2, y).statistic)
+    rng = np.random.default_rng(seed)
+    gaps = [kendalltau(x1[i], y[i]).statistic - kendalltau(x2[i], y[i]).statistic
+            for i in rng.integers(0, len(y), size=(n_boot, len(y)))]
+    gaps = np.array([g for g in gaps if np.isfinite(g)])
+    return gap, float(np.std(gaps, ddof=1)) if len(gaps) > 1 else float("nan")
+
+
 def seed_means(rows: list[dict]) -> dict[tuple[str, int], dict]:
     """(genome, budget) -> the seed-mean of each objective (None where an objective was not measured),
     params, macs, kd_s (cumulative) and eval_s (per evaluation)."""

@@ -3,7 +3,7 @@
 ``bench fidelity`` measures every cheap predictor against FID after a 16x longer KD run (Kendall tau over the
 text-following architectures) and writes its choice to ``blocksearch/measured/selection-score.json``: the
 cheapest one with tau >= 0.8 (interval low end >= 0.6) at <= 25 % of the long budget, else the best one
-measured. With ``--score auto`` the toy teacher's search takes that choice (its score and its KD budget); a
+measured or, by the one-standard-error rule, a cheaper one whose tau trails it by less than that gap's noise. With ``--score auto`` the toy teacher's search takes that choice (its score and its KD budget); a
 real teacher keeps FID (the table is the toy teacher's; nothing has validated a cheaper score there yet).
 FID at the longer budgets stays the rungs' score.
 """
@@ -52,7 +52,12 @@ def first_stage(score: str, toy: bool, steps: int | None, path: Path = SELECTION
                f"FID ({path.name} names no score a trial computes)")
         return FirstStage("fid", steps, why)
     tau = f"tau {record['tau_text']:+.2f} [{record['lo_text']:+.2f}, {record['hi_text']:+.2f}]"
-    verdict = "meets the target" if record.get("meets_target") else "the best measured, below the target (tau >= 0.8)"
+    best = record.get("best")
+    verdict = ("meets the target" if record.get("meets_target") else
+               "the best measured, below the target (tau >= 0.8)" if not best else
+               f"below the target (tau >= 0.8); the best measured, {best['predictor']} after {best['budget']} steps "
+               f"(tau {best['tau_text']:+.2f}), leads by {best['gap']:+.2f}, within one standard error "
+               f"({best['gap_se']:.2f}), at {best['cost_s'] / max(record['cost_s'], 1e-9):.1f}x the cost")
     why = (f"{record['predictor']} after {record['budget']} KD steps: {tau} against FID after {record['longest']} "
            f"steps over {record['n_text']} text-following architectures ({verdict}; bench fidelity, {path.name})")
     rule = record.get("text_rule") or {}

@@ -32,7 +32,8 @@ from blocksearch.families.unet import Student, build_student, load_student
 from blocksearch.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
 from blocksearch.teachers import Teacher, load_teacher
 from blocksearch.tracking import open_tracker
-from blocksearch.train_state import (Ema, TrainConfig, load_state, lr_at, micro_batch, save_state, settings_of,
+from blocksearch.schedules import Ema, lr_at
+from blocksearch.train_state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
                                      split)
 
 RUN_NAME = "train"  # DIR/ray/train: Ray Train's storage of the run (checkpoints, the manager's snapshot)

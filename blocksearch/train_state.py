@@ -1,10 +1,7 @@
-"""The state of a long KD run (``blocksearch train``): learning-rate schedule, EMA of the weights, the split of
-a global batch into per-worker micro-batches, and checkpoints in safetensors + JSON (never pickle).
+"""The state of a long KD run (``blocksearch train``): its settings, the split of a global batch into
+per-worker micro-batches, and checkpoints in safetensors + JSON (never pickle). The learning-rate schedule and
+the EMA of the weights are schedules.py's (shared with the search's short runs).
 
-- Schedule: linear warm-up (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), then constant, linear decay or
-  cosine decay (Loshchilov & Hutter 2017, SGDR) towards 0 at the last step. The rate depends on the step only,
-  so a resumed run needs no scheduler state.
-- EMA: ema <- decay * ema + (1 - decay) * w after every optimizer step (Polyak averaging, as DDPM and LDM train).
 - Batch split: the global batch of step i is ``BatchStream[i]`` (the same stream as ``blocksearch distill``);
   worker r's micro-step a takes chunk ``a * workers + r`` of it, so N workers x micro x accumulation steps is
   the global batch, the same samples whatever N is.
@@ -12,9 +9,7 @@ a global batch into per-worker micro-batches, and checkpoints in safetensors + J
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +20,10 @@ from blocksearch.data import Batch, fingerprint
 from blocksearch.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig,
                                  _flatten_optimizer, _unflatten_optimizer, _write_atomic)
 from blocksearch.errors import BlocksearchError
+from blocksearch.schedules import EMA_FILE, SCHEDULES, Ema
 from blocksearch.settings import Settings
 from blocksearch.tracking import TRACKERS
 
-SCHEDULES = ("constant", "linear", "cosine")
-EMA_FILE = "ema.safetensors"
 TRAIN_FORMAT = 1
 # The train settings a resumed run must share with the run it continues (with distill.TRAJECTORY): they shape
 # the trajectory. Workers and micro-batch size may change: the global batch's samples stay the same.
@@ -83,38 +77,6 @@ class TrainConfig(Settings):
     @property
     def every_eval(self) -> int:
         return max(1, self.steps // 8) if self.eval_every is None else self.eval_every
-
-
-def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
-    """The learning rate of optimizer update ``step`` (0-based) of ``total``: ``base * (step + 1) / warmup``
-    during warm-up, then constant, or decayed linearly / along a half cosine with progress
-    p = (step - warmup) / (total - warmup) from ``base`` at p = 0 towards 0 at p = 1."""
-    if schedule not in SCHEDULES:
-        raise BlocksearchError(f"--schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * p))
-    return base * (1.0 - p) if schedule == "linear" else base
-
-
-class Ema:
-    """An exponential moving average of a model's weights, kept in fp32 beside it."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise BlocksearchError(f"--ema {decay}: allowed: 0 (off) or a decay in (0, 1), e.g. 0.999")
-        self.decay = decay
-        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """ema <- decay * ema + (1 - decay) * w, for every parameter; buffers are copied."""
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            e.copy_(b)
 
 
 def split(batch_size: int, workers: int, micro: int | None) -> tuple[int, int]:

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 import blocksearch.bench.search as B
-from blocksearch.bench.fidelity import ATTENTION_FREE, Arch, choose_architectures, pending, pick_random, random_genomes
+from blocksearch.bench.fidelity import (ATTENTION_FREE, MIX_CELLS, SPREAD, Arch, choose_architectures, mix_cell, pending,
+                                        pick_random, random_genomes)
 from blocksearch.cli import main
 from blocksearch.space import Genome, load_space
 from blocksearch.teachers import topology_of
@@ -46,6 +47,21 @@ def test_choose_architectures_designs_first_then_random(tmp_path, bound, monkeyp
     front = [Genome.from_id(archs[5].genome), bound.design("bk_tiny")]  # a study's front: new Genomes only
     with_front = choose_architectures(bound, teacher_unet, 4, seed=1, front=front, draws=64)
     assert [(a.genome, a.source) for a in with_front][2:] == [(archs[2].genome, "design"), (archs[5].genome, "front")]
+
+
+def test_past_the_spread_the_study_grows_by_mixes_and_keeps_what_it_had(tmp_path, bound, monkeypatch):
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "cache"))
+    teacher_unet = make_tiny_teacher(tmp_path).unet
+    small = choose_architectures(bound, teacher_unet, SPREAD, seed=0, draws=256)
+    grown = choose_architectures(bound, teacher_unet, SPREAD + 12, seed=0, draws=256)
+    assert grown[:SPREAD] == small  # extending a study keeps its architectures
+    mixes = grown[SPREAD:]
+    assert [a.source for a in mixes] == ["mix"] * 12 and len({a.genome for a in grown}) == SPREAD + 12
+    cells = [mix_cell(Genome.from_id(a.genome), bound) for a in mixes]
+    assert cells == list(MIX_CELLS)  # one per cell: first stage's layers x innermost stage x mid-block kind
+    half = cells[:6]  # a study grown 6 at a time stays balanced: every factor's levels equally often
+    assert sum(c[0] for c in half) == 3 and sum(c[1] for c in half) == 3
+    assert sorted(c[2] for c in half) == sorted(["none", "resnet", "cross_attn"] * 2)
 
 
 def test_pending_leaves_out_what_is_done():

@@ -5,8 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from blocksearch.bench.predictors_report import PredictorRow, choose, kd_seed_noise, predictor_table
+from scipy.stats import kendalltau
+
+from blocksearch.bench.predictors_report import (PredictorRow, choose, kd_seed_noise, predictor_table,
+                                                 within_noise_of_best)
 from blocksearch.predictors import curve_features, extrapolate, loao_ridge
+from blocksearch.rank_stats import kendall_tau_gap
 
 
 def test_extrapolation_recovers_a_saturating_power_law():
@@ -72,3 +76,32 @@ def test_choose_says_when_nothing_meets_the_target():
     rows.append(PredictorRow("alignment", 120, 0.9, 0.8, 1.0, 10, 0.9, 0.7, 1.0, 8, 90.0))  # a trial has none alone
     rows.append(PredictorRow("probe_task", 120, 0.6, 0.2, 0.9, 10, 0.7, 0.3, 0.9, 8, 70.0))  # ties fid over text:
     assert choose(rows, 1920)[0].predictor == "probe_task"  # ... then the better tau over all wins
+
+
+def test_one_standard_error_rule_takes_a_cheaper_predictor_only_when_the_best_leads_by_noise():
+    best = PredictorRow("probe_task", 120, 0.8, 0.6, 1.0, 12, 0.72, 0.35, 1.0, 9, 76.7)
+    cheap = PredictorRow("probe_task", 30, 0.8, 0.6, 1.0, 12, 0.67, 0.31, 1.0, 9, 20.5)
+    cheapest = PredictorRow("probe_out", 0, 0.7, 0.4, 0.9, 12, 0.50, 0.0, 0.9, 9, 2.4)
+    fid_row = PredictorRow("fid", 30, 0.5, 0.1, 0.9, 12, 0.67, 0.2, 1.0, 9, 51.1)  # within noise but dearer
+    table = [best, cheap, cheapest, fid_row]
+    gaps = {cheap: (0.05, 0.10), cheapest: (0.22, 0.10), fid_row: (0.05, 0.10)}
+    gap = lambda a, b: gaps[b]  # noqa: E731
+    assert within_noise_of_best(best, table, 1920, gap) == (cheap, 0.05, 0.10)  # 0.22 > 1 SE: not the cheapest
+    gaps[cheapest] = (0.09, 0.10)
+    assert within_noise_of_best(best, table, 1920, gap)[0] == cheapest
+    # the text rule: a budget without a separating probe_guide is not taken when the best's budget has one
+    assert within_noise_of_best(best, table, 1920, gap, text_ok=lambda b: b != 0)[0] == cheap
+    gaps.update({cheap: (0.3, 0.1), cheapest: (0.3, 0.1), fid_row: (0.3, 0.1)})
+    assert within_noise_of_best(best, table, 1920, gap) == (best, 0.0, 0.0)  # every lead beyond noise: the best
+
+
+def test_the_paired_gap_resamples_both_predictors_together():
+    fid = [float(v) for v in range(1, 11)]
+    a = list(fid)  # perfect
+    b = fid[:8] + [fid[9], fid[8]]  # one swapped pair
+    g, se = kendall_tau_gap(a, b, fid, n_boot=500)
+    assert g == pytest.approx(1.0 - kendalltau(b, fid).statistic) and 0 < se  # one swap: a small, noisy lead
+    far = fid[::-1]  # the reverse ranking: the lead (2.0) is far beyond its error
+    g, se = kendall_tau_gap(a, far, fid, n_boot=500)
+    assert g == pytest.approx(2.0) and se < 0.5
+    assert kendall_tau_gap(a, a, fid, n_boot=200) == (0.0, 0.0)  # paired: a predictor never differs from itself

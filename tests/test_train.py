@@ -28,7 +28,8 @@ from blocksearch.families.unet import build_student
 from blocksearch.learning_curve import read_log
 from blocksearch.search import trial_dirname
 from blocksearch.teachers import load_teacher
-from blocksearch.train_state import Ema, lr_at, micro_batch, split
+from blocksearch.schedules import Ema, lr_at
+from blocksearch.train_state import micro_batch, split
 from tests.conftest import CASE, make_study, make_tiny_pipeline, save_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")

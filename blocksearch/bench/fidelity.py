@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 
 from blocksearch.cache import default_cache_dir, work_slot
 from blocksearch.data import fingerprint
-from blocksearch.distill import TRAJECTORY, DistillConfig, checkpoint_info, distill, prepare_teacher_cache
+from blocksearch.distill import DistillConfig, checkpoint_info, distill, prepare_teacher_cache, trajectory
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
 from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
@@ -48,6 +48,13 @@ from blocksearch.trial import cached_teacher
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
+SPREAD = 12  # architectures up to here: designs, front, then random ones spread over size; beyond: mixes
+# The mixes' cells (first stage's layers kept?, innermost stage kept?, mid block), in an order whose every
+# prefix of 6 holds each factor's levels equally often (a 12-cell design grown 6 at a time stays balanced).
+MIX_CELLS = ((True, True, "none"), (False, False, "resnet"), (True, False, "cross_attn"),
+             (False, True, "none"), (True, True, "resnet"), (False, False, "cross_attn"),
+             (True, False, "none"), (False, True, "resnet"), (True, True, "cross_attn"),
+             (False, False, "none"), (True, False, "resnet"), (False, True, "cross_attn"))
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype", "images")  # images: always generated here
@@ -120,11 +127,32 @@ def pick_random(pool: list[Genome], size: Callable[[Genome], int], k: int) -> li
     return sorted(picks, key=lambda g: (size(g), g.id))
 
 
+def mix_cell(genome: Genome, bound: BoundSpace) -> tuple[bool, bool, str]:
+    """(the first stage keeps all its layers, the innermost stage is kept, the mid block's kind)."""
+    return (genome.layers[0] == bound.topology.layers[0], len(genome.layers) == bound.topology.n_stages,
+            genome.mid)
+
+
+def pick_mixes(pool: list[Genome], bound: BoundSpace, k: int, seed: int) -> list[Genome]:
+    """``k`` Genomes of ``pool``, one per cell of MIX_CELLS in its order (cycling past 12), each a seeded
+    random member of its cell: the architectures that mix keeping or dropping the first stage's layers, the
+    innermost stage and each mid-block kind (issue 19's extension of the study). Cells the space cannot
+    reach (no removable stage, a fixed mid block) are skipped."""
+    rng, picks = random.Random(f"mix-{seed}"), []
+    cells = [c for c in MIX_CELLS if any(mix_cell(g, bound) == c for g in pool)]
+    for j in range(k):
+        members = [g for g in pool if cells and mix_cell(g, bound) == cells[j % len(cells)] and g not in picks]
+        if members:
+            picks.append(rng.choice(sorted(members, key=lambda g: g.id)))
+    return picks
+
+
 def choose_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, n: int, seed: int,
                          front: list[Genome] = (), draws: int = POOL_DRAWS) -> list[Arch]:
     """The named designs, then ``front`` (a study's Pareto front), then random Genomes (of ``draws`` drawn)
-    spread over params, up to ``n`` in all (fewer than the designs and the front: the first ``n`` of them).
-    Deterministic in ``seed``."""
+    spread over params, up to ``n`` in all and at most SPREAD (fewer than the designs and the front: the
+    first ``n`` of them); past SPREAD, the mixes (``pick_mixes``). Deterministic in ``seed``; growing ``n``
+    keeps the architectures of a smaller ``n``, so a study extends rather than restarts."""
     fixed, taken = [], set()
     for genome, design, source in ([(g, name, "design") for name, g in bound.named_designs().items()]
                                    + [(g, None, "front") for g in front]):
@@ -132,8 +160,9 @@ def choose_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, 
             fixed.append((genome, design, source))
             taken.add(genome.id)
     pool = [g for g in random_genomes(bound, draws, seed) if g.id not in taken] if n > len(fixed) else []
-    picks = pick_random(pool, params_table(teacher_unet, bound), n - len(fixed))
-    chosen = fixed + [(g, None, "random") for g in picks]
+    picks = pick_random(pool, params_table(teacher_unet, bound), max(0, min(n, SPREAD) - len(fixed)))
+    mixes = pick_mixes([g for g in pool if g not in picks], bound, n - len(fixed) - len(picks), seed)
+    chosen = fixed + [(g, None, "random") for g in picks] + [(g, None, "mix") for g in mixes]
     return [Arch(g.id, design, source, *arch_cost(teacher_unet, g)) for g, design, source in chosen]
 
 
@@ -338,16 +367,22 @@ def parse_ints(text: str, flag: str, low: int = 0) -> list[int]:
 
 def stage_settings(args) -> tuple[dict, dict]:
     """The trials' DistillConfig and EvalConfig of ``blocksearch run`` with these flags (search.py's
-    defaults for the teacher), as dicts without the per-budget steps and the per-run seed."""
+    defaults for the teacher), as dicts without the per-budget steps and the per-run seed; the distill dict
+    holds --kd-schedule, --kd-warmup and --kd-ema only where they are not their defaults."""
     distill_cfg, eval_cfg = stage_configs(SearchConfig(teacher=args.teacher, eval_prompts=args.eval_prompts,
                                                        seed=args.seed, teacher_cache=args.teacher_cache))
     drop = lambda d, *keys: {k: v for k, v in asdict(d).items() if k not in keys}  # noqa: E731
-    return drop(distill_cfg, "steps"), drop(eval_cfg, "seed")
+    kd = {"schedule": getattr(args, "kd_schedule", "constant"), "warmup": getattr(args, "kd_warmup", 0),
+          "ema": getattr(args, "kd_ema", 0.0)}
+    kd = {k: v for k, v in kd.items() if v != DistillConfig.__dataclass_fields__[k].default}
+    distill = drop(distill_cfg, "steps", "schedule", "warmup", "ema") | kd
+    DistillConfig.from_dict(distill)  # a bad value: one line naming the allowed ones, before any work
+    return distill, drop(eval_cfg, "seed")
 
 
 def run_identity(teacher, distill: dict, eval_: dict) -> dict:
     """What the rows and checkpoints of an --out folder depend on: a rerun must match it."""
-    return {"teacher_unet": fingerprint(teacher.unet), "distill": {k: distill[k] for k in TRAJECTORY},
+    return {"teacher_unet": fingerprint(teacher.unet), "distill": trajectory(distill),
             "eval": {k: v for k, v in eval_.items() if k not in EVAL_UNUSED}}
 
 

@@ -6,8 +6,11 @@ against FID at the longest budget (the mean over KD seeds and generation seeds) 
 bootstrap interval (rank_stats.py), over all architectures and over the text-following ones (alignment at
 the longest budget >= the text rule's floor). KD-seed and generation-seed spreads are kept apart. The
 selection rule: the cheapest predictor whose tau over the text-following architectures is >= 0.8 with the
-interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else the best one measured, said so.
-The choice is written to ``blocksearch/measured/selection-score.json``, which the search reads.
+interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else the best one measured, said so --
+or, by the one-standard-error rule (Breiman et al., *Classification and Regression Trees*, 1984, sec. 3.4),
+the cheapest one whose tau is below the best's by at most one paired-bootstrap standard error of the gap
+and whose budget keeps the text rule where the best's does (the best's lead over it is noise, its cost is
+not). The choice is written to ``blocksearch/measured/selection-score.json``, which the search reads.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, portable
 from blocksearch.predictors import CURVE_KEYS, loao_ridge
 from blocksearch.probe import PROBE_KEYS
-from blocksearch.rank_stats import kendall_tau_ci
+from blocksearch.rank_stats import kendall_tau_ci, kendall_tau_gap
 from blocksearch.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
 
@@ -29,6 +33,7 @@ TOY_TEACHER_ALIGNMENT = 0.8125  # `blocksearch toy check` at the default evaluat
 MIN_ALIGNMENT = 0.25  # the text rule's default (study.SearchConfig.min_alignment)
 COMBINED_FEATURES = ("probe_out", "probe_cfg", "probe_guide", "probe_feat", "params", "macs")
 BASELINES = ("params", "macs")
+ONE_SE = 1.0  # a cheaper predictor within this many standard errors of the best one's tau is as good (CART's rule)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,48 @@ def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None
                                       -r.cost_s)), False
 
 
+def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest: int,
+                         gap: Callable[[PredictorRow, PredictorRow], tuple[float, float]],
+                         text_ok: Callable[[int], bool] = lambda budget: True) -> tuple[PredictorRow, float, float]:
+    """The one-standard-error rule on ``choose``'s best (when nothing met the target): among the usable
+    predictors cheaper than ``best``, the cheapest whose tau over the text-following architectures trails the
+    best's by at most ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)),
+    at a budget where the text rule separates if it does at the best's budget; ``best`` itself if none. Returns
+    (the choice, its gap, the gap's standard error)."""
+    cap = MAX_COST_FRACTION * longest
+    keep_rule = text_ok(best.budget)
+    cheaper = sorted((r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)
+                      and r.cost_s < best.cost_s and (text_ok(r.budget) or not keep_rule)),
+                     key=lambda r: (r.cost_s, -r.tau_text))
+    for row in cheaper:
+        g, se = gap(best, row)
+        if math.isfinite(se) and g <= ONE_SE * se:
+            return row, g, se
+    return best, 0.0, 0.0
+
+
+def paired_gap(rows: list[dict], probes: list[dict], longest: int, n_boot: int,
+               floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> Callable[[PredictorRow, PredictorRow], tuple]:
+    """``gap(a, b)``: tau(a) - tau(b) against the long FID over the text-following architectures both rank, and
+    its paired bootstrap standard error (rank_stats.kendall_tau_gap)."""
+    fid, align = reference(rows, longest)
+    text = {g for g, a in align.items() if a is not None and a >= floor}
+    at = {}
+
+    def values(row: PredictorRow) -> dict[str, float]:
+        if row.budget not in at:
+            at[row.budget] = values_at(rows, probes, row.budget)
+            if "probe_out" in at[row.budget]:
+                at[row.budget]["combined"] = combined(at[row.budget], fid)
+        return at[row.budget].get(row.predictor, {})
+
+    def gap(a: PredictorRow, b: PredictorRow) -> tuple[float, float]:
+        va, vb = values(a), values(b)
+        genomes = sorted(g for g in va if g in vb and g in text and fid.get(g) is not None)
+        return kendall_tau_gap([va[g] for g in genomes], [vb[g] for g in genomes], [fid[g] for g in genomes], n_boot)
+    return gap
+
+
 def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
               floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> dict:
     """The first stage's text rule where no image is generated: ``probe_guide`` (1.0 = no text direction at all)
@@ -189,7 +236,7 @@ def _ci(tau: float, lo: float, hi: float) -> str:
 
 
 def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, noise: list[dict],
-           command: str) -> str:
+           command: str, best: PredictorRow | None = None, gap: tuple[float, float] = (0.0, 0.0)) -> str:
     lines = ["# Cheap predictors of the long-run FID", "", f"Measured by `{command}`.", "",
              "Kendall tau-b of each predictor (lower value = better predicted) against the FID at the longest "
              "budget (mean over KD and generation seeds), 95 % bootstrap interval over architectures; "
@@ -209,11 +256,17 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
                     "-" if kd["sigma_log"] is None else f"{kd['sigma_log']:.3f}"] if kd else ["-", 0, "-"]
         gen_cells = [f"{gen['median']:.4g} / {gen['max']:.4g}", gen["n"]] if gen else ["-", 0]
         lines.append("| " + " | ".join(str(c) for c in [n["budget"], n["key"], *kd_cells, *gen_cells]) + " |")
+    best = best or chosen
+    why = ("meets the target (tau >= 0.8, low end >= 0.6, <= 25 % of the long budget)" if meets else
+           "the best measured; it does NOT meet the target (tau >= 0.8 with the low end >= 0.6)" if chosen == best else
+           f"it does NOT meet the target (tau >= 0.8 with the low end >= 0.6), and neither does the best measured, "
+           f"{best.predictor} at {best.budget} KD steps (tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, "
+           f"{best.cost_s:.1f} s per student); its lead, {gap[0]:+.2f}, is within one paired bootstrap standard error "
+           f"({gap[1]:.2f}), so the cheaper one is taken (the one-standard-error rule), "
+           f"{best.cost_s / max(chosen.cost_s, 1e-9):.1f}x cheaper per student")
     verdict = ("none measured" if chosen is None else
                f"**{chosen.predictor} at {chosen.budget} KD steps**: tau {_ci(chosen.tau_text, chosen.lo_text, chosen.hi_text)} "
-               f"over {chosen.n_text} text-following architectures, {chosen.cost_s:.1f} s per student -- "
-               + ("meets the target (tau >= 0.8, low end >= 0.6, <= 25 % of the long budget)" if meets else
-                  "the best measured; it does NOT meet the target (tau >= 0.8 with the low end >= 0.6)"))
+               f"over {chosen.n_text} text-following architectures, {chosen.cost_s:.1f} s per student -- " + why)
     finite = [r for r in table if math.isfinite(r.tau_text) and r.predictor not in BASELINES]
     best = max(finite, key=lambda r: (round(r.tau_text, 6), -r.cost_s), default=None)
     also = ("" if best is None or best == chosen else
@@ -233,12 +286,22 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
         return None
     table = predictor_table(rows, probes, budgets, args.boot)
     chosen, meets = choose(table, max(budgets))
+    best, gap = chosen, (0.0, 0.0)
+    if chosen is not None and not meets:
+        separates = {}
+
+        def text_ok(budget: int) -> bool:
+            if budget not in separates:
+                separates[budget] = bool(text_rule(rows, probes, budget, max(budgets))["separates"])
+            return separates[budget]
+        chosen, *gap = within_noise_of_best(best, table, max(budgets), paired_gap(rows, probes, max(budgets), args.boot),
+                                            text_ok)
     noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
                   else None) for b in budgets for k in ("fid", *PROBE_KEYS)]
     noise = [n for n in noise if n["kd"] or n["gen"]]
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
-    text = render(table, chosen, meets, noise, command)
+    text = render(table, chosen, meets, noise, command, best, tuple(gap))
     rule = text_rule(rows, probes, chosen.budget, max(budgets)) if chosen is not None else None
     if rule is not None and rule["text_following_max"] is not None and rule["others_min"] is not None:
         text += (f"\nThe first stage's text rule without images (probe_guide at {rule['budget']} KD steps; 1.0 = no "
@@ -252,7 +315,8 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
         sigma = kd_seed_noise(rows, probes, chosen.budget, chosen.predictor)
         record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
                                    "sigma_log_kd_seed": sigma and sigma["sigma_log"], "measured_by": command,
-                                   "longest": max(budgets), "text_rule": rule}
+                                   "longest": max(budgets), "text_rule": rule,
+                                   "best": None if best == chosen else asdict(best) | {"gap": gap[0], "gap_se": gap[1]}}
         path = selection or Path(getattr(args, "selection", SELECTION))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1, default=lambda v: None if not math.isfinite(v) else v) + "\n")
