@@ -194,7 +194,18 @@ def cmd_run(args) -> int:
     from_file = read_run_config(args.config) if args.config else {}
     cfg = SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:]))
     if args.print_config:  # the settings resolved (defaults, --config, flags; paths absolute), nothing run
-        print(dump_run_config(resolve(cfg)), end="")
+        from blocksearch.distill import DistillConfig
+        from blocksearch.search import first_stage_config
+        from blocksearch.selection import first_stage
+        from blocksearch.teachers import is_toy
+
+        cfg = resolve(cfg)
+        stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
+        base = first_stage_config(cfg, stage)
+        print(dump_run_config(cfg), end="")
+        steps, rungs = base.steps or DistillConfig().steps, ",".join(map(str, base.rungs or ())) or "none"
+        print(f"# score {cfg.score} resolves to: {base.score} after {steps} KD steps, rungs {rungs} (FID) -- "
+              f"{stage.why}")
         return 0
     if quiet():  # -q: the fronts and the results lines only
         with open(os.devnull, "w") as progress:

@@ -16,6 +16,8 @@ from blocksearch.cli import build_parser, main
 from blocksearch.console import QUIET, quiet
 from blocksearch.generation import generate
 from blocksearch.parsers import RUN_FLAGS, RUN_RENAMED, read_run_config
+from blocksearch.selection import read_selection
+from blocksearch.settings import SELECTION_SCORE
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
 from tests.conftest import CHOICES, make_tiny_pipeline
@@ -232,6 +234,9 @@ def test_print_config_round_trips_through_config_and_runs_nothing(tmp_path, caps
     assert (settings["asha"], settings["teacher-cache"], settings["max-params"], settings["steps"]) == (
         True, "off", 5e6, None)
     assert settings["runs-dir"] == str(tmp_path / "myruns") and settings["study"] == "unet_blocks-toy"
+    record = read_selection(SELECTION_SCORE)  # the last line says what score auto and the null steps resolve to
+    assert printed.splitlines()[-1].startswith(
+        f"# score auto resolves to: {record['predictor']} after {record['budget']} KD steps, rungs none (FID)")
     assert settings["storage"] == f"sqlite:///{tmp_path / 'myruns' / 'blocksearch.db'}"
     (tmp_path / "run.yaml").write_text(printed)
     assert main(["run", "--config", "run.yaml", "--print-config"]) == 0
