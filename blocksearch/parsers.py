@@ -190,6 +190,13 @@ RUN_FLAGS = (
     ("precision", dict(choices=("fp32", "bf16", "fp16"), help="KD mixed precision, a fast path (default: fp32)")),
     ("batch_size", dict(type=int, help="KD batch size (default: distill's, 16)")),
     ("lr", dict(type=float, help="KD learning rate (default: the toy's 5e-4; BK-SDM's 5e-5 for SD teachers)")),
+    ("kd_schedule", dict(choices=("constant", "linear", "cosine"), help="KD learning rate over each run segment "
+                                                                       "(the first stage, each rung): a warm "
+                                                                       "restart that decays towards 0 at the "
+                                                                       "segment's end (default: constant)")),
+    ("kd_warmup", dict(type=int, help="KD linear warm-up steps at the start of each run segment (default: 0)")),
+    ("kd_ema", dict(type=float, help="EMA decay of each student's weights, warmed up, carried across rungs; the "
+                                     "EMA student is scored and saved (e.g. 0.99; default: off)")),
     ("teacher_cache", dict(choices=("auto", "disk", "off"), help="teacher outputs: auto = on disk where they fit "
                                                                  "under the cap (BLOCKSEARCH_CACHE_GB and the disk's "
                                                                  "free space), else a live teacher; disk = refuse "

@@ -15,6 +15,7 @@ from blocksearch.distill import CACHE_MODES, PRECISIONS, DistillConfig, distill_
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, eval_defaults, inception_weights
 from blocksearch.preflight import check_captions, check_inception_weights, check_real_inputs
+from blocksearch.schedules import SCHEDULES
 from blocksearch.study import SearchConfig
 from blocksearch.teachers import is_toy, native_resolution, teacher_kind
 
@@ -40,9 +41,14 @@ def check_stage_flags(cfg: SearchConfig) -> None:
     if cfg.guidance is not None and cfg.guidance < 0:
         raise BlocksearchError(f"--guidance {cfg.guidance}: allowed: a number >= 0 (<= 1: no classifier-free guidance)")
     for flag, value, allowed in (("--precision", cfg.precision, PRECISIONS),
-                                 ("--teacher-cache", cfg.teacher_cache, CACHE_MODES)):
+                                 ("--teacher-cache", cfg.teacher_cache, CACHE_MODES),
+                                 ("--kd-schedule", cfg.kd_schedule, SCHEDULES)):
         if value is not None and value not in allowed:
             raise BlocksearchError(f"{flag} {value!r}: allowed: {', '.join(allowed)}")
+    if cfg.kd_warmup is not None and (not isinstance(cfg.kd_warmup, int) or cfg.kd_warmup < 0):
+        raise BlocksearchError(f"--kd-warmup {cfg.kd_warmup!r}: allowed: an integer >= 0 (steps)")
+    if cfg.kd_ema is not None and not 0 <= cfg.kd_ema < 1:
+        raise BlocksearchError(f"--kd-ema {cfg.kd_ema}: allowed: 0 (off) or a decay in (0, 1), e.g. 0.99")
 
 
 REAL_ONLY = ("reference", "captions", "inception_weights", "clip_model")
@@ -65,7 +71,8 @@ def stage_configs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
         _require_real_inputs(cfg)
     data = cfg.data or "toy"
     distill_given = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, precision=cfg.precision, data=data,
-                         resolution=resolution if data != "toy" else None, teacher_cache=cfg.teacher_cache)
+                         resolution=resolution if data != "toy" else None, teacher_cache=cfg.teacher_cache,
+                         schedule=cfg.kd_schedule, warmup=cfg.kd_warmup, ema=cfg.kd_ema)
     distill_cfg = DistillConfig(**(distill_defaults(toy) | _given(distill_given)), seed=cfg.seed)
     eval_given = dict(prompts=cfg.eval_prompts, steps=cfg.inference_steps, guidance=cfg.guidance, resolution=resolution,
                       latency_device=cfg.latency_device, latency_dtype=cfg.latency_dtype,

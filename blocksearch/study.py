@@ -76,6 +76,9 @@ class SearchConfig:
     precision: str | None = None  # KD mixed precision
     batch_size: int | None = None  # KD batch
     lr: float | None = None  # KD learning rate
+    kd_schedule: str | None = None  # KD lr per run segment: constant | linear | cosine (None: constant)
+    kd_warmup: int | None = None  # KD warm-up steps per run segment (None: 0)
+    kd_ema: float | None = None  # EMA decay of each student's weights (None: off)
     teacher_cache: str = "auto"  # auto | disk | off
     sampler: str = DEFAULT_SAMPLER  # chosen by `blocksearch bench search` (samplers.py)
     seed: int = 0
