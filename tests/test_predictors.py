@@ -93,6 +93,13 @@ def test_one_standard_error_rule_takes_a_cheaper_predictor_only_when_the_best_le
     assert within_noise_of_best(best, table, 1920, gap, text_ok=lambda b: b != 0)[0] == cheap
     gaps.update({cheap: (0.3, 0.1), cheapest: (0.3, 0.1), fid_row: (0.3, 0.1)})
     assert within_noise_of_best(best, table, 1920, gap) == (best, 0.0, 0.0)  # every lead beyond noise: the best
+    # as cheap as the best and within noise of it: the one with the least KD-seed noise
+    quiet = PredictorRow("probe_cfg", 120, 0.8, 0.6, 1.0, 12, 0.70, 0.3, 1.0, 9, 76.7)
+    gaps[quiet] = (0.02, 0.05)
+    sigma = {best: 0.07, quiet: 0.016}
+    assert within_noise_of_best(best, [*table, quiet], 1920, gap, noise=sigma.get)[0] == quiet
+    sigma[quiet] = 0.2
+    assert within_noise_of_best(best, [*table, quiet], 1920, gap, noise=sigma.get)[0] == best
 
 
 def test_the_paired_gap_resamples_both_predictors_together():

@@ -8,9 +8,10 @@ the longest budget >= the text rule's floor). KD-seed and generation-seed spread
 selection rule: the cheapest predictor whose tau over the text-following architectures is >= 0.8 with the
 interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else the best one measured, said so --
 or, by the one-standard-error rule (Breiman et al., *Classification and Regression Trees*, 1984, sec. 3.4),
-the cheapest one whose tau is below the best's by at most one paired-bootstrap standard error of the gap
-and whose budget keeps the text rule where the best's does (the best's lead over it is noise, its cost is
-not). The choice is written to ``blocksearch/measured/selection-score.json``, which the search reads.
+of the ones whose tau is below the best's by at most one paired-bootstrap standard error of the gap and
+whose budget keeps the text rule where the best's does (the best's lead over them is noise), the cheapest,
+then the one with the least KD-seed noise (the noise a search's verdicts drown in). The choice is written to
+``blocksearch/measured/selection-score.json``, which the search reads.
 """
 
 from __future__ import annotations
@@ -145,22 +146,30 @@ def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None
 
 def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest: int,
                          gap: Callable[[PredictorRow, PredictorRow], tuple[float, float]],
-                         text_ok: Callable[[int], bool] = lambda budget: True) -> tuple[PredictorRow, float, float]:
-    """The one-standard-error rule on ``choose``'s best (when nothing met the target): among the usable
-    predictors cheaper than ``best``, the cheapest whose tau over the text-following architectures trails the
-    best's by at most ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)),
-    at a budget where the text rule separates if it does at the best's budget; ``best`` itself if none. Returns
-    (the choice, its gap, the gap's standard error)."""
+                         text_ok: Callable[[int], bool] = lambda budget: True,
+                         noise: Callable[[PredictorRow], float | None] = lambda row: None,
+                         ) -> tuple[PredictorRow, float, float]:
+    """The one-standard-error rule on ``choose``'s best (when nothing met the target): the usable predictors
+    no dearer than ``best`` whose tau over the text-following architectures trails the best's by at most
+    ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)), at a budget where
+    the text rule separates if it does at the best's budget, are as faithful as the best as far as the study
+    can tell; of them the cheapest, then the one with the least KD-seed noise (``noise(row)``: sigma of the log
+    score between KD seeds; unknown last), then the higher tau. Returns (the choice, its gap to the best, the
+    gap's standard error); (``best``, 0, 0) where nothing else qualifies."""
     cap = MAX_COST_FRACTION * longest
     keep_rule = text_ok(best.budget)
-    cheaper = sorted((r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)
-                      and r.cost_s < best.cost_s and (text_ok(r.budget) or not keep_rule)),
-                     key=lambda r: (r.cost_s, -r.tau_text))
-    for row in cheaper:
-        g, se = gap(best, row)
-        if math.isfinite(se) and g <= ONE_SE * se:
-            return row, g, se
-    return best, 0.0, 0.0
+    tied = [(best, 0.0, 0.0)]
+    for row in table:
+        if (row != best and row.predictor in SCORES and row.budget <= cap and math.isfinite(row.tau_text)
+                and row.cost_s <= best.cost_s and (text_ok(row.budget) or not keep_rule)):
+            g, se = gap(best, row)
+            if math.isfinite(se) and g <= ONE_SE * se:
+                tied.append((row, g, se))
+
+    def order(item):
+        sigma = noise(item[0])
+        return item[0].cost_s, math.inf if sigma is None else sigma, -item[0].tau_text
+    return min(tied, key=order)
 
 
 def paired_gap(rows: list[dict], probes: list[dict], longest: int, n_boot: int,
@@ -236,7 +245,8 @@ def _ci(tau: float, lo: float, hi: float) -> str:
 
 
 def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, noise: list[dict],
-           command: str, best: PredictorRow | None = None, gap: tuple[float, float] = (0.0, 0.0)) -> str:
+           command: str, best: PredictorRow | None = None, gap: tuple[float, float] = (0.0, 0.0),
+           sigmas: tuple[float | None, float | None] = (None, None)) -> str:
     lines = ["# Cheap predictors of the long-run FID", "", f"Measured by `{command}`.", "",
              "Kendall tau-b of each predictor (lower value = better predicted) against the FID at the longest "
              "budget (mean over KD and generation seeds), 95 % bootstrap interval over architectures; "
@@ -257,13 +267,16 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
         gen_cells = [f"{gen['median']:.4g} / {gen['max']:.4g}", gen["n"]] if gen else ["-", 0]
         lines.append("| " + " | ".join(str(c) for c in [n["budget"], n["key"], *kd_cells, *gen_cells]) + " |")
     best = best or chosen
+    tie = (f"{best.cost_s / max(chosen.cost_s, 1e-9):.1f}x cheaper per student" if chosen and chosen.cost_s < best.cost_s
+           else f"as cheap; sigma of the log between KD seeds {sigmas[0]:.3f} against {sigmas[1]:.3f}"
+           if None not in sigmas else "as cheap")
     why = ("meets the target (tau >= 0.8, low end >= 0.6, <= 25 % of the long budget)" if meets else
            "the best measured; it does NOT meet the target (tau >= 0.8 with the low end >= 0.6)" if chosen == best else
            f"it does NOT meet the target (tau >= 0.8 with the low end >= 0.6), and neither does the best measured, "
            f"{best.predictor} at {best.budget} KD steps (tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, "
            f"{best.cost_s:.1f} s per student); its lead, {gap[0]:+.2f}, is within one paired bootstrap standard error "
-           f"({gap[1]:.2f}), so the cheaper one is taken (the one-standard-error rule), "
-           f"{best.cost_s / max(chosen.cost_s, 1e-9):.1f}x cheaper per student")
+           f"({gap[1]:.2f}), so by the one-standard-error rule the study cannot tell them apart, and of such scores "
+           f"the cheapest, then the least noisy between KD seeds, is taken ({tie})")
     verdict = ("none measured" if chosen is None else
                f"**{chosen.predictor} at {chosen.budget} KD steps**: tau {_ci(chosen.tau_text, chosen.lo_text, chosen.hi_text)} "
                f"over {chosen.n_text} text-following architectures, {chosen.cost_s:.1f} s per student -- " + why)
@@ -286,7 +299,7 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
         return None
     table = predictor_table(rows, probes, budgets, args.boot)
     chosen, meets = choose(table, max(budgets))
-    best, gap = chosen, (0.0, 0.0)
+    best, gap, sigma = chosen, (0.0, 0.0), (lambda row: None)
     if chosen is not None and not meets:
         separates = {}
 
@@ -294,14 +307,19 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
             if budget not in separates:
                 separates[budget] = bool(text_rule(rows, probes, budget, max(budgets))["separates"])
             return separates[budget]
+
+        def sigma(row: PredictorRow) -> float | None:
+            spread = kd_seed_noise(rows, probes, row.budget, row.predictor)
+            return spread and spread["sigma_log"]
         chosen, *gap = within_noise_of_best(best, table, max(budgets), paired_gap(rows, probes, max(budgets), args.boot),
-                                            text_ok)
+                                            text_ok, sigma)
     noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
                   else None) for b in budgets for k in ("fid", *PROBE_KEYS)]
     noise = [n for n in noise if n["kd"] or n["gen"]]
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
-    text = render(table, chosen, meets, noise, command, best, tuple(gap))
+    text = render(table, chosen, meets, noise, command, best, tuple(gap),
+                  (sigma(chosen), sigma(best)) if chosen is not None else (None, None))
     rule = text_rule(rows, probes, chosen.budget, max(budgets)) if chosen is not None else None
     if rule is not None and rule["text_following_max"] is not None and rule["others_min"] is not None:
         text += (f"\nThe first stage's text rule without images (probe_guide at {rule['budget']} KD steps; 1.0 = no "
