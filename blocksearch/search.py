@@ -310,7 +310,7 @@ def _announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, 
 
 def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_of, remaining: int,
           parallel: int, out: TextIO, alignment_floor: float | None = None, queue_only: bool = False,
-          guide_ceiling: float | None = None) -> None:
+          guide_ceiling: float | None = None, text_key: str = "probe_guide") -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -319,7 +319,8 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
 
     progress = Progress(remaining, cfg.objectives, out)
     searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,
-                           alignment_floor=alignment_floor, queue_only=queue_only, guide_ceiling=guide_ceiling)
+                           alignment_floor=alignment_floor, queue_only=queue_only, guide_ceiling=guide_ceiling,
+                           text_key=text_key)
     n_reports = max(1, int(job.distill.get("steps", 1)) // job.report_every)
     scheduler = (_design_safe_asha()(time_attr="training_iteration", metric=KD_METRIC, mode="min",
                                      max_t=n_reports + 2, grace_period=max(1, n_reports // 4), reduction_factor=2)
@@ -442,9 +443,10 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         if remaining > 0:
             if cfg.score in PROBE_KEYS:  # no images in the first stage: its text rule is the probe's (selection.py)
                 ceiling = stage.guide_ceiling if cfg.min_alignment > 0 else None  # --min-alignment 0: no text rule
-                rule = "off" if ceiling is None else f"probe_guide <= {ceiling:.3f} (bench fidelity's text rule)"
+                rule = "off" if ceiling is None else f"{stage.text_key} <= {ceiling:.3f} (bench fidelity's text rule)"
                 print(f"first stage: no images generated; feasible students: {rule}", file=out)
-                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, None, guide_ceiling=ceiling)
+                _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, None, guide_ceiling=ceiling,
+                      text_key=stage.text_key)
             else:
                 _tune(cfg, storage, bound, job, params_of, remaining, parallel, out, floor)
         run_rungs(dataclasses.replace(cfg, objectives=rung_objectives), storage, bound, plan, params_of, ray_info,

@@ -70,12 +70,13 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, cfg: SearchConfig, storage, bound: BoundSpace, params_of: Callable[[Genome], int],
                  on_change: Callable[[TrialOutcome | None, int], None] | None = None,
-                 alignment_floor: float | None = None, queue_only: bool = False, guide_ceiling: float | None = None):
+                 alignment_floor: float | None = None, queue_only: bool = False, guide_ceiling: float | None = None,
+                 text_key: str = "probe_guide"):
         self.cfg, self.bound, self.params_of, self.on_change = cfg, bound, params_of, on_change
         self.queue_only = queue_only  # a rung (rungs.py): run the queued students, never sample new ones
         self.alignment_floor = alignment_floor  # text-aware feasibility: alignment >= floor (None: no rule)
-        # ... and, for a first stage ranked by the probe (no images), the probe's text direction: probe_guide <= ceiling
-        self.guide_ceiling = guide_ceiling
+        # ... and, for a first stage ranked by the probe (no images), the probe's text rule: text_key <= ceiling
+        self.guide_ceiling, self.text_key = guide_ceiling, text_key
         sampler = make_sampler(cfg.sampler, cfg.seed, cfg.trials, designs=len(bound.named_designs()))
         super().__init__(space=self._define_by_run, metric=list(cfg.objectives),
                          mode=["min" if OBJECTIVES[o] == "minimize" else "max" for o in cfg.objectives],
@@ -227,9 +228,9 @@ class StudySearch(OptunaSearch):
         alignment = payload["metrics"].get("alignment")
         if self.alignment_floor is not None and alignment is not None:  # <= 0 is feasible (Optuna's rule)
             trial.set_constraint("alignment_floor", self.alignment_floor - alignment)
-        guide = payload["metrics"].get("probe_guide")
-        if self.guide_ceiling is not None and guide is not None:
-            trial.set_constraint("guide_ceiling", guide - self.guide_ceiling)
+        guide = payload["metrics"].get(self.text_key)
+        if self.guide_ceiling is not None and guide is not None:  # probe_guide -> "guide_ceiling", probe_cfg -> "cfg_..."
+            trial.set_constraint(f"{self.text_key.removeprefix('probe_')}_ceiling", guide - self.guide_ceiling)
         return "COMPLETE", [result[o] for o in self.cfg.objectives], payload
 
     def _changed(self, outcome: TrialOutcome | None) -> None:

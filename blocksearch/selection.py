@@ -28,7 +28,8 @@ class FirstStage:
     score: str
     steps: int | None
     why: str
-    guide_ceiling: float | None = None  # a probe-ranked stage's text rule: probe_guide <= this (None: no rule)
+    guide_ceiling: float | None = None  # a probe-ranked stage's text rule: text_key <= this (None: no rule)
+    text_key: str = "probe_guide"  # the probe score of the text rule (bench fidelity's text_rule)
 
     def objectives(self, objectives: tuple[str, ...]) -> tuple[str, ...]:
         """The base study's objectives: ``fid`` replaced by the first-stage score."""
@@ -62,4 +63,5 @@ def first_stage(score: str, toy: bool, steps: int | None, path: Path = SELECTION
            f"steps over {record['n_text']} text-following architectures ({verdict}; bench fidelity, {path.name})")
     rule = record.get("text_rule") or {}
     return FirstStage(record["predictor"], steps if steps is not None else int(record["budget"]), why,
-                      rule.get("ceiling") if rule.get("budget") == (steps or record["budget"]) else None)
+                      rule.get("ceiling") if rule.get("budget") == (steps or record["budget"]) else None,
+                      rule.get("key", "probe_guide"))

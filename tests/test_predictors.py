@@ -7,7 +7,7 @@ import pytest
 
 from scipy.stats import kendalltau
 
-from blocksearch.bench.predictors_report import (PredictorRow, choose, kd_seed_noise, predictor_table,
+from blocksearch.bench.predictors_report import (PredictorRow, choose, kd_seed_noise, predictor_table, text_rule,
                                                  within_noise_of_best)
 from blocksearch.predictors import curve_features, extrapolate, loao_ridge
 from blocksearch.rank_stats import kendall_tau_gap
@@ -112,3 +112,19 @@ def test_the_paired_gap_resamples_both_predictors_together():
     g, se = kendall_tau_gap(a, far, fid, n_boot=500)
     assert g == pytest.approx(2.0) and se < 0.5
     assert kendall_tau_gap(a, a, fid, n_boot=200) == (0.0, 0.0)  # paired: a predictor never differs from itself
+
+
+def test_text_rule_takes_the_first_text_dependent_probe_score_that_separates():
+    fid = dict(a=100.0, b=110.0, c=20.0, d=22.0, e=24.0)
+    align = dict(a=0.0, b=0.05, c=0.8, d=0.8, e=0.7)
+    rows, probes = _rows(fid, align, short=dict(a=0.7, b=0.66, c=0.2, d=0.5, e=0.3))  # probe_cfg = short
+    rule = text_rule(rows, probes, 30, 1920)  # probe_guide is 1.0 everywhere (no text direction yet): probe_cfg
+    assert (rule["key"], rule["separates"]) == ("probe_cfg", True)
+    assert rule["ceiling"] == pytest.approx((0.5 + 0.66) / 2) and rule["n"] == 5
+    for p in probes:
+        p["probe_guide"] = 0.3 if align[p["genome"]] > 0.5 else 1.0  # once the text direction separates: it
+    assert text_rule(rows, probes, 30, 1920)["key"] == "probe_guide"
+    for p in probes:
+        p["probe_guide"], p["probe_cfg"] = 1.0, 0.5  # nothing separates: no ceiling, the first key's figures
+    rule = text_rule(rows, probes, 30, 1920)
+    assert (rule["key"], rule["ceiling"], rule["separates"]) == ("probe_guide", None, False)

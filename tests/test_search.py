@@ -334,3 +334,10 @@ def test_a_probe_ranked_first_stage_keeps_text_blind_students_off_its_front(tmp_
     r = build_report(study)
     assert r.objectives == ("probe_cfg", "params", "latency_ms")
     assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible
+    # a text rule on another probe score (bench fidelity's text_rule key): that score is the constraint
+    by_cfg = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), guide_ceiling=0.3,
+                                  text_key="probe_cfg")
+    third = by_cfg.suggest("c")
+    by_cfg.on_trial_complete("c", done([0.5, 2.0, 2.0], 1.0))
+    study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
+    assert study.trials[third["_number"]].constraints == {"cfg_ceiling": pytest.approx(0.2)}

@@ -21,6 +21,12 @@ def test_auto_takes_the_recorded_choice_for_the_toy_and_fid_for_a_real_teacher(t
     assert (stage.score, stage.steps) == ("probe_cfg", 30) and "tau +0.84 [+0.61, +0.97]" in stage.why
     assert stage.objectives(("fid", "params", "latency_ms")) == ("probe_cfg", "params", "latency_ms")
     assert first_stage("auto", toy=True, steps=60, path=path).steps == 60  # --steps wins
+    assert (stage.guide_ceiling, stage.text_key) == (None, "probe_guide")  # no text rule recorded
+    path.write_text(json.dumps(RECORD | {"text_rule": {"key": "probe_cfg", "budget": 30, "ceiling": 0.6}}))
+    stage = first_stage("auto", toy=True, steps=None, path=path)
+    assert (stage.guide_ceiling, stage.text_key) == (0.6, "probe_cfg")  # the rule's own score and ceiling
+    assert first_stage("auto", toy=True, steps=120, path=path).guide_ceiling is None  # measured at 30 steps only
+    path.write_text(json.dumps(RECORD))
     assert first_stage("auto", toy=False, steps=None, path=path).score == "fid"
     assert first_stage("auto", toy=True, steps=None, path=tmp_path / "none.json").score == "fid"
     path.write_text(json.dumps(RECORD | {"predictor": "combined"}))  # a score no trial computes alone

@@ -34,6 +34,7 @@ TOY_TEACHER_ALIGNMENT = 0.8125  # `blocksearch toy check` at the default evaluat
 MIN_ALIGNMENT = 0.25  # the text rule's default (study.SearchConfig.min_alignment)
 COMBINED_FEATURES = ("probe_out", "probe_cfg", "probe_guide", "probe_feat", "params", "macs")
 BASELINES = ("params", "macs")
+TEXT_KEYS = ("probe_guide", "probe_cfg")  # the probe scores a text rule may use, in order of preference
 ONE_SE = 1.0  # a cheaper predictor within this many standard errors of the best one's tau is as good (CART's rule)
 
 
@@ -195,19 +196,26 @@ def paired_gap(rows: list[dict], probes: list[dict], longest: int, n_boot: int,
 
 
 def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
-              floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> dict:
-    """The first stage's text rule where no image is generated: ``probe_guide`` (1.0 = no text direction at all)
-    at ``budget`` against text-following at the longest budget (alignment >= ``floor``). The ceiling is the
-    midpoint between the largest value of a text-following architecture and the smallest of the others, where
-    one separates them; else None (no rule before the rungs)."""
+              floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT, keys: tuple[str, ...] = TEXT_KEYS) -> dict:
+    """The first stage's text rule where no image is generated: the first of ``keys`` (the probe scores that
+    depend on the text: probe_guide, the text direction's error, 1.0 = none; probe_cfg, the guided output's
+    error, which misses the whole guidance term of a text-blind student) whose value at ``budget`` separates
+    the architectures text-following at the longest budget (alignment >= ``floor``) from the others. The
+    ceiling is the midpoint between the largest value of a text-following architecture and the smallest of the
+    others; where no key separates them, the first key's figures and no ceiling (no rule before the rungs)."""
     _, align = reference(rows, longest)
-    guide = values_at(rows, probes, budget).get("probe_guide", {})
-    follow = [v for g, v in guide.items() if align.get(g) is not None and align[g] >= floor]
-    others = [v for g, v in guide.items() if align.get(g) is not None and align[g] < floor]
-    separates = bool(follow and others and max(follow) < min(others))
-    return dict(key="probe_guide", budget=budget, ceiling=(max(follow) + min(others)) / 2 if separates else None,
-                text_following_max=max(follow) if follow else None, others_min=min(others) if others else None,
-                separates=separates, n=len(follow) + len(others))
+    values = values_at(rows, probes, budget)
+    rules = []
+    for key in keys:
+        by = values.get(key, {})
+        follow = [v for g, v in by.items() if align.get(g) is not None and align[g] >= floor]
+        others = [v for g, v in by.items() if align.get(g) is not None and align[g] < floor]
+        separates = bool(follow and others and max(follow) < min(others))
+        rules.append(dict(key=key, budget=budget, ceiling=(max(follow) + min(others)) / 2 if separates else None,
+                          text_following_max=max(follow) if follow else None,
+                          others_min=min(others) if others else None, separates=separates,
+                          n=len(follow) + len(others)))
+    return next((r for r in rules if r["separates"]), rules[0])
 
 
 def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -> dict | None:
@@ -322,8 +330,9 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
                   (sigma(chosen), sigma(best)) if chosen is not None else (None, None))
     rule = text_rule(rows, probes, chosen.budget, max(budgets)) if chosen is not None else None
     if rule is not None and rule["text_following_max"] is not None and rule["others_min"] is not None:
-        text += (f"\nThe first stage's text rule without images (probe_guide at {rule['budget']} KD steps; 1.0 = no "
-                 f"text direction): text-following architectures <= {rule['text_following_max']:.3f}, the others >= "
+        text += (f"\nThe first stage's text rule without images ({rule['key']} at {rule['budget']} KD steps"
+                 f"{'; 1.0 = no text direction' if rule['key'] == 'probe_guide' else ''}): text-following architectures "
+                 f"<= {rule['text_following_max']:.3f}, the others >= "
                  f"{rule['others_min']:.3f}: " + (f"ceiling {rule['ceiling']:.3f}.\n" if rule["separates"] else
                                                   "no ceiling separates them; no text rule before the rungs.\n"))
     print("\n" + text)
