@@ -159,6 +159,6 @@ def recommend_budget(rows: list[dict], target: float = 0.8, lower: float = 0.6,
     """The cheapest budget whose FID ranking matches the longest budget's: tau >= ``target`` and the
     interval's low end >= ``lower``, at no more than ``max_budget`` KD steps; None when no budget does.
     ``rows``: ``rank_table``'s."""
-    good = [r for r in rows if r["objective"] == "fid" and r["tau"] >= target and r["lo"] >= lower
+    good = [r for r in rows if r["objective"] == "fid" and r["tau"] >= target - 1e-9 and r["lo"] >= lower - 1e-9
             and (max_budget is None or r["budget"] <= max_budget)]
     return min(good, key=lambda r: (r["cost_s"], r["budget"]))["budget"] if good else None

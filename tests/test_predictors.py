@@ -78,6 +78,19 @@ def test_choose_says_when_nothing_meets_the_target():
     assert choose(rows, 1920)[0].predictor == "probe_task"  # ... then the better tau over all wins
 
 
+def test_of_scores_meeting_the_target_at_one_cost_the_least_noisy_is_chosen():
+    cfg = PredictorRow("probe_cfg", 120, 0.83, 0.7, 0.9, 24, 0.83, 0.65, 0.96, 20, 54.4)
+    task = PredictorRow("probe_task", 120, 0.83, 0.7, 0.9, 24, 0.80, 0.65, 0.92, 20, 54.4)
+    fid = PredictorRow("fid", 480, 0.9, 0.8, 1.0, 24, 0.9, 0.8, 1.0, 20, 211.8)  # meets, but dearer
+    assert choose([cfg, task, fid], 1920) == (cfg, True)  # noise unknown: the higher tau
+    assert choose([cfg, task, fid], 1920, {cfg: 0.060, task: 0.020}.get) == (task, True)
+    cheap = PredictorRow("probe_out", 30, 0.8, 0.6, 0.9, 24, 0.81, 0.61, 0.9, 20, 14.8)
+    assert choose([cfg, task, cheap], 1920, {cfg: 0.060, task: 0.020, cheap: 0.3}.get) == (cheap, True)  # cost first
+    # tau = 0.8 exactly (152 concordant-minus-discordant of 190 pairs), as scipy computes it: 0.7999999999999999
+    on_the_line = PredictorRow("probe_task", 120, 0.83, 0.7, 0.9, 24, math.nextafter(0.8, 0), 0.6517, 0.92, 20, 54.4)
+    assert choose([cfg, on_the_line], 1920, {cfg: 0.06, on_the_line: 0.02}.get)[0] == on_the_line
+
+
 def test_one_standard_error_rule_takes_a_cheaper_predictor_only_when_the_best_leads_by_noise():
     best = PredictorRow("probe_task", 120, 0.8, 0.6, 1.0, 12, 0.72, 0.35, 1.0, 9, 76.7)
     cheap = PredictorRow("probe_task", 30, 0.8, 0.6, 1.0, 12, 0.67, 0.31, 1.0, 9, 20.5)

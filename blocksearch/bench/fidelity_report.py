@@ -145,6 +145,10 @@ def command_line(args) -> str:
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
     parts += [f"--eval-prompts {args.eval_prompts}"] if args.eval_prompts else []
+    for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("probe_budgets", "auto"),
+                          ("kd_schedule", "constant"), ("kd_warmup", 0), ("kd_ema", 0.0)):
+        value = getattr(args, flag, default)
+        parts += [f"--{flag.replace('_', '-')} {value}"] if value != default else []
     parts += [f"--study {args.study}"] + ([f"--storage {args.storage}"] if args.storage else []) if args.study else []
     return " ".join(parts)
 

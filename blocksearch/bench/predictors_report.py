@@ -35,6 +35,7 @@ MIN_ALIGNMENT = 0.25  # the text rule's default (study.SearchConfig.min_alignmen
 COMBINED_FEATURES = ("probe_out", "probe_cfg", "probe_guide", "probe_feat", "params", "macs")
 BASELINES = ("params", "macs")
 TEXT_KEYS = ("probe_guide", "probe_cfg")  # the probe scores a text rule may use, in order of preference
+TAU_EPS = 1e-9  # tau is a ratio of pair counts: scipy's 0.7999999999999999 on 24 architectures is 0.8
 ONE_SE = 1.0  # a cheaper predictor within this many standard errors of the best one's tau is as good (CART's rule)
 
 
@@ -128,17 +129,18 @@ def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: in
     return tau, lo, hi, len(genomes)
 
 
-def choose(table: list[PredictorRow], longest: int) -> tuple[PredictorRow | None, bool]:
+def choose(table: list[PredictorRow], longest: int,
+           noise: Callable[[PredictorRow], float | None] = lambda row: None) -> tuple[PredictorRow | None, bool]:
     """The first-stage score: among the scores a trial computes on its own (FID, the probe's: selection.SCORES),
-    within the cost cap, the cheapest meeting the target over the text-following architectures, and True;
-    else the best one measured there (highest tau over the text-following ones, then over all, then the
+    within the cost cap, the cheapest meeting the target over the text-following architectures (at one cost,
+    the one with the least KD-seed noise, ``noise(row)``), and True; else the best one measured there (highest tau over the text-following ones, then over all, then the
     cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
     chosen: a trial cannot compute them alone, or they are costs already searched on."""
     cap = MAX_COST_FRACTION * longest
     usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)]
-    meeting = [r for r in usable if r.tau_text >= TARGET and r.lo_text >= LOWER]
-    if meeting:
-        return min(meeting, key=lambda r: (r.cost_s, -r.tau_text)), True
+    meeting = [r for r in usable if r.tau_text >= TARGET - TAU_EPS and r.lo_text >= LOWER - TAU_EPS]
+    if meeting:  # the cheapest; at one cost, the least KD-seed noise (the noise a search's verdicts drown in)
+        return min(meeting, key=lambda r: (r.cost_s, _or_inf(noise(r)), -r.tau_text)), True
     if not usable:
         return None, False
     return max(usable, key=lambda r: (round(r.tau_text, 6), round(r.tau, 6) if math.isfinite(r.tau) else -9,
@@ -167,10 +169,11 @@ def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest:
             if math.isfinite(se) and g <= ONE_SE * se:
                 tied.append((row, g, se))
 
-    def order(item):
-        sigma = noise(item[0])
-        return item[0].cost_s, math.inf if sigma is None else sigma, -item[0].tau_text
-    return min(tied, key=order)
+    return min(tied, key=lambda item: (item[0].cost_s, _or_inf(noise(item[0])), -item[0].tau_text))
+
+
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value
 
 
 def paired_gap(rows: list[dict], probes: list[dict], longest: int, n_boot: int,
@@ -306,8 +309,12 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     if not probes:
         return None
     table = predictor_table(rows, probes, budgets, args.boot)
-    chosen, meets = choose(table, max(budgets))
-    best, gap, sigma = chosen, (0.0, 0.0), (lambda row: None)
+
+    def sigma(row: PredictorRow) -> float | None:
+        spread = kd_seed_noise(rows, probes, row.budget, row.predictor)
+        return spread and spread["sigma_log"]
+    chosen, meets = choose(table, max(budgets), sigma)
+    best, gap = chosen, (0.0, 0.0)
     if chosen is not None and not meets:
         separates = {}
 
@@ -315,10 +322,6 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
             if budget not in separates:
                 separates[budget] = bool(text_rule(rows, probes, budget, max(budgets))["separates"])
             return separates[budget]
-
-        def sigma(row: PredictorRow) -> float | None:
-            spread = kd_seed_noise(rows, probes, row.budget, row.predictor)
-            return spread and spread["sigma_log"]
         chosen, *gap = within_noise_of_best(best, table, max(budgets), paired_gap(rows, probes, max(budgets), args.boot),
                                             text_ok, sigma)
     noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
