@@ -672,6 +672,9 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
                    help="ladders in parallel, one Ray task (1 CPU, 1 torch thread) each; 0 = in this process, "
                         "no Ray (default: the CPUs, %(default)s)")
     p.add_argument("--study", default=None, help="also the Pareto front of this finished study")
+    p.add_argument("--also", default=None, metavar="GENOME,...",
+                   help="also these architectures (genome ids), after the --archs ones and not counted by it: e.g. "
+                        "a search's front students, so that bench search --front finds them measured")
     p.add_argument("--storage", default=None, help=STORAGE_HELP)
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples per interval (default: %(default)s)")
     p.add_argument("--report-only", action="store_true",

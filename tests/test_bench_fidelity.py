@@ -64,6 +64,21 @@ def test_past_the_spread_the_study_grows_by_mixes_and_keeps_what_it_had(tmp_path
     assert sorted(c[2] for c in half) == sorted(["none", "resnet", "cross_attn"] * 2)
 
 
+def test_named_architectures_join_after_the_chosen_ones_once(tmp_path, bound, monkeypatch):
+    from blocksearch.bench.fidelity import named_architectures
+    from blocksearch.errors import BlocksearchError
+
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "cache"))
+    teacher_unet = make_tiny_teacher(tmp_path).unet
+    chosen = choose_architectures(bound, teacher_unet, 3, seed=0, draws=64)  # the three designs
+    extra = "L2-1-1_T1-1-1_Mnone,L1-1-1-1_T1-1-1-0_Mnone, L2-1-1_T1-1-1_Mnone"  # bk_small and a repeat: once
+    named = named_architectures(bound, teacher_unet, extra, chosen)
+    assert [(a.genome, a.source) for a in named] == [("L2-1-1_T1-1-1_Mnone", "named")] and named[0].params > 0
+    assert named_architectures(bound, teacher_unet, None, chosen) == []
+    with pytest.raises(BlocksearchError, match="--also L9-9-9_T1-1-1_Mnone: not an architecture of this space"):
+        named_architectures(bound, teacher_unet, "L9-9-9_T1-1-1_Mnone", chosen)
+
+
 def test_pending_leaves_out_what_is_done():
     archs = [Arch("A", None, "random", 1, 1), Arch("B", "bk_tiny", "design", 1, 1)]
     rows = [dict(genome="A", budget=b, seed=s) for b in (0, 5) for s in (0, 1)] + [dict(genome="B", budget=5, seed=1)]

@@ -14,6 +14,7 @@ writes ``<out>/`` (index.md, fidelity.csv, short_vs_long.png) and the summary CS
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -164,6 +165,21 @@ def choose_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, 
     mixes = pick_mixes([g for g in pool if g not in picks], bound, n - len(fixed) - len(picks), seed)
     chosen = fixed + [(g, None, "random") for g in picks] + [(g, None, "mix") for g in mixes]
     return [Arch(g.id, design, source, *arch_cost(teacher_unet, g)) for g, design, source in chosen]
+
+
+def named_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, ids: str | None,
+                        taken: list[Arch]) -> list[Arch]:
+    """``--also``'s genome ids as architectures (source "named"), those not in ``taken``; a malformed id or one
+    outside the space is a one-line error. An earlier run's named ones come back the same way (its results)."""
+    out, seen = [], {a.genome for a in taken}
+    for text in dict.fromkeys(t.strip() for t in (ids or "").split(",") if t.strip()):
+        genome = Genome.from_id(text)
+        if genome not in bound:
+            raise BlocksearchError(f"--also {text}: not an architecture of this space on this teacher")
+        if genome.id not in seen:
+            out.append(Arch(genome.id, None, "named", *arch_cost(teacher_unet, genome)))
+            seen.add(genome.id)
+    return out
 
 
 def arch_cost(teacher_unet: UNet2DConditionModel, genome: Genome) -> tuple[int, int]:
@@ -429,6 +445,9 @@ def cmd_bench_fidelity(args) -> int:
     results, probes = Path(args.out) / "results.jsonl", Path(args.out) / "probes.jsonl"
     front = study_front(args.study, args.storage, bound) if args.study else results_front(read_rows(results))
     archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front)
+    earlier = ",".join(r["genome"] for r in read_rows(results) if r.get("source") == "named")
+    for ids in (earlier, getattr(args, "also", None)):  # extending a study keeps the named ones it had
+        archs += named_architectures(bound, teacher.unet, ids, archs)
     distill_settings, eval_settings = stage_settings(args)
     out, identity = Path(args.out), run_identity(teacher, distill_settings, eval_settings)
     check_identity(out, identity)
@@ -441,9 +460,13 @@ def cmd_bench_fidelity(args) -> int:
           f"KD steps x KD seeds {kd_seeds} x generation seeds {seeds}; the held-out probe at {probe_budgets or 'none'}")
     failures = [] if args.report_only else run_pending(job, teacher, work, results, probes, args.workers)
     rows = read_rows(results)
-    write_outputs(summarize([r for r in rows if r.get("kd_seed", 0) == 0], archs, budgets, seeds, args.boot), args,
-                  out, Path(job.checkpoints))
-    write_predictors(rows, read_rows(probes), archs, budgets, args, out)
+    kd0 = [r for r in rows if r.get("kd_seed", 0) == 0]
+    studied = [a for a in archs if a.source != "named"]  # --also's: in the measured table, not in the tau study
+    summary = summarize(kd0, studied, budgets, seeds, args.boot)
+    every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 if r["budget"] in budgets
+                                                            and r["seed"] in seeds])
+    write_outputs(summary, args, out, Path(job.checkpoints), every)
+    write_predictors(rows, read_rows(probes), studied, budgets, args, out)
     return 1 if failures else 0
 
 

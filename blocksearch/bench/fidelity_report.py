@@ -145,7 +145,7 @@ def command_line(args) -> str:
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
     parts += [f"--eval-prompts {args.eval_prompts}"] if args.eval_prompts else []
-    for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("probe_budgets", "auto"),
+    for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("probe_budgets", "auto"), ("also", None),
                           ("kd_schedule", "constant"), ("kd_warmup", 0), ("kd_ema", 0.0)):
         value = getattr(args, flag, default)
         parts += [f"--{flag.replace('_', '-')} {value}"] if value != default else []
@@ -256,8 +256,9 @@ def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
     plt.close(fig)
 
 
-def write_outputs(s: Summary, args, out: Path, checkpoints: Path) -> None:
-    """Print the tables and the recommendation; write index.md, fidelity.csv, short_vs_long.png, --csv."""
+def write_outputs(s: Summary, args, out: Path, checkpoints: Path, table: Summary | None = None) -> None:
+    """Print the tables and the recommendation; write index.md, fidelity.csv, short_vs_long.png, --csv, and
+    bench search's measured table from ``table`` (default ``s``: it may hold more architectures)."""
     longest = s.budgets[-1]
     print(f"\n{complete_ladders(s)} of {len(s.archs)} ladders complete; rank agreement with the {longest}-step "
           f"ranking (Kendall tau-b, 95% bootstrap interval):")
@@ -275,7 +276,8 @@ def write_outputs(s: Summary, args, out: Path, checkpoints: Path) -> None:
     if s.rows:
         plot_short_vs_long(s, out / "short_vs_long.png")
     write_summary_csv(s, Path(args.csv), command_line(args))
-    n = write_measured_table(s, Path(args.table), command_line(args)) if s.rows else 0
+    table = table or s
+    n = write_measured_table(table, Path(args.table), command_line(args)) if table.rows else 0
     print("\n" + recommendation(s))
     print(f"results in {portable(out)}/ (index.md, results.jsonl, fidelity.csv, short_vs_long.png); "
           f"summary in {portable(args.csv)}; bench search's measured table ({n} architectures) in "
