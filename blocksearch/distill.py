@@ -114,13 +114,17 @@ class DistillConfig(Settings):
             raise BlocksearchError("distill lr must be > 0 and every lambda >= 0")
 
 
+def opted_in(values: dict) -> dict:
+    """The OPTIONAL_TRAJECTORY settings of ``values`` (an ``asdict`` of a config) that are not their defaults."""
+    defaults = {k: DistillConfig.__dataclass_fields__[k].default for k in OPTIONAL_TRAJECTORY}
+    return {k: values[k] for k, d in defaults.items() if values.get(k, d) != d}
+
+
 def trajectory(config: DistillConfig | dict) -> dict:
     """The settings a continued run must share with the run it continues (a config, or its dict as
     ``asdict`` gives): TRAJECTORY's, plus each OPTIONAL_TRAJECTORY setting that is not its default."""
     values = config if isinstance(config, dict) else asdict(config)
-    defaults = {k: DistillConfig.__dataclass_fields__[k].default for k in OPTIONAL_TRAJECTORY}
-    return ({k: values[k] for k in TRAJECTORY}
-            | {k: values.get(k, d) for k, d in defaults.items() if values.get(k, d) != d})
+    return {k: values[k] for k in TRAJECTORY} | opted_in(values)
 
 
 def distill_defaults(toy: bool) -> dict:
@@ -316,7 +320,7 @@ def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, scalars = _flatten_optimizer(recipe.opt.state_dict())
-    weights = {k: v.detach().cpu().contiguous() for k, v in recipe.unet.state_dict().items()}
+    weights = cpu_state(recipe.unet)
     info = {"format": CHECKPOINT_FORMAT, "step": step, "genome": recipe.student.genome.id,
             "teacher": fingerprint(recipe.teacher.denoiser),
             "distill": trajectory(recipe.config),
@@ -326,7 +330,7 @@ def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
     _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
     _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
     if recipe.ema is not None:
-        ema = {k: v.detach().cpu().contiguous() for k, v in recipe.ema.model.state_dict().items()}
+        ema = cpu_state(recipe.ema.model)
         _write_atomic(folder / EMA_FILE, lambda tmp: save_file(ema, tmp))
     _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
     return folder
@@ -353,8 +357,13 @@ def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
         if not (folder / EMA_FILE).is_file():
             raise BlocksearchError(f"checkpoint {folder} has no {EMA_FILE}: it was written without ema")
         recipe.ema.model.load_state_dict(load_file(folder / EMA_FILE))
-        recipe.ema.updates = int(info.get("ema_updates", info["step"]))
+        recipe.ema.updates = int(info["ema_updates"])
     return int(info["step"])
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state as contiguous CPU tensors, as safetensors saves them."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
 def checkpoint_info(folder: str | Path) -> dict | None:

@@ -53,6 +53,12 @@ def kendall_tau_gap(x1: Sequence[float], x2: Sequence[float], y: Sequence[float]
     return gap, float(np.std(gaps, ddof=1)) if len(gaps) > 1 else float("nan")
 
 
+def reaches(tau: float, lo: float, target: float, lower: float) -> bool:
+    """tau >= ``target`` and the interval's low end >= ``lower``, to within 1e-9: tau is a ratio of pair counts,
+    and scipy's 0.7999999999999999 for 152 / 190 is 0.8."""
+    return tau >= target - 1e-9 and lo >= lower - 1e-9
+
+
 def seed_means(rows: list[dict]) -> dict[tuple[str, int], dict]:
     """(genome, budget) -> the seed-mean of each objective (None where an objective was not measured),
     params, macs, kd_s (cumulative) and eval_s (per evaluation)."""
@@ -159,6 +165,6 @@ def recommend_budget(rows: list[dict], target: float = 0.8, lower: float = 0.6,
     """The cheapest budget whose FID ranking matches the longest budget's: tau >= ``target`` and the
     interval's low end >= ``lower``, at no more than ``max_budget`` KD steps; None when no budget does.
     ``rows``: ``rank_table``'s."""
-    good = [r for r in rows if r["objective"] == "fid" and r["tau"] >= target - 1e-9 and r["lo"] >= lower - 1e-9
+    good = [r for r in rows if r["objective"] == "fid" and reaches(r["tau"], r["lo"], target, lower)
             and (max_budget is None or r["budget"] <= max_budget)]
     return min(good, key=lambda r: (r["cost_s"], r["budget"]))["budget"] if good else None

@@ -3,8 +3,9 @@
 ``bench fidelity`` measures every cheap predictor against FID after a 16x longer KD run (Kendall tau over the
 text-following architectures) and writes its choice to ``blocksearch/measured/selection-score.json``: the
 cheapest one with tau >= 0.8 (interval low end >= 0.6) at <= 25 % of the long budget, else the best one
-measured or, by the one-standard-error rule, a cheaper one whose tau trails it by less than that gap's noise. With ``--score auto`` the toy teacher's search takes that choice (its score and its KD budget); a
-real teacher keeps FID (the table is the toy teacher's; nothing has validated a cheaper score there yet).
+measured or, by the one-standard-error rule, a cheaper one whose tau trails it by less than that gap's noise.
+With ``--score auto`` the toy teacher's search takes that choice (its score and its KD budget); a real teacher
+keeps FID (the table is the toy teacher's; nothing has validated a cheaper score there yet).
 FID at the longer budgets stays the rungs' score.
 """
 

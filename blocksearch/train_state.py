@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from blocksearch.data import Batch, fingerprint
-from blocksearch.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig,
+from blocksearch.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig, cpu_state,
                                  _flatten_optimizer, _unflatten_optimizer, _write_atomic)
 from blocksearch.errors import BlocksearchError
 from blocksearch.schedules import EMA_FILE, SCHEDULES, Ema
@@ -110,10 +109,10 @@ def save_state(folder: Path, unet, opt, scaler, ema: Ema | None, step: int, geno
     the grad scaler, and the settings a resume must match), each written to a temp file and renamed, JSON last."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors, scalars = _flatten_optimizer(opt.state_dict())
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(_cpu(unet), tmp))
+    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(cpu_state(unet), tmp))
     _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
     if ema is not None:
-        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(_cpu(ema.model), tmp))
+        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(cpu_state(ema.model), tmp))
     info = {"format": TRAIN_FORMAT, "kind": "train", "step": step, "data_index": step, "genome": genome,
             "teacher": fingerprint(teacher_unet), **settings, "optimizer": scalars,
             "grad_scaler": scaler.state_dict()}
@@ -147,7 +146,3 @@ def load_state(folder: Path, unet, opt, scaler, ema: Ema | None, genome: str, te
             raise BlocksearchError(f"checkpoint {folder} has no {EMA_FILE}: it was written without --ema")
         ema.model.load_state_dict(load_file(folder / EMA_FILE))
     return int(info["step"])
-
-
-def _cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

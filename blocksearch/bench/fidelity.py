@@ -30,7 +30,8 @@ from diffusers import UNet2DConditionModel
 
 from blocksearch.cache import default_cache_dir, work_slot
 from blocksearch.data import fingerprint
-from blocksearch.distill import DistillConfig, checkpoint_info, distill, prepare_teacher_cache, trajectory
+from blocksearch.distill import (OPTIONAL_TRAJECTORY, DistillConfig, checkpoint_info, distill, opted_in,
+                                prepare_teacher_cache, trajectory)
 from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, score_images
 from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
@@ -385,15 +386,13 @@ def stage_settings(args) -> tuple[dict, dict]:
     """The trials' DistillConfig and EvalConfig of ``blocksearch run`` with these flags (search.py's
     defaults for the teacher), as dicts without the per-budget steps and the per-run seed; the distill dict
     holds --kd-schedule, --kd-warmup and --kd-ema only where they are not their defaults."""
-    distill_cfg, eval_cfg = stage_configs(SearchConfig(teacher=args.teacher, eval_prompts=args.eval_prompts,
-                                                       seed=args.seed, teacher_cache=args.teacher_cache))
+    distill_cfg, eval_cfg = stage_configs(SearchConfig(
+        teacher=args.teacher, eval_prompts=args.eval_prompts, seed=args.seed, teacher_cache=args.teacher_cache,
+        kd_schedule=getattr(args, "kd_schedule", None), kd_warmup=getattr(args, "kd_warmup", None),
+        kd_ema=getattr(args, "kd_ema", None)))
     drop = lambda d, *keys: {k: v for k, v in asdict(d).items() if k not in keys}  # noqa: E731
-    kd = {"schedule": getattr(args, "kd_schedule", "constant"), "warmup": getattr(args, "kd_warmup", 0),
-          "ema": getattr(args, "kd_ema", 0.0)}
-    kd = {k: v for k, v in kd.items() if v != DistillConfig.__dataclass_fields__[k].default}
-    distill = drop(distill_cfg, "steps", "schedule", "warmup", "ema") | kd
-    DistillConfig.from_dict(distill)  # a bad value: one line naming the allowed ones, before any work
-    return distill, drop(eval_cfg, "seed")
+    distill = drop(distill_cfg, "steps", *OPTIONAL_TRAJECTORY)
+    return distill | opted_in(asdict(distill_cfg)), drop(eval_cfg, "seed")
 
 
 def run_identity(teacher, distill: dict, eval_: dict) -> dict:

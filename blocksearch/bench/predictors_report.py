@@ -26,7 +26,7 @@ from pathlib import Path
 from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, portable
 from blocksearch.predictors import CURVE_KEYS, loao_ridge
 from blocksearch.probe import PROBE_KEYS
-from blocksearch.rank_stats import kendall_tau_ci, kendall_tau_gap
+from blocksearch.rank_stats import kendall_tau_ci, kendall_tau_gap, reaches
 from blocksearch.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
 
@@ -35,7 +35,6 @@ MIN_ALIGNMENT = 0.25  # the text rule's default (study.SearchConfig.min_alignmen
 COMBINED_FEATURES = ("probe_out", "probe_cfg", "probe_guide", "probe_feat", "params", "macs")
 BASELINES = ("params", "macs")
 TEXT_KEYS = ("probe_guide", "probe_cfg")  # the probe scores a text rule may use, in order of preference
-TAU_EPS = 1e-9  # tau is a ratio of pair counts: scipy's 0.7999999999999999 on 24 architectures is 0.8
 ONE_SE = 1.0  # a cheaper predictor within this many standard errors of the best one's tau is as good (CART's rule)
 
 
@@ -87,6 +86,14 @@ def values_at(rows: list[dict], probes: list[dict], budget: int) -> dict[str, di
     return {k: v for k, v in out.items() if v}
 
 
+def budget_values(rows: list[dict], probes: list[dict], budget: int, fid: dict[str, float]) -> dict:
+    """``values_at`` plus the combined regression (where the probe ran at ``budget``) against ``fid``."""
+    values = values_at(rows, probes, budget)
+    if "probe_out" in values:
+        values["combined"] = combined(values, fid)
+    return values
+
+
 def combined(values: dict[str, dict[str, float]], target: dict[str, float]) -> dict[str, float]:
     """The leave-one-architecture-out ridge regression of log long FID on the log features."""
     keys = [k for k in COMBINED_FEATURES if k in values]
@@ -111,10 +118,7 @@ def predictor_table(rows: list[dict], probes: list[dict], budgets: list[int], n_
     text = {g for g, a in align.items() if a is not None and a >= floor}
     table = []
     for budget in [b for b in budgets if b < longest]:
-        values = values_at(rows, probes, budget)
-        if "probe_out" in values:
-            values["combined"] = combined(values, fid)
-        for name, by in values.items():
+        for name, by in budget_values(rows, probes, budget, fid).items():
             if name in BASELINES and budget != min(budgets):
                 continue  # the same at every budget: once
             tau = _tau(by, fid, set(fid), n_boot)
@@ -132,13 +136,13 @@ def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: in
 def choose(table: list[PredictorRow], longest: int,
            noise: Callable[[PredictorRow], float | None] = lambda row: None) -> tuple[PredictorRow | None, bool]:
     """The first-stage score: among the scores a trial computes on its own (FID, the probe's: selection.SCORES),
-    within the cost cap, the cheapest meeting the target over the text-following architectures (at one cost,
-    the one with the least KD-seed noise, ``noise(row)``), and True; else the best one measured there (highest tau over the text-following ones, then over all, then the
-    cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
+    within the cost cap, the cheapest meeting the target over the text-following architectures (at one
+    cost, the one with the least KD-seed noise, ``noise(row)``), and True; else the best one measured there
+    (highest tau over the text-following ones, then over all, then the cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
     chosen: a trial cannot compute them alone, or they are costs already searched on."""
     cap = MAX_COST_FRACTION * longest
     usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)]
-    meeting = [r for r in usable if r.tau_text >= TARGET - TAU_EPS and r.lo_text >= LOWER - TAU_EPS]
+    meeting = [r for r in usable if reaches(r.tau_text, r.lo_text, TARGET, LOWER)]
     if meeting:  # the cheapest; at one cost, the least KD-seed noise (the noise a search's verdicts drown in)
         return min(meeting, key=lambda r: (r.cost_s, _or_inf(noise(r)), -r.tau_text)), True
     if not usable:
@@ -186,9 +190,7 @@ def paired_gap(rows: list[dict], probes: list[dict], longest: int, n_boot: int,
 
     def values(row: PredictorRow) -> dict[str, float]:
         if row.budget not in at:
-            at[row.budget] = values_at(rows, probes, row.budget)
-            if "probe_out" in at[row.budget]:
-                at[row.budget]["combined"] = combined(at[row.budget], fid)
+            at[row.budget] = budget_values(rows, probes, row.budget, fid)
         return at[row.budget].get(row.predictor, {})
 
     def gap(a: PredictorRow, b: PredictorRow) -> tuple[float, float]:
@@ -342,9 +344,8 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictors.md").write_text(text)
     if chosen is not None:
-        sigma = kd_seed_noise(rows, probes, chosen.budget, chosen.predictor)
         record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
-                                   "sigma_log_kd_seed": sigma and sigma["sigma_log"], "measured_by": command,
+                                   "sigma_log_kd_seed": sigma(chosen), "measured_by": command,
                                    "longest": max(budgets), "text_rule": rule,
                                    "best": None if best == chosen else asdict(best) | {"gap": gap[0], "gap_se": gap[1]}}
         path = selection or Path(getattr(args, "selection", SELECTION))
