@@ -220,6 +220,12 @@ RUN_FLAGS = (
                                         "seed: KD again with seed + k, images at another generation seed; FID, "
                                         "KID, text alignment; latency is not measured again): the report's seed "
                                         "noise, within which no domination is claimed; 1 turns it off")),
+    ("noise_source", dict(choices=("auto", "measure"), help="where the reference designs' other seeds come from: "
+                                                          "auto = bench fidelity's study "
+                                                          "(blocksearch/measured/selection-score.json) where this "
+                                                          "run's own scores reproduce it (same teacher, recipe, "
+                                                          "budget and evaluation set), else trained here; measure "
+                                                          "= always trained here")),
     ("rungs", dict(type=_step_counts, help="longer KD budgets, spent where the front is: after the search, the "
                                            "students on or within noise of the front, and the reference designs, "
                                            "continue from their KD checkpoints to each of these step counts in "

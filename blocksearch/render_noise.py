@@ -36,10 +36,13 @@ def noise_line(r: ParetoReport) -> str:
     if seeded:
         counts = sorted({n for s in seeded.values() for n in s.seeds})
         seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+        borrowed = sorted({row["from"] for t in r.trials for row in t.seed_scores if row.get("from")})
+        where = (f"; the other seeds from {', '.join(borrowed)}'s study, which this run's own scores reproduce "
+                 f"(--noise-source measure trains them here instead)" if borrowed else
+                 f", --noise-seeds {asked}" if asked else "")
         parts.append(", ".join(f"{o} ± {fmt(o, s.sigma)}" for o, s in seeded.items())
                      + f" (pooled standard deviation of one score over {max(s.designs for s in seeded.values())} "
-                       f"reference design(s) x {seeds} seeds, KD and generation"
-                       f"{f', --noise-seeds {asked}' if asked else ''})")
+                       f"reference design(s) x {seeds} seeds, KD and generation{where})")
     for o in r.objectives:
         s = r.noise[o]
         if s.source == "latency_cv":

@@ -24,11 +24,12 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.noise import quality_mask
-from blocksearch.pareto import dominates, dominates_despite_noise
+from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
@@ -67,8 +68,9 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[T
        test nothing the search found). Candidates within the cap all go on.
     3. Past the cap the reference designs stay (the comparison at the longer budget), and the searched candidates
        fill the places left by the report's non-dominated sorting rank (Deb et al. 2002, over every feasible
-       student: one that a reference design dominates ranks behind one that nothing dominates), within a rank by
-       the quality objective (the first objective that is not a cost, ``noise.COSTS``: fid, or the first stage's
+       student: one that a reference design dominates ranks behind one that nothing dominates); a rank with more
+       candidates than places left gives them by hypervolume contribution (:func:`by_contribution`), ties by the
+       quality objective (the first objective that is not a cost, ``noise.COSTS``: fid, or the first stage's
        probe score), then by trial number."""
     if not 0 < max_fraction <= 1:
         raise BlocksearchError(f"max_fraction {max_fraction}: allowed: a share of the feasible students in (0, 1]")
@@ -89,7 +91,33 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[T
         return chosen
     q = next((i for i, quality in enumerate(quality_mask(report.objectives)) if quality), 0)
     others = sorted((t for t in chosen if t.number not in refs), key=lambda t: (t.rank, points[t.number][q], t.number))
-    return sorted(kept + others[:cap - len(kept)], key=lambda t: t.number)
+    taken = list(kept)
+    for rank in sorted({t.rank for t in others}):
+        tier = [t for t in others if t.rank == rank]
+        room = cap - len(taken)
+        taken += tier if len(tier) <= room else by_contribution(tier, taken, points, room)
+        if len(taken) >= cap:
+            break
+    return sorted(taken, key=lambda t: t.number)
+
+
+def by_contribution(tier: list[TrialPoint], taken: list[TrialPoint], points: dict, room: int) -> list[TrialPoint]:
+    """``room`` of ``tier`` (in its order: quality first), greedily by hypervolume contribution to what is
+    ``taken`` (SMS-EMOA's selection, Beume et al., EJOR 2007; MO-ASHA's, Schmucker et al. 2021): each pick the
+    one that adds the most to the hypervolume of the minimised objectives, normalised to [0, 1] over all the
+    report's ranked students (``points``), reference 1.1; a tie, by the order of ``tier``. A front's best-quality
+    students are often near each other in cost: this sends its spread to the longer budget instead."""
+    everything = np.array(list(points.values()), dtype=float)
+    lower, upper = everything.min(axis=0), everything.max(axis=0)
+    picked, rest = [], list(tier)
+    base = [points[t.number] for t in taken]
+    while rest and len(picked) < room:
+        current = [*base, *(points[t.number] for t in picked)]
+        volume = normalised_hypervolume(np.array(current), lower, upper) if current else 0.0
+        gains = [normalised_hypervolume(np.array([*current, points[t.number]]), lower, upper) - volume for t in rest]
+        best = max(range(len(rest)), key=lambda i: (gains[i] > 1e-12, gains[i], -i))
+        picked.append(rest.pop(best))
+    return picked
 
 
 def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: list[str], attrs: dict,

@@ -40,7 +40,8 @@ from blocksearch.rungs import (MAX_FRACTION, check_rung_settings, check_rungs, d
                                promoted, rung_plan, rung_work)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
-from blocksearch.selection import FirstStage, first_stage
+from blocksearch.reference_noise import NOISE_SOURCES, table_of
+from blocksearch.selection import FirstStage, first_stage, read_selection
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
@@ -69,6 +70,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError(f"--max-params {cfg.max_params}: must be > 0")
     if cfg.noise_seeds < 1:
         raise BlocksearchError(f"--noise-seeds {cfg.noise_seeds}: allowed: an integer >= 1 (1: no seed noise measured)")
+    if cfg.noise_source not in NOISE_SOURCES:
+        raise BlocksearchError(f"--noise-source {cfg.noise_source!r}: allowed: {', '.join(NOISE_SOURCES)}")
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     check_stage_flags(cfg)
@@ -124,7 +127,7 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
                    checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
-                   family=bound.space.family)
+                   family=bound.space.family, reference_seeds=reference_seeds(cfg))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -133,8 +136,17 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
              "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
              "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()},
-             "noise_seeds": cfg.noise_seeds, "rungs": list(rungs), "score": cfg.score}
+             "noise_seeds": cfg.noise_seeds, "noise_source": cfg.noise_source, "rungs": list(rungs),
+             "score": cfg.score}
     return job, attrs
+
+
+def reference_seeds(cfg: SearchConfig) -> dict:
+    """bench fidelity's seed scores of the reference designs for the trials to reuse (reference_noise.py): with
+    ``--noise-source auto`` and seed noise asked for, where the study was of this run's teacher; else none."""
+    if cfg.noise_source != "auto" or cfg.noise_seeds < 2:
+        return {}
+    return table_of(read_selection(), cfg.teacher)
 
 
 # -- rungs: longer KD for the students near the front (rungs.py) ------------------------------------

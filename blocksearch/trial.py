@@ -26,6 +26,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.probe import Probe, ProbeConfig, teacher_probe
+from blocksearch.reference_noise import reproduced
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher
 
@@ -51,6 +52,9 @@ class TrialJob:
     cache_steps: int | None = None  # the teacher cache covers this many steps (the longest rung): one file for all
     score: str = "fid"  # the quality objective: fid, or a held-out probe score (probe.py; selection.py chose it)
     family: str = "unet"  # the space's denoiser family (families/base.py): how an architecture id is read
+    # bench fidelity's seed scores of the reference designs, {budget: {genome: rows}} (reference_noise.py): a
+    # reference design whose own scores they reproduce takes its other seeds from them instead of training them
+    reference_seeds: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +130,10 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
                     **kd_checkpoints(job, genome, k))
             return other
 
-        scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
+        table = job.reference_seeds.get(str(DistillConfig.from_dict(job.distill).steps), {}).get(genome.id)
+        scores = reproduced(main_row(config, values), table) if table else None
+        if scores is None:  # no study of this recipe: train and score the other seeds here
+            scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
         timings["noise_s"] = time.perf_counter() - t1
     return Outcome(values, timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]}, scores)
 
@@ -174,8 +181,7 @@ def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device
     seed + 1 would reuse all but one initial latent. The FID reference set stays the main seed's, and
     nothing seed-independent (params, latency, memory) is measured again. ``retrain(k)`` returns a Student;
     with ``probe`` its held-out probe scores are kept too (the probe's data is fixed: only KD's seed moves them)."""
-    rows = [{"seed": config.seed, "kd_seed": 0,
-             **{k: metrics[k] for k in ("fid", "alignment", "kid", *PROBE_KEYS) if metrics.get(k) is not None}}]
+    rows = [main_row(config, metrics)]
     for k in range(1, n):
         seed = config.seed + k * config.prompts
         other = retrain(k) if retrain is not None else None
@@ -189,6 +195,12 @@ def seed_scores(teacher, unet, config: EvalConfig, metrics: dict, n: int, device
             row |= {key: v for key, v in probe.score(other_unet, other.kd_pairs).items() if key in PROBE_KEYS}
         rows.append(row)
     return rows
+
+
+def main_row(config: EvalConfig, metrics: dict) -> dict:
+    """The main student's seed row: KD seed 0 at the evaluation's generation seed, the scores it has."""
+    return {"seed": config.seed, "kd_seed": 0,
+            **{k: metrics[k] for k in ("fid", "alignment", "kid", *PROBE_KEYS) if metrics.get(k) is not None}}
 
 
 def load_candidate(path: str) -> Callable:

@@ -1,5 +1,7 @@
 """rungs.py: which students go on to a longer KD budget, the rung's study and queue, the flags, the checkpoints."""
 
+from types import SimpleNamespace
+
 import optuna
 import pytest
 
@@ -8,7 +10,8 @@ from blocksearch.cli import main
 from blocksearch.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
-from blocksearch.rungs import check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted, rung_plan
+from blocksearch.rungs import (by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
+                               rung_plan)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
@@ -90,11 +93,28 @@ def test_past_the_cap_the_reference_designs_stay_then_rank_then_the_probe_score(
     # within noise of the front: the 3 reference designs and 3, 4, 5 (6 of 8 feasible); the infeasible 8 never
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3, 4, 5]
     # the cap: floor(8 / 2) = 4 = the 3 reference designs + 1. Of 3, 4, 5: rank 0 (3, 5) before rank 1 (4, though
-    # its probe_cfg 1.02 is the best: bk_base, which goes on anyway, is no worse anywhere); then probe_cfg, the
-    # quality objective (not params, the first objective): 3 (1.05) before 5 (1.1)
-    assert [t.number for t in promoted(r)] == [0, 1, 2, 3]
+    # its probe_cfg 1.02 is the best: bk_base, which goes on anyway, is no worse anywhere); one place for two of
+    # rank 0: by hypervolume contribution to the reference designs' (objectives scaled to [0, 1] over the 8 ranked,
+    # reference 1.1): 5 adds 0.054, 3 adds 0.048 -- 5 goes on although 3's probe_cfg (1.05) is better than 5's (1.1)
+    assert [t.number for t in promoted(r)] == [0, 1, 2, 5]
     assert [t.number for t in promoted(r, max_fraction=5 / 8)] == [0, 1, 2, 3, 5]
-    assert [t.number for t in promoted(r, max_fraction=0.1)] == [0, 1, 2, 3]  # never below the refs + 1
+    assert [t.number for t in promoted(r, max_fraction=0.1)] == [0, 1, 2, 5]  # never below the refs + 1
+
+
+def test_places_left_go_by_hypervolume_contribution_then_quality():
+    # two minimised objectives already in [0, 1] (the points span it), reference 1.1. Taken: 0 = (0, 1) and
+    # 1 = (1, 0). Exclusive areas: 2 = (0.1, 0.8): [0.1, 1) x [0.8, 1) = 0.18; 3 = (0.2, 0.7): 0.8 x 0.3 = 0.24;
+    # 4 = (0.8, 0.1): 0.2 x 0.9 = 0.18. 3 first; then 2 adds [0.1, 0.2) x [0.8, 1) = 0.02 and 4 adds
+    # [0.8, 1) x [0.1, 0.7) = 0.12: 4. Quality order (the tier's) would have sent 2 and 3, both at one corner.
+    points = {0: (0.0, 1.0), 1: (1.0, 0.0), 2: (0.1, 0.8), 3: (0.2, 0.7), 4: (0.8, 0.1)}
+    t = {n: SimpleNamespace(number=n) for n in points}
+    picked = by_contribution([t[2], t[3], t[4]], [t[0], t[1]], points, 2)
+    assert [p.number for p in picked] == [3, 4]
+    assert [p.number for p in by_contribution([t[2], t[3], t[4]], [t[0], t[1]], points, 1)] == [3]
+    # equal gains (here 0: both dominated by the taken 0): the tier's order decides
+    same = {0: (0.0, 0.0), 1: (1.0, 1.0), 2: (0.5, 1.0), 3: (1.0, 0.5)}
+    s = {n: SimpleNamespace(number=n) for n in same}
+    assert [p.number for p in by_contribution([s[3], s[2]], [s[0]], same, 1)] == [3]
 
 
 def test_candidates_within_the_cap_all_go_on(tmp_path):
@@ -183,3 +203,15 @@ def test_a_rung_trial_continues_the_checkpoint_below_where_there_is_one(tmp_path
     assert trial.kd_checkpoints(job, genome, 1)["resume_from"] == checkpoint_dir(below, genome.id, 1)
     plain = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1)
     assert trial.kd_checkpoints(plain, genome, 0) == {"cache_steps": None}
+
+
+def test_the_noise_line_says_where_the_other_seeds_came_from(tmp_path, monkeypatch):
+    from blocksearch.render_noise import noise_line
+
+    assert "bench fidelity" not in noise_line(_probe_report(tmp_path, PROBE_CASE))
+    borrowed = {n: [rows[0], rows[1] | {"from": "bench fidelity"}] for n, rows in PROBE_SEEDS.items()}
+    monkeypatch.setitem(globals(), "PROBE_SEEDS", borrowed)
+    (tmp_path / "b").mkdir()
+    r = _probe_report(tmp_path / "b", PROBE_CASE)
+    assert r.noise["probe_cfg"].sigma == pytest.approx(0.005 ** 0.5)  # the same rows, the same noise
+    assert "the other seeds from bench fidelity's study, which this run's own scores reproduce" in noise_line(r)

@@ -64,6 +64,25 @@ def test_noise_seeds_reach_the_search_config_the_trials_and_the_study(tmp_path, 
     assert job.noise_seeds == 3 and job.design is None and attrs["noise_seeds"] == 3
 
 
+def test_noise_source_auto_hands_the_trials_the_studys_seed_scores(tmp_path, monkeypatch, bound_and_unet, capsys):
+    from blocksearch.cli import main
+
+    record = {"teacher": "toy", "reference_seed_scores": {"120": {"g": [{"kd_seed": 0, "probe_task": 0.1}]}}}
+    monkeypatch.setattr(search, "read_selection", lambda: record)
+    job, attrs = search.trial_job(_cfg(tmp_path), bound_and_unet[0])
+    assert job.reference_seeds == record["reference_seed_scores"] and attrs["noise_source"] == "auto"
+    for off in (dict(noise_source="measure"), dict(noise_seeds=1), dict(teacher="toy-dit", space="dit_blocks")):
+        assert search.reference_seeds(_cfg(tmp_path, **off)) == {}, off
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg: seen.append(cfg))
+    assert main(["run", "--noise-source", "measure"]) == 0 and seen[0].noise_source == "measure"
+    with pytest.raises(SystemExit) as err:
+        main(["run", "--noise-source", "table"])
+    assert err.value.code == 2 and "--noise-source: invalid choice: 'table'" in capsys.readouterr().err
+    with pytest.raises(BlocksearchError, match="--noise-source 'x': allowed: auto, measure"):
+        search.resolve(SearchConfig(noise_source="x"))
+
+
 def test_bad_storage_and_address_are_one_line_errors(tmp_path):
     with pytest.raises(BlocksearchError, match="cannot open storage"):
         open_storage("sqlite:////nonexistent-dir/deeper/x.db")

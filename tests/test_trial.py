@@ -118,3 +118,25 @@ def test_a_probe_scored_trial_keeps_the_probe_at_every_kd_seed(tmp_path, monkeyp
     assert [r["kd_seed"] for r in out.seed_scores] == [0, 1]
     assert out.seed_scores[0]["probe_cfg"] == out.metrics["probe_cfg"]
     assert out.seed_scores[1]["probe_cfg"] > 0 and out.seed_scores[1]["probe_cfg"] != out.metrics["probe_cfg"]
+
+
+def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, monkeypatch):
+    """--noise-source auto: a reference design whose own scores (fid 9.0, alignment 0.4 at KD seed 0, generation
+    seed 0) equal bench fidelity's takes the study's other seeds (reference_noise.py); nothing is trained again.
+    A study that does not reproduce them (or none at this budget) leaves the trial to train them."""
+    calls = []
+    _fake_stages(monkeypatch, tmp_path, calls)
+    genome = SimpleNamespace(id="g")
+    study = {"120": {"g": [{"kd_seed": 0, "seed": 0, "fid": 9.0, "alignment": 0.4},
+                           {"kd_seed": 1, "seed": 0, "fid": 11.0, "alignment": 0.45}]}}
+    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=2, design="bk_base", reference_seeds=study)
+    out = trial._train_candidate(genome, job, lambda step, losses: None)
+    assert calls == [("kd", 0)]  # the main student only
+    assert out.seed_scores == [{"seed": 0, "kd_seed": 0, "fid": 9.0, "alignment": 0.4},
+                               {"seed": 0, "kd_seed": 1, "fid": 11.0, "alignment": 0.45, "from": "bench fidelity"}]
+    for other in ({"120": {"g": [dict(study["120"]["g"][0], fid=9.5), study["120"]["g"][1]]}},  # not reproduced
+                  {"480": study["120"]},  # another budget
+                  {}):  # no study (another teacher, or --noise-source measure)
+        calls.clear()
+        trial._train_candidate(genome, TrialJob(**{**vars(job), "reference_seeds": other}), lambda s, l: None)
+        assert calls == [("kd", 0), 2, ("kd", 1)]

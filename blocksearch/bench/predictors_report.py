@@ -27,6 +27,7 @@ from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, 
 from blocksearch.predictors import CURVE_KEYS, loao_ridge
 from blocksearch.probe import PROBE_KEYS
 from blocksearch.rank_stats import kendall_tau_ci, kendall_tau_gap, reaches
+from blocksearch.reference_noise import seed_table
 from blocksearch.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
 
@@ -347,7 +348,9 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
         record = asdict(chosen) | {"meets_target": meets, "over": "text-following architectures",
                                    "sigma_log_kd_seed": sigma(chosen), "measured_by": command,
                                    "longest": max(budgets), "text_rule": rule,
-                                   "best": None if best == chosen else asdict(best) | {"gap": gap[0], "gap_se": gap[1]}}
+                                   "best": None if best == chosen else asdict(best) | {"gap": gap[0], "gap_se": gap[1]},
+                                   "teacher": getattr(args, "teacher", "toy"),
+                                   "reference_seed_scores": seed_table(rows, probes)}
         path = selection or Path(getattr(args, "selection", SELECTION))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1, default=lambda v: None if not math.isfinite(v) else v) + "\n")
