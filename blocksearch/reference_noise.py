@@ -49,11 +49,12 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=RTOL, abs_tol=1e-12)
 
 
-def reproduced(main: Mapping, table: Iterable[dict]) -> list[dict] | None:
+def reproduced(main: Mapping, table: Iterable[dict], kd_seeds: int = 2) -> list[dict] | None:
     """The seed scores of a reference design (``main``: this run's row, KD seed 0 at its generation seed
     ``main["seed"]``, as trial.seed_scores writes it) completed from the study's ``table`` rows of the same
-    design and budget -- or None when the study does not reproduce ``main``: a score both have differs by more
-    than ``RTOL``, or they share none. The rows added carry only the scores ``main`` has, tagged ``from``."""
+    design and budget -- or None when the study does not reproduce ``main`` (a score both have differs by more
+    than ``RTOL``, or they share none) or holds fewer than ``kd_seeds`` KD seeds (``--noise-seeds``). The rows
+    added carry only the scores ``main`` has, tagged ``from``."""
     table = list(table)
     image = [k for k in IMAGE_KEYS if main.get(k) is not None]
     probe = [k for k in PROBE_KEYS if main.get(k) is not None]
@@ -74,7 +75,7 @@ def reproduced(main: Mapping, table: Iterable[dict]) -> list[dict] | None:
         scores = {k: r[k] for k in keys if r.get(k) is not None}
         if scores:
             out.append({"seed": r.get("seed", main["seed"]), "kd_seed": r["kd_seed"], **scores, "from": SOURCE})
-    return out if len(out) > 1 else None
+    return out if len(out) > 1 and len({r["kd_seed"] for r in out}) >= kd_seeds else None
 
 
 def table_of(record: Mapping | None, teacher: str) -> dict[str, dict[str, list[dict]]]:

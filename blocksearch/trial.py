@@ -131,7 +131,7 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
             return other
 
         table = job.reference_seeds.get(str(DistillConfig.from_dict(job.distill).steps), {}).get(genome.id)
-        scores = reproduced(main_row(config, values), table) if table else None
+        scores = reproduced(main_row(config, values), table, job.noise_seeds) if table else None
         if scores is None:  # no study of this recipe: train and score the other seeds here
             scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
         timings["noise_s"] = time.perf_counter() - t1

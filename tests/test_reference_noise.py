@@ -34,6 +34,7 @@ def test_a_reproduced_run_takes_the_studys_other_seeds_with_only_its_own_scores(
     rows = reproduced(main, table["480"]["g"])
     assert rows == [main, {"seed": 1, "kd_seed": 0, "fid": 70.0, "kid": 300.0, "alignment": 0.55, "from": SOURCE},
                     {"seed": 0, "kd_seed": 1, "fid": 85.0, "kid": 550.0, "alignment": 0.57, "from": SOURCE}]
+    assert reproduced(main, table["480"]["g"], kd_seeds=3) is None  # --noise-seeds 3: the study has 2 KD seeds
     # a first stage scored by the probe alone: the probe's other KD seed, no image score
     probe_main = {"seed": 0, "kd_seed": 0, "probe_task": 0.1259}
     assert reproduced(probe_main, table["120"]["g"]) == [

@@ -140,3 +140,6 @@ def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, 
         calls.clear()
         trial._train_candidate(genome, TrialJob(**{**vars(job), "reference_seeds": other}), lambda s, l: None)
         assert calls == [("kd", 0), 2, ("kd", 1)]
+    calls.clear()  # --noise-seeds 3: the study's 2 KD seeds are too few
+    trial._train_candidate(genome, TrialJob(**{**vars(job), "noise_seeds": 3}), lambda s, l: None)
+    assert calls == [("kd", 0), 3, ("kd", 1)]
