@@ -38,7 +38,8 @@ DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
 # (score: the objectives already name the first-stage score, and existing_study compares them)
-NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "noise_source", "rungs", "score",
+NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "noise_source",
+                          "rungs", "score",
                           "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
                           "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"

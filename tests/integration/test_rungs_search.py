@@ -53,6 +53,9 @@ def test_the_students_near_the_front_go_on_to_a_longer_budget(tiny_teacher, tmp_
     assert (tmp_path / "reports" / "r@6" / "index.html").is_file() and (tmp_path / "reports" / "r" / "index.html").is_file()
     assert "A rung of study `r`**: every student here trained 6 KD steps" in (tmp_path / "reports" / "r@6" / "README.md").read_text()
     assert "continue to longer budgets in `r@6`" in (tmp_path / "reports" / "r" / "README.md").read_text()
+    # the rung's report has the teacher's row too (its scores were measured once, in the study below)
+    assert rung.user_attrs["teacher_metrics"] == base.user_attrs["teacher_metrics"]
+    assert "| teacher |" in (tmp_path / "reports" / "r@6" / "README.md").read_text()
 
     # the continued student (2 steps, checkpoint, 4 more) is the straight 6-step run's
     tiny = next(t for t in done if t.user_attrs.get("design") == "bk_tiny")
