@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 import blocksearch.bench.search as B
 from blocksearch.bench.fidelity import (ATTENTION_FREE, MIX_CELLS, SPREAD, Arch, choose_architectures, mix_cell, pending,
-                                        pick_random, random_genomes)
+                                        pending_ladders, pick_random, random_genomes)
 from blocksearch.cli import main
 from blocksearch.space import Genome, load_space
 from blocksearch.teachers import topology_of
@@ -84,6 +84,15 @@ def test_pending_leaves_out_what_is_done():
     rows = [dict(genome="A", budget=b, seed=s) for b in (0, 5) for s in (0, 1)] + [dict(genome="B", budget=5, seed=1)]
     work = pending(archs, [5, 0], [0, 1], rows)
     assert [(a.genome, todo) for a, todo in work] == [("B", [(0, [0, 1]), (5, [0])])]
+
+
+def test_more_kd_seeds_climb_the_studied_architectures_only():
+    archs = [Arch("A", None, "random", 1, 1), Arch("N", None, "named", 1, 1)]
+    rows = [dict(genome=g, budget=b, seed=s) for g in "AN" for b in (0, 5) for s in (0, 1)]
+    work = pending_ladders(archs, [0, 5], [0, 1], rows, kd_seeds=[0, 1])
+    # A's KD seed 1 climbs to 5 (no budget 0: surgery has no KD seed) at the first generation seed; --also's N none
+    assert [(a.genome, k, todo) for a, k, todo in work] == [("A", 1, [(5, [0], False)])]
+    assert pending_ladders(archs, [0, 5], [0, 1], [], kd_seeds=[0, 1])[-1][:2] == (archs[1], 0)
 
 
 @pytest.fixture

@@ -223,12 +223,14 @@ def pending_ladders(archs: list[Arch], budgets: list[int], seeds: list[int], row
     """Per (architecture, KD seed), the (budget, [generation seeds to score], probe?) not done yet, budgets
     ascending. KD seeds other than the first climb only ``extra_budgets`` (default: every budget) above 0 and
     are scored at the first generation seed (the KD-seed spread compares students at the same generation
-    seed); rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded)."""
+    seed); rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded). ``--also``'s architectures
+    (source "named") climb the first KD seed only: they are out of the tau study and its KD-seed noise, so an
+    extension run with more KD seeds does not train them again."""
     done = {(r["genome"], r.get("kd_seed", 0), r["budget"], r["seed"]) for r in rows}
     probed = {(r["genome"], r.get("kd_seed", 0), r["budget"]) for r in probes}
     work = []
     for arch in archs:
-        for k in kd_seeds:
+        for k in kd_seeds[:1] if arch.source == "named" else kd_seeds:
             first = k == kd_seeds[0]  # other KD seeds: no budget 0 (surgery alone has no KD seed), generation seed 1st
             ladder = [b for b in budgets if first or (b > 0 and (extra_budgets is None or b in extra_budgets))]
             todo = [(b, [s for s in (seeds if first else seeds[:1]) if (arch.genome, k, b, s) not in done],
