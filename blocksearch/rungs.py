@@ -115,7 +115,7 @@ def by_contribution(tier: list[TrialPoint], taken: list[TrialPoint], points: dic
         current = [*base, *(points[t.number] for t in picked)]
         volume = normalised_hypervolume(np.array(current), lower, upper) if current else 0.0
         gains = [normalised_hypervolume(np.array([*current, points[t.number]]), lower, upper) - volume for t in rest]
-        best = max(range(len(rest)), key=lambda i: (gains[i] > 1e-12, gains[i], -i))
+        best = max(range(len(rest)), key=lambda i: (round(gains[i], 12), -i))  # float dust is a tie
         picked.append(rest.pop(best))
     return picked
 

@@ -163,7 +163,7 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
               f"{MAX_FRACTION:.0%} of the feasible (never fewer than the reference designs and one searched "
               f"student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
-        teacher = optuna.load_study(study_name=cfg.study, storage=storage).user_attrs.get("teacher_metrics")
+        teacher = report.attrs.get("teacher_metrics")  # measured once, on the base study; each rung passes it on
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives],
                              attrs | ({"teacher_metrics": teacher} if teacher else {}), chosen, bound)
         running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on

@@ -103,8 +103,9 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     teacher = cached_teacher(job.teacher, job.device)
     student = build_student(teacher.unet, genome)
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
+    settings = DistillConfig.from_dict(job.distill)
     with logged(report, Path(job.students_dir) / genome.id / LOSSES_FILE) as on_step:
-        kd = distill(teacher, student, DistillConfig.from_dict(job.distill), device=job.device, on_step=on_step,
+        kd = distill(teacher, student, settings, device=job.device, on_step=on_step,
                      progress=False, **kd_checkpoints(job, genome, 0))
     out = Path(job.students_dir) / genome.id / get_family(job.family).subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
@@ -125,12 +126,12 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
 
         def retrain(k: int):  # the same architecture and recipe, KD seed + k
             other = build_student(teacher.unet, genome)
-            settings = job.distill | {"seed": int(job.distill.get("seed", 0)) + k}
-            distill(teacher, other, DistillConfig.from_dict(settings), device=job.device, progress=False,
+            seeded = job.distill | {"seed": int(job.distill.get("seed", 0)) + k}
+            distill(teacher, other, DistillConfig.from_dict(seeded), device=job.device, progress=False,
                     **kd_checkpoints(job, genome, k))
             return other
 
-        table = job.reference_seeds.get(str(DistillConfig.from_dict(job.distill).steps), {}).get(genome.id)
+        table = job.reference_seeds.get(str(settings.steps), {}).get(genome.id)
         scores = reproduced(main_row(config, values), table, job.noise_seeds) if table else None
         if scores is None:  # no study of this recipe: train and score the other seeds here
             scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
