@@ -226,6 +226,11 @@ RUN_FLAGS = (
                                                           "run's own scores reproduce it (same teacher, recipe, "
                                                           "budget and evaluation set), else trained here; measure "
                                                           "= always trained here")),
+    ("rung_references", dict(choices=("open", "all"), help="which reference designs each rung continues besides "
+                                                           "the students near the front: open = those no "
+                                                           "searched student dominates on quality beyond noise "
+                                                           "in the study below (a settled comparison is not "
+                                                           "trained again), all = every one (default: open)")),
     ("rungs", dict(type=_step_counts, help="longer KD budgets, spent where the front is: after the search, the "
                                            "students on or within noise of the front, and the reference designs, "
                                            "continue from their KD checkpoints to each of these step counts in "

@@ -104,7 +104,12 @@ def reference_md(r: ParetoReport) -> list[str]:
     lines += [noise_line(r), ""]
     for name, genome in r.reference_designs.items():
         if name not in r.reference_trials:
-            lines.append(f"- **{name}** (`{genome}`): no completed trial.")
+            stopped = {below: by[name] for below, by in (r.attrs.get("stopped_references") or {}).items()
+                       if name in by}
+            lines.append(next((f"- **{name}** (`{genome}`): not trained to this budget: `{below}` settled it, a "
+                               f"searched design (trial(s) {', '.join(map(str, by))} there) dominates it on "
+                               f"quality beyond noise (`--rung-references all` continues it anyway)."
+                               for below, by in stopped.items()), f"- **{name}** (`{genome}`): no completed trial."))
             continue
         t = r.trial(r.reference_trials[name])
         values = ", ".join(f"{o} {with_spread(r, o, v)}" for o, v in zip(r.objectives, t.values))

@@ -53,16 +53,36 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
 
 
 MAX_FRACTION = 0.5  # a rung takes at most this share of the feasible students below it (reference designs included)
+REFERENCES = ("open", "all")  # run --rung-references: which reference designs a rung always continues
 
 
-def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[TrialPoint]:
+def settled(report: ParetoReport) -> set[int]:
+    """The reference designs' trials whose comparison this study already settles: a searched student dominates
+    them beyond noise *on quality* (``pareto.claim``: better beyond noise in a quality objective, worse beyond
+    noise in none) at the study's budget. Training them longer would re-test a verdict already reached on the
+    stage's own noise; the rung's places go to what is still open (the default, ``--rung-references open``)."""
+    return {d.reference_trial for d in report.dominations if d.beyond_noise and d.kind == "quality"}
+
+
+def stopped_references(report: ParetoReport, chosen: list[TrialPoint]) -> dict[str, list[int]]:
+    """The reference designs of ``report`` that ``chosen`` leaves behind because the study settled them
+    (:func:`settled`): name -> the searched trials that dominate it on quality beyond noise."""
+    numbers = {t.number for t in chosen}
+    return {name: sorted({d.searched for d in report.dominations if d.reference_trial == n and d.beyond_noise
+                          and d.kind == "quality"})
+            for name, n in report.reference_trials.items() if n in settled(report) and n not in numbers}
+
+
+def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, references: str = "open") -> list[TrialPoint]:
     """The students of ``report`` that go on to the next rung, by trial number: successive halving's cut
     (Jamieson & Talwalkar, AISTATS 2016) on noisy scores.
 
-    1. Candidates: the reference designs' students, and every feasible completed student on or within noise of
-       the front: one that no other dominates even with both moved by their noise margins
+    1. Candidates: the reference designs' students that the study left open (``references`` "open": not
+       :func:`settled`; "all": every one), and every feasible completed student on or within noise of the
+       front: one that no other dominates even with both moved by their noise margins
        (``pareto.dominates_despite_noise``, on the noise measured for each objective, the first-stage score's
-       included; any objective's noise unmeasured: the plain front).
+       included; any objective's noise unmeasured: the plain front). A settled reference design is an ordinary
+       student here: it goes on only from within noise of the front.
     2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, but never
        below the reference designs plus one searched student (a rung that re-trained the baselines alone would
        test nothing the search found). Candidates within the cap all go on.
@@ -83,7 +103,9 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION) -> list[T
         return any(m != n and (dominates_despite_noise(p, points[n], sigmas) if known else dominates(p, points[n]))
                    for m, p in points.items())
 
-    refs = set(report.reference_trials.values())
+    if references not in REFERENCES:
+        raise BlocksearchError(f"--rung-references {references!r}; allowed: {', '.join(REFERENCES)}")
+    refs = set(report.reference_trials.values()) - (settled(report) if references == "open" else set())
     chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
     kept = [t for t in chosen if t.number in refs]
     cap = max(math.floor(max_fraction * len(report.ranked) + 1e-9), len(kept) + 1)
@@ -182,13 +204,14 @@ def check_rung_settings(storage, plan) -> None:
 def rung_work(storage, plan) -> bool:
     """Is a promoted student of some rung not trained yet (or the rung not started)? Reads only."""
     names = set(optuna.study.get_all_study_names(storage=storage))
-    for name, below, _, _ in plan:
+    for name, below, _, attrs in plan:
         if name not in names or below not in names:
             return below in names
         rung = optuna.load_study(study_name=name, storage=storage)
         trained = {t.user_attrs.get("genome") for t in rung.get_trials(deepcopy=False)
                    if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
-        chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)))
+        chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)),
+                          references=attrs.get("rung_references", "open"))
         if any(t.genome not in trained for t in chosen):
             return True
     return False

@@ -36,8 +36,8 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
-from blocksearch.rungs import (MAX_FRACTION, check_rung_settings, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
-                               promoted, rung_plan, rung_work)
+from blocksearch.rungs import (MAX_FRACTION, REFERENCES, check_rung_settings, check_rungs, default_rungs,
+                               drop_checkpoints, prepare_rung, promoted, rung_plan, rung_work, stopped_references)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.reference_noise import NOISE_SOURCES, table_of
@@ -72,6 +72,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError(f"--noise-seeds {cfg.noise_seeds}: allowed: an integer >= 1 (1: no seed noise measured)")
     if cfg.noise_source not in NOISE_SOURCES:
         raise BlocksearchError(f"--noise-source {cfg.noise_source!r}: allowed: {', '.join(NOISE_SOURCES)}")
+    if cfg.rung_references not in REFERENCES:
+        raise BlocksearchError(f"--rung-references {cfg.rung_references!r}: allowed: {', '.join(REFERENCES)}")
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     check_stage_flags(cfg)
@@ -137,7 +139,7 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None) -> tuple[
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
              "command": cfg.command, "reference_designs": {n: g.id for n, g in bound.named_designs().items()},
              "noise_seeds": cfg.noise_seeds, "noise_source": cfg.noise_source, "rungs": list(rungs),
-             "score": cfg.score}
+             "rung_references": cfg.rung_references, "score": cfg.score}
     return job, attrs
 
 
@@ -156,16 +158,22 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
     study, continue them from their KD checkpoints on Ray Tune, and free the checkpoints nobody continues."""
     for name, below, job, attrs in plan:
         report = build_report(optuna.load_study(study_name=below, storage=storage))
-        chosen = promoted(report)
+        chosen = promoted(report, references=cfg.rung_references)
+        stopped = stopped_references(report, chosen)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
+        refs = ("the reference designs it left open" if cfg.rung_references == "open" else "the reference designs")
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
-              f"{below!r} go on from their KD checkpoints -- the reference designs and the students {rule}, at most "
-              f"{MAX_FRACTION:.0%} of the feasible (never fewer than the reference designs and one searched "
+              f"{below!r} go on from their KD checkpoints -- {refs} and the students {rule}, at most "
+              f"{MAX_FRACTION:.0%} of the feasible (never fewer than those reference designs and one searched "
               f"student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
+        for ref, by in stopped.items():
+            print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
+                  f"{', '.join(map(str, by))} (--rung-references all continues it anyway)", file=out)
         teacher = report.attrs.get("teacher_metrics")  # measured once, on the base study; each rung passes it on
+        extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: stopped}}
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives],
-                             attrs | ({"teacher_metrics": teacher} if teacher else {}), chosen, bound)
+                             attrs | extra, chosen, bound)
         running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on
         stopped, freed = drop_checkpoints(job.resume_dir, {t.genome for t in chosen} | running)
         if stopped:

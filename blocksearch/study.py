@@ -39,7 +39,7 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them
 # (score: the objectives already name the first-stage score, and existing_study compares them)
 NOT_COMPARED = frozenset({"command", "device", "space_path", "reference_designs", "noise_seeds", "noise_source",
-                          "rungs", "score",
+                          "rungs", "rung_references", "score",
                           "distill.cache_dir", "distill.teacher_cache", "distill.cache_gb", "eval.cache_dir",
                           "eval.batch_size"})
 RUNS_DIR, DB_FILE = "runs", "blocksearch.db"
@@ -92,6 +92,7 @@ class SearchConfig:
     latency_repeats: int | None = None  # timed repeats of a latency measurement (None: EvalConfig's, settings.LATENCY_REPEATS)
     noise_seeds: int = 2  # (KD, generation) seeds per reference design: the report's seed noise (1: off)
     noise_source: str = "auto"  # auto: bench fidelity's seed scores where this run reproduces them; measure: train
+    rung_references: str = "open"  # open: a rung continues the reference designs the study below left open; all
     rungs: tuple[int, ...] | None = None  # longer KD budgets for the students near the front (None: rungs.default_rungs)
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials

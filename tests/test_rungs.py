@@ -10,8 +10,9 @@ from blocksearch.cli import main
 from blocksearch.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
+from blocksearch.render_noise import reference_md
 from blocksearch.rungs import (by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               rung_plan)
+                               rung_plan, settled, stopped_references)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
@@ -46,11 +47,16 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     # noise is out, so it goes on; trial 4 (13, 120, 11) is dominated by bk_base even with the margins: it stops.
     r = _report(tmp_path, NOISE_CASE, SEED_SCORES)
     assert r.noise_measured and r.front == (5, 3, 1)
-    assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3, 5]
+    assert [t.number for t in promoted(r, max_fraction=1.0, references="all")] == [0, 1, 2, 3, 5]
     # at most half of the 6 feasible (3): bk_base, bk_small, then by non-dominated rank among 2, 3, 5 (5 dominates
     # 2: rank 0 is {3, 5}) and within the rank the better FID (5: 7.5 before 3: 11)
-    assert [t.number for t in promoted(r)] == [0, 1, 5]
-    assert [t.number for t in promoted(r, max_fraction=4 / 6)] == [0, 1, 3, 5]
+    assert [t.number for t in promoted(r, references="all")] == [0, 1, 5]
+    assert [t.number for t in promoted(r, max_fraction=4 / 6, references="all")] == [0, 1, 3, 5]
+    # the default (open): trial 5 dominates bk_base on quality beyond noise (FID 7.5 vs 10, margin 2), which
+    # settles bk_base; bk_base is then an ordinary student, beaten even with the margins by 5: it stops, and its
+    # place goes to trial 3 (rank 0 with 5)
+    assert [t.number for t in promoted(r, max_fraction=1.0)] == [1, 2, 3, 5]
+    assert [t.number for t in promoted(r)] == [1, 3, 5]
 
 
 # A first stage ranked by a probe score: objectives (params, probe_cfg, latency_ms), the quality objective second.
@@ -126,6 +132,44 @@ def test_candidates_within_the_cap_all_go_on(tmp_path):
     assert 8 not in {t.number for t in r.ranked}
 
 
+def test_a_reference_design_settled_on_quality_stops_unless_all_are_asked_for(tmp_path):
+    # trial 9 = (78, 0.86, 7.9) against bk_small (80, 1.2, 8.0): probe_cfg better by 0.34 > the 0.2 margin, no
+    # worse in params or latency: a claim on quality, so bk_small's comparison is settled. Against bk_base (100, 1.0,
+    # 10) its probe_cfg is better by 0.14, within noise: a claim on cost only, which settles nothing. Trial 9 also
+    # beats trial 5 (85, 1.1, 8.5) even with the margins (0.86 + 0.2 <= 1.1), so 5 stops; not 3 (1.06 > 1.05).
+    r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)])
+    kinds = {(d.searched, d.reference): d.kind for d in r.dominations if d.beyond_noise}
+    assert kinds[(9, "bk_small")] == "quality" and kinds[(9, "bk_base")] == "cost only"
+    assert settled(r) == {1}
+    assert [t.number for t in promoted(r, max_fraction=1.0, references="all")] == [0, 1, 2, 3, 4, 9]
+    opened = promoted(r, max_fraction=1.0)  # the default: open
+    assert [t.number for t in opened] == [0, 2, 3, 4, 9]
+    assert stopped_references(r, opened) == {"bk_small": [9]}
+    assert stopped_references(r, promoted(r, max_fraction=1.0, references="all")) == {}
+    # the cap, floor(9 / 2) = 4: bk_base, bk_tiny and two searched of 3, 4, 9 -- rank 0 (3, 9) before 4 (rank 1:
+    # bk_base dominates it on raw values); with every reference design kept only one searched place is left
+    assert [t.number for t in promoted(r)] == [0, 2, 3, 9]
+    assert [t.number for t in promoted(r, references="all")] == [0, 1, 2, 9]
+    with pytest.raises(BlocksearchError, match="--rung-references 'some'; allowed: open, all"):
+        promoted(r, references="some")
+
+
+def test_a_rung_report_says_which_reference_design_the_study_below_settled(tmp_path):
+    url = f"sqlite:///{tmp_path / 'rung.db'}"
+    study = optuna.create_study(study_name="s@480", storage=url, directions=["minimize"] * 3)
+    study.set_metric_names(["fid", "params", "latency_ms"])
+    study.set_user_attr("reference_designs", BK)
+    study.set_user_attr("stopped_references", {"s": {"bk_base": [5, 9]}})
+    for i, (name, values) in enumerate([("bk_small", (30.0, 4.8e6, 19.0)), ("bk_tiny", (28.0, 3.2e6, 17.0))]):
+        study.add_trial(optuna.trial.create_trial(
+            values=values, params={"x": float(i)}, distributions={"x": optuna.distributions.FloatDistribution(0, 9)},
+            user_attrs={"genome": BK[name], "design": name}))
+    text = "\n".join(reference_md(build_report(study, url)))
+    assert ("- **bk_base** (`L1-1-1-1_T1-1-1-0_Mattn`): not trained to this budget: `s` settled it, a searched design "
+            "(trial(s) 5, 9 there) dominates it on quality beyond noise") in text
+    assert "**bk_small** (trial 0" in text and "no completed trial" not in text
+
+
 def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
     assert default_rungs(120) == (480,) and default_rungs(0) == ()
     assert check_rungs((480, 1920), 120) == (480, 1920)
@@ -134,9 +178,12 @@ def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
             check_rungs(bad, 120)
     seen = []
     monkeypatch.setattr(search, "run_search", lambda cfg: seen.append(cfg))
-    for args in (["--rungs", "480,1920"], ["--rungs", "none"], ["--rungs", "0"], []):
+    for args in (["--rungs", "480,1920"], ["--rungs", "none"], ["--rungs", "0"], [], ["--rung-references", "all"]):
         assert main(["run", *args]) == 0
-    assert [cfg.rungs for cfg in seen] == [(480, 1920), (), (), None]
+    assert [cfg.rungs for cfg in seen] == [(480, 1920), (), (), None, None]
+    assert [cfg.rung_references for cfg in seen[-2:]] == ["open", "all"]
+    with pytest.raises(BlocksearchError, match="--rung-references 'x': allowed: open, all"):
+        search.resolve(SearchConfig(runs_dir=str(tmp_path), rung_references="x"))
     with pytest.raises(SystemExit) as exit_info:  # argparse's own error: usage, then one line
         main(["run", "--rungs", "lots"])
     assert exit_info.value.code == 2

@@ -8,7 +8,7 @@ import torch
 from blocksearch.cli import main
 from blocksearch.distill import DistillConfig, distill
 from blocksearch.report import build_report
-from blocksearch.rungs import promoted
+from blocksearch.rungs import promoted, stopped_references
 from blocksearch.space import Genome
 from blocksearch.study import counts
 from blocksearch.families.unet import build_student
@@ -35,8 +35,11 @@ def test_the_students_near_the_front_go_on_to_a_longer_budget(tiny_teacher, tmp_
     assert base.metric_names[0] == base.user_attrs["score"] == read_selection()["predictor"]
     assert rung.metric_names[0] == rung.user_attrs["score"] == "fid"
     assert all(t.user_attrs["metrics"]["fid"] is None for t in base.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    chosen = {t.number: t for t in promoted(build_report(base))}
-    assert {t.design for t in chosen.values()} >= {"bk_base", "bk_small", "bk_tiny"}
+    report = build_report(base)
+    chosen = {t.number: t for t in promoted(report)}
+    stopped = stopped_references(report, list(chosen.values()))  # settled below: not trained again (open)
+    assert {t.design for t in chosen.values()} | set(stopped) >= {"bk_base", "bk_small", "bk_tiny"}
+    assert rung.user_attrs["stopped_references"] == {"r": stopped}
     done = rung.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.user_attrs["promoted_from"] for t in done) == sorted(chosen), out
     for t in done:
