@@ -27,10 +27,15 @@ def noise_line(r: ParetoReport) -> str:
     seeded = {o: s for o, s in r.noise.items() if s.source == "seeds"}
     unknown = [o for o in r.objectives if r.noise.get(o) is None or r.noise[o].sigma is None]
     asked = r.attrs.get("noise_seeds")
+    stopped = sorted({n for by in (r.attrs.get("stopped_references") or {}).values() for n in by})
+    carried = sorted(r.attrs.get("carried_noise") or {})
     if unknown:
-        return (f"Seed noise: not measured for {', '.join(unknown)} (no reference design was scored at two or more "
-                f"seeds{f'; the study asked for {asked}' if asked else ''}: `blocksearch run "
-                f"--noise-seeds 2` scores them in a new study). Dominance below is on raw values "
+        why = (f"the reference designs {', '.join(stopped)} were settled at the study below and not trained to this "
+               f"budget, and no study of this recipe gave their seeds here: `--rung-references all` trains them"
+               if stopped and not r.reference_trials else
+               f"no reference design was scored at two or more seeds{f'; the study asked for {asked}' if asked else ''}"
+               f": `blocksearch run --noise-seeds 2` scores them in a new study")
+        return (f"Seed noise: not measured for {', '.join(unknown)} ({why}). Dominance below is on raw values "
                 f"(noise not measured): a small difference may be seed noise.")
     parts = []
     if seeded:
@@ -40,6 +45,9 @@ def noise_line(r: ParetoReport) -> str:
         where = (f"; the other seeds from {', '.join(borrowed)}'s study, which this run's own scores reproduce "
                  f"(--noise-source measure trains them here instead)" if borrowed else
                  f", --noise-seeds {asked}" if asked else "")
+        if carried:
+            where += (f"; {', '.join(carried)}: settled at the study below and not trained here, every seed from "
+                      f"bench fidelity's study at this budget, whose scores this run reproduced at the study below")
         parts.append(", ".join(f"{o} ± {fmt(o, s.sigma)}" for o, s in seeded.items())
                      + f" (pooled standard deviation of one score over {max(s.designs for s in seeded.values())} "
                        f"reference design(s) x {seeds} seeds, KD and generation{where})")

@@ -146,7 +146,10 @@ def build_report(study: optuna.Study, storage: str = "", reference_point=None) -
     ref_trials = _reference_trials(trials, ref_designs)
     ref, hv, ref_hv = _hypervolumes(by_number, front, ref_trials, sign, reference_point)
     refs = {name: next(t for t in trials if t.number == n) for name, n in ref_trials.items()}
-    noise = estimate_noise({k: t.metrics for k, t in refs.items()}, {k: t.seed_scores for k, t in refs.items()},
+    # a rung's reference designs settled below and not trained here: their seed scores from bench fidelity's study
+    carried = {k: v for k, v in (attrs.get("carried_noise") or {}).items() if k not in refs}
+    noise = estimate_noise({k: t.metrics for k, t in refs.items()} | {k: v["metrics"] for k, v in carried.items()},
+                           {k: t.seed_scores for k, t in refs.items()} | {k: v["seed_scores"] for k, v in carried.items()},
                            dict.fromkeys((*objectives, *NOISY)))
     searched = [t for t in trials if t.number in by_number and _is_searched(t, ref_designs)]
     dominations = tuple(d for name, n in ref_trials.items() for t in searched

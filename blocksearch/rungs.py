@@ -29,6 +29,7 @@ import optuna
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.noise import quality_mask
+from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
@@ -52,7 +53,10 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
     return rungs
 
 
-MAX_FRACTION = 0.5  # a rung takes at most this share of the feasible students below it (reference designs included)
+# A rung takes at most this share of the feasible students below it (reference designs included): 1 / RUNG_FACTOR,
+# Hyperband's coupling (Li et al., JMLR 2018; eta = 4 as in ASHA's experiments): a rung's students x its budget is
+# the stage's below, so each rung costs about as much KD as the first stage.
+MAX_FRACTION = 1 / RUNG_FACTOR
 REFERENCES = ("open", "all")  # run --rung-references: which reference designs a rung always continues
 
 
@@ -71,6 +75,27 @@ def stopped_references(report: ParetoReport, chosen: list[TrialPoint]) -> dict[s
     return {name: sorted({d.searched for d in report.dominations if d.reference_trial == n and d.beyond_noise
                           and d.kind == "quality"})
             for name, n in report.reference_trials.items() if n in settled(report) and n not in numbers}
+
+
+def carried_noise(report: ParetoReport, stopped: dict[str, list[int]], table: dict, steps: int) -> dict[str, dict]:
+    """For the reference designs that stop below (``stopped``): what the rung's noise needs of them, where this run
+    reproduced ``bench fidelity``'s study at the stage below (their seed rows there came ``from`` it,
+    reference_noise.py): the study's seed scores of each at the rung's ``steps`` (``table``: the trials'
+    ``reference_seeds``) and its latency measurement (the same architecture's, cached). So a rung that trains no
+    reference design still states the seed noise of its FID. Name -> {genome, metrics, seed_scores}."""
+    out = {}
+    for name in stopped:
+        t = report.trial(report.reference_trials[name])
+        rows = table.get(str(steps), {}).get(t.genome) or []
+        if not any(r.get("from") == SOURCE for r in t.seed_scores) or not rows:
+            continue
+        image = [{"seed": r["seed"], "kd_seed": r["kd_seed"], **{k: r[k] for k in IMAGE_KEYS if r.get(k) is not None},
+                  "from": SOURCE} for r in rows if "seed" in r]
+        latency = {k: t.metrics[k] for k in ("latency_ms", "latency_cv") if t.metrics.get(k) is not None}
+        how = (t.metrics.get("measured") or {}).get("latency")
+        out[name] = {"genome": t.genome, "seed_scores": image,
+                     "metrics": latency | ({"measured": {"latency": how}} if how else {})}
+    return out
 
 
 def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, references: str = "open") -> list[TrialPoint]:

@@ -37,7 +37,8 @@ from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
 from blocksearch.rungs import (MAX_FRACTION, REFERENCES, check_rung_settings, check_rungs, default_rungs,
-                               drop_checkpoints, prepare_rung, promoted, rung_plan, rung_work, stopped_references)
+                               carried_noise, drop_checkpoints, prepare_rung, promoted, rung_plan, rung_work,
+                               stopped_references)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.reference_noise import NOISE_SOURCES, table_of
@@ -171,7 +172,9 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
             print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
                   f"{', '.join(map(str, by))} (--rung-references all continues it anyway)", file=out)
         teacher = report.attrs.get("teacher_metrics")  # measured once, on the base study; each rung passes it on
-        extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: stopped}}
+        carried = carried_noise(report, stopped, job.reference_seeds, job.distill["steps"])
+        extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: stopped},
+                                                                    "carried_noise": carried}
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives],
                              attrs | extra, chosen, bound)
         running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on

@@ -10,9 +10,9 @@ from blocksearch.cli import main
 from blocksearch.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
-from blocksearch.render_noise import reference_md
-from blocksearch.rungs import (by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               rung_plan, settled, stopped_references)
+from blocksearch.render_noise import noise_line, reference_md
+from blocksearch.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
+                               carried_noise, rung_plan, settled, stopped_references)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
@@ -56,7 +56,9 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     # settles bk_base; bk_base is then an ordinary student, beaten even with the margins by 5: it stops, and its
     # place goes to trial 3 (rank 0 with 5)
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [1, 2, 3, 5]
-    assert [t.number for t in promoted(r)] == [1, 3, 5]
+    assert [t.number for t in promoted(r, max_fraction=0.5)] == [1, 3, 5]
+    # the default cap, a quarter (1 / RUNG_FACTOR): floor(6 / 4) = 1, raised to bk_small + one searched: the best, 5
+    assert MAX_FRACTION == 1 / RUNG_FACTOR == 0.25 and [t.number for t in promoted(r)] == [1, 5]
 
 
 # A first stage ranked by a probe score: objectives (params, probe_cfg, latency_ms), the quality objective second.
@@ -76,7 +78,7 @@ PROBE_CASE = [((100.0, 1.0, 10.0), True),  # 0 bk_base
               ((50.0, 0.5, 5.0), False)]  # 8 infeasible: it would dominate every other
 
 
-def _probe_report(tmp_path, case):
+def _probe_report(tmp_path, case, seeds=None):
     url = f"sqlite:///{tmp_path / 'probe.db'}"
     study = optuna.create_study(study_name="probe", storage=url, directions=["minimize"] * 3)
     study.set_metric_names(["params", "probe_cfg", "latency_ms"])
@@ -85,7 +87,7 @@ def _probe_report(tmp_path, case):
     for i, (values, feasible) in enumerate(case):
         ua = {"genome": f"g{i}", "metrics": {"params": values[0], "latency_ms": values[2], "latency_cv": 0.0}}
         if f"g{i}" in names:
-            ua |= {"design": names[f"g{i}"], "seed_scores": PROBE_SEEDS.get(names[f"g{i}"], [])}
+            ua |= {"design": names[f"g{i}"], "seed_scores": (seeds or PROBE_SEEDS).get(names[f"g{i}"], [])}
         study.add_trial(optuna.trial.create_trial(
             values=values, params={"x": float(i)}, distributions={"x": optuna.distributions.FloatDistribution(0, 99)},
             user_attrs=ua, constraints={"max_params": 0.0 if feasible else 1.0}))
@@ -146,10 +148,12 @@ def test_a_reference_design_settled_on_quality_stops_unless_all_are_asked_for(tm
     assert [t.number for t in opened] == [0, 2, 3, 4, 9]
     assert stopped_references(r, opened) == {"bk_small": [9]}
     assert stopped_references(r, promoted(r, max_fraction=1.0, references="all")) == {}
-    # the cap, floor(9 / 2) = 4: bk_base, bk_tiny and two searched of 3, 4, 9 -- rank 0 (3, 9) before 4 (rank 1:
-    # bk_base dominates it on raw values); with every reference design kept only one searched place is left
-    assert [t.number for t in promoted(r)] == [0, 2, 3, 9]
-    assert [t.number for t in promoted(r, references="all")] == [0, 1, 2, 9]
+    # a cap of half, floor(9 / 2) = 4: bk_base, bk_tiny and two searched of 3, 4, 9 -- rank 0 (3, 9) before 4
+    # (rank 1: bk_base dominates it on raw values); with every reference design kept one searched place is left
+    assert [t.number for t in promoted(r, max_fraction=0.5)] == [0, 2, 3, 9]
+    assert [t.number for t in promoted(r, max_fraction=0.5, references="all")] == [0, 1, 2, 9]
+    # the default quarter: floor(9 / 4) = 2, raised to the 2 open reference designs + one searched (9)
+    assert [t.number for t in promoted(r)] == [0, 2, 9]
     with pytest.raises(BlocksearchError, match="--rung-references 'some'; allowed: open, all"):
         promoted(r, references="some")
 
@@ -168,6 +172,46 @@ def test_a_rung_report_says_which_reference_design_the_study_below_settled(tmp_p
     assert ("- **bk_base** (`L1-1-1-1_T1-1-1-0_Mattn`): not trained to this budget: `s` settled it, a searched design "
             "(trial(s) 5, 9 there) dominates it on quality beyond noise") in text
     assert "**bk_small** (trial 0" in text and "no completed trial" not in text
+
+
+def test_a_rung_without_reference_designs_takes_their_seed_noise_from_the_study_the_run_reproduced(tmp_path):
+    # bk_small is settled (trial 9, as above); its first-stage seed rows came from bench fidelity's study (the run
+    # reproduced it there), so the study's seed scores of bk_small at the rung's budget are the rung's FID noise
+    seeds = {"bk_base": PROBE_SEEDS["bk_base"],
+             "bk_small": [{"seed": 0, "probe_cfg": 1.2}, {"seed": 0, "kd_seed": 1, "probe_cfg": 1.3,
+                                                           "from": "bench fidelity"}]}
+    r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)], seeds)
+    stopped = stopped_references(r, promoted(r))
+    assert stopped == {"bk_small": [9]}
+    table = {"480": {"g1": [{"kd_seed": 0, "seed": 0, "fid": 30.0, "alignment": 0.5}, {"kd_seed": 0, "seed": 1, "fid": 32.0},
+                            {"kd_seed": 1, "seed": 0, "fid": 34.0}, {"kd_seed": 0, "probe_task": 0.1}]}}
+    carried = carried_noise(r, stopped, table, 480)
+    assert carried == {"bk_small": {"genome": "g1", "metrics": {"latency_ms": 8.0, "latency_cv": 0.0}, "seed_scores": [
+        {"seed": 0, "kd_seed": 0, "fid": 30.0, "alignment": 0.5, "from": "bench fidelity"},
+        {"seed": 1, "kd_seed": 0, "fid": 32.0, "from": "bench fidelity"},
+        {"seed": 0, "kd_seed": 1, "fid": 34.0, "from": "bench fidelity"}]}}
+    assert carried_noise(r, stopped, table, 1920) == {}  # the study has no row at that budget
+    (tmp_path / "own").mkdir()
+    assert carried_noise(_probe_report(tmp_path / "own", PROBE_CASE + [((78.0, 0.86, 7.9), True)]), stopped, table,
+                         480) == {}  # seeds trained by the run itself: the study was not shown to be this run's
+    url = f"sqlite:///{tmp_path / 'rung.db'}"
+    study = optuna.create_study(study_name="s@480", storage=url, directions=["minimize"] * 3)
+    study.set_metric_names(["fid", "params", "latency_ms"])
+    study.set_user_attr("reference_designs", PROBE_REFS)
+    study.set_user_attr("stopped_references", {"s": stopped})
+    study.set_user_attr("carried_noise", carried)
+    for i, values in enumerate([(31.0, 70.0, 7.0), (40.0, 60.0, 6.0)]):
+        study.add_trial(optuna.trial.create_trial(
+            values=values, params={"x": float(i)}, distributions={"x": optuna.distributions.FloatDistribution(0, 9)},
+            user_attrs={"genome": f"s{i}", "metrics": {"latency_ms": values[2], "latency_cv": 0.0}}))
+    rung = build_report(study, url)
+    assert rung.noise["fid"].sigma == pytest.approx(2.0) and rung.noise["fid"].seeds == (3,)  # std of 30, 32, 34
+    assert rung.noise_measured and not rung.reference_trials
+    line = noise_line(rung)
+    assert "fid ± 2" in line and "bk_small: settled at the study below and not trained here, every seed from" in line
+    study.set_user_attr("carried_noise", {})
+    assert "the reference designs bk_small were settled at the study below and not trained to this budget" in \
+        noise_line(build_report(study, url))
 
 
 def test_rung_flags_defaults_and_one_line_errors(tmp_path, monkeypatch, capsys):
