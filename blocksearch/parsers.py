@@ -214,7 +214,7 @@ RUN_FLAGS = (
                                  "trials run)")),
     ("latency_dtype", dict(choices=("fp32", "fp16", "bf16"), help="dtype on the deployment target (default: fp16 "
                                                                  "on CUDA, fp32 on CPU)")),
-    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 60; "
+    ("latency_repeats", dict(type=int, help="timed repeats of each latency measurement (default: evaluate's 40; "
                                             "end to end: at most 3)")),
     ("noise_seeds", dict(type=int, help="seeds at which each reference design is trained and scored (each extra "
                                         "seed: KD again with seed + k, images at another generation seed; FID, "

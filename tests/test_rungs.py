@@ -34,7 +34,7 @@ def test_without_noise_the_front_and_the_reference_designs_go_on(tmp_path):
     assert not r.noise_measured
     # the infeasible trial 7 would dominate all: it stops
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3]
-    # at most half of the 5 feasible students is 2, below the 2 reference designs + 1: the cap is 3, the reference
+    # a quarter of the 5 feasible students is 1, below the 2 reference designs + 1: the cap is 3, the reference
     # designs first, then the better FID of the front's searched students 2 (9.0) and 3 (11.0)
     assert [t.number for t in promoted(r)] == [0, 1, 2]
     with pytest.raises(BlocksearchError, match="max_fraction 0: allowed: a share of the feasible students in"):
