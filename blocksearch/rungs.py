@@ -97,7 +97,14 @@ def carried_noise(report: ParetoReport, stopped: dict[str, list[int]], table: di
     return out
 
 
-def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, references: str = "open") -> list[TrialPoint]:
+def whole_rounds(cap: int, lanes: int) -> int:
+    """``cap`` places rounded down to whole rounds of ``lanes`` trials in parallel (unchanged at or below one
+    round): the last, partial round would hold the rung for a whole trial's time while the other lanes idle."""
+    return cap if lanes <= 1 or cap <= lanes else lanes * (cap // lanes)
+
+
+def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, references: str = "open",
+             lanes: int = 1) -> list[TrialPoint]:
     """The students of ``report`` that go on to the next rung, by trial number: successive halving's cut
     (Jamieson & Talwalkar, AISTATS 2016) on noisy scores.
 
@@ -107,7 +114,8 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
        (``pareto.dominates_despite_noise``, on the noise measured for each objective, the first-stage score's
        included; any objective's noise unmeasured: the plain front). A settled reference design is an ordinary
        student here: it goes on only from within noise of the front.
-    2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, but never
+    2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, rounded
+       down to whole rounds of the ``lanes`` trials the cluster runs in parallel (:func:`whole_rounds`), but never
        below the reference designs plus one searched student (a rung that re-trained the baselines alone would
        test nothing the search found). Candidates within the cap all go on.
     3. Past the cap the reference designs stay (the comparison at the longer budget), and the searched candidates
@@ -132,7 +140,7 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
     refs = set(report.reference_trials.values()) - (settled(report) if references == "open" else set())
     chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
     kept = [t for t in chosen if t.number in refs]
-    cap = max(math.floor(max_fraction * len(report.ranked) + 1e-9), len(kept) + 1)
+    cap = max(whole_rounds(math.floor(max_fraction * len(report.ranked) + 1e-9), lanes), len(kept) + 1)
     if len(chosen) <= cap:
         return chosen
     q = next((i for i, quality in enumerate(quality_mask(report.objectives)) if quality), 0)
@@ -235,7 +243,8 @@ def rung_work(storage, plan) -> bool:
         trained = {t.user_attrs.get("genome") for t in rung.get_trials(deepcopy=False)
                    if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
         chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)),
-                          references=attrs.get("rung_references", "open"))
+                          references=attrs.get("rung_references", "open"),
+                          lanes=int(rung.user_attrs.get("lanes", 1)))  # as the rung was prepared
         if any(t.genome not in trained for t in chosen):
             return True
     return False

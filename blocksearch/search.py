@@ -159,14 +159,15 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
     study, continue them from their KD checkpoints on Ray Tune, and free the checkpoints nobody continues."""
     for name, below, job, attrs in plan:
         report = build_report(optuna.load_study(study_name=below, storage=storage))
-        chosen = promoted(report, references=cfg.rung_references)
+        parallel = lanes(cfg, ray_info["resources"], len(report.ranked))  # the rung's places fill whole rounds
+        chosen = promoted(report, references=cfg.rung_references, lanes=parallel)
         stopped = stopped_references(report, chosen)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
         refs = ("the reference designs it left open" if cfg.rung_references == "open" else "the reference designs")
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
               f"{below!r} go on from their KD checkpoints -- {refs} and the students {rule}, at most "
-              f"{MAX_FRACTION:.0%} of the feasible (never fewer than those reference designs and one searched "
-              f"student): "
+              f"{MAX_FRACTION:.0%} of the feasible in whole rounds of {parallel} parallel trials (never fewer than "
+              f"those reference designs and one searched student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
         for ref, by in stopped.items():
             print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
@@ -174,7 +175,7 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         teacher = report.attrs.get("teacher_metrics")  # measured once, on the base study; each rung passes it on
         carried = carried_noise(report, stopped, job.reference_seeds, job.distill["steps"])
         extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: stopped},
-                                                                    "carried_noise": carried}
+                                                                    "carried_noise": carried, "lanes": parallel}
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives],
                              attrs | extra, chosen, bound)
         running = {t.genome for t in report.trials if t.state == "RUNNING"}  # another driver's: it may still go on

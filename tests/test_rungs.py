@@ -12,7 +12,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
 from blocksearch.render_noise import noise_line, reference_md
 from blocksearch.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               carried_noise, rung_plan, settled, stopped_references)
+                               carried_noise, rung_plan, settled, stopped_references, whole_rounds)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
@@ -172,6 +172,24 @@ def test_a_rung_report_says_which_reference_design_the_study_below_settled(tmp_p
     assert ("- **bk_base** (`L1-1-1-1_T1-1-1-0_Mattn`): not trained to this budget: `s` settled it, a searched design "
             "(trial(s) 5, 9 there) dominates it on quality beyond noise") in text
     assert "**bk_small** (trial 0" in text and "no completed trial" not in text
+
+
+def test_the_places_fill_whole_rounds_of_the_parallel_trials():
+    assert [whole_rounds(c, 2) for c in (1, 2, 3, 4, 5, 7)] == [1, 2, 2, 4, 4, 6]
+    assert [whole_rounds(c, 4) for c in (3, 4, 5, 9)] == [3, 4, 4, 8]  # one round or less: unchanged
+    assert whole_rounds(3, 1) == 3 and whole_rounds(0, 2) == 0
+
+
+def test_a_partial_last_round_is_dropped_from_the_rung(tmp_path):
+    # 9 feasible, a cap of 5 / 9: bk_base, bk_tiny (open) and three searched -- 5 places on 2 lanes is a third round
+    # for one trial; in whole rounds: 4, the searched student that adds the least hypervolume stays behind
+    r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)])
+    five = [t.number for t in promoted(r, max_fraction=5 / 9)]
+    four = [t.number for t in promoted(r, max_fraction=5 / 9, lanes=2)]
+    assert len(five) == 5 and len(four) == 4 and set(four) < set(five) and {0, 2} <= set(four)
+    assert [t.number for t in promoted(r, max_fraction=5 / 9, lanes=8)] == five  # one round: unchanged
+    # never below the open reference designs + one searched student
+    assert len(promoted(r, max_fraction=3 / 9, lanes=2)) == 3
 
 
 def test_a_rung_without_reference_designs_takes_their_seed_noise_from_the_study_the_run_reproduced(tmp_path):
