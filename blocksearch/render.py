@@ -358,9 +358,10 @@ def _budget_md(r: ParetoReport) -> list[str]:
     if rung:
         return [f"**A rung of study `{rung['of']}`**: every student here trained {steps} KD steps, continued from "
                 f"its checkpoint in study `{rung['from']}` -- the students on or within noise of that study's front and "
-                f"the reference designs it left open (one a searched design dominates there on quality beyond noise "
-                f"stops), at most a quarter of its feasible students by default (the open reference designs and its "
-                f"best one kept). Only students of this budget are compared here.", ""]
+                f"the reference designs it left open (a reference design that a searched one dominates there on "
+                f"quality beyond noise stops), by default at most a quarter of its feasible students in whole rounds "
+                f"of the trials run in parallel (the open reference designs and its best one kept). Only students "
+                f"of this budget are compared here.", ""]
     rungs = r.attrs.get("rungs")
     if steps is not None and rungs:
         names = ", ".join(f"`{rung_name(r.study, n)}`" for n in rungs)
