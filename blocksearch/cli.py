@@ -257,6 +257,20 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def metrics_path(out: str | None, folder: Path, name: str) -> Path:
+    """Where evaluate writes its metrics, decided before anything is computed: ``-o`` as a file path, or a folder
+    that exists (then ``<folder>/name``); default ``<DIR>/name``. One-line error for a path whose folder is missing."""
+    if not out:
+        return folder / name
+    path = Path(out)
+    if path.is_dir():
+        return path / name
+    if not path.parent.is_dir():
+        raise BlocksearchError(f"-o {out}: folder {path.parent} does not exist; allowed: a JSON file path in an "
+                               f"existing folder, or an existing folder (the metrics go to <folder>/{name})")
+    return path
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -271,6 +285,7 @@ def cmd_evaluate(args) -> int:
     teacher_spec = args.teacher or info.get("teacher", "toy")
     if args.protocol == "bk-sdm":
         return cmd_evaluate_protocol(args, folder, teacher_spec)
+    out = metrics_path(args.out, folder, "metrics.json")
     check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,
                       fid_images=args.prompts or EvalConfig.prompts)
     teacher = load_teacher(teacher_spec, args.device)
@@ -287,7 +302,6 @@ def cmd_evaluate(args) -> int:
                         reference=args.reference, captions=args.captions, inception_weights=args.inception_weights,
                         clip_model=args.clip_model, cache_dir=args.cache_dir)
     metrics = evaluate(teacher, unet, config, args.device)
-    out = Path(args.out) if args.out else folder / "metrics.json"
     out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
     align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"
     print(f"fid {metrics.fid:.4f}  alignment {align}  params {metrics.params / 1e6:.2f}M  "
@@ -315,6 +329,7 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     if unused:
         raise BlocksearchError(f"{', '.join(unused)}: not used by --protocol bk-sdm (its prompts and reference "
                                f"are MS-COCO's; --limit N takes a subset)")
+    out = metrics_path(args.out, folder, "metrics-bk-sdm.json")
     weights = args.inception_weights or str(inception_weights(EvalConfig()))
     overrides = dict(steps=args.inference_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
     spec = ProtocolSpec(**{k: v for k, v in overrides.items() if v is not None})
@@ -323,7 +338,6 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     teacher = load_teacher(teacher_spec, args.device)
     result = evaluate_protocol(student_pipeline(teacher, unet), spec, args.coco_captions, args.coco_images, weights,
                                args.clip_model, limit=args.limit, device=args.device, cache_dir=args.cache_dir)
-    out = Path(args.out) if args.out else folder / "metrics-bk-sdm.json"
     out.write_text(json.dumps(result | {"model": str(folder), "teacher": teacher.name}, indent=2, default=str) + "\n")
     print(format_result(result, str(folder)))
     print(f"metrics written to {out}")

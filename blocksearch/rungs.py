@@ -3,8 +3,9 @@
 ``blocksearch bench fidelity`` measured that the FID of a short KD run ranks architectures poorly against a
 long one (the toy teacher, 24 architectures: FID after 120 steps, Kendall tau +0.28 against 1920 steps over the
 text-following ones; 480 steps, +0.74; reports/fidelity-toy/predictors.md), and no budget's FID reached tau >= 0.8
-at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalkar, AISTATS 2016) and Hyperband (Li et al., JMLR 2018), every candidate gets the short budget, and only the
-students that may still be on the front go on: after the search, each rung continues the students on or
+at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalkar, AISTATS 2016) and Hyperband
+(Li et al., JMLR 2018), every candidate gets the short budget, and only the students that may still be on the
+front go on: after the search, each rung continues the students on or
 within noise of the previous study's front -- and the reference designs it left open --, at most a quarter
 of its feasible students (:func:`promoted`), from their KD checkpoints to a longer budget (``distill``'s
 checkpoints: 0 -> k -> n trains the same student as 0 -> n).
@@ -28,8 +29,8 @@ import optuna
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.noise import quality_mask
-from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
+from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name

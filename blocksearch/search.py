@@ -159,7 +159,10 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
     study, continue them from their KD checkpoints on Ray Tune, and free the checkpoints nobody continues."""
     for name, below, job, attrs in plan:
         report = build_report(optuna.load_study(study_name=below, storage=storage))
-        parallel = lanes(cfg, ray_info["resources"], len(report.ranked))  # the rung's places fill whole rounds
+        # the rung's places fill whole rounds of the parallel trials: those it was prepared with, on a resume
+        prepared = optuna.load_study(study_name=name, storage=storage).user_attrs.get("lanes", 1) \
+            if name in optuna.study.get_all_study_names(storage=storage) else None
+        parallel = int(prepared) if prepared is not None else lanes(cfg, ray_info["resources"], len(report.ranked))
         chosen = promoted(report, references=cfg.rung_references, lanes=parallel)
         stopped = stopped_references(report, chosen)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"

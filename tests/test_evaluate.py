@@ -104,3 +104,23 @@ def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
     assert metrics["teacher"] == folder and metrics["eval"]["prompts"] == 8
     assert "fid" in out and "metrics written to" in out
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    # -o an existing folder: the metrics go to <folder>/metrics.json (it used to end in a traceback after the work)
+    (tmp_path / "runs").mkdir()
+    args = [str(student), "--prompts", "8", "--inference-steps", "2", "--reference-images", "16",
+            "--latency-repeats", "2", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["evaluate", *args, "-o", str(tmp_path / "runs")]) == 0
+    assert json.loads((tmp_path / "runs" / "metrics.json").read_text())["eval"]["prompts"] == 8
+    capsys.readouterr()
+
+
+def test_cli_evaluate_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    import blocksearch.cli as cli
+    import blocksearch.teachers
+    monkeypatch.setattr(blocksearch.teachers, "load_teacher", lambda *a, **k: pytest.fail("work started"))
+    code = main(["evaluate", str(tmp_path), "-o", str(tmp_path / "no" / "such" / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"-o {tmp_path / 'no' / 'such' / 'm.json'}: folder {tmp_path / 'no' / 'such'} does not exist" in err[0]
+    assert cli.metrics_path(None, tmp_path, "metrics.json") == tmp_path / "metrics.json"
+    assert cli.metrics_path(str(tmp_path), tmp_path / "x", "m.json") == tmp_path / "m.json"
+    assert cli.metrics_path(str(tmp_path / "a.json"), tmp_path / "x", "m.json") == tmp_path / "a.json"
