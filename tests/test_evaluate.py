@@ -110,7 +110,7 @@ def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
             "--latency-repeats", "2", "--cache-dir", str(tmp_path / "cache")]
     assert main(["evaluate", *args, "-o", str(tmp_path / "runs")]) == 0
     assert json.loads((tmp_path / "runs" / "metrics.json").read_text())["eval"]["prompts"] == 8
-    capsys.readouterr()
+    assert "the toy evaluation set has" not in capsys.readouterr().out  # a tiny teacher: not the toy's set
 
 
 def test_cli_evaluate_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path, capsys, monkeypatch):
@@ -124,3 +124,19 @@ def test_cli_evaluate_refuses_an_output_in_a_missing_folder_before_any_work(tmp_
     assert cli.metrics_path(None, tmp_path, "metrics.json") == tmp_path / "metrics.json"
     assert cli.metrics_path(str(tmp_path), tmp_path / "x", "m.json") == tmp_path / "m.json"
     assert cli.metrics_path(str(tmp_path / "a.json"), tmp_path / "x", "m.json") == tmp_path / "a.json"
+
+
+def test_cli_evaluate_says_when_the_toy_set_has_fewer_prompts_than_asked(tmp_path, capsys, monkeypatch):
+    import blocksearch.evaluate
+    student = tmp_path / "student"
+    assert main(["distill", "--design", "bk_tiny", "--steps", "0", "-o", str(student),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+
+    def stop(*a, **k):
+        raise BlocksearchError("stopped before generating")
+    monkeypatch.setattr(blocksearch.evaluate, "evaluate", stop)
+    capsys.readouterr()
+    assert main(["evaluate", str(student), "--prompts", "512"]) == 2
+    assert "--prompts 512: the toy evaluation set has 312 prompts; all of them are generated" in capsys.readouterr().out
+    assert main(["evaluate", str(student), "--prompts", "128"]) == 2
+    assert "the toy evaluation set has" not in capsys.readouterr().out
