@@ -302,9 +302,9 @@ def cmd_evaluate(args) -> int:
     config = EvalConfig(**(eval_defaults(teacher.is_toy) | {k: v for k, v in given.items() if v is not None}),
                         reference=args.reference, captions=args.captions, inception_weights=args.inception_weights,
                         clip_model=args.clip_model, cache_dir=args.cache_dir)
-    if teacher.is_toy and config.prompts > len(heldout_prompts(config.prompts)):
-        print(f"--prompts {config.prompts}: the toy evaluation set has {len(heldout_prompts(config.prompts))} prompts; "
-              f"all of them are generated")
+    toy_prompts = len(heldout_prompts(config.prompts)) if teacher.is_toy else None
+    if toy_prompts is not None and config.prompts > toy_prompts:
+        print(f"--prompts {config.prompts}: the toy evaluation set has {toy_prompts} prompts; all of them are generated")
     metrics = evaluate(teacher, unet, config, args.device)
     out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
     align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"

@@ -71,10 +71,10 @@ def settled(report: ParetoReport) -> set[int]:
 def stopped_references(report: ParetoReport, chosen: list[TrialPoint]) -> dict[str, list[int]]:
     """The reference designs of ``report`` that ``chosen`` leaves behind because the study settled them
     (:func:`settled`): name -> the searched trials that dominate it on quality beyond noise."""
-    numbers = {t.number for t in chosen}
+    left = settled(report) - {t.number for t in chosen}
     return {name: sorted({d.searched for d in report.dominations if d.reference_trial == n and d.beyond_noise
                           and d.kind == "quality"})
-            for name, n in report.reference_trials.items() if n in settled(report) and n not in numbers}
+            for name, n in report.reference_trials.items() if n in left}
 
 
 def carried_noise(report: ParetoReport, stopped: dict[str, list[int]], table: dict, steps: int) -> dict[str, dict]:
@@ -226,6 +226,19 @@ def rung_plan(cfg: SearchConfig, job: TrialJob, attrs: dict) -> list[tuple[str, 
     return plan
 
 
+def recorded_lanes(rung: optuna.Study) -> int:
+    """The parallel trials ``rung`` filled its places for (``promoted``'s ``lanes``); 1 for a rung prepared before
+    they were recorded (no rounding then)."""
+    return int(rung.user_attrs.get("lanes", 1))
+
+
+def prepared_lanes(storage, name: str) -> int | None:
+    """:func:`recorded_lanes` of rung ``name``, None where it does not exist yet."""
+    if name not in optuna.study.get_all_study_names(storage=storage):
+        return None
+    return recorded_lanes(optuna.load_study(study_name=name, storage=storage))
+
+
 def check_rung_settings(storage, plan) -> None:
     """A resume: each rung study that exists must have been run with this run's settings (reads only)."""
     names = set(optuna.study.get_all_study_names(storage=storage))
@@ -245,7 +258,7 @@ def rung_work(storage, plan) -> bool:
                    if t.state.name in FINISHED and not t.user_attrs.get("skipped") and not is_stale(t)}
         chosen = promoted(build_report(optuna.load_study(study_name=below, storage=storage)),
                           references=attrs.get("rung_references", "open"),
-                          lanes=int(rung.user_attrs.get("lanes", 1)))  # as the rung was prepared
+                          lanes=recorded_lanes(rung))  # as the rung was prepared
         if any(t.genome not in trained for t in chosen):
             return True
     return False

@@ -36,9 +36,9 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluation_set
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
-from blocksearch.rungs import (MAX_FRACTION, REFERENCES, check_rung_settings, check_rungs, default_rungs,
-                               carried_noise, drop_checkpoints, prepare_rung, promoted, rung_plan, rung_work,
-                               stopped_references)
+from blocksearch.rungs import (MAX_FRACTION, REFERENCES, carried_noise, check_rung_settings, check_rungs,
+                               default_rungs, drop_checkpoints, prepare_rung, prepared_lanes, promoted, rung_plan,
+                               rung_work, stopped_references)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.reference_noise import NOISE_SOURCES, table_of
@@ -160,11 +160,9 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
     for name, below, job, attrs in plan:
         report = build_report(optuna.load_study(study_name=below, storage=storage))
         # the rung's places fill whole rounds of the parallel trials: those it was prepared with, on a resume
-        prepared = optuna.load_study(study_name=name, storage=storage).user_attrs.get("lanes", 1) \
-            if name in optuna.study.get_all_study_names(storage=storage) else None
-        parallel = int(prepared) if prepared is not None else lanes(cfg, ray_info["resources"], len(report.ranked))
+        parallel = prepared_lanes(storage, name) or lanes(cfg, ray_info["resources"], len(report.ranked))
         chosen = promoted(report, references=cfg.rung_references, lanes=parallel)
-        stopped = stopped_references(report, chosen)
+        settled_refs = stopped_references(report, chosen)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
         refs = ("the reference designs it left open" if cfg.rung_references == "open" else "the reference designs")
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
@@ -172,12 +170,12 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
               f"{MAX_FRACTION:.0%} of the feasible in whole rounds of {parallel} parallel trials (never fewer than "
               f"those reference designs and one searched student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
-        for ref, by in stopped.items():
+        for ref, by in settled_refs.items():
             print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
                   f"{', '.join(map(str, by))} (--rung-references all continues it anyway)", file=out)
         teacher = report.attrs.get("teacher_metrics")  # measured once, on the base study; each rung passes it on
-        carried = carried_noise(report, stopped, job.reference_seeds, job.distill["steps"])
-        extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: stopped},
+        carried = carried_noise(report, settled_refs, job.reference_seeds, job.distill["steps"])
+        extra = ({"teacher_metrics": teacher} if teacher else {}) | {"stopped_references": {below: settled_refs},
                                                                     "carried_noise": carried, "lanes": parallel}
         study = prepare_rung(storage, name, cfg.objectives, [OBJECTIVES[o] for o in cfg.objectives],
                              attrs | extra, chosen, bound)
