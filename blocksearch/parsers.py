@@ -658,6 +658,10 @@ def add_bench_fidelity_parser(sub, handler: Callable) -> None:
                                                    "is reported apart from generation-seed noise (default: %(default)s)")
     p.add_argument("--extra-seed-budgets", default=None,
                    help="the budgets KD seeds after the first climb (default: every budget)")
+    p.add_argument("--full-seed-archs", default=None, metavar="GENOME,...",
+                   help="these of the study's architectures: KD seeds after the first climb every budget, "
+                        "--extra-seed-budgets or not, so their longest-budget reference is a mean over KD seeds "
+                        "(where the long runs' FIDs are close enough for KD-seed noise to reorder them)")
     p.add_argument("--probe-budgets", default="auto",
                    help="budgets at which every student also gets the held-out KD probe and the training-curve "
                         "features (the cheap predictors, OUT/probes.jsonl, OUT/predictors.md), comma-separated; "

@@ -95,6 +95,17 @@ def test_more_kd_seeds_climb_the_studied_architectures_only():
     assert pending_ladders(archs, [0, 5], [0, 1], [], kd_seeds=[0, 1])[-1][:2] == (archs[1], 0)
 
 
+def test_full_seed_archs_take_the_extra_kd_seed_to_the_longest_budget():
+    archs = [Arch("A", None, "random", 1, 1), Arch("B", None, "random", 1, 1)]
+    rows = [dict(genome=g, budget=b, seed=s) for g in "AB" for b in (0, 5, 20) for s in (0, 1)]
+    rows += [dict(genome=g, kd_seed=1, budget=5, seed=0) for g in "AB"]
+    # KD seed 1 stopped at 5 on both; listing B takes B's (only) on to 20, the longest budget
+    assert pending_ladders(archs, [0, 5, 20], [0, 1], rows, kd_seeds=[0, 1], extra_budgets=[5]) == []
+    work = pending_ladders(archs, [0, 5, 20], [0, 1], rows, kd_seeds=[0, 1], extra_budgets=[5],
+                           full_archs=frozenset({"B"}))
+    assert [(a.genome, k, todo) for a, k, todo in work] == [("B", 1, [(20, [0], False)])]
+
+
 @pytest.fixture
 def toy_teacher_folder(tmp_path):
     """A toy-topology pipeline folder with a judge (random seeded weights), as tests/integration builds it."""

@@ -219,11 +219,13 @@ def pending(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[
 
 def pending_ladders(archs: list[Arch], budgets: list[int], seeds: list[int], rows: list[dict],
                     probes: list[dict] = (), kd_seeds: list[int] = (0,), probe_budgets: list[int] = (),
-                    extra_budgets: list[int] | None = None) -> list[tuple[Arch, int, list]]:
+                    extra_budgets: list[int] | None = None, full_archs: frozenset = frozenset()
+                    ) -> list[tuple[Arch, int, list]]:
     """Per (architecture, KD seed), the (budget, [generation seeds to score], probe?) not done yet, budgets
     ascending. KD seeds other than the first climb only ``extra_budgets`` (default: every budget) above 0 and
     are scored at the first generation seed (the KD-seed spread compares students at the same generation
-    seed); rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded). ``--also``'s architectures
+    seed), except on the ``full_archs`` (genome ids): there they climb every budget, so that the longest
+    budget's reference is a mean over KD seeds where it matters and is affordable; rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded). ``--also``'s architectures
     (source "named") climb the first KD seed only: they are out of the tau study and its KD-seed noise, so an
     extension run with more KD seeds does not train them again."""
     done = {(r["genome"], r.get("kd_seed", 0), r["budget"], r["seed"]) for r in rows}
@@ -232,7 +234,8 @@ def pending_ladders(archs: list[Arch], budgets: list[int], seeds: list[int], row
     for arch in archs:
         for k in kd_seeds[:1] if arch.source == "named" else kd_seeds:
             first = k == kd_seeds[0]  # other KD seeds: no budget 0 (surgery alone has no KD seed), generation seed 1st
-            ladder = [b for b in budgets if first or (b > 0 and (extra_budgets is None or b in extra_budgets))]
+            every = extra_budgets is None or arch.genome in full_archs
+            ladder = [b for b in budgets if first or (b > 0 and (every or b in extra_budgets))]
             todo = [(b, [s for s in (seeds if first else seeds[:1]) if (arch.genome, k, b, s) not in done],
                      b in probe_budgets and (arch.genome, k, b) not in probed) for b in sorted(ladder)]
             todo = [(b, s, p) for b, s, p in todo if s or p]
@@ -435,6 +438,7 @@ def cmd_bench_fidelity(args) -> int:
     probe_budgets = {"none": [], "auto": budgets[:-1]}.get(args.probe_budgets) if args.probe_budgets in (
         "none", "auto") else parse_ints(args.probe_budgets, "--probe-budgets")
     extra = None if args.extra_seed_budgets is None else parse_ints(args.extra_seed_budgets, "--extra-seed-budgets")
+    full = frozenset(g.strip() for g in (getattr(args, "full_seed_archs", None) or "").split(",") if g.strip())
     if len(budgets) < 2 or args.archs < 2 or args.workers < 0 or args.boot < 1:
         raise BlocksearchError("allowed: --budgets with >= 2 budgets, --archs >= 2, --workers >= 0, --boot >= 1")
     if not set(probe_budgets) <= set(budgets) or not set(extra or ()) <= set(budgets):
@@ -449,11 +453,17 @@ def cmd_bench_fidelity(args) -> int:
     earlier = ",".join(r["genome"] for r in read_rows(results) if r.get("source") == "named")
     for ids in (earlier, getattr(args, "also", None)):  # extending a study keeps the named ones it had
         archs += named_architectures(bound, teacher.unet, ids, archs)
+    studied_ids = [a.genome for a in archs if a.source != "named"]
+    unknown = sorted(full - set(studied_ids))
+    if unknown:
+        raise BlocksearchError(f"--full-seed-archs {unknown[0]}: not one of the study's architectures; allowed: "
+                               f"the --archs ones ({', '.join(studied_ids[:3])}, ...: see the report's table)")
     distill_settings, eval_settings = stage_settings(args)
     out, identity = Path(args.out), run_identity(teacher, distill_settings, eval_settings)
     check_identity(out, identity)
     cache_dir = {"cache_dir": str(default_cache_dir().resolve())}  # Ray workers may run in another folder
-    work = pending_ladders(archs, budgets, seeds, read_rows(results), read_rows(probes), kd_seeds, probe_budgets, extra)
+    work = pending_ladders(archs, budgets, seeds, read_rows(results), read_rows(probes), kd_seeds, probe_budgets, extra,
+                           full)
     job = FidelityJob(spec, "cpu", distill_settings | cache_dir, eval_settings | cache_dir,
                       str(checkpoint_root(identity)), max([b for _, _, todo in work for b, _, _ in todo], default=0),
                       probe=ProbeConfig().to_dict(), longest=max(budgets))

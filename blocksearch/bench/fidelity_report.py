@@ -145,7 +145,8 @@ def command_line(args) -> str:
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
     parts += [f"--eval-prompts {args.eval_prompts}"] if args.eval_prompts else []
-    for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("probe_budgets", "auto"), ("also", None),
+    for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("full_seed_archs", None),
+                          ("probe_budgets", "auto"), ("also", None),
                           ("kd_schedule", "constant"), ("kd_warmup", 0), ("kd_ema", 0.0)):
         value = getattr(args, flag, default)
         parts += [f"--{flag.replace('_', '-')} {value}"] if value != default else []

@@ -61,12 +61,21 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def seed_mean(rows: list[dict], genome: str, key: str) -> float | None:
+    """``key`` of ``genome`` averaged over its generation seeds within each KD seed, then over the KD seeds: a
+    KD seed scored at one generation seed weighs as much as one scored at two."""
+    per: dict[int, list] = {}
+    for r in rows:
+        if r["genome"] == genome and r.get(key) is not None:
+            per.setdefault(r.get("kd_seed", 0), []).append(r[key])
+    return _mean([statistics.fmean(v) for v in per.values()])
+
+
 def reference(rows: list[dict], longest: int) -> tuple[dict[str, float], dict[str, float]]:
-    """genome -> FID and alignment at the longest budget, averaged over KD seeds and generation seeds."""
+    """genome -> FID and alignment at the longest budget, averaged over generation seeds, then KD seeds."""
     long = [r for r in rows if r["budget"] == longest]
     genomes = {r["genome"] for r in long}
-    return ({g: _mean(r["fid"] for r in long if r["genome"] == g) for g in genomes},
-            {g: _mean(r["alignment"] for r in long if r["genome"] == g) for g in genomes})
+    return ({g: seed_mean(long, g, "fid") for g in genomes}, {g: seed_mean(long, g, "alignment") for g in genomes})
 
 
 def values_at(rows: list[dict], probes: list[dict], budget: int) -> dict[str, dict[str, float]]:
@@ -78,9 +87,9 @@ def values_at(rows: list[dict], probes: list[dict], budget: int) -> dict[str, di
         out[key] = {g: v for g in {p["genome"] for p in here}
                     if (v := _mean(p.get(key) for p in here if p["genome"] == g)) is not None}
     fid_rows = [r for r in rows if r["budget"] == budget]
-    out["fid"] = {g: _mean(r["fid"] for r in fid_rows if r["genome"] == g) for g in {r["genome"] for r in fid_rows}}
+    out["fid"] = {g: seed_mean(fid_rows, g, "fid") for g in {r["genome"] for r in fid_rows}}
     out["alignment"] = {g: -a for g in {r["genome"] for r in fid_rows}
-                        if (a := _mean(r["alignment"] for r in fid_rows if r["genome"] == g)) is not None}
+                        if (a := seed_mean(fid_rows, g, "alignment")) is not None}
     sizes = {r["genome"]: (r["params"], r["macs"]) for r in [*rows, *probes]}
     out["params"] = {g: -p for g, (p, _) in sizes.items()}  # baselines: more parameters predicts a better FID
     out["macs"] = {g: -m for g, (_, m) in sizes.items()}
@@ -226,7 +235,10 @@ def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
 
 def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -> dict | None:
     """The KD-seed spread of ``key`` at ``budget``: |a - b| over architectures trained at two KD seeds (FID at
-    generation seed 0), median and max, and the pooled standard deviation of log(value) (sqrt(mean(d^2 / 2)))."""
+    generation seed 0), median and max, the pooled standard deviation of log(value) (sqrt(mean(d^2 / 2))), and
+    Kendall's tau between the two KD seeds' rankings (``tau``: how far the score ranks the architectures alike
+    when only the KD run's randomness changes; at the longest budget, the ceiling any predictor's tau against
+    a one-KD-seed reference can reach)."""
     source = rows if key in ("fid", "alignment") else probes
     per: dict[str, dict[int, float]] = {}
     for r in source:
@@ -237,8 +249,10 @@ def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -
         return None
     diffs = [abs(a - b) for a, b in pairs]
     logs = [(math.log(a) - math.log(b)) ** 2 / 2 for a, b in pairs if a > 0 and b > 0]
+    tau = kendall_tau_ci([a for a, _ in pairs], [b for _, b in pairs], 1000) if len(pairs) >= 3 else None
     return dict(median=statistics.median(diffs), max=max(diffs), n=len(pairs),
-                sigma_log=math.sqrt(statistics.fmean(logs)) if logs else None)
+                sigma_log=math.sqrt(statistics.fmean(logs)) if logs else None,
+                tau=list(tau) if tau is not None and math.isfinite(tau[0]) else None)
 
 
 def gen_seed_noise(rows: list[dict], budget: int) -> dict | None:
@@ -277,7 +291,8 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
     for n in noise:
         kd, gen = n["kd"], n.get("gen")
         kd_cells = [f"{kd['median']:.4g} / {kd['max']:.4g}", kd["n"],
-                    "-" if kd["sigma_log"] is None else f"{kd['sigma_log']:.3f}"] if kd else ["-", 0, "-"]
+                    "-" if kd["sigma_log"] is None else f"{kd['sigma_log']:.3f}",
+                    "-" if kd.get("tau") is None else _ci(*kd["tau"])] if kd else ["-", 0, "-", "-"]
         gen_cells = [f"{gen['median']:.4g} / {gen['max']:.4g}", gen["n"]] if gen else ["-", 0]
         lines.append("| " + " | ".join(str(c) for c in [n["budget"], n["key"], *kd_cells, *gen_cells]) + " |")
     best = best or chosen
