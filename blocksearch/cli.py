@@ -274,10 +274,9 @@ def metrics_path(out: str | None, folder: Path, name: str) -> Path:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from blocksearch.evaluate import EvalConfig, eval_defaults, evaluate
+    from blocksearch.evaluate import EvalConfig, eval_defaults, evaluate, toy_prompts_note
     from blocksearch.preflight import check_real_inputs
     from blocksearch.teachers import load_teacher, load_unet
-    from blocksearch.toy.world import heldout_prompts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -302,9 +301,8 @@ def cmd_evaluate(args) -> int:
     config = EvalConfig(**(eval_defaults(teacher.is_toy) | {k: v for k, v in given.items() if v is not None}),
                         reference=args.reference, captions=args.captions, inception_weights=args.inception_weights,
                         clip_model=args.clip_model, cache_dir=args.cache_dir)
-    toy_prompts = len(heldout_prompts(config.prompts)) if teacher.is_toy else None
-    if toy_prompts is not None and config.prompts > toy_prompts:
-        print(f"--prompts {config.prompts}: the toy evaluation set has {toy_prompts} prompts; all of them are generated")
+    if note := toy_prompts_note("--prompts", config.prompts, teacher):
+        print(note)
     metrics = evaluate(teacher, unet, config, args.device)
     out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
     align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"

@@ -46,6 +46,13 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults; the size is capped by the image counts
 
 
+def toy_prompts_note(flag: str, prompts: int, teacher: Teacher) -> str | None:
+    """One line where a toy teacher's evaluation set holds fewer prompts than ``flag`` asks: all are generated."""
+    have = len(heldout_prompts(prompts)) if teacher.is_toy else prompts
+    return f"{flag} {prompts}: the toy evaluation set has {have} prompts; all of them are generated" \
+        if have < prompts else None
+
+
 @dataclass(frozen=True)
 class EvalConfig(Settings):
     """How a student is scored. Defaults are sized for the toy teacher on one CPU thread."""

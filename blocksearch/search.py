@@ -33,7 +33,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.cost import count_params
 from blocksearch.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, evaluation_set
+from blocksearch.evaluate import EvalConfig, evaluation_set, toy_prompts_note
 from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
 from blocksearch.rungs import (MAX_FRACTION, REFERENCES, carried_noise, check_rung_settings, check_rungs,
@@ -257,6 +257,8 @@ def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: 
     try:
         config = EvalConfig.from_dict(job.eval | {"images": True})  # the rungs' settings, if the first stage has none
         teacher = load_teacher(cfg.teacher, device)
+        if note := toy_prompts_note("--eval-prompts", config.prompts, teacher):
+            print(note, file=out)
         metrics = teacher_reference(teacher, config, device)
     finally:
         torch.set_num_threads(threads)

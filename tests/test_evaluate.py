@@ -140,3 +140,13 @@ def test_cli_evaluate_says_when_the_toy_set_has_fewer_prompts_than_asked(tmp_pat
     assert "--prompts 512: the toy evaluation set has 312 prompts; all of them are generated" in capsys.readouterr().out
     assert main(["evaluate", str(student), "--prompts", "128"]) == 2
     assert "the toy evaluation set has" not in capsys.readouterr().out
+
+
+def test_the_toy_prompts_note_names_the_flag_and_stays_quiet_within_the_set():
+    from types import SimpleNamespace
+
+    from blocksearch.evaluate import toy_prompts_note
+    toy, real = SimpleNamespace(is_toy=True), SimpleNamespace(is_toy=False)
+    assert toy_prompts_note("--eval-prompts", 400, toy) == ("--eval-prompts 400: the toy evaluation set has 312 "
+                                                            "prompts; all of them are generated")
+    assert toy_prompts_note("--eval-prompts", 312, toy) is None and toy_prompts_note("--eval-prompts", 400, real) is None
