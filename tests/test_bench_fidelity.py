@@ -154,6 +154,9 @@ def test_cli_runs_resumes_and_writes_no_absolute_path(tmp_path, toy_teacher_fold
     assert main(args + ["--workers", "0"]) == 0  # nothing left: trains and scores nothing
     assert "nothing to train or score" in capsys.readouterr().out
     assert (tmp_path / "out" / "results.jsonl").read_text() == results
+    assert main(args + ["--workers", "0", "--kd-seeds", "0,1", "--full-seed-archs", "L9-9-9_T1-1-1_Mnone"]) == 2
+    assert "--full-seed-archs L9-9-9_T1-1-1_Mnone: not one of the study's architectures" in capsys.readouterr().err
+    assert (tmp_path / "out" / "results.jsonl").read_text() == results  # nothing trained
 
     tiny = [r for r in rows if r["design"] == "bk_tiny" and r["budget"] == 2]  # lost rows and checkpoint: redone
     (tmp_path / "out" / "results.jsonl").write_text("".join(

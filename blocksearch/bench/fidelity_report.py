@@ -165,7 +165,8 @@ def index_md(s: Summary, args, checkpoints: Path, settings: dict) -> str:
            f"- KD (blocksearch run's defaults for the teacher): {_settings(settings['distill'])}\n"
            f"- evaluation (the same, without latency): {_settings(settings['eval'])}\n"
            f"- tau: Kendall's tau-b of the seed-mean scores, each short budget against {longest} steps; 95% "
-           f"percentile bootstrap over architectures ({s.n_boot} resamples)\n"
+           f"percentile bootstrap over architectures ({s.n_boot} resamples); KD seed 0 throughout (the other KD "
+           f"seeds, and a {longest}-step reference averaged over them: predictors.md)\n"
            f"- checkpoints: `{portable(checkpoints)}` (not part of the report)\n")
     return "\n\n".join([
         "# Do short KD runs rank architectures the way long runs do?", "## How it was run", how,
