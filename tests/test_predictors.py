@@ -141,3 +141,32 @@ def test_text_rule_takes_the_first_text_dependent_probe_score_that_separates():
         p["probe_guide"], p["probe_cfg"] = 1.0, 0.5  # nothing separates: no ceiling, the first key's figures
     rule = text_rule(rows, probes, 30, 1920)
     assert (rule["key"], rule["ceiling"], rule["separates"]) == ("probe_guide", None, False)
+
+
+def test_a_probe_score_without_a_text_rule_at_its_budget_is_not_chosen():
+    """tau is over the text-following architectures: a probe-ranked first stage must screen the others out, so a
+    cheap probe score at a budget where no text rule separates is passed over; FID (images, the alignment floor)
+    needs no rule."""
+    cheap = PredictorRow("probe_task", 30, 0.85, 0.73, 0.94, 24, 0.80, 0.63, 0.92, 20, 14.8)
+    task = PredictorRow("probe_task", 120, 0.84, 0.73, 0.92, 24, 0.81, 0.66, 0.93, 20, 54.4)
+    fid = PredictorRow("fid", 30, 0.9, 0.8, 1.0, 24, 0.9, 0.8, 1.0, 20, 36.0)
+    assert choose([cheap, task], 1920) == (cheap, True)  # every budget has a rule: the cheapest
+    ruled = lambda budget: budget == 120  # noqa: E731 - no text rule separates at 30 steps
+    assert choose([cheap, task], 1920, text_ok=ruled) == (task, True)
+    assert choose([cheap, task, fid], 1920, text_ok=ruled) == (fid, True)  # FID at 30 screens by its images
+    assert choose([cheap], 1920, text_ok=ruled) == (None, False)  # nothing screened: nothing to choose
+    gap = lambda a, b: (0.01, 0.1)  # noqa: E731 - within noise of the best
+    best = PredictorRow("probe_task", 120, 0.84, 0.73, 0.92, 24, 0.7, 0.5, 0.9, 20, 54.4)
+    assert within_noise_of_best(best, [best, cheap], 1920, gap, text_ok=ruled)[0] == best
+    assert within_noise_of_best(best, [best, cheap], 1920, gap)[0] == cheap
+
+
+def test_the_report_names_a_cheaper_score_passed_over_for_want_of_a_text_rule():
+    from blocksearch.bench.predictors_report import render
+    cheap = PredictorRow("probe_task", 30, 0.85, 0.73, 0.94, 24, 0.80, 0.63, 0.92, 20, 14.8)
+    task = PredictorRow("probe_task", 120, 0.84, 0.73, 0.92, 24, 0.81, 0.66, 0.93, 20, 54.4)
+    text = render([cheap, task], task, True, [], "cmd", passed_over=[cheap])
+    assert "**probe_task at 120 KD steps**" in text
+    assert "Passed over: probe_task at 30 KD steps, tau +0.80 [+0.63, +0.92], 14.8 s -- it meets the target, but no " \
+           "text rule separates the text-following architectures at 30 steps" in text
+    assert "Passed over" not in render([cheap, task], task, True, [], "cmd")

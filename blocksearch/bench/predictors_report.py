@@ -5,11 +5,12 @@ short budget, the combined leave-one-architecture-out regression, and params / M
 against FID at the longest budget (the mean over KD seeds and generation seeds) by Kendall's tau-b with a
 bootstrap interval (rank_stats.py), over all architectures and over the text-following ones (alignment at
 the longest budget >= the text rule's floor). KD-seed and generation-seed spreads are kept apart. The
-selection rule: the cheapest predictor whose tau over the text-following architectures is >= 0.8 with the
-interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else the best one measured, said so --
-or, by the one-standard-error rule (Breiman et al., *Classification and Regression Trees*, 1984, sec. 3.4),
-of the ones whose tau is below the best's by at most one paired-bootstrap standard error of the gap and
-whose budget keeps the text rule where the best's does (the best's lead over them is noise), the cheapest,
+selection rule, over the scores that keep text-blind students out of the first stage (FID's images, or a
+probe score at a budget where a text rule separates): the cheapest predictor whose tau over the text-following
+architectures is >= 0.8 with the interval's low end >= 0.6 at <= 25 % of the longest budget's KD steps; else
+the best one measured, said so -- or, by the one-standard-error rule (Breiman et al., *Classification and
+Regression Trees*, 1984, sec. 3.4), of the ones whose tau is below the best's by at most one paired-bootstrap
+standard error of the gap (the best's lead over them is noise), the cheapest,
 then the one with the least KD-seed noise (the noise a search's verdicts drown in). The choice is written to
 ``blocksearch/measured/selection-score.json``, which the search reads.
 """
@@ -144,14 +145,18 @@ def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: in
 
 
 def choose(table: list[PredictorRow], longest: int,
-           noise: Callable[[PredictorRow], float | None] = lambda row: None) -> tuple[PredictorRow | None, bool]:
+           noise: Callable[[PredictorRow], float | None] = lambda row: None,
+           text_ok: Callable[[int], bool] = lambda budget: True) -> tuple[PredictorRow | None, bool]:
     """The first-stage score: among the scores a trial computes on its own (FID, the probe's: selection.SCORES),
-    within the cost cap, the cheapest meeting the target over the text-following architectures (at one
+    within the cost cap, and -- for a probe score, which generates no image to measure alignment on -- at a
+    budget where a text rule separates the text-following architectures (``text_ok(budget)``: the tau is
+    over those, so the others must be screened out before the ranking counts), the cheapest meeting the target over the text-following architectures (at one
     cost, the one with the least KD-seed noise, ``noise(row)``), and True; else the best one measured there
     (highest tau over the text-following ones, then over all, then the cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
     chosen: a trial cannot compute them alone, or they are costs already searched on."""
     cap = MAX_COST_FRACTION * longest
-    usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)]
+    usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)
+              and screened(r, text_ok)]
     meeting = [r for r in usable if reaches(r.tau_text, r.lo_text, TARGET, LOWER)]
     if meeting:  # the cheapest; at one cost, the least KD-seed noise (the noise a search's verdicts drown in)
         return min(meeting, key=lambda r: (r.cost_s, _or_inf(noise(r)), -r.tau_text)), True
@@ -161,6 +166,12 @@ def choose(table: list[PredictorRow], longest: int,
                                       -r.cost_s)), False
 
 
+def screened(row: PredictorRow, text_ok: Callable[[int], bool]) -> bool:
+    """Whether a first stage ranked by ``row`` keeps text-blind students out: FID's trials generate images (the
+    alignment floor); a probe score's need a text rule at its budget."""
+    return row.predictor == "fid" or text_ok(row.budget)
+
+
 def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest: int,
                          gap: Callable[[PredictorRow, PredictorRow], tuple[float, float]],
                          text_ok: Callable[[int], bool] = lambda budget: True,
@@ -168,17 +179,16 @@ def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest:
                          ) -> tuple[PredictorRow, float, float]:
     """The one-standard-error rule on ``choose``'s best (when nothing met the target): the usable predictors
     no dearer than ``best`` whose tau over the text-following architectures trails the best's by at most
-    ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)), at a budget where
-    the text rule separates if it does at the best's budget, are as faithful as the best as far as the study
-    can tell; of them the cheapest, then the one with the least KD-seed noise (``noise(row)``: sigma of the log
+    ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)), screened from the
+    text-blind students (``screened``: FID, or a probe score at a budget with a text rule), are as faithful as
+    the best as far as the study can tell; of them the cheapest, then the one with the least KD-seed noise (``noise(row)``: sigma of the log
     score between KD seeds; unknown last), then the higher tau. Returns (the choice, its gap to the best, the
     gap's standard error); (``best``, 0, 0) where nothing else qualifies."""
     cap = MAX_COST_FRACTION * longest
-    keep_rule = text_ok(best.budget)
     tied = [(best, 0.0, 0.0)]
     for row in table:
         if (row != best and row.predictor in SCORES and row.budget <= cap and math.isfinite(row.tau_text)
-                and row.cost_s <= best.cost_s and (text_ok(row.budget) or not keep_rule)):
+                and row.cost_s <= best.cost_s and screened(row, text_ok)):
             g, se = gap(best, row)
             if math.isfinite(se) and g <= ONE_SE * se:
                 tied.append((row, g, se))
@@ -274,7 +284,7 @@ def _ci(tau: float, lo: float, hi: float) -> str:
 
 def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, noise: list[dict],
            command: str, best: PredictorRow | None = None, gap: tuple[float, float] = (0.0, 0.0),
-           sigmas: tuple[float | None, float | None] = (None, None)) -> str:
+           sigmas: tuple[float | None, float | None] = (None, None), passed_over: list[PredictorRow] = ()) -> str:
     lines = ["# Cheap predictors of the long-run FID", "", f"Measured by `{command}`.", "",
              "Kendall tau-b of each predictor (lower value = better predicted) against the FID at the longest "
              "budget (mean over KD and generation seeds), 95 % bootstrap interval over architectures; "
@@ -314,8 +324,12 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
     also = ("" if best is None or best == chosen else
             f"\n\nThe best of every predictor over the text-following architectures, a trial's own or not: {best.predictor} "
             f"at {best.budget} KD steps, tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, {best.cost_s:.1f} s.")
+    skipped = "".join(f"\n\nPassed over: {r.predictor} at {r.budget} KD steps, tau {_ci(r.tau_text, r.lo_text, r.hi_text)}, "
+                      f"{r.cost_s:.1f} s -- it meets the target, but no text rule separates the text-following "
+                      f"architectures at {r.budget} steps, so a first stage ranked by it (no images) would let the "
+                      f"text-blind students through." for r in passed_over)
     return "\n".join(lines + ["", f"The search's first-stage score (a score a trial computes alone, FID or the "
-                                   f"probe's): {verdict}.{also}", ""])
+                                   f"probe's): {verdict}.{also}{skipped}", ""])
 
 
 def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets: list[int], args, out: Path,
@@ -331,15 +345,15 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     def sigma(row: PredictorRow) -> float | None:
         spread = kd_seed_noise(rows, probes, row.budget, row.predictor)
         return spread and spread["sigma_log"]
-    chosen, meets = choose(table, max(budgets), sigma)
+    separates = {}
+
+    def text_ok(budget: int) -> bool:
+        if budget not in separates:
+            separates[budget] = bool(text_rule(rows, probes, budget, max(budgets))["separates"])
+        return separates[budget]
+    chosen, meets = choose(table, max(budgets), sigma, text_ok)
     best, gap = chosen, (0.0, 0.0)
     if chosen is not None and not meets:
-        separates = {}
-
-        def text_ok(budget: int) -> bool:
-            if budget not in separates:
-                separates[budget] = bool(text_rule(rows, probes, budget, max(budgets))["separates"])
-            return separates[budget]
         chosen, *gap = within_noise_of_best(best, table, max(budgets), paired_gap(rows, probes, max(budgets), args.boot),
                                             text_ok, sigma)
     noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
@@ -347,8 +361,11 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     noise = [n for n in noise if n["kd"] or n["gen"]]
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
+    cap = MAX_COST_FRACTION * max(budgets)
+    passed_over = [r for r in table if r.predictor in SCORES and r.budget <= cap and not screened(r, text_ok)
+                   and reaches(r.tau_text, r.lo_text, TARGET, LOWER) and (chosen is None or r.cost_s < chosen.cost_s)]
     text = render(table, chosen, meets, noise, command, best, tuple(gap),
-                  (sigma(chosen), sigma(best)) if chosen is not None else (None, None))
+                  (sigma(chosen), sigma(best)) if chosen is not None else (None, None), passed_over)
     rule = text_rule(rows, probes, chosen.budget, max(budgets)) if chosen is not None else None
     if rule is not None and rule["text_following_max"] is not None and rule["others_min"] is not None:
         text += (f"\nThe first stage's text rule without images ({rule['key']} at {rule['budget']} KD steps"
