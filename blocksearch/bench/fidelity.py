@@ -225,9 +225,10 @@ def pending_ladders(archs: list[Arch], budgets: list[int], seeds: list[int], row
     ascending. KD seeds other than the first climb only ``extra_budgets`` (default: every budget) above 0 and
     are scored at the first generation seed (the KD-seed spread compares students at the same generation
     seed), except on the ``full_archs`` (genome ids): there they climb every budget, so that the longest
-    budget's reference is a mean over KD seeds where it matters and is affordable; rows without a ``kd_seed`` are KD seed 0's (studies before it was recorded). ``--also``'s architectures
-    (source "named") climb the first KD seed only: they are out of the tau study and its KD-seed noise, so an
-    extension run with more KD seeds does not train them again."""
+    budget's reference is a mean over KD seeds where it matters and is affordable; rows without a ``kd_seed`` are KD
+    seed 0's (studies before it was recorded). ``--also``'s architectures (source "named") climb the first KD seed
+    only: they are out of the tau study and its KD-seed noise, so an extension run with more KD seeds does not train
+    them again."""
     done = {(r["genome"], r.get("kd_seed", 0), r["budget"], r["seed"]) for r in rows}
     probed = {(r["genome"], r.get("kd_seed", 0), r["budget"]) for r in probes}
     work = []

@@ -148,11 +148,12 @@ def choose(table: list[PredictorRow], longest: int,
            noise: Callable[[PredictorRow], float | None] = lambda row: None,
            text_ok: Callable[[int], bool] = lambda budget: True) -> tuple[PredictorRow | None, bool]:
     """The first-stage score: among the scores a trial computes on its own (FID, the probe's: selection.SCORES),
-    within the cost cap, and -- for a probe score, which generates no image to measure alignment on -- at a
-    budget where a text rule separates the text-following architectures (``text_ok(budget)``: the tau is
-    over those, so the others must be screened out before the ranking counts), the cheapest meeting the target over the text-following architectures (at one
-    cost, the one with the least KD-seed noise, ``noise(row)``), and True; else the best one measured there
-    (highest tau over the text-following ones, then over all, then the cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
+    within the cost cap, and ``screened`` (a probe score generates no image to measure alignment on, so it
+    needs a text rule at its budget, ``text_ok(budget)``: the tau is over the text-following architectures,
+    so the others must be screened out before the ranking counts), the cheapest meeting the target over the
+    text-following architectures (at one cost, the one with the least KD-seed noise, ``noise(row)``), and
+    True; else the best one measured there (highest tau over the text-following ones, then over all, then the
+    cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
     chosen: a trial cannot compute them alone, or they are costs already searched on."""
     cap = MAX_COST_FRACTION * longest
     usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)
@@ -181,9 +182,9 @@ def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest:
     no dearer than ``best`` whose tau over the text-following architectures trails the best's by at most
     ``ONE_SE`` paired standard errors (``gap(best, row)`` -> (tau gap, its standard error)), screened from the
     text-blind students (``screened``: FID, or a probe score at a budget with a text rule), are as faithful as
-    the best as far as the study can tell; of them the cheapest, then the one with the least KD-seed noise (``noise(row)``: sigma of the log
-    score between KD seeds; unknown last), then the higher tau. Returns (the choice, its gap to the best, the
-    gap's standard error); (``best``, 0, 0) where nothing else qualifies."""
+    the best as far as the study can tell; of them the cheapest, then the one with the least KD-seed noise
+    (``noise(row)``: sigma of the log score between KD seeds; unknown last), then the higher tau. Returns (the
+    choice, its gap to the best, the gap's standard error); (``best``, 0, 0) where nothing else qualifies."""
     cap = MAX_COST_FRACTION * longest
     tied = [(best, 0.0, 0.0)]
     for row in table:
@@ -246,9 +247,9 @@ def text_rule(rows: list[dict], probes: list[dict], budget: int, longest: int,
 def kd_seed_noise(rows: list[dict], probes: list[dict], budget: int, key: str) -> dict | None:
     """The KD-seed spread of ``key`` at ``budget``: |a - b| over architectures trained at two KD seeds (FID at
     generation seed 0), median and max, the pooled standard deviation of log(value) (sqrt(mean(d^2 / 2))), and
-    Kendall's tau between the two KD seeds' rankings (``tau``: how far the score ranks the architectures alike
-    when only the KD run's randomness changes; at the longest budget, the ceiling any predictor's tau against
-    a one-KD-seed reference can reach)."""
+    Kendall's tau between the two KD seeds' rankings with its bootstrap interval (``tau``: how far the score
+    ranks the architectures alike when only the KD run's randomness changes; at the longest budget, how far
+    the reference ranking itself reproduces)."""
     source = rows if key in ("fid", "alignment") else probes
     per: dict[str, dict[int, float]] = {}
     for r in source:
@@ -324,8 +325,8 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
     also = ("" if best is None or best == chosen else
             f"\n\nThe best of every predictor over the text-following architectures, a trial's own or not: {best.predictor} "
             f"at {best.budget} KD steps, tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, {best.cost_s:.1f} s.")
-    skipped = "".join(f"\n\nPassed over: {r.predictor} at {r.budget} KD steps, tau {_ci(r.tau_text, r.lo_text, r.hi_text)}, "
-                      f"{r.cost_s:.1f} s -- it meets the target, but no text rule separates the text-following "
+    skipped = "".join(f"\n\nPassed over: {r.predictor} at {r.budget} KD steps, tau "
+                      f"{_ci(r.tau_text, r.lo_text, r.hi_text)}, {r.cost_s:.1f} s -- it meets the target, but no text rule separates the text-following "
                       f"architectures at {r.budget} steps, so a first stage ranked by it (no images) would let the "
                       f"text-blind students through." for r in passed_over)
     return "\n".join(lines + ["", f"The search's first-stage score (a score a trial computes alone, FID or the "
