@@ -61,15 +61,23 @@ def reaches(tau: float, lo: float, target: float, lower: float) -> bool:
 
 def seed_means(rows: list[dict]) -> dict[tuple[str, int], dict]:
     """(genome, budget) -> the seed-mean of each objective (None where an objective was not measured),
-    params, macs, kd_s (cumulative) and eval_s (per evaluation)."""
+    params, macs, kd_s (cumulative) and eval_s (per evaluation): the mean over generation seeds within each KD
+    seed, then over the KD seeds (rows without ``kd_seed`` are KD seed 0's)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["genome"], r["budget"]), []).append(r)
     out = {}
     for key, group in groups.items():
-        mean = {k: _mean([r.get(k) for r in group]) for k in (*OBJECTIVES, "kd_s", "eval_s")}
+        mean = {k: _kd_mean(group, k) for k in (*OBJECTIVES, "kd_s", "eval_s")}
         out[key] = mean | {"params": group[0]["params"], "macs": group[0]["macs"], "seeds": len(group)}
     return out
+
+
+def _kd_mean(group: list[dict], key: str) -> float | None:
+    per: dict[int, list] = {}
+    for r in group:
+        per.setdefault(r.get("kd_seed", 0), []).append(r.get(key))
+    return _mean([_mean(v) for v in per.values()])
 
 
 def _mean(values: list) -> float | None:

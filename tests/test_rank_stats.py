@@ -78,3 +78,12 @@ def test_seed_spread_and_cost_per_budget():
     assert seed_spread(three)[0]["median"] == pytest.approx(1.0) and seed_spread(three)[0]["measure"] == "std"
     cost = {c["budget"]: c for c in cost_per_budget(rows)}
     assert cost[40] == dict(budget=40, kd_s=20.0, eval_s=3.5, n=4)
+
+
+def test_seed_means_average_generation_seeds_within_a_kd_seed_then_the_kd_seeds():
+    from blocksearch.rank_stats import seed_means
+    base = dict(genome="g", budget=8, kid=1.0, alignment=0.5, params=10, macs=20, kd_s=1.0, eval_s=1.0)
+    rows = [base | dict(seed=0, fid=10.0), base | dict(seed=1, fid=20.0),  # KD seed 0 (no kd_seed: as before)
+            base | dict(kd_seed=1, seed=0, fid=30.0)]                       # KD seed 1, one generation seed
+    assert seed_means(rows)[("g", 8)]["fid"] == 22.5  # (15 + 30) / 2, not the flat mean of the rows, 20
+    assert seed_means(rows[:2])[("g", 8)]["fid"] == 15.0

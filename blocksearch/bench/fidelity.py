@@ -475,7 +475,8 @@ def cmd_bench_fidelity(args) -> int:
     kd0 = [r for r in rows if r.get("kd_seed", 0) == 0]
     studied = [a for a in archs if a.source != "named"]  # --also's: in the measured table, not in the tau study
     summary = summarize(kd0, studied, budgets, seeds, args.boot)
-    every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 if r["budget"] in budgets
+    longest = [r for r in rows if r.get("kd_seed", 0) != 0 and r["budget"] == max(budgets)]  # the reference's
+    every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 + longest if r["budget"] in budgets
                                                             and r["seed"] in seeds])
     write_outputs(summary, args, out, Path(job.checkpoints), every)
     write_predictors(rows, read_rows(probes), studied, budgets, args, out)

@@ -212,7 +212,7 @@ def write_summary_csv(s: Summary, path: Path, command: str) -> None:
 
 def write_measured_table(s: Summary, path: Path, command: str) -> int:
     """``bench search``'s measured table (settings.MEASURED_COLUMNS): per architecture whose ladder reached the
-    longest budget, its seed-mean FID there and its params; latency_ms blank (not measured by this benchmark).
+    longest budget, its seed-mean FID there (over KD seeds too, where ``s.rows`` hold more than one) and its params; latency_ms blank (not measured by this benchmark).
     The number of architectures written."""
     longest = s.budgets[-1]
     means = seed_means(s.rows)
@@ -224,7 +224,8 @@ def write_measured_table(s: Summary, path: Path, command: str) -> int:
     writer.writerows([g, round(means[(g, longest)]["fid"], 4), params[g], ""] for g in done)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# measured by: {command} (FID at {longest} KD steps, mean over generation seeds "
-                    f"{','.join(map(str, s.seeds))}; latency not measured)\n" + text.getvalue())
+                    f"{','.join(map(str, s.seeds))} within a KD seed, then over the KD seeds trained that long; "
+                    f"latency not measured)\n" + text.getvalue())
     return len(done)
 
 
