@@ -68,12 +68,15 @@ def seed_means(rows: list[dict]) -> dict[tuple[str, int], dict]:
         groups.setdefault((r["genome"], r["budget"]), []).append(r)
     out = {}
     for key, group in groups.items():
-        mean = {k: _kd_mean(group, k) for k in (*OBJECTIVES, "kd_s", "eval_s")}
+        mean = {k: kd_mean(group, k) for k in (*OBJECTIVES, "kd_s", "eval_s")}
         out[key] = mean | {"params": group[0]["params"], "macs": group[0]["macs"], "seeds": len(group)}
     return out
 
 
-def _kd_mean(group: list[dict], key: str) -> float | None:
+def kd_mean(group: list[dict], key: str) -> float | None:
+    """``key`` over ``group`` (one architecture and budget): the mean over generation seeds within each KD seed,
+    then over the KD seeds, so a KD seed scored at one generation seed weighs as much as one scored at two;
+    None where a row lacks it."""
     per: dict[int, list] = {}
     for r in group:
         per.setdefault(r.get("kd_seed", 0), []).append(r.get(key))

@@ -19,7 +19,8 @@ GUIDANCE_SCALE = 3.0
 # measurements of each BK design on the toy teacher (2-core VM, 1 thread) spread by 2.0-3.6 % (max-min over
 # median) with 15 x 0.2 s, and by 1.1-1.8 % with 60 x 0.05 s, at ~10 s per measurement instead of ~7 s. 40 x 0.05 s
 # (2026-12-04, `bench stability --repeats 40`, twice): isolated vs under load 0.3 % and 0.3 % (60: 1.8 % that day),
-# at 5.0 s instead of 7.5 s for bk_tiny (measured one after the other): a default run's 16 measurements each hold the other lane idle
+# at 5.0 s instead of 7.5 s for bk_tiny (measured one after the other): a default run's 16 measurements each
+# hold the other lane idle
 LATENCY_REPEATS = 40
 LATENCY_MIN_S = 0.05
 # `blocksearch bench search`'s measured tables (genome, fid, params, latency_ms; the rest of the space is a stand-in)

@@ -149,4 +149,5 @@ def test_the_toy_prompts_note_names_the_flag_and_stays_quiet_within_the_set():
     toy, real = SimpleNamespace(is_toy=True), SimpleNamespace(is_toy=False)
     assert toy_prompts_note("--eval-prompts", 400, toy) == ("--eval-prompts 400: the toy evaluation set has 312 "
                                                             "prompts; all of them are generated")
-    assert toy_prompts_note("--eval-prompts", 312, toy) is None and toy_prompts_note("--eval-prompts", 400, real) is None
+    assert toy_prompts_note("--eval-prompts", 312, toy) is None
+    assert toy_prompts_note("--eval-prompts", 400, real) is None

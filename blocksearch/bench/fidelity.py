@@ -454,7 +454,8 @@ def cmd_bench_fidelity(args) -> int:
     earlier = ",".join(r["genome"] for r in read_rows(results) if r.get("source") == "named")
     for ids in (earlier, getattr(args, "also", None)):  # extending a study keeps the named ones it had
         archs += named_architectures(bound, teacher.unet, ids, archs)
-    studied_ids = [a.genome for a in archs if a.source != "named"]
+    studied = [a for a in archs if a.source != "named"]  # --also's: in the measured table, not in the tau study
+    studied_ids = [a.genome for a in studied]
     unknown = sorted(full - set(studied_ids))
     if unknown:
         raise BlocksearchError(f"--full-seed-archs {unknown[0]}: not one of the study's architectures; allowed: "
@@ -473,10 +474,9 @@ def cmd_bench_fidelity(args) -> int:
     failures = [] if args.report_only else run_pending(job, teacher, work, results, probes, args.workers)
     rows = read_rows(results)
     kd0 = [r for r in rows if r.get("kd_seed", 0) == 0]
-    studied = [a for a in archs if a.source != "named"]  # --also's: in the measured table, not in the tau study
     summary = summarize(kd0, studied, budgets, seeds, args.boot)
-    longest = [r for r in rows if r.get("kd_seed", 0) != 0 and r["budget"] == max(budgets)]  # the reference's
-    every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 + longest if r["budget"] in budgets
+    other_kd_long = [r for r in rows if r.get("kd_seed", 0) != 0 and r["budget"] == max(budgets)]  # the reference's
+    every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 + other_kd_long if r["budget"] in budgets
                                                             and r["seed"] in seeds])
     write_outputs(summary, args, out, Path(job.checkpoints), every)
     write_predictors(rows, read_rows(probes), studied, budgets, args, out)

@@ -212,8 +212,8 @@ def write_summary_csv(s: Summary, path: Path, command: str) -> None:
 
 def write_measured_table(s: Summary, path: Path, command: str) -> int:
     """``bench search``'s measured table (settings.MEASURED_COLUMNS): per architecture whose ladder reached the
-    longest budget, its seed-mean FID there (over KD seeds too, where ``s.rows`` hold more than one) and its params; latency_ms blank (not measured by this benchmark).
-    The number of architectures written."""
+    longest budget, its seed-mean FID there (over KD seeds too, where ``s.rows`` hold more than one) and its
+    params; latency_ms blank (not measured by this benchmark). The number of architectures written."""
     longest = s.budgets[-1]
     means = seed_means(s.rows)
     params = {r["genome"]: r["params"] for r in s.rows}

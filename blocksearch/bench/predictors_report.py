@@ -27,7 +27,7 @@ from pathlib import Path
 from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, portable
 from blocksearch.predictors import CURVE_KEYS, loao_ridge
 from blocksearch.probe import PROBE_KEYS
-from blocksearch.rank_stats import kendall_tau_ci, kendall_tau_gap, reaches
+from blocksearch.rank_stats import kd_mean, kendall_tau_ci, kendall_tau_gap, reaches
 from blocksearch.reference_noise import seed_table
 from blocksearch.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
@@ -63,13 +63,9 @@ def _mean(values) -> float | None:
 
 
 def seed_mean(rows: list[dict], genome: str, key: str) -> float | None:
-    """``key`` of ``genome`` averaged over its generation seeds within each KD seed, then over the KD seeds: a
-    KD seed scored at one generation seed weighs as much as one scored at two."""
-    per: dict[int, list] = {}
-    for r in rows:
-        if r["genome"] == genome and r.get(key) is not None:
-            per.setdefault(r.get("kd_seed", 0), []).append(r[key])
-    return _mean([statistics.fmean(v) for v in per.values()])
+    """``key`` of ``genome`` over the rows that have it (rank_stats.kd_mean: generation seeds, then KD seeds)."""
+    mine = [r for r in rows if r["genome"] == genome and r.get(key) is not None]
+    return kd_mean(mine, key) if mine else None
 
 
 def reference(rows: list[dict], longest: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -144,6 +140,12 @@ def _tau(by: dict[str, float], fid: dict[str, float], keep: set[str], n_boot: in
     return tau, lo, hi, len(genomes)
 
 
+def candidate(row: PredictorRow, longest: int) -> bool:
+    """A score a trial computes on its own (selection.SCORES), within the cost cap, with a finite tau over the
+    text-following architectures: what the choice may take (screening aside)."""
+    return row.predictor in SCORES and row.budget <= MAX_COST_FRACTION * longest and math.isfinite(row.tau_text)
+
+
 def choose(table: list[PredictorRow], longest: int,
            noise: Callable[[PredictorRow], float | None] = lambda row: None,
            text_ok: Callable[[int], bool] = lambda budget: True) -> tuple[PredictorRow | None, bool]:
@@ -155,9 +157,7 @@ def choose(table: list[PredictorRow], longest: int,
     True; else the best one measured there (highest tau over the text-following ones, then over all, then the
     cheaper), and False. Baselines, curve features, alignment and the combined regression are reported, not
     chosen: a trial cannot compute them alone, or they are costs already searched on."""
-    cap = MAX_COST_FRACTION * longest
-    usable = [r for r in table if r.predictor in SCORES and r.budget <= cap and math.isfinite(r.tau_text)
-              and screened(r, text_ok)]
+    usable = [r for r in table if candidate(r, longest) and screened(r, text_ok)]
     meeting = [r for r in usable if reaches(r.tau_text, r.lo_text, TARGET, LOWER)]
     if meeting:  # the cheapest; at one cost, the least KD-seed noise (the noise a search's verdicts drown in)
         return min(meeting, key=lambda r: (r.cost_s, _or_inf(noise(r)), -r.tau_text)), True
@@ -185,11 +185,9 @@ def within_noise_of_best(best: PredictorRow, table: list[PredictorRow], longest:
     the best as far as the study can tell; of them the cheapest, then the one with the least KD-seed noise
     (``noise(row)``: sigma of the log score between KD seeds; unknown last), then the higher tau. Returns (the
     choice, its gap to the best, the gap's standard error); (``best``, 0, 0) where nothing else qualifies."""
-    cap = MAX_COST_FRACTION * longest
     tied = [(best, 0.0, 0.0)]
     for row in table:
-        if (row != best and row.predictor in SCORES and row.budget <= cap and math.isfinite(row.tau_text)
-                and row.cost_s <= best.cost_s and screened(row, text_ok)):
+        if row != best and candidate(row, longest) and row.cost_s <= best.cost_s and screened(row, text_ok):
             g, se = gap(best, row)
             if math.isfinite(se) and g <= ONE_SE * se:
                 tied.append((row, g, se))
@@ -326,8 +324,8 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
             f"\n\nThe best of every predictor over the text-following architectures, a trial's own or not: {best.predictor} "
             f"at {best.budget} KD steps, tau {_ci(best.tau_text, best.lo_text, best.hi_text)}, {best.cost_s:.1f} s.")
     skipped = "".join(f"\n\nPassed over: {r.predictor} at {r.budget} KD steps, tau "
-                      f"{_ci(r.tau_text, r.lo_text, r.hi_text)}, {r.cost_s:.1f} s -- it meets the target, but no text rule separates the text-following "
-                      f"architectures at {r.budget} steps, so a first stage ranked by it (no images) would let the "
+                      f"{_ci(r.tau_text, r.lo_text, r.hi_text)}, {r.cost_s:.1f} s -- it meets the target, but no "
+                      f"text rule separates the text-following architectures at {r.budget} steps, so a first stage ranked by it (no images) would let the "
                       f"text-blind students through." for r in passed_over)
     return "\n".join(lines + ["", f"The search's first-stage score (a score a trial computes alone, FID or the "
                                    f"probe's): {verdict}.{also}{skipped}", ""])
@@ -343,8 +341,10 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
         return None
     table = predictor_table(rows, probes, budgets, args.boot)
 
+    kd_noise = {(b, k): kd_seed_noise(rows, probes, b, k) for b in budgets for k in ("fid", *PROBE_KEYS)}
+
     def sigma(row: PredictorRow) -> float | None:
-        spread = kd_seed_noise(rows, probes, row.budget, row.predictor)
+        spread = kd_noise.get((row.budget, row.predictor))
         return spread and spread["sigma_log"]
     separates = {}
 
@@ -357,13 +357,12 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     if chosen is not None and not meets:
         chosen, *gap = within_noise_of_best(best, table, max(budgets), paired_gap(rows, probes, max(budgets), args.boot),
                                             text_ok, sigma)
-    noise = [dict(budget=b, key=k, kd=kd_seed_noise(rows, probes, b, k), gen=gen_seed_noise(rows, b) if k == "fid"
+    noise = [dict(budget=b, key=k, kd=kd_noise[b, k], gen=gen_seed_noise(rows, b) if k == "fid"
                   else None) for b in budgets for k in ("fid", *PROBE_KEYS)]
     noise = [n for n in noise if n["kd"] or n["gen"]]
     command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
                f"--probe-budgets {args.probe_budgets}")
-    cap = MAX_COST_FRACTION * max(budgets)
-    passed_over = [r for r in table if r.predictor in SCORES and r.budget <= cap and not screened(r, text_ok)
+    passed_over = [r for r in table if candidate(r, max(budgets)) and not screened(r, text_ok)
                    and reaches(r.tau_text, r.lo_text, TARGET, LOWER) and (chosen is None or r.cost_s < chosen.cost_s)]
     text = render(table, chosen, meets, noise, command, best, tuple(gap),
                   (sigma(chosen), sigma(best)) if chosen is not None else (None, None), passed_over)

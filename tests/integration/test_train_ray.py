@@ -1,7 +1,7 @@
 """``blocksearch train`` on Ray Train (TorchTrainer, DDP over gloo on CPU): 2 workers train the same student as one
-process from the same global batch (the killed run against a straight one); a run whose CLI driver is SIGKILLed after its first checkpoint continues from its last
-checkpoint when the same command runs again, and ends with the student of a straight run; a worker's error is one
-line. A Ray start costs 10-20 s on a busy 2-core machine, so the in-process runs and the killed driver share one
+process from the same global batch (the killed run against a straight one); a run whose CLI driver is SIGKILLed
+after its first checkpoint continues from its last checkpoint when the same command runs again, and ends with the
+student of a straight run; a worker's error is one line. A Ray start costs 10-20 s on a busy 2-core machine, so the in-process runs and the killed driver share one
 local Ray (``--address``); one CLI run starts its own, as a user's does."""
 
 import os
