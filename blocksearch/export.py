@@ -112,6 +112,11 @@ def _teacher_cost(pipeline) -> dict:
 
 
 def _student_weights(t: TrialPoint) -> Path:
+    if t.from_study:
+        raise BlocksearchError(
+            f"trial {t.number} ({t.design}) took its scores from bench fidelity's study after "
+            f"{t.from_study.get('steps')} KD steps and trained no student here; allowed: a searched trial, or "
+            f"train the design itself: blocksearch distill --design {t.design} --steps {t.from_study.get('steps')}")
     if not t.student_dir:
         raise BlocksearchError(f"trial {t.number} records no student_dir (user attr); it cannot be exported")
     weights = Path(t.student_dir) / UNET_WEIGHTS

@@ -10,6 +10,13 @@ every score both have agrees to ``RTOL`` -- the same teacher, data, KD recipe, b
 the same numbers, bit for bit on one machine, while another KD seed alone moves probe_task after 120 steps by
 1.4 % (median over 24 architectures) -- the study's other seeds are this run's other seeds, and nothing is
 trained again. Otherwise (another teacher, recipe or budget; ``--noise-source measure``) the trial trains them.
+
+The same study holds KD seed 0 itself, at every budget of its ladder: a reference design's trial first trains the
+study's longest budget below its own (:func:`check_budget`: 30 of 120 steps) and compares its probe scores
+there (:func:`agrees`); where they agree, the trial's scores at its own budget are the study's
+(:func:`study_scores`) -- the same numbers its own KD would give, at a quarter of the KD -- and a rung takes a
+reference design that came from the study from it again (``MARKER`` in its students folder), without training
+it (a toy default run: 3 reference trials of ~55 s each at 120 steps, and one of the rung's two rounds).
 """
 
 from __future__ import annotations
@@ -44,6 +51,34 @@ def seed_table(rows: Iterable[dict], probes: Iterable[dict]) -> dict[str, dict[s
         for rows_ in designs.values():
             rows_.sort(key=lambda r: (r["kd_seed"], "seed" not in r, r.get("seed", 0)))
     return out
+
+
+MARKER = "from-study.json"  # <students>/<genome>/: the trial's scores came from the study (trial.from_study)
+
+
+def study_scores(table: Mapping, steps: int, genome: str, seed: int, keys: Iterable[str]) -> dict | None:
+    """KD seed 0's ``keys`` of ``genome`` after ``steps`` in the study's ``table`` ({budget: {genome: rows}}):
+    image scores from its row at generation seed ``seed``, probe scores from its probe row; None unless the
+    study has every one of ``keys``."""
+    keys = tuple(keys)
+    rows = table.get(str(steps), {}).get(genome) or []
+    image = next((r for r in rows if "seed" in r and r["kd_seed"] == 0 and r["seed"] == seed), {})
+    probe = next((r for r in rows if "seed" not in r and r["kd_seed"] == 0), {})
+    out = {k: (image if k in IMAGE_KEYS else probe).get(k) for k in keys}
+    return out if keys and all(v is not None for v in out.values()) else None
+
+
+def check_budget(table: Mapping, steps: int, genome: str) -> int | None:
+    """The longest budget of the study above 0 and below ``steps`` with KD seed 0's probe scores of ``genome``:
+    where a trial checks that it reproduces the study before taking its ``steps`` scores from it; None if none."""
+    budgets = [int(b) for b in table if 0 < int(b) < steps and study_scores(table, int(b), genome, 0, PROBE_KEYS)]
+    return max(budgets, default=None)
+
+
+def agrees(mine: Mapping, theirs: Mapping | None) -> bool:
+    """Every score ``mine`` and ``theirs`` both have agrees to ``RTOL``, and they share at least one."""
+    shared = [k for k in (theirs or {}) if mine.get(k) is not None and theirs[k] is not None]
+    return bool(shared) and all(_close(mine[k], theirs[k]) for k in shared)
 
 
 def _close(a: float, b: float) -> bool:

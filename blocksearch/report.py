@@ -51,6 +51,7 @@ class TrialPoint:
     pruned_at: dict | None = None  # where early stopping cut a PRUNED trial
     skipped: bool = False  # a duplicate suggestion of a running Genome, never trained
     seed_scores: tuple = ()  # reference designs: ({seed, fid, alignment, kid?}, ...) at each generation seed
+    from_study: dict | None = None  # a reference design's scores taken from bench fidelity's study (trial.from_study)
 
     @property
     def on_front(self) -> bool:
@@ -207,7 +208,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial, topo: tuple | None) -> dict:
                 duration_s=trial.duration.total_seconds() if trial.duration else None,
                 cached_from=ua.get("cached_from"), feasible=all(c <= 0 for c in constraints),
                 pruned_at=ua.get("pruned_at"), skipped=bool(ua.get("skipped")),
-                seed_scores=tuple(ua.get("seed_scores") or ()))
+                seed_scores=tuple(ua.get("seed_scores") or ()), from_study=ua.get("from_study"))
 
 
 def _reference_trials(trials, ref_designs: dict) -> dict:

@@ -30,7 +30,7 @@ import optuna
 from blocksearch.errors import BlocksearchError
 from blocksearch.noise import quality_mask
 from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
-from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
+from blocksearch.reference_noise import IMAGE_KEYS, SOURCE, study_scores
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
@@ -105,7 +105,7 @@ def whole_rounds(cap: int, lanes: int) -> int:
 
 
 def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, references: str = "open",
-             lanes: int = 1) -> list[TrialPoint]:
+             lanes: int = 1, free: frozenset[int] | set[int] = frozenset()) -> list[TrialPoint]:
     """The students of ``report`` that go on to the next rung, by trial number: successive halving's cut
     (Jamieson & Talwalkar, AISTATS 2016) on noisy scores.
 
@@ -118,7 +118,9 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
     2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, rounded
        down to whole rounds of the ``lanes`` trials the cluster runs in parallel (:func:`whole_rounds`), but never
        below the reference designs plus one searched student (a rung that re-trained the baselines alone would
-       test nothing the search found). Candidates within the cap all go on.
+       test nothing the search found). A reference design in ``free`` (its rung scores come from ``bench
+       fidelity``'s study, :func:`study_free`) holds a place but no lane: the rounding counts only the places
+       trained. Candidates within the cap all go on.
     3. Past the cap the reference designs stay (the comparison at the longer budget), and the searched candidates
        fill the places left by the report's non-dominated sorting rank (Deb et al. 2002, over every feasible
        student: one that a reference design dominates ranks behind one that nothing dominates); a rank with more
@@ -141,7 +143,9 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
     refs = set(report.reference_trials.values()) - (settled(report) if references == "open" else set())
     chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
     kept = [t for t in chosen if t.number in refs]
-    cap = max(whole_rounds(math.floor(max_fraction * len(report.ranked) + 1e-9), lanes), len(kept) + 1)
+    untrained = sum(t.number in free for t in kept)
+    places = math.floor(max_fraction * len(report.ranked) + 1e-9)
+    cap = max(whole_rounds(max(0, places - untrained), lanes) + untrained, len(kept) + 1)
     if len(chosen) <= cap:
         return chosen
     q = next((i for i, quality in enumerate(quality_mask(report.objectives)) if quality), 0)
@@ -154,6 +158,16 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
         if len(taken) >= cap:
             break
     return sorted(taken, key=lambda t: t.number)
+
+
+def study_free(report: ParetoReport, job: TrialJob) -> set[int]:
+    """The reference designs' trials of ``report`` that the rung of ``job`` takes from ``bench fidelity``'s
+    study without training (trial.from_study): taken from it below, and the study holds their scores at the
+    rung's budget."""
+    keys = IMAGE_KEYS if job.eval.get("images", True) else ()
+    seed = int(job.eval.get("seed", 0))
+    return {n for n in report.reference_trials.values() if report.trial(n).from_study
+            and study_scores(job.reference_seeds, job.distill["steps"], report.trial(n).genome, seed, keys)}
 
 
 def by_contribution(tier: list[TrialPoint], taken: list[TrialPoint], points: dict, room: int) -> list[TrialPoint]:

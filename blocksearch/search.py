@@ -38,7 +38,7 @@ from blocksearch.render import fmt, render_all
 from blocksearch.report import ParetoReport, build_report
 from blocksearch.rungs import (MAX_FRACTION, REFERENCES, carried_noise, check_rung_settings, check_rungs,
                                default_rungs, drop_checkpoints, prepare_rung, prepared_lanes, promoted, rung_plan,
-                               rung_work, stopped_references)
+                               rung_work, stopped_references, study_free)
 from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.samplers import SAMPLERS
 from blocksearch.reference_noise import NOISE_SOURCES, table_of
@@ -161,7 +161,8 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         report = build_report(optuna.load_study(study_name=below, storage=storage))
         # the rung's places fill whole rounds of the parallel trials: those it was prepared with, on a resume
         parallel = prepared_lanes(storage, name) or lanes(cfg, ray_info["resources"], len(report.ranked))
-        chosen = promoted(report, references=cfg.rung_references, lanes=parallel)
+        free = study_free(report, job)
+        chosen = promoted(report, references=cfg.rung_references, lanes=parallel, free=free)
         settled_refs = stopped_references(report, chosen)
         rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
         refs = ("the reference designs it left open" if cfg.rung_references == "open" else "the reference designs")
@@ -170,6 +171,11 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
               f"{MAX_FRACTION:.0%} of the feasible in whole rounds of {parallel} parallel trials (never fewer than "
               f"those reference designs and one searched student): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
+        for t in chosen:
+            if t.number in free:
+                print(f"  {t.design} is taken from bench fidelity's study at {job.distill['steps']} steps, as at "
+                      f"{below!r} (reproduced there after {t.from_study['checked_at']} KD steps): a place, no lane",
+                      file=out)
         for ref, by in settled_refs.items():
             print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
                   f"{', '.join(map(str, by))} (--rung-references all continues it anyway)", file=out)

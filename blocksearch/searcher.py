@@ -222,7 +222,8 @@ class StudySearch(OptunaSearch):
             trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
                                               KD_METRIC: result.get(KD_METRIC)})
             return "PRUNED", None, payload
-        for key in ("metrics", "timings", "student_dir", "node", "seed_scores", "kd_start_step"):
+        for key in ("metrics", "timings", "student_dir", "node", "seed_scores", "kd_start_step",
+                    "from_study"):
             if key in payload:
                 trial.set_user_attr(key, payload[key])
         alignment = payload["metrics"].get("alignment")

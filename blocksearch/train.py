@@ -104,6 +104,10 @@ def _from_study(spec: str, storage: str | None, teacher: str | None) -> tuple[di
     report = load_report(study, storage)
     trial = choose(report, trial=int(number))[0]
     folder = Path(trial.student_dir or "")
+    if trial.from_study:
+        raise BlocksearchError(f"trial {number} of study {study} ({trial.design}) took its scores from bench "
+                               f"fidelity's study and trained no student here; allowed: a searched trial, or "
+                               f"--design {trial.design} (cut out of the teacher)")
     if not (folder / "config.json").is_file():
         raise BlocksearchError(f"trial {number} of study {study}: its student {folder} is gone (was runs/ moved "
                                f"or cleaned?)")

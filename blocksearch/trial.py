@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -26,7 +27,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.probe import Probe, ProbeConfig, teacher_probe
-from blocksearch.reference_noise import reproduced
+from blocksearch.reference_noise import IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, reproduced, study_scores
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher
 
@@ -104,12 +105,19 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     student = build_student(teacher.unet, genome)
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
     settings = DistillConfig.from_dict(job.distill)
+    config = EvalConfig.from_dict(job.eval)
     with logged(report, Path(job.students_dir) / genome.id / LOSSES_FILE) as on_step:
+        taken, verify = from_study(teacher, student, genome, job, settings, config, on_step)
+        if taken is not None:
+            taken.extra["prep_s"] = prep_s
+            return taken
+        resume = {"resume_from": verify} if verify is not None else {}  # the check's KD goes on, not again
         kd = distill(teacher, student, settings, device=job.device, on_step=on_step,
-                     progress=False, **kd_checkpoints(job, genome, 0))
+                     progress=False, **kd_checkpoints(job, genome, 0) | resume)
+    if verify is not None:
+        shutil.rmtree(verify, ignore_errors=True)
     out = Path(job.students_dir) / genome.id / get_family(job.family).subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
-    config = EvalConfig.from_dict(job.eval)
     metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings
     timings = {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),
@@ -137,6 +145,57 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
             scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
         timings["noise_s"] = time.perf_counter() - t1
     return Outcome(values, timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]}, scores)
+
+
+def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig, config: EvalConfig,
+               on_step) -> tuple[Outcome | None, Path | None]:
+    """A reference design's trial taken from ``bench fidelity``'s study where this run reproduces it
+    (reference_noise.py): (the outcome, None); else (None, the KD checkpoint of the check, for the trial to go
+    on from, or None where nothing was trained).
+
+    The study must hold KD seed 0's scores of the design at the trial's budget (its images at the trial's
+    generation seed, its probe where the probe ranks). The check: KD to the study's longest budget below (30
+    of 120 steps) and the probe there, against the study's (``agrees``: RTOL); a rung's trial skips it where
+    the stage below took the design from the study (``MARKER``). Cost and speed are the architecture's and
+    are measured here as in any trial; the seed noise rows are the study's (``reproduced``). No student is
+    written: ``export`` says so."""
+    from_ = job.reference_seeds
+    keys = (*(IMAGE_KEYS if config.images else ()), *(PROBE_KEYS if job.score in PROBE_KEYS else ()))
+    scores = study_scores(from_, settings.steps, genome.id, config.seed, keys) if job.design and from_ else None
+    if scores is None:
+        return None, None
+    folder = Path(job.students_dir) / genome.id
+    below = Path(job.resume_dir) / genome.id / MARKER if job.resume_dir else None
+    t0 = time.perf_counter()
+    if below is not None and below.is_file():
+        check = json.loads(below.read_text())["checked_at"]
+    elif below is not None and checkpoint_info(checkpoint_dir(job.resume_dir, genome.id)) is not None:
+        return None, None  # a rung whose stage below trained the design: its checkpoint goes on
+    else:
+        check = check_budget(from_, settings.steps, genome.id)
+        if check is None:
+            return None, None
+        verify = folder / f"{CHECKPOINT}-check{check}"
+        distill(teacher, student, dataclasses.replace(settings, steps=check), device=job.device, on_step=on_step,
+                progress=False, save_to=verify, cache_steps=job.cache_steps)
+        mine = cached_probe(teacher, job).score(student.unet, student.kd_pairs)
+        if not agrees(mine, study_scores(from_, check, genome.id, 0, PROBE_KEYS)):
+            return None, verify
+        shutil.rmtree(verify, ignore_errors=True)
+    kd_s = time.perf_counter() - t0
+    metrics = evaluate(teacher, student.unet, dataclasses.replace(config, images=False), device=job.device)
+    source = (f"{SOURCE}'s study (selection-score.json): KD seed 0 after {settings.steps} steps, reproduced here "
+              f"at {check} steps")
+    values = metrics.to_dict() | scores
+    values["measured"] = values["measured"] | {k: source for k in scores}
+    rows = reproduced(main_row(config, values), from_.get(str(settings.steps), {}).get(genome.id) or [],
+                      job.noise_seeds) or []
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"design": job.design, "steps": settings.steps, "checked_at": check,
+                                             "source": source}, indent=1) + "\n")
+    timings = {"kd_s": kd_s, "generate_s": 0.0, "score_s": metrics.timings.get("latency_s", 0.0)}
+    taken = {"from_study": {"checked_at": check, "steps": settings.steps}}
+    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows), None
 
 
 @contextlib.contextmanager
@@ -252,6 +311,8 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
                "node": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
     if outcome.seed_scores:
         payload["seed_scores"] = outcome.seed_scores
+    if outcome.extra.get("from_study"):
+        payload["from_study"] = outcome.extra["from_study"]  # a reference design's scores: bench fidelity's
     if outcome.extra.get("kd_start_step"):
         payload["kd_start_step"] = outcome.extra["kd_start_step"]  # a rung's student: continued from this step
     tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(payload)})

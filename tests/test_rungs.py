@@ -12,7 +12,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.report import build_report, teacher_topology
 from blocksearch.render_noise import noise_line, reference_md
 from blocksearch.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               carried_noise, rung_plan, settled, stopped_references, whole_rounds)
+                               carried_noise, rung_plan, settled, stopped_references, study_free, whole_rounds)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
@@ -190,6 +190,28 @@ def test_a_partial_last_round_is_dropped_from_the_rung(tmp_path):
     assert [t.number for t in promoted(r, max_fraction=5 / 9, lanes=8)] == five  # one round: unchanged
     # never below the open reference designs + one searched student
     assert len(promoted(r, max_fraction=3 / 9, lanes=2)) == 3
+
+
+def test_a_reference_design_taken_from_the_study_holds_a_place_but_no_lane(tmp_path):
+    # as above, 5 places of 9 on 2 lanes: bk_base, bk_tiny and three searched. bk_tiny's rung scores come from
+    # bench fidelity's study (trial.from_study: no KD): 4 places are trained, two whole rounds, and all 5 go on
+    r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)])
+    five = [t.number for t in promoted(r, max_fraction=5 / 9)]
+    tiny, base = r.reference_trials["bk_tiny"], r.reference_trials["bk_base"]
+    assert [t.number for t in promoted(r, max_fraction=5 / 9, lanes=2, free={tiny})] == five
+    # both from the study: 3 trained places are rounded to 2, one searched student stays behind
+    assert len(promoted(r, max_fraction=5 / 9, lanes=2, free={tiny, base})) == 4
+    # which are free: taken from the study below, and the study has every image score at the rung's budget
+    rows = {"480": {"g2": [{"kd_seed": 0, "seed": 0, "fid": 30.0, "kid": 0.1, "alignment": 0.5}],
+                    "g0": [{"kd_seed": 0, "seed": 0, "fid": 30.0, "alignment": 0.5}]}}  # no kid: trained
+    trials = {2: SimpleNamespace(from_study={"checked_at": 30}, genome="g2"),
+              0: SimpleNamespace(from_study={"checked_at": 30}, genome="g0"),
+              1: SimpleNamespace(from_study=None, genome="g1")}
+    report = SimpleNamespace(reference_trials={"bk_tiny": 2, "bk_base": 0, "bk_small": 1}, trial=trials.get)
+    job = SimpleNamespace(eval={"images": True, "seed": 0}, distill={"steps": 480}, reference_seeds=rows)
+    assert study_free(report, job) == {2}
+    assert study_free(report, SimpleNamespace(**{**vars(job), "distill": {"steps": 1920}})) == set()
+    assert study_free(report, SimpleNamespace(**{**vars(job), "eval": {"images": True, "seed": 1}})) == set()
 
 
 def test_a_rung_without_reference_designs_takes_their_seed_noise_from_the_study_the_run_reproduced(tmp_path):

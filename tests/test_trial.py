@@ -143,3 +143,58 @@ def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, 
     calls.clear()  # --noise-seeds 3: the study's 2 KD seeds are too few
     trial._train_candidate(genome, TrialJob(**{**vars(job), "noise_seeds": 3}), lambda s, l: None)
     assert calls == [("kd", 0), 3, ("kd", 1)]
+
+
+def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_from_it(tmp_path, monkeypatch):
+    """trial.from_study: bk_tiny's KD to the study's budget below (1 of 2 steps) and its probe there equal the
+    study's, so its scores at 2 steps are the study's: one KD step instead of two, no student written, the
+    check's checkpoint gone. A study that disagrees at the check leaves the trial to go on from the check's
+    checkpoint: the same student as a straight run. A rung (3 steps) takes the design from the study again
+    without any KD where the stage below did."""
+    teacher = make_tiny_teacher(tmp_path)
+    monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: teacher)
+    monkeypatch.setattr(trial, "ProbeConfig", lambda: ProbeConfig(batches=1, batch_size=2))
+    monkeypatch.setattr(evaluate_module, "speed_and_memory", lambda *a, **k: (
+        {"latency_ms": 1.0, "latency_cv": 0.0, "e2e_ms": None, "memory_mb": None, "weights_mb": None}, {}))
+    genome = load_space("unet_blocks").bind(topology_of(teacher.unet.config)).design("bk_tiny")
+    cache = str(tmp_path / "c")
+
+    def job(steps, folder, table, **kw):
+        return TrialJob("tiny", "cpu", {"steps": steps, "batch_size": 2, "cache_dir": cache},
+                        {**FAST, "cache_dir": cache, "images": False}, str(tmp_path / folder), 1, 1, noise_seeds=2,
+                        design="bk_tiny", score="probe_cfg", checkpoint=True, cache_steps=3, reference_seeds=table,
+                        **kw)
+
+    def run(j):
+        steps = []
+        out = trial._train_candidate(genome, j, lambda step, losses: steps.append(step))
+        return out, steps
+
+    probe = lambda out: {k: out.metrics[k] for k in PROBE_KEYS}  # noqa: E731
+    at1, _ = run(job(1, "s1", {}))
+    at2, steps = run(job(2, "s2", {}))
+    assert steps == [1, 2] and at2.seed_scores[1]["kd_seed"] == 1  # the straight run, and its KD seed 1
+    study = {"1": {genome.id: [{"kd_seed": 0, **probe(at1)}]},
+             "2": {genome.id: [{"kd_seed": 0, **probe(at2)}, {"kd_seed": 1, "probe_cfg": 0.5}]}}
+    taken, steps = run(job(2, "s3", study))
+    assert steps == [1] and taken.extra["from_study"] == {"checked_at": 1, "steps": 2}
+    assert probe(taken) == probe(at2) and "bench fidelity" in taken.metrics["measured"]["probe_cfg"]
+    assert taken.seed_scores == [{"seed": 0, "kd_seed": 0, **probe(at2)},
+                                 {"seed": 0, "kd_seed": 1, "probe_cfg": 0.5, "from": "bench fidelity"}]
+    folder = tmp_path / "s3" / genome.id
+    assert sorted(p.name for p in folder.iterdir()) == ["from-study.json", "losses.jsonl"]  # nothing else kept
+    assert taken.metrics["latency_ms"] == 1.0 and taken.metrics["params"] == at2.metrics["params"]
+
+    off = {**study, "1": {genome.id: [{"kd_seed": 0, **probe(at1), "probe_cfg": probe(at1)["probe_cfg"] * 1.01}]}}
+    again, steps = run(job(2, "s4", off))
+    assert steps == [1, 2] and "from_study" not in again.extra  # one KD run 0 -> 1 -> 2, the check's step kept
+    assert probe(again) == probe(at2) and not any((tmp_path / "s4" / genome.id).glob("*-check1"))
+
+    images = {"kid": 0.2, "fid": 50.0, "alignment": 0.5}
+    rung_table = {**study, "3": {genome.id: [{"kd_seed": 0, "seed": 0, **images},
+                                             {"kd_seed": 1, "seed": 0, "fid": 60.0, "kid": 0.3, "alignment": 0.4}]}}
+    rung = TrialJob(**{**vars(job(3, "r", rung_table)), "resume_dir": str(tmp_path / "s3"), "score": "fid",
+                       "eval": {**FAST, "cache_dir": cache}})
+    out, steps = run(rung)
+    assert steps == [] and {k: out.metrics[k] for k in images} == images
+    assert out.extra["from_study"] == {"checked_at": 1, "steps": 3} and len(out.seed_scores) == 2
