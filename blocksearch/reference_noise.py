@@ -68,11 +68,17 @@ def study_scores(table: Mapping, steps: int, genome: str, seed: int, keys: Itera
     return out if keys and all(v is not None for v in out.values()) else None
 
 
+def probe_row(table: Mapping, steps: int, genome: str) -> dict:
+    """KD seed 0's probe scores of ``genome`` after ``steps`` in the study ({} where it has none)."""
+    rows = table.get(str(steps), {}).get(genome) or []
+    row = next((r for r in rows if "seed" not in r and r["kd_seed"] == 0), {})
+    return {k: row[k] for k in PROBE_KEYS if row.get(k) is not None}
+
+
 def check_budget(table: Mapping, steps: int, genome: str) -> int | None:
     """The longest budget of the study above 0 and below ``steps`` with KD seed 0's probe scores of ``genome``:
     where a trial checks that it reproduces the study before taking its ``steps`` scores from it; None if none."""
-    budgets = [int(b) for b in table if 0 < int(b) < steps and study_scores(table, int(b), genome, 0, PROBE_KEYS)]
-    return max(budgets, default=None)
+    return max((int(b) for b in table if 0 < int(b) < steps and probe_row(table, int(b), genome)), default=None)
 
 
 def agrees(mine: Mapping, theirs: Mapping | None) -> bool:

@@ -354,13 +354,32 @@ def _curves_md(r: ParetoReport) -> list[str]:
 
 def _budget_md(r: ParetoReport) -> list[str]:
     """Every student here trained the same KD budget; a rung says where its students came from."""
+    return _budget_lines(r) + _from_study_md(r)
+
+
+def _from_study_md(r: ParetoReport) -> list[str]:
+    """The reference designs whose scores this study took from ``bench fidelity``'s (trial.from_study)."""
+    taken = [t for t in r.trials if t.from_study]
+    if not taken:
+        return []
+    names = ", ".join(f"{t.design} (trial {t.number}, reproduced after {t.from_study.get('checked_at')} KD steps)"
+                      for t in taken)
+    return [f"**Taken from bench fidelity's study**: {names}. This run's own KD of each, to the step count named, "
+            f"gave the study's probe scores there to 0.1 %, so its quality scores here are the study's, KD seed 0 after "
+            f"{taken[0].from_study.get('steps')} steps (what its own KD would give); its cost and speed were "
+            f"measured here, its learning curve stops at that step count, and no student of it was written "
+            f"(`blocksearch distill --design NAME` trains one).", ""]
+
+
+def _budget_lines(r: ParetoReport) -> list[str]:
     steps, rung = (r.attrs.get("distill") or {}).get("steps"), r.attrs.get("rung")
     if rung:
         return [f"**A rung of study `{rung['of']}`**: every student here trained {steps} KD steps, continued from "
                 f"its checkpoint in study `{rung['from']}` -- the students on or within noise of that study's front and "
                 f"the reference designs it left open (a reference design that a searched one dominates there on "
                 f"quality beyond noise stops), by default at most a quarter of its feasible students in whole rounds "
-                f"of the trials run in parallel (the open reference designs and its best one kept). Only students "
+                f"of the trials run in parallel (the open reference designs and its best one kept; one taken from "
+                f"bench fidelity's study takes no lane). Only students "
                 f"of this budget are compared here.", ""]
     rungs = r.attrs.get("rungs")
     if steps is not None and rungs:
@@ -448,7 +467,8 @@ def _measured_md(r: ParetoReport) -> list[str]:
              f"- {PATHS_NOTE}",
              f"- distillation per trial: {_kv(a.get('distill', '?'))}",
              f"- evaluation per trial: {_kv(a.get('eval', '?'))}"]
-    sample = next((t for t in r.ranked if t.metrics.get("measured")), None)
+    measured = [t for t in r.ranked if t.metrics.get("measured")]  # a trial that measured its scores, if any
+    sample = next((t for t in measured if not t.from_study), measured[0] if measured else None)
     if sample is not None:
         lines.append(f"- per metric (as recorded by trial {sample.number}):")
         lines += [f"  - {k}: {_kv(v)}" for k, v in sample.metrics["measured"].items()]

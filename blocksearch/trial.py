@@ -27,7 +27,8 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.probe import Probe, ProbeConfig, teacher_probe
-from blocksearch.reference_noise import IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, reproduced, study_scores
+from blocksearch.reference_noise import (IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, probe_row, reproduced,
+                                         study_scores)
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher
 
@@ -179,7 +180,7 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
         distill(teacher, student, dataclasses.replace(settings, steps=check), device=job.device, on_step=on_step,
                 progress=False, save_to=verify, cache_steps=job.cache_steps)
         mine = cached_probe(teacher, job).score(student.unet, student.kd_pairs)
-        if not agrees(mine, study_scores(from_, check, genome.id, 0, PROBE_KEYS)):
+        if not agrees(mine, probe_row(from_, check, genome.id)):
             return None, verify
         shutil.rmtree(verify, ignore_errors=True)
     kd_s = time.perf_counter() - t0

@@ -146,6 +146,13 @@ def test_export_bad_input(searched, tmp_path, capsys):
     assert BK["bk_base"] in (full / "README.md").read_text()
 
 
+def test_a_reference_design_taken_from_the_fidelity_study_has_no_student_to_export(tmp_path):
+    url = make_study(tmp_path, case=[CASE[0] + ({"from_study": {"checked_at": 30, "steps": 120}},), *CASE[1:]])
+    with pytest.raises(BlocksearchError, match=r"trial 0 \(bk_base\) took its scores from bench fidelity's "
+                                               r"study .* blocksearch distill --design bk_base --steps 120"):
+        export_study("unet_blocks-toy", url, tmp_path / "b", trial=0)
+
+
 @pytest.mark.slow
 def test_export_round_trip_on_the_toy_teacher(tmp_path):
     """The same round trip through load_teacher("toy"): the bundled teacher's VAE, text encoder, tokenizer."""

@@ -3,7 +3,8 @@ own scores reproduce it; then nothing is trained again, else the trial trains th
 
 import pytest
 
-from blocksearch.reference_noise import RTOL, SOURCE, reproduced, seed_table, table_of
+from blocksearch.reference_noise import (RTOL, SOURCE, agrees, check_budget, probe_row, reproduced, seed_table,
+                                         study_scores, table_of)
 
 ROWS = [  # bench fidelity results rows: one per (budget, KD seed, generation seed); a searched one is left out
     {"genome": "g", "design": "bk_base", "budget": 480, "kd_seed": 0, "seed": 0, "fid": 64.0, "alignment": 0.5,
@@ -65,3 +66,24 @@ def test_the_table_is_used_only_for_the_teacher_it_was_measured_on():
     assert table_of(record, "toy") == {"120": {"g": []}}
     assert table_of(record, "toy-dit") == {} and table_of(None, "toy") == {}
     assert table_of({"predictor": "probe_task"}, "toy") == {}  # an older record: no seed scores
+
+
+def test_the_studys_own_kd_seed_and_where_a_trial_checks_it():
+    """trial.from_study's lookups: KD seed 0's scores at a budget (images at the trial's generation seed, probes
+    from the probe row; None unless every key asked for is there), the longest budget below a trial's with its
+    probe scores (the check), and the check itself (every shared score within RTOL)."""
+    table = seed_table(ROWS, PROBES + [dict(PROBES[1], budget=30), dict(PROBES[1], budget=0)])
+    assert study_scores(table, 480, "g", 0, ("fid", "kid", "alignment")) == {"fid": 64.0, "kid": 250.0,
+                                                                             "alignment": 0.5}
+    assert study_scores(table, 480, "g", 1, ("fid",)) == {"fid": 70.0}  # the row at generation seed 1
+    assert study_scores(table, 480, "g", 2, ("fid",)) is None  # no row at that seed
+    assert study_scores(table, 120, "g", 0, ("probe_cfg",)) == {"probe_cfg": 0.2518}  # KD seed 0's, not 1's
+    assert study_scores(table, 120, "g", 0, ("probe_cfg", "probe_out")) is None  # one key missing: none
+    assert study_scores(table, 120, "g", 0, ()) is None and study_scores(table, 120, "s", 0, ("fid",)) is None
+    assert check_budget(table, 480, "g") == 120 and check_budget(table, 120, "g") == 30
+    assert check_budget(table, 30, "g") is None  # 0 steps checks no training: never a check
+    assert probe_row(table, 30, "g") == {"probe_task": 0.1259, "probe_cfg": 0.2518} and probe_row(table, 480, "g") == {}
+    mine = {"probe_task": 0.1259 * (1 + RTOL / 2), "probe_cfg": 0.2518, "fid": 3.0}
+    assert agrees(mine, {"probe_task": 0.1259, "probe_cfg": 0.2518})
+    assert not agrees(mine, {"probe_task": 0.1259 * (1 + 2 * RTOL)})  # one score beyond RTOL
+    assert not agrees(mine, {"probe_out": 0.03}) and not agrees(mine, None)  # nothing shared

@@ -236,3 +236,19 @@ def test_a_quality_loss_beyond_noise_is_no_claim_whatever_the_cost(tmp_path):
     assert "  - trial 6 dominates bk_small on cost only (params, latency_ms); fid within noise (fid 4.2% higher " \
            "(within noise), params 25.0% lower, latency_ms 25.0% lower):" in refs
     assert "trial 6 dominates bk_base" not in refs and "trial 6 (" not in refs
+
+
+def test_a_reference_design_taken_from_the_fidelity_study_is_named_in_the_report(tmp_path):
+    """trial.from_study: the report says which reference designs' quality scores are bench fidelity's, where the
+    run reproduced them, and that no student of them was written; a study without one says nothing of it."""
+    case = [CASE[0] + ({"from_study": {"checked_at": 30, "steps": 120}},), *CASE[1:]]
+    url = make_study(tmp_path, case=case)
+    r = build_report(open_study("unet_blocks-toy", url), url)
+    assert r.trial(0).from_study == {"checked_at": 30, "steps": 120} and r.trial(1).from_study is None
+    text = (write_report("unet_blocks-toy", url, tmp_path / "report") / "README.md").read_text()
+    assert ("**Taken from bench fidelity's study**: bk_base (trial 0, reproduced after 30 KD steps)" in text
+            and "KD seed 0 after 120 steps" in text and "bk_small (trial" not in text)
+    (tmp_path / "plain").mkdir()
+    plain = make_study(tmp_path / "plain")
+    assert "bench fidelity's study" not in (write_report("unet_blocks-toy", plain, tmp_path / "r2") / "README.md"
+                                            ).read_text()

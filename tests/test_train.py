@@ -324,3 +324,14 @@ def test_tune_trial_folders_are_named_by_number_and_genome():
                  trial_dirname_creator=trial_dirname)
     assert made.custom_dirname == "7_L1-1-1_T1-1-1_Mnone"
     assert trial_dirname(SimpleNamespace(config={}, trial_id="ab12")) == "ab12_candidate"
+
+
+def test_train_trial_of_a_design_taken_from_the_fidelity_study_names_what_trains_it(tmp_path):
+    """trial.from_study wrote no student: train --trial says so and names --design instead."""
+    from blocksearch.train import _from_study
+    from tests.conftest import CASE, make_study
+
+    url = make_study(tmp_path, case=[CASE[0] + ({"from_study": {"checked_at": 30, "steps": 120}},), *CASE[1:]])
+    with pytest.raises(BlocksearchError, match=r"trial 0 of study unet_blocks-toy \(bk_base\) took its scores from "
+                                               r"bench fidelity's study .* --design bk_base"):
+        _from_study("unet_blocks-toy:0", url, None)
