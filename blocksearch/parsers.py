@@ -233,8 +233,8 @@ RUN_FLAGS = (
                                                            "trained again), all = every one (default: open)")),
     ("rungs", dict(type=_step_counts, help="longer KD budgets, spent where the front is: after the search, the "
                                            "students on or within noise of the front, and the reference designs "
-                                           "left open (--rung-references), at most a quarter of the feasible "
-                                           "(one taken from bench fidelity's study holds no lane), "
+                                           "left open (--rung-references) beside at most a quarter of the "
+                                           "feasible searched students, "
                                            "continue from their KD checkpoints to each of these step counts in "
                                            "turn, each rung a study <study>@<steps> whose front compares only "
                                            "students of that budget (default: 4 x --steps; none: off)")),

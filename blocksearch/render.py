@@ -377,9 +377,9 @@ def _budget_lines(r: ParetoReport) -> list[str]:
         return [f"**A rung of study `{rung['of']}`**: every student here trained {steps} KD steps, continued from "
                 f"its checkpoint in study `{rung['from']}` -- the students on or within noise of that study's front and "
                 f"the reference designs it left open (a reference design that a searched one dominates there on "
-                f"quality beyond noise stops), by default at most a quarter of its feasible students in whole rounds "
-                f"of the trials run in parallel (the open reference designs and its best one kept; one taken from "
-                f"bench fidelity's study takes no lane). Only students "
+                f"quality beyond noise stops), by default at most a quarter of its feasible searched students, in whole "
+                f"rounds of the trials run in parallel (at least one; one taken from bench fidelity's study takes "
+                f"no lane). Only students "
                 f"of this budget are compared here.", ""]
     rungs = r.attrs.get("rungs")
     if steps is not None and rungs:

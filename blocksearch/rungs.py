@@ -7,7 +7,7 @@ at <= 25 % of the long budget. So, as in successive halving (Jamieson & Talwalka
 (Li et al., JMLR 2018), every candidate gets the short budget, and only the students that may still be on the
 front go on: after the search, each rung continues the students on or
 within noise of the previous study's front -- and the reference designs it left open --, at most a quarter
-of its feasible students (:func:`promoted`), from their KD checkpoints to a longer budget (``distill``'s
+of its feasible searched students (:func:`promoted`), from their KD checkpoints to a longer budget (``distill``'s
 checkpoints: 0 -> k -> n trains the same student as 0 -> n).
 
 A rung is an Optuna study of its own, ``<study>@<steps>``, in the same storage: its front and report
@@ -53,9 +53,9 @@ def check_rungs(rungs: tuple[int, ...], steps: int) -> tuple[int, ...]:
     return rungs
 
 
-# A rung takes at most this share of the feasible students below it (reference designs included): 1 / RUNG_FACTOR,
-# Hyperband's coupling (Li et al., JMLR 2018; eta = 4 as in ASHA's experiments): a rung's students x its budget is
-# the stage's below, so each rung costs about as much KD as the first stage.
+# A rung takes at most this share of the feasible searched students below it (the open reference designs go on
+# beside them): 1 / RUNG_FACTOR, Hyperband's coupling (Li et al., JMLR 2018; eta = 4 as in ASHA's experiments): a
+# rung's students x its budget is the stage's below, so each rung costs about as much KD as the first stage.
 MAX_FRACTION = 1 / RUNG_FACTOR
 REFERENCES = ("open", "all")  # run --rung-references: which reference designs a rung always continues
 
@@ -115,12 +115,13 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
        (``pareto.dominates_despite_noise``, on the noise measured for each objective, the first-stage score's
        included; any objective's noise unmeasured: the plain front). A settled reference design is an ordinary
        student here: it goes on only from within noise of the front.
-    2. Cap: floor(``max_fraction`` x the feasible students), the reference designs counted among them, rounded
-       down to whole rounds of the ``lanes`` trials the cluster runs in parallel (:func:`whole_rounds`), but never
-       below the reference designs plus one searched student (a rung that re-trained the baselines alone would
-       test nothing the search found). A reference design in ``free`` (its rung scores come from ``bench
-       fidelity``'s study, :func:`study_free`) holds a place but no lane: the rounding counts only the places
-       trained. Candidates within the cap all go on.
+    2. Cap: floor(``max_fraction`` x the feasible searched students) -- successive halving's cut among the
+       students the search proposed; the reference designs go on beside them, as the comparison --, the places
+       trained rounded down to whole rounds of the ``lanes`` trials the cluster runs in parallel
+       (:func:`whole_rounds`), but never below the reference designs plus one searched student (a rung that
+       re-trained the baselines alone would test nothing the search found). A reference design in ``free`` (its
+       rung scores come from ``bench fidelity``'s study, :func:`study_free`) takes no lane: it is not counted in
+       the rounds. Candidates within the cap all go on.
     3. Past the cap the reference designs stay (the comparison at the longer budget), and the searched candidates
        fill the places left by the report's non-dominated sorting rank (Deb et al. 2002, over every feasible
        student: one that a reference design dominates ranks behind one that nothing dominates); a rank with more
@@ -144,8 +145,10 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
     chosen = [t for t in report.ranked if t.number in refs or not beaten(t.number)]
     kept = [t for t in chosen if t.number in refs]
     untrained = sum(t.number in free for t in kept)
-    places = math.floor(max_fraction * len(report.ranked) + 1e-9)
-    cap = max(whole_rounds(max(0, places - untrained), lanes) + untrained, len(kept) + 1)
+    trained = len(kept) - untrained  # reference designs that take a lane
+    searched = sum(t.number not in report.reference_trials.values() for t in report.ranked)
+    places = math.floor(max_fraction * searched + 1e-9)
+    cap = max(whole_rounds(places + trained, lanes), trained + 1) + untrained
     if len(chosen) <= cap:
         return chosen
     q = next((i for i, quality in enumerate(quality_mask(report.objectives)) if quality), 0)

@@ -168,8 +168,8 @@ def run_rungs(cfg: SearchConfig, storage, bound: BoundSpace, plan, params_of, ra
         refs = ("the reference designs it left open" if cfg.rung_references == "open" else "the reference designs")
         print(f"\nrung {job.distill['steps']} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
               f"{below!r} go on from their KD checkpoints -- {refs} and the students {rule}, at most "
-              f"{MAX_FRACTION:.0%} of the feasible in whole rounds of {parallel} parallel trials (never fewer than "
-              f"those reference designs and one searched student): "
+              f"{MAX_FRACTION:.0%} of the feasible searched ones, in whole rounds of {parallel} parallel trials "
+              f"(never fewer than one): "
               f"{', '.join(t.genome for t in chosen)}", file=out)
         for t in chosen:
             if t.number in free:

@@ -34,8 +34,8 @@ def test_without_noise_the_front_and_the_reference_designs_go_on(tmp_path):
     assert not r.noise_measured
     # the infeasible trial 7 would dominate all: it stops
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3]
-    # a quarter of the 5 feasible students is 1, below the 2 reference designs + 1: the cap is 3, the reference
-    # designs first, then the better FID of the front's searched students 2 (9.0) and 3 (11.0)
+    # a quarter of the 3 feasible searched students is 0, below one: the cap is the 2 reference designs + 1, the
+    # reference designs first, then the better FID of the front's searched students 2 (9.0) and 3 (11.0)
     assert [t.number for t in promoted(r)] == [0, 1, 2]
     with pytest.raises(BlocksearchError, match="max_fraction 0: allowed: a share of the feasible students in"):
         promoted(r, max_fraction=0)
@@ -48,8 +48,8 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     r = _report(tmp_path, NOISE_CASE, SEED_SCORES)
     assert r.noise_measured and r.front == (5, 3, 1)
     assert [t.number for t in promoted(r, max_fraction=1.0, references="all")] == [0, 1, 2, 3, 5]
-    # at most half of the 6 feasible (3): bk_base, bk_small, then by non-dominated rank among 2, 3, 5 (5 dominates
-    # 2: rank 0 is {3, 5}) and within the rank the better FID (5: 7.5 before 3: 11)
+    # a quarter of the 4 feasible searched (1) beside bk_base and bk_small, by non-dominated rank among 2, 3, 5 (5
+    # dominates 2: rank 0 is {3, 5}) and within the rank the better FID (5: 7.5 before 3: 11)
     assert [t.number for t in promoted(r, references="all")] == [0, 1, 5]
     assert [t.number for t in promoted(r, max_fraction=4 / 6, references="all")] == [0, 1, 3, 5]
     # the default (open): trial 5 dominates bk_base on quality beyond noise (FID 7.5 vs 10, margin 2), which
@@ -57,7 +57,7 @@ def test_with_noise_students_within_noise_of_the_front_go_on_too(tmp_path):
     # place goes to trial 3 (rank 0 with 5)
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [1, 2, 3, 5]
     assert [t.number for t in promoted(r, max_fraction=0.5)] == [1, 3, 5]
-    # the default cap, a quarter (1 / RUNG_FACTOR): floor(6 / 4) = 1, raised to bk_small + one searched: the best, 5
+    # the default cap, a quarter (1 / RUNG_FACTOR) of the 4 searched: 1 beside bk_small, the best: 5
     assert MAX_FRACTION == 1 / RUNG_FACTOR == 0.25 and [t.number for t in promoted(r)] == [1, 5]
 
 
@@ -100,12 +100,12 @@ def test_past_the_cap_the_reference_designs_stay_then_rank_then_the_probe_score(
     assert [t.number for t in r.ranked] == list(range(8)) and [t.rank for t in r.ranked] == [0, 0, 0, 0, 1, 0, 2, 1]
     # within noise of the front: the 3 reference designs and 3, 4, 5 (6 of 8 feasible); the infeasible 8 never
     assert [t.number for t in promoted(r, max_fraction=1.0)] == [0, 1, 2, 3, 4, 5]
-    # the cap: floor(8 / 2) = 4 = the 3 reference designs + 1. Of 3, 4, 5: rank 0 (3, 5) before rank 1 (4, though
+    # the cap: the 3 reference designs beside floor(5 searched / 4) = 1. Of 3, 4, 5: rank 0 (3, 5) before rank 1 (4, though
     # its probe_cfg 1.02 is the best: bk_base, which goes on anyway, is no worse anywhere); one place for two of
     # rank 0: by hypervolume contribution to the reference designs' (objectives scaled to [0, 1] over the 8 ranked,
     # reference 1.1): 5 adds 0.054, 3 adds 0.048 -- 5 goes on although 3's probe_cfg (1.05) is better than 5's (1.1)
     assert [t.number for t in promoted(r)] == [0, 1, 2, 5]
-    assert [t.number for t in promoted(r, max_fraction=5 / 8)] == [0, 1, 2, 3, 5]
+    assert [t.number for t in promoted(r, max_fraction=2 / 5)] == [0, 1, 2, 3, 5]  # 2 of the 5 searched
     assert [t.number for t in promoted(r, max_fraction=0.1)] == [0, 1, 2, 5]  # never below the refs + 1
 
 
@@ -148,11 +148,11 @@ def test_a_reference_design_settled_on_quality_stops_unless_all_are_asked_for(tm
     assert [t.number for t in opened] == [0, 2, 3, 4, 9]
     assert stopped_references(r, opened) == {"bk_small": [9]}
     assert stopped_references(r, promoted(r, max_fraction=1.0, references="all")) == {}
-    # a cap of half, floor(9 / 2) = 4: bk_base, bk_tiny and two searched of 3, 4, 9 -- rank 0 (3, 9) before 4
-    # (rank 1: bk_base dominates it on raw values); with every reference design kept one searched place is left
-    assert [t.number for t in promoted(r, max_fraction=0.5)] == [0, 2, 3, 9]
-    assert [t.number for t in promoted(r, max_fraction=0.5, references="all")] == [0, 1, 2, 9]
-    # the default quarter: floor(9 / 4) = 2, raised to the 2 open reference designs + one searched (9)
+    # a third of the 6 searched, 2 places beside bk_base and bk_tiny: two of 3, 4, 9 -- rank 0 (3, 9) before 4
+    # (rank 1: bk_base dominates it on raw values); with every reference design kept, still two searched places
+    assert [t.number for t in promoted(r, max_fraction=1 / 3)] == [0, 2, 3, 9]
+    assert [t.number for t in promoted(r, max_fraction=1 / 3, references="all")] == [0, 1, 2, 3, 9]
+    # the default quarter: floor(6 / 4) = 1 searched place beside the 2 open reference designs (9)
     assert [t.number for t in promoted(r)] == [0, 2, 9]
     with pytest.raises(BlocksearchError, match="--rung-references 'some'; allowed: open, all"):
         promoted(r, references="some")
@@ -181,26 +181,27 @@ def test_the_places_fill_whole_rounds_of_the_parallel_trials():
 
 
 def test_a_partial_last_round_is_dropped_from_the_rung(tmp_path):
-    # 9 feasible, a cap of 5 / 9: bk_base, bk_tiny (open) and three searched -- 5 places on 2 lanes is a third round
-    # for one trial; in whole rounds: 4, the searched student that adds the least hypervolume stays behind
+    # 9 feasible, 6 of them searched; half of those: bk_base, bk_tiny (open) and three searched -- 5 places on 2
+    # lanes is a third round for one trial; in whole rounds: 4, the searched student that adds the least
+    # hypervolume stays behind
     r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)])
-    five = [t.number for t in promoted(r, max_fraction=5 / 9)]
-    four = [t.number for t in promoted(r, max_fraction=5 / 9, lanes=2)]
+    five = [t.number for t in promoted(r, max_fraction=1 / 2)]
+    four = [t.number for t in promoted(r, max_fraction=1 / 2, lanes=2)]
     assert len(five) == 5 and len(four) == 4 and set(four) < set(five) and {0, 2} <= set(four)
-    assert [t.number for t in promoted(r, max_fraction=5 / 9, lanes=8)] == five  # one round: unchanged
+    assert [t.number for t in promoted(r, max_fraction=1 / 2, lanes=8)] == five  # one round: unchanged
     # never below the open reference designs + one searched student
-    assert len(promoted(r, max_fraction=3 / 9, lanes=2)) == 3
+    assert len(promoted(r, max_fraction=1 / 6, lanes=2)) == 3
 
 
 def test_a_reference_design_taken_from_the_study_holds_a_place_but_no_lane(tmp_path):
-    # as above, 5 places of 9 on 2 lanes: bk_base, bk_tiny and three searched. bk_tiny's rung scores come from
-    # bench fidelity's study (trial.from_study: no KD): 4 places are trained, two whole rounds, and all 5 go on
+    # as above, 5 places on 2 lanes: bk_base, bk_tiny and three searched. bk_tiny's rung scores come from bench
+    # fidelity's study (trial.from_study: no KD): 4 places are trained, two whole rounds, and all 5 go on
     r = _probe_report(tmp_path, PROBE_CASE + [((78.0, 0.86, 7.9), True)])
-    five = [t.number for t in promoted(r, max_fraction=5 / 9)]
+    five = [t.number for t in promoted(r, max_fraction=1 / 2)]
     tiny, base = r.reference_trials["bk_tiny"], r.reference_trials["bk_base"]
-    assert [t.number for t in promoted(r, max_fraction=5 / 9, lanes=2, free={tiny})] == five
+    assert [t.number for t in promoted(r, max_fraction=1 / 2, lanes=2, free={tiny})] == five
     # both from the study: 3 trained places are rounded to 2, one searched student stays behind
-    assert len(promoted(r, max_fraction=5 / 9, lanes=2, free={tiny, base})) == 4
+    assert len(promoted(r, max_fraction=1 / 2, lanes=2, free={tiny, base})) == 4
     # which are free: taken from the study below, and the study has every image score at the rung's budget
     rows = {"480": {"g2": [{"kd_seed": 0, "seed": 0, "fid": 30.0, "kid": 0.1, "alignment": 0.5}],
                     "g0": [{"kd_seed": 0, "seed": 0, "fid": 30.0, "alignment": 0.5}]}}  # no kid: trained

@@ -56,6 +56,11 @@ def tiny_teacher(tmp_path_factory) -> Path:
     return out
 
 
+def ray_cli() -> str:
+    """The ``ray`` command: on PATH, else the one beside this interpreter (a virtual environment not activated)."""
+    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

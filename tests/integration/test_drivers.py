@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from tests.integration.conftest import (FAST, driver_args, driver_env, evaluated, free_port,
-                                        kill_one_driver_midtrial, load_study, run_cli, stop)
+                                        kill_one_driver_midtrial, load_study, ray_cli, run_cli, stop)
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def two_node_cluster():
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-    head = subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--include-dashboard", "false",
+    head = subprocess.Popen([ray_cli(), "start", "--head", "--port", str(port), "--include-dashboard", "false",
                              *common], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     procs = [head]
@@ -57,7 +57,7 @@ def two_node_cluster():
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             assert time.time() < end, "ray start --head did not come up"
             time.sleep(1)
-        procs.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{port}", *common], env=env,
+        procs.append(subprocess.Popen([ray_cli(), "start", "--address", f"127.0.0.1:{port}", *common], env=env,
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         import ray
 

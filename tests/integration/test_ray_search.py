@@ -13,7 +13,7 @@ import pytest
 
 from blocksearch.cli import main
 from blocksearch.study import is_stale
-from tests.integration.conftest import FAST, free_port, non_loopback_ip, run_cli
+from tests.integration.conftest import FAST, free_port, non_loopback_ip, ray_cli, run_cli
 
 pytestmark = pytest.mark.integration
 BK_TINY = "L1-1-1_T1-1-1_Mnone"
@@ -113,7 +113,7 @@ def ray_head():
     """A separately started local Ray cluster on loopback (``ray start --head --block``), stopped after."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+    proc = subprocess.Popen([ray_cli(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
                              "--disable-usage-stats"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
