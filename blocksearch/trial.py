@@ -155,7 +155,8 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
     on from, or None where nothing was trained).
 
     The study must hold KD seed 0's scores of the design at the trial's budget (its images at the trial's
-    generation seed, its probe where the probe ranks). The check: KD to the study's longest budget below (30
+    generation seed, its probe where the probe ranks), and as many KD seeds as ``--noise-seeds`` asks for
+    (their rows are the trial's seed noise). The check: KD to the study's longest budget below (30
     of 120 steps) and the probe there, against the study's (``agrees``: RTOL); a rung's trial skips it where
     the stage below took the design from the study (``MARKER``). Cost and speed are the architecture's and
     are measured here as in any trial; the seed noise rows are the study's (``reproduced``). No student is
@@ -163,7 +164,9 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
     from_ = job.reference_seeds
     keys = (*(IMAGE_KEYS if config.images else ()), *(PROBE_KEYS if job.score in PROBE_KEYS else ()))
     scores = study_scores(from_, settings.steps, genome.id, config.seed, keys) if job.design and from_ else None
-    if scores is None:
+    table = from_.get(str(settings.steps), {}).get(genome.id) or []
+    rows = reproduced(main_row(config, scores), table, job.noise_seeds) if scores is not None else None
+    if scores is None or (job.noise_seeds > 1 and rows is None):  # --noise-seeds above the study's KD seeds
         return None, None
     folder = Path(job.students_dir) / genome.id
     below = Path(job.resume_dir) / genome.id / MARKER if job.resume_dir else None
@@ -189,14 +192,12 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
               f"at {check} steps")
     values = metrics.to_dict() | scores
     values["measured"] = values["measured"] | {k: source for k in scores}
-    rows = reproduced(main_row(config, values), from_.get(str(settings.steps), {}).get(genome.id) or [],
-                      job.noise_seeds) or []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text(json.dumps({"design": job.design, "steps": settings.steps, "checked_at": check,
                                              "source": source}, indent=1) + "\n")
     timings = {"kd_s": kd_s, "generate_s": 0.0, "score_s": metrics.timings.get("latency_s", 0.0)}
     taken = {"from_study": {"checked_at": check, "steps": settings.steps}}
-    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows), None
+    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows or []), None
 
 
 @contextlib.contextmanager

@@ -185,6 +185,9 @@ def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_fr
     assert sorted(p.name for p in folder.iterdir()) == ["from-study.json", "losses.jsonl"]  # nothing else kept
     assert taken.metrics["latency_ms"] == 1.0 and taken.metrics["params"] == at2.metrics["params"]
 
+    three, steps = run(TrialJob(**{**vars(job(2, "s5", study)), "noise_seeds": 3}))  # the study has 2 KD seeds
+    assert steps == [1, 2] and "from_study" not in three.extra and len(three.seed_scores) == 3  # trained as before
+
     off = {**study, "1": {genome.id: [{"kd_seed": 0, **probe(at1), "probe_cfg": probe(at1)["probe_cfg"] * 1.01}]}}
     again, steps = run(job(2, "s4", off))
     assert steps == [1, 2] and "from_study" not in again.extra  # one KD run 0 -> 1 -> 2, the check's step kept
