@@ -16,7 +16,8 @@ study's longest budget below its own (:func:`check_budget`: 30 of 120 steps) and
 there (:func:`agrees`); where they agree, the trial's scores at its own budget are the study's
 (:func:`study_scores`) -- the same numbers its own KD would give, at a quarter of the KD -- and a rung takes a
 reference design that came from the study from it again (``MARKER`` in its students folder), without training
-it (a toy default run: 3 reference trials of ~55 s each at 120 steps, and one of the rung's two rounds).
+it (the toy default run: the BK designs' KD 11-16 s each instead of 37-48 s, and the rung's open one off the
+lanes; 665 s instead of 893 s, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -56,22 +57,27 @@ def seed_table(rows: Iterable[dict], probes: Iterable[dict]) -> dict[str, dict[s
 MARKER = "from-study.json"  # <students>/<genome>/: the trial's scores came from the study (trial.from_study)
 
 
+def kd_seed_0(rows: Iterable[dict], seed: int) -> tuple[dict | None, dict | None]:
+    """KD seed 0's own rows among one design's and budget's ``rows``: (its images' row at generation seed
+    ``seed``, its probe row), None where the study has none."""
+    rows = list(rows)
+    image = next((r for r in rows if "seed" in r and r["kd_seed"] == 0 and r["seed"] == seed), None)
+    return image, next((r for r in rows if "seed" not in r and r["kd_seed"] == 0), None)
+
+
 def study_scores(table: Mapping, steps: int, genome: str, seed: int, keys: Iterable[str]) -> dict | None:
     """KD seed 0's ``keys`` of ``genome`` after ``steps`` in the study's ``table`` ({budget: {genome: rows}}):
     image scores from its row at generation seed ``seed``, probe scores from its probe row; None unless the
     study has every one of ``keys``."""
     keys = tuple(keys)
-    rows = table.get(str(steps), {}).get(genome) or []
-    image = next((r for r in rows if "seed" in r and r["kd_seed"] == 0 and r["seed"] == seed), {})
-    probe = next((r for r in rows if "seed" not in r and r["kd_seed"] == 0), {})
-    out = {k: (image if k in IMAGE_KEYS else probe).get(k) for k in keys}
+    image, probe = kd_seed_0(table.get(str(steps), {}).get(genome) or [], seed)
+    out = {k: ((image if k in IMAGE_KEYS else probe) or {}).get(k) for k in keys}
     return out if keys and all(v is not None for v in out.values()) else None
 
 
 def probe_row(table: Mapping, steps: int, genome: str) -> dict:
     """KD seed 0's probe scores of ``genome`` after ``steps`` in the study ({} where it has none)."""
-    rows = table.get(str(steps), {}).get(genome) or []
-    row = next((r for r in rows if "seed" not in r and r["kd_seed"] == 0), {})
+    row = kd_seed_0(table.get(str(steps), {}).get(genome) or [], 0)[1] or {}
     return {k: row[k] for k in PROBE_KEYS if row.get(k) is not None}
 
 
@@ -100,8 +106,7 @@ def reproduced(main: Mapping, table: Iterable[dict], kd_seeds: int = 2) -> list[
     table = list(table)
     image = [k for k in IMAGE_KEYS if main.get(k) is not None]
     probe = [k for k in PROBE_KEYS if main.get(k) is not None]
-    own_images = next((r for r in table if "seed" in r and r["kd_seed"] == 0 and r["seed"] == main["seed"]), None)
-    own_probe = next((r for r in table if "seed" not in r and r["kd_seed"] == 0), None)
+    own_images, own_probe = kd_seed_0(table, main["seed"])
     pairs = [(main[k], own_images.get(k)) for k in image if own_images is not None] + \
             [(main[k], own_probe.get(k)) for k in probe if own_probe is not None]
     pairs = [(a, b) for a, b in pairs if b is not None]

@@ -28,13 +28,14 @@ import numpy as np
 import optuna
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.evaluate import EvalConfig
 from blocksearch.noise import quality_mask
 from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
-from blocksearch.reference_noise import IMAGE_KEYS, SOURCE, study_scores
+from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.report import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
-from blocksearch.trial import CHECKPOINT, TrialJob
+from blocksearch.trial import CHECKPOINT, TrialJob, study_taken
 
 RUNG_FACTOR = 4  # the default rung: 4 x the search's KD steps (the fidelity ladder's step from 120 to 480)
 
@@ -165,12 +166,11 @@ def promoted(report: ParetoReport, max_fraction: float = MAX_FRACTION, reference
 
 def study_free(report: ParetoReport, job: TrialJob) -> set[int]:
     """The reference designs' trials of ``report`` that the rung of ``job`` takes from ``bench fidelity``'s
-    study without training (trial.from_study): taken from it below, and the study holds their scores at the
-    rung's budget."""
-    keys = IMAGE_KEYS if job.eval.get("images", True) else ()
-    seed = int(job.eval.get("seed", 0))
+    study without training (trial.from_study): taken from it below, and the study holds what the rung's trial
+    takes at the rung's budget (trial.study_taken)."""
+    config = EvalConfig.from_dict(job.eval)
     return {n for n in report.reference_trials.values() if report.trial(n).from_study
-            and study_scores(job.reference_seeds, job.distill["steps"], report.trial(n).genome, seed, keys)}
+            and study_taken(job, report.trial(n).genome, job.distill["steps"], config) is not None}
 
 
 def by_contribution(tier: list[TrialPoint], taken: list[TrialPoint], points: dict, room: int) -> list[TrialPoint]:

@@ -161,13 +161,11 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
     the stage below took the design from the study (``MARKER``). Cost and speed are the architecture's and
     are measured here as in any trial; the seed noise rows are the study's (``reproduced``). No student is
     written: ``export`` says so."""
-    from_ = job.reference_seeds
-    keys = (*(IMAGE_KEYS if config.images else ()), *(PROBE_KEYS if job.score in PROBE_KEYS else ()))
-    scores = study_scores(from_, settings.steps, genome.id, config.seed, keys) if job.design and from_ else None
-    table = from_.get(str(settings.steps), {}).get(genome.id) or []
-    rows = reproduced(main_row(config, scores), table, job.noise_seeds) if scores is not None else None
-    if scores is None or (job.noise_seeds > 1 and rows is None):  # --noise-seeds above the study's KD seeds
+    study = study_taken(job, genome.id, settings.steps, config) if job.design else None
+    if study is None:
         return None, None
+    scores, rows = study
+    from_ = job.reference_seeds
     folder = Path(job.students_dir) / genome.id
     below = Path(job.resume_dir) / genome.id / MARKER if job.resume_dir else None
     t0 = time.perf_counter()
@@ -197,7 +195,21 @@ def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig,
                                              "source": source}, indent=1) + "\n")
     timings = {"kd_s": kd_s, "generate_s": 0.0, "score_s": metrics.timings.get("latency_s", 0.0)}
     taken = {"from_study": {"checked_at": check, "steps": settings.steps}}
-    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows or []), None
+    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows), None
+
+
+def study_taken(job: TrialJob, genome: str, steps: int, config: EvalConfig) -> tuple[dict, list] | None:
+    """What ``from_study`` takes of a reference design after ``steps`` (the trial's, or a rung's): KD seed 0's
+    scores in ``job``'s study table (its images at the evaluation's generation seed where images are scored,
+    its probe where the probe ranks) and its seed rows (``reproduced``), or None where the study lacks a score,
+    or holds fewer KD seeds than ``--noise-seeds`` asks for."""
+    keys = (*(IMAGE_KEYS if config.images else ()), *(PROBE_KEYS if job.score in PROBE_KEYS else ()))
+    scores = study_scores(job.reference_seeds, steps, genome, config.seed, keys) if job.reference_seeds else None
+    if scores is None:
+        return None
+    rows = reproduced(main_row(config, scores), job.reference_seeds.get(str(steps), {}).get(genome) or [],
+                      job.noise_seeds)
+    return None if job.noise_seeds > 1 and rows is None else (scores, rows or [])
 
 
 @contextlib.contextmanager

@@ -209,7 +209,8 @@ def test_a_reference_design_taken_from_the_study_holds_a_place_but_no_lane(tmp_p
               0: SimpleNamespace(from_study={"checked_at": 30}, genome="g0"),
               1: SimpleNamespace(from_study=None, genome="g1")}
     report = SimpleNamespace(reference_trials={"bk_tiny": 2, "bk_base": 0, "bk_small": 1}, trial=trials.get)
-    job = SimpleNamespace(eval={"images": True, "seed": 0}, distill={"steps": 480}, reference_seeds=rows)
+    job = SimpleNamespace(eval={"images": True, "seed": 0}, distill={"steps": 480}, reference_seeds=rows,
+                          score="fid", noise_seeds=1)
     assert study_free(report, job) == {2}
     assert study_free(report, SimpleNamespace(**{**vars(job), "distill": {"steps": 1920}})) == set()
     assert study_free(report, SimpleNamespace(**{**vars(job), "eval": {"images": True, "seed": 1}})) == set()
