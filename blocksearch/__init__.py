@@ -30,18 +30,18 @@ _API = {
     "Genome": ("blocksearch.space", "Genome"),
     # the teacher, a design of the space, and surgery
     "load_teacher": ("blocksearch.teachers", "load_teacher"),
-    "resolve_design": ("blocksearch.distill", "resolve_design"),
+    "resolve_design": ("blocksearch.recipe.distill", "resolve_design"),
     "build_student": ("blocksearch.families.unet", "build_student"),
     "load_student": ("blocksearch.families.unet", "load_student"),
     # knowledge distillation and evaluation
-    "DistillConfig": ("blocksearch.distill", "DistillConfig"),
-    "distill_student": ("blocksearch.distill", "distill"),
-    "EvalConfig": ("blocksearch.evaluate", "EvalConfig"),
-    "evaluate_student": ("blocksearch.evaluate", "evaluate"),
+    "DistillConfig": ("blocksearch.recipe.distill", "DistillConfig"),
+    "distill_student": ("blocksearch.recipe.distill", "distill"),
+    "EvalConfig": ("blocksearch.recipe.evaluate", "EvalConfig"),
+    "evaluate_student": ("blocksearch.recipe.evaluate", "evaluate"),
     # a finished study: its front, its report, its students
-    "load_study_front": ("blocksearch.report", "load_study_front"),
-    "load_report": ("blocksearch.report", "load_report"),
-    "export_study": ("blocksearch.export", "export_study"),
+    "load_study_front": ("blocksearch.report.compute", "load_study_front"),
+    "load_report": ("blocksearch.report.compute", "load_report"),
+    "export_study": ("blocksearch.report.export", "export_study"),
 }
 __all__ = ["__version__", *_API]
 

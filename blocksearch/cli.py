@@ -80,8 +80,8 @@ def cmd_space_list(args) -> int:
 
 
 def cmd_space_show(args) -> int:
-    from blocksearch.cost import count_macs, count_params
-    from blocksearch.render import fmt
+    from blocksearch.recipe.cost import count_macs, count_params
+    from blocksearch.report.render import fmt
     from blocksearch.families.unet import build_student
     from blocksearch.teachers import load_teacher_unet, resolve_teacher, topology_of
 
@@ -122,7 +122,7 @@ def show_dit_space(space, args) -> int:
     """``space show`` of a transformer space (families/dit.py): groups, size, and the designs' exact params."""
     from blocksearch.families.dit import PIPELINES, TEXT_LEN, design_costs
     from blocksearch.families.dit_genome import load_teacher_config, model_class_of, topology_of
-    from blocksearch.render import fmt
+    from blocksearch.report.render import fmt
     from blocksearch.teachers import TOY_TEACHERS
     from blocksearch.toy.assets import check_asset
 
@@ -162,7 +162,7 @@ def show_dit_space(space, args) -> int:
 
 # -- blocksearch report / export ------------------------------------------------------------------
 def cmd_report(args) -> int:
-    from blocksearch.render import write_report
+    from blocksearch.report.render import write_report
 
     ref = None
     if args.hv_reference:
@@ -178,7 +178,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from blocksearch.export import export_study
+    from blocksearch.report.export import export_study
 
     folders = export_study(args.study, args.storage, args.out, trial=args.trial, design=args.design,
                            front=args.front, force=args.force)
@@ -188,15 +188,15 @@ def cmd_export(args) -> int:
 
 # -- blocksearch run ------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from blocksearch.search import resolve, run_search
+    from blocksearch.search.driver import resolve, run_search
 
     given = {name: getattr(args, name) for name, _ in RUN_FLAGS if hasattr(args, name)}
     from_file = read_run_config(args.config) if args.config else {}
     cfg = SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:]))
     if args.print_config:  # the settings resolved (defaults, --config, flags; paths absolute), nothing run
-        from blocksearch.distill import DistillConfig
-        from blocksearch.search import first_stage_config
-        from blocksearch.selection import first_stage
+        from blocksearch.recipe.distill import DistillConfig
+        from blocksearch.search.driver import first_stage_config
+        from blocksearch.search.selection import first_stage
         from blocksearch.teachers import is_toy
 
         cfg = resolve(cfg)
@@ -219,7 +219,7 @@ def cmd_run(args) -> int:
 def cmd_distill(args) -> int:
     import torch
 
-    from blocksearch.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
+    from blocksearch.recipe.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
     from blocksearch.families.unet import load_student
     from blocksearch.teachers import is_toy, load_teacher
 
@@ -274,8 +274,8 @@ def metrics_path(out: str | None, folder: Path, name: str) -> Path:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from blocksearch.evaluate import EvalConfig, eval_defaults, evaluate, toy_prompts_note
-    from blocksearch.preflight import check_real_inputs
+    from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, evaluate, toy_prompts_note
+    from blocksearch.recipe.preflight import check_real_inputs
     from blocksearch.teachers import load_teacher, load_unet
 
     if args.threads:
@@ -316,8 +316,8 @@ def cmd_evaluate(args) -> int:
 def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
     """``evaluate --protocol bk-sdm``: coco.evaluate_protocol on the user's val2014 files, printed next to
     the published BK-SDM figures (coco.PUBLISHED)."""
-    from blocksearch.coco import ProtocolSpec, evaluate_protocol, format_result
-    from blocksearch.evaluate import EvalConfig, inception_weights, student_pipeline
+    from blocksearch.recipe.coco import ProtocolSpec, evaluate_protocol, format_result
+    from blocksearch.recipe.evaluate import EvalConfig, inception_weights, student_pipeline
     from blocksearch.teachers import load_teacher, load_unet
 
     needed = {"--coco-captions": args.coco_captions, "--coco-images": args.coco_images,
@@ -348,7 +348,7 @@ def cmd_evaluate_protocol(args, folder, teacher_spec: str) -> int:
 
 # -- blocksearch train (train.py) -----------------------------------------------------------------
 def cmd_train(args) -> int:
-    from blocksearch.train import prepare_job, run_train
+    from blocksearch.train.job import prepare_job, run_train
 
     student = (("trial", f"{args.study}:{args.trial}") if args.trial is not None else
                ("init", args.init) if args.init else ("design", args.design))

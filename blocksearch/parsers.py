@@ -17,11 +17,11 @@ from blocksearch import __version__
 from blocksearch.cache import default_cache_dir
 from blocksearch.console import add_renamed, deprecated
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import REFERENCE
-from blocksearch.samplers import DEFAULT_SAMPLER, SAMPLERS
+from blocksearch.report.pareto import REFERENCE
+from blocksearch.search.samplers import DEFAULT_SAMPLER, SAMPLERS
 from blocksearch.settings import (FIDELITY, LATENCY_MIN_S, LATENCY_REPEATS, MEASURED, MEASURED_COLUMNS, MEASURED_DIR,
                                   SELECTION_SCORE)
-from blocksearch.selection import CHOICES as SCORE_CHOICES
+from blocksearch.search.selection import CHOICES as SCORE_CHOICES
 from blocksearch.study import OBJECTIVES, SearchConfig, default_study_name
 from blocksearch.toy.cli import add_toy_parser
 

@@ -12,7 +12,7 @@ a trial whose driver stopped beating for the grace period is marked FAIL by the 
 and re-queued once (:class:`RequeueStale`, Optuna's ``RetryFailedTrialCallback`` with ``max_retry=1``).
 No driver marks another's running trial stale just because it is RUNNING.
 The study contract (user attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``)
-is written by :mod:`blocksearch.searcher` and read by :mod:`blocksearch.report`.
+is written by :mod:`blocksearch.search.searcher` and read by :mod:`blocksearch.report.compute`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.samplers import DEFAULT_SAMPLER
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import BoundSpace
 
+SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search/samplers.py builds them
+DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
 OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
               "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize",
               **dict.fromkeys(PROBE_KEYS, "minimize")}  # the held-out probe's scores: first-stage scores (selection.py)

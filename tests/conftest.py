@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from blocksearch.report import teacher_topology
+from blocksearch.report.compute import teacher_topology
 from blocksearch.space import Genome, load_space
 from blocksearch.teachers import Teacher
 from blocksearch.toy import models as M

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import blocksearch
-from blocksearch import distill as distill_module
+from blocksearch.recipe import distill as distill_module
 from blocksearch import (DistillConfig, EvalConfig, Genome, build_student, distill_student, evaluate_student,
                          load_space, load_study_front, load_teacher, resolve_design)
-from blocksearch.report import load_report
+from blocksearch.report.compute import load_report
 from tests.conftest import BK, make_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAZY = """
 import sys
 import blocksearch
-assert "torch" not in sys.modules and "blocksearch.distill" not in sys.modules
+assert "torch" not in sys.modules and "blocksearch.recipe.distill" not in sys.modules
 from blocksearch import load_space
 print(load_space("unet_blocks").name, "torch" in sys.modules)
 """
@@ -42,11 +42,11 @@ def test_import_is_lazy_and_the_names_resolve():
 
 
 def test_exported_names_are_not_submodule_names():
-    """A package attribute cannot be both: importing ``blocksearch.distill`` sets it to the module."""
+    """A package attribute cannot be both: importing ``blocksearch.recipe.distill`` sets it to the module."""
     submodules = {m.name for m in pkgutil.iter_modules(blocksearch.__path__)}
-    assert {"distill", "evaluate", "report", "space"} <= submodules  # the check sees them
+    assert {"recipe", "report", "search", "space"} <= submodules  # the check sees them
     assert set(blocksearch.__all__) & submodules == set()
-    assert distill_module.__name__ == "blocksearch.distill"  # the submodule keeps its name
+    assert distill_module.__name__ == "blocksearch.recipe.distill"  # the submodule keeps its name
     assert distill_module.distill is distill_student and blocksearch.distill_student is distill_student
 
 

@@ -3,8 +3,8 @@ text-aware alignment floor derived from them."""
 
 import pytest
 
-from blocksearch import baseline
-from blocksearch.evaluate import EvalConfig
+from blocksearch.recipe import baseline
+from blocksearch.recipe.evaluate import EvalConfig
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import torch
 from blocksearch.bench.deploy import kd_check, random_pipeline, table
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
-from blocksearch.teacher_cache import cache_bytes_per_step
+from blocksearch.recipe.teacher_cache import cache_bytes_per_step
 from blocksearch.teachers import topology_of
 
 

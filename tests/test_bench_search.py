@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from blocksearch.bench import search as B
-from blocksearch import samplers
-from blocksearch.pareto import hypervolume, normalised_hypervolume, pareto_mask
+from blocksearch.search import samplers
+from blocksearch.report.pareto import hypervolume, normalised_hypervolume, pareto_mask
 from blocksearch.space import load_space
 from blocksearch.teachers import topology_of
 from tests.conftest import tiny_unet

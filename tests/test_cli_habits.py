@@ -11,12 +11,12 @@ import optuna
 import pytest
 import yaml
 
-from blocksearch import search
+from blocksearch.search import driver as search
 from blocksearch.cli import build_parser, main
 from blocksearch.console import QUIET, quiet
-from blocksearch.generation import generate
+from blocksearch.recipe.generation import generate
 from blocksearch.parsers import RUN_FLAGS, RUN_RENAMED, read_run_config
-from blocksearch.selection import read_selection
+from blocksearch.search.selection import read_selection
 from blocksearch.settings import SELECTION_SCORE
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study

@@ -9,11 +9,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "blocksearch"
 LAZY = {
     "blocksearch.cli": "verb handlers' heavy imports: `blocksearch --help` and bad flags stay fast",
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
-    "blocksearch.render": "matplotlib / plotly, only when a report is drawn",
+    "blocksearch.report.render": "matplotlib / plotly, only when a report is drawn",
     "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",
-    "blocksearch.report_curves": "matplotlib, only when a report's curves are drawn",
-    "blocksearch.search": "Ray, only once a search has work for it (1-3 s)",
-    "blocksearch.trial": "Ray, in the worker only",
+    "blocksearch.report.curves": "matplotlib, only when a report's curves are drawn",
+    "blocksearch.search.driver": "Ray, only once a search has work for it (1-3 s)",
+    "blocksearch.search.trial": "Ray, in the worker only",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
 }
 

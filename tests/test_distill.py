@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from blocksearch.cli import main
-from blocksearch.data import BatchStream
-from blocksearch.distill import DistillConfig, Distiller, distill, feature_loss, resolve_design
+from blocksearch.recipe.data import BatchStream
+from blocksearch.recipe.distill import DistillConfig, Distiller, distill, feature_loss, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher

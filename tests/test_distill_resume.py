@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blocksearch.distill import CHECKPOINT_FILE, OPTIMIZER_FILE, DistillConfig, distill, resolve_design
+from blocksearch.recipe.distill import CHECKPOINT_FILE, OPTIMIZER_FILE, DistillConfig, distill, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import build_student
 from tests.conftest import make_tiny_teacher

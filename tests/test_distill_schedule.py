@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import blocksearch.distill as D
+import blocksearch.recipe.distill as D
 from blocksearch.bench.fidelity import checkpoint_root, run_identity, stage_settings
 from blocksearch.cli import build_parser
-from blocksearch.distill import CHECKPOINT_FILE, EMA_FILE, DistillConfig, distill, resolve_design, trajectory
+from blocksearch.recipe.distill import CHECKPOINT_FILE, EMA_FILE, DistillConfig, distill, resolve_design, trajectory
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import build_student
-from blocksearch.schedules import lr_at
+from blocksearch.recipe.schedules import lr_at
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,7 +153,7 @@ def test_bench_fidelity_flags_reach_the_distill_settings_only_when_set(capsys):
 
 def test_run_flags_reach_every_trial_s_distill_config_and_bad_ones_exit_2(capsys):
     from blocksearch.cli import main
-    from blocksearch.run_settings import stage_configs
+    from blocksearch.search.run_settings import stage_configs
     from blocksearch.study import SearchConfig
 
     cfg = stage_configs(SearchConfig(kd_schedule="cosine", kd_warmup=5, kd_ema=0.9))[0]

@@ -8,8 +8,8 @@ import torch_fidelity
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, image_distance, scorer_for
-from blocksearch.generation import ImageSet
+from blocksearch.recipe.evaluate import EvalConfig, Metrics, RealScorer, ToyScorer, evaluate, image_distance, scorer_for
+from blocksearch.recipe.generation import ImageSet
 from blocksearch.teachers import Teacher
 from blocksearch.toy.world import heldout_prompts, real_images
 from tests.conftest import make_tiny_pipeline, make_tiny_teacher
@@ -127,14 +127,14 @@ def test_cli_evaluate_refuses_an_output_in_a_missing_folder_before_any_work(tmp_
 
 
 def test_cli_evaluate_says_when_the_toy_set_has_fewer_prompts_than_asked(tmp_path, capsys, monkeypatch):
-    import blocksearch.evaluate
+    import blocksearch.recipe.evaluate
     student = tmp_path / "student"
     assert main(["distill", "--design", "bk_tiny", "--steps", "0", "-o", str(student),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
 
     def stop(*a, **k):
         raise BlocksearchError("stopped before generating")
-    monkeypatch.setattr(blocksearch.evaluate, "evaluate", stop)
+    monkeypatch.setattr(blocksearch.recipe.evaluate, "evaluate", stop)
     capsys.readouterr()
     assert main(["evaluate", str(student), "--prompts", "512"]) == 2
     assert "--prompts 512: the toy evaluation set has 312 prompts; all of them are generated" in capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_cli_evaluate_says_when_the_toy_set_has_fewer_prompts_than_asked(tmp_pat
 def test_the_toy_prompts_note_names_the_flag_and_stays_quiet_within_the_set():
     from types import SimpleNamespace
 
-    from blocksearch.evaluate import toy_prompts_note
+    from blocksearch.recipe.evaluate import toy_prompts_note
     toy, real = SimpleNamespace(is_toy=True), SimpleNamespace(is_toy=False)
     assert toy_prompts_note("--eval-prompts", 400, toy) == ("--eval-prompts 400: the toy evaluation set has 312 "
                                                             "prompts; all of them are generated")

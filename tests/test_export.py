@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.export import export_study
-from blocksearch.report import load_report
+from blocksearch.report.export import export_study
+from blocksearch.report.compute import load_report
 from blocksearch.space import Genome
 from blocksearch.families.unet import build_student
 from tests.conftest import make_tiny_pipeline as tiny_pipeline

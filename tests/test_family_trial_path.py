@@ -16,20 +16,20 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-from blocksearch import trial
+from blocksearch.search import trial
 from blocksearch.cli import main
-from blocksearch.distill import DistillConfig, distill, resolve_design
+from blocksearch.recipe.distill import DistillConfig, distill, resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.export import export_study
+from blocksearch.report.export import export_study
 from blocksearch.families.base import add_noise, get_family
 from blocksearch.families.dit import build_student, kd_teacher_modules, model_topology
 from blocksearch.families.dit_genome import DitGenome, DitTopology, load_teacher_config
-from blocksearch.probe import Probe, ProbeConfig
-from blocksearch.report import build_report
-from blocksearch.search import bind_space, params_table, resolve, trial_job
+from blocksearch.recipe.probe import Probe, ProbeConfig
+from blocksearch.report.compute import build_report
+from blocksearch.search.driver import bind_space, params_table, resolve, trial_job
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig
-from blocksearch.teacher_cache import FeatureHooks
+from blocksearch.recipe.teacher_cache import FeatureHooks
 from blocksearch.teachers import is_toy, load_teacher, native_resolution, resolve_teacher, teacher_topology
 from blocksearch.toy.build_dit import build_dit
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blocksearch import cache as C
-from blocksearch import latency as L
+from blocksearch.recipe import latency as L
 from tests.conftest import make_tiny_pipeline, tiny_unet
 from tests.test_timers import FakeEvent, fake_sync  # the CUDA event double
 

@@ -7,9 +7,9 @@ import pytest
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from blocksearch import model_card as MC
+from blocksearch.report import model_card as MC
 from blocksearch.cli import build_parser
-from blocksearch.report import load_report, teacher_topology
+from blocksearch.report.compute import load_report, teacher_topology
 from blocksearch.space import Genome
 from tests.conftest import BK, make_study
 

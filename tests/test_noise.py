@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from blocksearch.noise import estimate_noise, pooled_std, quality_mask, seed_spread
+from blocksearch.report.noise import estimate_noise, pooled_std, quality_mask, seed_spread
 
 # fid: bk_base 10, 12 (sample variance 2), bk_small 20, 24 (variance 8): pooled sqrt((2 + 8) / 2) = sqrt(5);
 # alignment: 0.5, 0.6 (variance 0.005) and 0.7, 0.7 (0): sqrt(0.0025) = 0.05; kid at one seed only: unknown.

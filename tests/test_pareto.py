@@ -6,7 +6,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from blocksearch.pareto import (claim, dominates, dominates_beyond_noise, dominates_despite_noise, hypervolume,
+from blocksearch.report.pareto import (claim, dominates, dominates_beyond_noise, dominates_despite_noise, hypervolume,
                                 noise_margins, non_dominated_sort, pareto_front, pareto_mask)
 
 # Hand-worked 2-D case (both minimised): B and E are equal, D is dominated by B (and by E), F trades a

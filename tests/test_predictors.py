@@ -9,8 +9,8 @@ from scipy.stats import kendalltau
 
 from blocksearch.bench.predictors_report import (PredictorRow, choose, kd_seed_noise, predictor_table, text_rule,
                                                  within_noise_of_best)
-from blocksearch.predictors import curve_features, extrapolate, loao_ridge
-from blocksearch.rank_stats import kendall_tau_gap
+from blocksearch.bench.predictors import curve_features, extrapolate, loao_ridge
+from blocksearch.bench.rank_stats import kendall_tau_gap
 
 
 def test_extrapolation_recovers_a_saturating_power_law():

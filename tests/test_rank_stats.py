@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from blocksearch.rank_stats import (baselines, cost_per_budget, kendall_tau_ci, rank_table, recommend_budget,
+from blocksearch.bench.rank_stats import (baselines, cost_per_budget, kendall_tau_ci, rank_table, recommend_budget,
                                     seed_spread)
 
 
@@ -81,7 +81,7 @@ def test_seed_spread_and_cost_per_budget():
 
 
 def test_seed_means_average_generation_seeds_within_a_kd_seed_then_the_kd_seeds():
-    from blocksearch.rank_stats import seed_means
+    from blocksearch.bench.rank_stats import seed_means
     base = dict(genome="g", budget=8, kid=1.0, alignment=0.5, params=10, macs=20, kd_s=1.0, eval_s=1.0)
     rows = [base | dict(seed=0, fid=10.0), base | dict(seed=1, fid=20.0),  # KD seed 0 (no kd_seed: as before)
             base | dict(kd_seed=1, seed=0, fid=30.0)]                       # KD seed 1, one generation seed

@@ -3,7 +3,7 @@ own scores reproduce it; then nothing is trained again, else the trial trains th
 
 import pytest
 
-from blocksearch.reference_noise import (RTOL, SOURCE, agrees, check_budget, probe_row, reproduced, seed_table,
+from blocksearch.search.reference_noise import (RTOL, SOURCE, agrees, check_budget, probe_row, reproduced, seed_table,
                                          study_scores, table_of)
 
 ROWS = [  # bench fidelity results rows: one per (budget, KD seed, generation seed); a searched one is left out

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from blocksearch.cli import main
-from blocksearch.render import write_report
-from blocksearch.report import architecture_diff, architecture_table, build_report, teacher_topology
+from blocksearch.report.render import write_report
+from blocksearch.report.compute import architecture_diff, architecture_table, build_report, teacher_topology
 from blocksearch.space import Genome
 from blocksearch.study import open_study
 from tests.conftest import BK, CASE, NOISE_CASE, OBJECTIVES, SEED_SCORES, make_study
@@ -119,7 +119,7 @@ def test_no_completed_trials_says_so(tmp_path):
 def test_a_written_report_holds_no_absolute_path_of_this_machine(tmp_path):
     """Reports travel: student_dir, the storage URL, the space file and every path in the study's settings
     are written relative (to blocksearch's repository, or to the report's folder), never absolute."""
-    from blocksearch.render import REPOSITORY
+    from blocksearch.report.render import REPOSITORY
 
     url = make_study(tmp_path)
     study = open_study("unet_blocks-toy", url)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from blocksearch.render import write_report
+from blocksearch.report.render import write_report
 from tests.conftest import CASE, make_study
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from blocksearch.render import write_report
-from blocksearch.report import build_report
-from blocksearch.report_curves import front_curves, losses_files, read_losses, smooth
+from blocksearch.report.render import write_report
+from blocksearch.report.compute import build_report
+from blocksearch.report.curves import front_curves, losses_files, read_losses, smooth
 from blocksearch.study import open_study
 from tests.conftest import make_study
 

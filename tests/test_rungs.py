@@ -5,18 +5,20 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from blocksearch import search, trial
+from blocksearch.search import driver as search
+
+from blocksearch.search import trial
 from blocksearch.cli import main
-from blocksearch.distill import CHECKPOINT_FILE
+from blocksearch.recipe.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
-from blocksearch.report import build_report, teacher_topology
-from blocksearch.render_noise import noise_line, reference_md
-from blocksearch.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
+from blocksearch.report.compute import build_report, teacher_topology
+from blocksearch.report.render_noise import noise_line, reference_md
+from blocksearch.search.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
                                carried_noise, rung_plan, settled, stopped_references, study_free, whole_rounds)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of
-from blocksearch.trial import TrialJob, checkpoint_dir
+from blocksearch.search.trial import TrialJob, checkpoint_dir
 from tests.conftest import BK, CASE, NOISE_CASE, SEED_SCORES, make_study, tiny_unet
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -339,7 +341,7 @@ def test_a_rung_trial_continues_the_checkpoint_below_where_there_is_one(tmp_path
 
 
 def test_the_noise_line_says_where_the_other_seeds_came_from(tmp_path, monkeypatch):
-    from blocksearch.render_noise import noise_line
+    from blocksearch.report.render_noise import noise_line
 
     assert "bench fidelity" not in noise_line(_probe_report(tmp_path, PROBE_CASE))
     borrowed = {n: [rows[0], rows[1] | {"from": "bench fidelity"}] for n, rows in PROBE_SEEDS.items()}

@@ -9,10 +9,12 @@ import time
 import optuna
 import pytest
 
-from blocksearch import search, searcher
+from blocksearch.search import driver as search
+
+from blocksearch.search import searcher
 from blocksearch.errors import BlocksearchError
-from blocksearch.report import build_report
-from blocksearch.samplers import SAMPLERS, make_sampler
+from blocksearch.report.compute import build_report
+from blocksearch.search.samplers import SAMPLERS, make_sampler
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, counts, is_stale, open_storage, prepare_study
 from blocksearch.teachers import topology_of

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from blocksearch import search
+from blocksearch.search import driver as search
 from blocksearch.errors import BlocksearchError
-from blocksearch.selection import first_stage, read_selection
+from blocksearch.search.selection import first_stage, read_selection
 from blocksearch.settings import PROBE_KEYS, SELECTION_SCORE
 from blocksearch.study import SearchConfig
 

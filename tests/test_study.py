@@ -4,7 +4,7 @@ designs enqueued once, stale trials failed and re-queued) and counting its trial
 import optuna
 import pytest
 
-from blocksearch import search
+from blocksearch.search import driver as search
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
 from blocksearch.study import (SearchConfig, check_settings, counts, default_storage, default_study_name,

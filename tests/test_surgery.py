@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from blocksearch.cost import count_macs, count_params, unet_inputs
+from blocksearch.recipe.cost import count_macs, count_params, unet_inputs
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Genome, load_space
 from blocksearch.families.unet import build_student, teacher_key

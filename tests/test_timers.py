@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from blocksearch import timers as T
+from blocksearch.recipe import timers as T
 
 
 class FakeEvent:

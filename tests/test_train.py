@@ -18,18 +18,18 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from blocksearch import evaluate as evaluate_module
-from blocksearch import trial
+from blocksearch.recipe import evaluate as evaluate_module
+from blocksearch.search import trial
 from blocksearch.cli import main
-from blocksearch.data import Batch
-from blocksearch.distill import resolve_design
+from blocksearch.recipe.data import Batch
+from blocksearch.recipe.distill import resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import build_student
-from blocksearch.learning_curve import read_log
-from blocksearch.search import trial_dirname
+from blocksearch.train.learning_curve import read_log
+from blocksearch.search.driver import trial_dirname
 from blocksearch.teachers import load_teacher
-from blocksearch.schedules import Ema, lr_at
-from blocksearch.train_state import micro_batch, split
+from blocksearch.recipe.schedules import Ema, lr_at
+from blocksearch.train.state import micro_batch, split
 from tests.conftest import CASE, make_study, make_tiny_pipeline, save_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -328,7 +328,7 @@ def test_tune_trial_folders_are_named_by_number_and_genome():
 
 def test_train_trial_of_a_design_taken_from_the_fidelity_study_names_what_trains_it(tmp_path):
     """trial.from_study wrote no student: train --trial says so and names --design instead."""
-    from blocksearch.train import _from_study
+    from blocksearch.train.job import _from_study
     from tests.conftest import CASE, make_study
 
     url = make_study(tmp_path, case=[CASE[0] + ({"from_study": {"checked_at": 30, "steps": 120}},), *CASE[1:]])

@@ -5,14 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from blocksearch import evaluate as evaluate_module
-from blocksearch import latency, trial
-from blocksearch.probe import ProbeConfig
+from blocksearch.recipe import evaluate as evaluate_module
+from blocksearch.recipe import latency
+from blocksearch.search import trial
+from blocksearch.recipe.probe import ProbeConfig
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import load_space
 from blocksearch.teachers import topology_of
-from blocksearch.evaluate import EvalConfig
-from blocksearch.trial import TrialJob, seed_scores
+from blocksearch.recipe.evaluate import EvalConfig
+from blocksearch.search.trial import TrialJob, seed_scores
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")

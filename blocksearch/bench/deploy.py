@@ -31,14 +31,14 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from blocksearch.distill import DistillConfig, distill
+from blocksearch.recipe.distill import DistillConfig, distill
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.latency import speed_and_memory
+from blocksearch.recipe.latency import speed_and_memory
 from blocksearch.settings import LATENCY_MIN_S
 from blocksearch.space import load_space
 from blocksearch.families.unet import build_student
-from blocksearch.teacher_cache import cache_bytes_per_step
+from blocksearch.recipe.teacher_cache import cache_bytes_per_step
 from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 from blocksearch.toy.models import make_tokenizer
 from blocksearch.toy.world import heldout_prompts

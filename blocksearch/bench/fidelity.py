@@ -29,24 +29,24 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from blocksearch.cache import default_cache_dir, work_slot
-from blocksearch.data import fingerprint
-from blocksearch.distill import (OPTIONAL_TRAJECTORY, DistillConfig, checkpoint_info, distill, opted_in,
+from blocksearch.recipe.data import fingerprint
+from blocksearch.recipe.distill import (OPTIONAL_TRAJECTORY, DistillConfig, checkpoint_info, distill, opted_in,
                                 prepare_teacher_cache, trajectory)
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, score_images
+from blocksearch.recipe.evaluate import EvalConfig, score_images
 from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_line, summarize, write_outputs
 from blocksearch.bench.predictors_report import write_predictors
-from blocksearch.latency import cost
-from blocksearch.report import load_report
-from blocksearch.run_settings import absolute, stage_configs
-from blocksearch.search import params_table
+from blocksearch.recipe.latency import cost
+from blocksearch.report.compute import load_report
+from blocksearch.search.run_settings import absolute, stage_configs
+from blocksearch.search.driver import params_table
 from blocksearch.space import BoundSpace, Genome, load_space
 from blocksearch.study import SearchConfig
 from blocksearch.families.unet import Student, build_student, student_config
-from blocksearch.predictors import curve_features
-from blocksearch.probe import ProbeConfig, teacher_probe
+from blocksearch.bench.predictors import curve_features
+from blocksearch.recipe.probe import ProbeConfig, teacher_probe
 from blocksearch.teachers import is_toy, load_teacher, topology_of
-from blocksearch.trial import cached_teacher
+from blocksearch.search.trial import cached_teacher
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
+from blocksearch.bench.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
 from blocksearch.settings import MEASURED_COLUMNS
 from blocksearch.space import Genome

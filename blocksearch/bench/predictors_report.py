@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blocksearch.bench.fidelity_report import MAX_COST_FRACTION, LOWER, TARGET, portable
-from blocksearch.predictors import CURVE_KEYS, loao_ridge
-from blocksearch.probe import PROBE_KEYS
-from blocksearch.rank_stats import kd_mean, kendall_tau_ci, kendall_tau_gap, reaches
-from blocksearch.reference_noise import seed_table
-from blocksearch.selection import SCORES
+from blocksearch.bench.predictors import CURVE_KEYS, loao_ridge
+from blocksearch.recipe.probe import PROBE_KEYS
+from blocksearch.bench.rank_stats import kd_mean, kendall_tau_ci, kendall_tau_gap, reaches
+from blocksearch.search.reference_noise import seed_table
+from blocksearch.search.selection import SCORES
 from blocksearch.settings import SELECTION_SCORE as SELECTION
 
 TOY_TEACHER_ALIGNMENT = 0.8125  # `blocksearch toy check` at the default evaluation settings (settings.py)

@@ -33,13 +33,13 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from blocksearch import samplers
+from blocksearch.search import samplers
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot, yield_to_measurement
 from blocksearch.console import quiet
-from blocksearch.cost import count_macs, count_params
+from blocksearch.recipe.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
-from blocksearch.pareto import normalised_hypervolume
-from blocksearch.samplers import SAMPLERS
+from blocksearch.report.pareto import normalised_hypervolume
+from blocksearch.search.samplers import SAMPLERS
 from blocksearch.settings import FIDELITY, MEASURED
 from blocksearch.settings import MEASURED_COLUMNS as COLUMNS
 from blocksearch.space import load_space

@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import measurement_slot
 from blocksearch.console import quiet
-from blocksearch.cost import unet_inputs
-from blocksearch.data import BatchStream
-from blocksearch.distill import DistillConfig, Distiller, resolve_design
+from blocksearch.recipe.cost import unet_inputs
+from blocksearch.recipe.data import BatchStream
+from blocksearch.recipe.distill import DistillConfig, Distiller, resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.latency import pick_clock
+from blocksearch.recipe.latency import pick_clock
 from blocksearch.space import load_space
 from blocksearch.families.unet import build_student, student_config
-from blocksearch.teacher_cache import open_cache
+from blocksearch.recipe.teacher_cache import open_cache
 from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
 
 KD_TARGETS = {"cached": 1.15, "live": 1.10}

@@ -22,10 +22,10 @@ from diffusers import UNet2DConditionModel
 from scipy.stats import kendalltau
 
 from blocksearch.cache import default_cache_dir, work_slot
-from blocksearch.cost import unet_inputs
-from blocksearch.distill import DistillConfig, distill
+from blocksearch.recipe.cost import unet_inputs
+from blocksearch.recipe.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
-from blocksearch.latency import _timings, measure_latency, pick_clock
+from blocksearch.recipe.latency import _timings, measure_latency, pick_clock
 from blocksearch.space import Genome, load_space
 from blocksearch.families.unet import build_student
 from blocksearch.teachers import load_teacher, topology_of

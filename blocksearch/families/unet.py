@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DConditionModel
 
-from blocksearch.cost import unet_inputs
-from blocksearch.data import encode_text
+from blocksearch.recipe.cost import unet_inputs
+from blocksearch.recipe.data import encode_text
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import scheduler_target
 from blocksearch.space import Genome, Topology

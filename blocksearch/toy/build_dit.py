@@ -29,7 +29,7 @@ from diffusers import PixArtSigmaPipeline
 from tqdm.auto import tqdm
 
 from blocksearch.console import quiet
-from blocksearch.data import Batch
+from blocksearch.recipe.data import Batch
 from blocksearch.errors import BlocksearchError
 from blocksearch.families import dit
 from blocksearch.settings import CAPTION_DROPOUT

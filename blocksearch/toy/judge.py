@@ -19,7 +19,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from blocksearch.generation import ImageSet
+from blocksearch.recipe.generation import ImageSet
 from blocksearch.toy.assets import ASSETS, JUDGE_FILE, asset_error, check_asset
 from blocksearch.toy.world import COLOURS, RELATIONS, RESOLUTION, SHAPES, SIZES, Obj, Scene, parse_prompt
 

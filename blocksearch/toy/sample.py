@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from blocksearch import generation
+from blocksearch.recipe import generation
 from blocksearch.toy.world import validate_prompt
 
 

@@ -1,8 +1,8 @@
-"""The real trial work (blocksearch.trial.train_candidate), failing for one Genome on request (tests only)."""
+"""The real trial work (blocksearch.search.trial.train_candidate), failing for one Genome on request (tests only)."""
 
 import os
 
-from blocksearch.trial import train_candidate
+from blocksearch.search.trial import train_candidate
 
 
 def candidate(genome, job, report):

@@ -140,7 +140,7 @@ def test_address_connects_to_a_separately_started_cluster(ray_head, tiny_teacher
 
 @pytest.mark.slow
 def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp_path, capsys):
-    from blocksearch.report import build_report
+    from blocksearch.report.compute import build_report
 
     db = f"sqlite:///{tmp_path / 's.db'}"
     code = main(["run", "--teacher", str(tiny_teacher), "--trials", "5", "--steps", "12", "--eval-prompts", "4",

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from blocksearch.cli import main
-from blocksearch.distill import DistillConfig, distill
-from blocksearch.report import build_report
-from blocksearch.rungs import promoted, stopped_references
+from blocksearch.recipe.distill import DistillConfig, distill
+from blocksearch.report.compute import build_report
+from blocksearch.search.rungs import promoted, stopped_references
 from blocksearch.space import Genome
 from blocksearch.study import counts
 from blocksearch.families.unet import build_student
-from blocksearch.selection import read_selection
+from blocksearch.search.selection import read_selection
 from blocksearch.teachers import load_teacher
 from tests.integration.conftest import free_port
 

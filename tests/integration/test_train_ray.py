@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from blocksearch.cli import main
-from blocksearch.learning_curve import read_log
+from blocksearch.train.learning_curve import read_log
 from tests.conftest import save_tiny_teacher
 from tests.integration.conftest import ROOT, free_port
 from tests.test_train import assert_same_student, initial_student, train_args, weights

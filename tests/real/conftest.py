@@ -126,7 +126,7 @@ def tiny_coco(tmp_path_factory):
 def inception_file(tmp_path_factory):
     """Inception weights in torch-fidelity's format with RANDOM values, to exercise the path only: the key
     names and shapes of FeatureExtractorInceptionV3's state dict, built without a download (~95 MB)."""
-    from blocksearch.preflight import inception_skeleton
+    from blocksearch.recipe.preflight import inception_skeleton
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"

@@ -6,10 +6,10 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from blocksearch.data import BatchStream
-from blocksearch.distill import DistillConfig, prepare_teacher_cache
+from blocksearch.recipe.data import BatchStream
+from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
-from blocksearch.teacher_cache import DISK_RESERVE, cache_bytes_per_step, cache_cap, cache_plan, open_cache
+from blocksearch.recipe.teacher_cache import DISK_RESERVE, cache_bytes_per_step, cache_cap, cache_plan, open_cache
 from blocksearch.teachers import architecture, load_teacher
 
 

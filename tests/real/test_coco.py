@@ -7,7 +7,7 @@ import pytest
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from blocksearch.cli import main
-from blocksearch.coco import (PUBLISHED, ProtocolSpec, coco_prompts, coco_reference_images, evaluate_protocol,
+from blocksearch.recipe.coco import (PUBLISHED, ProtocolSpec, coco_prompts, coco_reference_images, evaluate_protocol,
                               protocol_pipeline)
 from blocksearch.errors import BlocksearchError
 

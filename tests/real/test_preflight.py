@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from blocksearch import preflight as P
+from blocksearch.recipe import preflight as P
 from blocksearch.errors import BlocksearchError
 
 

@@ -11,11 +11,11 @@ import shutil
 import optuna
 import pytest
 
-from blocksearch import search
+from blocksearch.search import driver as search
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.parsers import _step_counts
-from blocksearch.run_settings import stage_configs
+from blocksearch.search.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
 from blocksearch.teachers import native_resolution, topology_of
@@ -206,7 +206,7 @@ def test_weights_sha256_sees_every_byte(sd_folder):
 
 def test_evaluate_defaults_follow_the_teacher(sd_folder, reference_folder, data_folder, monkeypatch, tmp_path):
     """`blocksearch evaluate` on an SD teacher: BK-SDM's guidance 7.5 and 25 steps unless given."""
-    import blocksearch.evaluate as E
+    import blocksearch.recipe.evaluate as E
 
     seen = []
     monkeypatch.setattr(E, "evaluate", lambda teacher, unet, config, device: seen.append(config) or 1 / 0)

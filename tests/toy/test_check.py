@@ -4,7 +4,7 @@ import inspect
 import torch
 
 from blocksearch.cli import main
-from blocksearch.evaluate import EvalConfig
+from blocksearch.recipe.evaluate import EvalConfig
 from blocksearch.toy.check import _split_by_objects, compute_figures, format_figures, save_grid
 from blocksearch.toy.cli import add_toy_parser
 

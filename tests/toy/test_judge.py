@@ -5,7 +5,7 @@ import torch_fidelity
 from safetensors.torch import save_file
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from blocksearch.generation import ImageSet
+from blocksearch.recipe.generation import ImageSet
 from blocksearch.toy import judge as J
 from blocksearch.toy.world import heldout_prompts, parse_prompt, real_images, sample_batch
 

@@ -20,7 +20,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.numbers import fmt
 from blocksearch.families.base import Family, get_family
 from blocksearch.families.unet import removed  # noqa: F401 - re-exported (the model card's words of a U-Net)
-from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.teachers import resolve_teacher, teacher_kind
 
 PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under

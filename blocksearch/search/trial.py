@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 
 from blocksearch.cache import outside_work_slot, work_slot
-from blocksearch.distill import DistillConfig, checkpoint_info, distill
+from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, evaluate, score_images
+from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
-from blocksearch.probe import Probe, ProbeConfig, teacher_probe
-from blocksearch.reference_noise import (IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, probe_row, reproduced,
+from blocksearch.recipe.probe import Probe, ProbeConfig, teacher_probe
+from blocksearch.search.reference_noise import (IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, probe_row, reproduced,
                                          study_scores)
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher

@@ -2,10 +2,10 @@
 
 Ray Tune runs the trials (one trial = one candidate: surgery -> distillation -> evaluation, BK-SDM
 arXiv 2305.15798) with resources per trial, locally or on a cluster, asking
-:class:`blocksearch.searcher.StudySearch` for each candidate; ASHA (Li et al., MLSys 2020) optionally
+:class:`blocksearch.search.searcher.StudySearch` for each candidate; ASHA (Li et al., MLSys 2020) optionally
 stops weak candidates early on their output-KD loss. The study itself (storage, bookkeeping) is
 :mod:`blocksearch.study`; the final table and the report come from one
-:class:`blocksearch.report.ParetoReport`.
+:class:`blocksearch.report.compute.ParetoReport`.
 
 Ray is imported only once a search has work for it: ``import ray.tune.search.optuna`` costs 1.0-1.3 s
 on an idle machine and ~3 s on a busy one, even after torch and diffusers (``python -X importtime``),
@@ -28,21 +28,21 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from blocksearch.baseline import alignment_bound, teacher_reference
+from blocksearch.recipe.baseline import alignment_bound, teacher_reference
 from blocksearch.cache import default_cache_dir
-from blocksearch.cost import count_params
-from blocksearch.distill import DistillConfig, prepare_teacher_cache
+from blocksearch.recipe.cost import count_params
+from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, evaluation_set, toy_prompts_note
-from blocksearch.render import fmt, render_all
-from blocksearch.report import ParetoReport, build_report
-from blocksearch.rungs import (MAX_FRACTION, REFERENCES, carried_noise, check_rung_settings, check_rungs,
+from blocksearch.recipe.evaluate import EvalConfig, evaluation_set, toy_prompts_note
+from blocksearch.report.render import fmt, render_all
+from blocksearch.report.compute import ParetoReport, build_report
+from blocksearch.search.rungs import (MAX_FRACTION, REFERENCES, carried_noise, check_rung_settings, check_rungs,
                                default_rungs, drop_checkpoints, prepare_rung, prepared_lanes, promoted, rung_plan,
                                rung_work, stopped_references, study_free)
-from blocksearch.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
-from blocksearch.samplers import SAMPLERS
-from blocksearch.reference_noise import NOISE_SOURCES, table_of
-from blocksearch.selection import FirstStage, first_stage, read_selection
+from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
+from blocksearch.search.samplers import SAMPLERS
+from blocksearch.search.reference_noise import NOISE_SOURCES, table_of
+from blocksearch.search.selection import FirstStage, first_stage, read_selection
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import BoundSpace, Genome, SearchSpace, load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
@@ -51,9 +51,9 @@ from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts,
 from blocksearch.families.base import get_family
 from blocksearch.teachers import (ARCHITECTURES, is_toy, load_teacher, load_teacher_denoiser,  # noqa: F401
                                   load_teacher_unet, resolve_teacher, weights_sha256)  # load_teacher_unet: tests
-from blocksearch.trial import KD_METRIC, TrialJob, trainable
+from blocksearch.search.trial import KD_METRIC, TrialJob, trainable
 
-CANDIDATE = "blocksearch.trial:train_candidate"  # the work of one trial; tests may point elsewhere
+CANDIDATE = "blocksearch.search.trial:train_candidate"  # the work of one trial; tests may point elsewhere
 TOY_OF_FAMILY = {"unet": "toy", "dit": "toy-dit"}  # `--teacher toy` (the default) for a space of each family
 
 
@@ -349,7 +349,7 @@ def _tune(cfg: SearchConfig, storage, bound: BoundSpace, job: TrialJob, params_o
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from blocksearch.searcher import StudySearch
+    from blocksearch.search.searcher import StudySearch
 
     progress = Progress(remaining, cfg.objectives, out)
     searcher = StudySearch(cfg, storage, bound, params_of, on_change=progress.update,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blocksearch.report import ParetoReport, TrialPoint
+from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.settings import LOSSES_FILE
 
 SMOOTH = 25  # steps of the moving average drawn over the raw per-step loss (one batch per step is noisy)

@@ -22,17 +22,17 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from blocksearch.distill import DistillConfig, distill_defaults
+from blocksearch.recipe.distill import DistillConfig, distill_defaults
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, eval_defaults, inception_weights
-from blocksearch.export import choose
-from blocksearch.preflight import check_real_inputs
-from blocksearch.report import load_report
-from blocksearch.run_settings import absolute
+from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, inception_weights
+from blocksearch.report.export import choose
+from blocksearch.recipe.preflight import check_real_inputs
+from blocksearch.report.compute import load_report
+from blocksearch.search.run_settings import absolute
 from blocksearch.teachers import is_toy, load_teacher
-from blocksearch.tracking import require
-from blocksearch.train_loop import RUN_NAME, TrainJob, make_student, ray_worker, run_local
-from blocksearch.train_state import TrainConfig, settings_of, split
+from blocksearch.train.tracking import require
+from blocksearch.train.loop import RUN_NAME, TrainJob, make_student, ray_worker, run_local
+from blocksearch.train.state import TrainConfig, settings_of, split
 
 # The defaults that follow the teacher: the toy's 1920 steps (bench fidelity's longest budget, 16 x the search's
 # 120); SD-family teachers: BK-SDM's pretraining (50K iterations, batch 256, AdamW lr 5e-5).

@@ -17,7 +17,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from transformers import CLIPModel, CLIPProcessor
 from transformers.utils import logging as hf_logging
 
-from blocksearch.data import IMAGE_SUFFIXES, read_metadata
+from blocksearch.recipe.data import IMAGE_SUFFIXES, read_metadata
 from blocksearch.errors import BlocksearchError
 from blocksearch.families import dit_genome
 from blocksearch.teachers import ARCHITECTURES, TOY_TEACHERS, topology_of

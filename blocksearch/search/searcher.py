@@ -38,10 +38,10 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
+from blocksearch.search.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
 from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, fail_unclaimed_trials, heartbeats, is_stale
-from blocksearch.trial import KD_METRIC
+from blocksearch.search.trial import KD_METRIC
 
 # Optuna warns that heartbeats are meant for Study.optimize; Ray's OptunaSearch asks and tells instead, and
 # this searcher beats for its trials itself (see _heartbeat_loop)

@@ -1,6 +1,6 @@
 """Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib), trials.csv, README.md.
 
-Renderers only format what :func:`blocksearch.report.build_report` computed; they compute nothing.
+Renderers only format what :func:`blocksearch.report.compute.build_report` computed; they compute nothing.
 Reports travel: every absolute path is written relative (:func:`portable`), so a committed report
 reads the same on any machine. plotly and matplotlib are imported only when a figure is drawn.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.numbers import fmt
-from blocksearch.render_noise import noise_line, reference_md, with_spread
-from blocksearch.report_curves import SMOOTH, front_curves, render_curves_png
-from blocksearch.report import ParetoReport, TrialPoint, load_report
+from blocksearch.report.render_noise import noise_line, reference_md, with_spread
+from blocksearch.report.curves import SMOOTH, front_curves, render_curves_png
+from blocksearch.report.compute import ParetoReport, TrialPoint, load_report
 from blocksearch.study import rung_name
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
@@ -28,7 +28,7 @@ LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency
           "e2e_ms": "end-to-end latency of one image (ms)", "memory_mb": "peak memory of a U-Net step (MB)"}
 
 
-REPOSITORY = Path(__file__).resolve().parents[1]  # blocksearch's repository (or its installation)
+REPOSITORY = Path(__file__).resolve().parents[2]  # blocksearch's repository (or its installation)
 # an absolute path: at the start, after a space, '=', a bracket, a quote or a comma, or in a sqlite:/// URL
 _ABSOLUTE = re.compile(r"(?:^|(?<=[\s=(\[`'\",])|(?<=sqlite:///))/[^\s`'\",;|()\[\]<>]+")
 

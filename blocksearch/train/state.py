@@ -15,13 +15,13 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from blocksearch.data import Batch, fingerprint
-from blocksearch.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig, cpu_state,
+from blocksearch.recipe.data import Batch, fingerprint
+from blocksearch.recipe.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig, cpu_state,
                                  _flatten_optimizer, _unflatten_optimizer, _write_atomic)
 from blocksearch.errors import BlocksearchError
-from blocksearch.schedules import EMA_FILE, SCHEDULES, Ema
+from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema
 from blocksearch.settings import Settings
-from blocksearch.tracking import TRACKERS
+from blocksearch.train.tracking import TRACKERS
 
 TRAIN_FORMAT = 1
 # The train settings a resumed run must share with the run it continues (with distill.TRAJECTORY): they shape

@@ -15,11 +15,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blocksearch.console import quiet
-from blocksearch.cost import count_macs, count_params
+from blocksearch.recipe.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import family_of
-from blocksearch.model_card import model_card
-from blocksearch.report import ParetoReport, TrialPoint, load_report
+from blocksearch.report.model_card import model_card
+from blocksearch.report.compute import ParetoReport, TrialPoint, load_report
 from blocksearch.teachers import load_teacher, with_denoiser
 
 PIPELINE_FILES = ("unet", "transformer", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json",

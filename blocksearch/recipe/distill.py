@@ -42,14 +42,14 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
 from blocksearch.console import quiet
-from blocksearch.data import Batch, BatchStream, fingerprint
+from blocksearch.recipe.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
-from blocksearch.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
+from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
 from blocksearch.settings import Settings
 from blocksearch.space import load_space
 from blocksearch.families.base import get_family
 from blocksearch.families.unet import Student
-from blocksearch.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
+from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot
-from blocksearch.data import fingerprint
-from blocksearch.evaluate import EvalConfig, evaluate
+from blocksearch.recipe.data import fingerprint
+from blocksearch.recipe.evaluate import EvalConfig, evaluate
 from blocksearch.teachers import Teacher
 
 

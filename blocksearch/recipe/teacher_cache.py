@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.console import quiet
-from blocksearch.data import Batch, BatchStream, fingerprint
+from blocksearch.recipe.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import Family, get_family
 

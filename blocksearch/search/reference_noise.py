@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from blocksearch.noise import NOISY
+from blocksearch.report.noise import NOISY
 from blocksearch.settings import PROBE_KEYS
 
 IMAGE_KEYS = tuple(k for k in NOISY if k not in PROBE_KEYS)  # scores of images: the generation seed moves them too

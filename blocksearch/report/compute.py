@@ -4,9 +4,9 @@ the reference designs).
 Compute first, render second (as optuna.visualization splits its Pareto plot): :func:`build_report`
 reads the Optuna study written by ``blocksearch run`` (the study contract: objective values, user
 attrs ``genome``/``design``/``metrics``/``timings``/``student_dir``/``error``/``seed_scores``) and returns a frozen
-:class:`ParetoReport`; :mod:`blocksearch.render` turns it into reports/<study>/ (index.html,
-pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting (:mod:`blocksearch.pareto`).
-A searched design dominates a reference design only beyond the study's noise (:mod:`blocksearch.noise`,
+:class:`ParetoReport`; :mod:`blocksearch.report.render` turns it into reports/<study>/ (index.html,
+pareto.png, trials.csv, README.md). The front is NSGA-II's non-dominated sorting (:mod:`blocksearch.report.pareto`).
+A searched design dominates a reference design only beyond the study's noise (:mod:`blocksearch.report.noise`,
 measured on the reference designs' ``seed_scores``); a raw domination within noise is kept, marked so. A claim
 is "on quality" when a quality objective (not a cost: ``noise.COSTS``) is better beyond noise, else "on cost only"
 (``pareto.claim``); a searched design whose quality is worse beyond noise claims nothing.
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.noise import NOISY, Spread, estimate_noise, quality_mask
-from blocksearch.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
+from blocksearch.report.noise import NOISY, Spread, estimate_noise, quality_mask
+from blocksearch.report.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
 from blocksearch.families.unet import MID_TEXT, architecture_diff, architecture_table  # noqa: F401 - re-exported
 from blocksearch.study import default_storage, open_study
 from blocksearch.teachers import resolve_teacher, teacher_topology  # noqa: F401 - re-exported for export.py and tests

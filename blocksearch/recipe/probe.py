@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from blocksearch.data import Batch, BatchStream
+from blocksearch.recipe.data import Batch, BatchStream
 from blocksearch.families.base import add_noise, get_family
 from blocksearch.settings import GUIDANCE_SCALE, PROBE_KEYS, Settings
-from blocksearch.teacher_cache import FeatureHooks
+from blocksearch.recipe.teacher_cache import FeatureHooks
 
 PROBE_SEED = 1_000_003  # the held-out stream's seed: KD streams use small seeds (the run's seed + k)
 

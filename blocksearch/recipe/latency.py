@@ -34,9 +34,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
-from blocksearch.cost import count_macs, count_params
+from blocksearch.recipe.cost import count_macs, count_params
 from blocksearch.families.base import Family, family_of, get_family
-from blocksearch.timers import Clock, ComponentTimer, CudaEventClock, device_clock
+from blocksearch.recipe.timers import Clock, ComponentTimer, CudaEventClock, device_clock
 
 _COSTS: dict[str, tuple[int, int]] = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -28,14 +28,14 @@ import numpy as np
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig
-from blocksearch.noise import quality_mask
-from blocksearch.pareto import dominates, dominates_despite_noise, normalised_hypervolume
-from blocksearch.reference_noise import IMAGE_KEYS, SOURCE
-from blocksearch.report import ParetoReport, TrialPoint, build_report
+from blocksearch.recipe.evaluate import EvalConfig
+from blocksearch.report.noise import quality_mask
+from blocksearch.report.pareto import dominates, dominates_despite_noise, normalised_hypervolume
+from blocksearch.search.reference_noise import IMAGE_KEYS, SOURCE
+from blocksearch.report.compute import ParetoReport, TrialPoint, build_report
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, SearchConfig, check_settings, is_stale, rung_name
-from blocksearch.trial import CHECKPOINT, TrialJob, study_taken
+from blocksearch.search.trial import CHECKPOINT, TrialJob, study_taken
 
 RUNG_FACTOR = 4  # the default rung: 4 x the search's KD steps (the fidelity ladder's step from 120 to 480)
 

@@ -2,16 +2,16 @@
 the reference designs' dominations split into claims beyond noise -- on quality, or on cost only with every
 quality difference within noise -- and differences within it.
 
-Formats only what :func:`blocksearch.report.build_report` computed (:mod:`blocksearch.noise`,
+Formats only what :func:`blocksearch.report.compute.build_report` computed (:mod:`blocksearch.report.noise`,
 ``Domination.beyond_noise`` and ``Domination.kind``, from ``pareto.claim``).
 """
 
 from __future__ import annotations
 
-from blocksearch.noise import NOISY, quality_mask
+from blocksearch.report.noise import NOISY, quality_mask
 from blocksearch.numbers import fmt
-from blocksearch.pareto import noise_margins
-from blocksearch.report import Domination, ParetoReport
+from blocksearch.report.pareto import noise_margins
+from blocksearch.report.compute import Domination, ParetoReport
 
 
 def with_spread(r: ParetoReport, name: str, value) -> str:

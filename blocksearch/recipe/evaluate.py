@@ -27,11 +27,11 @@ import torch_fidelity
 from transformers import CLIPModel, CLIPProcessor
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.data import load_image, read_metadata
+from blocksearch.recipe.data import load_image, read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.generation import ImageSet, generate
-from blocksearch.latency import DTYPES, cost, speed_and_memory
-from blocksearch.preflight import image_files
+from blocksearch.recipe.generation import ImageSet, generate
+from blocksearch.recipe.latency import DTYPES, cost, speed_and_memory
+from blocksearch.recipe.preflight import image_files
 from blocksearch.settings import GUIDANCE_SCALE, LATENCY_MIN_S, LATENCY_REPEATS, N_PROMPTS, NUM_STEPS, Settings
 from blocksearch.teachers import Teacher, with_denoiser
 from blocksearch.toy.judge import load_judge, text_alignment  # also registers the "toy-judge" FID features

@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.console import quiet
-from blocksearch.data import hash_seed
+from blocksearch.recipe.data import hash_seed
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import clip_score
-from blocksearch.generation import ImageSet
-from blocksearch.preflight import check_clip_model, check_inception_weights, check_reference_folder, image_files
+from blocksearch.recipe.evaluate import clip_score
+from blocksearch.recipe.generation import ImageSet
+from blocksearch.recipe.preflight import check_clip_model, check_inception_weights, check_reference_folder, image_files
 
 FULL_PROMPTS = 30_000
 COCO_FORMAT = "the COCO captions format (captions_val2014.json: images[id, file_name], annotations[image_id, caption])"

@@ -10,8 +10,8 @@ import random
 
 import optuna
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
+from blocksearch.study import DEFAULT_SAMPLER, SAMPLERS  # noqa: F401 (the names a study records)
+
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 

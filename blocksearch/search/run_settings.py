@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from blocksearch.data import read_metadata
-from blocksearch.distill import CACHE_MODES, PRECISIONS, DistillConfig, distill_defaults
+from blocksearch.recipe.data import read_metadata
+from blocksearch.recipe.distill import CACHE_MODES, PRECISIONS, DistillConfig, distill_defaults
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, eval_defaults, inception_weights
-from blocksearch.preflight import check_captions, check_inception_weights, check_real_inputs
-from blocksearch.schedules import SCHEDULES
+from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, inception_weights
+from blocksearch.recipe.preflight import check_captions, check_inception_weights, check_real_inputs
+from blocksearch.recipe.schedules import SCHEDULES
 from blocksearch.study import SearchConfig
 from blocksearch.teachers import is_toy, native_resolution, teacher_kind
 

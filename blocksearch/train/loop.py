@@ -25,15 +25,15 @@ import torch.distributed as dist
 from diffusers import StableDiffusionPipeline
 
 from blocksearch.console import quiet
-from blocksearch.distill import DistillConfig, Distiller, batch_stream, resolve_design
+from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.evaluate import EvalConfig, score_images
+from blocksearch.recipe.evaluate import EvalConfig, score_images
 from blocksearch.families.unet import Student, build_student, load_student
-from blocksearch.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
+from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
 from blocksearch.teachers import Teacher, load_teacher
-from blocksearch.tracking import open_tracker
-from blocksearch.schedules import Ema, lr_at
-from blocksearch.train_state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
+from blocksearch.train.tracking import open_tracker
+from blocksearch.recipe.schedules import Ema, lr_at
+from blocksearch.train.state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
                                      split)
 
 RUN_NAME = "train"  # DIR/ray/train: Ray Train's storage of the run (checkpoints, the manager's snapshot)

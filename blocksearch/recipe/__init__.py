@@ -1,0 +1,1 @@
+"""One candidate: data, teacher cache, distillation, probe, generation, evaluation, latency and cost."""

@@ -1,0 +1,1 @@
+"""A finished study: its Pareto report (compute), its files (render), model cards and export."""

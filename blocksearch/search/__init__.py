@@ -1,0 +1,1 @@
+"""The search: driver, Optuna study on Ray Tune, trials, rungs and the first-stage score."""

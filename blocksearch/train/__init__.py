@@ -1,0 +1,1 @@
+"""A chosen student's full-length KD run on Ray Train."""
