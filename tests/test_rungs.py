@@ -13,8 +13,10 @@ from blocksearch.recipe.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.compute import build_report, teacher_topology
 from blocksearch.report.render_noise import noise_line, reference_md
-from blocksearch.search.rungs import (MAX_FRACTION, RUNG_FACTOR, by_contribution, check_rungs, default_rungs, drop_checkpoints, prepare_rung, promoted,
-                               carried_noise, rung_plan, settled, stopped_references, study_free, whole_rounds)
+from blocksearch.search.promotion import (MAX_FRACTION, RUNG_FACTOR, by_contribution, promoted, settled,
+                                         stopped_references, whole_rounds)
+from blocksearch.search.rungs import (carried_noise, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
+                                     rung_plan, study_free)
 from blocksearch.space import Genome, load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
 from blocksearch.teachers import topology_of

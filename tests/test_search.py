@@ -11,7 +11,7 @@ import pytest
 
 from blocksearch.search import driver as search
 
-from blocksearch.search import searcher
+from blocksearch.search import console, ray_tune, searcher, teacher_setup
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.compute import build_report
 from blocksearch.search.samplers import SAMPLERS, make_sampler
@@ -91,15 +91,15 @@ def test_bad_storage_and_address_are_one_line_errors(tmp_path):
     with pytest.raises(BlocksearchError, match="cannot open storage"):
         open_storage("nosuchdb://x")
     with pytest.raises(BlocksearchError, match="cannot reach Ray"):
-        search._probe("127.0.0.1:1")
+        ray_tune._probe("127.0.0.1:1")
     with pytest.raises(BlocksearchError, match="allowed: auto or host:port"):
-        search._probe("nowhere")
+        ray_tune._probe("nowhere")
 
 
 def _searcher(tmp_path, bound, unet, changes=None, **kw):
     cfg, storage = _cfg(tmp_path, **kw), _storage(tmp_path)
     prepare_study(storage, cfg, bound, _attrs(bound))
-    params_of = search.params_table(unet, bound)
+    params_of = teacher_setup.params_table(unet, bound)
     on_change = None if changes is None else (lambda outcome, running: changes.append((outcome, running)))
     return searcher.StudySearch(cfg, storage, bound, params_of, on_change), cfg, params_of
 
@@ -174,13 +174,13 @@ def test_the_searcher_pickles_as_tune_pickles_it(tmp_path, bound_and_unet):
 
     bound, unet = bound_and_unet
     s, _, _ = _searcher(tmp_path, bound, unet)
-    s.on_change = search.Progress(3, ("fid",), Stream()).update
+    s.on_change = console.Progress(3, ("fid",), Stream()).update
     assert pickle.loads(pickle.dumps(s)).cfg.study == "t"
 
 
 def test_parameter_budget_is_an_optuna_constraint(tmp_path, bound_and_unet):
     bound, unet = bound_and_unet
-    params_of = search.params_table(unet, bound)
+    params_of = teacher_setup.params_table(unet, bound)
     budget = params_of(bound.design("bk_small"))  # bk_base is above it, bk_small and bk_tiny within
     s, _, _ = _searcher(tmp_path, bound, unet, max_params=budget)
     for tid, values in (("a", [1.0, 3.0, 1.0]), ("b", [2.0, 2.0, 2.0]), ("c", [3.0, 1.0, 3.0])):
@@ -215,7 +215,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_leaves_the_study_alone(tmp_path
     db = f"sqlite:///{tmp_path / 's.db'}"
     cfg = search.resolve(SearchConfig(storage=db, runs_dir=str(tmp_path), teacher=str(teacher)))
     study = prepare_study(open_storage(db), cfg, bound, _attrs(bound))
-    s = searcher.StudySearch(cfg, open_storage(db), bound, search.params_table(unet, bound))
+    s = searcher.StudySearch(cfg, open_storage(db), bound, teacher_setup.params_table(unet, bound))
     s.suggest("a")
     s.on_trial_complete("a", _final([1.0, 2.0, 3.0]))
     snapshot = [(t.number, t.state, t.values, t.user_attrs) for t in study.trials]
@@ -265,7 +265,7 @@ def _driver(tmp_path, bound, unet, trials=8, interval=1, grace=1):
     cfg = _cfg(tmp_path, trials=trials, heartbeat_interval=interval, heartbeat_grace=grace)
     storage = open_storage(cfg.storage, heartbeat_interval=interval, grace_period=grace)
     prepare_study(storage, cfg, bound, _attrs(bound))
-    return searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound))
+    return searcher.StudySearch(cfg, storage, bound, teacher_setup.params_table(unet, bound))
 
 
 def test_a_genome_running_under_another_driver_is_a_repeat(tmp_path, bound_and_unet):
@@ -315,7 +315,7 @@ def test_a_student_that_ignores_the_prompt_is_infeasible_and_never_on_the_front(
     bound, unet = bound_and_unet
     cfg, storage = _cfg(tmp_path), _storage(tmp_path)
     prepare_study(storage, cfg, bound, _attrs(bound))
-    s = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), alignment_floor=0.2)
+    s = searcher.StudySearch(cfg, storage, bound, teacher_setup.params_table(unet, bound), alignment_floor=0.2)
     blind, reads = s.suggest("a"), s.suggest("b")
 
     def done(values, alignment):
@@ -338,7 +338,7 @@ def test_a_probe_ranked_first_stage_keeps_text_blind_students_off_its_front(tmp_
     cfg = _cfg(tmp_path, objectives=("probe_cfg", "params", "latency_ms"), score="probe_cfg")
     storage = _storage(tmp_path)
     prepare_study(storage, cfg, bound, _attrs(bound))
-    s = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), guide_ceiling=0.95)
+    s = searcher.StudySearch(cfg, storage, bound, teacher_setup.params_table(unet, bound), guide_ceiling=0.95)
     blind, reads = s.suggest("a"), s.suggest("b")
 
     def done(values, guide):
@@ -356,7 +356,7 @@ def test_a_probe_ranked_first_stage_keeps_text_blind_students_off_its_front(tmp_
     assert r.objectives == ("probe_cfg", "params", "latency_ms")
     assert r.front == (reads["_number"],) and not r.trial(blind["_number"]).feasible
     # a text rule on another probe score (bench fidelity's text_rule key): that score is the constraint
-    by_cfg = searcher.StudySearch(cfg, storage, bound, search.params_table(unet, bound), guide_ceiling=0.3,
+    by_cfg = searcher.StudySearch(cfg, storage, bound, teacher_setup.params_table(unet, bound), guide_ceiling=0.3,
                                   text_key="probe_cfg")
     third = by_cfg.suggest("c")
     by_cfg.on_trial_complete("c", done([0.5, 2.0, 2.0], 1.0))

@@ -1,9 +1,9 @@
 """One trial of the search, run inside a Ray worker: surgery -> distillation -> save -> evaluation.
 
 The same stage functions as ``blocksearch distill`` / ``evaluate`` (docs/design.md: a trial is never a
-special case); this module only adds Ray Tune reporting, timings and failure capture, and scores the
-students of the reference designs at more generation seeds (the report's seed noise, noise.py). Paths
-are absolute (Ray trials chdir into their own folder).
+special case); this module only adds timings and scores the students of the reference designs at more
+generation seeds (the report's seed noise, noise.py). Ray Tune reporting and failure capture are the
+trainable's (ray_tune.py). Paths are absolute (Ray trials chdir into their own folder).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Callable
 
-import torch
 
-from blocksearch.cache import outside_work_slot, work_slot
+from blocksearch.cache import work_slot
 from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
@@ -283,50 +281,3 @@ def load_candidate(path: str) -> Callable:
         return getattr(import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise BlocksearchError(f"candidate function {path!r} cannot be imported ({err})") from None
-
-
-def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidate: str,
-              params_of_genome: dict) -> None:
-    """The Ray Tune function trainable: every report carries every searcher metric."""
-    from ray import tune  # in the worker only: the driver imports this module for TrialJob, and Ray lazily
-
-    torch.set_num_threads(max(1, job.cpus))
-    job = dataclasses.replace(job, design=config.get("_design"))
-    genome = get_family(job.family).arch_from_id(config["_genome"])
-    placeholder = {o: float("nan") for o in objectives}
-    if "params" in objectives and genome.id in params_of_genome:
-        placeholder["params"] = float(params_of_genome[genome.id])
-    last = {KD_METRIC: float("nan")}
-
-    def report(step: int, losses: dict) -> None:
-        last[KD_METRIC] = float(losses.get("loss_kd_out", losses.get("loss", float("nan"))))
-        if step % job.report_every == 0:
-            with outside_work_slot():  # the report may block on the driver: never while holding the slot
-                tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 0, "step": step, "payload": ""})
-
-    try:  # a failing candidate (exception, NaN, out of memory) is recorded FAILED; the search goes on
-        outcome = load_candidate(candidate)(genome, job, report)
-        values = {o: float(outcome.metrics[o]) for o in objectives}
-        bad = [o for o, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise BlocksearchError(f"non-finite {bad[0]} = {values[bad[0]]}")
-    except Exception as err:
-        kind = "out of memory" if "out of memory" in str(err).lower() else type(err).__name__
-        message = f"{kind}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else kind}"
-        tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps({"error": message})})
-        return
-    total = time.time() - config["_suggested_at"]
-    timings = {k: round(float(v), 3) for k, v in outcome.timings.items()}
-    work = sum(timings.get(k, 0.0) for k in ("kd_s", "generate_s", "score_s", "noise_s"))
-    timings.update(total_s=round(total, 3), overhead_s=round(max(0.0, total - work), 3))
-    import ray  # noqa: PLC0415 - the worker side, as `tune` above
-
-    payload = {"metrics": outcome.metrics, "timings": timings, "student_dir": outcome.student_dir,
-               "node": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
-    if outcome.seed_scores:
-        payload["seed_scores"] = outcome.seed_scores
-    if outcome.extra.get("from_study"):
-        payload["from_study"] = outcome.extra["from_study"]  # a reference design's scores: bench fidelity's
-    if outcome.extra.get("kd_start_step"):
-        payload["kd_start_step"] = outcome.extra["kd_start_step"]  # a rung's student: continued from this step
-    tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(payload)})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from blocksearch import search  # noqa: E402
+from blocksearch.search import driver as search  # noqa: E402
 from blocksearch.cli import main  # noqa: E402
 
 search.CANDIDATE = "tests.integration.faulty:candidate"

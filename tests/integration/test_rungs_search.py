@@ -8,7 +8,7 @@ import torch
 from blocksearch.cli import main
 from blocksearch.recipe.distill import DistillConfig, distill
 from blocksearch.report.compute import build_report
-from blocksearch.search.rungs import promoted, stopped_references
+from blocksearch.search.promotion import promoted, stopped_references
 from blocksearch.space import Genome
 from blocksearch.study import counts
 from blocksearch.families.unet import build_student

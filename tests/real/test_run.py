@@ -18,7 +18,7 @@ from blocksearch.parsers import _step_counts
 from blocksearch.search.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
-from blocksearch.teachers import native_resolution, topology_of
+from blocksearch.teachers import load_teacher_unet, native_resolution, topology_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -132,7 +132,7 @@ def test_a_real_teacher_needs_its_inputs(real_args, no_ray, capsys):
 
 def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_folder, tmp_path, no_ray, capsys):
     cfg = search.resolve(search_config(real_args))
-    teacher_unet = search.load_teacher_unet(cfg.teacher)
+    teacher_unet = load_teacher_unet(cfg.teacher)
     bound = load_space("unet_blocks").bind(topology_of(teacher_unet.config))
     job, attrs = search.trial_job(cfg, bound, teacher_unet)
     assert len(attrs["teacher_unet_sha256"]) == 64 and attrs["data"]["items"] == 32
@@ -195,9 +195,9 @@ def test_weights_sha256_sees_every_byte(sd_folder):
 
     from blocksearch.teachers import weights_sha256
 
-    unet = search.load_teacher_unet(str(sd_folder))
+    unet = load_teacher_unet(str(sd_folder))
     before = weights_sha256(unet)
-    assert before == weights_sha256(search.load_teacher_unet(str(sd_folder)))  # stable across loads
+    assert before == weights_sha256(load_teacher_unet(str(sd_folder)))  # stable across loads
     with torch.no_grad():
         last = list(unet.parameters())[-1]
         last.view(-1)[-1] += 1e-3  # one value, far from the leading ones that data.fingerprint reads

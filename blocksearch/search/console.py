@@ -1,0 +1,119 @@
+"""What a search prints: the run's announcement, live progress over trials, each rung's promotions and each
+study's front. Nothing here decides anything; the driver, the rungs and the searcher hand it their values."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import optuna
+from tqdm.auto import tqdm
+
+from blocksearch.numbers import fmt
+from blocksearch.report.compute import ParetoReport, TrialPoint
+from blocksearch.study import SearchConfig, counts
+from blocksearch.search.promotion import MAX_FRACTION
+from blocksearch.search.trial import KD_METRIC
+
+
+def announce(cfg: SearchConfig, remaining: int, parallel: int, ray_info: dict, out: TextIO) -> None:
+    """The study, its trials to run and their lanes, and the Ray dashboard (with how it is authenticated)."""
+    print(f"study {cfg.study!r} in {cfg.storage}: {remaining} trials to run, {parallel} in parallel "
+          f"({cfg.cpus_per_trial:g} CPU, {cfg.gpus_per_trial:g} GPU each), sampler {cfg.sampler}"
+          f"{', ASHA on ' + KD_METRIC if cfg.asha else ''}", file=out)
+    if ray_info["dashboard_url"]:
+        auth = ("token auth on: the token is in ~/.ray/auth_token (ray get-auth-token)"
+                if ray_info["auth"] == "token" else f"RAY_AUTH_MODE={ray_info['auth']}")
+        print(f"Ray dashboard: {ray_info['dashboard_url']}  ({auth})", file=out)
+
+
+class Progress:
+    """Live progress: a tqdm bar over trials and one line per finished trial, fed by the searcher."""
+
+    def __init__(self, total: int, objectives, out: TextIO):
+        self.objectives, self.out = objectives, out
+        self.bar = tqdm(total=total, desc="trials", unit="trial", file=out, dynamic_ncols=True,
+                        disable=None)  # no bar when not a terminal; the per-trial lines remain
+
+    def __getstate__(self) -> dict:  # Tune pickles the searcher, and so this view; a live view keeps nothing
+        return {}
+
+    def update(self, outcome, running: int) -> None:
+        """A trial started (``outcome`` None) or ended (a ``searcher.TrialOutcome``)."""
+        if outcome is not None:
+            number, genome, state, info = outcome
+            self.bar.write(f"#{number:<3d} {genome:28s} {state:8s} {self._detail(state, info)}", file=self.out)
+            self.bar.update(1)
+        self.bar.set_postfix(running=running)
+
+    def _detail(self, state: str, info: dict) -> str:
+        if state == "FAIL":
+            return info.get("error", "stopped early by ASHA")
+        if state != "COMPLETE":
+            return "stopped early by ASHA"
+        t = info.get("timings", {})
+        vals = "  ".join(f"{o} {fmt(o, v)}" for o, v in zip(self.objectives, info["values"]))
+        return (f"{vals}  (kd {t.get('kd_s', 0):.0f}s, gen {t.get('generate_s', 0):.0f}s, "
+                f"score {t.get('score_s', 0):.0f}s, overhead {t.get('overhead_s', 0):.0f}s)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def rung_promotions(steps: int, below: str, report: ParetoReport, chosen: list[TrialPoint], free: set[int],
+                    settled: dict[str, list[int]], references: str, parallel: int, out: TextIO) -> None:
+    """Who goes on to the rung of ``steps`` KD steps (rungs.promoted), who is taken from bench fidelity's study
+    without a lane (``free``), and which reference designs stop because the study below ``settled`` them."""
+    rule = "on or within noise of its front" if report.noise_measured else "on its front (noise not measured)"
+    refs = "the reference designs it left open" if references == "open" else "the reference designs"
+    print(f"\nrung {steps} KD steps: {len(chosen)} of {len(report.ranked)} feasible students of "
+          f"{below!r} go on from their KD checkpoints -- {refs} and the students {rule}, at most "
+          f"{MAX_FRACTION:.0%} of the feasible searched ones, in whole rounds of {parallel} parallel trials "
+          f"(never fewer than one): "
+          f"{', '.join(t.genome for t in chosen)}", file=out)
+    for t in chosen:
+        if t.number in free:
+            print(f"  {t.design} is taken from bench fidelity's study at {steps} steps, as at "
+                  f"{below!r} (reproduced there after {t.from_study['checked_at']} KD steps): a place, no lane",
+                  file=out)
+    for ref, by in settled.items():
+        print(f"  {ref} stops at {below!r}: dominated there on quality beyond noise by trial(s) "
+              f"{', '.join(map(str, by))} (--rung-references all continues it anyway)", file=out)
+
+
+def checkpoints_dropped(stopped: int, freed: int, out: TextIO) -> None:
+    """The checkpoints of the students that stop before a rung, once deleted."""
+    if stopped:
+        print(f"KD checkpoints of the {stopped} students that stop here (infeasible or beyond noise of the "
+              f"front) deleted: {freed / 2**20:.0f} MB freed", file=out)
+
+
+def rung_done(steps: int, below: str, done: int, freed: int, out: TextIO) -> None:
+    """The checkpoints below a rung that has continued every student it took, once deleted."""
+    if done:
+        print(f"rung {steps} done: the KD checkpoints of {done} students in {below!r} deleted "
+              f"({freed / 2**20:.0f} MB freed)", file=out)
+
+
+def print_front(report: ParetoReport, study: optuna.Study, steps, out: TextIO) -> None:
+    """A study's counts by state and its Pareto front, one row per trial."""
+    c = counts(study)
+    hits = f"; {c['cached']} sampler repeats of trained Genomes skipped" if c["cached"] else ""
+    budget = f" ({steps} KD steps)" if steps is not None else ""
+    print(f"\nstudy {report.study!r}{budget}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+          f"{hits}; Pareto front ({len(report.front)}):", file=out)
+    print(f"{'trial':>6s} {'design':9s} {'genome':28s} " + " ".join(f"{n:>11s}" for n in report.objectives),
+          file=out)
+    for t in map(report.trial, report.front):
+        print(f"{t.number:>6d} {t.design or '':9s} {t.genome or '':28s} "
+              + " ".join(f"{fmt(n, v):>11s}" for n, v in zip(report.objectives, t.values)), file=out)
+
+
+def results(folders: list[tuple[str, object, object]], storage: str, out: TextIO) -> None:
+    """Where each study, its students and its report are; with rungs, which study to pick the front from."""
+    lines = [f"study {name!r} in {storage}; students in {students}; report in {folder}"
+             for name, students, folder in folders]
+    print("\nresults: " + lines[0] if len(lines) == 1 else "\nresults:\n" + "\n".join("  " + x for x in lines),
+          file=out)
+    if len(folders) > 1:
+        print(f"the students trained longest, and the front to pick from: study {folders[-1][0]!r} "
+              f"(blocksearch export --study {folders[-1][0]} --front -o DIR)", file=out)
