@@ -69,7 +69,7 @@ def test_the_table_is_used_only_for_the_teacher_it_was_measured_on():
 
 
 def test_the_studys_own_kd_seed_and_where_a_trial_checks_it():
-    """trial.from_study's lookups: KD seed 0's scores at a budget (images at the trial's generation seed, probes
+    """study_reuse.reuse's lookups: KD seed 0's scores at a budget (images at the trial's generation seed, probes
     from the probe row; None unless every key asked for is there), the longest budget below a trial's with its
     probe scores (the check), and the check itself (every shared score within RTOL)."""
     table = seed_table(ROWS, PROBES + [dict(PROBES[1], budget=30), dict(PROBES[1], budget=0)])

@@ -13,6 +13,7 @@ from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import load_space
 from blocksearch.teachers import topology_of
 from blocksearch.recipe.evaluate import EvalConfig
+from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import TrialJob, seed_scores
 from tests.conftest import make_tiny_teacher
 
@@ -147,7 +148,7 @@ def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, 
 
 
 def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_from_it(tmp_path, monkeypatch):
-    """trial.from_study: bk_tiny's KD to the study's budget below (1 of 2 steps) and its probe there equal the
+    """study_reuse.reuse, before the trial: bk_tiny's KD to the study's budget below (1 of 2 steps) and its probe there equal the
     study's, so its scores at 2 steps are the study's: one KD step instead of two, no student written, the
     check's checkpoint gone. A study that disagrees at the check leaves the trial to go on from the check's
     checkpoint: the same student as a straight run. A rung (3 steps) takes the design from the study again
@@ -168,7 +169,7 @@ def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_fr
 
     def run(j):
         steps = []
-        out = trial._train_candidate(genome, j, lambda step, losses: steps.append(step))
+        out = reused_or_trained(genome, j, lambda step, losses: steps.append(step), trial._train_candidate)
         return out, steps
 
     probe = lambda out: {k: out.metrics[k] for k in PROBE_KEYS}  # noqa: E731

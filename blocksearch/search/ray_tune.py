@@ -24,6 +24,7 @@ from blocksearch.cache import outside_work_slot
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family
 from blocksearch.search.console import Progress
+from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import KD_METRIC, TrialJob, load_candidate
 from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import SearchConfig
@@ -155,7 +156,8 @@ def _design_safe_asha():
 
 def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidate: str,
               params_of_genome: dict) -> None:
-    """The Ray Tune function trainable: every report carries every searcher metric."""
+    """The Ray Tune function trainable: bench fidelity's study where it stands for the trial (study_reuse.py),
+    else the trial ``candidate`` (trial.py); every report carries every searcher metric, a failure is recorded."""
     from ray import tune  # in the worker only, as every Ray import of this module
 
     torch.set_num_threads(max(1, job.cpus))
@@ -173,7 +175,7 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
                 tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 0, "step": step, "payload": ""})
 
     try:  # a failing candidate (exception, NaN, out of memory) is recorded FAILED; the search goes on
-        outcome = load_candidate(candidate)(genome, job, report)
+        outcome = reused_or_trained(genome, job, report, load_candidate(candidate))  # the study first, beside
         values = {o: float(outcome.metrics[o]) for o in objectives}
         bad = [o for o, v in values.items() if not math.isfinite(v)]
         if bad:

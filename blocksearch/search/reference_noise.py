@@ -11,9 +11,9 @@ the same numbers, bit for bit on one machine, while another KD seed alone moves 
 1.4 % (median over 24 architectures) -- the study's other seeds are this run's other seeds, and nothing is
 trained again. Otherwise (another teacher, recipe or budget; ``--noise-source measure``) the trial trains them.
 
-The same study holds KD seed 0 itself, at every budget of its ladder: a reference design's trial first trains the
-study's longest budget below its own (:func:`check_budget`: 30 of 120 steps) and compares its probe scores
-there (:func:`agrees`); where they agree, the trial's scores at its own budget are the study's
+The same study holds KD seed 0 itself, at every budget of its ladder: before a reference design's trial,
+study_reuse.reuse trains the study's longest budget below its own (:func:`check_budget`: 30 of 120 steps) and
+compares its probe scores there (:func:`agrees`); where they agree, the trial's scores at its own budget are the study's
 (:func:`study_scores`) -- the same numbers its own KD would give, at a quarter of the KD -- and a rung takes a
 reference design that came from the study from it again (``MARKER`` in its students folder), without training
 it (the toy default run: the BK designs' KD 11-16 s each instead of 37-48 s, and the rung's open one off the
@@ -54,7 +54,7 @@ def seed_table(rows: Iterable[dict], probes: Iterable[dict]) -> dict[str, dict[s
     return out
 
 
-MARKER = "from-study.json"  # <students>/<genome>/: the trial's scores came from the study (trial.from_study)
+MARKER = "from-study.json"  # <students>/<genome>/: the trial's scores came from the study (study_reuse.reuse)
 
 
 def kd_seed_0(rows: Iterable[dict], seed: int) -> tuple[dict | None, dict | None]:

@@ -35,7 +35,8 @@ from blocksearch.search.ray_tune import Tuning, lanes, run_trials
 from blocksearch.search.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, check_settings, is_stale, rung_name
-from blocksearch.search.trial import CHECKPOINT, TrialJob, study_taken
+from blocksearch.search.study_reuse import study_taken
+from blocksearch.search.trial import CHECKPOINT, TrialJob
 
 
 def default_rungs(steps: int) -> tuple[int, ...]:
@@ -75,8 +76,8 @@ def carried_noise(report: ParetoReport, stopped: dict[str, list[int]], table: di
 
 def study_free(report: ParetoReport, job: TrialJob) -> set[int]:
     """The reference designs' trials of ``report`` that the rung of ``job`` takes from ``bench fidelity``'s
-    study without training (trial.from_study): taken from it below, and the study holds what the rung's trial
-    takes at the rung's budget (trial.study_taken)."""
+    study without training (study_reuse.reuse): taken from it below, and the study holds what the rung's trial
+    takes at the rung's budget (study_reuse.study_taken)."""
     config = EvalConfig.from_dict(job.eval)
     return {n for n in report.reference_trials.values() if report.trial(n).from_study
             and study_taken(job, report.trial(n).genome, job.distill["steps"], config) is not None}

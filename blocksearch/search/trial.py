@@ -25,8 +25,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.recipe.probe import Probe, ProbeConfig, teacher_probe
-from blocksearch.search.reference_noise import (IMAGE_KEYS, MARKER, SOURCE, agrees, check_budget, probe_row, reproduced,
-                                         study_scores)
+from blocksearch.search.reference_noise import reproduced
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.teachers import load_teacher
 
@@ -55,6 +54,9 @@ class TrialJob:
     # bench fidelity's seed scores of the reference designs, {budget: {genome: rows}} (reference_noise.py): a
     # reference design whose own scores they reproduce takes its other seeds from them instead of training them
     reference_seeds: dict = field(default_factory=dict)
+    # a KD checkpoint of this trial's own student to go on from, and delete once used: the one the check of
+    # study_reuse.reuse trained, where this run did not reproduce bench fidelity's study (set per trial)
+    head_start: str | None = None
 
 
 @dataclass
@@ -105,16 +107,12 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     prep_s = time.perf_counter() - t0  # teacher (cached per worker) and surgery: part of the overhead
     settings = DistillConfig.from_dict(job.distill)
     config = EvalConfig.from_dict(job.eval)
-    with logged(report, Path(job.students_dir) / genome.id / LOSSES_FILE) as on_step:
-        taken, verify = from_study(teacher, student, genome, job, settings, config, on_step)
-        if taken is not None:
-            taken.extra["prep_s"] = prep_s
-            return taken
-        resume = {"resume_from": verify} if verify is not None else {}  # the check's KD goes on, not again
+    losses = Path(job.students_dir) / genome.id / LOSSES_FILE
+    with logged(report, losses, append=job.head_start is not None) as on_step:  # a head start's steps are there
         kd = distill(teacher, student, settings, device=job.device, on_step=on_step,
-                     progress=False, **kd_checkpoints(job, genome, 0) | resume)
-    if verify is not None:
-        shutil.rmtree(verify, ignore_errors=True)
+                     progress=False, **kd_checkpoints(job, genome, 0))
+    if job.head_start is not None:  # consumed: the student went on from it
+        shutil.rmtree(job.head_start, ignore_errors=True)
     out = Path(job.students_dir) / genome.id / get_family(job.family).subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
     metrics = evaluate(teacher, student.unet, config, device=job.device)
@@ -146,75 +144,12 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     return Outcome(values, timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]}, scores)
 
 
-def from_study(teacher, student, genome, job: TrialJob, settings: DistillConfig, config: EvalConfig,
-               on_step) -> tuple[Outcome | None, Path | None]:
-    """A reference design's trial taken from ``bench fidelity``'s study where this run reproduces it
-    (reference_noise.py): (the outcome, None); else (None, the KD checkpoint of the check, for the trial to go
-    on from, or None where nothing was trained).
-
-    The study must hold KD seed 0's scores of the design at the trial's budget (its images at the trial's
-    generation seed, its probe where the probe ranks), and as many KD seeds as ``--noise-seeds`` asks for
-    (their rows are the trial's seed noise). The check: KD to the study's longest budget below (30
-    of 120 steps) and the probe there, against the study's (``agrees``: RTOL); a rung's trial skips it where
-    the stage below took the design from the study (``MARKER``). Cost and speed are the architecture's and
-    are measured here as in any trial; the seed noise rows are the study's (``reproduced``). No student is
-    written: ``export`` says so."""
-    study = study_taken(job, genome.id, settings.steps, config) if job.design else None
-    if study is None:
-        return None, None
-    scores, rows = study
-    from_ = job.reference_seeds
-    folder = Path(job.students_dir) / genome.id
-    below = Path(job.resume_dir) / genome.id / MARKER if job.resume_dir else None
-    t0 = time.perf_counter()
-    if below is not None and below.is_file():
-        check = json.loads(below.read_text())["checked_at"]
-    elif below is not None and checkpoint_info(checkpoint_dir(job.resume_dir, genome.id)) is not None:
-        return None, None  # a rung whose stage below trained the design: its checkpoint goes on
-    else:
-        check = check_budget(from_, settings.steps, genome.id)
-        if check is None:
-            return None, None
-        verify = folder / f"{CHECKPOINT}-check{check}"
-        distill(teacher, student, dataclasses.replace(settings, steps=check), device=job.device, on_step=on_step,
-                progress=False, save_to=verify, cache_steps=job.cache_steps)
-        mine = cached_probe(teacher, job).score(student.unet, student.kd_pairs)
-        if not agrees(mine, probe_row(from_, check, genome.id)):
-            return None, verify
-        shutil.rmtree(verify, ignore_errors=True)
-    kd_s = time.perf_counter() - t0
-    metrics = evaluate(teacher, student.unet, dataclasses.replace(config, images=False), device=job.device)
-    source = (f"{SOURCE}'s study (selection-score.json): KD seed 0 after {settings.steps} steps, reproduced here "
-              f"at {check} steps")
-    values = metrics.to_dict() | scores
-    values["measured"] = values["measured"] | {k: source for k in scores}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text(json.dumps({"design": job.design, "steps": settings.steps, "checked_at": check,
-                                             "source": source}, indent=1) + "\n")
-    timings = {"kd_s": kd_s, "generate_s": 0.0, "score_s": metrics.timings.get("latency_s", 0.0)}
-    taken = {"from_study": {"checked_at": check, "steps": settings.steps}}
-    return Outcome(values, timings, str(folder / get_family(job.family).subfolder), taken, rows), None
-
-
-def study_taken(job: TrialJob, genome: str, steps: int, config: EvalConfig) -> tuple[dict, list] | None:
-    """What ``from_study`` takes of a reference design after ``steps`` (the trial's, or a rung's): KD seed 0's
-    scores in ``job``'s study table (its images at the evaluation's generation seed where images are scored,
-    its probe where the probe ranks) and its seed rows (``reproduced``), or None where the study lacks a score,
-    or holds fewer KD seeds than ``--noise-seeds`` asks for."""
-    keys = (*(IMAGE_KEYS if config.images else ()), *(PROBE_KEYS if job.score in PROBE_KEYS else ()))
-    scores = study_scores(job.reference_seeds, steps, genome, config.seed, keys) if job.reference_seeds else None
-    if scores is None:
-        return None
-    rows = reproduced(main_row(config, scores), job.reference_seeds.get(str(steps), {}).get(genome) or [],
-                      job.noise_seeds)
-    return None if job.noise_seeds > 1 and rows is None else (scores, rows or [])
-
-
 @contextlib.contextmanager
-def logged(report: Callable[[int, dict], None], path: Path):
-    """``report``, each step's losses first appended to ``path`` as a JSON line (a rerun starts it again)."""
+def logged(report: Callable[[int, dict], None], path: Path, append: bool = False):
+    """``report``, each step's losses first appended to ``path`` as a JSON line (a rerun starts it again,
+    unless ``append``: a run that goes on from a head start's steps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
+    with path.open("a" if append else "w") as f:
         def on_step(step: int, losses: dict) -> None:
             f.write(json.dumps(losses) + "\n")
             f.flush()
@@ -231,12 +166,15 @@ def checkpoint_dir(students_dir: str | Path, genome: str, kd_seed: int = 0) -> P
 def kd_checkpoints(job: TrialJob, genome, kd_seed: int) -> dict:
     """``distill``'s checkpoint arguments for the student of ``kd_seed``: continue the study below's checkpoint
     where one exists (a rung; a missing one -- deleted, or never kept -- means a straight run from surgery,
-    the same student at more cost), keep this run's own where a longer rung may follow."""
+    the same student at more cost) or the ``head_start`` the job names, keep this run's own where a longer
+    rung may follow."""
     kwargs: dict = {"cache_steps": job.cache_steps}
     if job.resume_dir is not None:
         below = checkpoint_dir(job.resume_dir, genome.id, kd_seed)
         if checkpoint_info(below) is not None:
             kwargs["resume_from"] = below
+    if job.head_start is not None and kd_seed == 0:  # the reuse check's KD goes on, not again (study_reuse.py)
+        kwargs["resume_from"] = Path(job.head_start)
     if job.checkpoint:
         kwargs["save_to"] = checkpoint_dir(job.students_dir, genome.id, kd_seed)
     return kwargs
