@@ -15,7 +15,7 @@ from blocksearch.search import driver as search
 from blocksearch.cli import build_parser, main
 from blocksearch.console import QUIET, quiet
 from blocksearch.recipe.generation import generate
-from blocksearch.parsers import RUN_FLAGS, RUN_RENAMED, read_run_config
+from blocksearch.commands.run_config import RUN_FLAGS, RUN_RENAMED, read_run_config
 from blocksearch.search.selection import read_selection
 from blocksearch.settings import SELECTION_SCORE
 from blocksearch.space import Genome, load_space
