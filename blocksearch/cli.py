@@ -2,7 +2,7 @@
 
 Here are ``main`` (logging, ``-q``, exit codes) and the table of verbs (COMMANDS); each verb's flags and handler
 live in its module of commands/ (toy's in toy/cli.py). Bad input ends with one line on stderr, ``blocksearch:
-error: ...``, and exit code 2.
+error: ...`` (a flag the parser rejects: ``blocksearch <verb>: error: ...``), and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import warnings
 
 from blocksearch import __version__
 from blocksearch.commands import bench, distill, evaluate, export, report, run, space, train
-from blocksearch.commands.common import add_verbosity
+from blocksearch.commands.common import Parser, add_verbosity
 from blocksearch.console import set_quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.toy import cli as toy
@@ -68,7 +68,7 @@ def quiet_libraries(verbose: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``blocksearch`` parser: each verb of COMMANDS registers itself; ``-v`` / ``-q`` on every verb."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="blocksearch",
         description="Find small, fast Stable Diffusion U-Nets by removing blocks and distilling "
                     "(BK-SDM, arXiv 2305.15798, as a multi-objective search).",

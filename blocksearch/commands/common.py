@@ -1,4 +1,4 @@
-"""What every verb's parser shares: ``-v`` / ``-q`` anywhere, the help texts of the flags
+"""What every verb's parser shares: one-line errors, ``-v`` / ``-q`` anywhere, the help texts of the flags
 several verbs take (``--teacher``, ``--storage``, ``--study``)."""
 
 from __future__ import annotations
@@ -12,6 +12,14 @@ TEACHER_HELP = ("teacher: toy (bundled default; for a transformer space, family:
                 "meta device: no weights), a local diffusers folder, or a hub id in the local HF cache")
 STORAGE_HELP = "Optuna storage URL (default: sqlite:///<cwd>/runs/blocksearch.db, where blocksearch run keeps it)"
 DEFAULT_STUDY = default_study_name(SearchConfig.space, SearchConfig.teacher)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line, ``blocksearch <verb>: error: ...``, and exit code 2 (argparse
+    prints the verb's whole usage first); ``--help`` has the usage. Sub-parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_verbosity(parser: argparse.ArgumentParser, top: bool = True) -> None:
