@@ -27,14 +27,12 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.settings import PROBE_KEYS
+from blocksearch.objectives import TABLE
 from blocksearch.space import BoundSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search/samplers.py builds them
 DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
-OBJECTIVES = {"fid": "minimize", "params": "minimize", "latency_ms": "minimize", "macs": "minimize",
-              "e2e_ms": "minimize", "memory_mb": "minimize", "alignment": "maximize",
-              **dict.fromkeys(PROBE_KEYS, "minimize")}  # the held-out probe's scores: first-stage scores (selection.py)
+OBJECTIVES = {o.name: o.direction for o in TABLE if o.searchable}  # name -> Optuna's direction (objectives.py)
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # study settings (user attrs, nested keys dotted) that do not change a trial's result: a resume may change them

@@ -15,7 +15,7 @@ from blocksearch.search import driver as search
 from blocksearch.cli import build_parser, main
 from blocksearch.console import QUIET, quiet
 from blocksearch.recipe.generation import generate
-from blocksearch.parsers import RUN_FLAGS, RUN_RENAMED, read_run_config
+from blocksearch.commands.run_config import RUN_FLAGS, RUN_RENAMED, read_run_config
 from blocksearch.search.selection import read_selection
 from blocksearch.settings import SELECTION_SCORE
 from blocksearch.space import Genome, load_space
@@ -126,6 +126,17 @@ def test_q_run_prints_the_front_and_the_results_without_progress_lines(tmp_path,
     out = capsys.readouterr().out
     assert "first-stage score" not in out and "nothing to run" not in out
     assert out == loud[loud.index("\n\nstudy 'unet_blocks-toy'") + 1:]  # the front and the results, as without -q
+
+
+# -- bad input: one line, exit 2 ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["run", "--teacher-cache", "nope"], ["train", "--precision", "nope"],
+                                  ["evaluate", "x", "--protocol", "nope"]], ids=lambda argv: argv[0])
+def test_a_bad_flag_value_is_one_line_without_the_usage_and_exit_2(argv):
+    proc = cli(*argv)
+    flag = argv[-2]
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"blocksearch {argv[0]}: error: argument {flag}: invalid choice: 'nope'")
 
 
 # -- -o: the output of every verb that writes files ------------------------------------------------

@@ -7,7 +7,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "blocksearch"
 # module -> what it may import inside functions, and why
 LAZY = {
-    "blocksearch.cli": "verb handlers' heavy imports: `blocksearch --help` and bad flags stay fast",
+    # each verb's `main` imports the stage it runs (torch, diffusers, Ray): `blocksearch --help` and bad flags build
+    # every verb's parser, and stay fast
+    "blocksearch.commands.space": "teachers, cost counting and the families' student builders, for `space show`",
+    "blocksearch.commands.run": "the search driver (Ray, torch), and for --print-config the KD defaults",
+    "blocksearch.commands.distill": "torch, the teacher and the KD run",
+    "blocksearch.commands.evaluate": "torch, the teacher and the evaluation (or the MS-COCO protocol)",
+    "blocksearch.commands.report": "the report renderer (Optuna, torch through the teachers)",
+    "blocksearch.commands.export": "the exporter (diffusers pipelines)",
+    "blocksearch.commands.train": "the Ray Train job",
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
     "blocksearch.report.render": "matplotlib / plotly, only when a report is drawn",
     "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",

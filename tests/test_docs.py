@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blocksearch.cli import build_parser, cmd_run
+from blocksearch.cli import build_parser
+from blocksearch.commands.run import main as cmd_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -114,7 +114,7 @@ def test_cli_evaluate_writes_metrics(tiny_teacher_folder, tmp_path, capsys):
 
 
 def test_cli_evaluate_refuses_an_output_in_a_missing_folder_before_any_work(tmp_path, capsys, monkeypatch):
-    import blocksearch.cli as cli
+    import blocksearch.commands.evaluate as cli
     import blocksearch.teachers
     monkeypatch.setattr(blocksearch.teachers, "load_teacher", lambda *a, **k: pytest.fail("work started"))
     code = main(["evaluate", str(tmp_path), "-o", str(tmp_path / "no" / "such" / "m.json")])

@@ -155,3 +155,21 @@ def test_a_resume_with_incomparable_settings_is_refused_in_one_line(tmp_path, bo
                  "teacher_unet_sha256 'aaaa"):
         assert part in message, message
     assert "a new --study" in message and "command" not in message
+
+
+def test_one_objective_table_feeds_directions_labels_noise_costs_and_formats():
+    """objectives.TABLE is the one description of the scores: the others are read from it."""
+    from blocksearch.objectives import TABLE, Objective
+    from blocksearch.numbers import fmt
+    from blocksearch.report.noise import COSTS, NOISY, quality_mask
+    from blocksearch.report.render import LABELS
+    from blocksearch.study import OBJECTIVES
+
+    assert OBJECTIVES == {o.name: o.direction for o in TABLE if o.searchable}
+    assert list(OBJECTIVES)[:3] == ["fid", "params", "latency_ms"] and OBJECTIVES["alignment"] == "maximize"
+    assert "kid" in NOISY and "kid" not in OBJECTIVES and set(LABELS) <= set(OBJECTIVES)
+    assert quality_mask(("fid", "params", "latency_ms", "alignment")) == (True, False, False, True)
+    assert "memory_mb" in COSTS and (fmt("params", 1.5e6), fmt("latency_ms", 1234.0), fmt("fid", 12.3456)) == (
+        "1.50M", "1.23 s", "12.35")
+    with pytest.raises(ValueError, match="direction 'up'; allowed: 'minimize', 'maximize'"):
+        Objective("x", direction="up")

@@ -3,8 +3,8 @@
 - ``kd``: KD step cost with a warm teacher cache / without it, against a plain student training step;
 - ``latency``: U-Net step latency of the teacher and the named designs (random weights; architecture only).
 - ``search``: the search's sampler vs random search, hypervolume ratio (``blocksearch/bench/search.py``).
-Verb handlers are ``cmd_bench_<verb>``, as ``cmd_<verb>`` in cli.py; their parsers live in parsers.py, and
-cli.py imports this module only when a bench verb runs (``blocksearch --help`` stays free of torch).
+Verb handlers are ``cmd_bench_<verb>``; their parsers live in commands/bench.py, which imports this module
+only when a bench verb runs (``blocksearch --help`` stays free of torch).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.numbers import fmt
+from blocksearch.numbers import UNIT, fmt
 from blocksearch.families.base import Family, get_family
 from blocksearch.families.unet import removed  # noqa: F401 - re-exported (the model card's words of a U-Net)
 from blocksearch.report.compute import ParetoReport, TrialPoint
@@ -136,7 +136,7 @@ def eval_results(report: ParetoReport, t: TrialPoint) -> list[EvalResult]:
     name = teacher_family(report).denoiser_name
     return [EvalResult(task_type="text-to-image", dataset_type=dataset_type, dataset_name=dataset_name,
                        metric_type=kind, metric_name=label.replace("U-Net", name),
-                       metric_value=int(m[key]) if key in ("params", "macs") else float(m[key]))
+                       metric_value=int(m[key]) if UNIT.get(key) == "count" else float(m[key]))
             for key, label, _, kind in METRICS if m.get(key) is not None]
 
 

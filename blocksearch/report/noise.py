@@ -24,14 +24,15 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from blocksearch.settings import PROBE_KEYS
+from blocksearch.objectives import TABLE
 
+# each score's noise and kind, from objectives.py:
 # scores of generated images and of the held-out probe: they change with the KD (and generation) seeds
-NOISY = ("fid", "kid", "alignment", *PROBE_KEYS)
-EXACT = ("params", "macs")
-UNSPREAD = ("e2e_ms", "memory_mb")  # seed-independent, no spread recorded: taken as exact
+NOISY = tuple(o.name for o in TABLE if o.noise == "seeds")
+EXACT = tuple(o.name for o in TABLE if o.noise == "exact")
+UNSPREAD = tuple(o.name for o in TABLE if o.noise == "no spread recorded")  # no spread recorded: taken as exact
 # what a student costs to run; every other objective (fid, kid, alignment, probe_*, ...) is a quality objective
-COSTS = ("params", "macs", "latency_ms", "e2e_ms", "memory_mb")
+COSTS = tuple(o.name for o in TABLE if o.cost)
 
 
 def quality_mask(objectives: Sequence[str]) -> tuple[bool, ...]:

@@ -16,16 +16,15 @@ import re
 from pathlib import Path
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.numbers import fmt
+from blocksearch.numbers import UNIT, fmt
+from blocksearch.objectives import TABLE
 from blocksearch.report.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report.curves import SMOOTH, front_curves, render_curves_png
 from blocksearch.report.compute import ParetoReport, TrialPoint, load_report
 from blocksearch.study import rung_name
 
 FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
-LABELS = {"fid": "FID (lower is better)", "params": "U-Net parameters", "latency_ms": "U-Net latency (ms)",
-          "macs": "MACs per U-Net forward", "alignment": "text alignment",
-          "e2e_ms": "end-to-end latency of one image (ms)", "memory_mb": "peak memory of a U-Net step (MB)"}
+LABELS = {o.name: o.label for o in TABLE if o.label}  # axis titles (objectives.py)
 
 
 REPOSITORY = Path(__file__).resolve().parents[2]  # blocksearch's repository (or its installation)
@@ -281,7 +280,7 @@ def render_png(r: ParetoReport, path: Path) -> None:
                        linewidths=1.5, zorder=4, label=f"{r.designs_name} designs" if name == next(iter(r.reference_trials)) else None)
             ax.annotate(name, (t.values[j], t.values[0]), textcoords="offset points", xytext=(6, 6), fontsize=8,
                         color=REF_COLOR)
-        if r.objectives[j] in ("params", "macs"):
+        if UNIT.get(r.objectives[j]) == "count":  # params, macs
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlabel(_label(r, r.objectives[j]))
         ax.set_ylabel(_label(r, y))

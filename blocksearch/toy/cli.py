@@ -1,5 +1,5 @@
-"""`blocksearch toy build | sample | check`: wire with `add_toy_parser(subparsers)` in blocksearch/parsers.py;
-`main` runs the verbs alone (`python -m blocksearch.toy`).
+"""`blocksearch toy build | sample | check`: `add_parser(subparsers)` registers them (blocksearch/cli.py's table of
+verbs); `main` runs the verbs alone (`python -m blocksearch.toy`).
 
 The handlers live in toy/commands.py, imported only when a verb runs: building the parser must stay light
 (`blocksearch --help` would otherwise load torch, diffusers and torch-fidelity).
@@ -17,12 +17,15 @@ from blocksearch.settings import GUIDANCE_SCALE, N_PROMPTS, NUM_STEPS
 DESCRIPTION = "The toy text-to-image world, its teacher pipeline and its judge."
 
 
-def add_toy_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `toy` and its verbs to a top-level argparse subparsers object; each verb sets `handler`."""
     toy = subparsers.add_parser("toy", help="build, sample and check the bundled toy teacher",
                                 description=DESCRIPTION)
     add_toy_verbs(toy)
     return toy
+
+
+add_toy_parser = add_parser  # its earlier name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import pytest
 from blocksearch.search import driver as search
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.parsers import _step_counts
+from blocksearch.commands.run_config import _step_counts
 from blocksearch.search.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
