@@ -20,8 +20,7 @@ LAZY = {
     "blocksearch.report.render": "matplotlib / plotly, only when a report is drawn",
     "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",
     "blocksearch.report.curves": "matplotlib, only when a report's curves are drawn",
-    "blocksearch.search.driver": "Ray, only once a search has work for it (1-3 s)",
-    "blocksearch.search.trial": "Ray, in the worker only",
+    "blocksearch.search.ray_tune": "Ray, only once a search has work for it (1-3 s), and in the worker (the trainable)",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
 }
 
