@@ -19,87 +19,13 @@ from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import Family, family_of, get_family
-from blocksearch.space import Topology
+from blocksearch.families.unet.topology import (ARCHITECTURES, SD_V1, SD_V2, SDXL, architecture,  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
+                                              load_unet, per_stage, topology_of, unet_subfolder)
 from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher
 from blocksearch.toy.models import UNET as TOY_UNET
 
-# Published U-Net configs (the fields that differ from diffusers' defaults).
-SD_V1 = dict(  # CompVis/stable-diffusion-v1-4: 859.5M params
-    sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-)
-SD_V2 = dict(  # stabilityai/stable-diffusion-2-1-base: linear projections, per-stage head dims, 1024-d text
-    sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-)
-SDXL = dict(  # stabilityai/stable-diffusion-xl-base-1.0: 3 stages, depth 1/2/10, added text-time embeddings
-    sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-ARCHITECTURES = {"sd-v1": SD_V1, "sd-v2": SD_V2, "sdxl": SDXL}
 TOY_TEACHERS = {"toy": ASSETS, "toy-dit": ASSETS_DIT}  # the bundled toy teachers: SD's U-Net, a PixArt transformer
 TEACHER_CHOICES = "toy, sd-v1, sd-v2, sdxl, toy-dit (the toy transformer), a local diffusers folder, or a cached hub id"
-
-_DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
-_UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
-_MID = {"UNetMidBlock2DCrossAttn": "cross_attn", "UNetMidBlock2D": "resnet", None: "none"}
-
-
-def per_stage(value, n: int) -> tuple:
-    """diffusers accepts an int or a per-stage tuple for many fields; always return the tuple."""
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
-
-
-def topology_of(config) -> Topology:
-    """Read the block topology of a ``UNet2DConditionModel`` config; reject what surgery cannot do."""
-    config = dict(config)
-    down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    n = len(down)
-    unknown = [t for t in down if t not in _DOWN] + [t for t in up if t not in _UP]
-    if unknown or config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in _MID:
-        raise BlocksearchError(
-            f"teacher U-Net block type {(unknown or [config.get('mid_block_type')])[0]!r} is not "
-            f"supported; allowed: {sorted(_DOWN) + sorted(_UP)} and mid {list(_MID)}")
-    if [_DOWN[t] for t in down] != [_UP[t] for t in reversed(up)]:
-        raise BlocksearchError("teacher U-Net: up stages do not mirror down stages (attention differs)")
-    layers = per_stage(config.get("layers_per_block", 2), n)
-    tlayers = per_stage(config.get("transformer_layers_per_block", 1), n)
-    if config.get("reverse_transformer_layers_per_block") is not None:
-        raise BlocksearchError("teacher U-Net: reverse_transformer_layers_per_block is not supported")
-    if any(isinstance(t, (list, tuple)) for t in tlayers):
-        raise BlocksearchError("teacher U-Net: per-layer transformer depths are not supported")
-    depth = tuple(int(d) if _DOWN[t] else 0 for d, t in zip(tlayers, down))
-    mid = _MID[config.get("mid_block_type", "UNetMidBlock2DCrossAttn")]
-    return Topology(tuple(int(k) for k in layers), depth, mid, int(tlayers[-1]))
-
-
-def architecture(name: str, device: str = "meta") -> UNet2DConditionModel:
-    """A published architecture with uninitialised weights (meta device: no memory, no download)."""
-    if name not in ARCHITECTURES:
-        raise BlocksearchError(f"unknown architecture {name!r}; allowed: {sorted(ARCHITECTURES)}")
-    with torch.device(device):
-        return UNet2DConditionModel(**ARCHITECTURES[name])
-
-
-def unet_subfolder(folder, what: str = "teacher folder",
-                   expected: str = "a diffusers pipeline or U-Net folder") -> str | None:
-    """``"unet"`` for a pipeline folder (``unet/config.json``), None for a U-Net folder (``config.json``)."""
-    folder = Path(folder)
-    if (folder / "unet" / "config.json").is_file():
-        return "unet"
-    if (folder / "config.json").is_file():
-        return None
-    raise BlocksearchError(f"{what} {folder} has no unet/config.json or config.json; expected {expected}")
-
-
-def load_unet(folder, device: str = "cpu", what: str = "teacher folder",
-              expected: str = "a diffusers pipeline or U-Net folder") -> UNet2DConditionModel:
-    """The U-Net of a pipeline folder (``DIR/unet``) or of a U-Net folder (safetensors weights)."""
-    sub = unet_subfolder(folder, what, expected)
-    return UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True).to(device)
 
 
 def teacher_kind(spec: str) -> str:

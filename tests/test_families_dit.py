@@ -15,7 +15,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family
 from blocksearch.families.dit import (FAMILY, block_feature, build_student, count_params, describe, forward_inputs,
                                       meta_model, model_topology, paper_params, student_config)
-from blocksearch.families.dit_genome import (TEACHERS, DitGenome, decode_runs, encode_runs, load_teacher_config,
+from blocksearch.families.dit.genome import (TEACHERS, DitGenome, decode_runs, encode_runs, load_teacher_config,
                                              topology_of)
 from blocksearch.space import load_space
 

@@ -23,7 +23,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.report.export import export_study
 from blocksearch.families.base import add_noise, get_family
 from blocksearch.families.dit import build_student, kd_teacher_modules, model_topology
-from blocksearch.families.dit_genome import DitGenome, DitTopology, load_teacher_config
+from blocksearch.families.dit.genome import DitGenome, DitTopology, load_teacher_config
 from blocksearch.recipe.probe import Probe, ProbeConfig
 from blocksearch.report.compute import build_report
 from blocksearch.search.driver import bind_space, params_table, resolve, trial_job

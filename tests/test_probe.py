@@ -5,7 +5,7 @@ import torch
 
 from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, Distiller, distill, resolve_design
-from blocksearch.families.unet import build_student, kd_teacher_modules
+from blocksearch.families.unet.surgery import build_student, kd_teacher_modules
 from blocksearch.recipe.probe import Probe, ProbeConfig, probe_batches, stratified_timesteps
 from blocksearch.teachers import topology_of
 from tests.conftest import make_tiny_teacher

@@ -86,14 +86,24 @@ class Family(Protocol):
 
 @dataclass(frozen=True)
 class FamilyRef:
-    """A family by name, resolved lazily so that parsers and the search side stay free of torch models."""
+    """A family by name, resolved lazily so that parsers and the search side stay free of torch models: ``module``
+    holds its ``FAMILY``, ``space_module`` (torch-free) its space file loader ``load(path, raw)``."""
 
     name: str
     module: str
+    space_module: str
 
 
-FAMILIES = {"unet": FamilyRef("unet", "blocksearch.families.unet"),
-            "dit": FamilyRef("dit", "blocksearch.families.dit")}
+FAMILIES = {"unet": FamilyRef("unet", "blocksearch.families.unet.family", "blocksearch.families.unet.space"),
+            "dit": FamilyRef("dit", "blocksearch.families.dit.family", "blocksearch.families.dit.space")}
+DEFAULT_FAMILY = "unet"  # a space file without ``family:`` (written before there were families)
+
+
+def space_loader(name: str):
+    """The space-file loader of family ``name`` (torch-free: ``space list`` and the parsers use it)."""
+    if name not in FAMILIES:
+        raise BlocksearchError(f"unknown denoiser family {name!r}; allowed: {', '.join(FAMILIES)}")
+    return import_module(FAMILIES[name].space_module).load
 
 
 def get_family(name: str) -> Family:

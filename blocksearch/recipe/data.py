@@ -145,13 +145,6 @@ def encode_images(pipe, images: torch.Tensor, gen: torch.Generator) -> torch.Ten
     return (dist.mean + dist.std * noise).float().cpu() * vae.config.scaling_factor
 
 
-@torch.no_grad()
-def encode_text(pipe, captions: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float().cpu()
-
-
 class ImageFolder:
     """A Hugging Face imagefolder of captioned images, encoded once (VAE latents + text embeddings)."""
 

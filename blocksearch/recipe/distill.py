@@ -48,7 +48,7 @@ from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
 from blocksearch.settings import Settings
 from blocksearch.space import load_space
 from blocksearch.families.base import get_family
-from blocksearch.families.unet import Student
+from blocksearch.families.unet.surgery import Student
 from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher

@@ -19,8 +19,9 @@ from transformers.utils import logging as hf_logging
 
 from blocksearch.recipe.data import IMAGE_SUFFIXES, read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.families import dit_genome
-from blocksearch.teachers import ARCHITECTURES, TOY_TEACHERS, topology_of
+from blocksearch.families.dit import genome as dit_genome
+from blocksearch.families.unet.topology import ARCHITECTURES, topology_of
+from blocksearch.teachers import TOY_TEACHERS
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")

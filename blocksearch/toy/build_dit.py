@@ -7,12 +7,12 @@ and reuses the toy U-Net teacher's VAE, tokenizer and CLIP text encoder (frozen)
 teachers are scored alike. Only the transformer trains, on the U-Net's recipe (build.py): v-prediction with the
 Min-SNR weight, half the timesteps from the noisier half, zero terminal SNR, 10% caption dropout, an EMA.
 
-Text is encoded as ``PixArtSigmaPipeline.encode_prompt`` encodes it (families/dit.py ``encode_text``: padded to
+Text is encoded as ``PixArtSigmaPipeline.encode_prompt`` encodes it (families/dit/pipeline.py ``encode_text``: padded to
 the tokenizer's 16 tokens, the attention mask passed to the text encoder and, as ``encoder_attention_mask``, to
 the transformer). PixArt's stock pipelines expect a T5 encoder; they take the toy's CLIP encoder as it is (the
 loader logs that it expected T5), but a call needs ``max_sequence_length=16`` (the default 300 overruns CLIP's
 16 positions), ``use_resolution_binning=False`` (its bins know sample sizes 32..256, not 16) and
-``clean_caption=False`` (it needs bs4 and ftfy): ``families.dit.call_kwargs``. PixArtAlphaPipeline has the same
+``clean_caption=False`` (it needs bs4 and ftfy): ``families.dit.pipeline.call_kwargs``. PixArtAlphaPipeline has the same
 three needs; PixArtSigmaPipeline is the one the dit family ships students in.
 """
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from blocksearch.console import quiet
 from blocksearch.recipe.data import Batch
 from blocksearch.errors import BlocksearchError
-from blocksearch.families import dit
+from blocksearch.families.dit import pipeline as dit
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher

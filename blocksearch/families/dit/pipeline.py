@@ -8,8 +8,13 @@ from __future__ import annotations
 import torch
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.dit_genome import model_class_of
+from blocksearch.families.dit.genome import model_class_of
 
+PIPELINES = {"PixArtTransformer2DModel": "PixArtSigmaPipeline", "SD3Transformer2DModel": "StableDiffusion3Pipeline",
+             "FluxTransformer2DModel": "FluxPipeline", "DiTTransformer2DModel": "DiTPipeline"}
+# Text tokens of one call in the teacher's pipeline: T5 300 (PixArt-Sigma), CLIP 77 + T5 256 (SD3), T5 512 (Flux).
+TEXT_LEN = {"PixArtTransformer2DModel": 300, "SD3Transformer2DModel": 333, "FluxTransformer2DModel": 512,
+            "DiTTransformer2DModel": 0}
 MAX_TEXT = 300  # PixArtSigmaPipeline's max_sequence_length (T5 tokens); a shorter tokenizer (the toy's) caps it
 BINNED_SIZES = (32, 64, 128, 256)  # PixArt's resolution binning knows these sample sizes only
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale: FLUX.1-dev's distilled guidance input
@@ -89,3 +94,36 @@ def call_kwargs(pipeline) -> dict:
     return kwargs
 
 
+def forward_inputs(config, batch: int = 1, latent_size: int | None = None, device="meta", dtype=torch.float32,
+                   text_len: int | None = None) -> dict:
+    """Keyword inputs of one denoiser call as the class's diffusers pipeline makes them (random latents and text;
+    Flux: 2x2-packed latent tokens with their position ids, timestep in [0, 1] and the guidance value)."""
+    model_class, c = model_class_of(config), dict(config)
+    text_len = TEXT_LEN[model_class] if text_len is None else text_len
+    rand = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)  # noqa: E731
+    full = lambda value, kind=dtype: torch.full((batch,), value, device=device, dtype=kind)  # noqa: E731
+    if model_class == "FluxTransformer2DModel":
+        side = (latent_size or 128) // 2  # 1024 px -> 128x128 latents -> 64x64 packed tokens
+        rows = torch.arange(side, device=device).repeat_interleave(side)
+        cols = torch.arange(side, device=device).repeat(side)
+        inputs = dict(hidden_states=rand(batch, side * side, c["in_channels"]),
+                      encoder_hidden_states=rand(batch, text_len, c["joint_attention_dim"]),
+                      pooled_projections=rand(batch, c["pooled_projection_dim"]), timestep=full(0.5),
+                      img_ids=torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).to(dtype),
+                      txt_ids=torch.zeros(text_len, 3, device=device, dtype=dtype))
+        if c.get("guidance_embeds"):
+            inputs["guidance"] = full(3.5)
+        return inputs
+    size = latent_size or c["sample_size"]
+    inputs = dict(hidden_states=rand(batch, c["in_channels"], size, size))
+    if model_class == "SD3Transformer2DModel":
+        return inputs | dict(encoder_hidden_states=rand(batch, text_len, c["joint_attention_dim"]),
+                             pooled_projections=rand(batch, c["pooled_projection_dim"]), timestep=full(500.0))
+    if model_class == "DiTTransformer2DModel":
+        return inputs | dict(timestep=full(500, torch.long), class_labels=full(0, torch.long))
+    extra = c.get("use_additional_conditions")
+    extra = c["sample_size"] == 128 if extra is None else extra  # diffusers' own default (PixArt-alpha 1024)
+    added = (dict(resolution=rand(batch, 2), aspect_ratio=rand(batch, 1)) if extra
+             else dict(resolution=None, aspect_ratio=None))
+    return inputs | dict(encoder_hidden_states=rand(batch, text_len, c["caption_channels"]),
+                         timestep=full(500, torch.long), added_cond_kwargs=added)
