@@ -13,7 +13,7 @@ import copy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from blocksearch.families.base import Family, get_family
+from blocksearch.families.base import Family, family_of_config
 from blocksearch.families.unet.topology import unet_inputs  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
 
 
@@ -25,10 +25,10 @@ def count_params(unet: torch.nn.Module) -> int:
 def count_macs(unet: torch.nn.Module, latent_size: int | None = None, text_len: int = 77,
                family: Family | None = None) -> int:
     """MACs of one forward at batch 1 (no classifier-free-guidance doubling) of the denoiser ``unet`` of
-    ``family`` (default: a U-Net), rebuilt from its config on the meta device."""
+    ``family`` (None: the family of its config, ``family_of_config``), rebuilt from its config on the meta device."""
     with torch.device("meta"):
         meta = type(unet).from_config(copy.deepcopy(dict(unet.config)))
-    inputs = (family or get_family("unet")).forward_inputs(meta.config, 1, latent_size, text_len=text_len)
+    inputs = (family or family_of_config(meta.config)).forward_inputs(meta.config, 1, latent_size, text_len=text_len)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(**inputs)

@@ -29,7 +29,6 @@ from diffusers import PixArtSigmaPipeline
 from tqdm.auto import tqdm
 
 from blocksearch.console import quiet
-from blocksearch.recipe.data import Batch
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.dit import pipeline as dit
 from blocksearch.settings import CAPTION_DROPOUT
@@ -60,7 +59,8 @@ BUDGETS = {
 
 def text_table(pipe, captions: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each caption's (embeddings, attention mask), encoded once: the text encoder is frozen."""
-    text, mask = dit.encode_text(pipe, captions)
+    cond = dit.encode_text(pipe, captions)
+    text, mask = cond["encoder_hidden_states"], cond["encoder_attention_mask"]
     return {c: (t, m) for c, t, m in zip(captions, text, mask)}
 
 
@@ -81,7 +81,7 @@ def train_transformer(pipe, b: DitBudget, seed: int) -> None:
         drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
         text, mask = (torch.stack(v) for v in zip(*(table["" if d else c] for c, d in zip(captions, drop))))
         latents, noise, t, noisy = noised_latents(vae, noise_sched, x, gen)
-        pred = dit.forward(model, noisy, t, Batch(noisy, t, text, noisy, mask))
+        pred = dit.forward(model, noisy, t, {"encoder_hidden_states": text, "encoder_attention_mask": mask})
         loss = min_snr_v_loss(noise_sched, pred, latents, noise, t)
         step_with_ema(opt, loss, params, ema, min(b.ema_decay, (1 + step) / (10 + step)))
         bar.set_postfix(loss=f"{loss.item():.4f}")

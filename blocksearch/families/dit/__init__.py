@@ -11,7 +11,7 @@ _MOVED = {"DitStudent": "surgery", "build_student": "surgery", "student_config":
           "describe": "surgery", "check_fits": "surgery", "teacher_key": "surgery", "final_module": "surgery",
           "PIPELINES": "pipeline", "TEXT_LEN": "pipeline", "forward_inputs": "pipeline",
           "meta_model": "cost", "count_params": "cost", "paper_params": "cost", "count_macs": "cost",
-          "DesignCost": "cost", "design_costs": "cost", "FAMILY": "family", "DitFamily": "family"}
+          "DesignCost": "cost", "design_costs": "cost", "FAMILY": "family"}
 
 
 def __getattr__(name: str):

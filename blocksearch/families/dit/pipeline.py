@@ -27,9 +27,10 @@ def prediction(config, output: torch.Tensor) -> torch.Tensor:
     return output.chunk(2, dim=1)[0] if c.get("out_channels") == 2 * c["in_channels"] else output
 
 
-def forward(denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch) -> torch.Tensor:
-    """The prediction of one call on latents ``noisy`` (B, C, H, W) and a KD batch's text (``batch.text``, its
-    ``mask`` for PixArt, its ``pooled`` CLIP embedding for SD3 and Flux), as the stock pipelines call each class:
+def forward(denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+            cond: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The prediction of one call on latents ``noisy`` (B, C, H, W) and ``Batch.cond`` (``encoder_hidden_states``,
+    PixArt's ``encoder_attention_mask``, SD3's and Flux's ``pooled_projections``), as the stock pipelines call each class:
     PixArt with the text's attention mask (its learned variance dropped, as its pipeline does); SD3 at t in
     [0, 1000]; Flux on 2x2-packed latent tokens with their position ids, t / 1000 and its guidance input."""
     c, model_class = dict(denoiser.config), type(denoiser).__name__
@@ -40,11 +41,13 @@ def forward(denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Ten
         b, px = len(noisy), noisy.shape[-1] * 8  # PixArt's VAEs downsample 8x
         added = (dict(resolution=noisy.new_full((b, 2), px), aspect_ratio=noisy.new_ones(b, 1)) if extra
                  else dict(resolution=None, aspect_ratio=None))
-        out = denoiser(noisy, encoder_hidden_states=batch.text, encoder_attention_mask=batch.mask, timestep=timesteps,
+        out = denoiser(noisy, encoder_hidden_states=cond["encoder_hidden_states"],
+                       encoder_attention_mask=cond.get("encoder_attention_mask"), timestep=timesteps,
                        added_cond_kwargs=added).sample
         return prediction(c, out)
     if model_class == "SD3Transformer2DModel":
-        return denoiser(hidden_states=noisy, encoder_hidden_states=batch.text, pooled_projections=batch.pooled,
+        return denoiser(hidden_states=noisy, encoder_hidden_states=cond["encoder_hidden_states"],
+                        pooled_projections=cond["pooled_projections"],
                         timestep=timesteps).sample
     if model_class == "FluxTransformer2DModel":
         b, ch, h, w = noisy.shape
@@ -52,9 +55,10 @@ def forward(denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Ten
         rows = torch.arange(h // 2, device=noisy.device).repeat_interleave(w // 2)
         cols = torch.arange(w // 2, device=noisy.device).repeat(h // 2)
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).to(noisy.dtype)
-        txt_ids = noisy.new_zeros(batch.text.shape[1], 3)
+        txt_ids = noisy.new_zeros(cond["encoder_hidden_states"].shape[1], 3)
         guidance = noisy.new_full((b,), FLUX_GUIDANCE) if c.get("guidance_embeds") else None
-        out = denoiser(hidden_states=packed, encoder_hidden_states=batch.text, pooled_projections=batch.pooled,
+        out = denoiser(hidden_states=packed, encoder_hidden_states=cond["encoder_hidden_states"],
+                        pooled_projections=cond["pooled_projections"],
                        timestep=timesteps.to(noisy.dtype) / 1000, img_ids=img_ids, txt_ids=txt_ids,
                        guidance=guidance).sample
         return out.view(b, h // 2, w // 2, ch, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, h, w)
@@ -68,8 +72,8 @@ def max_text(pipeline) -> int:
 
 
 @torch.no_grad()
-def encode_text(pipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text embeddings and attention mask as PixArtSigmaPipeline.encode_prompt makes them (clean_caption off:
+def encode_text(pipeline, captions: list[str]) -> dict[str, torch.Tensor]:
+    """``Batch.cond``: text embeddings and their attention mask as PixArtSigmaPipeline.encode_prompt makes them (clean_caption off:
     lower-cased and stripped; padded to ``max_text`` tokens; the mask passed to the text encoder)."""
     model_class = model_class_of(pipeline.transformer.config)
     if model_class != "PixArtTransformer2DModel":
@@ -79,7 +83,13 @@ def encode_text(pipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tens
                              truncation=True, add_special_tokens=True, return_tensors="pt")
     device = pipeline.text_encoder.device
     text = pipeline.text_encoder(tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device))[0]
-    return text.float().cpu(), tok.attention_mask
+    return {"encoder_hidden_states": text.float().cpu(), "encoder_attention_mask": tok.attention_mask}
+
+
+def text_tokens(pipeline) -> int:
+    """Text tokens of one call as MACs and latency count them: PixArt's ``max_text``, the class's ``TEXT_LEN``."""
+    model_class = type(pipeline.transformer).__name__
+    return max_text(pipeline) if model_class == "PixArtTransformer2DModel" else TEXT_LEN[model_class]
 
 
 def call_kwargs(pipeline) -> dict:
