@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import Family, family_name_of, family_of, get_family
+from blocksearch.families.base import DEFAULT_FAMILY, Family, family_name_of, family_of, get_family
 from blocksearch.families.unet.topology import (ARCHITECTURES, SD_V1, SD_V2, SDXL, architecture,  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
                                               load_unet, per_stage, topology_of, unet_subfolder)
 from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher, toy_denoiser
@@ -138,7 +138,7 @@ def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
 def load_teacher_denoiser(spec: str, device: str = "cpu") -> torch.nn.Module:
     """The teacher's denoiser (U-Net or transformer) named by ``--teacher``, with its weights."""
     ref = resolve_teacher(spec)
-    if ref.kind == "architecture" or ref.family.trains:  # moved: the U-Net path below stays until train/ and bench/ follow
+    if ref.family.name == DEFAULT_FAMILY:  # SD's layout: also an architecture or a bare denoiser folder
         return load_teacher_unet(spec, device)
     return load_teacher(spec, device).denoiser
 
