@@ -1,23 +1,22 @@
-"""Search space of U-Net block removals: YAML file -> SearchSpace -> (bound to a teacher) -> Genome.
+"""Search spaces: a YAML file's name or path -> the file -> its family's loader (``family:``; families/base.py).
 
-The moves are BK-SDM's (arXiv 2305.15798): fewer layers per stage, no mid block, no innermost stage;
-plus attention removal per stage (SnapFusion, arXiv 2306.00980) and transformer depth (KOALA,
-arXiv 2312.04005). Every Genome maps to a plain diffusers ``UNet2DConditionModel`` config.
+Each family parses its own rows and designs (the U-Net's: families/unet/space.py; transformers':
+families/dit/space.py) into a space whose ``bind(topology)`` gives the bound space the search side drives.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
 
 import yaml
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.dit_space import DitSearchSpace, load_dit_space
+from blocksearch.families.base import DEFAULT_FAMILY, FAMILIES, space_loader
+from blocksearch.families.unet.genome import Genome, Topology  # noqa: F401 - moved: blocksearch/families/unet/genome.py (callers outside this branch)
+from blocksearch.families.unet.space import BoundSpace, SearchSpace, StageSpec  # noqa: F401 - moved: blocksearch/families/unet/space.py (callers outside this branch)
+
+_TOP_KEYS = {"name", "family", "teacher"}  # every family's file; the family's loader names the rest
 
 
 def _shipped_spaces_dir() -> Path:
@@ -31,282 +30,8 @@ def _shipped_spaces_dir() -> Path:
 
 
 SPACES_DIR = _shipped_spaces_dir()
-MID_CHOICES = ("cross_attn", "resnet", "none")
-ATTENTION_CHOICES = ("keep", "drop")
-REMOVED = "removed"
-_MID_CODE = {"cross_attn": "attn", "resnet": "res", "none": "none"}
-_STAGE_KEYS = {"up", "layers", "attention", "transformer_depth", "removable"}
-_TOP_KEYS = {"name", "family", "teacher", "stages", "mid_block", "designs"}
-_DESIGN_KEYS = {"layers", "attention", "transformer_depth", "mid_block"}
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One row of the space: a down stage (and its tied up stage) and its choices."""
-
-    name: str  # diffusers path, e.g. "down_blocks.0"
-    up: str  # the tied up stage, e.g. "up_blocks.3"
-    layers: tuple[int, ...]
-    attention: tuple[str, ...] | None  # None: the row says nothing (keep what the teacher has)
-    transformer_depth: tuple[int, ...] | None  # None: keep the teacher's depth
-    removable: bool
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """A validated space file."""
-
-    name: str
-    path: Path
-    teacher: str  # reference architecture the file was written for (sd-v1, sdxl, ...)
-    stages: tuple[StageSpec, ...]
-    mid_block: tuple[str, ...]
-    designs: dict[str, dict[str, Any]]
-    family: str = "unet"  # the denoiser family (families/base.py); this loader reads the U-Net's rows
-
-    def bind(self, topology: "Topology") -> "BoundSpace":
-        """Check the space against a teacher's topology; return the space of concrete Genomes."""
-        return BoundSpace.create(self, topology)
-
-
-@dataclass(frozen=True)
-class Topology:
-    """What surgery needs to know of a teacher U-Net, read from its diffusers config."""
-
-    layers: tuple[int, ...]  # layers per down stage
-    depth: tuple[int, ...]  # transformer depth per stage, 0 where the stage has no attention
-    mid: str  # one of MID_CHOICES
-    mid_depth: int = 1  # transformer depth of a cross-attention mid block
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.layers)
-
-
-@dataclass(frozen=True, order=True)
-class Genome:
-    """One architecture: kept layers per down stage, transformer depth per stage (0 = no attention),
-    and the mid block. A removed innermost stage is a shorter tuple. Hashable, with a stable id."""
-
-    layers: tuple[int, ...]
-    depth: tuple[int, ...]
-    mid: str
-    family: ClassVar[str] = "unet"  # the denoiser family whose architectures these are (families/base.py)
-
-    def __post_init__(self):
-        if len(self.layers) != len(self.depth) or self.mid not in MID_CHOICES:
-            raise BlocksearchError(f"malformed genome {self!r}")
-
-    @property
-    def id(self) -> str:
-        """Readable and stable, e.g. ``L1-1-1-1_T1-1-1-0_Mnone`` (BK-SDM-Small on SD-v1)."""
-        layers = "-".join(map(str, self.layers))
-        depth = "-".join(map(str, self.depth))
-        return f"L{layers}_T{depth}_M{_MID_CODE[self.mid]}"
-
-    @property
-    def attention_free(self) -> bool:
-        """No transformer anywhere: every stage's depth 0 and no cross-attention mid block (SnapFusion's
-        attention removal taken to the end)."""
-        return not any(self.depth) and self.mid != "cross_attn"
-
-    @classmethod
-    def from_id(cls, text: str) -> "Genome":
-        match = re.fullmatch(r"L([\d-]+)_T([\d-]+)_M(attn|res|none)", text)
-        if not match:
-            raise BlocksearchError(
-                f"genome id {text!r} is malformed: expected e.g. 'L1-1-1-1_T1-1-1-0_Mnone'")
-        mid = {code: name for name, code in _MID_CODE.items()}[match[3]]
-        return cls(tuple(map(int, match[1].split("-"))), tuple(map(int, match[2].split("-"))), mid)
-
-
-@dataclass(frozen=True)
-class BoundSpace:
-    """A SearchSpace checked against one teacher topology: suggest, enumerate and name Genomes."""
-
-    space: SearchSpace
-    topology: Topology
-    layer_choices: tuple[tuple[int, ...], ...]  # per stage
-    depth_choices: tuple[tuple[int, ...], ...]  # per stage; 0 = attention dropped
-    removable: bool
-
-    @classmethod
-    def create(cls, space: SearchSpace, topology: Topology) -> "BoundSpace":
-        where = f"{space.path}"
-        if len(space.stages) != topology.n_stages:
-            raise BlocksearchError(
-                f"{where}: stages: the space has {len(space.stages)} stages but the teacher has "
-                f"{topology.n_stages} (down_blocks.0..{topology.n_stages - 1}); use a space written "
-                f"for this teacher's topology")
-        layer_choices, depth_choices = [], []
-        for stage, n_layers, depth in zip(space.stages, topology.layers, topology.depth):
-            key = f"{where}: stages.{stage.name}"
-            bad = [k for k in stage.layers if k > n_layers]
-            if bad:
-                raise BlocksearchError(
-                    f"{key}.layers: keep {bad[0]} of {n_layers} is impossible; the teacher's "
-                    f"{stage.name} has {n_layers} layers, allowed 1..{n_layers}")
-            layer_choices.append(stage.layers)
-            depth_choices.append(_depth_choices(stage, depth, key))
-        if space.mid_block != ("none",) and topology.mid == "none":
-            raise BlocksearchError(f"{where}: mid_block: the teacher has no mid block; allowed: [none]")
-        if "cross_attn" in space.mid_block and topology.mid != "cross_attn":
-            raise BlocksearchError(
-                f"{where}: mid_block: the teacher's mid block has no attention; allowed: [resnet, none]")
-        bound = cls(space, topology, tuple(layer_choices), tuple(depth_choices),
-                    space.stages[-1].removable)
-        for name in space.designs:
-            bound.design(name)  # a named design outside the space fails here, naming the design
-        return bound
-
-    @property
-    def teacher_genome(self) -> Genome:
-        t = self.topology
-        return Genome(t.layers, t.depth, t.mid)
-
-    # -- define-by-run: only trial.suggest_* calls, no work -------------------------------------
-    def suggest(self, trial) -> Genome:
-        """Sample a Genome with Optuna's define-by-run API (categorical choices per row)."""
-        n = self.topology.n_stages
-        last = self.space.stages[-1].name
-        if self.removable and trial.suggest_categorical(f"{last}.removed", [False, True]):
-            n -= 1
-        layers, depth = [], []
-        for stage, lc, dc in zip(self.space.stages[:n], self.layer_choices, self.depth_choices):
-            layers.append(trial.suggest_categorical(f"{stage.name}.layers", list(lc)))
-            depth.append(trial.suggest_categorical(f"{stage.name}.depth", list(dc)))
-        mid = trial.suggest_categorical("mid_block", list(self.space.mid_block))
-        return Genome(tuple(layers), tuple(depth), mid)
-
-    def to_params(self, genome: Genome) -> dict[str, Any]:
-        """The Optuna params that :meth:`suggest` would return for ``genome`` (for enqueue_trial)."""
-        self.check(genome)
-        params: dict[str, Any] = {}
-        if self.removable:
-            params[f"{self.space.stages[-1].name}.removed"] = len(genome.layers) < self.topology.n_stages
-        for stage, k, d in zip(self.space.stages, genome.layers, genome.depth):
-            params[f"{stage.name}.layers"] = k
-            params[f"{stage.name}.depth"] = d
-        params["mid_block"] = genome.mid
-        return params
-
-    def from_params(self, params: dict[str, Any]) -> Genome:
-        """Rebuild the Genome of a finished trial from its params."""
-        fixed = _FixedTrial(params)
-        return self.suggest(fixed)
-
-    def from_id(self, text: str) -> Genome:
-        """The Genome of an id (the search side stores ids: ``Genome.id``)."""
-        return Genome.from_id(text)
-
-    # -- enumeration --------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Genome]:
-        n = self.topology.n_stages
-        for n_kept in ([n, n - 1] if self.removable else [n]):
-            for layers in itertools.product(*self.layer_choices[:n_kept]):
-                for depth in itertools.product(*self.depth_choices[:n_kept]):
-                    for mid in self.space.mid_block:
-                        yield Genome(tuple(layers), tuple(depth), mid)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __contains__(self, genome: Genome) -> bool:
-        try:
-            self.check(genome)
-        except BlocksearchError:
-            return False
-        return True
-
-    def check(self, genome: Genome) -> None:
-        n = len(genome.layers)
-        if not (n == self.topology.n_stages or (self.removable and n == self.topology.n_stages - 1)):
-            raise BlocksearchError(f"genome {genome.id}: {n} stages is outside {self.space.path}")
-        for i, (k, d) in enumerate(zip(genome.layers, genome.depth)):
-            if k not in self.layer_choices[i] or d not in self.depth_choices[i]:
-                raise BlocksearchError(
-                    f"genome {genome.id}: down_blocks.{i} (layers {k}, depth {d}) is outside "
-                    f"{self.space.path}: layers {list(self.layer_choices[i])}, "
-                    f"depth {list(self.depth_choices[i])}")
-        if genome.mid not in self.space.mid_block:
-            raise BlocksearchError(
-                f"genome {genome.id}: mid_block {genome.mid} is outside {self.space.path}: "
-                f"{list(self.space.mid_block)}")
-
-    # -- named designs ------------------------------------------------------------------------
-    def design(self, name: str) -> Genome:
-        """The Genome of a named design (e.g. ``bk_small``); unnamed fields keep the teacher's."""
-        if name not in self.space.designs:
-            raise BlocksearchError(
-                f"{self.space.path}: designs: unknown design {name!r}; allowed: "
-                f"{sorted(self.space.designs)}")
-        spec, key = self.space.designs[name], f"{self.space.path}: designs.{name}"
-        t, n = self.topology, self.topology.n_stages
-        layers = list(spec.get("layers", t.layers))
-        removed = len(layers) == n and layers[-1] == REMOVED
-        if removed:
-            layers = layers[:-1]
-        if len(layers) != (n - 1 if removed else n):
-            raise BlocksearchError(f"{key}.layers: expected {n} entries (the last may be '{REMOVED}')")
-        attention = _design_list(spec, "attention", ["keep" if d else "-" for d in t.depth], n, key)
-        depth_spec = _design_list(spec, "transformer_depth", [d or "-" for d in t.depth], n, key)
-        depth = []
-        for i in range(len(layers)):
-            if attention[i] not in ("keep", "drop", "-") or (attention[i] == "-") != (t.depth[i] == 0):
-                raise BlocksearchError(
-                    f"{key}.attention[{i}]: {attention[i]!r}; allowed: "
-                    f"{['-'] if not t.depth[i] else ['keep', 'drop']}")
-            depth.append(int(depth_spec[i]) if attention[i] == "keep" else 0)
-        genome = Genome(tuple(int(k) for k in layers), tuple(depth), spec.get("mid_block", t.mid))
-        try:
-            self.check(genome)
-        except BlocksearchError as err:
-            raise BlocksearchError(f"{key}: design is outside the space: {err}") from None
-        return genome
-
-    def named_designs(self) -> dict[str, Genome]:
-        return {name: self.design(name) for name in self.space.designs}
-
-
-def _design_list(spec: dict, field: str, default: list, n: int, key: str) -> list:
-    value = spec.get(field, default)
-    if not isinstance(value, list) or len(value) != n:
-        raise BlocksearchError(
-            f"{key}.{field}: {value!r}; expected a list of {n} entries, one per stage ('-' where the "
-            f"teacher's stage has no attention)")
-    return value
-
-
-class _FixedTrial:
-    """Replays stored params through :meth:`BoundSpace.suggest` (like ``optuna.trial.FixedTrial``)."""
-
-    def __init__(self, params: dict[str, Any]):
-        self.params = params
-
-    def suggest_categorical(self, name, choices):
-        if name not in self.params:
-            raise BlocksearchError(f"trial params lack {name!r}; have {sorted(self.params)}")
-        return self.params[name]
-
-
-def _depth_choices(stage: StageSpec, teacher_depth: int, key: str) -> tuple[int, ...]:
-    if not teacher_depth:
-        if stage.attention is not None or stage.transformer_depth is not None:
-            raise BlocksearchError(
-                f"{key}.attention: the teacher's {stage.name} has no attention; remove "
-                f"'attention'/'transformer_depth' from this row")
-        return (0,)
-    depths = stage.transformer_depth or (teacher_depth,)
-    bad = [d for d in depths if d > teacher_depth]
-    if bad:
-        raise BlocksearchError(
-            f"{key}.transformer_depth: {bad[0]} is impossible; the teacher's {stage.name} has "
-            f"depth {teacher_depth}, allowed 1..{teacher_depth}")
-    attention = stage.attention or ("keep",)
-    return tuple(sorted((depths if "keep" in attention else ()) + ((0,) if "drop" in attention else ())))
-
-
-# -- loading and validation -------------------------------------------------------------------
 def resolve_space_path(name_or_path: str) -> Path:
     """``unet_blocks`` -> ``search_spaces/unet_blocks.yaml``; a path is taken as is."""
     path = Path(name_or_path)
@@ -326,9 +51,9 @@ def space_files() -> list[Path]:
     return sorted(SPACES_DIR.glob("*.yaml"))
 
 
-def load_space(name_or_path: str) -> SearchSpace | DitSearchSpace:
+def load_space(name_or_path: str):
     """Load and validate a space file; every error names the file, the key and the allowed values.
-    A ``family: dit`` file is read by the dit family's loader (families/dit_space.py)."""
+    The file's ``family:`` (families/base.py ``FAMILIES``; default ``DEFAULT_FAMILY``) names the loader that parses it."""
     path = resolve_space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -338,72 +63,7 @@ def load_space(name_or_path: str) -> SearchSpace | DitSearchSpace:
         raise BlocksearchError(f"{path}:{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise BlocksearchError(f"{path}: expected a mapping with keys {sorted(_TOP_KEYS)}")
-    if raw.get("family") == "dit":
-        return load_dit_space(path, raw)
-    _no_unknown(raw, _TOP_KEYS, f"{path}")
-    if raw.get("family", "unet") != "unet":
-        raise BlocksearchError(f"{path}: family: {raw['family']!r}; allowed: unet, dit")
-    for key in ("name", "stages", "mid_block"):
-        if key not in raw:
-            raise BlocksearchError(f"{path}: missing key '{key}'")
-    stages = _parse_stages(raw["stages"], path)
-    mid = _choice_list(raw["mid_block"], MID_CHOICES, f"{path}: mid_block")
-    designs = raw.get("designs") or {}
-    if not isinstance(designs, dict):
-        raise BlocksearchError(f"{path}: designs: expected a mapping of name -> design")
-    for name, spec in designs.items():
-        if not isinstance(spec, dict):
-            raise BlocksearchError(f"{path}: designs.{name}: expected a mapping with keys {sorted(_DESIGN_KEYS)}")
-        _no_unknown(spec, _DESIGN_KEYS, f"{path}: designs.{name}")
-        if "mid_block" in spec and spec["mid_block"] not in MID_CHOICES:
-            raise BlocksearchError(
-                f"{path}: designs.{name}.mid_block: {spec['mid_block']!r}; allowed: {list(MID_CHOICES)}")
-    return SearchSpace(str(raw["name"]), path, str(raw.get("teacher", "sd-v1")), stages, mid, designs)
-
-
-def _parse_stages(raw: Any, path: Path) -> tuple[StageSpec, ...]:
-    if not isinstance(raw, dict) or not raw:
-        raise BlocksearchError(f"{path}: stages: expected a mapping 'down_blocks.<i>: {{...}}'")
-    n, out = len(raw), []
-    for i, (name, row) in enumerate(raw.items()):
-        key = f"{path}: stages.{name}"
-        if name != f"down_blocks.{i}":
-            raise BlocksearchError(
-                f"{path}: stages: unknown stage {name!r}; allowed here: 'down_blocks.{i}' "
-                f"(rows are down_blocks.0..{n - 1} in order)")
-        if not isinstance(row, dict):
-            raise BlocksearchError(f"{key}: expected a mapping with keys {sorted(_STAGE_KEYS)}")
-        _no_unknown(row, _STAGE_KEYS, key)
-        if row.get("up") != f"up_blocks.{n - 1 - i}":
-            raise BlocksearchError(
-                f"{key}.up: {row.get('up')!r}; the skip connections tie it to 'up_blocks.{n - 1 - i}'")
-        layers = _int_list(row.get("layers"), f"{key}.layers")
-        attention = row.get("attention")
-        attention = None if attention is None else _choice_list(attention, ATTENTION_CHOICES, f"{key}.attention")
-        depth = row.get("transformer_depth")
-        depth = None if depth is None else _int_list(depth, f"{key}.transformer_depth")
-        removable = row.get("removable", False)
-        if not isinstance(removable, bool) or (removable and i != n - 1):
-            raise BlocksearchError(
-                f"{key}.removable: {removable!r}; allowed: true only on the innermost stage down_blocks.{n - 1}")
-        out.append(StageSpec(name, row["up"], layers, attention, depth, removable))
-    return tuple(out)
-
-
-def _int_list(value: Any, key: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                           and v >= 1 for v in value):
-        raise BlocksearchError(f"{key}: {value!r}; allowed: a non-empty list of integers >= 1")
-    return tuple(sorted(set(value)))
-
-
-def _choice_list(value: Any, allowed: tuple[str, ...], key: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or any(v not in allowed for v in value):
-        raise BlocksearchError(f"{key}: {value!r}; allowed: a non-empty list of {list(allowed)}")
-    return tuple(v for v in allowed if v in value)
-
-
-def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise BlocksearchError(f"{where}: unknown key '{unknown[0]}'; allowed: {sorted(allowed)}")
+    family = raw.get("family", DEFAULT_FAMILY)
+    if family not in FAMILIES:
+        raise BlocksearchError(f"{path}: family: {family!r}; allowed: {', '.join(FAMILIES)}")
+    return space_loader(family)(path, raw)

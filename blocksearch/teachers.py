@@ -14,92 +14,18 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import Family, family_of, get_family
-from blocksearch.space import Topology
-from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher
+from blocksearch.families.base import DEFAULT_FAMILY, Family, family_name_of, family_of, get_family
+from blocksearch.families.unet.topology import (ARCHITECTURES, SD_V1, SD_V2, SDXL, architecture,  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
+                                              load_unet, per_stage, topology_of, unet_subfolder)
+from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher, toy_denoiser
 from blocksearch.toy.models import UNET as TOY_UNET
 
-# Published U-Net configs (the fields that differ from diffusers' defaults).
-SD_V1 = dict(  # CompVis/stable-diffusion-v1-4: 859.5M params
-    sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-)
-SD_V2 = dict(  # stabilityai/stable-diffusion-2-1-base: linear projections, per-stage head dims, 1024-d text
-    sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-)
-SDXL = dict(  # stabilityai/stable-diffusion-xl-base-1.0: 3 stages, depth 1/2/10, added text-time embeddings
-    sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-ARCHITECTURES = {"sd-v1": SD_V1, "sd-v2": SD_V2, "sdxl": SDXL}
 TOY_TEACHERS = {"toy": ASSETS, "toy-dit": ASSETS_DIT}  # the bundled toy teachers: SD's U-Net, a PixArt transformer
 TEACHER_CHOICES = "toy, sd-v1, sd-v2, sdxl, toy-dit (the toy transformer), a local diffusers folder, or a cached hub id"
-
-_DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
-_UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
-_MID = {"UNetMidBlock2DCrossAttn": "cross_attn", "UNetMidBlock2D": "resnet", None: "none"}
-
-
-def per_stage(value, n: int) -> tuple:
-    """diffusers accepts an int or a per-stage tuple for many fields; always return the tuple."""
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
-
-
-def topology_of(config) -> Topology:
-    """Read the block topology of a ``UNet2DConditionModel`` config; reject what surgery cannot do."""
-    config = dict(config)
-    down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    n = len(down)
-    unknown = [t for t in down if t not in _DOWN] + [t for t in up if t not in _UP]
-    if unknown or config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in _MID:
-        raise BlocksearchError(
-            f"teacher U-Net block type {(unknown or [config.get('mid_block_type')])[0]!r} is not "
-            f"supported; allowed: {sorted(_DOWN) + sorted(_UP)} and mid {list(_MID)}")
-    if [_DOWN[t] for t in down] != [_UP[t] for t in reversed(up)]:
-        raise BlocksearchError("teacher U-Net: up stages do not mirror down stages (attention differs)")
-    layers = per_stage(config.get("layers_per_block", 2), n)
-    tlayers = per_stage(config.get("transformer_layers_per_block", 1), n)
-    if config.get("reverse_transformer_layers_per_block") is not None:
-        raise BlocksearchError("teacher U-Net: reverse_transformer_layers_per_block is not supported")
-    if any(isinstance(t, (list, tuple)) for t in tlayers):
-        raise BlocksearchError("teacher U-Net: per-layer transformer depths are not supported")
-    depth = tuple(int(d) if _DOWN[t] else 0 for d, t in zip(tlayers, down))
-    mid = _MID[config.get("mid_block_type", "UNetMidBlock2DCrossAttn")]
-    return Topology(tuple(int(k) for k in layers), depth, mid, int(tlayers[-1]))
-
-
-def architecture(name: str, device: str = "meta") -> UNet2DConditionModel:
-    """A published architecture with uninitialised weights (meta device: no memory, no download)."""
-    if name not in ARCHITECTURES:
-        raise BlocksearchError(f"unknown architecture {name!r}; allowed: {sorted(ARCHITECTURES)}")
-    with torch.device(device):
-        return UNet2DConditionModel(**ARCHITECTURES[name])
-
-
-def unet_subfolder(folder, what: str = "teacher folder",
-                   expected: str = "a diffusers pipeline or U-Net folder") -> str | None:
-    """``"unet"`` for a pipeline folder (``unet/config.json``), None for a U-Net folder (``config.json``)."""
-    folder = Path(folder)
-    if (folder / "unet" / "config.json").is_file():
-        return "unet"
-    if (folder / "config.json").is_file():
-        return None
-    raise BlocksearchError(f"{what} {folder} has no unet/config.json or config.json; expected {expected}")
-
-
-def load_unet(folder, device: str = "cpu", what: str = "teacher folder",
-              expected: str = "a diffusers pipeline or U-Net folder") -> UNet2DConditionModel:
-    """The U-Net of a pipeline folder (``DIR/unet``) or of a U-Net folder (safetensors weights)."""
-    sub = unet_subfolder(folder, what, expected)
-    return UNet2DConditionModel.from_pretrained(folder, subfolder=sub, use_safetensors=True).to(device)
 
 
 def teacher_kind(spec: str) -> str:
@@ -128,57 +54,61 @@ def _not_cached(hub_id: str, err: Exception) -> BlocksearchError:
 @dataclass(frozen=True)
 class TeacherRef:
     """``--teacher`` resolved once, from files only (no weights): what it names, where its pipeline folder is
-    (bundled toy, toy build or local folder), and its denoiser family."""
+    (bundled toy, toy build or local folder), and its denoiser ``family`` (for this teacher's class)."""
 
     spec: str
     kind: str  # teacher_kind's
     folder: Path | None  # the pipeline (or bare U-Net) folder; None for an architecture or a hub id
-    family_name: str  # "unet" or "dit"
+    family: Family
 
     @property
-    def family(self) -> Family:
-        family = get_family(self.family_name)
-        return family.for_teacher(self.denoiser_config()) if self.family_name == "dit" else family
+    def family_name(self) -> str:
+        """moved: ``TeacherRef.family.name`` (callers outside this branch: cli.py, search/driver.py)."""
+        return self.family.name
 
     def denoiser_config(self) -> dict:
         """The denoiser's diffusers config (``config.json`` of ``unet/`` or ``transformer/``)."""
-        if self.kind == "architecture":
-            return dict(architecture(self.spec).config)
-        sub = "transformer" if self.family_name == "dit" else "unet"
-        if self.kind == "hub":
-            try:
-                cls = UNet2DConditionModel if sub == "unet" else diffusers.PixArtTransformer2DModel
-                return dict(cls.load_config(self.spec, subfolder=sub, local_files_only=True))
-            except (OSError, ValueError) as err:
-                raise _not_cached(self.spec, err) from None
-        if self.kind == "toy" and self.spec == "toy":
-            return dict(TOY_UNET)
-        if self.kind == "toy":  # a bundled toy teacher not built yet: the error names its build command
-            check_asset(self.folder / sub / "config.json")
-        if sub == "unet":
-            own = unet_subfolder(self.folder)
-            return json.loads((self.folder / (own or "") / "config.json").read_text())
-        return _read_config(self.folder / sub / "config.json")
+        return _denoiser_config(self.spec, self.kind, self.folder, self.family.subfolder)
 
     def topology(self):
         """What surgery needs of the teacher's denoiser (families/base.py ``topology``)."""
         return self.family.topology(self.denoiser_config())
 
 
+def _denoiser_config(spec: str, kind: str, folder: Path | None, sub: str) -> dict:
+    """The config of the denoiser in subfolder ``sub`` of the teacher ``spec`` (read from files only)."""
+    if kind == "architecture":
+        return dict(architecture(spec).config)
+    if kind == "hub":
+        try:
+            return dict(UNet2DConditionModel.load_config(spec, subfolder=sub, local_files_only=True))  # any class: it reads config.json
+        except (OSError, ValueError) as err:
+            raise _not_cached(spec, err) from None
+    if kind == "toy" and spec == "toy":
+        return dict(TOY_UNET)
+    if kind == "toy":  # a bundled toy teacher not built yet: the error names its build command
+        check_asset(folder / sub / "config.json")
+    if not (folder / sub).is_dir() and (folder / "config.json").is_file():  # a bare denoiser folder
+        return json.loads((folder / "config.json").read_text())
+    return _read_config(folder / sub / "config.json")
+
+
 def resolve_teacher(spec: str) -> TeacherRef:
-    """Read ``--teacher`` once: its kind, folder and family (a pipeline folder with ``transformer/config.json``
-    and no ``unet/`` is a transformer teacher); one-line errors as ``teacher_kind``'s."""
+    """Read ``--teacher`` once: its kind, folder and family (``family_name_of`` the pipeline's parts: a folder's
+    subfolders, a cached hub id's ``model_index.json``); one-line errors as ``teacher_kind``'s."""
     kind = teacher_kind(spec)
     folder = TOY_TEACHERS[spec] if kind == "toy" else Path(spec) if kind in ("toy-folder", "folder") else None
-    family = "unet"
-    if folder is not None and not (folder / "unet").is_dir() and (
-            (folder / "transformer" / "config.json").is_file() or folder == ASSETS_DIT):
-        family = "dit"
+    parts: set[str] = set()
+    if folder is not None:
+        parts = {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+        parts |= {toy_denoiser(folder)} if kind == "toy" else set()  # a bundled toy teacher not built yet
     elif kind == "hub":  # the cached model_index.json names its parts (not cached: loading says so, _not_cached)
         index = try_to_load_from_cache(spec, "model_index.json")
         if isinstance(index, str):
-            parts = json.loads(Path(index).read_text())
-            family = "dit" if "transformer" in parts and "unet" not in parts else "unet"
+            parts = set(json.loads(Path(index).read_text()))
+    family = get_family(family_name_of(parts))
+    if family.specialise is not None:  # the family of this teacher's class (its pipeline follows the class)
+        family = family.for_teacher(_denoiser_config(spec, kind, folder, family.subfolder))
     return TeacherRef(spec, kind, folder, family)
 
 
@@ -208,7 +138,7 @@ def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
 def load_teacher_denoiser(spec: str, device: str = "cpu") -> torch.nn.Module:
     """The teacher's denoiser (U-Net or transformer) named by ``--teacher``, with its weights."""
     ref = resolve_teacher(spec)
-    if ref.family_name == "unet":
+    if ref.family.name == DEFAULT_FAMILY:  # SD's layout: also an architecture or a bare denoiser folder
         return load_teacher_unet(spec, device)
     return load_teacher(spec, device).denoiser
 
@@ -260,34 +190,22 @@ def load_teacher(spec: str = "toy", device: str = "cpu") -> Teacher:
             f"teacher {spec!r} is an architecture without weights (for space/bench latency only); "
             f"distill and evaluate need a pipeline: toy, a local diffusers folder, or a cached hub id")
     if kind in ("toy", "toy-folder"):
-        return Teacher(spec, load_toy_teacher(device=device, path=ref.folder), ref.folder / JUDGE_FILE)
+        return Teacher(spec, load_toy_teacher(device=device, path=ref.folder), ref.folder / JUDGE_FILE, ref.family)
     if kind == "folder":
         if not (Path(spec) / "model_index.json").is_file():
             raise BlocksearchError(
                 f"teacher folder {spec} has no model_index.json; expected a diffusers "
                 f"StableDiffusionPipeline folder (save_pretrained)")
-        return Teacher(spec, _pipeline(spec, device, ref.family_name))
+        return Teacher(spec, ref.family.load_pipeline(spec, device), family=ref.family)
     try:
-        return Teacher(spec, _pipeline(spec, device, ref.family_name))
+        return Teacher(spec, ref.family.load_pipeline(spec, device), family=ref.family)
     except (OSError, ValueError) as err:
         raise _not_cached(spec, err) from None
 
 
-def _pipeline(source: str, device: str, family: str = "unet") -> diffusers.DiffusionPipeline:
-    if family == "unet":
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, local_files_only=True, use_safetensors=True, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False)
-    else:  # the class model_index.json names (PixArtSigmaPipeline, StableDiffusion3Pipeline, FluxPipeline)
-        pipe = diffusers.DiffusionPipeline.from_pretrained(source, local_files_only=True, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def with_denoiser(pipeline, denoiser: torch.nn.Module, family: Family | None = None):
+def with_denoiser(pipeline, denoiser: torch.nn.Module, family: Family):
     """A pipeline of the same class with the same components and ``denoiser`` in the family's place (the
     student in its teacher's pipeline, as BK-SDM ships students)."""
-    family = family or family_of(pipeline)
     parts = dict(pipeline.components) | {family.subfolder: denoiser}
     return type(pipeline)(**parts, **({"requires_safety_checker": False} if "safety_checker" in parts else {}))
 

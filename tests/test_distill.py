@@ -9,7 +9,7 @@ from blocksearch.cli import main
 from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, Distiller, distill, feature_loss, resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.teachers import load_teacher
 from tests.conftest import make_tiny_teacher
 

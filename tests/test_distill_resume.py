@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from blocksearch.recipe.distill import CHECKPOINT_FILE, OPTIMIZER_FILE, DistillConfig, distill, resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ from blocksearch.bench.fidelity import checkpoint_root, run_identity, stage_sett
 from blocksearch.cli import build_parser
 from blocksearch.recipe.distill import CHECKPOINT_FILE, EMA_FILE, DistillConfig, distill, resolve_design, trajectory
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.recipe.schedules import lr_at
 from tests.conftest import make_tiny_teacher
 

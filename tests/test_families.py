@@ -6,7 +6,7 @@ from diffusers import DDPMScheduler
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family, scheduler_target
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.space import load_space
 from blocksearch.teachers import architecture, topology_of
 

@@ -15,7 +15,8 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family
 from blocksearch.families.dit import (FAMILY, block_feature, build_student, count_params, describe, forward_inputs,
                                       meta_model, model_topology, paper_params, student_config)
-from blocksearch.families.dit_genome import (TEACHERS, DitGenome, decode_runs, encode_runs, load_teacher_config,
+from blocksearch.families.dit.pipeline import prediction
+from blocksearch.families.dit.genome import (TEACHERS, DitGenome, decode_runs, encode_runs, load_teacher_config,
                                              topology_of)
 from blocksearch.space import load_space
 
@@ -253,7 +254,7 @@ def test_family_interface():
     target = family.training_target(FlowMatchEulerDiscreteScheduler(), latents, noise, torch.tensor([0.3, 0.7]))
     assert torch.equal(target, noise - latents)
     sigma = torch.randn(2, 8, 4, 4)  # PixArt / DiT predict noise and variance: the target matches the first half
-    assert torch.equal(family.prediction(load_teacher_config("dit-xl"), sigma), sigma[:, :4])
+    assert torch.equal(prediction(load_teacher_config("dit-xl"), sigma), sigma[:, :4])
     flux = load_teacher_config("flux-dev")
     inputs = family.forward_inputs(flux, batch=2)  # meta device: 1024 px -> 64x64 packed tokens of 64 channels
     assert inputs["hidden_states"].shape == (2, 4096, 64) and inputs["img_ids"].shape == (4096, 3)

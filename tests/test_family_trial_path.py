@@ -23,7 +23,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.report.export import export_study
 from blocksearch.families.base import add_noise, get_family
 from blocksearch.families.dit import build_student, kd_teacher_modules, model_topology
-from blocksearch.families.dit_genome import DitGenome, DitTopology, load_teacher_config
+from blocksearch.families.dit.genome import DitGenome, DitTopology, load_teacher_config
 from blocksearch.recipe.probe import Probe, ProbeConfig
 from blocksearch.report.compute import build_report
 from blocksearch.search.driver import bind_space, params_table, resolve, trial_job
@@ -67,9 +67,11 @@ def kd_batch(model, n: int = 2, size: int = 8, tokens: int = 5) -> SimpleNamespa
     channels = c["in_channels"] // 4 if "num_single_layers" in c else c["in_channels"]
     width = c.get("caption_channels") or c["joint_attention_dim"]
     pooled = torch.randn(n, c["pooled_projection_dim"]) if "pooled_projection_dim" in c else None
-    return SimpleNamespace(noisy=torch.randn(n, channels, size, size), timesteps=torch.tensor([100, 900]),
-                           text=torch.randn(n, tokens, width), mask=torch.tensor([[1] * tokens, [1, 1] + [0] * (tokens - 2)]),
-                           pooled=pooled)
+    batch = SimpleNamespace(noisy=torch.randn(n, channels, size, size), timesteps=torch.tensor([100, 900]),
+                            text=torch.randn(n, tokens, width), mask=torch.tensor([[1] * tokens, [1, 1] + [0] * (tokens - 2)]),
+                            pooled=pooled)
+    batch.cond = {"encoder_hidden_states": batch.text, "encoder_attention_mask": batch.mask, "pooled_projections": pooled}
+    return batch
 
 
 @pytest.mark.parametrize("name", sorted(SHRINK))
@@ -77,7 +79,7 @@ def test_one_call_is_the_stock_pipelines_call(name):
     model = tiny(name)
     batch = kd_batch(model)
     with torch.no_grad():
-        pred = FAMILY.forward(model, batch.noisy, batch.timesteps, batch)
+        pred = FAMILY.forward(model, batch.noisy, batch.timesteps, batch.cond)
         if name == "flux-dev":  # FluxPipeline's own packing, position ids, t / 1000 and guidance input
             b, ch, h, w = batch.noisy.shape
             out = model(hidden_states=FluxPipeline._pack_latents(batch.noisy, b, ch, h, w),
@@ -95,11 +97,11 @@ def test_one_call_is_the_stock_pipelines_call(name):
                              ).sample[:, :4]
     assert pred.shape == batch.noisy.shape and torch.allclose(pred, expected, atol=1e-6)
     if name == "pixart-sigma":  # masked text tokens are never read; an attended one is
-        other = SimpleNamespace(**{**vars(batch), "text": batch.text.clone()})
-        other.text[1, 3] += 1.0
+        other = {**batch.cond, "encoder_hidden_states": batch.text.clone()}
+        other["encoder_hidden_states"][1, 3] += 1.0
         with torch.no_grad():
             same = FAMILY.forward(model, batch.noisy, batch.timesteps, other)
-            other.text[1, 0] += 1.0
+            other["encoder_hidden_states"][1, 0] += 1.0
             moved = FAMILY.forward(model, batch.noisy, batch.timesteps, other)
         assert torch.equal(same, pred) and not torch.allclose(moved[1], pred[1])
 
@@ -131,8 +133,8 @@ def test_kd_features_pair_up_in_shape(name):
     t_hooks = FeatureHooks(teacher, kd_teacher_modules(topo), FAMILY)
     s_hooks = FeatureHooks(student.denoiser, [s for _, s in student.kd_pairs], FAMILY)
     with torch.no_grad():
-        FAMILY.forward(teacher, batch.noisy, batch.timesteps, batch)
-        FAMILY.forward(student.denoiser, batch.noisy, batch.timesteps, batch)
+        FAMILY.forward(teacher, batch.noisy, batch.timesteps, batch.cond)
+        FAMILY.forward(student.denoiser, batch.noisy, batch.timesteps, batch.cond)
     t_feats, s_feats = t_hooks.pop(), s_hooks.pop()
     assert len(t_feats) == len(kd_teacher_modules(topo)) and len(s_feats) == len(student.kd_pairs)
     for t, s in student.kd_pairs:
@@ -200,10 +202,10 @@ def searched(toy_dit, tmp_path_factory):
 
 def test_the_teacher_is_resolved_once_into_its_family(toy_dit):
     ref = resolve_teacher(toy_dit)
-    assert (ref.kind, ref.family_name, ref.family.pipeline_class) == ("toy-folder", "dit", "PixArtSigmaPipeline")
+    assert (ref.kind, ref.family.name, ref.family.pipeline_class) == ("toy-folder", "dit", "PixArtSigmaPipeline")
     assert teacher_topology(toy_dit) == DitTopology("PixArtTransformer2DModel", (("transformer_blocks", 16),))
     assert native_resolution(toy_dit) == 64 and is_toy(toy_dit)
-    assert resolve_teacher("toy").family_name == "unet" and resolve_teacher("toy-dit").family_name == "dit"
+    assert resolve_teacher("toy").family.name == "unet" and resolve_teacher("toy-dit").family.name == "dit"
     assert resolve(SearchConfig(space="dit_blocks")).teacher == "toy-dit"  # `run --space dit_blocks`: the toy DiT
     assert resolve(SearchConfig(space="unet_blocks")).teacher == "toy"
     with pytest.raises(BlocksearchError, match="unet family but teacher .* is a dit teacher") as err:
@@ -227,7 +229,7 @@ def test_the_probe_of_the_teacher_against_itself_is_zero(toy_dit):
     teacher = load_teacher(toy_dit)
     topo = teacher.family.topology(teacher.denoiser.config)
     probe = Probe.build(teacher, teacher.family.kd_teacher_modules(topo), ProbeConfig(batches=1, batch_size=2))
-    assert probe.batches[0].mask is not None and probe.empty_mask[0].tolist()[:3] == [1, 1, 0]
+    assert probe.batches[0].cond["encoder_attention_mask"] is not None and probe.empty["encoder_attention_mask"][0].tolist()[:3] == [1, 1, 0]
     pairs = tuple((t, t) for t in teacher.family.kd_teacher_modules(topo))
     own = probe.score(teacher.denoiser, pairs)
     assert own["probe_out"] == own["probe_feat"] == own["probe_guide"] == 0.0 and own["probe_task"] > 0

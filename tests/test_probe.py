@@ -5,7 +5,7 @@ import torch
 
 from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, Distiller, distill, resolve_design
-from blocksearch.families.unet import build_student, kd_teacher_modules
+from blocksearch.families.unet.surgery import build_student, kd_teacher_modules
 from blocksearch.recipe.probe import Probe, ProbeConfig, probe_batches, stratified_timesteps
 from blocksearch.teachers import topology_of
 from tests.conftest import make_tiny_teacher
@@ -78,7 +78,7 @@ def test_probe_scores_the_teacher_zero_and_a_text_blind_student_one(tmp_path):
         def forward(self, x, t, text):
             return self.unet(x, t, self.empty.expand_as(text))
 
-    blind = probe.score(TextBlind(teacher.unet, probe.empty), ())
+    blind = probe.score(TextBlind(teacher.unet, probe.empty["encoder_hidden_states"]), ())
     assert blind["probe_guide"] == pytest.approx(1.0)  # no text direction at all: the whole of the teacher's is error
     student = _student(teacher, "bk_tiny")
     cut = probe.score(student.unet, student.kd_pairs)

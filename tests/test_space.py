@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.dit_genome import load_teacher_config
-from blocksearch.families.dit_genome import topology_of as dit_topology
+from blocksearch.families.dit.genome import load_teacher_config
+from blocksearch.families.dit.genome import topology_of as dit_topology
 from blocksearch.space import SPACES_DIR, Genome, load_space
 from blocksearch.teachers import architecture, topology_of
 

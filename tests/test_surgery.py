@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from blocksearch.recipe.cost import count_macs, count_params, unet_inputs
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import Genome, load_space
-from blocksearch.families.unet import build_student, teacher_key
+from blocksearch.families.unet.surgery import build_student, teacher_key
 from blocksearch.teachers import architecture, topology_of
 from tests.conftest import SPACE_OF, TINY_CONFIGS, tiny_unet
 
@@ -196,7 +196,7 @@ assert 'blocksearch' not in sys.modules
 
 def test_saved_student_loads_back_with_its_genome_and_kd_pairs(tmp_path):
     """`blocksearch distill --init DIR`: a saved student continues with the pairs a fresh cut would have."""
-    from blocksearch.families.unet import load_student
+    from blocksearch.families.unet.surgery import load_student
 
     teacher = tiny_unet("sd-v1")
     cut = build_student(teacher, Genome((1, 2, 1), (1, 0, 1), "resnet"))

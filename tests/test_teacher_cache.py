@@ -10,7 +10,7 @@ from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
-from blocksearch.families.unet import build_student, kd_pairs, kd_teacher_modules
+from blocksearch.families.unet.surgery import build_student, kd_pairs, kd_teacher_modules
 from blocksearch.recipe.teacher_cache import open_cache
 from blocksearch.teachers import teacher_topology, topology_of
 from tests.conftest import SPACE_OF, TINY_CONFIGS, make_tiny_teacher, tiny_unet

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import default_cache_dir
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import add_noise, family_of, is_flow
+from blocksearch.families.base import DEFAULT_FAMILY, add_noise, family_of, is_flow
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy.world import sample_batch
 
@@ -34,25 +34,59 @@ CAPTION_COLUMNS = ("text", "caption")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
+# ``Batch.cond`` entries under the names the dataset and teacher cache files have always used; others ``cond.<key>``.
+STORED_AS = {"encoder_hidden_states": "text", "encoder_attention_mask": "mask"}
+_COND_OF = {v: k for k, v in STORED_AS.items()}
+
+
+def stored_name(key: str) -> str:
+    """The name a ``Batch.cond`` entry has in a cache file (the files of earlier versions read the same)."""
+    return STORED_AS.get(key, f"cond.{key}")
+
+
+def cond_key(stored: str) -> str | None:
+    """The ``Batch.cond`` entry of a cache file's tensor, or None where the tensor is not conditioning."""
+    return _COND_OF.get(stored) or (stored[5:] if stored.startswith("cond.") else None)
+
+
 @dataclass(frozen=True)
 class Batch:
-    """One KD batch: the student and teacher both see (noisy, timesteps, text); target is eps, v or flow.
-    ``mask``: the text's attention mask where the family's pipeline passes one (PixArt), else None."""
+    """One KD batch: the student and teacher both see (noisy, timesteps, cond); target is eps, v or flow.
+    ``cond``: the family's conditioning dict (``Family.encode_text``; read only by ``Family.forward``)."""
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
-    text: torch.Tensor
+    cond: dict[str, torch.Tensor]
     target: torch.Tensor
-    mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if isinstance(self.cond, torch.Tensor):  # moved: Batch(noisy, t, text, target) -> Batch(..., cond, ...) (callers outside this branch: train/state.py)
+            object.__setattr__(self, "cond", {"encoder_hidden_states": self.cond})
+
+    @property
+    def text(self) -> torch.Tensor:
+        """moved: ``cond["encoder_hidden_states"]`` (callers outside this branch: bench/speed.py, train/state.py)."""
+        return self.cond["encoder_hidden_states"]
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.noisy, self.timesteps, self.text, self.target)),
-                     mask=None if self.mask is None else self.mask.to(device))
+        return Batch(self.noisy.to(device), self.timesteps.to(device), {k: v.to(device) for k, v in self.cond.items()},
+                     self.target.to(device))
 
-    def unconditional(self, empty_text: torch.Tensor, empty_mask: torch.Tensor | None) -> "Batch":
-        """This batch with every caption replaced by the empty one (classifier-free guidance's other branch)."""
-        mask = None if empty_mask is None else empty_mask.to(self.mask.device).expand_as(self.mask)
-        return Batch(self.noisy, self.timesteps, empty_text.expand_as(self.text), self.target, mask)
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` of every tensor (a micro-batch)."""
+        return Batch(self.noisy[start:stop], self.timesteps[start:stop],
+                     {k: v[start:stop] for k, v in self.cond.items()}, self.target[start:stop])
+
+    def unconditional(self, empty: dict[str, torch.Tensor]) -> "Batch":
+        """This batch with every caption replaced by the empty one (classifier-free guidance's other branch):
+        ``empty`` is the family's cond of ``[""]``, every entry expanded to the batch."""
+        cond = {k: empty[k].to(v.device).expand_as(v) for k, v in self.cond.items()}
+        return Batch(self.noisy, self.timesteps, cond, self.target)
+
+
+def drop_captions(cond: dict[str, torch.Tensor], empty: dict[str, torch.Tensor], drop: torch.Tensor) -> dict:
+    """``cond`` with the rows where ``drop`` holds replaced by the empty caption's (caption dropout)."""
+    return {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), empty[k], v) for k, v in cond.items()}
 
 
 def fingerprint(*modules: torch.nn.Module) -> str:
@@ -95,41 +129,35 @@ class BatchStream:
     @torch.no_grad()
     def __getitem__(self, i: int) -> Batch:
         gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
-        latents, text, mask = self._draw(i, gen)
-        drop = torch.rand(len(text), generator=gen) < CAPTION_DROPOUT
-        text = torch.where(drop[:, None, None], self.empty_text(), text)
-        if mask is not None:
-            mask = torch.where(drop[:, None], self.empty_mask(), mask)
+        latents, cond = self._draw(i, gen)
+        drop = torch.rand(len(latents), generator=gen) < CAPTION_DROPOUT
+        cond = drop_captions(cond, self.empty_cond(), drop)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
         noisy = add_noise(self.scheduler, latents, noise, t)
         target = self.family.training_target(self.scheduler, latents, noise, t)
-        return Batch(noisy, t, text, target, mask)
+        return Batch(noisy, t, cond, target)
 
     @torch.no_grad()
-    def clean(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Batch ``i``'s clean latents, captions (none dropped), noise and text mask, as ``self[i]`` draws them."""
+    def clean(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Batch ``i``'s clean latents, cond (no caption dropped) and noise, as ``self[i]`` draws them."""
         gen = torch.Generator().manual_seed(hash_seed(self.seed, i))
-        latents, text, mask = self._draw(i, gen)
-        torch.rand(len(text), generator=gen)  # the caption-dropout draw of ``self[i]``: the same noise follows
-        return latents, text, torch.randn(latents.shape, generator=gen), mask
+        latents, cond = self._draw(i, gen)
+        torch.rand(len(latents), generator=gen)  # the caption-dropout draw of ``self[i]``: the same noise follows
+        return latents, cond, torch.randn(latents.shape, generator=gen)
 
     def _draw(self, i: int, gen: torch.Generator):
         if self.folder is not None:
             return self.folder.sample(self.batch_size, gen)
         images, captions, _ = sample_batch(self.batch_size, 0xD157 + self.seed, i)
         latents = encode_images(self.pipe, images, gen)
-        return (latents, *self.family.encode_text(self.pipe, captions))
+        return latents, self.family.encode_text(self.pipe, captions)
 
-    def empty_text(self) -> torch.Tensor:
+    def empty_cond(self) -> dict[str, torch.Tensor]:
+        """The empty caption's cond (the family's ``encode_text([""])``): caption dropout and the CFG branch."""
         if self._empty is None:
             self._empty = self.family.encode_text(self.pipe, [""])
-        return self._empty[0]
-
-    def empty_mask(self) -> torch.Tensor | None:
-        """The empty caption's attention mask (None where the family passes none)."""
-        self.empty_text()
-        return self._empty[1]
+        return self._empty
 
 
 def hash_seed(*parts: int) -> int:
@@ -143,13 +171,6 @@ def encode_images(pipe, images: torch.Tensor, gen: torch.Generator) -> torch.Ten
     dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
     return (dist.mean + dist.std * noise).float().cpu() * vae.config.scaling_factor
-
-
-@torch.no_grad()
-def encode_text(pipe, captions: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float().cpu()
 
 
 class ImageFolder:
@@ -168,7 +189,7 @@ class ImageFolder:
         stat = meta.stat()
         self.identity = {"folder": str(self.root.resolve()), "items": len(self.items),
                          "metadata": [stat.st_size, int(stat.st_mtime)], "resolution": self.size}
-        own = [] if self.family.name == "unet" else [self.family.name]  # a transformer's text comes with its mask
+        own = [] if self.family.name == DEFAULT_FAMILY else [self.family.name]  # the keys of earlier versions' files
         key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder), *own])
                              .encode()).hexdigest()[:16]
         path = cache_dir / f"dataset-{key}.safetensors"
@@ -178,25 +199,24 @@ class ImageFolder:
             save_file(self._encode(pipe), tmp)
             os.replace(tmp, path)
         cached = load_file(path)
-        self.latents, self.text, self.mask = cached["latents"], cached["text"], cached.get("mask")
+        self.latents = cached["latents"]
+        self.cond = {cond_key(k): v for k, v in cached.items() if cond_key(k)}
 
     def _encode(self, pipe) -> dict[str, torch.Tensor]:
         size = self.size
         gen = torch.Generator().manual_seed(0)
-        latents, text, masks = [], [], []
+        latents, conds = [], []
         for i in tqdm(range(0, len(self.items), 16), desc="encode dataset", unit="batch", disable=quiet()):
             chunk = self.items[i:i + 16]
             images = torch.stack([load_image(self.root / f, size) for f, _ in chunk])
             latents.append(encode_images(pipe, images, gen))
-            embedded, mask = self.family.encode_text(pipe, [c for _, c in chunk])
-            text.append(embedded)
-            masks += [mask] if mask is not None else []
-        out = {"latents": torch.cat(latents).contiguous(), "text": torch.cat(text).contiguous()}
-        return out | ({"mask": torch.cat(masks).contiguous()} if masks else {})
+            conds.append(self.family.encode_text(pipe, [c for _, c in chunk]))
+        return {"latents": torch.cat(latents).contiguous()} | {
+            stored_name(k): torch.cat([c[k] for c in conds]).contiguous() for k in conds[0]}
 
     def sample(self, n: int, gen: torch.Generator):
         idx = torch.randint(0, len(self.latents), (n,), generator=gen)
-        return self.latents[idx], self.text[idx], None if self.mask is None else self.mask[idx]
+        return self.latents[idx], {k: v[idx] for k, v in self.cond.items()}
 
 
 def read_metadata(root: Path) -> list[tuple[str, str]]:

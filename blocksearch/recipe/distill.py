@@ -48,7 +48,7 @@ from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
 from blocksearch.settings import Settings
 from blocksearch.space import load_space
 from blocksearch.families.base import get_family
-from blocksearch.families.unet import Student
+from blocksearch.families.unet.surgery import Student
 from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher
@@ -180,7 +180,7 @@ class Distiller:
     def losses(self, batch: Batch, t_out: torch.Tensor, t_feats: dict) -> dict[str, torch.Tensor]:
         c = self.config
         with self.autocast():
-            pred = self.family.forward(self.unet, batch.noisy, batch.timesteps, batch).float()
+            pred = self.family.forward(self.unet, batch.noisy, batch.timesteps, batch.cond).float()
         s_feats = self.hooks.pop()
         loss_task = F.mse_loss(pred, batch.target)
         loss_kd_out = F.mse_loss(pred, t_out.float())
@@ -231,7 +231,7 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     stream = stream or batch_stream(teacher, config)
     first = stream[0]
     per_step = cache_bytes_per_step(teacher.denoiser.config, config.batch_size, first.noisy.shape[-1], 2,
-                                    text_tokens=first.text.shape[1], family=teacher.family,
+                                    text_tokens=first.cond["encoder_hidden_states"].shape[1], family=teacher.family,
                                     model_class=type(teacher.denoiser))  # the file stores fp16 (open_cache's dtype)
     cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
     mode, why = cache_plan(per_step, steps, cap, what)
@@ -410,20 +410,18 @@ def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
     if design in bound.space.designs:
         return bound.design(design), design
     unknown = (f"unknown design {design!r}; allowed: {sorted(bound.space.designs)} or a genome id such as "
-               + ("'L1-1-1-1_T1-1-1-0_Mnone'" if loaded.family == "unet" else "'D0-7' (blocks 0..7 kept)"))
-    if loaded.family == "unet" and not design.startswith("L"):
-        raise BlocksearchError(unknown)
+               + family.id_example)
     try:
         genome = family.arch_from_id(design)
     except BlocksearchError:
-        if loaded.family == "unet":
-            raise  # an 'L...' id that does not parse: Genome.from_id's own message
+        if family.id_prefix and design.startswith(family.id_prefix):
+            raise  # an id of the family's own form that does not parse: the id parser's message says why
         raise BlocksearchError(unknown) from None
     bound.check(genome)
     return genome, None
 
 
-def write_student(out: Path, student: Student, result: DistillResult, meta: dict, subfolder: str = "unet") -> Path:
+def write_student(out: Path, student: Student, result: DistillResult, meta: dict, subfolder: str) -> Path:
     """``out/<subfolder>`` (the family's: unet or transformer; diffusers, safetensors), ``out/train_log.jsonl``
     and ``out/distill.json``."""
     out.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,15 @@ from transformers.utils import logging as hf_logging
 
 from blocksearch.recipe.data import IMAGE_SUFFIXES, read_metadata
 from blocksearch.errors import BlocksearchError
-from blocksearch.families import dit_genome
-from blocksearch.teachers import ARCHITECTURES, TOY_TEACHERS, topology_of
+from blocksearch.families.base import DEFAULT_FAMILY, FAMILIES, family_name_of, get_family
+from blocksearch.families.unet.topology import ARCHITECTURES
+from blocksearch.teachers import TOY_TEACHERS
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-# component -> (config file, weights file); None: no weights (tokenizer, scheduler)
+# component -> (config file, weights file); None: no weights (tokenizer, scheduler). The denoiser's row is the
+# U-Net's (SD_DENOISER); a transformer teacher's folder has its family's subfolder in its place.
+SD_DENOISER = FAMILIES[DEFAULT_FAMILY].subfolder
 SD_COMPONENTS = {
     "unet": ("config.json", "diffusion_pytorch_model.safetensors"),
     "vae": ("config.json", "diffusion_pytorch_model.safetensors"),
@@ -42,9 +45,9 @@ def check_teacher_folder(path) -> None:
         raise BlocksearchError(f"teacher folder {root} does not exist; expected a diffusers StableDiffusionPipeline "
                                f"folder (save_pretrained): model_index.json, {', '.join(SD_COMPONENTS)}")
     _read_json(root / "model_index.json", "teacher folder")
-    denoiser = "transformer" if (root / "transformer").is_dir() and not (root / "unet").is_dir() else "unet"
+    denoiser = FAMILIES[family_name_of(p.name for p in root.iterdir() if p.is_dir())].subfolder
     for part, (config, weights) in SD_COMPONENTS.items():
-        part = denoiser if part == "unet" else part
+        part = denoiser if part == SD_DENOISER else part
         if not (root / part).is_dir():
             raise BlocksearchError(f"teacher folder {root} has no {part}/; a diffusers SD folder has "
                                    f"model_index.json and {'/, '.join(SD_COMPONENTS)}/")
@@ -83,7 +86,7 @@ def _check_weights(folder: Path, name: str) -> None:
 
 def _check_unet_topology(config: Path) -> None:
     """The denoiser's blocks are ones surgery knows (a U-Net's, or a transformer class of the dit family)."""
-    read = dit_genome.topology_of if config.parent.name == "transformer" else topology_of
+    read = get_family(next(r.name for r in FAMILIES.values() if r.subfolder == config.parent.name)).topology
     try:
         read(_read_json(config, "teacher folder"))
     except (BlocksearchError, KeyError) as err:

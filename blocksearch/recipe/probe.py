@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from blocksearch.recipe.data import Batch, BatchStream
-from blocksearch.families.base import add_noise, get_family
+from blocksearch.families.base import Family, add_noise
 from blocksearch.settings import GUIDANCE_SCALE, PROBE_KEYS, Settings
 from blocksearch.recipe.teacher_cache import FeatureHooks
 
@@ -55,10 +55,10 @@ def probe_batches(stream: BatchStream, config: ProbeConfig) -> list[Batch]:
     steps = stratified_timesteps(n, sched.config.num_train_timesteps, config.seed).view(config.batches, -1)
     out = []
     for i in range(config.batches):
-        latents, text, noise, mask = stream.clean(i)
+        latents, cond, noise = stream.clean(i)
         t = steps[i]
         noisy = add_noise(sched, latents, noise, t)
-        out.append(Batch(noisy, t, text, stream.family.training_target(sched, latents, noise, t), mask))
+        out.append(Batch(noisy, t, cond, stream.family.training_target(sched, latents, noise, t)))
     return out
 
 
@@ -68,16 +68,11 @@ class Probe:
 
     config: ProbeConfig
     batches: list[Batch]
-    empty: torch.Tensor  # the unconditional text embedding
+    empty: dict[str, torch.Tensor]  # the empty caption's cond (the family's): the unconditional branch
     teacher_cond: list[torch.Tensor]
     teacher_uncond: list[torch.Tensor]
     teacher_feats: list[dict[str, torch.Tensor]]
-    empty_mask: torch.Tensor | None = None  # its attention mask, where the family passes one (PixArt)
-    family: object = None  # the teacher's denoiser family (families/base.py): how the denoiser is called
-
-    def __post_init__(self):
-        if self.family is None:
-            self.family = get_family("unet")
+    family: Family  # the teacher's denoiser family (families/base.py): how the denoiser is called
 
     @classmethod
     @torch.no_grad()
@@ -87,19 +82,19 @@ class Probe:
         (the KD pairs' teacher side: ``kd_teacher_modules``)."""
         stream = BatchStream(teacher.pipeline, data, config.batch_size, config.seed, cache_dir, resolution)
         batches = [b.to(device) for b in probe_batches(stream, config)]
-        empty, empty_mask = stream.empty_text().to(device), stream.empty_mask()
+        empty = {k: v.to(device) for k, v in stream.empty_cond().items()}
         family, unet = teacher.family, teacher.denoiser.eval()
         hooks = FeatureHooks(unet, modules, family)
         cond, uncond, feats = [], [], []
         try:
             for b in batches:
-                cond.append(family.forward(unet, b.noisy, b.timesteps, b).float())
+                cond.append(family.forward(unet, b.noisy, b.timesteps, b.cond).float())
                 feats.append({k: v.float() for k, v in hooks.pop().items()})
-                uncond.append(family.forward(unet, b.noisy, b.timesteps, b.unconditional(empty, empty_mask)).float())
+                uncond.append(family.forward(unet, b.noisy, b.timesteps, b.unconditional(empty).cond).float())
                 hooks.pop()
         finally:
             hooks.remove()
-        return cls(config, batches, empty, cond, uncond, feats, empty_mask, family)
+        return cls(config, batches, empty, cond, uncond, feats, family)
 
     @torch.no_grad()
     def score(self, unet: torch.nn.Module, kd_pairs: tuple[tuple[str, str], ...]) -> dict[str, float]:
@@ -112,9 +107,9 @@ class Probe:
         sums = dict.fromkeys(("probe_out", "probe_feat", "probe_task", "guide_err", "guide_ref", "probe_cfg"), 0.0)
         try:
             for b, tc, tu, tf in zip(self.batches, self.teacher_cond, self.teacher_uncond, self.teacher_feats):
-                sc = self.family.forward(unet, b.noisy, b.timesteps, b).float()
+                sc = self.family.forward(unet, b.noisy, b.timesteps, b.cond).float()
                 sf = hooks.pop()
-                su = self.family.forward(unet, b.noisy, b.timesteps, b.unconditional(self.empty, self.empty_mask)).float()
+                su = self.family.forward(unet, b.noisy, b.timesteps, b.unconditional(self.empty).cond).float()
                 hooks.pop()
                 sums["probe_out"] += F.mse_loss(sc, tc).item()
                 sums["probe_task"] += F.mse_loss(sc, b.target.float()).item()

@@ -25,32 +25,28 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.console import quiet
-from blocksearch.recipe.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import Family, get_family
+from blocksearch.families.base import Family, family_of_config
+from blocksearch.recipe.data import Batch, BatchStream, cond_key, fingerprint, stored_name
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_CAP_GB = float(os.environ.get("BLOCKSEARCH_CACHE_GB", 4.0))
 DISK_RESERVE = 2**30  # bytes the teacher cache always leaves free on its disk
-_INPUTS = ("noisy", "timesteps", "text", "target")
-
-
-def _unet() -> Family:
-    return get_family("unet")
+_INPUTS = ("noisy", "timesteps", "target")  # and the batch's cond, each entry under ``stored_name``
 
 
 class FeatureHooks:
     """Forward hooks that keep the outputs of named modules (BK-SDM feature KD), each as the family's feature
-    (``kd_feature``; default: the U-Net's)."""
+    (``kd_feature``)."""
 
-    def __init__(self, model: torch.nn.Module, names, family: Family | None = None):
+    def __init__(self, model: torch.nn.Module, names, family: Family):
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
             raise BlocksearchError(f"KD layer {missing[0]} is not a module of the {type(model).__name__}")
-        self.feature = (family or _unet()).kd_feature
+        self.feature = family.kd_feature
         self.features: dict[str, torch.Tensor] = {}
         self._handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
 
@@ -69,9 +65,9 @@ class FeatureHooks:
 
 
 @torch.no_grad()
-def teacher_forward(denoiser, hooks: FeatureHooks, batch: Batch, family: Family | None = None):
+def teacher_forward(denoiser, hooks: FeatureHooks, batch: Batch, family: Family):
     """Teacher output and features for one batch, under no_grad."""
-    out = (family or _unet()).forward(denoiser, batch.noisy, batch.timesteps, batch)
+    out = family.forward(denoiser, batch.noisy, batch.timesteps, batch.cond)
     return out, hooks.pop()
 
 
@@ -98,7 +94,8 @@ class TeacherCache:
 
     def __getitem__(self, i: int):
         s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        batch = Batch(*(self._rows(k, s) for k in _INPUTS), mask=self._rows("mask", s) if "mask" in self._keys else None)
+        cond = {cond_key(k): self._rows(k, s) for k in self._keys if cond_key(k)}
+        batch = Batch(self._rows("noisy", s), self._rows("timesteps", s), cond, self._rows("target", s))
         feats = {k[5:]: self._rows(k, s) for k in self._keys if k.startswith("feat.")}
         return batch, self._rows("out", s), feats
 
@@ -113,13 +110,13 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
                cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu",
                family: Family | None = None) -> TeacherCache:
     """Load the cache file for this run, computing it first (once, under a lock) if missing. ``unet``: the
-    teacher's denoiser, of ``family`` (default: the U-Net's)."""
+    teacher's denoiser, of ``family`` (None: the family of its config, ``family_of_config``)."""
     folder = Path(cache_dir) / "teacher"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            tensors = _compute(unet, stream, steps, dtype, device, family or _unet())
+            tensors = _compute(unet, stream, steps, dtype, device, family or family_of_config(unet.config))
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             cap = int(cap_gb * 2**30)
             if size > cap:
@@ -143,8 +140,8 @@ def _compute(unet, stream: BatchStream, steps: int, dtype: str, device, family: 
             yield_to_measurement()
             batch = stream[i]
             out, feats = teacher_forward(unet, hooks, batch.to(device), family)
-            row = {k: getattr(batch, k) for k in _INPUTS} | {"out": out.to("cpu", store)}
-            row |= {} if batch.mask is None else {"mask": batch.mask}
+            row = {k: getattr(batch, k) for k in _INPUTS} | {stored_name(k): v for k, v in batch.cond.items()}
+            row |= {"out": out.to("cpu", store)}
             row |= {f"feat.{k}": v.to("cpu", store) for k, v in feats.items()}
             for k, v in row.items():
                 parts.setdefault(k, []).append(v)
@@ -175,11 +172,11 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
     """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
     and the teacher's output and every feature of the family's ``kd_teacher_modules`` (stored at
     ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of ``model_class`` and ``family``
-    (default: a U-Net's).
+    (None: the family of the config, ``family_of_config``).
 
     Shapes come from forward hooks on the denoiser built from the config on the meta device: no weights,
     no memory, no download."""
-    family = family or _unet()
+    family = family or family_of_config(unet_config)
     with torch.device("meta"):
         model = model_class.from_config(dict(unet_config)).eval()
         args = family.forward_inputs(model.config, batch_size, latent_size, device="meta", text_len=text_tokens)

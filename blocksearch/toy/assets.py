@@ -42,14 +42,14 @@ class ToyAssetError(BlocksearchError):
 def asset_error(path: Path, why: str) -> ToyAssetError:
     """The one-line error for a bad asset file: what is wrong, and the rebuild command."""
     root = path.parent.parent if path.parent.name in COMPONENTS else path.parent
-    return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {_rebuild(_denoiser(root))}")
+    return ToyAssetError(f"toy asset {path} is {why}; rebuild it with: {_rebuild(toy_denoiser(root))}")
 
 
 def _rebuild(denoiser: str) -> str:
     return REBUILD_DIT if denoiser == "transformer" else REBUILD
 
 
-def _denoiser(root: Path) -> str:
+def toy_denoiser(root: Path) -> str:
     """The denoiser subfolder of a toy teacher folder: ``transformer`` for the toy transformer (its bundled folder,
     or a build with ``transformer/`` and no ``unet/``), else ``unet``."""
     own = (root / "transformer").is_dir() and not (root / "unet").is_dir()
@@ -77,7 +77,7 @@ def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
     """The toy pipeline (fp32, no safety checker) from `path` or the bundled assets: a StableDiffusionPipeline,
     or the PixArtSigmaPipeline of the toy transformer teacher (a ``transformer/`` folder)."""
     root = Path(path) if path is not None else ASSETS
-    sub = _denoiser(root)
+    sub = toy_denoiser(root)
     for f in TEACHER_FILES:
         check_asset(root / f.replace("unet/", f"{sub}/"))
     verbosity = dlog.get_verbosity()

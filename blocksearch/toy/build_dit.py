@@ -7,12 +7,12 @@ and reuses the toy U-Net teacher's VAE, tokenizer and CLIP text encoder (frozen)
 teachers are scored alike. Only the transformer trains, on the U-Net's recipe (build.py): v-prediction with the
 Min-SNR weight, half the timesteps from the noisier half, zero terminal SNR, 10% caption dropout, an EMA.
 
-Text is encoded as ``PixArtSigmaPipeline.encode_prompt`` encodes it (families/dit.py ``encode_text``: padded to
+Text is encoded as ``PixArtSigmaPipeline.encode_prompt`` encodes it (families/dit/pipeline.py ``encode_text``: padded to
 the tokenizer's 16 tokens, the attention mask passed to the text encoder and, as ``encoder_attention_mask``, to
 the transformer). PixArt's stock pipelines expect a T5 encoder; they take the toy's CLIP encoder as it is (the
 loader logs that it expected T5), but a call needs ``max_sequence_length=16`` (the default 300 overruns CLIP's
 16 positions), ``use_resolution_binning=False`` (its bins know sample sizes 32..256, not 16) and
-``clean_caption=False`` (it needs bs4 and ftfy): ``families.dit.call_kwargs``. PixArtAlphaPipeline has the same
+``clean_caption=False`` (it needs bs4 and ftfy): ``families.dit.pipeline.call_kwargs``. PixArtAlphaPipeline has the same
 three needs; PixArtSigmaPipeline is the one the dit family ships students in.
 """
 
@@ -29,9 +29,8 @@ from diffusers import PixArtSigmaPipeline
 from tqdm.auto import tqdm
 
 from blocksearch.console import quiet
-from blocksearch.recipe.data import Batch
 from blocksearch.errors import BlocksearchError
-from blocksearch.families import dit
+from blocksearch.families.dit import pipeline as dit
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import ASSETS, JUDGE_FILE, load_toy_teacher
@@ -60,7 +59,8 @@ BUDGETS = {
 
 def text_table(pipe, captions: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each caption's (embeddings, attention mask), encoded once: the text encoder is frozen."""
-    text, mask = dit.encode_text(pipe, captions)
+    cond = dit.encode_text(pipe, captions)
+    text, mask = cond["encoder_hidden_states"], cond["encoder_attention_mask"]
     return {c: (t, m) for c, t, m in zip(captions, text, mask)}
 
 
@@ -81,7 +81,7 @@ def train_transformer(pipe, b: DitBudget, seed: int) -> None:
         drop = torch.rand(len(captions), generator=gen) < CAPTION_DROPOUT
         text, mask = (torch.stack(v) for v in zip(*(table["" if d else c] for c, d in zip(captions, drop))))
         latents, noise, t, noisy = noised_latents(vae, noise_sched, x, gen)
-        pred = dit.forward(model, noisy, t, Batch(noisy, t, text, noisy, mask))
+        pred = dit.forward(model, noisy, t, {"encoder_hidden_states": text, "encoder_attention_mask": mask})
         loss = min_snr_v_loss(noise_sched, pred, latents, noise, t)
         step_with_ema(opt, loss, params, ema, min(b.ema_decay, (1 + step) / (10 + step)))
         bar.set_postfix(loss=f"{loss.item():.4f}")

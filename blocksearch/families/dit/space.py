@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.dit_genome import GROUPS, TEACHERS, DitGenome, DitTopology
+from blocksearch.families.dit.genome import GROUPS, TEACHERS, DitGenome, DitTopology
 
 PATTERNS = ("all", "first", "last", "drop_span", "every")
 _ROW_KEYS = set(PATTERNS) | {"optional"}
@@ -81,7 +81,7 @@ class DitSearchSpace:
         return DitBoundSpace.create(self, topology)
 
 
-def load_dit_space(path: Path, raw: dict) -> DitSearchSpace:
+def load(path: Path, raw: dict) -> DitSearchSpace:
     """Validate a parsed ``family: dit`` file; every error names the file, the key and the allowed values."""
     _no_unknown(raw, _TOP_KEYS, f"{path}")
     for key in ("name", "groups"):

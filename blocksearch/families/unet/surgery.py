@@ -20,12 +20,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DConditionModel
 
-from blocksearch.recipe.cost import unet_inputs
-from blocksearch.recipe.data import encode_text
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import scheduler_target
-from blocksearch.space import Genome, Topology
-from blocksearch.teachers import load_unet, topology_of
+from blocksearch.families.unet.genome import Genome, Topology
+from blocksearch.families.unet.topology import load_unet, topology_of
 
 log = logging.getLogger(__name__)
 
@@ -175,141 +172,10 @@ def _module(key: str) -> str:
     return _MODULE.match(key)[1]
 
 
-# -- the report's and model card's words (report.py and model_card.py re-export them) -----------------------
-MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "2 resnets (no attention)",
-            "none": "removed"}
-
-
-def architecture_diff(genome: Genome, topo: Topology) -> str:
-    """What ``genome`` removes from the teacher, e.g. 'down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3;
-    mid_block removed; down_blocks.3/up_blocks.0 removed'."""
-    n_t, parts = topo.n_stages, []
-    for i, (k, d) in enumerate(zip(genome.layers, genome.depth)):
-        down, up, big_k, big_d = f"down_blocks.{i}", f"up_blocks.{n_t - 1 - i}", topo.layers[i], topo.depth[i]
-        if k != big_k:
-            parts.append(f"{down}: {k} of {big_k} layers; {up}: {k + 1} of {big_k + 1}")
-        if big_d and not d:
-            parts.append(f"{down}/{up}: attention removed")
-        elif d != big_d:
-            parts.append(f"{down}/{up}: transformer depth {d} of {big_d}")
-    if genome.mid != topo.mid:
-        parts.append("mid_block removed" if genome.mid == "none" else "mid_block: attention removed")
-    if len(genome.layers) < n_t:
-        parts.append(f"down_blocks.{n_t - 1}/up_blocks.0 removed")
-    return "; ".join(parts) or "teacher (nothing removed)"
-
-
-def architecture_table(genome: Genome, topo: Topology) -> list[tuple[str, str, str]]:
-    """(teacher module, teacher's blocks, student's blocks) for every stage, down, mid and up."""
-    n_t, n = topo.n_stages, len(genome.layers)
-
-    def stage(layers: int, depth: int) -> str:
-        return f"{layers} x (resnet + transformer depth {depth})" if depth else f"{layers} x resnet"
-
-    rows = []
-    for i in range(n_t):
-        kept = stage(genome.layers[i], genome.depth[i]) if i < n else "removed"
-        rows.append((f"down_blocks.{i}", stage(topo.layers[i], topo.depth[i]), kept))
-    rows.append(("mid_block", MID_TEXT[topo.mid], MID_TEXT[genome.mid]))
-    for j in range(n_t):
-        i = n_t - 1 - j  # the down stage this up stage is tied to by the skip connections
-        kept = "removed" if i >= n else stage(genome.layers[i] + 1, genome.depth[i])
-        if i < n and n < n_t:
-            kept += f" (student up_blocks.{j - (n_t - n)})"
-        rows.append((f"up_blocks.{j}", stage(topo.layers[i] + 1, topo.depth[i]), kept))
-    return rows
-
-
-def removed(genome: Genome, topo: Topology) -> dict[str, str]:
-    """What the student removed, per teacher module (diffusers paths); modules kept whole are absent."""
-    n_t, n, out = topo.n_stages, len(genome.layers), {}
-
-    def stage(layers: int, kept: int, depth: int, kept_depth: int) -> str:
-        parts = [f"{layers - kept} of {layers} layers"] if kept < layers else []
-        if depth and not kept_depth:
-            parts.append("attention")
-        elif kept_depth < depth:
-            parts.append(f"transformer depth {depth} -> {kept_depth}")
-        return ", ".join(parts)
-
-    for i in range(n_t):
-        j = n_t - 1 - i  # the up stage tied to down stage i
-        if i >= n:
-            out[f"down_blocks.{i}"] = out[f"up_blocks.{j}"] = "the whole stage"
-            continue
-        out[f"down_blocks.{i}"] = stage(topo.layers[i], genome.layers[i], topo.depth[i], genome.depth[i])
-        out[f"up_blocks.{j}"] = stage(topo.layers[i] + 1, genome.layers[i] + 1, topo.depth[i], genome.depth[i])
-    if genome.mid != topo.mid:
-        out["mid_block"] = {"none": "the whole block", "resnet": "attention"}.get(
-            genome.mid, f"{MID_TEXT[topo.mid]} -> {MID_TEXT[genome.mid]}")
-    return {k: v for k, v in out.items() if v}
-
-
-class UNetFamily:
-    """SD's ``UNet2DConditionModel`` as a family (families/base.py): the functions above behind one object."""
-
-    name = "unet"
-    subfolder = "unet"
-    pipeline_class = "StableDiffusionPipeline"
-    denoiser_name = "U-Net"
-
-    def topology(self, denoiser_config) -> Topology:
-        return topology_of(denoiser_config)
-
-    def student_config(self, teacher_config, arch: Genome) -> dict:
-        return student_config(teacher_config, arch)
-
-    def build_student(self, teacher_denoiser: UNet2DConditionModel, arch: Genome) -> Student:
-        return build_student(teacher_denoiser, arch)
-
-    def kd_pairs(self, arch: Genome, topology: Topology) -> tuple[tuple[str, str], ...]:
-        return kd_pairs(arch, topology)
-
-    def forward_inputs(self, config, batch: int = 1, latent_size: int | None = None, device="meta",
-                       dtype=torch.float32, text_len: int = 77) -> dict:
-        return unet_inputs(config, batch, latent_size, device, dtype, text_len)
-
-    def describe(self, arch: Genome, teacher_config) -> list[tuple[str, str]]:
-        topo = topology_of(teacher_config)
-        with torch.device("meta"):
-            keys = UNet2DConditionModel.from_config(student_config(teacher_config, arch)).state_dict()
-        return list({_module(k): _module(teacher_key(k, arch, topo)) for k in keys}.items())
-
-    def training_target(self, scheduler, latents, noise, timesteps):
-        return scheduler_target(scheduler, latents, noise, timesteps)
-
-    def arch_from_id(self, text: str) -> Genome:
-        return Genome.from_id(text)
-
-    def forward(self, denoiser, noisy, timesteps, batch) -> torch.Tensor:
-        return denoiser(noisy, timesteps, batch.text).sample
-
-    def kd_feature(self, output) -> torch.Tensor:
-        """A stage's output: down blocks return (hidden states, skips), the U-Net an output object."""
-        if isinstance(output, tuple):
-            return output[0]
-        return output.sample if hasattr(output, "sample") else output
-
-    def kd_teacher_modules(self, topology: Topology) -> tuple[str, ...]:
-        return kd_teacher_modules(topology)
-
-    def encode_text(self, pipeline, captions):
-        return encode_text(pipeline, captions), None
-
-    def text_tokens(self, pipeline) -> int:
-        return 77  # SD's CLIP context, as cost.py and latency.py count every U-Net (the toy's 16 included)
-
-    def call_kwargs(self, pipeline) -> dict:
-        return {}
-
-    def architecture_diff(self, arch: Genome, topology: Topology) -> str:
-        return architecture_diff(arch, topology)
-
-    def architecture_table(self, arch: Genome, topology: Topology) -> list[tuple[str, str, str]]:
-        return architecture_table(arch, topology)
-
-    def removed(self, arch: Genome, topology: Topology) -> dict[str, str]:
-        return removed(arch, topology)
-
-
-FAMILY = UNetFamily()
+def describe(genome: Genome, teacher_config) -> list[tuple[str, str]]:
+    """(student module, the teacher module it comes from) for every module of the student (the weight map, built on
+    the meta device)."""
+    topo = topology_of(teacher_config)
+    with torch.device("meta"):
+        keys = UNet2DConditionModel.from_config(student_config(teacher_config, genome)).state_dict()
+    return list({_module(k): _module(teacher_key(k, genome, topo)) for k in keys}.items())
