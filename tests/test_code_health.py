@@ -93,3 +93,51 @@ def test_imports_sit_at_the_top_except_where_laziness_is_the_point():
                 if lazy:
                     inside.setdefault(name, []).append(f"{node.name}:{lazy[0].lineno}")
     assert {name: where for name, where in inside.items() if name not in LAZY} == {}
+
+
+# The floors of the data flow, bottom up (DESIGN.md "Data flow"): a module imports from its own floor or below.
+FLOORS = (
+    ("blocksearch.errors", "blocksearch.settings", "blocksearch.cache", "blocksearch.console", "blocksearch.numbers",
+     "blocksearch.objectives"),
+    ("blocksearch.toy.world", "blocksearch.toy.assets", "blocksearch.toy.models"),
+    ("blocksearch.families", "blocksearch.space"),
+    ("blocksearch.teachers",),
+    ("blocksearch.recipe", "blocksearch.toy.judge", "blocksearch.toy.sample"),
+    ("blocksearch.study",),
+    ("blocksearch.report",),
+    ("blocksearch.search",),
+    ("blocksearch.train",),
+    ("blocksearch.bench", "blocksearch.toy"),
+    ("blocksearch.commands", "blocksearch.cli", "blocksearch"),
+)
+
+
+def floor_of(module: str) -> int:
+    """The floor of the longest FLOORS prefix that names ``module`` (a package prefix or the module itself)."""
+    best = (-1, -1)
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                best = max(best, (len(prefix), level))
+    assert best[1] >= 0, f"{module}: on no floor of FLOORS; add it"
+    return best[1]
+
+
+def test_no_import_runs_back_up_a_floor():
+    modules = _modules()
+    upward = sorted(f"{name} -> {dep}" for name, tree in modules.items()
+                    for dep in _imports(tree, set(modules)) if floor_of(dep) > floor_of(name))
+    assert upward == []
+    assert floor_of("blocksearch.search.trial") > floor_of("blocksearch.recipe.distill")  # the check can fail
+
+
+def test_no_family_name_outside_the_families():
+    """Only ``families/`` (and the toy teachers it ships) names a family: everyone else asks the family object."""
+    from blocksearch.families.base import FAMILIES
+
+    names = set(FAMILIES)
+    found = sorted(f"{name}:{node.lineno} {node.value!r}" for name, tree in _modules().items()
+                   if not name.startswith(("blocksearch.families", "blocksearch.toy"))
+                   for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in names)
+    assert found == []
+    assert "unet" in names  # the check can fail: the registry's names are what it looks for
