@@ -17,9 +17,6 @@ LAZY = {
     "blocksearch.commands.export": "the exporter (diffusers pipelines)",
     "blocksearch.commands.train": "the Ray Train job",
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
-    "blocksearch.report.render": "matplotlib / plotly, only when a report is drawn",
-    "blocksearch.bench.fidelity_report": "matplotlib, only when the plot is drawn",
-    "blocksearch.report.curves": "matplotlib, only when a report's curves are drawn",
     "blocksearch.search.ray_tune": "Ray, only once a search has work for it (1-3 s), and in the worker (the trainable)",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
 }

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend (Agg draws the PNG)
+
 from blocksearch.cache import default_cache_dir
 from blocksearch.bench.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
@@ -231,14 +233,10 @@ def write_measured_table(s: Summary, path: Path, command: str) -> int:
 
 def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
     """One panel per short budget: x the seed-mean score there, y at the longest budget; BK designs labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     means, longest, short = seed_means(s.rows), s.budgets[-1], s.budgets[:-1]
     taus = {r["budget"]: r["tau"] for r in s.table if r["objective"] == objective}
-    fig, axes = plt.subplots(1, len(short), figsize=(3.3 * len(short), 3.4), squeeze=False)
+    fig = Figure(figsize=(3.3 * len(short), 3.4))
+    axes = fig.subplots(1, len(short), squeeze=False)
     for ax, budget in zip(axes[0], short):
         for a in s.archs:
             x, y = means.get((a.genome, budget)), means.get((a.genome, longest))
@@ -256,7 +254,6 @@ def plot_short_vs_long(s: Summary, path: Path, objective: str = "fid") -> None:
     axes[0][0].set_ylabel(f"{objective} at {longest} steps", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def write_outputs(s: Summary, args, out: Path, checkpoints: Path, table: Summary | None = None) -> None:

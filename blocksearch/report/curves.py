@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend (Agg draws the PNG)
 
 from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.settings import LOSSES_FILE
@@ -69,12 +70,8 @@ def smooth(values: np.ndarray, window: int = SMOOTH) -> np.ndarray:
 
 
 def render_curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     names = ("KD loss (task + out + feat)", "task loss (MSE to the target; comparable across students)")
     for k, (ax, name) in enumerate(zip(axes, names)):
         for label, (steps, loss) in curves.items():
@@ -88,5 +85,4 @@ def render_curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -15,6 +15,11 @@ import os
 import re
 from pathlib import Path
 
+import plotly.graph_objects as go
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend (Agg draws the PNG)
+from matplotlib.ticker import EngFormatter
+from plotly.offline import get_plotlyjs
+
 from blocksearch.cache import default_cache_dir
 from blocksearch.numbers import UNIT, fmt
 from blocksearch.objectives import TABLE
@@ -137,8 +142,6 @@ def _hover(r: ParetoReport, t: TrialPoint) -> str:
 
 # -- index.html ------------------------------------------------------------------------------------
 def _figures(r: ParetoReport) -> list[tuple[str, object]]:
-    import plotly.graph_objects as go
-
     groups = [("Pareto front", [t for t in r.ranked if t.on_front], FRONT_COLOR, 11, "circle"),
               ("dominated", [t for t in r.ranked if not t.on_front], OTHER_COLOR, 8, "circle")]
     refs = [r.trial(n) for n in r.reference_trials.values()]
@@ -179,8 +182,6 @@ def _figures(r: ParetoReport) -> list[tuple[str, object]]:
 def _alignment_figure(r: ParetoReport):
     """FID against text alignment for every completed student; infeasible ones (the text-aware rule or
     the parameter budget) as crosses: FID alone does not see whether a student follows the prompt."""
-    import plotly.graph_objects as go
-
     done = [t for t in r.trials if t.state == "COMPLETE" and t.cached_from is None
             and t.metrics.get("alignment") is not None and t.metrics.get("fid") is not None]
     if not done:
@@ -201,8 +202,6 @@ def _alignment_figure(r: ParetoReport):
 
 def render_html(r: ParetoReport) -> str:
     """One self-contained page: plotly.js is embedded inline (no CDN: the page works offline)."""
-    from plotly.offline import get_plotlyjs
-
     body = [f"<h1>blocksearch report: {html.escape(r.study)}</h1>",
             f"<p>{html.escape(_summary(r))}; objectives: {', '.join(f'{o} ({d})' for o, d in zip(r.objectives, r.directions))}."
             f" Every trial: <a href='trials.csv'>trials.csv</a>; summary: <a href='README.md'>README.md</a>.</p>"]
@@ -254,14 +253,9 @@ def _html_speed(r: ParetoReport) -> str:
 
 # -- pareto.png ------------------------------------------------------------------------------------
 def render_png(r: ParetoReport, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter
-
     xs = list(range(1, len(r.objectives))) or [0]
-    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(xs), 4.2))
+    axes = fig.subplots(1, len(xs), squeeze=False)
     for ax, j in zip(axes[0], xs):
         if not r.ranked:
             ax.text(0.5, 0.5, f"{r.study}: no completed trials yet", ha="center", va="center")
@@ -291,7 +285,6 @@ def render_png(r: ParetoReport, path: Path) -> None:
                  f"{', '.join(r.objectives)} (red){hv}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 # -- trials.csv ------------------------------------------------------------------------------------
