@@ -4,6 +4,7 @@ tests/integration/."""
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -392,8 +393,9 @@ def test_trial_retries_reach_ray_tunes_failure_config(tmp_path, monkeypatch, bou
     cfg, storage = _cfg(tmp_path, trial_retries=2), _storage(tmp_path)
     prepare_study(storage, cfg, bound, _attrs(bound))
     job, _ = search.trial_job(cfg, bound)
-    tuning = ray_tune.Tuning(storage, bound, teacher_setup.params_table(unet, bound), {"CPU": 1}, open("/dev/null", "w"))
-    ray_tune.run_trials(cfg, job, tuning, 1, 1)
+    with open(os.devnull, "w") as out:
+        ray_tune.run_trials(cfg, job, ray_tune.Tuning(storage, bound, teacher_setup.params_table(unet, bound),
+                                                      {"CPU": 1}, out), 1, 1)
     assert built["failure"].max_failures == 2
 
 

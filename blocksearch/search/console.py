@@ -162,7 +162,8 @@ def empty_front_why(report: ParetoReport) -> str:
             f"{constraints.get('min_alignment', 0):g} x the teacher's)" if floor is not None else "")
     if below and len(below) == len(done):
         return f"all {len(done)} of its students are {rule}"
-    parts = ([f"{len(below)} {rule}"] if below else []) + ([f"{len(over)} over --max-params {budget:g}"] if over else [])
+    parts = [f"{len(below)} {rule}"] if below else []
+    parts += [f"{len(over)} over --max-params {budget:g}"] if over else []
     return f"all {len(done)} of its students are infeasible" + (f": {', '.join(parts)}" if parts else "")
 
 
