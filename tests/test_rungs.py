@@ -373,7 +373,7 @@ def test_an_empty_rung_front_is_not_the_front_to_pick_from(tmp_path):
            "the teacher's)")
     assert empty_front_why(top) == why
     assert pick_line([base, top]) == ("the front to pick from: study 's' (200 KD steps) (blocksearch export --study s "
-                                      f"--front -o DIR); the longest rung's front, 's@40''s, is empty: {why}")
+                                      f"--front -o DIR); the longest rung, study 's@40', has an empty front: {why}")
     assert pick_line([base]).startswith("the students trained longest, and the front to pick from: study 's' ")
     assert pick_line([top, top]).startswith("no front to pick from: every study's front is empty; ")
     make_study(tmp_path, name="s@80", case=[])

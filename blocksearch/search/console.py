@@ -130,7 +130,7 @@ def pick_line(reports: list[ParetoReport]) -> str:
     if longest.front:
         return (f"the students trained longest, and the front to pick from: study {longest.study!r} "
                 f"(blocksearch export --study {longest.study} --front -o DIR)")
-    why = f"the longest rung's front, {longest.study!r}'s, is empty: {empty_front_why(longest)}"
+    why = f"the longest rung, study {longest.study!r}, has an empty front: {empty_front_why(longest)}"
     best = next((r for r in reversed(reports) if r.front), None)
     if best is None:
         return f"no front to pick from: every study's front is empty; {why}"
