@@ -96,6 +96,7 @@ class SearchConfig:
     asha: bool = False
     heartbeat_interval: int = 10  # seconds between heartbeats of this driver's running trials
     heartbeat_grace: int = 60  # seconds without a heartbeat after which a trial's driver counts as dead
+    trial_retries: int = 1  # Ray Tune reruns a trial whose worker process died this many times (FailureConfig)
     candidate: str | None = None  # "module:function" doing one trial's work (default: search.CANDIDATE)
     command: str = ""
 

@@ -352,3 +352,29 @@ def test_the_noise_line_says_where_the_other_seeds_came_from(tmp_path, monkeypat
     r = _probe_report(tmp_path / "b", PROBE_CASE)
     assert r.noise["probe_cfg"].sigma == pytest.approx(0.005 ** 0.5)  # the same rows, the same noise
     assert "the other seeds from bench fidelity's study, which this run's own scores reproduce" in noise_line(r)
+
+
+def test_an_empty_rung_front_is_not_the_front_to_pick_from(tmp_path):
+    """The longest rung's students all below the text alignment floor (``--steps 10``: every 40-step student): the
+    last line names the study below, whose front exists, and says why the rung's is empty."""
+    from blocksearch.search.console import empty_front_why, pick_line
+
+    url = make_study(tmp_path, name="s")
+    blind = {"constraints": {"alignment_floor": 0.5}}  # alignment 0.5 (make_study) against the floor 1.0
+    make_study(tmp_path, name="s@40", case=[("COMPLETE", (20.0, 100.0, 10.0), BK["bk_base"], "bk_base", blind),
+                                            ("COMPLETE", (25.0, 70.0, 12.0), "L1-1-1_T1-0-1_Mres", None, blind)])
+    rung = optuna.load_study(study_name="s@40", storage=url)
+    rung.set_user_attr("teacher_metrics", {"alignment": 4.0})
+    rung.set_user_attr("constraints", {"min_alignment": 0.25, "max_params": None})
+    rung.set_user_attr("distill", {"steps": 40})
+    base, top = (build_report(open_study(n, url), url) for n in ("s", "s@40"))
+    assert base.front and not top.front
+    why = ("all 2 of its students are below the text alignment floor (alignment < 1.000: --min-alignment 0.25 x "
+           "the teacher's)")
+    assert empty_front_why(top) == why
+    assert pick_line([base, top]) == ("the front to pick from: study 's' (200 KD steps) (blocksearch export --study s "
+                                      f"--front -o DIR); the longest rung, study 's@40', has an empty front: {why}")
+    assert pick_line([base]).startswith("the students trained longest, and the front to pick from: study 's' ")
+    assert pick_line([top, top]).startswith("no front to pick from: every study's front is empty; ")
+    make_study(tmp_path, name="s@80", case=[])
+    assert empty_front_why(build_report(open_study("s@80", url), url)) == "no student was promoted to it"

@@ -4,6 +4,8 @@ tests/integration/."""
 
 import json
 import math
+import os
+import sys
 import time
 
 import optuna
@@ -362,3 +364,78 @@ def test_a_probe_ranked_first_stage_keeps_text_blind_students_off_its_front(tmp_
     by_cfg.on_trial_complete("c", done([0.5, 2.0, 2.0], 1.0))
     study = optuna.load_study(study_name="t", storage=_storage(tmp_path))
     assert study.trials[third["_number"]].constraints == {"cfg_ceiling": pytest.approx(0.2)}
+
+
+def test_trial_retries_reach_ray_tunes_failure_config(tmp_path, monkeypatch, bound_and_unet):
+    """``--trial-retries N`` (default 1) is Ray Tune's FailureConfig(max_failures=N): a trial whose worker died
+    runs again under the same Tune trial id, so the searcher keeps its one Optuna trial."""
+    from ray import tune
+
+    from blocksearch.cli import main
+
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg: seen.append(cfg))
+    assert main(["run", "--trial-retries", "3"]) == 0 and main(["run"]) == 0
+    assert [cfg.trial_retries for cfg in seen] == [3, 1]
+    with pytest.raises(BlocksearchError, match="--trial-retries -1: allowed: an integer >= 0"):
+        search.resolve(SearchConfig(trial_retries=-1))
+    built = {}
+
+    class Tuner:
+        def __init__(self, fn, tune_config, run_config):
+            built["failure"] = run_config.failure_config
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(tune, "Tuner", Tuner)
+    bound, unet = bound_and_unet
+    cfg, storage = _cfg(tmp_path, trial_retries=2), _storage(tmp_path)
+    prepare_study(storage, cfg, bound, _attrs(bound))
+    job, _ = search.trial_job(cfg, bound)
+    with open(os.devnull, "w") as out:
+        ray_tune.run_trials(cfg, job, ray_tune.Tuning(storage, bound, teacher_setup.params_table(unet, bound),
+                                                      {"CPU": 1}, out), 1, 1)
+    assert built["failure"].max_failures == 2
+
+
+def _failed(study, error, **attrs):
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                              user_attrs={"genome": f"g{len(study.trials)}", "error": error, **attrs}))
+
+
+def test_a_search_with_no_completed_trial_is_summed_up_in_one_line(tmp_path):
+    """Every trial FAIL: the most common error, how many trials it hit, and the log of one of them; repeats of a
+    Genome (skipped) and a dead driver's trials (stale) are not trials that failed."""
+    study = optuna.create_study(storage=_storage(tmp_path), study_name="t", directions=["minimize"])
+    long = "SafetensorError: Error while deserializing header: incomplete metadata, file not fully covered " * 2
+    _failed(study, long, log="/runs/t/tune/x/0_g0/error.txt")
+    _failed(study, long)
+    _failed(study, "out of memory: CUDA out of memory")
+    _failed(study, "", skipped=True, cached_from=0)
+    _failed(study, "")  # stale: a dead driver's
+    line = console.no_trial_completed(study, tmp_path / "tune")
+    assert line == ('no trial completed: 3 of 3 failed, 2 of them with "SafetensorError: Error while deserializing '
+                    'header: incomplete metadata, file not fully covered ..."; see '
+                    '/runs/t/tune/x/0_g0/error.txt')
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"error": "x"}))
+    assert console.no_trial_completed(study, tmp_path / "tune").startswith("no trial completed: 4 of 4 failed, ")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=[1.0]))
+    assert console.no_trial_completed(study, tmp_path / "tune") is None
+
+
+def test_a_search_whose_every_trial_failed_exits_1_with_the_summary_last(tmp_path, monkeypatch, capsys,
+                                                                            bound_and_unet):
+    from blocksearch.cli import main
+
+    bound, _ = bound_and_unet
+    cfg, storage = _cfg(tmp_path, runs_dir=str(tmp_path / "runs"), rungs=()), _storage(tmp_path)
+    study = prepare_study(storage, cfg, bound, _attrs(bound))
+    for _ in range(2):
+        _failed(study, "SafetensorError: incomplete metadata")
+    monkeypatch.setattr(search, "run_search", lambda cfg_: search.finish(cfg, storage, sys.stdout))
+    assert main(["run"]) == 1
+    out, err = capsys.readouterr()
+    assert "2 failed; Pareto front (0)" in out
+    assert err.splitlines()[-1] == (f'blocksearch: no trial completed: 2 of 2 failed with "SafetensorError: '
+                                    f'incomplete metadata"; see {tmp_path / "runs" / "t" / "tune"}')

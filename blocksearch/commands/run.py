@@ -58,11 +58,16 @@ def main(args) -> int:
     cfg = SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:]))
     if args.print_config:  # the settings resolved (defaults, --config, flags; paths absolute), nothing run
         return print_config(driver.resolve(cfg))
-    if quiet():  # -q: the fronts and the results lines only
-        with open(os.devnull, "w") as progress:
-            driver.run_search(cfg, out=progress, results=sys.stdout)
-    else:
-        driver.run_search(cfg)
+    try:
+        if quiet():  # -q: the fronts and the results lines only
+            with open(os.devnull, "w") as progress:
+                driver.run_search(cfg, out=progress, results=sys.stdout)
+        else:
+            driver.run_search(cfg)
+    except driver.NoTrialCompleted as err:  # every trial failed: said last, in one line, and exit code 1
+        sys.stdout.flush()
+        print(f"blocksearch: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

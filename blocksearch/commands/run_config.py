@@ -130,6 +130,13 @@ RUN_FLAGS = (
     ("heartbeat_grace", dict(type=int, help="seconds without a heartbeat after which another driver marks a "
                                             "trial FAIL and re-queues it once (Optuna's heartbeat grace period, "
                                             "unrelated to --asha; was --grace-period)")),
+    ("trial_retries", dict(type=int, help="times a trial runs again when its Ray worker process died (SIGKILL: "
+                                          "out of memory, a pre-empted node), under the same Optuna trial, so the "
+                                          "study still trains the design once; KD keeps no checkpoint mid-run, "
+                                          "so a retry trains the candidate again from surgery (a rung's, from "
+                                          "the checkpoint below): the same student, its time spent twice. An "
+                                          "error inside the trial (exception, NaN loss) is not retried: it is "
+                                          "recorded FAIL. 0: no retry (Ray Tune's FailureConfig.max_failures)")),
 )
 # Renamed run flags: the SearchConfig field -> its old name, still accepted (deprecated, one line on stderr) on the
 # command line and as a --config key. A study stores stage settings, not flag names: resuming one is unaffected.

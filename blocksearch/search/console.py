@@ -3,14 +3,17 @@ study's front. Nothing here decides anything; the driver, the rungs and the sear
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
 from typing import TextIO
 
 import optuna
 from tqdm.auto import tqdm
 
 from blocksearch.numbers import fmt
+from blocksearch.recipe.baseline import alignment_bound
 from blocksearch.report.compute import ParetoReport, TrialPoint
-from blocksearch.study import SearchConfig, counts
+from blocksearch.study import FINISHED, SearchConfig, counts, is_stale
 from blocksearch.search.promotion import MAX_FRACTION
 from blocksearch.search.trial import KD_METRIC
 
@@ -108,12 +111,79 @@ def print_front(report: ParetoReport, study: optuna.Study, steps, out: TextIO) -
               + " ".join(f"{fmt(n, v):>11s}" for n, v in zip(report.objectives, t.values)), file=out)
 
 
-def results(folders: list[tuple[str, object, object]], storage: str, out: TextIO) -> None:
-    """Where each study, its students and its report are; with rungs, which study to pick the front from."""
+def results(folders: list[tuple[str, object, object]], reports: list[ParetoReport], storage: str,
+            out: TextIO) -> None:
+    """Where each study, its students and its report are; with rungs, which study to pick the front from (the
+    longest-trained one whose front is not empty, and why a longer one's is)."""
     lines = [f"study {name!r} in {storage}; students in {students}; report in {folder}"
              for name, students, folder in folders]
     print("\nresults: " + lines[0] if len(lines) == 1 else "\nresults:\n" + "\n".join("  " + x for x in lines),
           file=out)
     if len(folders) > 1:
-        print(f"the students trained longest, and the front to pick from: study {folders[-1][0]!r} "
-              f"(blocksearch export --study {folders[-1][0]} --front -o DIR)", file=out)
+        print(pick_line(reports), file=out)
+
+
+def pick_line(reports: list[ParetoReport]) -> str:
+    """The last line of a search with rungs: the longest-trained study with a front, and, where that is not the
+    longest rung, why the longest rung's front is empty."""
+    longest = reports[-1]
+    if longest.front:
+        return (f"the students trained longest, and the front to pick from: study {longest.study!r} "
+                f"(blocksearch export --study {longest.study} --front -o DIR)")
+    why = f"the longest rung, study {longest.study!r}, has an empty front: {empty_front_why(longest)}"
+    best = next((r for r in reversed(reports) if r.front), None)
+    if best is None:
+        return f"no front to pick from: every study's front is empty; {why}"
+    steps = best.attrs.get("distill", {}).get("steps")
+    return (f"the front to pick from: study {best.study!r}" + (f" ({steps} KD steps)" if steps else "")
+            + f" (blocksearch export --study {best.study} --front -o DIR); {why}")
+
+
+def empty_front_why(report: ParetoReport) -> str:
+    """Why ``report`` has no front: no student reached it, none completed, or every one is infeasible (below the
+    text alignment floor, ``--min-alignment`` x the teacher's, or over ``--max-params``)."""
+    trials = [t for t in report.trials if not t.skipped and t.cached_from is None and t.state != "WAITING"]
+    if not trials:
+        return "no student was promoted to it"
+    done = [t for t in trials if t.state == "COMPLETE"]
+    if not done:
+        states = Counter(t.state for t in trials)
+        return "none of its students completed (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
+    infeasible = [t for t in done if not t.feasible]
+    if len(infeasible) < len(done):
+        return "none of its completed students has finite scores"
+    constraints = report.attrs.get("constraints") or {}
+    floor = alignment_bound((report.attrs.get("teacher_metrics") or {}).get("alignment"),
+                            constraints.get("min_alignment") or 0)
+    below = [t for t in done if floor is not None and (t.metrics.get("alignment") or 0) < floor]
+    budget = constraints.get("max_params")
+    over = [t for t in done if budget and (t.metrics.get("params") or 0) > budget]
+    rule = (f"below the text alignment floor (alignment < {floor:.3f}: --min-alignment "
+            f"{constraints.get('min_alignment', 0):g} x the teacher's)" if floor is not None else "")
+    if below and len(below) == len(done):
+        return f"all {len(done)} of its students are {rule}"
+    parts = [f"{len(below)} {rule}"] if below else []
+    parts += [f"{len(over)} over --max-params {budget:g}"] if over else []
+    return f"all {len(done)} of its students are infeasible" + (f": {', '.join(parts)}" if parts else "")
+
+
+def no_trial_completed(study: optuna.Study, logs: Path) -> str | None:
+    """The summary line of a study none of whose trials completed: how many failed, the most common error and how
+    many it hit, and where the trials' logs are; None where a trial completed or none failed."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED
+              and not t.user_attrs.get("skipped") and not is_stale(t)]
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    if not failed or any(t.state.name == "COMPLETE" for t in trials):
+        return None
+    errors = Counter(_short(t.user_attrs.get("error", "")) for t in failed)
+    error, hits = errors.most_common(1)[0]
+    log = next((t.user_attrs["log"] for t in failed if t.user_attrs.get("log")
+                and _short(t.user_attrs.get("error", "")) == error), logs)
+    how = f" with \"{error}\"" if hits == len(failed) else f", {hits} of them with \"{error}\""
+    return f"no trial completed: {len(failed)} of {len(trials)} failed{how}; see {log}"
+
+
+def _short(error: str, width: int = 100) -> str:
+    """An error's first line, cut at a word to at most ``width`` characters."""
+    line = (error.strip().splitlines() or ["unknown error"])[0]
+    return line if len(line) <= width else line[:width].rsplit(" ", 1)[0] + " ..."

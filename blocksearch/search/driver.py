@@ -66,6 +66,8 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
         raise BlocksearchError(f"--noise-source {cfg.noise_source!r}: allowed: {', '.join(NOISE_SOURCES)}")
     if cfg.rung_references not in REFERENCES:
         raise BlocksearchError(f"--rung-references {cfg.rung_references!r}: allowed: {', '.join(REFERENCES)}")
+    if cfg.trial_retries < 0:
+        raise BlocksearchError(f"--trial-retries {cfg.trial_retries}: allowed: an integer >= 0 (0: no retry)")
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     check_stage_flags(cfg)
@@ -216,13 +218,23 @@ def run_first_stage(cfg: SearchConfig, stage: FirstStage, job: TrialJob, tuning:
     run_trials(cfg, job, tuning, remaining, parallel, None, guide_ceiling=ceiling, text_key=stage.text_key)
 
 
+class NoTrialCompleted(Exception):
+    """A search none of whose trials completed (every one FAIL): its one-line summary, exit code 1 from the CLI
+    (commands/run.py); ``report`` is the study's, printed and rendered before."""
+
+    def __init__(self, line: str, report: ParetoReport):
+        super().__init__(line)
+        self.report = report
+
+
 def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
     """Print the Pareto front of the study and of each rung, write their reports, and say where everything
-    is. Returns the report of the longest rung that ran (its students trained longest), else the study's."""
+    is. Returns the report of the longest rung that ran (its students trained longest), else the study's;
+    raises NoTrialCompleted, once all is printed, where no trial of the study completed."""
     names = set(optuna.study.get_all_study_names(storage=storage))
     studies = [(cfg.study, Path(cfg.runs_dir) / cfg.study / "students")]
     studies += [(name, Path(job.students_dir)) for name, _, job, _ in plan if name in names]
-    folders, report = [], None
+    folders, reports = [], []
     for name, students in studies:
         study = optuna.load_study(study_name=name, storage=storage)
         report = build_report(study, cfg.storage)
@@ -230,5 +242,10 @@ def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
         folder = Path(cfg.runs_dir).parent / "reports" / name
         render_all(report, folder)
         folders.append((name, students, folder))
-    console.results(folders, cfg.storage, out)
-    return report
+        reports.append(report)
+    console.results(folders, reports, cfg.storage, out)
+    base = optuna.load_study(study_name=cfg.study, storage=storage)
+    line = console.no_trial_completed(base, Path(cfg.runs_dir) / cfg.study / "tune")
+    if line is not None:
+        raise NoTrialCompleted(line, reports[0])
+    return reports[-1]

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -127,7 +128,10 @@ def run_trials(cfg: SearchConfig, job: TrialJob, tuning: Tuning, remaining: int,
                                     num_samples=-1),  # until the searcher says FINISHED: --trials finished
                                     # over every driver (early-stopped candidates and repeats do not count),
         run_config=tune.RunConfig(name=f"{cfg.study}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=str(Path(cfg.runs_dir) / cfg.study / "tune"), verbose=0),
+                                  storage_path=str(Path(cfg.runs_dir) / cfg.study / "tune"), verbose=0,
+                                  # a worker that died (SIGKILL, OOM) reruns the same Tune trial: the searcher is
+                                  # not told in between (TuneController._requeue_trial), so it keeps its Optuna trial
+                                  failure_config=tune.FailureConfig(max_failures=cfg.trial_retries)),
     )
     try:
         tuner.fit()
@@ -183,9 +187,23 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
     except Exception as err:
         kind = "out of memory" if "out of memory" in str(err).lower() else type(err).__name__
         message = f"{kind}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else kind}"
-        tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps({"error": message})})
+        failure = {"error": message} | _error_log()
+        tune.report({**placeholder, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(failure)})
         return
     tune.report({**values, KD_METRIC: last[KD_METRIC], "final": 1, "payload": json.dumps(_payload(outcome, config))})
+
+
+def _error_log() -> dict:
+    """The traceback being handled, written to ``error.txt`` in the trial's Tune folder: ``{"log": path}``, or {}
+    where there is no trial folder to write it in."""
+    from ray import tune  # the worker side, as `tune` in trainable
+
+    try:
+        path = Path(tune.get_context().get_trial_dir()) / "error.txt"
+        path.write_text(traceback.format_exc())
+    except Exception:  # noqa: BLE001 - the error itself is recorded either way
+        return {}
+    return {"log": str(path)}
 
 
 def _payload(outcome, config: dict) -> dict:

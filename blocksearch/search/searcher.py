@@ -217,6 +217,8 @@ class StudySearch(OptunaSearch):
             return "FAIL", None, payload
         if payload.get("error"):
             trial.set_user_attr("error", payload["error"])
+            if payload.get("log"):  # the traceback, in the trial's Tune folder (ray_tune._error_log)
+                trial.set_user_attr("log", payload["log"])
             return "FAIL", None, payload
         if not result.get("final"):  # ASHA stopped it: its scores are partial, never on the front
             trial.set_user_attr("pruned_at", {"iteration": result.get("training_iteration"),
