@@ -1,7 +1,7 @@
 """The scores a study records, one row each: the one table that every place needing a fact about an objective reads.
 
 Optuna's direction (``study.OBJECTIVES``, ``run --objectives``), the report's axis label (``render.LABELS``), how a
-value is written (``numbers.fmt``), where its noise comes from (``noise.NOISY``, ``EXACT``, ``UNSPREAD``) and whether
+value is written (``fmt`` below), where its noise comes from (``noise.NOISY``, ``EXACT``, ``UNSPREAD``) and whether
 it is a cost or a quality score (``noise.COSTS``). Light on purpose: the command line's help reads it.
 """
 
@@ -23,7 +23,7 @@ class Objective:
     name: str
     direction: str = "minimize"
     label: str | None = None  # the report's axis title ("U-Net" reads as the study's denoiser); None: the name
-    unit: str = ""  # how numbers.fmt writes a value: count (K/M/G), ms (s from 1000 ms), MB; "": 4 significant digits
+    unit: str = ""  # how fmt writes a value: count (K/M/G), ms (s from 1000 ms), MB; "": 4 significant digits
     noise: str = "not measured"  # what its spread rests on (noise.py): seeds = moves with the KD / generation seeds
     cost: bool = False  # what a student costs to run; else a quality score, on which claims rest (pareto.claim)
     searchable: bool = True  # may be a `run --objectives` name (kid, weights_mb: recorded and reported only)
@@ -51,3 +51,27 @@ TABLE = (
     Objective("weights_mb", unit="MB", cost=True, searchable=False),
 )
 BY_NAME = {o.name: o for o in TABLE}
+
+
+# -- how reports and progress lines write numbers: the one formatter -----------------------------------
+UNIT = {o.name: o.unit for o in BY_NAME.values()}  # name -> Objective.unit
+
+
+def fmt(name: str, value, digits: int = 2) -> str:
+    """The one number formatter, by the score's unit (objectives.py): counts such as parameters and MACs with
+    K/M/G (``digits`` decimals), latency in ms, memory in MB, other numbers to 4 significant digits."""
+    if value is None:
+        return "-"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    unit = UNIT.get(name, "")
+    if unit == "count":
+        for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.{digits}f}{suffix}"
+        return f"{value:.0f}"
+    if unit == "ms":
+        return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    return f"{value:.4g}"

@@ -160,7 +160,7 @@ def test_a_resume_with_incomparable_settings_is_refused_in_one_line(tmp_path, bo
 def test_one_objective_table_feeds_directions_labels_noise_costs_and_formats():
     """objectives.TABLE is the one description of the scores: the others are read from it."""
     from blocksearch.objectives import TABLE, Objective
-    from blocksearch.numbers import fmt
+    from blocksearch.objectives import fmt
     from blocksearch.report.noise import COSTS, NOISY, quality_mask
     from blocksearch.report.render import LABELS
     from blocksearch.study import OBJECTIVES

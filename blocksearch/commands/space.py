@@ -9,7 +9,7 @@ from pathlib import Path
 from blocksearch.commands.common import TEACHER_HELP
 from blocksearch.errors import BlocksearchError
 from blocksearch.families import dit_genome
-from blocksearch.numbers import fmt
+from blocksearch.objectives import fmt
 from blocksearch.space import load_space, space_files
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.numbers import UNIT, fmt
+from blocksearch.objectives import UNIT, fmt
 from blocksearch.families.base import Family, get_family
 from blocksearch.families.unet import removed  # noqa: F401 - re-exported (the model card's words of a U-Net)
 from blocksearch.report.compute import ParetoReport, TrialPoint

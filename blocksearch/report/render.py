@@ -21,7 +21,7 @@ from matplotlib.ticker import EngFormatter
 from plotly.offline import get_plotlyjs
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.numbers import UNIT, fmt
+from blocksearch.objectives import UNIT, fmt
 from blocksearch.objectives import TABLE
 from blocksearch.report.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report.curves import SMOOTH, front_curves, render_curves_png

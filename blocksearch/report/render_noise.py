@@ -9,7 +9,7 @@ Formats only what :func:`blocksearch.report.compute.build_report` computed (:mod
 from __future__ import annotations
 
 from blocksearch.report.noise import NOISY, quality_mask
-from blocksearch.numbers import fmt
+from blocksearch.objectives import fmt
 from blocksearch.report.pareto import noise_margins
 from blocksearch.report.compute import Domination, ParetoReport
 

@@ -10,7 +10,7 @@ from typing import TextIO
 import optuna
 from tqdm.auto import tqdm
 
-from blocksearch.numbers import fmt
+from blocksearch.objectives import fmt
 from blocksearch.recipe.baseline import alignment_bound
 from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.study import FINISHED, SearchConfig, counts, is_stale

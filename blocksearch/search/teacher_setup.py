@@ -12,7 +12,7 @@ import torch
 
 from blocksearch.cache import default_cache_dir
 from blocksearch.families.base import get_family
-from blocksearch.numbers import fmt
+from blocksearch.objectives import fmt
 from blocksearch.recipe.baseline import alignment_bound, teacher_reference
 from blocksearch.recipe.cost import count_params
 from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
