@@ -17,7 +17,8 @@ LAZY = {
     "blocksearch.commands.export": "the exporter (diffusers pipelines)",
     "blocksearch.commands.train": "the Ray Train job",
     "blocksearch.toy.cli": "the toy verbs' handlers, for the same reason",
-    "blocksearch.search.ray_tune": "Ray, only once a search has work for it (1-3 s), and in the worker (the trainable)",
+    "blocksearch.search.driver": "Ray (search/ray_tune.py, 1-3 s to import) only once a search has work for it",
+    "blocksearch.search.rungs": "Ray (search/ray_tune.py), inside the cluster the driver started",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
 }
 

@@ -13,7 +13,7 @@ import pytest
 
 from blocksearch.search import driver as search
 
-from blocksearch.search import console, ray_tune, searcher, teacher_setup
+from blocksearch.search import cluster, console, ray_tune, searcher, teacher_setup
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.compute import build_report
 from blocksearch.search.samplers import SAMPLERS, make_sampler
@@ -93,9 +93,9 @@ def test_bad_storage_and_address_are_one_line_errors(tmp_path):
     with pytest.raises(BlocksearchError, match="cannot open storage"):
         open_storage("nosuchdb://x")
     with pytest.raises(BlocksearchError, match="cannot reach Ray"):
-        ray_tune._probe("127.0.0.1:1")
+        cluster.probe_address("127.0.0.1:1")
     with pytest.raises(BlocksearchError, match="allowed: auto or host:port"):
-        ray_tune._probe("nowhere")
+        cluster.probe_address("nowhere")
 
 
 def _searcher(tmp_path, bound, unet, changes=None, **kw):
@@ -394,7 +394,7 @@ def test_trial_retries_reach_ray_tunes_failure_config(tmp_path, monkeypatch, bou
     prepare_study(storage, cfg, bound, _attrs(bound))
     job, _ = search.trial_job(cfg, bound)
     with open(os.devnull, "w") as out:
-        ray_tune.run_trials(cfg, job, ray_tune.Tuning(storage, bound, teacher_setup.params_table(unet, bound),
+        ray_tune.run_trials(cfg, job, cluster.Tuning(storage, bound, teacher_setup.params_table(unet, bound),
                                                       {"CPU": 1}, out), 1, 1)
     assert built["failure"].max_failures == 2
 

@@ -26,7 +26,7 @@ from blocksearch.recipe.distill import resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet import build_student
 from blocksearch.train.learning_curve import read_log
-from blocksearch.search.driver import trial_dirname
+from blocksearch.search.ray_tune import trial_dirname
 from blocksearch.teachers import load_teacher
 from blocksearch.recipe.schedules import Ema, lr_at
 from blocksearch.train.state import micro_batch, split

@@ -27,8 +27,7 @@ from blocksearch.report.compute import ParetoReport, build_report
 from blocksearch.report.render import render_all
 from blocksearch.search import console
 from blocksearch.search.promotion import REFERENCES
-from blocksearch.search.ray_tune import Tuning, _probe, lanes, run_trials, start_ray, stop_ray
-from blocksearch.search.ray_tune import trial_dirname  # noqa: F401  # moved: blocksearch/search/ray_tune.py
+from blocksearch.search.cluster import Tuning, lanes, probe_address
 from blocksearch.search.reference_noise import NOISE_SOURCES, table_of
 from blocksearch.search.rungs import check_rung_settings, check_rungs, default_rungs, ladder, run_rungs, rung_work
 from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
@@ -165,7 +164,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     cfg = first_stage_config(cfg, stage)
     print(f"first-stage score: {stage.why}", file=out)
     if cfg.address and cfg.address != "auto":
-        _probe(cfg.address)
+        probe_address(cfg.address)
     space = load_space(cfg.space)
     storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir),
                            heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
@@ -188,7 +187,9 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
         return finish(cfg, storage, results, rungs.plan)
     params_of = params_table(teacher_unet, bound)
-    ray_info = start_ray(cfg)  # fails (unreachable --address) before the study is touched
+    from blocksearch.search import ray_tune  # Ray (1-3 s) only once there is work for it
+
+    ray_info = ray_tune.start_ray(cfg)  # fails (unreachable --address) before the study is touched
     try:
         study = prepare_study(storage, cfg, bound, study_attrs, out)
         remaining = cfg.trials - counts(study)["done"]
@@ -201,7 +202,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
             run_first_stage(cfg, stage, job, tuning, remaining, parallel, floor)
         run_rungs(rungs, tuning, floor)
     finally:
-        stop_ray()
+        ray_tune.stop_ray()
     return finish(cfg, storage, results, rungs.plan)
 
 
@@ -209,6 +210,8 @@ def run_first_stage(cfg: SearchConfig, stage: FirstStage, job: TrialJob, tuning:
                     parallel: int, floor: float | None) -> None:
     """The first stage's trials: by FID, feasible above the teacher's alignment ``floor``; or by a held-out probe
     score, no images, feasible under bench fidelity's text rule (selection.py)."""
+    from blocksearch.search.ray_tune import run_trials  # Ray: this runs only inside run_search's started cluster
+
     if cfg.score not in PROBE_KEYS:
         run_trials(cfg, job, tuning, remaining, parallel, floor)
         return

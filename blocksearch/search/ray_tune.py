@@ -1,9 +1,10 @@
 """Ray plumbing of a search: connect to or start Ray, size the lanes, run a study's trials with Ray Tune (Liaw et
 al., arXiv 1807.05118; optional ASHA, Li et al., MLSys 2020), and the function trainable each worker runs.
 
-Ray is imported only inside these functions, once a search has work for it: ``import ray.tune.search.optuna``
-costs 1.0-1.3 s on an idle machine and ~3 s on a busy one, even after torch and diffusers (``python -X
-importtime``), which bad flags (exit 2) and a study that already has its trials never pay.
+Ray is imported at the top here, and this module only where a search has work for it (driver.py, rungs.py) and in
+the workers: ``import ray.tune.search.optuna`` costs 1.0-1.3 s on an idle machine and ~3 s on a busy one, even after
+torch and diffusers (``python -X importtime``), which bad flags (exit 2) and a study that already has its trials
+never pay.
 """
 
 from __future__ import annotations
@@ -13,34 +14,26 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, TextIO
 
+import ray
 import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
 
 from blocksearch.cache import outside_work_slot
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family
+from blocksearch.search.cluster import Tuning
 from blocksearch.search.console import Progress
+from blocksearch.search.searcher import StudySearch
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import KD_METRIC, TrialJob, load_candidate
 from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import SearchConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Tuning:
-    """What every Tune run of a search shares: the study storage, the bound space, the parameter table
-    (teacher_setup.params_table), the cluster's resources and where progress goes."""
-
-    storage: object
-    bound: BoundSpace
-    params_of: Callable[[Genome], int]
-    resources: dict
-    out: TextIO
 
 
 def start_ray(cfg: SearchConfig) -> dict:
@@ -48,8 +41,6 @@ def start_ray(cfg: SearchConfig) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
     if not cfg.address:  # a new local cluster: token auth as Ray >= 2.59 does by default, said explicitly
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     try:
         if cfg.address:
@@ -70,33 +61,7 @@ def start_ray(cfg: SearchConfig) -> dict:
 
 def stop_ray() -> None:
     """Disconnect from Ray (a local one stops)."""
-    import ray
-
     ray.shutdown()
-
-
-def _probe(address: str) -> None:
-    """``--address`` host:port answers, before anything else is touched; a one-line error else."""
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise BlocksearchError(f"--address {address!r}: allowed: auto or host:port (e.g. 127.0.0.1:6379)")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as err:
-        raise BlocksearchError(f"cannot reach Ray at --address {address!r} ({err.strerror or err}); "
-                               f"start one with 'ray start --head' or leave --address out") from None
-
-
-def lanes(cfg: SearchConfig, resources: dict, remaining: int) -> int:
-    """Trials in parallel: what the cluster's CPUs (and GPUs) allow, capped by --max-concurrent."""
-    n = int(resources.get("CPU", 1) // cfg.cpus_per_trial)
-    if cfg.gpus_per_trial:
-        n = min(n, int(resources.get("GPU", 0) // cfg.gpus_per_trial))
-        if n < 1:
-            raise BlocksearchError(f"--gpus-per-trial {cfg.gpus_per_trial}: the Ray cluster has "
-                                   f"{resources.get('GPU', 0)} GPUs")
-    return max(1, min(cfg.max_concurrent or n, n, remaining))
 
 
 def run_trials(cfg: SearchConfig, job: TrialJob, tuning: Tuning, remaining: int, parallel: int,
@@ -104,12 +69,6 @@ def run_trials(cfg: SearchConfig, job: TrialJob, tuning: Tuning, remaining: int,
                guide_ceiling: float | None = None, text_key: str = "probe_guide") -> None:
     """Run study ``cfg.study``'s trials on Ray Tune until the searcher (searcher.StudySearch) says FINISHED,
     ``parallel`` at a time, FIFO or ASHA (``--asha``)."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
-    from blocksearch.search.searcher import StudySearch
-
     progress = Progress(remaining, cfg.objectives, tuning.out)
     searcher = StudySearch(cfg, tuning.storage, tuning.bound, tuning.params_of, on_change=progress.update,
                            alignment_floor=alignment_floor, queue_only=queue_only, guide_ceiling=guide_ceiling,
@@ -148,8 +107,6 @@ def trial_dirname(trial) -> str:
 def _design_safe_asha():
     """ASHA (Li et al., MLSys 2020) that never stops a reference design: the BK designs are the yardstick
     of every report, so they always train to the full budget (their results still feed ASHA's rungs)."""
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
     class DesignSafeASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
             decision = super().on_trial_result(tune_controller, trial, result)
@@ -162,8 +119,6 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
               params_of_genome: dict) -> None:
     """The Ray Tune function trainable: bench fidelity's study where it stands for the trial (study_reuse.py),
     else the trial ``candidate`` (trial.py); every report carries every searcher metric, a failure is recorded."""
-    from ray import tune  # in the worker only, as every Ray import of this module
-
     torch.set_num_threads(max(1, job.cpus))
     job = dataclasses.replace(job, design=config.get("_design"))
     genome = get_family(job.family).arch_from_id(config["_genome"])
@@ -196,8 +151,6 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
 def _error_log() -> dict:
     """The traceback being handled, written to ``error.txt`` in the trial's Tune folder: ``{"log": path}``, or {}
     where there is no trial folder to write it in."""
-    from ray import tune  # the worker side, as `tune` in trainable
-
     try:
         path = Path(tune.get_context().get_trial_dir()) / "error.txt"
         path.write_text(traceback.format_exc())
@@ -209,8 +162,6 @@ def _error_log() -> dict:
 def _payload(outcome, config: dict) -> dict:
     """A finished trial's record for the searcher: metrics, timings (with the overhead around the work), the
     student's folder, the Ray node, and what only some trials have."""
-    import ray  # the worker side, as `tune` in trainable
-
     total = time.time() - config["_suggested_at"]
     timings = {k: round(float(v), 3) for k, v in outcome.timings.items()}
     work = sum(timings.get(k, 0.0) for k in ("kd_s", "generate_s", "score_s", "noise_s"))

@@ -31,7 +31,7 @@ from blocksearch.recipe.evaluate import EvalConfig
 from blocksearch.report.compute import ParetoReport, TrialPoint, build_report
 from blocksearch.search import console
 from blocksearch.search.promotion import RUNG_FACTOR, promoted, stopped_references
-from blocksearch.search.ray_tune import Tuning, lanes, run_trials
+from blocksearch.search.cluster import Tuning, lanes
 from blocksearch.search.reference_noise import IMAGE_KEYS, SOURCE
 from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, check_settings, is_stale, rung_name
@@ -205,6 +205,8 @@ def run_rungs(ladder: Ladder, tuning: Tuning, floor: float | None) -> None:
 
 def run_rung(cfg: SearchConfig, rung: Rung, tuning: Tuning, floor: float | None) -> None:
     """One rung (successive halving's next budget, Jamieson & Talwalkar 2016): promote, queue, train, clean up."""
+    from blocksearch.search.ray_tune import run_trials  # Ray: only inside the driver's started cluster
+
     name, below, job, attrs = rung
     storage, steps, out = tuning.storage, job.distill["steps"], tuning.out
     report = build_report(optuna.load_study(study_name=below, storage=storage))
