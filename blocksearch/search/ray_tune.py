@@ -26,7 +26,8 @@ from blocksearch.families.base import get_family
 from blocksearch.search.console import Progress
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import KD_METRIC, TrialJob, load_candidate
-from blocksearch.space import BoundSpace, Genome
+from blocksearch.families.unet.genome import Genome
+from blocksearch.families.unet.space import BoundSpace
 from blocksearch.study import SearchConfig
 
 
