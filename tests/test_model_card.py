@@ -11,6 +11,7 @@ from blocksearch.report import model_card as MC
 from blocksearch.cli import build_parser
 from blocksearch.report.compute import load_report
 from blocksearch.teachers import resolve_teacher
+from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.words import removed
 from tests.conftest import BK, make_study
@@ -96,7 +97,7 @@ def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
     report = load_report("unet_blocks-toy", make_study(tmp_path, teacher="sd-v1"))
     t = report.trial(3)
     path = tmp_path / "README.md"
-    MC.model_card(report, t, tmp_path / "out").save(path)
+    MC.model_card(report, t, tmp_path / "out", family=UNET).save(path)
     card = ModelCard.load(path)
     data = card.data.to_dict()
     assert {k: data[k] for k in ("base_model", "license", "library_name", "pipeline_tag")} == {
@@ -123,6 +124,6 @@ def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
 def test_card_of_a_teacher_with_unknown_licence_asks_the_user_to_fill_it_in(tmp_path):
     teacher = _folder(tmp_path / "my-sdxl")
     report = load_report("unet_blocks-toy", make_study(tmp_path, teacher=teacher))
-    card = MC.model_card(report, report.trial(1), tmp_path / "out")
+    card = MC.model_card(report, report.trial(1), tmp_path / "out", family=UNET)
     assert card.data.license == "other" and card.data.base_model == "my-sdxl"
     assert "Fill in `license:` in this card's header" in card.text
