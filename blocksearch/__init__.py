@@ -27,12 +27,12 @@ _API = {
     "BlocksearchError": ("blocksearch.errors", "BlocksearchError"),
     # the search space and its architectures
     "load_space": ("blocksearch.space", "load_space"),
-    "Genome": ("blocksearch.space", "Genome"),
+    "Genome": ("blocksearch.families.unet.genome", "Genome"),
     # the teacher, a design of the space, and surgery
     "load_teacher": ("blocksearch.teachers", "load_teacher"),
     "resolve_design": ("blocksearch.recipe.distill", "resolve_design"),
-    "build_student": ("blocksearch.families.unet", "build_student"),
-    "load_student": ("blocksearch.families.unet", "load_student"),
+    "build_student": ("blocksearch.families.unet.surgery", "build_student"),
+    "load_student": ("blocksearch.families.unet.surgery", "load_student"),
     # knowledge distillation and evaluation
     "DistillConfig": ("blocksearch.recipe.distill", "DistillConfig"),
     "distill_student": ("blocksearch.recipe.distill", "distill"),

@@ -13,8 +13,6 @@ import yaml
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import DEFAULT_FAMILY, FAMILIES, space_loader
-from blocksearch.families.unet.genome import Genome, Topology  # noqa: F401 - moved: blocksearch/families/unet/genome.py (callers outside this branch)
-from blocksearch.families.unet.space import BoundSpace, SearchSpace, StageSpec  # noqa: F401 - moved: blocksearch/families/unet/space.py (callers outside this branch)
 
 _TOP_KEYS = {"name", "family", "teacher"}  # every family's file; the family's loader names the rest
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import optuna
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import ArchSpace
 from blocksearch.objectives import TABLE
-from blocksearch.space import BoundSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search/samplers.py builds them
 DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
@@ -249,7 +249,7 @@ def _short(value) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def prepare_study(storage, cfg: SearchConfig, bound: BoundSpace, study_attrs: dict, out=None) -> optuna.Study:
+def prepare_study(storage, cfg: SearchConfig, bound: ArchSpace, study_attrs: dict, out=None) -> optuna.Study:
     """Create or load the study; mark stale RUNNING trials FAIL (and re-queue them); enqueue the
     reference designs once. Progress lines go to ``out`` (default: stdout)."""
     study = optuna.create_study(storage=storage, study_name=cfg.study, load_if_exists=True,

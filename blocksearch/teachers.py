@@ -18,9 +18,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import DEFAULT_FAMILY, Family, family_name_of, family_of, get_family
-from blocksearch.families.unet.topology import (ARCHITECTURES, SD_V1, SD_V2, SDXL, architecture,  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
-                                              load_unet, per_stage, topology_of, unet_subfolder)
+from blocksearch.families.base import DEFAULT_FAMILY, Family, family_name_of, get_family
+from blocksearch.families.unet.topology import ARCHITECTURES, architecture, load_unet
 from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher, toy_denoiser
 from blocksearch.toy.models import UNET as TOY_UNET
 
@@ -61,11 +60,6 @@ class TeacherRef:
     folder: Path | None  # the pipeline (or bare U-Net) folder; None for an architecture or a hub id
     family: Family
 
-    @property
-    def family_name(self) -> str:
-        """moved: ``TeacherRef.family.name`` (callers outside this branch: cli.py, search/driver.py)."""
-        return self.family.name
-
     def denoiser_config(self) -> dict:
         """The denoiser's diffusers config (``config.json`` of ``unet/`` or ``transformer/``)."""
         return _denoiser_config(self.spec, self.kind, self.folder, self.family.subfolder)
@@ -73,6 +67,27 @@ class TeacherRef:
     def topology(self):
         """What surgery needs of the teacher's denoiser (families/base.py ``topology``)."""
         return self.family.topology(self.denoiser_config())
+
+    @property
+    def is_toy(self) -> bool:
+        """The toy teacher (bundled, or a ``blocksearch toy build`` folder): its defaults and scores are the toy's
+        (judge FID, judge alignment); every other teacher is scored as a real one."""
+        return self.kind in ("toy", "toy-folder")
+
+    def native_resolution(self) -> int:
+        """The teacher's own image size, read from the configs only (``_native_resolution``)."""
+        return _native_resolution(self)
+
+    def load(self, device: str = "cpu") -> "Teacher":
+        """The teacher pipeline (local files only); a clear error when missing (``_load``)."""
+        return _load(self, device)
+
+    def load_denoiser(self, device: str = "cpu") -> torch.nn.Module:
+        """The teacher's denoiser with its weights (the default family's: also an architecture, on the meta
+        device, or a bare denoiser folder)."""
+        if self.family.name == DEFAULT_FAMILY:  # SD's layout: also an architecture or a bare denoiser folder
+            return _load_unet(self, device)
+        return self.load(device).denoiser
 
 
 def _denoiser_config(spec: str, kind: str, folder: Path | None, sub: str) -> dict:
@@ -119,40 +134,26 @@ def _read_config(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_teacher_unet(spec: str, device: str = "cpu") -> UNet2DConditionModel:
-    """The teacher U-Net named by ``--teacher`` (weights where there are any)."""
-    kind = teacher_kind(spec)
+def _load_unet(ref: TeacherRef, device: str) -> UNet2DConditionModel:
+    """The teacher U-Net of ``ref`` (weights where there are any; an architecture's on the meta device)."""
+    spec, kind = ref.spec, ref.kind
     if kind == "architecture":
         return architecture(spec, device="meta")
     if kind == "toy":
-        return load_teacher(spec, device).unet
+        return ref.load(device).unet
     if kind == "hub":
         try:
             return UNet2DConditionModel.from_pretrained(
-                spec, subfolder="unet", use_safetensors=True, local_files_only=True).to(device)
+                spec, subfolder=ref.family.subfolder, use_safetensors=True, local_files_only=True).to(device)
         except (OSError, ValueError) as err:
             raise _not_cached(spec, err) from None
     return load_unet(spec, device)
 
 
-def load_teacher_denoiser(spec: str, device: str = "cpu") -> torch.nn.Module:
-    """The teacher's denoiser (U-Net or transformer) named by ``--teacher``, with its weights."""
-    ref = resolve_teacher(spec)
-    if ref.family.name == DEFAULT_FAMILY:  # SD's layout: also an architecture or a bare denoiser folder
-        return load_teacher_unet(spec, device)
-    return load_teacher(spec, device).denoiser
-
-
-def teacher_topology(spec: str):
-    """The block topology of the teacher named by ``--teacher``, read from its config only (no weights): a
-    U-Net ``Topology`` or a transformer's ``DitTopology``."""
-    return resolve_teacher(spec).topology()
-
-
 # -- whole pipelines (distill / evaluate need the VAE, text encoder and scheduler too) -------------
 @dataclass(frozen=True, eq=False)
 class Teacher:
-    """A loaded teacher pipeline and its denoiser family (``family``, from the pipeline when not given);
+    """A loaded teacher pipeline and its denoiser family (the ``TeacherRef``'s, or ``family_of`` the pipeline);
     ``.denoiser`` is the teacher U-Net or transformer (``.unet``: the same, under its U-Net name).
 
     ``judge_path`` is set for the toy teacher (the bundled one, or a ``blocksearch toy build`` folder,
@@ -161,12 +162,8 @@ class Teacher:
 
     name: str  # the --teacher spec: "toy", a folder, or a hub id
     pipeline: diffusers.DiffusionPipeline
+    family: Family
     judge_path: Path | None = None
-    family: Family | None = None
-
-    def __post_init__(self):
-        if self.family is None:
-            object.__setattr__(self, "family", family_of(self.pipeline))
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -183,22 +180,26 @@ class Teacher:
 
 def load_teacher(spec: str = "toy", device: str = "cpu") -> Teacher:
     """The teacher pipeline named by ``--teacher`` (local files only); a clear error when missing."""
-    ref = resolve_teacher(spec)
-    kind = ref.kind
+    return resolve_teacher(spec).load(device)
+
+
+def _load(ref: TeacherRef, device: str) -> Teacher:
+    """``TeacherRef.load``: the pipeline of a toy teacher, a folder or a cached hub id."""
+    spec, kind = ref.spec, ref.kind
     if kind == "architecture":
         raise BlocksearchError(
             f"teacher {spec!r} is an architecture without weights (for space/bench latency only); "
             f"distill and evaluate need a pipeline: toy, a local diffusers folder, or a cached hub id")
     if kind in ("toy", "toy-folder"):
-        return Teacher(spec, load_toy_teacher(device=device, path=ref.folder), ref.folder / JUDGE_FILE, ref.family)
+        return Teacher(spec, load_toy_teacher(device=device, path=ref.folder), ref.family, ref.folder / JUDGE_FILE)
     if kind == "folder":
         if not (Path(spec) / "model_index.json").is_file():
             raise BlocksearchError(
                 f"teacher folder {spec} has no model_index.json; expected a diffusers "
                 f"StableDiffusionPipeline folder (save_pretrained)")
-        return Teacher(spec, ref.family.load_pipeline(spec, device), family=ref.family)
+        return Teacher(spec, ref.family.load_pipeline(spec, device), ref.family)
     try:
-        return Teacher(spec, ref.family.load_pipeline(spec, device), family=ref.family)
+        return Teacher(spec, ref.family.load_pipeline(spec, device), ref.family)
     except (OSError, ValueError) as err:
         raise _not_cached(spec, err) from None
 
@@ -212,16 +213,14 @@ def with_denoiser(pipeline, denoiser: torch.nn.Module, family: Family):
 
 # -- what a study records of its teacher, and the defaults that follow it ---------------------------
 def is_toy(spec: str) -> bool:
-    """Is ``--teacher`` the toy teacher (bundled, or a ``blocksearch toy build`` folder)? Its defaults and
-    scores are the toy's (judge FID, judge alignment); every other teacher is scored as a real one."""
+    """``resolve_teacher(spec).is_toy`` without reading folders (commands/run.py's ``--print-config``)."""
     return teacher_kind(spec) in ("toy", "toy-folder")
 
 
-def native_resolution(spec: str) -> int:
+def _native_resolution(ref: TeacherRef) -> int:
     """The teacher's own image size: the denoiser's ``sample_size`` x the VAE's scale factor (2^(stages-1)), as
     diffusers' pipelines default to; read from the configs only."""
-    ref = resolve_teacher(spec)
-    kind, sub = ref.kind, ref.family.subfolder
+    spec, kind, sub = ref.spec, ref.kind, ref.family.subfolder
     if kind == "architecture":
         return int(architecture(spec).config.sample_size) * 8  # every SD-family VAE downsamples 8x
     if kind == "hub":

@@ -11,9 +11,11 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from blocksearch.report.compute import teacher_topology
-from blocksearch.space import Genome, load_space
-from blocksearch.teachers import Teacher
+from blocksearch.teachers import resolve_teacher
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
+from blocksearch.teachers import resolve_teacher, Teacher
+from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import JUDGE_FILE
 from blocksearch.toy.judge import ToyJudge
@@ -77,7 +79,7 @@ def make_tiny_teacher(tmp_path, prediction_type: str = "epsilon") -> Teacher:
         model.feature.weight.mul_(300)
     judge = tmp_path / JUDGE_FILE
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, judge)
-    return Teacher("tiny", make_tiny_pipeline(prediction_type), judge)
+    return Teacher("tiny", make_tiny_pipeline(prediction_type), UNET, judge)
 
 
 def save_tiny_teacher(tmp_path) -> str:
@@ -171,7 +173,7 @@ def make_study(tmp_path, case=CASE, name="unet_blocks-toy", teacher="toy", seed_
     study = optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
     study.set_metric_names(OBJECTIVES)
     space = load_space("unet_blocks")
-    bound = space.bind(teacher_topology("toy"))
+    bound = space.bind(resolve_teacher("toy").topology())
     attrs = dict(space="unet_blocks", space_path=str(space.path), teacher=teacher,
                  distill=dict(steps=200, batch_size=8, lr=1e-4), eval=dict(prompts=64, steps=20, seed=0),
                  device="cpu", command="blocksearch run --space unet_blocks", reference_designs=BK)

@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch.bench.deploy import kd_check, random_pipeline, table
 from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
 from blocksearch.recipe.teacher_cache import cache_bytes_per_step
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 
 
 def _params(module) -> int:
@@ -59,7 +60,7 @@ def test_the_kd_check_distils_bk_small_at_the_teachers_size(tmp_path, monkeypatc
     bound = load_space("unet_blocks").bind(topology_of(pipe.unet.config))
     args = SimpleNamespace(device="cpu", kd_steps=4, kd_batch=2, kd_precision="fp32", teacher="sd-v1")
     out = kd_check(pipe, bound, args)
-    assert out["cached"] and out["cache_bytes_per_step"] == cache_bytes_per_step(pipe.unet.config, 2, 8, 2)
+    assert out["cached"] and out["cache_bytes_per_step"] == cache_bytes_per_step(pipe.unet.config, 2, 8, 2, family=UNET)
     assert out["step_s"] > 0 and out["peak_mb"] is None and "fits" in out["teacher_cache"]
     printed = capsys.readouterr().out
     assert "KD check: bk_small from the sd-v1 teacher, 4 steps of batch 2 at 64 px, fp32" in printed

@@ -10,8 +10,9 @@ import blocksearch.bench.search as B
 from blocksearch.bench.fidelity import (ATTENTION_FREE, MIX_CELLS, SPREAD, Arch, choose_architectures, mix_cell, pending,
                                         pending_ladders, pick_random, random_genomes)
 from blocksearch.cli import main
-from blocksearch.space import Genome, load_space
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
+from blocksearch.families.unet.topology import topology_of
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")

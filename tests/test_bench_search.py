@@ -13,7 +13,7 @@ from blocksearch.bench import search as B
 from blocksearch.search import samplers
 from blocksearch.report.pareto import hypervolume, normalised_hypervolume, pareto_mask
 from blocksearch.space import load_space
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from tests.conftest import tiny_unet
 
 

@@ -18,7 +18,9 @@ from blocksearch.recipe.generation import generate
 from blocksearch.commands.run_config import RUN_FLAGS, RUN_RENAMED, read_run_config
 from blocksearch.search.selection import read_selection
 from blocksearch.settings import SELECTION_SCORE
-from blocksearch.space import Genome, load_space
+from blocksearch.families.unet.genome import Genome
+from blocksearch.teachers import resolve_teacher
+from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
 from tests.conftest import CHOICES, make_tiny_pipeline
 
@@ -104,7 +106,7 @@ def _finished_study(tmp_path) -> list[str]:
     argv = ["run", "-o", str(tmp_path / "runs"), "--trials", "1", "--score", "fid", "--rungs", "none",
             "--noise-seeds", "1"]
     cfg = search.resolve(SearchConfig(runs_dir=str(tmp_path / "runs"), trials=1, score="fid", rungs=(), noise_seeds=1))
-    bound, unet = search.bind_space(load_space(cfg.space), cfg.teacher)
+    bound, unet = search.bind_space(load_space(cfg.space), resolve_teacher(cfg.teacher))
     _, attrs = search.trial_job(cfg, bound, unet)
     study = prepare_study(open_storage(cfg.storage, create_folder=True), cfg, bound, attrs)
     genome = "L1-1-1-1_T1-1-1-0_Mnone"
@@ -222,7 +224,7 @@ def test_a_renamed_flag_leaves_the_studys_stored_settings_as_they_were():
     compared (study.check_settings) with the same keys and values, and resumes."""
     assert set(RUN_RENAMED) <= {name for name, _ in RUN_FLAGS} & set(SearchConfig.__dataclass_fields__)
     cfg = search.resolve(SearchConfig(inference_steps=3, heartbeat_grace=9, score="fid"))
-    bound, unet = search.bind_space(load_space(cfg.space), cfg.teacher)
+    bound, unet = search.bind_space(load_space(cfg.space), resolve_teacher(cfg.teacher))
     _, attrs = search.trial_job(cfg, bound, unet)
     assert attrs["eval"]["steps"] == 3
     names = set(attrs) | {f"{k}.{n}" for k, v in attrs.items() if isinstance(v, dict) for n in v}

@@ -27,14 +27,14 @@ def test_loss_is_the_bk_sdm_sum(tmp_path):
     student = _student(teacher)
     config = DistillConfig(steps=1, batch_size=2, lambda_task=0.5, lambda_out=2.0, lambda_feat=3.0)
     recipe = Distiller(teacher, student, config)
-    batch = BatchStream(teacher.pipeline, "toy", 2, 0)[0]
+    batch = BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family)[0]
     t_out, t_feats = recipe.teacher_targets(batch)
     assert set(t_feats) == {t for t, _ in student.kd_pairs}
     terms = recipe.losses(batch, t_out, t_feats)
     expected = 0.5 * terms["loss_task"] + 2.0 * terms["loss_kd_out"] + 3.0 * terms["loss_kd_feat"]
     assert torch.allclose(terms["loss"], expected)
     with torch.no_grad():
-        pred = student.unet(batch.noisy, batch.timesteps, batch.text).sample
+        pred = student.unet(batch.noisy, batch.timesteps, batch.cond["encoder_hidden_states"]).sample
     assert torch.allclose(terms["loss_task"], torch.mean((pred - batch.target) ** 2), atol=1e-6)
     assert torch.allclose(terms["loss_kd_out"], torch.mean((pred - t_out) ** 2), atol=1e-6)
     recipe.close()
@@ -60,7 +60,7 @@ def test_cached_and_live_teacher_give_the_same_run(tmp_path):
 
 def test_v_prediction_target(tmp_path):
     teacher = make_tiny_teacher(tmp_path, prediction_type="v_prediction")
-    stream = BatchStream(teacher.pipeline, "toy", 2, 0)
+    stream = BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family)
     batch = stream[0]
     assert stream.prediction_type == "v_prediction"
     alpha = stream.scheduler.alphas_cumprod[batch.timesteps].view(-1, 1, 1, 1)
@@ -71,7 +71,7 @@ def test_v_prediction_target(tmp_path):
     assert not torch.allclose(batch.target, eps, atol=1e-2)  # it is not the noise
     student = _student(teacher)
     with torch.no_grad():
-        pred = student.unet(batch.noisy, batch.timesteps, batch.text).sample
+        pred = student.unet(batch.noisy, batch.timesteps, batch.cond["encoder_hidden_states"]).sample
     result = distill(teacher, student, DistillConfig(steps=1, batch_size=2, cache_dir=str(tmp_path)), progress=False)
     # the student's task loss is against v, not the noise (step 1 is scored before the weights move)
     loss_task = result.losses[0]["loss_task"]
@@ -117,16 +117,16 @@ def test_imagefolder_needs_captions(tmp_path):
     for i in range(3):
         Image.new("RGB", (80, 70), (40 * i, 100, 200)).save(data / f"{i}.png")
     with pytest.raises(BlocksearchError, match="has no captions"):
-        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path)
+        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path, family=teacher.family)
     (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"}) + "\n"
                                                  for i in range(3)))
-    batch = BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path / "cache")[0]
-    assert batch.noisy.shape == (2, 4, 16, 16) and batch.text.shape == (2, teacher.pipeline.tokenizer.model_max_length, 16)
+    batch = BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path / "cache", family=teacher.family)[0]
+    assert batch.noisy.shape == (2, 4, 16, 16) and batch.cond["encoder_hidden_states"].shape == (2, teacher.pipeline.tokenizer.model_max_length, 16)
     assert list((tmp_path / "cache").glob("dataset-*.safetensors"))  # encoded once, reused
     (data / "metadata.jsonl").unlink()
     (data / "metadata.csv").write_text("file_name,label\n0.png,x\n")
     with pytest.raises(BlocksearchError, match="caption column"):
-        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path)
+        BatchStream(teacher.pipeline, str(data), 2, 0, tmp_path, family=teacher.family)
 
 
 def test_unknown_precision_is_refused():  # (the teacher-lookup errors: tests/test_teachers.py)

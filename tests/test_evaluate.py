@@ -12,6 +12,7 @@ from blocksearch.recipe.evaluate import EvalConfig, Metrics, RealScorer, ToyScor
 from blocksearch.recipe.generation import ImageSet
 from blocksearch.teachers import Teacher
 from blocksearch.toy.world import heldout_prompts, real_images
+from blocksearch.families.unet.family import FAMILY as UNET
 from tests.conftest import make_tiny_pipeline, make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,7 +72,7 @@ def test_one_scorer_per_kind_of_teacher(tmp_path):
     (d_real, how), (d_noise, _) = (toy.distance(images, prompts, tmp_path, "cpu") for images in (real, noise))
     assert d_real.fid < 0.5 * d_noise.fid and d_real.kid < d_noise.kid and how["feature_extractor"] == "toy-judge"
     assert toy.alignment(real, prompts, "cpu")[0] > 0.8 > toy.alignment(noise, prompts, "cpu")[0]
-    real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline), config)
+    real_teacher = scorer_for(Teacher("some/real-model", teacher.pipeline, teacher.family), config)
     assert isinstance(real_teacher, RealScorer) and real_teacher.alignment(real, prompts, "cpu")[0] is None
 
 
@@ -84,7 +85,7 @@ def test_real_teacher_without_inception_weights_names_the_file(tmp_path, monkeyp
 
     Image.new("RGB", (64, 64), (200, 10, 10)).save(data / "0.png")
     (data / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": "a red circle"}) + "\n")
-    teacher = Teacher("some/real-model", make_tiny_pipeline())  # no judge: a real teacher
+    teacher = Teacher("some/real-model", make_tiny_pipeline(), UNET)  # no judge: a real teacher
     config = EvalConfig(**FAST | {"prompts": 1}, reference=str(data), cache_dir=str(tmp_path))
     with pytest.raises(BlocksearchError, match="weights-inception-2015-12-05-6726825d.pth.*offline"):
         evaluate(teacher, teacher.unet, config, progress=False)

@@ -16,8 +16,8 @@ from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.export import export_study
 from blocksearch.report.compute import load_report
-from blocksearch.space import Genome
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.genome import Genome
+from blocksearch.families.unet.surgery import build_student
 from tests.conftest import make_tiny_pipeline as tiny_pipeline
 from tests.conftest import BK, CASE, make_study
 

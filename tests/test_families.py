@@ -8,7 +8,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family, scheduler_target
 from blocksearch.families.unet.surgery import build_student
 from blocksearch.space import load_space
-from blocksearch.teachers import architecture, topology_of
+from blocksearch.families.unet.topology import architecture, topology_of
 
 
 def test_unet_family_is_todays_surgery_and_describes_every_kept_block():

@@ -13,8 +13,10 @@ from diffusers import (DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler, F
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import get_family
-from blocksearch.families.dit import (FAMILY, block_feature, build_student, count_params, describe, forward_inputs,
-                                      meta_model, model_topology, paper_params, student_config)
+from blocksearch.families.dit.cost import count_params, meta_model, paper_params
+from blocksearch.families.dit.family import FAMILY
+from blocksearch.families.dit.pipeline import forward_inputs
+from blocksearch.families.dit.surgery import block_feature, build_student, describe, model_topology, student_config
 from blocksearch.families.dit.pipeline import prediction
 from blocksearch.families.dit.genome import (TEACHERS, DitGenome, decode_runs, encode_runs, load_teacher_config,
                                              topology_of)

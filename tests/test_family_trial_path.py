@@ -22,15 +22,16 @@ from blocksearch.recipe.distill import DistillConfig, distill, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.export import export_study
 from blocksearch.families.base import add_noise, get_family
-from blocksearch.families.dit import build_student, kd_teacher_modules, model_topology
+from blocksearch.families.dit.surgery import build_student, kd_teacher_modules, model_topology
 from blocksearch.families.dit.genome import DitGenome, DitTopology, load_teacher_config
 from blocksearch.recipe.probe import Probe, ProbeConfig
 from blocksearch.report.compute import build_report
-from blocksearch.search.driver import bind_space, params_table, resolve, trial_job
+from blocksearch.search.driver import bind_space, resolve, trial_job
+from blocksearch.search.teacher_setup import params_table
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig
 from blocksearch.recipe.teacher_cache import FeatureHooks
-from blocksearch.teachers import is_toy, load_teacher, native_resolution, resolve_teacher, teacher_topology
+from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.toy.build_dit import build_dit
 
 FAMILY = get_family("dit")
@@ -175,7 +176,7 @@ def searched(toy_dit, tmp_path_factory):
     cfg = resolve(SearchConfig(space="dit_blocks", teacher=toy_dit, runs_dir=str(tmp / "runs"), steps=2,
                                batch_size=2, eval_prompts=4, inference_steps=2, latency_repeats=2, score="probe_task",
                                rungs=()))
-    bound, denoiser = bind_space(load_space("dit_blocks"), cfg.teacher)
+    bound, denoiser = bind_space(load_space("dit_blocks"), resolve_teacher(cfg.teacher))
     job, attrs = trial_job(cfg, bound, denoiser)
     cache = str(tmp / "cache")
     job = trial.TrialJob(**{**vars(job), "distill": job.distill | {"cache_dir": cache},
@@ -203,13 +204,13 @@ def searched(toy_dit, tmp_path_factory):
 def test_the_teacher_is_resolved_once_into_its_family(toy_dit):
     ref = resolve_teacher(toy_dit)
     assert (ref.kind, ref.family.name, ref.family.pipeline_class) == ("toy-folder", "dit", "PixArtSigmaPipeline")
-    assert teacher_topology(toy_dit) == DitTopology("PixArtTransformer2DModel", (("transformer_blocks", 16),))
-    assert native_resolution(toy_dit) == 64 and is_toy(toy_dit)
+    assert resolve_teacher(toy_dit).topology() == DitTopology("PixArtTransformer2DModel", (("transformer_blocks", 16),))
+    assert resolve_teacher(toy_dit).native_resolution() == 64 and resolve_teacher(toy_dit).is_toy
     assert resolve_teacher("toy").family.name == "unet" and resolve_teacher("toy-dit").family.name == "dit"
     assert resolve(SearchConfig(space="dit_blocks")).teacher == "toy-dit"  # `run --space dit_blocks`: the toy DiT
     assert resolve(SearchConfig(space="unet_blocks")).teacher == "toy"
     with pytest.raises(BlocksearchError, match="unet family but teacher .* is a dit teacher") as err:
-        bind_space(load_space("unet_blocks"), toy_dit)
+        bind_space(load_space("unet_blocks"), resolve_teacher(toy_dit))
     assert "\n" not in str(err.value)
 
 

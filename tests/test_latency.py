@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch import cache as C
 from blocksearch.recipe import latency as L
 from tests.conftest import make_tiny_pipeline, tiny_unet
@@ -35,7 +36,7 @@ def test_a_latency_measurement_waits_for_other_processes_work():
     p = ctx.Process(target=_hold_work, args=(ready, 0.5))
     p.start()
     ready.wait(10)
-    lat = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, use_cache=False)
+    lat = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, use_cache=False, family=UNET)
     p.join(10)
     assert lat.how["slot_wait_s"] >= 0.3 and len(lat.times_ms) == 3
     assert lat.median_ms == sorted(lat.times_ms)[1]
@@ -43,11 +44,11 @@ def test_a_latency_measurement_waits_for_other_processes_work():
 
 def test_latency_is_cached_by_architecture_and_measurement_settings():
     unet = tiny_unet("sd-v1")
-    first = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0)
-    again = L.measure_latency(tiny_unet("sd-v1", seed=1), 16, warmup=1, repeats=3, min_s=0.0)  # same architecture
+    first = L.measure_latency(unet, 16, warmup=1, repeats=3, min_s=0.0, family=UNET)
+    again = L.measure_latency(tiny_unet("sd-v1", seed=1), 16, warmup=1, repeats=3, min_s=0.0, family=UNET)  # same architecture
     assert first.how["cache"] == "measured" and again.how["cache"] == "hit"
     assert again.median_ms == first.median_ms and again.times_ms == first.times_ms
-    other = L.measure_latency(unet, 8, warmup=1, repeats=3, min_s=0.0)  # another resolution: another key
+    other = L.measure_latency(unet, 8, warmup=1, repeats=3, min_s=0.0, family=UNET)  # another resolution: another key
     assert other.how["cache"] == "measured"
     assert L.measure_key("unet_step", unet.config, threads=1) != L.measure_key("unet_step", unet.config, threads=2)
 
@@ -70,34 +71,34 @@ def test_live_bytes_tracer_on_a_hand_worked_function():
 
 def test_peak_memory_counts_weights_and_activations_and_is_deterministic():
     unet = tiny_unet("sd-v1")
-    a = L.peak_memory(unet, 16, use_cache=False)
-    b = L.peak_memory(unet, 16, use_cache=False)
+    a = L.peak_memory(unet, 16, use_cache=False, family=UNET)
+    b = L.peak_memory(unet, 16, use_cache=False, family=UNET)
     assert a["peak_mb"] == b["peak_mb"]
     assert a["weights_mb"] == pytest.approx(sum(p.numel() * 4 for p in unet.parameters()) / 2**20)
     assert a["peak_mb"] > a["weights_mb"]
-    bigger = L.peak_memory(unet, 32, use_cache=False)  # 4x the pixels: more activation memory
+    bigger = L.peak_memory(unet, 32, use_cache=False, family=UNET)  # 4x the pixels: more activation memory
     assert bigger["peak_mb"] - bigger["weights_mb"] > 2 * (a["peak_mb"] - a["weights_mb"])
 
 
 def test_params_and_macs_are_cached_by_architecture(tmp_path, monkeypatch):
     unet = tiny_unet("sd-v1")
     L._COSTS.clear()
-    first = L.cost(unet, 16, tmp_path)
+    first = L.cost(unet, 16, tmp_path, family=UNET)
     L._COSTS.clear()
-    monkeypatch.setattr(L, "count_macs", lambda *a: pytest.fail("MACs recomputed"))
-    assert L.cost(unet, 16, tmp_path) == first  # read back from measurements.json
+    monkeypatch.setattr(L, "count_macs", lambda *a, **k: pytest.fail("MACs recomputed"))
+    assert L.cost(unet, 16, tmp_path, family=UNET) == first  # read back from measurements.json
     assert list(json.loads((tmp_path / "measurements.json").read_text()).values()) == [list(first)]
 
 
 def test_latency_relative_to_the_teacher_is_its_interleaved_ratio_times_the_teachers_time():
     teacher, student = tiny_unet("sd-v1"), tiny_unet("sd-v1", seed=1)  # same architecture: ratio ~ 1
     lat = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, use_cache=False, reference=teacher,
-                            reference_ms=10.0)
+                            reference_ms=10.0, family=UNET)
     assert lat.how["teacher_ms"] == 10.0 and lat.median_ms == pytest.approx(10.0 * lat.how["ratio_to_teacher"], rel=1e-4)
     assert 0.7 < lat.how["ratio_to_teacher"] < 1.4 and len(lat.times_ms) == 5
     # without reference_ms, the teacher's own (cached) measurement on this machine is the unit
-    own = L.measure_latency(teacher, 16, warmup=1, repeats=5, min_s=0.0)
-    rel = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, reference=teacher)
+    own = L.measure_latency(teacher, 16, warmup=1, repeats=5, min_s=0.0, family=UNET)
+    rel = L.measure_latency(student, 16, warmup=1, repeats=5, min_s=0.0, reference=teacher, family=UNET)
     assert rel.how["teacher_ms"] == pytest.approx(own.median_ms, abs=1e-3)
 
 

@@ -9,8 +9,11 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from blocksearch.report import model_card as MC
 from blocksearch.cli import build_parser
-from blocksearch.report.compute import load_report, teacher_topology
-from blocksearch.space import Genome
+from blocksearch.report.compute import load_report
+from blocksearch.teachers import resolve_teacher
+from blocksearch.families.unet.family import FAMILY as UNET
+from blocksearch.families.unet.genome import Genome
+from blocksearch.families.unet.words import removed
 from tests.conftest import BK, make_study
 
 
@@ -78,14 +81,14 @@ def test_base_model_is_the_hub_id_or_a_named_stand_in(tmp_path):
 
 
 def test_removed_lists_every_cut_against_the_teacher():
-    topo = teacher_topology("toy")  # SD-v1 topology: 2 layers per down stage, attention in 3 stages
-    assert MC.removed(Genome.from_id(BK["bk_small"]), topo) == {
+    topo = resolve_teacher("toy").topology()  # SD-v1 topology: 2 layers per down stage, attention in 3 stages
+    assert removed(Genome.from_id(BK["bk_small"]), topo) == {
         **{f"down_blocks.{i}": "1 of 2 layers" for i in range(4)},
         **{f"up_blocks.{i}": "1 of 3 layers" for i in range(4)}, "mid_block": "the whole block"}
-    cut = MC.removed(Genome.from_id("L2-1-2_T1-0-1_Mres"), topo)
+    cut = removed(Genome.from_id("L2-1-2_T1-0-1_Mres"), topo)
     assert cut == {"down_blocks.1": "1 of 2 layers, attention", "up_blocks.2": "1 of 3 layers, attention",
                    "down_blocks.3": "the whole stage", "up_blocks.0": "the whole stage", "mid_block": "attention"}
-    assert MC.removed(Genome.from_id("L2-2-2-2_T1-1-1-0_Mattn"), topo) == {}  # the teacher itself
+    assert removed(Genome.from_id("L2-2-2-2_T1-1-1-0_Mattn"), topo) == {}  # the teacher itself
 
 
 def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
@@ -94,7 +97,7 @@ def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
     report = load_report("unet_blocks-toy", make_study(tmp_path, teacher="sd-v1"))
     t = report.trial(3)
     path = tmp_path / "README.md"
-    MC.model_card(report, t, tmp_path / "out").save(path)
+    MC.model_card(report, t, tmp_path / "out", family=UNET).save(path)
     card = ModelCard.load(path)
     data = card.data.to_dict()
     assert {k: data[k] for k in ("base_model", "license", "library_name", "pipeline_tag")} == {
@@ -121,6 +124,6 @@ def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
 def test_card_of_a_teacher_with_unknown_licence_asks_the_user_to_fill_it_in(tmp_path):
     teacher = _folder(tmp_path / "my-sdxl")
     report = load_report("unet_blocks-toy", make_study(tmp_path, teacher=teacher))
-    card = MC.model_card(report, report.trial(1), tmp_path / "out")
+    card = MC.model_card(report, report.trial(1), tmp_path / "out", family=UNET)
     assert card.data.license == "other" and card.data.base_model == "my-sdxl"
     assert "Fill in `license:` in this card's header" in card.text

@@ -7,7 +7,7 @@ from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, Distiller, distill, resolve_design
 from blocksearch.families.unet.surgery import build_student, kd_teacher_modules
 from blocksearch.recipe.probe import Probe, ProbeConfig, probe_batches, stratified_timesteps
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +39,7 @@ def test_two_candidates_are_scored_on_identical_tensors(tmp_path, monkeypatch):
         for field in ("noisy", "timesteps", "text", "target"):
             assert torch.equal(getattr(x, field), getattr(y, field))
     assert torch.equal(a.teacher_cond[0], b.teacher_cond[0])
-    stream = BatchStream(teacher.pipeline, "toy", 4, SMALL.seed)
+    stream = BatchStream(teacher.pipeline, "toy", 4, SMALL.seed, family=teacher.family)
     assert torch.equal(probe_batches(stream, SMALL)[1].noisy, a.batches[1].noisy)
     # the KD data of two candidates at one KD seed: each KD run is handed the same batches and teacher targets
     seen, real_step = {}, Distiller.step
@@ -59,7 +59,7 @@ def test_two_candidates_are_scored_on_identical_tensors(tmp_path, monkeypatch):
         for field in ("noisy", "timesteps", "text", "target"):
             assert torch.equal(getattr(x, field), getattr(y, field))
     # ...and the held-out set is not a KD batch
-    assert not torch.equal(stream.clean(0)[2][:2], BatchStream(teacher.pipeline, "toy", 2, 0).clean(0)[2])
+    assert not torch.equal(stream.clean(0)[2][:2], BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family).clean(0)[2])
 
 
 def test_probe_scores_the_teacher_zero_and_a_text_blind_student_one(tmp_path):

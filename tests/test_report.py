@@ -10,8 +10,10 @@ import pytest
 
 from blocksearch.cli import main
 from blocksearch.report.render import write_report
-from blocksearch.report.compute import architecture_diff, architecture_table, build_report, teacher_topology
-from blocksearch.space import Genome
+from blocksearch.families.unet.words import architecture_diff, architecture_table
+from blocksearch.report.compute import build_report
+from blocksearch.teachers import resolve_teacher
+from blocksearch.families.unet.genome import Genome
 from blocksearch.study import open_study
 from tests.conftest import BK, CASE, NOISE_CASE, OBJECTIVES, SEED_SCORES, make_study
 
@@ -31,7 +33,7 @@ def union(points):
 
 # -- architectures against the teacher ------------------------------------------------------------
 def test_architecture_diff_in_diffusers_names():
-    topo = teacher_topology("toy")
+    topo = resolve_teacher("toy").topology()
     assert architecture_diff(Genome((2, 2, 2, 2), (1, 1, 1, 0), "cross_attn"), topo) == "teacher (nothing removed)"
     assert architecture_diff(Genome.from_id(BK["bk_tiny"]), topo) == (
         "down_blocks.0: 1 of 2 layers; up_blocks.3: 2 of 3; down_blocks.1: 1 of 2 layers; up_blocks.2: 2 of 3; "

@@ -11,15 +11,17 @@ from blocksearch.search import trial
 from blocksearch.cli import main
 from blocksearch.recipe.distill import CHECKPOINT_FILE
 from blocksearch.errors import BlocksearchError
-from blocksearch.report.compute import build_report, teacher_topology
+from blocksearch.report.compute import build_report
+from blocksearch.teachers import resolve_teacher
 from blocksearch.report.render_noise import noise_line, reference_md
 from blocksearch.search.promotion import (MAX_FRACTION, RUNG_FACTOR, by_contribution, promoted, settled,
                                          stopped_references, whole_rounds)
 from blocksearch.search.rungs import (carried_noise, check_rungs, default_rungs, drop_checkpoints, prepare_rung,
                                      rung_plan, study_free)
-from blocksearch.space import Genome, load_space
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_study, rung_name
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from blocksearch.search.trial import TrialJob, checkpoint_dir
 from tests.conftest import BK, CASE, NOISE_CASE, SEED_SCORES, make_study, tiny_unet
 
@@ -305,7 +307,7 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
 def test_a_rung_queues_each_promoted_student_once(tmp_path):
     r = _report(tmp_path, CASE)
     chosen = promoted(r, max_fraction=1.0)
-    bound = load_space("unet_blocks").bind(teacher_topology("toy"))
+    bound = load_space("unet_blocks").bind(resolve_teacher("toy").topology())
     storage = optuna.storages.get_storage(f"sqlite:///{tmp_path / 'blocksearch.db'}")
     for _ in range(2):  # a resume queues nothing twice
         study = prepare_rung(storage, rung_name("unet_blocks-toy", 800), ("fid", "params", "latency_ms"),
@@ -333,12 +335,12 @@ def test_checkpoints_of_students_that_stop_are_deleted(tmp_path):
 def test_a_rung_trial_continues_the_checkpoint_below_where_there_is_one(tmp_path):
     genome = Genome.from_id(BK["bk_small"])
     below, here = tmp_path / "below", tmp_path / "here"
-    job = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1, checkpoint=True, resume_dir=str(below), cache_steps=480)
+    job = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1, checkpoint=True, resume_dir=str(below), cache_steps=480, family="unet")
     assert trial.kd_checkpoints(job, genome, 0) == {"cache_steps": 480, "save_to": checkpoint_dir(here, genome.id)}
     checkpoint_dir(below, genome.id, 1).mkdir(parents=True)
     (checkpoint_dir(below, genome.id, 1) / CHECKPOINT_FILE).write_text("{}")
     assert trial.kd_checkpoints(job, genome, 1)["resume_from"] == checkpoint_dir(below, genome.id, 1)
-    plain = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1)
+    plain = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1, family="unet")
     assert trial.kd_checkpoints(plain, genome, 0) == {"cache_steps": None}
 
 

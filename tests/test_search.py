@@ -17,9 +17,10 @@ from blocksearch.search import cluster, console, ray_tune, searcher, teacher_set
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.compute import build_report
 from blocksearch.search.samplers import SAMPLERS, make_sampler
-from blocksearch.space import Genome, load_space
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, counts, is_stale, open_storage, prepare_study
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from tests.conftest import tiny_unet
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,8 +8,9 @@ import pytest
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.dit.genome import load_teacher_config
 from blocksearch.families.dit.genome import topology_of as dit_topology
-from blocksearch.space import SPACES_DIR, Genome, load_space
-from blocksearch.teachers import architecture, topology_of
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import SPACES_DIR, load_space
+from blocksearch.families.unet.topology import architecture, topology_of
 
 SD_V1 = topology_of(architecture("sd-v1").config)
 

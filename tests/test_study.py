@@ -9,7 +9,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.space import load_space
 from blocksearch.study import (SearchConfig, check_settings, counts, default_storage, default_study_name,
                                existing_study, fail_unclaimed_trials, open_storage, open_study, prepare_study)
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from tests.conftest import tiny_unet
 from tests.conftest import make_study
 

@@ -10,11 +10,14 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from blocksearch.recipe.cost import count_macs, count_params, unet_inputs
+from blocksearch.families.unet.family import FAMILY as UNET
+from blocksearch.families.unet.topology import unet_inputs
+from blocksearch.families.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
-from blocksearch.space import Genome, load_space
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
 from blocksearch.families.unet.surgery import build_student, teacher_key
-from blocksearch.teachers import architecture, topology_of
+from blocksearch.families.unet.topology import architecture, topology_of
 from tests.conftest import SPACE_OF, TINY_CONFIGS, tiny_unet
 
 
@@ -148,8 +151,8 @@ def test_macs_fall_with_blocks_and_scale_with_resolution():
     teacher = architecture("sd-v1")
     space = load_space("unet_blocks").bind(topology_of(teacher.config))
     small = build_student(teacher, space.design("bk_small")).unet
-    assert count_macs(small) < count_macs(teacher)
-    ratio = count_macs(teacher, latent_size=32) / count_macs(teacher, latent_size=64)
+    assert count_macs(small, family=UNET) < count_macs(teacher, family=UNET)
+    ratio = count_macs(teacher, latent_size=32, family=UNET) / count_macs(teacher, latent_size=64, family=UNET)
     assert 0.15 < ratio < 0.3  # convs scale 4x; attention more
 
 

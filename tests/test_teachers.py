@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.teachers import (load_teacher, load_teacher_unet, load_unet, teacher_kind, teacher_topology,
-                                  topology_of, unet_subfolder)
+from blocksearch.families.unet.topology import load_unet, topology_of, unet_subfolder
+from blocksearch.teachers import load_teacher, resolve_teacher, teacher_kind
 from blocksearch.toy.assets import ASSETS
 from tests.conftest import tiny_unet
 
@@ -48,11 +48,11 @@ def test_teacher_kinds(folders):
 def test_topology_from_config_only(folders):
     tmp, unet = folders
     expected = topology_of(unet.config)
-    assert teacher_topology(str(tmp / "pipeline")) == teacher_topology(str(tmp / "unet_only")) == expected
-    assert teacher_topology("toy") == teacher_topology(str(ASSETS))  # the toy config is the bundled teacher's
-    assert teacher_topology("sd-v1").layers == (2, 2, 2, 2) and teacher_topology("sdxl").depth == (0, 2, 10)
+    assert resolve_teacher(str(tmp / "pipeline")).topology() == resolve_teacher(str(tmp / "unet_only")).topology() == expected
+    assert resolve_teacher("toy").topology() == resolve_teacher(str(ASSETS)).topology()  # the toy config is the bundled teacher's
+    assert resolve_teacher("sd-v1").topology().layers == (2, 2, 2, 2) and resolve_teacher("sdxl").topology().depth == (0, 2, 10)
     with pytest.raises(BlocksearchError, match="empty has no unet/config.json"):
-        teacher_topology(str(tmp / "empty"))
+        resolve_teacher(str(tmp / "empty")).topology()
 
 
 def test_missing_teacher_is_a_clear_error():
@@ -66,7 +66,7 @@ def test_missing_teacher_is_a_clear_error():
 
 def test_one_wording_for_a_hub_id_that_is_not_cached():
     messages = []
-    for load in (load_teacher, load_teacher_unet, teacher_topology):
+    for load in (load_teacher, lambda s: resolve_teacher(s).load_denoiser(), lambda s: resolve_teacher(s).topology()):
         with pytest.raises(BlocksearchError) as err:
             load("nobody/no-such-model")
         messages.append(str(err.value).rsplit(" (", 1)[0])  # less the exception type
@@ -77,4 +77,4 @@ def test_teacher_folder_without_a_pipeline_is_refused(folders):
     tmp, _ = folders
     with pytest.raises(BlocksearchError, match="has no model_index.json"):
         load_teacher(str(tmp / "unet_only"))
-    assert load_teacher_unet(str(tmp / "unet_only")).config.cross_attention_dim == 24
+    assert resolve_teacher(str(tmp / "unet_only")).load_denoiser().config.cross_attention_dim == 24

@@ -24,7 +24,7 @@ from blocksearch.cli import main
 from blocksearch.recipe.data import Batch
 from blocksearch.recipe.distill import resolve_design
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.train.learning_curve import read_log
 from blocksearch.search.ray_tune import trial_dirname
 from blocksearch.teachers import load_teacher
@@ -110,7 +110,7 @@ def test_ema_is_the_closed_form_of_a_known_sequence():
 
 def test_the_global_batch_is_the_same_samples_for_any_number_of_workers():
     rows = torch.arange(8)
-    batch = Batch(rows[:, None].float(), rows, rows[:, None, None].float(), rows[:, None].float())
+    batch = Batch(rows[:, None].float(), rows, {"encoder_hidden_states": rows[:, None, None].float()}, rows[:, None].float())
     for world, micro in ((1, None), (1, 2), (2, None), (2, 1), (4, 2), (8, 1)):
         micro, accum = split(8, world, micro)
         assert world * micro * accum == 8
@@ -306,13 +306,13 @@ def test_each_trial_keeps_its_per_step_losses(tmp_path, monkeypatch):
     evaluation = {"prompts": 2, "steps": 2, "reference_images": 8, "cache_dir": str(tmp_path / "c")}
     kd = {"steps": 3, "batch_size": 2, "teacher_cache": "off"}
     seen = []
-    job = trial.TrialJob("tiny", "cpu", kd, evaluation, str(tmp_path / "s"), 1, 1, checkpoint=True)
+    job = trial.TrialJob("tiny", "cpu", kd, evaluation, str(tmp_path / "s"), 1, 1, checkpoint=True, family="unet")
     trial._train_candidate(genome, job, lambda step, losses: seen.append(losses))
     logged = read_log(tmp_path / "s" / genome.id / trial.LOSSES_FILE)
     assert [r["step"] for r in logged] == [1, 2, 3] and logged == seen
     assert set(logged[0]) == {"step", "loss", "loss_task", "loss_kd_out", "loss_kd_feat"}
     rung = trial.TrialJob("tiny", "cpu", kd | {"steps": 5}, evaluation, str(tmp_path / "s@5"), 1, 1,
-                          resume_dir=str(tmp_path / "s"))
+                          resume_dir=str(tmp_path / "s"), family="unet")
     trial._train_candidate(genome, rung, lambda step, losses: None)
     assert [r["step"] for r in read_log(tmp_path / "s@5" / genome.id / trial.LOSSES_FILE)] == [4, 5]
 

@@ -11,7 +11,7 @@ from blocksearch.search import trial
 from blocksearch.recipe.probe import ProbeConfig
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import load_space
-from blocksearch.teachers import topology_of
+from blocksearch.families.unet.topology import topology_of
 from blocksearch.recipe.evaluate import EvalConfig
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import TrialJob, seed_scores
@@ -89,7 +89,7 @@ def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
     calls = []
     _fake_stages(monkeypatch, tmp_path, calls)
     genome = SimpleNamespace(id="g")
-    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3)
+    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3, family="unet")
     searched = trial._train_candidate(genome, job, lambda step, losses: None)
     assert calls == [("kd", 0)] and searched.seed_scores == [] and "noise_s" not in searched.timings
     calls.clear()
@@ -114,7 +114,7 @@ def test_a_probe_scored_trial_keeps_the_probe_at_every_kd_seed(tmp_path, monkeyp
     genome = load_space("unet_blocks").bind(topology_of(teacher.unet.config)).design("bk_tiny")
     job = TrialJob("tiny", "cpu", {"steps": 1, "batch_size": 2, "cache_dir": str(tmp_path / "c")},
                    {**FAST, "cache_dir": str(tmp_path / "c")}, str(tmp_path / "s"), 1, 1, noise_seeds=2,
-                   design="bk_tiny", score="probe_cfg")
+                   design="bk_tiny", score="probe_cfg", family="unet")
     out = trial._train_candidate(genome, job, lambda step, losses: None)
     assert out.metrics["probe_cfg"] > 0 and out.metrics["fid"] > 0 and set(PROBE_KEYS) <= set(out.metrics)
     assert [r["kd_seed"] for r in out.seed_scores] == [0, 1]
@@ -131,7 +131,7 @@ def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, 
     genome = SimpleNamespace(id="g")
     study = {"120": {"g": [{"kd_seed": 0, "seed": 0, "fid": 9.0, "alignment": 0.4},
                            {"kd_seed": 1, "seed": 0, "fid": 11.0, "alignment": 0.45}]}}
-    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=2, design="bk_base", reference_seeds=study)
+    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=2, design="bk_base", reference_seeds=study, family="unet")
     out = trial._train_candidate(genome, job, lambda step, losses: None)
     assert calls == [("kd", 0)]  # the main student only
     assert out.seed_scores == [{"seed": 0, "kd_seed": 0, "fid": 9.0, "alignment": 0.4},
@@ -165,7 +165,7 @@ def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_fr
         return TrialJob("tiny", "cpu", {"steps": steps, "batch_size": 2, "cache_dir": cache},
                         {**FAST, "cache_dir": cache, "images": False}, str(tmp_path / folder), 1, 1, noise_seeds=2,
                         design="bk_tiny", score="probe_cfg", checkpoint=True, cache_steps=3, reference_seeds=table,
-                        **kw)
+                        **kw, family="unet")
 
     def run(j):
         steps = []

@@ -37,9 +37,11 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.latency import speed_and_memory
 from blocksearch.settings import LATENCY_MIN_S
 from blocksearch.space import load_space
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.recipe.teacher_cache import cache_bytes_per_step
-from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
+from blocksearch.families.unet.topology import ARCHITECTURES, topology_of
+from blocksearch.families.base import family_of
+from blocksearch.teachers import load_teacher, with_denoiser
 from blocksearch.toy.models import make_tokenizer
 from blocksearch.toy.world import heldout_prompts
 
@@ -93,7 +95,8 @@ def cmd_bench_deploy(args) -> int:
     t0 = time.perf_counter()
     pipe = load_teacher(args.teacher).pipeline if args.teacher not in ARCHITECTURES else \
         random_pipeline(args.teacher, args.scale)
-    teacher = pipe.unet.eval()
+    family = family_of(pipe)
+    teacher = getattr(pipe, family.subfolder).eval()
     bound = load_space(args.space).bind(topology_of(teacher.config))
     models = [("teacher", bound.teacher_genome.id, teacher)]
     models += [(n, g.id, build_student(teacher, g).unet.eval()) for n, g in bound.named_designs().items()]
@@ -105,7 +108,7 @@ def cmd_bench_deploy(args) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as fresh:  # measured now, not read from an earlier run's cache
         for name, gid, unet in models:
-            student = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
+            student = with_denoiser(pipe, unet, family)
             metrics, _ = speed_and_memory(student, latent, args.inference_steps, args.guidance, prompt, args.device,
                                           dtype, args.warmup, args.repeats, LATENCY_MIN_S, "auto", fresh,
                                           e2e_repeats=args.e2e_repeats, reference=teacher)
@@ -144,7 +147,8 @@ def kd_check(pipe: StableDiffusionPipeline, bound, args) -> dict:
         config = DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, precision=args.kd_precision,
                                data=str(data), resolution=resolution, cache_dir=str(Path(tmp) / "cache"),
                                lr=5e-5)
-        per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, pipe.unet.config.sample_size, 2)
+        per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, pipe.unet.config.sample_size, 2,
+                                         family=teacher.family)
         student = build_student(teacher.unet, bound.named_designs()["bk_small"])
         stamps = []
         if device.startswith("cuda"):

@@ -39,13 +39,17 @@ from blocksearch.bench.predictors_report import write_predictors
 from blocksearch.recipe.latency import cost
 from blocksearch.report.compute import load_report
 from blocksearch.search.run_settings import absolute, stage_configs
-from blocksearch.search.driver import params_table
-from blocksearch.space import BoundSpace, Genome, load_space
+from blocksearch.search.teacher_setup import params_table
+from blocksearch.families.base import family_of_arch
+from blocksearch.families.unet.genome import Genome
+from blocksearch.families.unet.space import BoundSpace
+from blocksearch.space import load_space
 from blocksearch.study import SearchConfig
-from blocksearch.families.unet import Student, build_student, student_config
+from blocksearch.families.unet.surgery import build_student, Student, student_config
 from blocksearch.bench.predictors import curve_features
 from blocksearch.recipe.probe import ProbeConfig, teacher_probe
-from blocksearch.teachers import is_toy, load_teacher, topology_of
+from blocksearch.families.unet.topology import topology_of
+from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.search.trial import cached_teacher
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
@@ -187,7 +191,7 @@ def arch_cost(teacher_unet: UNet2DConditionModel, genome: Genome) -> tuple[int, 
     """(params, MACs) of a Genome from its config alone (meta device; cached on disk by latency.cost)."""
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(student_config(teacher_unet.config, genome))
-    return cost(unet, teacher_unet.config.sample_size)
+    return cost(unet, teacher_unet.config.sample_size, family=family_of_arch(genome))
 
 
 def study_front(study: str, storage: str | None, bound: BoundSpace) -> list[Genome]:
@@ -431,7 +435,7 @@ def cmd_bench_fidelity(args) -> int:
     """Choose the architectures, run what results.jsonl and probes.jsonl lack, then summarise and write every
     output: the budgets' FID rankings (KD seed 0, fidelity_report.py) and the cheap predictors against the
     longest budget (predictors_report.py)."""
-    if not is_toy(args.teacher):
+    if not resolve_teacher(args.teacher).is_toy:
         raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, or a "
                                f"`blocksearch toy build` folder); its scores are the toy judge's")
     budgets, seeds = parse_ints(args.budgets, "--budgets"), parse_ints(args.seeds, "--seeds")

@@ -19,7 +19,7 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.bench.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
 from blocksearch.settings import MEASURED_COLUMNS
-from blocksearch.space import Genome
+from blocksearch.families.unet.genome import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
 MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (else: spend budget on the front)

@@ -36,15 +36,17 @@ from tqdm.auto import tqdm
 from blocksearch.search import samplers
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, work_slot, yield_to_measurement
 from blocksearch.console import quiet
-from blocksearch.recipe.cost import count_macs, count_params
+from blocksearch.families.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.pareto import normalised_hypervolume
 from blocksearch.search.samplers import SAMPLERS
 from blocksearch.settings import FIDELITY, MEASURED
 from blocksearch.settings import MEASURED_COLUMNS as COLUMNS
 from blocksearch.space import load_space
-from blocksearch.families.unet import build_student
-from blocksearch.teachers import load_teacher, load_teacher_unet, topology_of
+from blocksearch.families.base import family_of_arch
+from blocksearch.families.unet.surgery import build_student
+from blocksearch.families.unet.topology import topology_of
+from blocksearch.teachers import load_teacher, resolve_teacher
 
 STANDIN_AS = {"fid": "one-shot output-KD loss", "params": "exact params", "latency_ms": "exact MACs"}
 
@@ -202,7 +204,7 @@ def reach_summary(reach: Sequence[int | None], budget: int) -> str:
 
 
 def _bound(space: str, teacher: str):
-    return load_space(space).bind(topology_of(load_teacher_unet(teacher, device="cpu").config))
+    return load_space(space).bind(topology_of(resolve_teacher(teacher).load_denoiser("cpu").config))
 
 
 def read_table(path: Path) -> Table:
@@ -362,5 +364,6 @@ def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
             yield_to_measurement()
             student = build_student(unet, genome).unet.eval()
             loss = torch.nn.functional.mse_loss(student(x, t, text).sample, target).item()
-            rows[genome.id] = (loss, float(count_params(student)), float(count_macs(student, size)))
+            macs = count_macs(student, size, family=family_of_arch(genome))
+            rows[genome.id] = (loss, float(count_params(student)), float(macs))
     return rows

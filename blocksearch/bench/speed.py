@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 from blocksearch.cache import measurement_slot
 from blocksearch.console import quiet
-from blocksearch.recipe.cost import unet_inputs
+from blocksearch.families.unet.topology import unet_inputs
 from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, Distiller, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.latency import pick_clock
 from blocksearch.space import load_space
-from blocksearch.families.unet import build_student, student_config
+from blocksearch.families.unet.surgery import build_student, student_config
 from blocksearch.recipe.teacher_cache import open_cache
-from blocksearch.teachers import ARCHITECTURES, load_teacher, topology_of
+from blocksearch.families.unet.topology import ARCHITECTURES, topology_of
+from blocksearch.teachers import load_teacher
 
 KD_TARGETS = {"cached": 1.15, "live": 1.10}
 
@@ -52,15 +53,15 @@ def cmd_bench_kd(args) -> int:
     config = DistillConfig(steps=2, batch_size=args.batch_size, lr=1e-5)
     recipe = Distiller(teacher, student, config, args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        stream = BatchStream(teacher.pipeline, "toy", args.batch_size, 0)
-        cache = open_cache(teacher.name, teacher.unet, stream, 1, Path(tmp), device=args.device)
+        stream = BatchStream(teacher.pipeline, "toy", args.batch_size, 0, family=teacher.family)
+        cache = open_cache(teacher.name, teacher.unet, stream, 1, Path(tmp), device=args.device, family=teacher.family)
     batch = stream[0].to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     clock = pick_clock(args.device, args.clock)
     now = time.process_time if clock == "cpu" else time.perf_counter
 
     def plain_step():
-        loss = F.mse_loss(plain(batch.noisy, batch.timesteps, batch.text).sample, batch.target)
+        loss = F.mse_loss(teacher.family.forward(plain, batch.noisy, batch.timesteps, batch.cond), batch.target)
         plain_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
@@ -72,7 +73,7 @@ def cmd_bench_kd(args) -> int:
 
     def teacher_forward():
         with torch.no_grad():
-            teacher.unet(batch.noisy, batch.timesteps, batch.text)
+            teacher.family.forward(teacher.unet, batch.noisy, batch.timesteps, batch.cond)
 
     def live_step():
         t_out, t_feats = recipe.teacher_targets(batch)

@@ -22,13 +22,15 @@ from diffusers import UNet2DConditionModel
 from scipy.stats import kendalltau
 
 from blocksearch.cache import default_cache_dir, work_slot
-from blocksearch.recipe.cost import unet_inputs
+from blocksearch.families.unet.topology import unet_inputs
 from blocksearch.recipe.distill import DistillConfig, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.latency import _timings, measure_latency, pick_clock
-from blocksearch.space import Genome, load_space
-from blocksearch.families.unet import build_student
-from blocksearch.teachers import load_teacher, topology_of
+from blocksearch.families.unet.genome import Genome
+from blocksearch.space import load_space
+from blocksearch.families.unet.surgery import build_student
+from blocksearch.families.unet.topology import topology_of
+from blocksearch.teachers import load_teacher
 
 STABILITY_TARGET = 0.03
 TAU_TARGET = 0.95
@@ -88,14 +90,14 @@ def cmd_bench_stability(args) -> int:
     models = _models(teacher, args.space)
     teacher_unet = models[0][1]
     direct = lambda unet: measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s,  # noqa: E731
-                                          use_cache=False)
+                                          use_cache=False, family=teacher.family)
     unit = direct(teacher_unet).median_ms  # the teacher's time on this machine: the students' unit, as in a search
 
     def measure(unet) -> float:
         if unet is teacher_unet:
             return direct(unet).median_ms
         return measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s, use_cache=False,
-                               reference=teacher_unet, reference_ms=unit).median_ms
+                               reference=teacher_unet, reference_ms=unit, family=teacher.family).median_ms
 
     isolated = {n: measure(u) for n, u in models}
     ready = default_cache_dir() / "bench" / f"stability-{os.getpid()}"
@@ -135,7 +137,7 @@ def _study_tau(args, teacher, latent: int) -> None:
         unet = build_student(teacher.unet, genome).unet.eval()
         rows.append((t.user_attrs["metrics"]["latency_ms"],
                      measure_latency(unet, latent, repeats=args.repeats, min_s=args.min_s, use_cache=False,
-                                     reference=teacher.unet, reference_ms=unit).median_ms))
+                                     reference=teacher.unet, reference_ms=unit, family=teacher.family).median_ms))
     if len(rows) < 3:
         raise BlocksearchError(f"study {args.study!r} has {len(rows)} complete trials; tau needs >= 3")
     tau = kendalltau([a for a, _ in rows], [b for _, b in rows]).statistic

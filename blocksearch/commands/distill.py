@@ -60,24 +60,24 @@ def main(args) -> int:
     import torch
 
     from blocksearch.recipe.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
-    from blocksearch.families.unet import load_student
-    from blocksearch.teachers import is_toy, load_teacher
+    from blocksearch.teachers import resolve_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
     given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lambda_task=args.lambda_task,
                  lambda_out=args.lambda_out, lambda_feat=args.lambda_feat, precision=args.precision,
                  seed=args.seed, data=args.data, resolution=args.resolution)
-    defaults = distill_defaults(is_toy(args.teacher))  # BK-SDM's lr for SD teachers
+    ref = resolve_teacher(args.teacher)  # --teacher, read once
+    defaults = distill_defaults(ref.is_toy)  # BK-SDM's lr for SD teachers
     config = DistillConfig(**(defaults | {k: v for k, v in given.items() if v is not None}), feat_norm=args.feat_norm,
                            cache_dir=args.cache_dir,
                            teacher_cache="off" if args.no_teacher_cache else args.teacher_cache)
-    teacher = load_teacher(args.teacher, args.device)
+    teacher = ref.load(args.device)
     if args.init:  # continue distilling a saved student (e.g. an exported one, at full length)
-        if teacher.family.name != "unet":
+        if teacher.family.load_student is None:
             raise BlocksearchError(f"--init continues U-Net students only; teacher {args.teacher} is a "
                                    f"{teacher.family.denoiser_name}: distil a --design from it instead")
-        student, name = load_student(args.init, teacher.unet), None
+        student, name = teacher.family.load_student(args.init, teacher.unet), None
         genome = student.genome
     else:
         genome, name = resolve_design(teacher.denoiser, args.design, args.space)

@@ -77,7 +77,7 @@ def main(args) -> int:
 
     from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, evaluate, toy_prompts_note
     from blocksearch.recipe.preflight import check_real_inputs
-    from blocksearch.teachers import load_teacher, load_unet
+    from blocksearch.teachers import load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,12 +90,7 @@ def main(args) -> int:
     check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,
                       fid_images=args.prompts or EvalConfig.prompts)
     teacher = load_teacher(teacher_spec, args.device)
-    if teacher.family.name == "unet":
-        unet = load_unet(folder, what="student folder",
-                         expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
-    else:  # a transformer student: DIR/transformer (distill's, export's) or a transformer folder
-        sub = teacher.family.subfolder if (folder / teacher.family.subfolder).is_dir() else None
-        unet = type(teacher.denoiser).from_pretrained(folder, subfolder=sub, use_safetensors=True)
+    unet = teacher.family.load_student_denoiser(folder, teacher.denoiser)
     given = dict(prompts=args.prompts, steps=args.inference_steps, guidance=args.guidance, seed=args.seed,
                  resolution=args.resolution, reference_images=args.reference_images,
                  latency_repeats=args.latency_repeats)
@@ -119,7 +114,8 @@ def run_bk_sdm(args, folder, teacher_spec: str) -> int:
     the published BK-SDM figures (coco.PUBLISHED)."""
     from blocksearch.recipe.coco import ProtocolSpec, evaluate_protocol, format_result
     from blocksearch.recipe.evaluate import EvalConfig, inception_weights, student_pipeline
-    from blocksearch.teachers import load_teacher, load_unet
+    from blocksearch.families.unet.topology import load_unet
+    from blocksearch.teachers import load_teacher
 
     needed = {"--coco-captions": args.coco_captions, "--coco-images": args.coco_images,
               "--clip-model": args.clip_model}

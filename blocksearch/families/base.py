@@ -9,7 +9,8 @@ A new family is one module that provides a ``Family``, one space YAML that names
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, fields
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
@@ -93,6 +94,15 @@ class Family(Protocol):
     text_len: int | None  # text tokens of a measured call (None: the family's own per class)
     card_tags: tuple[str, ...]  # the model card's tags beyond the shared ones
     card_summary: str  # the model card's first line ("{denoiser} ({model class})" filled in)
+    toy_teacher: str  # the bundled toy teacher of the family: ``--teacher toy`` for a space of it
+    load_student: Callable | None  # (folder, teacher denoiser) -> Student to go on from (None: ``--init`` unsupported)
+
+    def load_student_denoiser(self, folder, teacher_denoiser) -> torch.nn.Module:
+        """The denoiser of a student folder (``distill``'s or ``export``'s, or a bare denoiser folder)."""
+
+    def show_space(self, space, teacher: str, latent: int | None, resolve, toy_folders) -> int:
+        """``space show``: print ``space`` bound to ``teacher`` (``resolve``: ``teachers.resolve_teacher``;
+        ``toy_folders``: the bundled toy teachers' folders); the exit code."""
 
     def training_target(self, scheduler, latents, noise, timesteps) -> torch.Tensor:
         """What the denoiser is trained to predict (noise, velocity or flow): ``scheduler_target``."""
@@ -111,6 +121,9 @@ class Family(Protocol):
 
     def load_pipeline(self, source: str, device: str) -> Any:
         """The teacher's stock pipeline from a local folder or cached hub id (local files only)."""
+
+
+Arch = Any  # a family's architecture (``Genome``, ``DitGenome``): hashable, with a string ``id``
 
 
 class ArchSpace(Protocol):
@@ -201,6 +214,9 @@ class DenoiserFamily:
     call_kwargs: Callable = no_call_kwargs
     specialise: Callable | None = None  # (family, denoiser config) -> the family of one teacher
     load_student: Callable | None = None  # (folder, teacher denoiser) -> Student: a saved student to go on from
+    load_student_denoiser: Callable = None  # type: ignore[assignment]  (folder, teacher denoiser) -> its denoiser
+    show_space: Callable = None  # type: ignore[assignment]  ``space show``'s table of a space of this family
+    toy_teacher: str = ""  # the bundled toy teacher of this family (``--teacher toy`` for its spaces)
 
     def __post_init__(self):
         if self.training_target is None:
@@ -219,6 +235,20 @@ class DenoiserFamily:
     def for_teacher(self, denoiser_config) -> "DenoiserFamily":
         """This family for one teacher's denoiser config (``specialise``'s; itself where the family has one class)."""
         return self if self.specialise is None else self.specialise(self, denoiser_config)
+
+    def __reduce__(self):
+        """Pickled by name (its members are its modules' functions) and the data ``specialise`` changed: a
+        ``TeacherRef`` travels in a Ray trial job."""
+        base = get_family(self.name)
+        changed = {f.name: getattr(self, f.name) for f in fields(self) if not callable(getattr(self, f.name))
+                   and getattr(self, f.name) != getattr(base, f.name)}
+        return _restore_family, (self.name, changed)
+
+
+def _restore_family(name: str, changed: dict) -> "DenoiserFamily":
+    """The registry's family ``name`` with ``changed`` data fields (``DenoiserFamily.__reduce__``)."""
+    family = get_family(name)
+    return dataclasses.replace(family, **changed) if changed else family
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import default_cache_dir
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import DEFAULT_FAMILY, add_noise, family_of, is_flow
+from blocksearch.families.base import DEFAULT_FAMILY, Family, add_noise, is_flow
 from blocksearch.settings import CAPTION_DROPOUT
 from blocksearch.toy.world import sample_batch
 
@@ -58,15 +58,6 @@ class Batch:
     timesteps: torch.Tensor
     cond: dict[str, torch.Tensor]
     target: torch.Tensor
-
-    def __post_init__(self):
-        if isinstance(self.cond, torch.Tensor):  # moved: Batch(noisy, t, text, target) -> Batch(..., cond, ...) (callers outside this branch: train/state.py)
-            object.__setattr__(self, "cond", {"encoder_hidden_states": self.cond})
-
-    @property
-    def text(self) -> torch.Tensor:
-        """moved: ``cond["encoder_hidden_states"]`` (callers outside this branch: bench/speed.py, train/state.py)."""
-        return self.cond["encoder_hidden_states"]
 
     def to(self, device) -> "Batch":
         return Batch(self.noisy.to(device), self.timesteps.to(device), {k: v.to(device) for k, v in self.cond.items()},
@@ -103,9 +94,9 @@ class BatchStream:
     """Batch ``i`` of the stream is a pure function of (teacher, data, seed, batch size, i)."""
 
     def __init__(self, pipeline, data: str = "toy", batch_size: int = 16, seed: int = 0,
-                 cache_dir: Path | None = None, resolution: int | None = None):
+                 cache_dir: Path | None = None, resolution: int | None = None, *, family: Family):
         self.pipe, self.data, self.batch_size, self.seed = pipeline, data, batch_size, seed
-        self.family = family_of(pipeline)
+        self.family = family
         flow = is_flow(pipeline.scheduler)  # SD3, Flux: the straight-line forward process (families/base.py)
         self.scheduler = (type(pipeline.scheduler) if flow else DDPMScheduler).from_config(pipeline.scheduler.config)
         self.prediction_type = "flow" if flow else self.scheduler.config.prediction_type
@@ -116,7 +107,7 @@ class BatchStream:
             raise BlocksearchError(f"resolution {resolution} applies to an imagefolder --data; the toy world's "
                                    f"images have their own size")
         self.folder = None if data == "toy" else ImageFolder(data, pipeline, cache_dir or default_cache_dir(),
-                                                               resolution)
+                                                               resolution, family=family)
         self._empty = None
 
     @property
@@ -176,9 +167,9 @@ def encode_images(pipe, images: torch.Tensor, gen: torch.Generator) -> torch.Ten
 class ImageFolder:
     """A Hugging Face imagefolder of captioned images, encoded once (VAE latents + text embeddings)."""
 
-    def __init__(self, root: str, pipe, cache_dir: Path, resolution: int | None = None):
+    def __init__(self, root: str, pipe, cache_dir: Path, resolution: int | None = None, *, family: Family):
         self.root = Path(root)
-        self.family = family_of(pipe)
+        self.family = family
         denoiser = getattr(pipe, self.family.subfolder)
         self.size = resolution or denoiser.config.sample_size * pipe.vae_scale_factor  # the teacher's own
         if not self.root.is_dir():

@@ -214,7 +214,8 @@ class Distiller:
 
 def batch_stream(teacher: Teacher, config: DistillConfig) -> BatchStream:
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir, config.resolution)
+    return BatchStream(teacher.pipeline, config.data, config.batch_size, config.seed, cache_dir, config.resolution,
+                       family=teacher.family)
 
 
 def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu", stream: BatchStream | None = None,

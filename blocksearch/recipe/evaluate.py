@@ -188,7 +188,7 @@ def evaluate(teacher: Teacher, unet: torch.nn.Module, config: EvalConfig, device
     latent = config.resolution // scale if config.resolution else unet.config.sample_size
     family = teacher.family
     text_len = family.text_tokens(teacher.pipeline)
-    params, macs = cost(unet, latent, cache_dir, family, text_len)
+    params, macs = cost(unet, latent, cache_dir, family=family, text_len=text_len)
     target, dtype = config.latency_target(device)
     speed, speed_how = speed_and_memory(
         student_pipeline(teacher, unet), latent, config.steps, config.guidance, scores.prompts[0], target, dtype,

@@ -34,8 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
-from blocksearch.recipe.cost import count_macs, count_params
-from blocksearch.families.base import DEFAULT_FAMILY, Family, family_of, family_of_config
+from blocksearch.families.cost import count_macs, count_params
+from blocksearch.families.base import DEFAULT_FAMILY, Family, family_of
 from blocksearch.recipe.timers import Clock, ComponentTimer, CudaEventClock, device_clock
 
 _COSTS: dict[str, tuple[int, int]] = {}
@@ -43,13 +43,12 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_TEXT = 77  # text tokens of a U-Net call as every measurement counts them (SD's CLIP context)
 
 
-def _call(family: Family | None, text_len: int | None, denoiser) -> tuple[Family, int, dict]:
-    """The family (None: the family of the denoiser's config), its text tokens, and what a measurement key adds
-    beyond the default family's (nothing for it: its keys, and so its cached measurements, are earlier versions')."""
-    family = family or family_of_config(denoiser.config)
+def _call(family: Family, text_len: int | None) -> tuple[int, dict]:
+    """The family's text tokens, and what a measurement key adds beyond the default family's (nothing for it: its
+    keys, and so its cached measurements, are earlier versions')."""
     text_len = text_len or UNET_TEXT
     extra = {} if family.name == DEFAULT_FAMILY else {"family": family.name, "text_len": text_len}
-    return family, text_len, extra
+    return text_len, extra
 
 
 @dataclass(frozen=True)
@@ -147,11 +146,11 @@ def _summary(times: list[float], how: dict) -> Latency:
 @torch.no_grad()
 def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, min_s: float = 0.05,
                     cache_dir=None, device=None, batch: int = 2, clock: str = "auto",
-                    use_cache: bool = True, reference=None, reference_ms: float | None = None,
-                    family: Family | None = None, text_len: int | None = None) -> Latency:
+                    use_cache: bool = True, reference=None, reference_ms: float | None = None, *,
+                    family: Family, text_len: int | None = None) -> Latency:
     """Median and CV of one denoiser step (batch 2 = CFG) on the denoiser's own device and dtype, timed in the
     measurement slot and cached by (architecture, device, dtype, resolution, threads, settings); the
-    denoiser ``unet`` of ``family`` (None: its config's, ``family_of_config``) is called on ``text_len`` text tokens (default 77).
+    denoiser ``unet`` of ``family`` is called on ``text_len`` text tokens (default 77).
 
     With a ``reference`` U-Net (the teacher), the two are timed interleaved, repeat by repeat, and the
     latency is the median ratio x the reference's own latency on this machine (``reference_ms``, default:
@@ -163,7 +162,7 @@ def measure_latency(unet, latent_size: int, warmup: int = 3, repeats: int = 15, 
     settings = dict(latent=latent_size, batch=batch, device=device_name(device), dtype=str(param.dtype),
                     threads=torch.get_num_threads(), clock=clock, warmup=warmup, repeats=repeats, min_s=min_s)
     ref_config = None if reference is None else {k: v for k, v in dict(reference.config).items() if not k.startswith("_")}
-    family, text_len, extra = _call(family, text_len, unet)
+    text_len, extra = _call(family, text_len)
     key = measure_key("unet_step", unet.config, reference=ref_config, **settings, **extra,
                       **({"order": "ABBA"} if reference is not None else {}))
     if use_cache and (hit := cached(key, cache_dir)) is not None:
@@ -336,12 +335,12 @@ def weights_bytes(unet) -> int:
 
 
 @torch.no_grad()
-def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cache: bool = True,
-                family: Family | None = None, text_len: int | None = None) -> dict:
+def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cache: bool = True, *,
+                family: Family, text_len: int | None = None) -> dict:
     """Peak memory of one CFG denoiser step at inference, and the weights' bytes, in MB (2**20 bytes)."""
     param = next(unet.parameters())
     device = param.device
-    family, text_len, extra = _call(family, text_len, unet)
+    text_len, extra = _call(family, text_len)
     key = measure_key("memory", unet.config, latent=latent_size, batch=batch, device=device.type, dtype=str(param.dtype),
                       **extra)
     if use_cache and (hit := cached(key, cache_dir)) is not None:
@@ -374,16 +373,16 @@ def peak_memory(unet, latent_size: int, batch: int = 2, cache_dir=None, use_cach
     return out
 
 
-def cost(unet, latent_size: int, cache_dir: Path | None = None, family: Family | None = None,
+def cost(unet, latent_size: int, cache_dir: Path | None = None, *, family: Family,
          text_len: int | None = None) -> tuple[int, int]:
     """(params, MACs), cached by architecture (the config, i.e. the Genome on a given teacher) on disk."""
-    family, text_len, extra = _call(family, text_len, unet)
+    text_len, extra = _call(family, text_len)
     key = measure_key("cost", unet.config, latent=latent_size, **extra)
     if key in _COSTS:
         return _COSTS[key]
     hit = cached(key, cache_dir)
     if hit is None:
-        hit = [count_params(unet), count_macs(unet, latent_size, text_len, family)]
+        hit = [count_params(unet), count_macs(unet, latent_size, text_len, family=family)]
         store(key, hit, cache_dir)
     _COSTS[key] = tuple(hit)
     return _COSTS[key]

@@ -80,7 +80,8 @@ class Probe:
               data: str = "toy", cache_dir=None, resolution: int | None = None) -> "Probe":
         """Run the teacher once on the held-out set of the KD data ``data``, keeping the outputs of ``modules``
         (the KD pairs' teacher side: ``kd_teacher_modules``)."""
-        stream = BatchStream(teacher.pipeline, data, config.batch_size, config.seed, cache_dir, resolution)
+        stream = BatchStream(teacher.pipeline, data, config.batch_size, config.seed, cache_dir, resolution,
+                             family=teacher.family)
         batches = [b.to(device) for b in probe_batches(stream, config)]
         empty = {k: v.to(device) for k, v in stream.empty_cond().items()}
         family, unet = teacher.family, teacher.denoiser.eval()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from blocksearch.cache import file_lock, yield_to_measurement
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import Family, family_of_config
+from blocksearch.families.base import Family
 from blocksearch.recipe.data import Batch, BatchStream, cond_key, fingerprint, stored_name
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,15 @@ def cache_key(teacher_name: str, unet, stream: BatchStream, steps: int, dtype: s
 
 
 def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_dir: Path,
-               cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu",
-               family: Family | None = None) -> TeacherCache:
+               cap_gb: float = DEFAULT_CAP_GB, dtype: str = "fp16", device="cpu", *, family: Family) -> TeacherCache:
     """Load the cache file for this run, computing it first (once, under a lock) if missing. ``unet``: the
-    teacher's denoiser, of ``family`` (None: the family of its config, ``family_of_config``)."""
+    teacher's denoiser, of ``family``."""
     folder = Path(cache_dir) / "teacher"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            tensors = _compute(unet, stream, steps, dtype, device, family or family_of_config(unet.config))
+            tensors = _compute(unet, stream, steps, dtype, device, family)
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             cap = int(cap_gb * 2**30)
             if size > cap:
@@ -168,15 +167,13 @@ _INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchS
 
 
 def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
-                         text_tokens: int = 77, family: Family | None = None, model_class=UNet2DConditionModel) -> int:
+                         text_tokens: int = 77, model_class=UNet2DConditionModel, *, family: Family) -> int:
     """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
     and the teacher's output and every feature of the family's ``kd_teacher_modules`` (stored at
-    ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of ``model_class`` and ``family``
-    (None: the family of the config, ``family_of_config``).
+    ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of ``model_class`` and ``family``.
 
     Shapes come from forward hooks on the denoiser built from the config on the meta device: no weights,
     no memory, no download."""
-    family = family or family_of_config(unet_config)
     with torch.device("meta"):
         model = model_class.from_config(dict(unet_config)).eval()
         args = family.forward_inputs(model.config, batch_size, latent_size, device="meta", text_len=text_tokens)

@@ -22,9 +22,8 @@ import optuna
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.noise import NOISY, Spread, estimate_noise, quality_mask
 from blocksearch.report.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
-from blocksearch.families.unet import MID_TEXT, architecture_diff, architecture_table  # noqa: F401 - re-exported
 from blocksearch.study import default_storage, open_study
-from blocksearch.teachers import resolve_teacher, teacher_topology  # noqa: F401 - re-exported for export.py and tests
+from blocksearch.teachers import resolve_teacher
 
 REFERENCE_RULE = (f"r = {REFERENCE} x the worst value of each objective over the completed trials; the "
                   f"hypervolume is the fraction of the box [0, r] that the points dominate (each objective "

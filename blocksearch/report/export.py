@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blocksearch.console import quiet
-from blocksearch.recipe.cost import count_macs, count_params
+from blocksearch.families.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import family_of
 from blocksearch.report.model_card import model_card
@@ -98,7 +98,8 @@ def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, com
     with_denoiser(teacher, student, family).save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / sub)  # the search's own files, byte for byte (dtype and all)
     shutil.copytree(weights.parent, folder / sub)
-    model_card(report, t, folder, command, teacher_cost, family, family.call_kwargs(teacher)).save(folder / "README.md")
+    model_card(report, t, folder, command, teacher_cost, family=family,
+               call_kwargs=family.call_kwargs(teacher)).save(folder / "README.md")
     return folder
 
 
@@ -107,8 +108,8 @@ def _teacher_cost(pipeline) -> dict:
     trials count them: the family's text tokens)."""
     family = family_of(pipeline)
     denoiser = getattr(pipeline, family.subfolder)
-    text = {} if family.name == "unet" else {"text_len": family.text_tokens(pipeline)}
-    return {"params": count_params(denoiser), "macs": count_macs(denoiser, family=family, **text)}
+    return {"params": count_params(denoiser), "macs": count_macs(denoiser, text_len=family.text_tokens(pipeline),
+                                                                 family=family)}
 
 
 def _student_weights(t: TrialPoint) -> Path:

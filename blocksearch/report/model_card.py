@@ -18,16 +18,16 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_fr
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.objectives import UNIT, fmt
-from blocksearch.families.base import Family, get_family
-from blocksearch.families.unet import removed  # noqa: F401 - re-exported (the model card's words of a U-Net)
+from blocksearch.families.base import Family
 from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.teachers import resolve_teacher, teacher_kind
 
 PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under
 TOY_BASE_MODEL = "blocksearch/toy-teacher"  # not a Hub repository: the toy teacher bundled with blocksearch
 TOY_DIT_BASE_MODEL = "blocksearch/toy-dit-teacher"  # the same for the bundled toy transformer teacher
-TAGS = ["blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion"]
-UNET_TAGS, DIT_TAGS = ("bk-sdm", "stable-diffusion"), ["diffusion-transformer", "depth-pruning"]  # a transformer's
+SHARED_TAGS = ("blocksearch", "knowledge-distillation", "block-removal", "text-to-image")  # every card's
+# where a family's tag sits among the shared ones (the tag order of earlier cards); others follow them
+TAG_ORDER = ("blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion")
 # Hub licence ids of the published SD teachers (blocksearch's architecture names and Hub ids)
 ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
 HUB_LICENSE = ((r"^(compvis|runwayml|stable-diffusion-v1-5|stabilityai)/stable-diffusion-v1", "creativeml-openrail-m"),
@@ -121,7 +121,13 @@ def base_model(spec: str) -> tuple[str, str]:
                   f"this card to the Hub")
 
 
-def eval_results(report: ParetoReport, t: TrialPoint) -> list[EvalResult]:
+def card_tags(family: Family) -> list[str]:
+    """The shared tags and the family's ``card_tags``, in ``TAG_ORDER``."""
+    rank = {t: i for i, t in enumerate(TAG_ORDER)}
+    return sorted([*SHARED_TAGS, *family.card_tags], key=lambda t: rank.get(t, len(TAG_ORDER)))
+
+
+def eval_results(report: ParetoReport, t: TrialPoint, family: Family) -> list[EvalResult]:
     """The trial's measured metrics as Hub eval results on its evaluation set (one per metric it has)."""
     a, m = report.attrs, t.metrics
     ev = a.get("eval") or {}
@@ -133,7 +139,7 @@ def eval_results(report: ParetoReport, t: TrialPoint) -> list[EvalResult]:
         dataset_type, dataset_name = "imagefolder", f"{folder} captions ({prompts} prompts)"
     else:
         dataset_type, dataset_name = "prompts", f"{prompts} evaluation prompts"
-    name = teacher_family(report).denoiser_name
+    name = family.denoiser_name
     return [EvalResult(task_type="text-to-image", dataset_type=dataset_type, dataset_name=dataset_name,
                        metric_type=kind, metric_name=label.replace("U-Net", name),
                        metric_value=int(m[key]) if UNIT.get(key) == "count" else float(m[key]))
@@ -148,15 +154,15 @@ def _kind(spec: str) -> str:
         return "unknown"
 
 
-def card_data(report: ParetoReport, t: TrialPoint) -> ModelCardData:
+def card_data(report: ParetoReport, t: TrialPoint, family: Family) -> ModelCardData:
     """The card's YAML metadata, built by ``huggingface_hub``."""
     teacher = report.attrs.get("teacher", "?")
     lic = teacher_license(teacher)
-    tags = TAGS if teacher_family(report).name == "unet" else [t for t in TAGS if t not in UNET_TAGS] + DIT_TAGS
+    tags = card_tags(family)
     return ModelCardData(base_model=base_model(teacher)[0], license=lic.id, library_name="diffusers",
                          pipeline_tag="text-to-image", tags=list(tags),
                          model_name=f"{report.study}-trial{t.number}-{t.genome}",
-                         eval_results=eval_results(report, t) or None)
+                         eval_results=eval_results(report, t, family) or None)
 
 
 def continue_command(report: ParetoReport, folder: Path) -> str:
@@ -174,29 +180,17 @@ def _how(how) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
-def teacher_family(report: ParetoReport) -> Family:
-    """The family of the study's teacher (a U-Net where the teacher is no longer readable: a moved folder)."""
-    try:
-        return resolve_teacher(report.attrs.get("teacher", "?")).family
-    except BlocksearchError:
-        return get_family("unet")
-
-
 def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command: str = "",
-               teacher_cost: dict | None = None, family: Family | None = None, call_kwargs: dict | None = None) -> ModelCard:
+               teacher_cost: dict | None = None, *, family: Family, call_kwargs: dict | None = None) -> ModelCard:
     """The model card: ``ModelCardData`` metadata, then architecture vs the teacher, metrics with how
     they were measured, licence, provenance and the command that continues training. ``family``: the teacher's
-    denoiser family (default: read from the study's teacher); ``call_kwargs``: what its stock pipeline's call
-    needs beyond its defaults (the snippet shows them)."""
+    denoiser family; ``call_kwargs``: what its stock pipeline's call needs beyond its defaults (the snippet
+    shows them)."""
     a, m = report.attrs, t.metrics
     teacher = a.get("teacher", "?")
-    family = family or teacher_family(report)
     lic, (_, base_note) = teacher_license(teacher), base_model(teacher)
     title = f"{report.study} trial {t.number}" + (f" ({t.design})" if t.design else "")
-    what = ("A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
-            "multi-objective search)" if family.name == "unet" else
-            f"A depth-pruned {family.denoiser_name} ({type_name(family)}) found by blocksearch (blocks removed as "
-            f"TinyFusion, arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)")
+    what = family.card_summary.format(denoiser=family.denoiser_name, model_class=type_name(family))
     extra = "".join(f", {k}={v!r}" for k, v in (call_kwargs or {}).items())
     lines = [f"# {title}: `{t.genome}`", "",
              f"{what}, initialised from teacher `{teacher}`'s weights and trained by a short "
@@ -213,7 +207,7 @@ def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command
     if export_command:
         lines.append(f"- export: `{export_command}`")
     steps = (a.get("distill") or {}).get("steps", "?") if isinstance(a.get("distill"), dict) else "?"
-    if family.name == "unet":  # blocksearch train continues U-Nets (train.py); a transformer's is not built yet
+    if family.trains:  # blocksearch train continues this family's students (train.py)
         lines += ["", "## Continue training at full length", "",
                   f"The search trained this student for {steps} steps only, enough to rank candidates, not to "
                   f"converge. Continue from this folder with BK-SDM's recipe (50K iterations, batch 256, AdamW lr "
@@ -224,7 +218,7 @@ def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command
     else:
         lines += ["", f"The search trained this student for {steps} KD steps only, enough to rank candidates, not "
                       f"to converge.", ""]
-    return ModelCard(f"---\n{card_data(report, t).to_yaml()}\n---\n\n" + "\n".join(lines))
+    return ModelCard(f"---\n{card_data(report, t, family).to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def type_name(family: Family) -> str:

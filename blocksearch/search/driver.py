@@ -21,6 +21,7 @@ import optuna
 import torch
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import ArchSpace, get_family
 from blocksearch.recipe.distill import DistillConfig
 from blocksearch.recipe.evaluate import evaluation_set
 from blocksearch.report.compute import ParetoReport, build_report
@@ -33,18 +34,16 @@ from blocksearch.search.rungs import check_rung_settings, check_rungs, default_r
 from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.search.samplers import SAMPLERS
 from blocksearch.search.selection import FirstStage, first_stage, read_selection
-from blocksearch.search.teacher_setup import measure_teacher, warm_teacher_cache
-from blocksearch.search.teacher_setup import params_table  # moved: blocksearch/search/teacher_setup.py
+from blocksearch.search.teacher_setup import measure_teacher, params_table, warm_teacher_cache
 from blocksearch.search.trial import TrialJob
 from blocksearch.settings import PROBE_KEYS
-from blocksearch.space import BoundSpace, SearchSpace, load_space
+from blocksearch.space import load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
                                default_storage, default_study_name, existing_study, open_storage,
                                prepare_study, space_name)
-from blocksearch.teachers import ARCHITECTURES, is_toy, load_teacher_denoiser, resolve_teacher, weights_sha256
+from blocksearch.teachers import TeacherRef, resolve_teacher, weights_sha256
 
 CANDIDATE = "blocksearch.search.trial:train_candidate"  # the work of one trial; tests may point elsewhere
-TOY_OF_FAMILY = {"unet": "toy", "dit": "toy-dit"}  # `--teacher toy` (the default) for a space of each family
 
 
 # -- resolve --------------------------------------------------------------------------------------------
@@ -75,7 +74,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
                                                      "clip_model") if getattr(cfg, k) not in (None, "toy")}
     teacher = str(Path(cfg.teacher).resolve()) if Path(cfg.teacher).exists() else cfg.teacher  # trials chdir
     if teacher == "toy":  # the bundled toy teacher of the space's family: a U-Net, or the toy transformer
-        teacher = TOY_OF_FAMILY[load_space(cfg.space).family]
+        teacher = get_family(load_space(cfg.space).family).toy_teacher
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
                                candidate=cfg.candidate or CANDIDATE, teacher=teacher, **paths,
                                study=cfg.study or default_study_name(cfg.space, teacher))
@@ -93,29 +92,31 @@ def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
                                steps=stage.steps, rungs=rungs)
 
 
-def bind_space(space: SearchSpace, teacher: str) -> tuple[BoundSpace, torch.nn.Module]:
+def bind_space(space, ref: TeacherRef) -> tuple[ArchSpace, torch.nn.Module]:
     """The space bound to the teacher's topology, and the teacher's denoiser (for exact params); a space of
     another denoiser family than the teacher's is a one-line error."""
-    if teacher in ARCHITECTURES:
+    teacher = ref.spec
+    if ref.kind == "architecture":
         raise BlocksearchError(
             f"teacher {teacher!r} is an architecture without weights; a search distils from real "
             f"weights: use toy, a local diffusers folder, or a cached hub id")
-    ref = resolve_teacher(teacher)
-    if ref.family_name != space.family:
+    if ref.family.name != space.family:
         raise BlocksearchError(f"space {space.name} ({space.path}) is for the {space.family} family but teacher "
-                               f"{teacher} is a {ref.family_name} teacher; allowed: a {space.family} teacher (e.g. "
-                               f"{TOY_OF_FAMILY[space.family]}) or a {ref.family_name} space")
-    denoiser = load_teacher_denoiser(teacher, device="cpu")
+                               f"{teacher} is a {ref.family.name} teacher; allowed: a {space.family} teacher (e.g. "
+                               f"{get_family(space.family).toy_teacher}) or a {ref.family.name} space")
+    denoiser = ref.load_denoiser("cpu")
     return space.bind(ref.family.topology(denoiser.config)), denoiser
 
 
 # -- the job: what every trial runs, and the study contract -------------------------------------------
-def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None, stages=None) -> tuple[TrialJob, dict]:
+def trial_job(cfg: SearchConfig, bound: ArchSpace, teacher_unet=None, stages=None,
+              ref: TeacherRef | None = None) -> tuple[TrialJob, dict]:
     """The stage configs of every trial, and the study's user attrs (the study contract): its full
     settings -- the teacher and a sha256 of its U-Net weights, the data, the evaluation set, the budgets
     and constraints -- which a resume must match (``study.check_settings``). ``stages``: the run's
     (DistillConfig, EvalConfig) where already computed (run_settings.check_inputs), else computed here."""
-    distill_cfg, eval_cfg = stages or stage_configs(cfg)
+    ref = ref or resolve_teacher(cfg.teacher)  # run_search passes its own, read once
+    distill_cfg, eval_cfg = stages or stage_configs(cfg, ref)
     if cfg.score in PROBE_KEYS:  # the first stage is ranked by the held-out probe: no image to generate
         eval_cfg = dataclasses.replace(eval_cfg, images=False)
     rungs = default_rungs(distill_cfg.steps) if cfg.rungs is None else check_rungs(cfg.rungs, distill_cfg.steps)
@@ -124,11 +125,11 @@ def trial_job(cfg: SearchConfig, bound: BoundSpace, teacher_unet=None, stages=No
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
                    checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
-                   family=bound.space.family, reference_seeds=reference_seeds(cfg))
+                   family=ref.family.name, reference_seeds=reference_seeds(cfg))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
-             "data": data_identity(distill_cfg.data), "eval_set": evaluation_set(eval_cfg, is_toy(cfg.teacher)),
+             "data": data_identity(distill_cfg.data), "eval_set": evaluation_set(eval_cfg, ref.is_toy),
              "distill": _jsonable(job.distill), "eval": _jsonable(job.eval), "device": device,
              "latency_target": [target, cfg.latency_dtype or ("fp16" if target.startswith("cuda") else "fp32")],
              "constraints": {"max_params": cfg.max_params, "min_alignment": cfg.min_alignment},
@@ -159,7 +160,8 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     results = results or out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = resolve(cfg)  # every check reads only; the first write is prepare_study
-    stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
+    ref = resolve_teacher(cfg.teacher)  # --teacher, read once: every stage below is passed this value
+    stage = first_stage(cfg.score, ref.is_toy, cfg.steps)
     rung_objectives = cfg.objectives  # the rungs rank by FID (the first stage may rank by a cheaper score)
     cfg = first_stage_config(cfg, stage)
     print(f"first-stage score: {stage.why}", file=out)
@@ -169,13 +171,13 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     storage = open_storage(cfg.storage, create_folder=cfg.storage == default_storage(cfg.runs_dir),
                            heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
     study = existing_study(storage, cfg)
-    stages = check_inputs(cfg)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
-    bound, teacher_unet = bind_space(space, cfg.teacher)
+    stages = check_inputs(cfg, ref)  # a real teacher's inputs: one line each, before the teacher loads and Ray starts
+    bound, teacher_unet = bind_space(space, ref)
     if cfg.trials > len(bound):  # a small space (9 architectures on the toy transformer): each one once, no more
         print(f"--trials {cfg.trials}: the space has {len(bound)} architectures on this teacher; {len(bound)} trials",
               file=out)
         cfg = dataclasses.replace(cfg, trials=len(bound))
-    job, study_attrs = trial_job(cfg, bound, teacher_unet, stages)
+    job, study_attrs = trial_job(cfg, bound, teacher_unet, stages, ref)
     rungs = ladder(cfg, job, study_attrs, rung_objectives)  # what the rung loop needs, once
     if study is not None:
         check_settings(study, study_attrs)  # a resume with incomparable settings: refused, nothing touched

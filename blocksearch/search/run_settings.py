@@ -17,7 +17,7 @@ from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, inception_wei
 from blocksearch.recipe.preflight import check_captions, check_inception_weights, check_real_inputs
 from blocksearch.recipe.schedules import SCHEDULES
 from blocksearch.study import SearchConfig
-from blocksearch.teachers import is_toy, native_resolution, teacher_kind
+from blocksearch.teachers import TeacherRef, resolve_teacher
 
 
 def absolute(path: str) -> str:
@@ -54,11 +54,12 @@ def check_stage_flags(cfg: SearchConfig) -> None:
 REAL_ONLY = ("reference", "captions", "inception_weights", "clip_model")
 
 
-def stage_configs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
+def stage_configs(cfg: SearchConfig, ref: TeacherRef | None = None) -> tuple[DistillConfig, EvalConfig]:
     """The trials' DistillConfig and EvalConfig: the flags given, else the defaults that follow the teacher
     (the toy's own for the toy; for SD teachers BK-SDM's: guidance 7.5, 25 steps of the teacher's own
     scheduler, AdamW lr 5e-5) at the teacher's own resolution. One-line errors for what a teacher lacks."""
-    toy, native = is_toy(cfg.teacher), native_resolution(cfg.teacher)
+    ref = ref or resolve_teacher(cfg.teacher)  # the driver passes its own, read once
+    toy, native = ref.is_toy, ref.native_resolution()
     resolution = cfg.resolution or native
     if toy:
         given = [f"--{k.replace('_', '-')}" for k in REAL_ONLY if getattr(cfg, k) is not None]
@@ -113,13 +114,13 @@ def _captions_of(cfg: SearchConfig) -> str | None:
     return cfg.data
 
 
-def check_inputs(cfg: SearchConfig) -> tuple[DistillConfig, EvalConfig]:
+def check_inputs(cfg: SearchConfig, ref: TeacherRef | None = None) -> tuple[DistillConfig, EvalConfig]:
     """Every input of the run, checked before Ray starts (preflight.py: each problem one line, exit 2):
     the teacher folder, the data, the reference set for the FID asked for, the Inception weights, CLIP."""
-    teacher_kind(cfg.teacher)  # an unknown teacher, before any folder check
+    ref = ref or resolve_teacher(cfg.teacher)  # an unknown teacher, before any folder check
     check_real_inputs(cfg.teacher, cfg.data, cfg.reference, cfg.inception_weights, cfg.clip_model,
                       fid_images=cfg.eval_prompts or EvalConfig.prompts)
-    distill_cfg, eval_cfg = stage_configs(cfg)
+    distill_cfg, eval_cfg = stage_configs(cfg, ref)
     if eval_cfg.inception_weights and not cfg.inception_weights:  # found in a cache: torch-fidelity unpickles it
         check_inception_weights(eval_cfg.inception_weights)
     if eval_cfg.reference is not None:

@@ -27,13 +27,13 @@ from typing import NamedTuple
 import optuna
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import ArchSpace
 from blocksearch.recipe.evaluate import EvalConfig
 from blocksearch.report.compute import ParetoReport, TrialPoint, build_report
 from blocksearch.search import console
 from blocksearch.search.promotion import RUNG_FACTOR, promoted, stopped_references
 from blocksearch.search.cluster import Tuning, lanes
 from blocksearch.search.reference_noise import IMAGE_KEYS, SOURCE
-from blocksearch.space import BoundSpace
 from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, check_settings, is_stale, rung_name
 from blocksearch.search.study_reuse import study_taken
 from blocksearch.search.trial import CHECKPOINT, TrialJob
@@ -84,7 +84,7 @@ def study_free(report: ParetoReport, job: TrialJob) -> set[int]:
 
 
 def prepare_rung(storage, name: str, objectives: tuple[str, ...], directions: list[str], attrs: dict,
-                 chosen: list[TrialPoint], bound: BoundSpace) -> optuna.Study:
+                 chosen: list[TrialPoint], bound: ArchSpace) -> optuna.Study:
     """Create or load the rung's study and queue each chosen student once (``promoted_from``: its trial in
     the study below; reference designs keep ``design``). A student queued before is not queued again."""
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, directions=directions)

@@ -38,8 +38,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import Arch, ArchSpace
 from blocksearch.search.samplers import REPEATS_BEFORE_FALLBACK, make_sampler, untrained_genome
-from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import FINISHED, OBJECTIVES, SearchConfig, counts, fail_unclaimed_trials, heartbeats, is_stale
 from blocksearch.search.trial import KD_METRIC
 
@@ -68,7 +68,7 @@ class StudySearch(OptunaSearch):
 
     ``on_change(outcome, running)`` is called when a trial starts (outcome None) and when one ends."""
 
-    def __init__(self, cfg: SearchConfig, storage, bound: BoundSpace, params_of: Callable[[Genome], int],
+    def __init__(self, cfg: SearchConfig, storage, bound: ArchSpace, params_of: Callable[[Arch], int],
                  on_change: Callable[[TrialOutcome | None, int], None] | None = None,
                  alignment_floor: float | None = None, queue_only: bool = False, guide_ceiling: float | None = None,
                  text_key: str = "probe_guide"):
@@ -126,7 +126,7 @@ class StudySearch(OptunaSearch):
             return "finished"
         return "wait" if c["done"] + c["running"] >= self.cfg.trials else "go"
 
-    def _running_elsewhere(self, genome: Genome, number: int) -> optuna.trial.FrozenTrial | None:
+    def _running_elsewhere(self, genome: Arch, number: int) -> optuna.trial.FrozenTrial | None:
         """A RUNNING trial of ``genome`` other than ours (another driver's, or our own in flight)."""
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.number != number and t.user_attrs.get("genome") == genome.id:
@@ -186,7 +186,7 @@ class StudySearch(OptunaSearch):
         if genome is not None:
             self.study.enqueue_trial(self.bound.to_params(genome), user_attrs={"explore": True})
 
-    def _evaluated(self, genome: Genome) -> optuna.trial.FrozenTrial | None:
+    def _evaluated(self, genome: Arch) -> optuna.trial.FrozenTrial | None:
         """The trial that already trained ``genome`` (complete, pruned or failed), if any."""
         states = tuple(optuna.trial.TrialState[s] for s in FINISHED)
         for t in self.study.get_trials(deepcopy=False, states=states):

@@ -11,26 +11,25 @@ import optuna
 import torch
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.families.base import get_family
+from blocksearch.families.base import Arch, ArchSpace, get_family
 from blocksearch.objectives import fmt
 from blocksearch.recipe.baseline import alignment_bound, teacher_reference
-from blocksearch.recipe.cost import count_params
+from blocksearch.families.cost import count_params
 from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.recipe.evaluate import EvalConfig, toy_prompts_note
 from blocksearch.search.trial import TrialJob
-from blocksearch.space import BoundSpace, Genome
 from blocksearch.study import SearchConfig
 from blocksearch.teachers import load_teacher
 
 
-def params_table(teacher_unet: torch.nn.Module, bound: BoundSpace) -> Callable[[Genome], int]:
+def params_table(teacher_unet: torch.nn.Module, bound: ArchSpace) -> Callable[[Arch], int]:
     """Exact params of an architecture, from the config alone (meta device), cached by its id in ``.cache``;
     ``teacher_unet``: the teacher's denoiser, of the space's family."""
     cache: dict[str, int] = {}
     config, model_class = teacher_unet.config, type(teacher_unet)  # only the config: Tune pickles the searcher
     family = get_family(bound.space.family)  # and this function with it
 
-    def params_of(genome: Genome) -> int:
+    def params_of(genome: Arch) -> int:
         if genome.id not in cache:
             with torch.device("meta"):
                 unet = model_class.from_config(family.student_config(config, genome))

@@ -44,13 +44,13 @@ class TrialJob:
     students_dir: str
     cpus: int
     report_every: int
+    family: str  # the teacher's (and space's) denoiser family name (families/base.py): how an architecture id is read
     noise_seeds: int = 1  # generation seeds at which a reference design's student is scored (run --noise-seeds)
     design: str | None = None  # this trial's reference design (set per trial by ``trainable``)
     checkpoint: bool = False  # keep the students' KD checkpoints: a longer rung may continue them (rungs.py)
     resume_dir: str | None = None  # a rung's trial: the students folder of the study below, whose checkpoints it continues
     cache_steps: int | None = None  # the teacher cache covers this many steps (the longest rung): one file for all
     score: str = "fid"  # the quality objective: fid, or a held-out probe score (probe.py; selection.py chose it)
-    family: str = "unet"  # the space's denoiser family (families/base.py): how an architecture id is read
     # bench fidelity's seed scores of the reference designs, {budget: {genome: rows}} (reference_noise.py): a
     # reference design whose own scores they reproduce takes its other seeds from them instead of training them
     reference_seeds: dict = field(default_factory=dict)

@@ -29,7 +29,7 @@ from blocksearch.report.export import choose
 from blocksearch.recipe.preflight import check_real_inputs
 from blocksearch.report.compute import load_report
 from blocksearch.search.run_settings import absolute
-from blocksearch.teachers import is_toy, load_teacher
+from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.train.tracking import require
 from blocksearch.train.loop import RUN_NAME, TrainJob, make_student, ray_worker, run_local
 from blocksearch.train.state import TrainConfig, settings_of, split
@@ -59,7 +59,7 @@ def prepare_job(teacher: str | None, student: tuple[str, str], out: str, *, spac
         source |= {"student_dir": init}
         student = ("init", init)
     teacher = teacher or "toy"
-    toy = is_toy(teacher)
+    toy = resolve_teacher(teacher).is_toy
     steps = (train or {}).get("steps") or (TOY_TRAIN if toy else SD_TRAIN)["steps"]
     defaults = base or (distill_defaults(toy) | ({} if toy else {"batch_size": SD_BATCH}))
     dcfg = DistillConfig(**(defaults | given | {"steps": steps, "teacher_cache": "off"}))

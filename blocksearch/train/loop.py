@@ -28,7 +28,7 @@ from blocksearch.console import quiet
 from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, score_images
-from blocksearch.families.unet import Student, build_student, load_student
+from blocksearch.families.unet.surgery import build_student, load_student, Student
 from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
 from blocksearch.teachers import Teacher, load_teacher
 from blocksearch.train.tracking import open_tracker
@@ -58,7 +58,7 @@ class TrainJob:
 
 def make_student(job: TrainJob, teacher: Teacher) -> Student:
     """A design cut out of the teacher (surgery), or a saved student folder (``load_student``)."""
-    if teacher.family.name != "unet":  # the full-length training of transformer students is not built yet
+    if not teacher.family.trains:  # the full-length training of transformer students is not built yet
         raise BlocksearchError(f"blocksearch train trains U-Net students; teacher {job.teacher} is a "
                                f"{teacher.family.denoiser_name} (distil its students with blocksearch distill)")
     kind, value = job.student

@@ -92,7 +92,7 @@ def split(batch_size: int, workers: int, micro: int | None) -> tuple[int, int]:
 def micro_batch(batch: Batch, rank: int, world: int, step: int, micro: int) -> Batch:
     """Worker ``rank``'s rows for accumulation step ``step``: chunk ``step * world + rank`` of ``micro`` rows."""
     start = (step * world + rank) * micro
-    return Batch(*(t[start:start + micro] for t in (batch.noisy, batch.timesteps, batch.text, batch.target)))
+    return batch.rows(start, start + micro)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------

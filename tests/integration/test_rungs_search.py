@@ -9,9 +9,9 @@ from blocksearch.cli import main
 from blocksearch.recipe.distill import DistillConfig, distill
 from blocksearch.report.compute import build_report
 from blocksearch.search.promotion import promoted, stopped_references
-from blocksearch.space import Genome
+from blocksearch.families.unet.genome import Genome
 from blocksearch.study import counts
-from blocksearch.families.unet import build_student
+from blocksearch.families.unet.surgery import build_student
 from blocksearch.search.selection import read_selection
 from blocksearch.teachers import load_teacher
 from tests.integration.conftest import free_port

@@ -6,36 +6,38 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
+from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch.recipe.data import BatchStream
 from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.teacher_cache import DISK_RESERVE, cache_bytes_per_step, cache_cap, cache_plan, open_cache
-from blocksearch.teachers import architecture, load_teacher
+from blocksearch.families.unet.topology import architecture
+from blocksearch.teachers import load_teacher
 
 
 @pytest.mark.parametrize("dtype, dtype_bytes", [("fp32", 4), ("fp16", 2)])
 def test_estimate_equals_the_bytes_of_a_cache_file(sd_folder, data_folder, tmp_path, dtype, dtype_bytes):
     teacher = load_teacher(str(sd_folder))
-    stream = BatchStream(teacher.pipeline, str(data_folder), batch_size=3, seed=0, cache_dir=tmp_path)
-    cache = open_cache("tiny-sd", teacher.unet, stream, 2, tmp_path, dtype=dtype)
+    stream = BatchStream(teacher.pipeline, str(data_folder), batch_size=3, seed=0, cache_dir=tmp_path, family=teacher.family)
+    cache = open_cache("tiny-sd", teacher.unet, stream, 2, tmp_path, dtype=dtype, family=teacher.family)
     tensors = load_file(cache.path)
     real = sum(t.numel() * t.element_size() for t in tensors.values())
     latent = tensors["noisy"].shape[-1]
     tokens = teacher.pipeline.tokenizer.model_max_length
     assert latent == 8 and tokens == 77
-    assert cache_bytes_per_step(teacher.unet.config, 3, latent, dtype_bytes, text_tokens=tokens) * 2 == real
+    assert cache_bytes_per_step(teacher.unet.config, 3, latent, dtype_bytes, text_tokens=tokens, family=teacher.family) * 2 == real
 
 
 def test_sd_v1_at_512px_on_the_meta_device():
     config = architecture("sd-v1").config
-    per_step = cache_bytes_per_step(config, 16, 64)
+    per_step = cache_bytes_per_step(config, 16, 64, family=UNET)
     # hand count per image, surgery.kd_teacher_modules at 64x64 latents: down_blocks.0-3 320x32x32 + 640x16x16
     # + 2 x 1280x8x8, mid_block 1280x8x8, up_blocks.0-3 1280x16x16 + 1280x32x32 + 640x64x64 + 320x64x64,
     # down_blocks.2.attentions.1 1280x16x16, output 4x64x64 = 6,651,904 fp32 values; inputs 2 x 4x64x64 +
     # 77x768 fp32 + int64
     assert per_step == 16 * (6_651_904 * 4 + 2 * 16384 * 4 + 77 * 768 * 4 + 8)
-    assert cache_bytes_per_step(config, 32, 64) == 2 * per_step
-    assert cache_bytes_per_step(config, 16, 64, dtype_bytes=2) < per_step
+    assert cache_bytes_per_step(config, 32, 64, family=UNET) == 2 * per_step
+    assert cache_bytes_per_step(config, 16, 64, dtype_bytes=2, family=UNET) < per_step
 
 
 def test_cache_plan():

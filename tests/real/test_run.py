@@ -18,7 +18,8 @@ from blocksearch.commands.run_config import _step_counts
 from blocksearch.search.run_settings import stage_configs
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, open_storage, prepare_study
-from blocksearch.teachers import load_teacher_unet, native_resolution, topology_of
+from blocksearch.families.unet.topology import topology_of
+from blocksearch.teachers import resolve_teacher
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -53,7 +54,7 @@ def test_defaults_follow_the_teacher(sd_folder, data_folder, reference_folder, i
     cfg = search.resolve(SearchConfig(teacher=str(sd_folder), data=str(data_folder), reference=str(reference_folder),
                                       inception_weights=str(inception_file), clip_model=str(clip_folder)))
     distill_cfg, eval_cfg = stage_configs(cfg)
-    assert native_resolution(str(sd_folder)) == 32  # unet sample_size 8 x the VAE's 4
+    assert resolve_teacher(str(sd_folder)).native_resolution() == 32  # unet sample_size 8 x the VAE's 4
     assert (eval_cfg.guidance, eval_cfg.steps, eval_cfg.resolution) == (7.5, 25, 32)  # BK-SDM's, the teacher's size
     assert distill_cfg.lr == 5e-5 and distill_cfg.resolution == 32 and distill_cfg.data == str(data_folder)
     assert eval_cfg.captions == str(data_folder)  # the reference has no captions: the prompts are the data's
@@ -132,7 +133,7 @@ def test_a_real_teacher_needs_its_inputs(real_args, no_ray, capsys):
 
 def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_folder, tmp_path, no_ray, capsys):
     cfg = search.resolve(search_config(real_args))
-    teacher_unet = load_teacher_unet(cfg.teacher)
+    teacher_unet = resolve_teacher(cfg.teacher).load_denoiser()
     bound = load_space("unet_blocks").bind(topology_of(teacher_unet.config))
     job, attrs = search.trial_job(cfg, bound, teacher_unet)
     assert len(attrs["teacher_unet_sha256"]) == 64 and attrs["data"]["items"] == 32
@@ -193,11 +194,11 @@ def test_run_on_a_real_teacher_end_to_end(real_args, tmp_path, capsys, monkeypat
 def test_weights_sha256_sees_every_byte(sd_folder):
     import torch
 
-    from blocksearch.teachers import weights_sha256
+    from blocksearch.teachers import resolve_teacher, weights_sha256
 
-    unet = load_teacher_unet(str(sd_folder))
+    unet = resolve_teacher(str(sd_folder)).load_denoiser()
     before = weights_sha256(unet)
-    assert before == weights_sha256(load_teacher_unet(str(sd_folder)))  # stable across loads
+    assert before == weights_sha256(resolve_teacher(str(sd_folder)).load_denoiser())  # stable across loads
     with torch.no_grad():
         last = list(unet.parameters())[-1]
         last.view(-1)[-1] += 1e-3  # one value, far from the leading ones that data.fingerprint reads

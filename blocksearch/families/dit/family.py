@@ -5,6 +5,7 @@ class follows the teacher's class (``FAMILY.for_teacher(config)``)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import diffusers
 
@@ -13,6 +14,7 @@ from blocksearch.families.dit.genome import (DitGenome, architecture_diff, archi
                                              topology_of)
 from blocksearch.families.dit.pipeline import (PIPELINES, call_kwargs, encode_text, forward, forward_inputs,
                                                text_tokens)
+from blocksearch.families.dit.show import show_space
 from blocksearch.families.dit.space import load
 from blocksearch.families.dit.surgery import (block_feature, build_student, describe, kd_pairs, kd_teacher_modules,
                                               student_config)
@@ -31,6 +33,13 @@ def load_pipeline(source: str, device: str) -> diffusers.DiffusionPipeline:
     return pipe.to(device)
 
 
+def load_student_denoiser(folder, teacher_denoiser):
+    """A student folder's transformer, of the teacher's class: ``DIR/transformer`` (distill's, export's) or a
+    transformer folder."""
+    sub = FAMILY.subfolder if (Path(folder) / FAMILY.subfolder).is_dir() else None
+    return type(teacher_denoiser).from_pretrained(folder, subfolder=sub, use_safetensors=True)
+
+
 FAMILY = DenoiserFamily(
     name="dit", subfolder="transformer", denoiser_name="transformer", load_space=load, topology=topology_of,
     arch_from_id=DitGenome.from_id, student_config=student_config, build_student=build_student, kd_pairs=kd_pairs,
@@ -40,4 +49,5 @@ FAMILY = DenoiserFamily(
     card_tags=("diffusion-transformer", "depth-pruning"),
     card_summary="A depth-pruned {denoiser} ({model_class}) found by blocksearch (blocks removed as TinyFusion, "
                  "arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)",
-    kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, specialise=specialise)
+    kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, specialise=specialise,
+    load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy-dit")

@@ -8,10 +8,11 @@ from diffusers import StableDiffusionPipeline
 
 from blocksearch.families.base import DenoiserFamily
 from blocksearch.families.unet.genome import Genome
+from blocksearch.families.unet.show import show_space
 from blocksearch.families.unet.space import load
 from blocksearch.families.unet.surgery import (build_student, describe, kd_pairs, kd_teacher_modules, load_student,
                                                student_config)
-from blocksearch.families.unet.topology import topology_of, unet_inputs
+from blocksearch.families.unet.topology import load_unet, topology_of, unet_inputs
 from blocksearch.families.unet.words import architecture_diff, architecture_table, removed
 
 TEXT_LEN = 77  # SD's CLIP context, as cost.py and latency.py count every U-Net (the toy's 16 included)
@@ -41,6 +42,12 @@ def load_pipeline(source: str, device: str) -> StableDiffusionPipeline:
     return pipe.to(device)
 
 
+def load_student_denoiser(folder, teacher_denoiser) -> torch.nn.Module:
+    """A student folder's U-Net: ``DIR/unet`` (distill's, export's) or a diffusers U-Net folder."""
+    return load_unet(folder, what="student folder",
+                     expected="a folder written by `blocksearch distill` or a diffusers U-Net folder")
+
+
 FAMILY = DenoiserFamily(
     name="unet", subfolder="unet", denoiser_name="U-Net", load_space=load, topology=topology_of,
     arch_from_id=Genome.from_id, student_config=student_config, build_student=build_student, kd_pairs=kd_pairs,
@@ -50,4 +57,4 @@ FAMILY = DenoiserFamily(
     trains=True, text_len=TEXT_LEN, card_tags=("bk-sdm", "stable-diffusion"),
     card_summary="A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
                  "multi-objective search)",
-    load_student=load_student)
+    load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy")

@@ -1,4 +1,4 @@
-"""Cost of an architecture: exact parameter count and MACs of one denoiser forward (a U-Net's, or another
+"""Cost of a denoiser: exact parameter count and MACs of one denoiser forward (a U-Net's, or another
 family's with its ``forward_inputs``).
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention;
@@ -13,8 +13,7 @@ import copy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from blocksearch.families.base import Family, family_of_config
-from blocksearch.families.unet.topology import unet_inputs  # noqa: F401 - moved: blocksearch/families/unet/topology.py (callers outside this branch)
+from blocksearch.families.base import Family
 
 
 def count_params(unet: torch.nn.Module) -> int:
@@ -22,13 +21,12 @@ def count_params(unet: torch.nn.Module) -> int:
     return sum(p.numel() for p in unet.parameters())
 
 
-def count_macs(unet: torch.nn.Module, latent_size: int | None = None, text_len: int = 77,
-               family: Family | None = None) -> int:
+def count_macs(unet: torch.nn.Module, latent_size: int | None = None, text_len: int = 77, *, family: Family) -> int:
     """MACs of one forward at batch 1 (no classifier-free-guidance doubling) of the denoiser ``unet`` of
-    ``family`` (None: the family of its config, ``family_of_config``), rebuilt from its config on the meta device."""
+    ``family``, rebuilt from its config on the meta device."""
     with torch.device("meta"):
         meta = type(unet).from_config(copy.deepcopy(dict(unet.config)))
-    inputs = (family or family_of_config(meta.config)).forward_inputs(meta.config, 1, latent_size, text_len=text_len)
+    inputs = family.forward_inputs(meta.config, 1, latent_size, text_len=text_len)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(**inputs)
