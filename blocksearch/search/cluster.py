@@ -8,7 +8,7 @@ import socket
 from typing import Callable, TextIO
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.space import BoundSpace, Genome
+from blocksearch.families.base import Arch, ArchSpace
 from blocksearch.study import SearchConfig
 
 
@@ -18,8 +18,8 @@ class Tuning:
     (teacher_setup.params_table), the cluster's resources and where progress goes."""
 
     storage: object
-    bound: BoundSpace
-    params_of: Callable[[Genome], int]
+    bound: ArchSpace
+    params_of: Callable[[Arch], int]
     resources: dict
     out: TextIO
 

@@ -32,8 +32,6 @@ from blocksearch.search.console import Progress
 from blocksearch.search.searcher import StudySearch
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import KD_METRIC, TrialJob, load_candidate
-from blocksearch.families.unet.genome import Genome
-from blocksearch.families.unet.space import BoundSpace
 from blocksearch.study import SearchConfig
 
 
