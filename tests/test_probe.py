@@ -36,8 +36,9 @@ def test_two_candidates_are_scored_on_identical_tensors(tmp_path, monkeypatch):
     teacher = make_tiny_teacher(tmp_path)
     a, b = _probe(teacher), _probe(teacher)
     for x, y in zip(a.batches, b.batches):
-        for field in ("noisy", "timesteps", "text", "target"):
+        for field in ("noisy", "timesteps", "target"):
             assert torch.equal(getattr(x, field), getattr(y, field))
+        assert torch.equal(x.cond["encoder_hidden_states"], y.cond["encoder_hidden_states"])
     assert torch.equal(a.teacher_cond[0], b.teacher_cond[0])
     stream = BatchStream(teacher.pipeline, "toy", 4, SMALL.seed, family=teacher.family)
     assert torch.equal(probe_batches(stream, SMALL)[1].noisy, a.batches[1].noisy)
@@ -56,8 +57,9 @@ def test_two_candidates_are_scored_on_identical_tensors(tmp_path, monkeypatch):
     assert len(seen) == 2 and len(small) == len(tiny) == 2
     for (x, tx), (y, ty) in zip(small, tiny):
         assert torch.equal(tx, ty)
-        for field in ("noisy", "timesteps", "text", "target"):
+        for field in ("noisy", "timesteps", "target"):
             assert torch.equal(getattr(x, field), getattr(y, field))
+        assert torch.equal(x.cond["encoder_hidden_states"], y.cond["encoder_hidden_states"])
     # ...and the held-out set is not a KD batch
     assert not torch.equal(stream.clean(0)[2][:2], BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family).clean(0)[2])
 
