@@ -80,6 +80,12 @@ def drop_captions(cond: dict[str, torch.Tensor], empty: dict[str, torch.Tensor],
     return {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), empty[k], v) for k, v in cond.items()}
 
 
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    """The pipeline's text encoders in diffusers' order (SD: one; SDXL: two; SD3: three; Flux: two)."""
+    return [e for e in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+            if e is not None]
+
+
 def fingerprint(*modules: torch.nn.Module) -> str:
     """A cheap, stable identity of weights: names, shapes and the leading values of every tensor."""
     h = hashlib.sha256()
@@ -115,7 +121,7 @@ class BatchStream:
         return {"data": self.data if self.folder is None else self.folder.identity, "seed": self.seed,
                 "batch_size": self.batch_size, "prediction_type": self.prediction_type,
                 "caption_dropout": CAPTION_DROPOUT,
-                "encoders": fingerprint(self.pipe.vae, self.pipe.text_encoder)}
+                "encoders": fingerprint(self.pipe.vae, *text_encoders(self.pipe))}
 
     @torch.no_grad()
     def __getitem__(self, i: int) -> Batch:
@@ -181,7 +187,7 @@ class ImageFolder:
         self.identity = {"folder": str(self.root.resolve()), "items": len(self.items),
                          "metadata": [stat.st_size, int(stat.st_mtime)], "resolution": self.size}
         own = [] if self.family.name == DEFAULT_FAMILY else [self.family.name]  # the keys of earlier versions' files
-        key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, pipe.text_encoder), *own])
+        key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, *text_encoders(pipe)), *own])
                              .encode()).hexdigest()[:16]
         path = cache_dir / f"dataset-{key}.safetensors"
         if not path.exists():

@@ -22,15 +22,13 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from diffusers import StableDiffusionPipeline
 
 from blocksearch.console import quiet
 from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, score_images
-from blocksearch.families.unet.surgery import build_student, load_student, Student
 from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
-from blocksearch.teachers import Teacher, load_teacher
+from blocksearch.teachers import Teacher, load_teacher, with_denoiser
 from blocksearch.train.tracking import open_tracker
 from blocksearch.recipe.schedules import Ema, lr_at
 from blocksearch.train.state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
@@ -56,15 +54,15 @@ class TrainJob:
     source: dict = dataclasses.field(default_factory=dict)  # what the student came from, as given
 
 
-def make_student(job: TrainJob, teacher: Teacher) -> Student:
+def make_student(job: TrainJob, teacher: Teacher):
     """A design cut out of the teacher (surgery), or a saved student folder (``load_student``)."""
     if not teacher.family.trains:  # the full-length training of transformer students is not built yet
         raise BlocksearchError(f"blocksearch train trains U-Net students; teacher {job.teacher} is a "
                                f"{teacher.family.denoiser_name} (distil its students with blocksearch distill)")
     kind, value = job.student
     if kind == "design":
-        return build_student(teacher.unet, resolve_design(teacher.unet, value, job.space)[0])
-    return load_student(value, teacher.unet)
+        return teacher.family.build_student(teacher.denoiser, resolve_design(teacher.denoiser, value, job.space)[0])
+    return teacher.family.load_student(value, teacher.denoiser)
 
 
 # -- where the loop runs ----------------------------------------------------------------------------------
@@ -255,10 +253,7 @@ class RunLog:
 
     def finish(self, teacher: Teacher, unet, genome: str, wall_s: float) -> None:
         """The final student as a pipeline folder in DIR, the learning curve, train.json and a short card."""
-        pipe = StableDiffusionPipeline(vae=teacher.pipeline.vae, text_encoder=teacher.pipeline.text_encoder,
-                                       tokenizer=teacher.pipeline.tokenizer, unet=unet.eval(),
-                                       scheduler=teacher.pipeline.scheduler, safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = with_denoiser(teacher.pipeline, unet.eval(), teacher.family)  # the teacher's stock pipeline class
         pipe.save_pretrained(self.out, safe_serialization=True)
         curve = compute_curve(self.out)
         write_curve(curve, self.out)

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from blocksearch.search import driver as search
+from blocksearch.search import ray_tune
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.commands.run_config import _step_counts
@@ -38,7 +39,7 @@ def no_ray(monkeypatch):
     """Ray must not start: a run that gets that far stops with this error instead."""
     def refuse(cfg):
         raise BlocksearchError("test: Ray would start here")
-    monkeypatch.setattr(search, "start_ray", refuse)
+    monkeypatch.setattr(ray_tune, "start_ray", refuse)  # the driver starts Ray through search/ray_tune.py
 
 
 def one_line_error(capsys, code: int) -> str:
