@@ -4,7 +4,7 @@
 environment (so Ray's local workers inherit it), and every progress bar reads it through :func:`quiet`.
 A renamed flag keeps its old spelling as a deprecated alias (:func:`add_renamed`): it still works, and says
 so in one line on stderr (Python 3.13's ``add_argument(deprecated=True)``, for Python 3.11). Light on
-purpose: parsers.py and toy/cli.py import it, and ``blocksearch --help`` must not load torch.
+purpose: the command modules (commands/) and toy/cli.py import it, and ``blocksearch --help`` must not load torch.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class TrialPoint:
     pruned_at: dict | None = None  # where early stopping cut a PRUNED trial
     skipped: bool = False  # a duplicate suggestion of a running Genome, never trained
     seed_scores: tuple = ()  # reference designs: ({seed, fid, alignment, kid?}, ...) at each generation seed
-    from_study: dict | None = None  # a reference design's scores taken from bench fidelity's study (trial.from_study)
+    from_study: dict | None = None  # a reference design's scores taken from bench fidelity's study (search/study_reuse.py)
 
     @property
     def on_front(self) -> bool:

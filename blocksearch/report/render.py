@@ -350,7 +350,7 @@ def _budget_md(r: ParetoReport) -> list[str]:
 
 
 def _from_study_md(r: ParetoReport) -> list[str]:
-    """The reference designs whose scores this study took from ``bench fidelity``'s (trial.from_study)."""
+    """The reference designs whose scores this study took from ``bench fidelity``'s (search/study_reuse.py)."""
     taken = [t for t in r.trials if t.from_study]
     if not taken:
         return []
