@@ -19,7 +19,7 @@ from blocksearch.cli import main
 from blocksearch.search import driver
 from blocksearch.search.trial import TrialJob, train_candidate
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
-from blocksearch.space import Genome
+from blocksearch.families.unet.genome import Genome
 from tests.integration.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
