@@ -20,6 +20,7 @@ from blocksearch.search import driver
 from blocksearch.search.trial import TrialJob, train_candidate
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
 from blocksearch.families.unet.genome import Genome
+from blocksearch.teachers import resolve_teacher
 from tests.integration.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def test_a_trial_worker_killed_mid_kd_is_retried_and_its_design_trained_once(tin
     # the retried trial scores what an uninterrupted trial of the same design does (the suite's KD-resume tolerance)
     attrs = study.user_attrs
     job = TrialJob(attrs["teacher"], attrs["device"], attrs["distill"], attrs["eval"], str(tmp_path / "straight"), 1,
-                   report_every=1, score=attrs["score"])
+                   report_every=1, score=attrs["score"], family=resolve_teacher(attrs["teacher"]).family.name)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran (--cpus-per-trial 1)
     try:
