@@ -127,6 +127,12 @@ def resolve_teacher(spec: str) -> TeacherRef:
     return TeacherRef(spec, kind, folder, family)
 
 
+def show_space(space, teacher: str | None, latent: int | None) -> int:
+    """``space show``: ``space`` bound to ``teacher`` (default: the space's own), printed by its family
+    (``Family.show_space``, which resolves the teacher through ``resolve_teacher``); the exit code."""
+    return get_family(space.family).show_space(space, teacher or space.teacher, latent, resolve_teacher, TOY_TEACHERS)
+
+
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise BlocksearchError(f"teacher folder {path.parent.parent} has no {path.parent.name}/config.json; expected a "

@@ -72,51 +72,21 @@ def metrics_path(out: str | None, folder: Path, name: str) -> Path:
 
 
 def main(args) -> int:
-    """Score the student in DIR (or run ``--protocol bk-sdm``); write and print its metrics."""
-    import torch
-
-    from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, evaluate, toy_prompts_note
-    from blocksearch.recipe.preflight import check_real_inputs
-    from blocksearch.teachers import load_teacher
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Check the flags, then score the student in DIR (or run ``--protocol bk-sdm``): recipe/evaluate_folder.py."""
     folder = Path(args.dir)
     info = json.loads((folder / "distill.json").read_text()) if (folder / "distill.json").is_file() else {}
     teacher_spec = args.teacher or info.get("teacher", "toy")
     if args.protocol == "bk-sdm":
-        return run_bk_sdm(args, folder, teacher_spec)
-    out = metrics_path(args.out, folder, "metrics.json")
-    check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,
-                      fid_images=args.prompts or EvalConfig.prompts)
-    teacher = load_teacher(teacher_spec, args.device)
-    unet = teacher.family.load_student_denoiser(folder, teacher.denoiser)
-    given = dict(prompts=args.prompts, steps=args.inference_steps, guidance=args.guidance, seed=args.seed,
-                 resolution=args.resolution, reference_images=args.reference_images,
-                 latency_repeats=args.latency_repeats)
-    config = EvalConfig(**(eval_defaults(teacher.is_toy) | {k: v for k, v in given.items() if v is not None}),
-                        reference=args.reference, captions=args.captions, inception_weights=args.inception_weights,
-                        clip_model=args.clip_model, cache_dir=args.cache_dir)
-    if note := toy_prompts_note("--prompts", config.prompts, teacher):
-        print(note)
-    metrics = evaluate(teacher, unet, config, args.device)
-    out.write_text(json.dumps(metrics.to_dict() | {"eval": config.to_dict(), "teacher": teacher.name}, indent=2) + "\n")
-    align = "n/a" if metrics.alignment is None else f"{metrics.alignment:.3f}"
-    print(f"fid {metrics.fid:.4f}  alignment {align}  params {metrics.params / 1e6:.2f}M  "
-          f"MACs {metrics.macs / 1e9:.3f}G  latency {metrics.latency_ms:.2f} ms (cv {metrics.latency_cv:.1%})")
-    print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.timings.items()))
-    print(f"metrics written to {out}")
-    return 0
+        check_bk_sdm_flags(args)
+    out = metrics_path(args.out, folder, "metrics-bk-sdm.json" if args.protocol == "bk-sdm" else "metrics.json")
+    from blocksearch.recipe.evaluate_folder import evaluate_folder  # torch, the teacher and the evaluation
+
+    return evaluate_folder(args, folder, teacher_spec, out)
 
 
-def run_bk_sdm(args, folder, teacher_spec: str) -> int:
-    """``evaluate --protocol bk-sdm``: coco.evaluate_protocol on the user's val2014 files, printed next to
-    the published BK-SDM figures (coco.PUBLISHED)."""
-    from blocksearch.recipe.coco import ProtocolSpec, evaluate_protocol, format_result
-    from blocksearch.recipe.evaluate import EvalConfig, inception_weights, student_pipeline
-    from blocksearch.families.unet.topology import load_unet
-    from blocksearch.teachers import load_teacher
-
+def check_bk_sdm_flags(args) -> None:
+    """``--protocol bk-sdm`` needs BK-SDM's MS-COCO files and a CLIP folder, and takes none of the search's prompt
+    and reference flags; one line each."""
     needed = {"--coco-captions": args.coco_captions, "--coco-images": args.coco_images,
               "--clip-model": args.clip_model}
     missing = [flag for flag, value in needed.items() if value is None]
@@ -128,16 +98,3 @@ def run_bk_sdm(args, folder, teacher_spec: str) -> int:
     if unused:
         raise BlocksearchError(f"{', '.join(unused)}: not used by --protocol bk-sdm (its prompts and reference "
                                f"are MS-COCO's; --limit N takes a subset)")
-    out = metrics_path(args.out, folder, "metrics-bk-sdm.json")
-    weights = args.inception_weights or str(inception_weights(EvalConfig()))
-    overrides = dict(steps=args.inference_steps, guidance=args.guidance, resolution=args.resolution, seed=args.seed)
-    spec = ProtocolSpec(**{k: v for k, v in overrides.items() if v is not None})
-    unet = load_unet(folder, what="student folder", expected="a folder written by `blocksearch distill`, a "
-                                                             "diffusers U-Net folder or a pipeline folder")
-    teacher = load_teacher(teacher_spec, args.device)
-    result = evaluate_protocol(student_pipeline(teacher, unet), spec, args.coco_captions, args.coco_images, weights,
-                               args.clip_model, limit=args.limit, device=args.device, cache_dir=args.cache_dir)
-    out.write_text(json.dumps(result | {"model": str(folder), "teacher": teacher.name}, indent=2, default=str) + "\n")
-    print(format_result(result, str(folder)))
-    print(f"metrics written to {out}")
-    return 0

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from blocksearch.commands.run_config import RUN_FLAGS, RUN_RENAMED, RUN_SHORT, dump_run_config, read_run_config
-from blocksearch.console import add_renamed, quiet
-from blocksearch.search.selection import first_stage
+from blocksearch.console import add_renamed
 from blocksearch.study import SearchConfig
 
 
@@ -50,37 +48,11 @@ def add_parser(verbs) -> None:
 
 
 def main(args) -> int:
-    """The flags over ``--config`` over SearchConfig's defaults; the search, or ``--print-config``'s file."""
-    from blocksearch.search import driver
-
+    """The flags over ``--config`` over SearchConfig's defaults; the search, or ``--print-config``'s file
+    (search/launch.py)."""
     given = {name: getattr(args, name) for name, _ in RUN_FLAGS if hasattr(args, name)}
     from_file = read_run_config(args.config) if args.config else {}
     cfg = SearchConfig(**{**from_file, **given}, command=" ".join(["blocksearch"] + sys.argv[1:]))
-    if args.print_config:  # the settings resolved (defaults, --config, flags; paths absolute), nothing run
-        return print_config(driver.resolve(cfg))
-    try:
-        if quiet():  # -q: the fronts and the results lines only
-            with open(os.devnull, "w") as progress:
-                driver.run_search(cfg, out=progress, results=sys.stdout)
-        else:
-            driver.run_search(cfg)
-    except driver.NoTrialCompleted as err:  # every trial failed: said last, in one line, and exit code 1
-        sys.stdout.flush()
-        print(f"blocksearch: {err}", file=sys.stderr)
-        return 1
-    return 0
+    from blocksearch.search.launch import launch  # the search driver: torch, Optuna, Ray once it has work
 
-
-def print_config(cfg: SearchConfig) -> int:
-    """``run --print-config``: the resolved settings as YAML, and what ``--score`` resolves to."""
-    from blocksearch.recipe.distill import DistillConfig
-    from blocksearch.search.driver import first_stage_config
-    from blocksearch.teachers import is_toy
-
-    stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
-    base = first_stage_config(cfg, stage)
-    print(dump_run_config(cfg), end="")
-    steps, rungs = base.steps or DistillConfig().steps, ",".join(map(str, base.rungs or ())) or "none"
-    print(f"# score {cfg.score} resolves to: {base.score} after {steps} KD steps, rungs {rungs} (FID) -- "
-          f"{stage.why}")
-    return 0
+    return launch(cfg, print_config=dump_run_config if args.print_config else None)

@@ -39,9 +39,7 @@ def cmd_space_list(args) -> int:
 
 def cmd_space_show(args) -> int:
     """``space show``: the space's family prints its table (``Family.show_space``: families/<family>/show.py)."""
-    from blocksearch.families.base import get_family
-    from blocksearch.teachers import TOY_TEACHERS, resolve_teacher
+    space = load_space(args.space)  # a bad space: one line, before torch loads
+    from blocksearch.teachers import show_space  # torch: teachers, cost counting, the families' student builders
 
-    space = load_space(args.space)
-    return get_family(space.family).show_space(space, args.teacher or space.teacher, args.latent, resolve_teacher,
-                                               TOY_TEACHERS)
+    return show_space(space, args.teacher, args.latent)

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import optuna
 import torch
@@ -189,7 +189,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
         return finish(cfg, storage, results, rungs.plan)
     params_of = params_table(teacher_unet, bound)
-    from blocksearch.search import ray_tune  # Ray (1-3 s) only once there is work for it
+    from blocksearch.search import ray_tune  # Ray (1-3 s) only once there is work for it; the stages run on it
 
     ray_info = ray_tune.start_ray(cfg)  # fails (unreachable --address) before the study is touched
     try:
@@ -201,19 +201,18 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         floor = measure_teacher(cfg, job, study, out)
         tuning = Tuning(storage, bound, params_of, ray_info["resources"], out)
         if remaining > 0:
-            run_first_stage(cfg, stage, job, tuning, remaining, parallel, floor)
-        run_rungs(rungs, tuning, floor)
+            run_first_stage(cfg, stage, job, tuning, remaining, parallel, floor, ray_tune.run_trials)
+        run_rungs(rungs, tuning, floor, ray_tune.run_trials)
     finally:
         ray_tune.stop_ray()
     return finish(cfg, storage, results, rungs.plan)
 
 
 def run_first_stage(cfg: SearchConfig, stage: FirstStage, job: TrialJob, tuning: Tuning, remaining: int,
-                    parallel: int, floor: float | None) -> None:
-    """The first stage's trials: by FID, feasible above the teacher's alignment ``floor``; or by a held-out probe
-    score, no images, feasible under bench fidelity's text rule (selection.py)."""
-    from blocksearch.search.ray_tune import run_trials  # Ray: this runs only inside run_search's started cluster
-
+                    parallel: int, floor: float | None, run_trials: Callable) -> None:
+    """The first stage's trials, run by ``run_trials`` (ray_tune.run_trials, in run_search's started cluster): by
+    FID, feasible above the teacher's alignment ``floor``; or by a held-out probe score, no images, feasible under
+    bench fidelity's text rule (selection.py)."""
     if cfg.score not in PROBE_KEYS:
         run_trials(cfg, job, tuning, remaining, parallel, floor)
         return

@@ -1,8 +1,8 @@
 """Ray plumbing of a search: connect to or start Ray, size the lanes, run a study's trials with Ray Tune (Liaw et
 al., arXiv 1807.05118; optional ASHA, Li et al., MLSys 2020), and the function trainable each worker runs.
 
-Ray is imported at the top here, and this module only where a search has work for it (driver.py, rungs.py) and in
-the workers: ``import ray.tune.search.optuna`` costs 1.0-1.3 s on an idle machine and ~3 s on a busy one, even after
+Ray is imported at the top here, and this module only where a search has work for it (driver.py, which hands
+``run_trials`` to the first stage and the rungs) and in the workers: ``import ray.tune.search.optuna`` costs 1.0-1.3 s on an idle machine and ~3 s on a busy one, even after
 torch and diffusers (``python -X importtime``), which bad flags (exit 2) and a study that already has its trials
 never pay.
 """

@@ -22,7 +22,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import optuna
 
@@ -196,17 +196,16 @@ def rung_work(storage, plan) -> bool:
     return False
 
 
-def run_rungs(ladder: Ladder, tuning: Tuning, floor: float | None) -> None:
+def run_rungs(ladder: Ladder, tuning: Tuning, floor: float | None, run_trials: Callable) -> None:
     """Each rung in turn: promote the students of the study below (promotion.promoted), queue them in the rung's
-    study, continue them from their KD checkpoints on Ray Tune, and free the checkpoints nobody continues."""
+    study, continue them from their KD checkpoints on Ray Tune (``run_trials``: ray_tune.run_trials, inside the
+    driver's started cluster), and free the checkpoints nobody continues."""
     for rung in ladder.plan:
-        run_rung(ladder.cfg, rung, tuning, floor)
+        run_rung(ladder.cfg, rung, tuning, floor, run_trials)
 
 
-def run_rung(cfg: SearchConfig, rung: Rung, tuning: Tuning, floor: float | None) -> None:
+def run_rung(cfg: SearchConfig, rung: Rung, tuning: Tuning, floor: float | None, run_trials: Callable) -> None:
     """One rung (successive halving's next budget, Jamieson & Talwalkar 2016): promote, queue, train, clean up."""
-    from blocksearch.search.ray_tune import run_trials  # Ray: only inside the driver's started cluster
-
     name, below, job, attrs = rung
     storage, steps, out = tuning.storage, job.distill["steps"], tuning.out
     report = build_report(optuna.load_study(study_name=below, storage=storage))
