@@ -106,8 +106,9 @@ def _finished_study(tmp_path) -> list[str]:
     argv = ["run", "-o", str(tmp_path / "runs"), "--trials", "1", "--score", "fid", "--rungs", "none",
             "--noise-seeds", "1"]
     cfg = search.resolve(SearchConfig(runs_dir=str(tmp_path / "runs"), trials=1, score="fid", rungs=(), noise_seeds=1))
-    bound, unet = search.bind_space(load_space(cfg.space), resolve_teacher(cfg.teacher))
-    _, attrs = search.trial_job(cfg, bound, unet)
+    ref = resolve_teacher(cfg.teacher)
+    bound, unet = search.bind_space(load_space(cfg.space), ref)
+    _, attrs = search.trial_job(cfg, ref, bound, unet)
     study = prepare_study(open_storage(cfg.storage, create_folder=True), cfg, bound, attrs)
     genome = "L1-1-1-1_T1-1-1-0_Mnone"
     params = bound.to_params(Genome.from_id(genome))
@@ -224,8 +225,9 @@ def test_a_renamed_flag_leaves_the_studys_stored_settings_as_they_were():
     compared (study.check_settings) with the same keys and values, and resumes."""
     assert set(RUN_RENAMED) <= {name for name, _ in RUN_FLAGS} & set(SearchConfig.__dataclass_fields__)
     cfg = search.resolve(SearchConfig(inference_steps=3, heartbeat_grace=9, score="fid"))
-    bound, unet = search.bind_space(load_space(cfg.space), resolve_teacher(cfg.teacher))
-    _, attrs = search.trial_job(cfg, bound, unet)
+    ref = resolve_teacher(cfg.teacher)
+    bound, unet = search.bind_space(load_space(cfg.space), ref)
+    _, attrs = search.trial_job(cfg, ref, bound, unet)
     assert attrs["eval"]["steps"] == 3
     names = set(attrs) | {f"{k}.{n}" for k, v in attrs.items() if isinstance(v, dict) for n in v}
     flags = ("sampler_steps", "inference_steps", "grace_period", "heartbeat_grace")

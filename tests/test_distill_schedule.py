@@ -155,11 +155,13 @@ def test_run_flags_reach_every_trial_s_distill_config_and_bad_ones_exit_2(capsys
     from blocksearch.cli import main
     from blocksearch.search.run_settings import stage_configs
     from blocksearch.study import SearchConfig
+    from blocksearch.teachers import resolve_teacher
 
-    cfg = stage_configs(SearchConfig(kd_schedule="cosine", kd_warmup=5, kd_ema=0.9))[0]
+    toy = resolve_teacher("toy")
+    cfg = stage_configs(SearchConfig(kd_schedule="cosine", kd_warmup=5, kd_ema=0.9), toy)[0]
     assert (cfg.schedule, cfg.warmup, cfg.ema) == ("cosine", 5, 0.9)
     assert trajectory(cfg)["schedule"] == "cosine"  # a rung continues only a student of the same schedule
-    default = stage_configs(SearchConfig())[0]
+    default = stage_configs(SearchConfig(), toy)[0]
     assert (default.schedule, default.warmup, default.ema) == ("constant", 0, 0.0)
     for argv, message in ((["--kd-ema", "1.5"], "--kd-ema 1.5: allowed: 0 (off) or a decay in (0, 1)"),
                           (["--kd-warmup", "-1"], "--kd-warmup -1: allowed: an integer >= 0")):

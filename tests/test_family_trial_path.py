@@ -176,8 +176,9 @@ def searched(toy_dit, tmp_path_factory):
     cfg = resolve(SearchConfig(space="dit_blocks", teacher=toy_dit, runs_dir=str(tmp / "runs"), steps=2,
                                batch_size=2, eval_prompts=4, inference_steps=2, latency_repeats=2, score="probe_task",
                                rungs=()))
-    bound, denoiser = bind_space(load_space("dit_blocks"), resolve_teacher(cfg.teacher))
-    job, attrs = trial_job(cfg, bound, denoiser)
+    ref = resolve_teacher(cfg.teacher)
+    bound, denoiser = bind_space(load_space("dit_blocks"), ref)
+    job, attrs = trial_job(cfg, ref, bound, denoiser)
     cache = str(tmp / "cache")
     job = trial.TrialJob(**{**vars(job), "distill": job.distill | {"cache_dir": cache},
                             "eval": job.eval | EVAL | {"cache_dir": cache, "images": True}})

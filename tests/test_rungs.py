@@ -290,7 +290,7 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
     bound = load_space("unet_blocks").bind(topology_of(unet.config))
     cfg = search.resolve(SearchConfig(runs_dir=str(tmp_path), storage=f"sqlite:///{tmp_path / 's.db'}", study="s",
                                       steps=10, rungs=(40, 160)))
-    job, attrs = search.trial_job(cfg, bound)
+    job, attrs = search.trial_job(cfg, resolve_teacher(cfg.teacher), bound)
     assert job.checkpoint and job.cache_steps == 160 and attrs["rungs"] == [40, 160]
     plan = rung_plan(cfg, job, attrs)
     assert [(name, below) for name, below, _, _ in plan] == [("s@40", "s"), ("s@160", "s@40")]
@@ -299,8 +299,9 @@ def test_the_plan_continues_each_rung_from_the_one_below(tmp_path):
     assert j160.resume_dir == j40.students_dir and not j160.checkpoint  # nothing continues the last rung
     assert a160["rung"] == {"of": "s", "from": "s@40", "steps": 160} and a160["distill"]["steps"] == 160
     with pytest.raises(BlocksearchError, match="--rungs 5"):
-        search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=(5,))), bound)
-    job0, attrs0 = search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=())), bound)
+        search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=(5,))), job.teacher, bound)
+    job0, attrs0 = search.trial_job(search.resolve(SearchConfig(runs_dir=str(tmp_path), steps=10, rungs=())),
+                                    job.teacher, bound)
     assert not job0.checkpoint and attrs0["rungs"] == [] and rung_plan(cfg, job0, attrs0) == []
 
 
@@ -335,12 +336,13 @@ def test_checkpoints_of_students_that_stop_are_deleted(tmp_path):
 def test_a_rung_trial_continues_the_checkpoint_below_where_there_is_one(tmp_path):
     genome = Genome.from_id(BK["bk_small"])
     below, here = tmp_path / "below", tmp_path / "here"
-    job = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1, checkpoint=True, resume_dir=str(below), cache_steps=480, family="unet")
+    job = TrialJob(resolve_teacher("toy"), "cpu", {}, {}, str(here), 1, 1, checkpoint=True, resume_dir=str(below),
+                   cache_steps=480)
     assert trial.kd_checkpoints(job, genome, 0) == {"cache_steps": 480, "save_to": checkpoint_dir(here, genome.id)}
     checkpoint_dir(below, genome.id, 1).mkdir(parents=True)
     (checkpoint_dir(below, genome.id, 1) / CHECKPOINT_FILE).write_text("{}")
     assert trial.kd_checkpoints(job, genome, 1)["resume_from"] == checkpoint_dir(below, genome.id, 1)
-    plain = TrialJob("toy", "cpu", {}, {}, str(here), 1, 1, family="unet")
+    plain = TrialJob(resolve_teacher("toy"), "cpu", {}, {}, str(here), 1, 1)
     assert trial.kd_checkpoints(plain, genome, 0) == {"cache_steps": None}
 
 

@@ -20,6 +20,7 @@ from blocksearch.search.samplers import SAMPLERS, make_sampler
 from blocksearch.families.unet.genome import Genome
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig, counts, is_stale, open_storage, prepare_study
+from blocksearch.teachers import resolve_teacher
 from blocksearch.families.unet.topology import topology_of
 from tests.conftest import tiny_unet
 
@@ -65,7 +66,7 @@ def test_noise_seeds_reach_the_search_config_the_trials_and_the_study(tmp_path, 
     assert [cfg.noise_seeds for cfg in seen] == [3, 2]
     with pytest.raises(BlocksearchError, match="--noise-seeds 0"):
         search.resolve(SearchConfig(noise_seeds=0))
-    job, attrs = search.trial_job(_cfg(tmp_path, noise_seeds=3), bound_and_unet[0])
+    job, attrs = search.trial_job(_cfg(tmp_path, noise_seeds=3), resolve_teacher("toy"), bound_and_unet[0])
     assert job.noise_seeds == 3 and job.design is None and attrs["noise_seeds"] == 3
 
 
@@ -74,7 +75,7 @@ def test_noise_source_auto_hands_the_trials_the_studys_seed_scores(tmp_path, mon
 
     record = {"teacher": "toy", "reference_seed_scores": {"120": {"g": [{"kd_seed": 0, "probe_task": 0.1}]}}}
     monkeypatch.setattr(search, "read_selection", lambda: record)
-    job, attrs = search.trial_job(_cfg(tmp_path), bound_and_unet[0])
+    job, attrs = search.trial_job(_cfg(tmp_path), resolve_teacher("toy"), bound_and_unet[0])
     assert job.reference_seeds == record["reference_seed_scores"] and attrs["noise_source"] == "auto"
     for off in (dict(noise_source="measure"), dict(noise_seeds=1), dict(teacher="toy-dit", space="dit_blocks")):
         assert search.reference_seeds(_cfg(tmp_path, **off)) == {}, off
@@ -393,7 +394,7 @@ def test_trial_retries_reach_ray_tunes_failure_config(tmp_path, monkeypatch, bou
     bound, unet = bound_and_unet
     cfg, storage = _cfg(tmp_path, trial_retries=2), _storage(tmp_path)
     prepare_study(storage, cfg, bound, _attrs(bound))
-    job, _ = search.trial_job(cfg, bound)
+    job, _ = search.trial_job(cfg, resolve_teacher(cfg.teacher), bound)
     with open(os.devnull, "w") as out:
         ray_tune.run_trials(cfg, job, cluster.Tuning(storage, bound, teacher_setup.params_table(unet, bound),
                                                       {"CPU": 1}, out), 1, 1)

@@ -27,7 +27,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.families.unet.surgery import build_student
 from blocksearch.train.learning_curve import read_log
 from blocksearch.search.ray_tune import trial_dirname
-from blocksearch.teachers import load_teacher
+from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.recipe.schedules import Ema, lr_at
 from blocksearch.train.state import micro_batch, split
 from tests.conftest import CASE, make_study, make_tiny_pipeline, save_tiny_teacher
@@ -298,21 +298,22 @@ def test_a_studys_trial_is_trained_with_the_studys_settings(teacher, tmp_path):
 def test_each_trial_keeps_its_per_step_losses(tmp_path, monkeypatch):
     """<students>/<genome>/losses.jsonl holds every KD step's losses, as the trial's report saw them; a rung
     (another students folder, continuing a checkpoint) keeps its own."""
-    teacher = load_teacher(save_tiny_teacher(tmp_path))
-    monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: teacher)
+    ref = resolve_teacher(save_tiny_teacher(tmp_path))
+    teacher = ref.load()
+    monkeypatch.setattr(trial, "cached_teacher", lambda ref, device: teacher)
     monkeypatch.setattr(evaluate_module, "speed_and_memory", lambda *a, **k: (
         {"latency_ms": 1.0, "latency_cv": 0.0, "e2e_ms": None, "memory_mb": None, "weights_mb": None}, {}))
     genome = resolve_design(teacher.unet, "bk_tiny")[0]
     evaluation = {"prompts": 2, "steps": 2, "reference_images": 8, "cache_dir": str(tmp_path / "c")}
     kd = {"steps": 3, "batch_size": 2, "teacher_cache": "off"}
     seen = []
-    job = trial.TrialJob("tiny", "cpu", kd, evaluation, str(tmp_path / "s"), 1, 1, checkpoint=True, family="unet")
+    job = trial.TrialJob(ref, "cpu", kd, evaluation, str(tmp_path / "s"), 1, 1, checkpoint=True)
     trial._train_candidate(genome, job, lambda step, losses: seen.append(losses))
     logged = read_log(tmp_path / "s" / genome.id / trial.LOSSES_FILE)
     assert [r["step"] for r in logged] == [1, 2, 3] and logged == seen
     assert set(logged[0]) == {"step", "loss", "loss_task", "loss_kd_out", "loss_kd_feat"}
-    rung = trial.TrialJob("tiny", "cpu", kd | {"steps": 5}, evaluation, str(tmp_path / "s@5"), 1, 1,
-                          resume_dir=str(tmp_path / "s"), family="unet")
+    rung = trial.TrialJob(ref, "cpu", kd | {"steps": 5}, evaluation, str(tmp_path / "s@5"), 1, 1,
+                          resume_dir=str(tmp_path / "s"))
     trial._train_candidate(genome, rung, lambda step, losses: None)
     assert [r["step"] for r in read_log(tmp_path / "s@5" / genome.id / trial.LOSSES_FILE)] == [4, 5]
 

@@ -15,9 +15,13 @@ from blocksearch.families.unet.topology import topology_of
 from blocksearch.recipe.evaluate import EvalConfig
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import TrialJob, seed_scores
+from blocksearch.families.base import get_family
+from blocksearch.teachers import TeacherRef, resolve_teacher
 from tests.conftest import make_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = TeacherRef("tiny", "folder", None, get_family("unet"))  # names make_tiny_teacher's (cached_teacher is patched)
 
 FAST = dict(prompts=12, steps=2, reference_images=24)
 
@@ -89,7 +93,7 @@ def test_only_reference_designs_are_scored_at_more_seeds(tmp_path, monkeypatch):
     calls = []
     _fake_stages(monkeypatch, tmp_path, calls)
     genome = SimpleNamespace(id="g")
-    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3, family="unet")
+    job = TrialJob(resolve_teacher("toy"), "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=3)
     searched = trial._train_candidate(genome, job, lambda step, losses: None)
     assert calls == [("kd", 0)] and searched.seed_scores == [] and "noise_s" not in searched.timings
     calls.clear()
@@ -112,9 +116,9 @@ def test_a_probe_scored_trial_keeps_the_probe_at_every_kd_seed(tmp_path, monkeyp
         monkeypatch.setattr(module, name, lambda *a, **k: ({"latency_ms": 1.0, "latency_cv": 0.0, "e2e_ms": None,
                                                             "memory_mb": None, "weights_mb": None}, {}))
     genome = load_space("unet_blocks").bind(topology_of(teacher.unet.config)).design("bk_tiny")
-    job = TrialJob("tiny", "cpu", {"steps": 1, "batch_size": 2, "cache_dir": str(tmp_path / "c")},
+    job = TrialJob(TINY, "cpu", {"steps": 1, "batch_size": 2, "cache_dir": str(tmp_path / "c")},
                    {**FAST, "cache_dir": str(tmp_path / "c")}, str(tmp_path / "s"), 1, 1, noise_seeds=2,
-                   design="bk_tiny", score="probe_cfg", family="unet")
+                   design="bk_tiny", score="probe_cfg")
     out = trial._train_candidate(genome, job, lambda step, losses: None)
     assert out.metrics["probe_cfg"] > 0 and out.metrics["fid"] > 0 and set(PROBE_KEYS) <= set(out.metrics)
     assert [r["kd_seed"] for r in out.seed_scores] == [0, 1]
@@ -131,7 +135,8 @@ def test_a_reference_design_the_study_reproduces_trains_no_other_seed(tmp_path, 
     genome = SimpleNamespace(id="g")
     study = {"120": {"g": [{"kd_seed": 0, "seed": 0, "fid": 9.0, "alignment": 0.4},
                            {"kd_seed": 1, "seed": 0, "fid": 11.0, "alignment": 0.45}]}}
-    job = TrialJob("toy", "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=2, design="bk_base", reference_seeds=study, family="unet")
+    job = TrialJob(resolve_teacher("toy"), "cpu", {}, {}, str(tmp_path), 1, 1, noise_seeds=2, design="bk_base",
+                   reference_seeds=study)
     out = trial._train_candidate(genome, job, lambda step, losses: None)
     assert calls == [("kd", 0)]  # the main student only
     assert out.seed_scores == [{"seed": 0, "kd_seed": 0, "fid": 9.0, "alignment": 0.4},
@@ -162,10 +167,10 @@ def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_fr
     cache = str(tmp_path / "c")
 
     def job(steps, folder, table, **kw):
-        return TrialJob("tiny", "cpu", {"steps": steps, "batch_size": 2, "cache_dir": cache},
+        return TrialJob(TINY, "cpu", {"steps": steps, "batch_size": 2, "cache_dir": cache},
                         {**FAST, "cache_dir": cache, "images": False}, str(tmp_path / folder), 1, 1, noise_seeds=2,
                         design="bk_tiny", score="probe_cfg", checkpoint=True, cache_steps=3, reference_seeds=table,
-                        **kw, family="unet")
+                        **kw)
 
     def run(j):
         steps = []
@@ -203,3 +208,16 @@ def test_a_reference_design_the_study_reproduces_at_a_shorter_budget_is_taken_fr
     out, steps = run(rung)
     assert steps == [] and {k: out.metrics[k] for k in images} == images
     assert out.extra["from_study"] == {"checked_at": 1, "steps": 3} and len(out.seed_scores) == 2
+
+
+def test_a_trial_job_carries_the_resolved_teacher_to_the_ray_workers_by_pickle():
+    """The job Tune hands each worker (tune.with_parameters pickles it) holds the TeacherRef the driver resolved:
+    it comes back equal, its family by name, with the data its teacher's class set (toy-dit: PixArt's pipeline)."""
+    import pickle
+
+    for spec, family in (("toy", "unet"), ("toy-dit", "dit")):
+        ref = resolve_teacher(spec)
+        job = TrialJob(ref, "cpu", {}, {}, "/students", 1, 1)
+        back = pickle.loads(pickle.dumps(job))
+        assert back == job and back.teacher.family.name == family == back.family
+        assert back.teacher.family.pipeline_class == ref.family.pipeline_class

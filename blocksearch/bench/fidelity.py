@@ -257,7 +257,7 @@ def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple], kd_seed: int = 0
     budget = None
     try:
         with work_slot():  # heavy work: a latency measurement of another process waits for its checkpoints
-            teacher = cached_teacher(job.teacher, job.device)
+            teacher = cached_teacher(resolve_teacher(job.teacher), job.device)
             genome = Genome.from_id(arch.genome)
             for budget, seeds, *probe in todo:
                 student, kd_s = reach_budget(job, teacher, genome, budget, kd_seed)
@@ -399,7 +399,7 @@ def stage_settings(args) -> tuple[dict, dict]:
     distill_cfg, eval_cfg = stage_configs(SearchConfig(
         teacher=args.teacher, eval_prompts=args.eval_prompts, seed=args.seed, teacher_cache=args.teacher_cache,
         kd_schedule=getattr(args, "kd_schedule", None), kd_warmup=getattr(args, "kd_warmup", None),
-        kd_ema=getattr(args, "kd_ema", None)))
+        kd_ema=getattr(args, "kd_ema", None)), resolve_teacher(args.teacher))
     drop = lambda d, *keys: {k: v for k, v in asdict(d).items() if k not in keys}  # noqa: E731
     distill = drop(distill_cfg, "steps", *OPTIONAL_TRAJECTORY)
     return distill | opted_in(asdict(distill_cfg)), drop(eval_cfg, "seed")

@@ -109,23 +109,23 @@ def bind_space(space, ref: TeacherRef) -> tuple[ArchSpace, torch.nn.Module]:
 
 
 # -- the job: what every trial runs, and the study contract -------------------------------------------
-def trial_job(cfg: SearchConfig, bound: ArchSpace, teacher_unet=None, stages=None,
-              ref: TeacherRef | None = None) -> tuple[TrialJob, dict]:
-    """The stage configs of every trial, and the study's user attrs (the study contract): its full
-    settings -- the teacher and a sha256 of its U-Net weights, the data, the evaluation set, the budgets
-    and constraints -- which a resume must match (``study.check_settings``). ``stages``: the run's
-    (DistillConfig, EvalConfig) where already computed (run_settings.check_inputs), else computed here."""
-    ref = ref or resolve_teacher(cfg.teacher)  # run_search passes its own, read once
+def trial_job(cfg: SearchConfig, ref: TeacherRef, bound: ArchSpace, teacher_unet=None,
+              stages=None) -> tuple[TrialJob, dict]:
+    """The trials' job -- the teacher ``ref`` (``cfg.teacher`` resolved once) and the stage configs of every
+    trial --, and the study's user attrs (the study contract): its full settings -- the teacher and a sha256 of
+    its U-Net weights, the data, the evaluation set, the budgets and constraints -- which a resume must match
+    (``study.check_settings``). ``stages``: the run's (DistillConfig, EvalConfig) where already computed
+    (run_settings.check_inputs), else computed here."""
     distill_cfg, eval_cfg = stages or stage_configs(cfg, ref)
     if cfg.score in PROBE_KEYS:  # the first stage is ranked by the held-out probe: no image to generate
         eval_cfg = dataclasses.replace(eval_cfg, images=False)
     rungs = default_rungs(distill_cfg.steps) if cfg.rungs is None else check_rungs(cfg.rungs, distill_cfg.steps)
     device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"
-    job = TrialJob(cfg.teacher, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
+    job = TrialJob(ref, device, dataclasses.asdict(distill_cfg), dataclasses.asdict(eval_cfg),
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
                    checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
-                   family=ref.family.name, reference_seeds=reference_seeds(cfg))
+                   reference_seeds=reference_seeds(cfg))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -177,7 +177,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         print(f"--trials {cfg.trials}: the space has {len(bound)} architectures on this teacher; {len(bound)} trials",
               file=out)
         cfg = dataclasses.replace(cfg, trials=len(bound))
-    job, study_attrs = trial_job(cfg, bound, teacher_unet, stages, ref)
+    job, study_attrs = trial_job(cfg, ref, bound, teacher_unet, stages)
     rungs = ladder(cfg, job, study_attrs, rung_objectives)  # what the rung loop needs, once
     if study is not None:
         check_settings(study, study_attrs)  # a resume with incomparable settings: refused, nothing touched

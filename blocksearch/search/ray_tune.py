@@ -2,9 +2,9 @@
 al., arXiv 1807.05118; optional ASHA, Li et al., MLSys 2020), and the function trainable each worker runs.
 
 Ray is imported at the top here, and this module only where a search has work for it (driver.py, which hands
-``run_trials`` to the first stage and the rungs) and in the workers: ``import ray.tune.search.optuna`` costs 1.0-1.3 s on an idle machine and ~3 s on a busy one, even after
-torch and diffusers (``python -X importtime``), which bad flags (exit 2) and a study that already has its trials
-never pay.
+``run_trials`` to the first stage and the rungs) and in the workers: ``import ray.tune.search.optuna`` costs
+1.0-1.3 s on an idle machine and ~3 s on a busy one, even after torch and diffusers (``python -X importtime``),
+which bad flags (exit 2) and a study that already has its trials never pay.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from ray.tune.search import ConcurrencyLimiter
 
 from blocksearch.cache import outside_work_slot
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import get_family
 from blocksearch.search.cluster import Tuning
 from blocksearch.search.console import Progress
 from blocksearch.search.searcher import StudySearch
@@ -120,7 +119,7 @@ def trainable(config: dict, job: TrialJob, objectives: tuple[str, ...], candidat
     else the trial ``candidate`` (trial.py); every report carries every searcher metric, a failure is recorded."""
     torch.set_num_threads(max(1, job.cpus))
     job = dataclasses.replace(job, design=config.get("_design"))
-    genome = get_family(job.family).arch_from_id(config["_genome"])
+    genome = job.teacher.family.arch_from_id(config["_genome"])
     placeholder = {o: float("nan") for o in objectives}
     if "params" in objectives and genome.id in params_of_genome:
         placeholder["params"] = float(params_of_genome[genome.id])

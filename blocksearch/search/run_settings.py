@@ -17,7 +17,7 @@ from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, inception_wei
 from blocksearch.recipe.preflight import check_captions, check_inception_weights, check_real_inputs
 from blocksearch.recipe.schedules import SCHEDULES
 from blocksearch.study import SearchConfig
-from blocksearch.teachers import TeacherRef, resolve_teacher
+from blocksearch.teachers import TeacherRef
 
 
 def absolute(path: str) -> str:
@@ -54,11 +54,11 @@ def check_stage_flags(cfg: SearchConfig) -> None:
 REAL_ONLY = ("reference", "captions", "inception_weights", "clip_model")
 
 
-def stage_configs(cfg: SearchConfig, ref: TeacherRef | None = None) -> tuple[DistillConfig, EvalConfig]:
-    """The trials' DistillConfig and EvalConfig: the flags given, else the defaults that follow the teacher
-    (the toy's own for the toy; for SD teachers BK-SDM's: guidance 7.5, 25 steps of the teacher's own
-    scheduler, AdamW lr 5e-5) at the teacher's own resolution. One-line errors for what a teacher lacks."""
-    ref = ref or resolve_teacher(cfg.teacher)  # the driver passes its own, read once
+def stage_configs(cfg: SearchConfig, ref: TeacherRef) -> tuple[DistillConfig, EvalConfig]:
+    """The trials' DistillConfig and EvalConfig: the flags given, else the defaults that follow the teacher ``ref``
+    (``cfg.teacher`` resolved once; the toy's own for the toy; for SD teachers BK-SDM's: guidance 7.5, 25 steps of
+    the teacher's own scheduler, AdamW lr 5e-5) at the teacher's own resolution. One-line errors for what a teacher
+    lacks."""
     toy, native = ref.is_toy, ref.native_resolution()
     resolution = cfg.resolution or native
     if toy:
@@ -114,10 +114,10 @@ def _captions_of(cfg: SearchConfig) -> str | None:
     return cfg.data
 
 
-def check_inputs(cfg: SearchConfig, ref: TeacherRef | None = None) -> tuple[DistillConfig, EvalConfig]:
+def check_inputs(cfg: SearchConfig, ref: TeacherRef) -> tuple[DistillConfig, EvalConfig]:
     """Every input of the run, checked before Ray starts (preflight.py: each problem one line, exit 2):
-    the teacher folder, the data, the reference set for the FID asked for, the Inception weights, CLIP."""
-    ref = ref or resolve_teacher(cfg.teacher)  # an unknown teacher, before any folder check
+    the teacher folder (``ref``: ``cfg.teacher`` resolved, so an unknown teacher failed before any folder check),
+    the data, the reference set for the FID asked for, the Inception weights, CLIP."""
     check_real_inputs(cfg.teacher, cfg.data, cfg.reference, cfg.inception_weights, cfg.clip_model,
                       fid_images=cfg.eval_prompts or EvalConfig.prompts)
     distill_cfg, eval_cfg = stage_configs(cfg, ref)

@@ -19,7 +19,6 @@ from blocksearch.recipe.distill import DistillConfig, prepare_teacher_cache
 from blocksearch.recipe.evaluate import EvalConfig, toy_prompts_note
 from blocksearch.search.trial import TrialJob
 from blocksearch.study import SearchConfig
-from blocksearch.teachers import load_teacher
 
 
 def params_table(teacher_unet: torch.nn.Module, bound: ArchSpace) -> Callable[[Arch], int]:
@@ -57,7 +56,7 @@ def warm_teacher_cache(cfg: SearchConfig, job: TrialJob, out: TextIO) -> None:
           f"batches of {config.batch_size} ({config.data} data), computed once for every trial, under {where}",
           file=out)
     t0 = time.perf_counter()
-    cache, why = prepare_teacher_cache(load_teacher(cfg.teacher, device), config, device, steps=job.cache_steps)
+    cache, why = prepare_teacher_cache(job.teacher.load(device), config, device, steps=job.cache_steps)
     if cache is None:
         print(why, file=out)
         return
@@ -75,7 +74,7 @@ def measure_teacher(cfg: SearchConfig, job: TrialJob, study: optuna.Study, out: 
     torch.set_num_threads(job.cpus)  # as in a trial: the latencies must be comparable (same threads)
     try:
         config = EvalConfig.from_dict(job.eval | {"images": True})  # the rungs' settings, if the first stage has none
-        teacher = load_teacher(cfg.teacher, device)
+        teacher = job.teacher.load(device)
         if note := toy_prompts_note("--eval-prompts", config.prompts, teacher):
             print(note, file=out)
         metrics = teacher_reference(teacher, config, device)

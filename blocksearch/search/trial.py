@@ -23,11 +23,11 @@ from blocksearch.cache import work_slot
 from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
-from blocksearch.families.base import family_of_arch, get_family
+from blocksearch.families.base import family_of_arch
 from blocksearch.recipe.probe import Probe, ProbeConfig, teacher_probe
 from blocksearch.search.reference_noise import reproduced
 from blocksearch.settings import LOSSES_FILE, PROBE_KEYS
-from blocksearch.teachers import load_teacher
+from blocksearch.teachers import Teacher, TeacherRef
 
 KD_METRIC = "kd_out_loss"  # ASHA's metric: output KD is comparable between students of any depth
 CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a student's KD checkpoint (rungs.py)
@@ -35,16 +35,16 @@ CHECKPOINT = "kd-checkpoint"  # <students>/<genome>/kd-checkpoint[-seed<k>]: a s
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What a Ray trial needs, picklable: the teacher, the stage configs and where to write."""
+    """What a Ray trial needs, picklable: the teacher the driver resolved (its ``Family`` pickles by name), the stage
+    configs and where to write."""
 
-    teacher: str
+    teacher: TeacherRef
     device: str
     distill: dict
     eval: dict
     students_dir: str
     cpus: int
     report_every: int
-    family: str  # the teacher's (and space's) denoiser family name (families/base.py): how an architecture id is read
     noise_seeds: int = 1  # generation seeds at which a reference design's student is scored (run --noise-seeds)
     design: str | None = None  # this trial's reference design (set per trial by ``trainable``)
     checkpoint: bool = False  # keep the students' KD checkpoints: a longer rung may continue them (rungs.py)
@@ -57,6 +57,11 @@ class TrialJob:
     # a KD checkpoint of this trial's own student to go on from, and delete once used: the one the check of
     # study_reuse.reuse trained, where this run did not reproduce bench fidelity's study (set per trial)
     head_start: str | None = None
+
+    @property
+    def family(self) -> str:
+        """The teacher's (and space's) denoiser family name (families/base.py): how an architecture id is read."""
+        return self.teacher.family.name
 
 
 @dataclass
@@ -79,17 +84,17 @@ def build_student(teacher_denoiser, arch):
     return family_of_arch(arch).build_student(teacher_denoiser, arch)
 
 
-def cached_teacher(spec: str, device: str):
-    """``load_teacher`` once per worker process."""
-    if (spec, device) not in _TEACHERS:
-        _TEACHERS[(spec, device)] = load_teacher(spec, device=device)
-    return _TEACHERS[(spec, device)]
+def cached_teacher(ref: TeacherRef, device: str) -> Teacher:
+    """``ref.load(device)`` once per worker process."""
+    if (ref.spec, device) not in _TEACHERS:
+        _TEACHERS[(ref.spec, device)] = ref.load(device)
+    return _TEACHERS[(ref.spec, device)]
 
 
 def cached_probe(teacher, job: TrialJob) -> Probe:
     """The held-out KD probe (probe.py) of the trials' teacher and KD data, built once per worker process."""
     settings = DistillConfig.from_dict(job.distill)
-    return teacher_probe(job.teacher, teacher, ProbeConfig(), job.device, settings.data, settings.cache_dir,
+    return teacher_probe(job.teacher.spec, teacher, ProbeConfig(), job.device, settings.data, settings.cache_dir,
                          settings.resolution)
 
 
@@ -113,7 +118,7 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
                      progress=False, **kd_checkpoints(job, genome, 0))
     if job.head_start is not None:  # consumed: the student went on from it
         shutil.rmtree(job.head_start, ignore_errors=True)
-    out = Path(job.students_dir) / genome.id / get_family(job.family).subfolder
+    out = Path(job.students_dir) / genome.id / job.teacher.family.subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
     metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings

@@ -29,7 +29,7 @@ from blocksearch.report.export import choose
 from blocksearch.recipe.preflight import check_real_inputs
 from blocksearch.report.compute import load_report
 from blocksearch.search.run_settings import absolute
-from blocksearch.teachers import load_teacher, resolve_teacher
+from blocksearch.teachers import resolve_teacher
 from blocksearch.train.tracking import require
 from blocksearch.train.loop import RUN_NAME, TrainJob, make_student, ray_worker, run_local
 from blocksearch.train.state import TrainConfig, settings_of, split
@@ -59,7 +59,9 @@ def prepare_job(teacher: str | None, student: tuple[str, str], out: str, *, spac
         source |= {"student_dir": init}
         student = ("init", init)
     teacher = teacher or "toy"
-    toy = resolve_teacher(teacher).is_toy
+    teacher = str(Path(teacher).resolve()) if Path(teacher).exists() else teacher  # workers run elsewhere
+    ref = resolve_teacher(teacher)  # --teacher (or the study's), read once: the job carries this value
+    toy = ref.is_toy
     steps = (train or {}).get("steps") or (TOY_TRAIN if toy else SD_TRAIN)["steps"]
     defaults = base or (distill_defaults(toy) | ({} if toy else {"batch_size": SD_BATCH}))
     dcfg = DistillConfig(**(defaults | given | {"steps": steps, "teacher_cache": "off"}))
@@ -84,10 +86,9 @@ def prepare_job(teacher: str | None, student: tuple[str, str], out: str, *, spac
                               clip_model=eval_cfg.clip_model, fid_images=eval_cfg.prompts)
             inception_weights(eval_cfg)  # found, or one line saying where to put it (never downloaded)
     check_real_inputs(data=dcfg.data)
-    teacher = str(Path(teacher).resolve()) if Path(teacher).exists() else teacher
-    job = TrainJob(teacher, student, space, dcfg.to_dict(), tcfg.to_dict(),
+    job = TrainJob(ref, student, space, dcfg.to_dict(), tcfg.to_dict(),
                    eval_cfg.to_dict() if eval_cfg else None, str(Path(out).resolve()), command, source)
-    make_student(job, load_teacher(teacher, "cpu"))  # the teacher loads and the student fits it, or one line
+    make_student(job, ref.load("cpu"))  # the teacher loads and the student fits it, or one line
     check_out_folder(job)
     return job
 
@@ -144,7 +145,7 @@ def run_train(job: TrainJob, address: str | None = None, dashboard_port: int | N
     info = folder / "train.json"
     settings = settings_of(DistillConfig.from_dict(job.distill), tcfg)
     if not info.is_file():
-        info.write_text(json.dumps({"student": job.source, "trajectory": settings, "job": dataclasses.asdict(job)},
+        info.write_text(json.dumps({"student": job.source, "trajectory": settings, "job": job.record()},
                                    indent=1, default=str) + "\n")
     print("teacher cache off: the teacher runs live in each worker, under no_grad", file=out)
     if tcfg.workers == 0:
@@ -171,7 +172,7 @@ def fit_on_ray(job: TrainJob, tcfg: TrainConfig, address: str | None, dashboard_
                                f"or a free --dashboard-port") from None
     try:
         trainer = TorchTrainer(
-            ray_worker, train_loop_config={"job": dataclasses.asdict(job)},
+            ray_worker, train_loop_config={"job": job},  # pickled: the TeacherRef's Family travels by name
             torch_config=TorchConfig(backend="nccl" if tcfg.gpus_per_worker else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=tcfg.workers, use_gpu=bool(tcfg.gpus_per_worker),
                                                    resources_per_worker=worker_resources(tcfg)),

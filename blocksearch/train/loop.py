@@ -28,7 +28,7 @@ from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, r
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, score_images
 from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
-from blocksearch.teachers import Teacher, load_teacher, with_denoiser
+from blocksearch.teachers import Teacher, TeacherRef, with_denoiser
 from blocksearch.train.tracking import open_tracker
 from blocksearch.recipe.schedules import Ema, lr_at
 from blocksearch.train.state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
@@ -40,10 +40,11 @@ TERMS = ("loss", "loss_task", "loss_kd_out", "loss_kd_feat")
 
 @dataclass(frozen=True)
 class TrainJob:
-    """What every worker needs, plain data: the teacher, the student (("design", NAME) or ("init", DIR)), the
-    KD recipe (a DistillConfig's dict), the loop (a TrainConfig's), the evaluation (an EvalConfig's, or None)."""
+    """What every worker needs, picklable: the teacher ``prepare_job`` resolved (its ``Family`` pickles by name), the
+    student (("design", NAME) or ("init", DIR)), the KD recipe (a DistillConfig's dict), the loop (a TrainConfig's),
+    the evaluation (an EvalConfig's, or None)."""
 
-    teacher: str
+    teacher: TeacherRef
     student: tuple[str, str]
     space: str
     distill: dict
@@ -53,11 +54,15 @@ class TrainJob:
     command: str = ""
     source: dict = dataclasses.field(default_factory=dict)  # what the student came from, as given
 
+    def record(self) -> dict:
+        """The job as train.json records it: plain data, the teacher by its ``--teacher`` spec."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {"teacher": self.teacher.spec}
+
 
 def make_student(job: TrainJob, teacher: Teacher):
     """A design cut out of the teacher (surgery), or a saved student folder (``load_student``)."""
     if not teacher.family.trains:  # the full-length training of transformer students is not built yet
-        raise BlocksearchError(f"blocksearch train trains U-Net students; teacher {job.teacher} is a "
+        raise BlocksearchError(f"blocksearch train trains U-Net students; teacher {job.teacher.spec} is a "
                                f"{teacher.family.denoiser_name} (distil its students with blocksearch distill)")
     kind, value = job.student
     if kind == "design":
@@ -124,8 +129,7 @@ class LocalSession:
 
 def ray_worker(config: dict) -> None:
     """The function each Ray Train worker runs."""
-    job = config["job"]
-    train_worker(TrainJob(**{**job, "student": tuple(job["student"])}), RaySession())
+    train_worker(config["job"], RaySession())
 
 
 def run_local(job: TrainJob) -> None:
@@ -140,7 +144,7 @@ def train_worker(job: TrainJob, session) -> None:
     torch.set_num_threads(tcfg.cpus_per_worker)
     torch.manual_seed(dcfg.seed)
     lead, out = session.rank == 0, Path(job.out)
-    teacher = load_teacher(job.teacher, session.device)
+    teacher = job.teacher.load(session.device)
     student = make_student(job, teacher)
     ema = Ema(student.unet, tcfg.ema) if tcfg.ema and lead else None  # before the KD hooks: a clean copy
     recipe = Distiller(teacher, student, dcfg, session.device)
@@ -285,8 +289,8 @@ def model_card(job: TrainJob, genome: str, weights: str, final: dict | None) -> 
         "---", "library_name: diffusers", "pipeline_tag: text-to-image",
         "tags: [stable-diffusion, knowledge-distillation, bk-sdm, blocksearch]", "---", "",
         f"# `{genome}`, trained by `blocksearch train`", "",
-        f"A block-removed U-Net distilled from teacher `{job.teacher}` with BK-SDM's feature KD (arXiv 2305.15798) "
-        f"for {job.train['steps']} steps at global batch {job.distill['batch_size']}, lr {job.distill['lr']} "
+        f"A block-removed U-Net distilled from teacher `{job.teacher.spec}` with BK-SDM's feature KD (arXiv "
+        f"2305.15798) for {job.train['steps']} steps at global batch {job.distill['batch_size']}, lr {job.distill['lr']} "
         f"({job.train['schedule']}, warm-up {job.train['warmup']}). `unet/` holds the {weights} weights"
         f"{' (EMA decay ' + str(job.train['ema']) + ')' if job.train.get('ema') else ''}. At the last step: "
         f"{scores or 'not evaluated'}. The VAE, text encoder, tokenizer and scheduler are the teacher's.", "",

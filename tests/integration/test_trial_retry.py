@@ -80,8 +80,8 @@ def test_a_trial_worker_killed_mid_kd_is_retried_and_its_design_trained_once(tin
 
     # the retried trial scores what an uninterrupted trial of the same design does (the suite's KD-resume tolerance)
     attrs = study.user_attrs
-    job = TrialJob(attrs["teacher"], attrs["device"], attrs["distill"], attrs["eval"], str(tmp_path / "straight"), 1,
-                   report_every=1, score=attrs["score"], family=resolve_teacher(attrs["teacher"]).family.name)
+    job = TrialJob(resolve_teacher(attrs["teacher"]), attrs["device"], attrs["distill"], attrs["eval"],
+                   str(tmp_path / "straight"), 1, report_every=1, score=attrs["score"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran (--cpus-per-trial 1)
     try:

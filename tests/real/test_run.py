@@ -49,23 +49,25 @@ def one_line_error(capsys, code: int) -> str:
 
 
 def test_defaults_follow_the_teacher(sd_folder, data_folder, reference_folder, inception_file, clip_folder):
-    toy_distill, toy_eval = stage_configs(SearchConfig())
+    toy = resolve_teacher("toy")
+    toy_distill, toy_eval = stage_configs(SearchConfig(), toy)
     assert (toy_eval.guidance, toy_eval.steps, toy_eval.resolution) == (3.0, 10, 64) and toy_distill.lr == 5e-4
     assert toy_distill.data == "toy" and toy_eval.reference is None
     cfg = search.resolve(SearchConfig(teacher=str(sd_folder), data=str(data_folder), reference=str(reference_folder),
                                       inception_weights=str(inception_file), clip_model=str(clip_folder)))
-    distill_cfg, eval_cfg = stage_configs(cfg)
+    ref = resolve_teacher(cfg.teacher)
+    distill_cfg, eval_cfg = stage_configs(cfg, ref)
     assert resolve_teacher(str(sd_folder)).native_resolution() == 32  # unet sample_size 8 x the VAE's 4
     assert (eval_cfg.guidance, eval_cfg.steps, eval_cfg.resolution) == (7.5, 25, 32)  # BK-SDM's, the teacher's size
     assert distill_cfg.lr == 5e-5 and distill_cfg.resolution == 32 and distill_cfg.data == str(data_folder)
     assert eval_cfg.captions == str(data_folder)  # the reference has no captions: the prompts are the data's
     given = dict(guidance=5.0, resolution=16, lr=1e-4, inference_steps=3)
-    flags = stage_configs(search.resolve(dataclasses.replace(cfg, **given)))
+    flags = stage_configs(search.resolve(dataclasses.replace(cfg, **given)), ref)
     assert (flags[1].guidance, flags[1].resolution, flags[1].steps, flags[0].lr) == (5.0, 16, 3, 1e-4)
     with pytest.raises(BlocksearchError, match="--reference, --clip-model: for real teachers"):
-        stage_configs(SearchConfig(reference=str(reference_folder), clip_model=str(clip_folder)))
+        stage_configs(SearchConfig(reference=str(reference_folder), clip_model=str(clip_folder)), toy)
     with pytest.raises(BlocksearchError, match="toy teacher works at its own 64 px"):
-        stage_configs(SearchConfig(resolution=128))
+        stage_configs(SearchConfig(resolution=128), toy)
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, monkeypatch, capsys):
@@ -134,9 +136,10 @@ def test_a_real_teacher_needs_its_inputs(real_args, no_ray, capsys):
 
 def test_a_resumed_study_with_other_settings_is_refused_untouched(real_args, sd_folder, tmp_path, no_ray, capsys):
     cfg = search.resolve(search_config(real_args))
-    teacher_unet = resolve_teacher(cfg.teacher).load_denoiser()
+    ref = resolve_teacher(cfg.teacher)
+    teacher_unet = ref.load_denoiser()
     bound = load_space("unet_blocks").bind(topology_of(teacher_unet.config))
-    job, attrs = search.trial_job(cfg, bound, teacher_unet)
+    job, attrs = search.trial_job(cfg, ref, bound, teacher_unet)
     assert len(attrs["teacher_unet_sha256"]) == 64 and attrs["data"]["items"] == 32
     assert attrs["eval_set"]["reference_images"] == 32 and attrs["eval"]["guidance"] == 7.5
     storage = open_storage(cfg.storage)
