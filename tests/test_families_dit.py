@@ -2,6 +2,7 @@
 the shipped teacher configs' exact sizes against the published ones (Flux.1-Lite-8B, TinyFusion's TinyDiT-D14)."""
 
 import itertools
+import math
 import random
 
 import optuna
@@ -82,17 +83,23 @@ def test_malformed_ids_are_one_line(text):
 
 
 # -- the space file --------------------------------------------------------------------------------
+# Exact counts of valid masks with every group keeping 25%..100% of its blocks (sum of binomials).
+SIZES = {"flux-dev": 519_252 * 274_650_025_940, "sd3-medium": 16_721_761, "pixart-sigma": 267_936_278,
+         "dit-xl": 267_936_278}
+
+
 @pytest.mark.parametrize("teacher", TEACHERS)
 def test_dit_blocks_binds_to_every_shipped_teacher(teacher):
     bound = load_space("dit_blocks").bind(topology_of(load_teacher_config(teacher)))
-    genomes = list(bound)
-    assert len(genomes) == len(set(genomes)) == len(bound) == (84 if teacher == "flux-dev" else 12)
+    n = bound.topology.depth("transformer_blocks")
+    assert len(bound) == bound.size == SIZES[teacher]
+    assert bound.mask("transformer_blocks").count() == sum(math.comb(n, k) for k in range(math.ceil(n / 4), n + 1))
     designs = bound.named_designs()
     assert all(g in bound for g in designs.values())
-    depth = bound.topology.depth("transformer_blocks")
-    assert designs["tinyfusion_14"].blocks("transformer_blocks") == tuple(range(0, depth, 2))
+    assert designs["tinyfusion_14"].blocks("transformer_blocks") == tuple(range(0, n, 2))
     assert designs["flux_lite"].blocks("transformer_blocks") == tuple(range(8))
-    for genome in genomes:  # Optuna params replay to the same genome
+    assert len(designs) == (17 if teacher == "flux-dev" else 11)  # the single-stream patterns are Flux's only
+    for genome in [*designs.values(), *itertools.islice(bound, 50)]:  # Optuna params replay to the same genome
         assert bound.from_params(bound.to_params(genome)) == genome
 
 
@@ -103,10 +110,11 @@ def test_suggest_is_define_by_run_and_stays_in_the_space():
     for _ in range(40):
         trial = study.ask()
         genome = bound.suggest(trial)
-        assert genome in bound and set(trial.params) == {"transformer_blocks.keep", "single_transformer_blocks.keep"}
+        assert genome in bound and set(trial.params) == {f"transformer_blocks.{i}" for i in range(19)} | {
+            f"single_transformer_blocks.{i}" for i in range(38)}
         seen.add(genome)
-    assert len(seen) > 10
-    assert DitGenome.from_id("D0-17_S0-37") not in bound  # first:18 is not a choice
+    assert len(seen) == 40
+    assert DitGenome.from_id("D0-17_S0-37") in bound and DitGenome.from_id("D0-3_S0-37") not in bound  # 4 < 5
 
 
 GOOD = """# a test space
@@ -114,20 +122,23 @@ name: t
 family: dit
 teacher: flux-dev
 groups:
-  transformer_blocks: {all: true, first: [8], drop_span: [2-5], every: [2]}
-  single_transformer_blocks: {optional: true, all: true, last: [20]}
+  transformer_blocks: {kept: [4, 100%], window: {keep: 1, size: 2}, pin: [first]}
+  single_transformer_blocks: {optional: true, kept: [50%, 30]}
 designs:
-  lite: {transformer_blocks: "first:8"}
+  lite: {transformer_blocks: "every:2"}
 """
 
 
 @pytest.mark.parametrize("edit, message", [
     (("family: dit", "family: dit\nstages: {}"), "unknown key 'stages'; allowed: ['designs', 'family', 'groups'"),
     (("transformer_blocks: {", "double_blocks: {"), "unknown block group 'double_blocks'; allowed: "),
-    (("first: [8]", "first: [0]"), "groups.transformer_blocks.first: [0]; allowed: a non-empty list of integers >= 1"),
-    (("drop_span: [2-5]", "drop_span: [5-2]"), "drop_span: ['5-2']; allowed: a non-empty list of spans 'A-B'"),
-    (("every: [2]", "evry: [2]"), "unknown key 'evry'; allowed: ['all', 'drop_span', 'every', 'first', 'last'"),
-    (('"first:8"', '"first:9"'), "designs.lite.transformer_blocks: 'first:9' is outside the space; allowed: "),
+    (("kept: [4, 100%]", "kept: [0, 100%]"), "groups.transformer_blocks.kept: [0, '100%']; allowed: [min, max]"),
+    (("kept: [4, 100%]", "kept: [4, 120%]"), "kept: [4, '120%']; allowed: [min, max], each a block count >= 1"),
+    (("{keep: 1, size: 2}", "{keep: 2, size: 2}"), "window: {'keep': 2, 'size': 2}; allowed: {keep: k, size: n}"),
+    (("pin: [first]", "pin: [middle]"), "pin: ['middle']; allowed: a list of 'first', 'last' or block indices"),
+    (("kept: [4, 100%]", "first: [8]"), "unknown key 'first'; allowed: ['kept', 'optional', 'pin', 'window']"),
+    (('"every:2"', '"every:two"'), "designs.lite.transformer_blocks: 'every:two'; allowed: a pattern all, first:K"),
+    (('"every:2"', '"first:8"'), "designs.lite: design is outside the space: genome D0-7_S0-37: transformer_blocks"),
     (("teacher: flux-dev", "teacher: flux-pro"), "teacher: 'flux-pro'; allowed: pixart-sigma, sd3-medium"),
     (("lite: {", "lite: {published: {teacher: flux-dev}, "), "designs.lite.published: "),
 ])
@@ -141,8 +152,10 @@ def test_bad_space_file_is_one_line_exit_2(tmp_path, capsys, edit, message):
 
 
 @pytest.mark.parametrize("teacher, edit, message", [
-    ("flux-dev", ("first: [8]", "first: [8, 20]"), "first:20: keeps 20 of 19 blocks; allowed first:1..19"),
-    ("flux-dev", ("drop_span: [2-5]", "drop_span: [0-18]"), "not the whole group"),
+    ("flux-dev", ("kept: [4, 100%]", "kept: [4, 20]"), "kept 4..20; allowed 1 <= min <= max <= 19"),
+    ("flux-dev", ("pin: [first]", "pin: [0, 1]"), "window 0-1 keeps 1 but pins more"),
+    ("flux-dev", ("kept: [4, 100%]", "kept: [4, 9]"), "its windows keep 10 blocks, outside kept 4..9"),
+    ("flux-dev", ("[50%, 30]", "[50%, 30], pin: [40]"), "pin [40]; allowed block indices 0..37"),
     ("pixart-sigma", ("{optional: true, ", "{"), "the teacher (PixArtTransformer2DModel) has no single_transformer_bl"),
 ])
 def test_a_row_impossible_on_the_teacher_is_one_line(tmp_path, capsys, teacher, edit, message):
@@ -150,7 +163,7 @@ def test_a_row_impossible_on_the_teacher_is_one_line(tmp_path, capsys, teacher, 
     path.write_text(GOOD.replace(*edit))
     assert main(["space", "show", str(path), "--teacher", teacher]) == 2
     err = capsys.readouterr().err
-    assert message in err and str(path) in err and err.count("\n") == 1
+    assert message in err and str(path) in err and err.count("\n") == 1, err
 
 
 def test_unknown_dit_teacher_is_one_line(capsys):
@@ -313,7 +326,7 @@ def test_space_show_prints_exact_params_per_teacher(capsys, teacher, lines):
     for name, text in lines.items():
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert text in line, line
-    assert f"distinct architectures: {84 if teacher == 'flux-dev' else 12}" in out
+    assert f"distinct architectures: {SIZES[teacher]}" in out
     if teacher == "flux-dev":
         lite = next(line for line in out.splitlines() if line.startswith("flux_lite"))
         assert "8.16G (+0.04%) Freepik/flux.1-lite-8B" in lite
@@ -323,6 +336,7 @@ def test_space_show_prints_exact_params_per_teacher(capsys, teacher, lines):
 
 def test_block_groups_product_size():
     bound = load_space("dit_blocks").bind(topology_of(load_teacher_config("flux-dev")))
-    per_group = [len(opts) for _, opts in bound.options]
-    assert per_group == [12, 7] and len(bound) == 12 * 7
-    assert len(set(itertools.islice(iter(bound), 200))) == 84
+    per_group = [m.count() for m in bound.masks]
+    assert per_group == [519_252, 274_650_025_940] and len(bound) == math.prod(per_group)
+    first = list(itertools.islice(iter(bound), 200))  # lazy: 1.4e17 genomes are never listed
+    assert len(set(first)) == 200 and all(g in bound for g in first)

@@ -31,8 +31,9 @@ def test_a_dit_search_runs_rungs_reports_and_exports(tmp_path, monkeypatch, caps
     assert main(args) == 0
     out = capsys.readouterr().out
     base, rung = (optuna.load_study(study_name=name, storage=db) for name in ("d", "d@4"))
-    assert counts(base)["done"] == 3 and base.user_attrs["reference_designs"] == {"tinyfusion_14": "D0-14s2",
-                                                                                 "flux_lite": "D0-7"}
+    assert counts(base)["done"] == 3 and base.user_attrs["reference_designs"] == {  # the toy's 8 distinct designs
+        "tinyfusion_14": "D0-14s2", "flux_lite": "D0-7", "first_10": "D0-9", "first_12": "D0-11", "first_14": "D0-13",
+        "last_12": "D4-15", "drop_4_7": "D0-3.8-15", "drop_8_11": "D0-7.12-15"}
     done = rung.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert done and all(t.user_attrs["kd_start_step"] == 2 for t in done)
     assert all(t.user_attrs["student_dir"].endswith(f"{t.user_attrs['genome']}/transformer") for t in done)

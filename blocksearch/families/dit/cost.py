@@ -3,6 +3,7 @@ paper's params (DiT's shared embedders), MACs (torch.utils.flop_counter) and pub
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import diffusers
@@ -36,7 +37,8 @@ def paper_params(model: torch.nn.Module) -> int:
 
 def count_macs(model: torch.nn.Module, latent_size: int | None = None, text_len: int | None = None) -> int:
     """MACs of one forward at batch 1 on the meta device (torch.utils.flop_counter: matmuls and attention)."""
-    meta = meta_model({**dict(model.config), "_class_name": type(model).__name__})
+    meta = model if next(model.parameters()).is_meta else meta_model(
+        {**dict(model.config), "_class_name": type(model).__name__})
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(**forward_inputs(meta.config, 1, latent_size, text_len=text_len))
@@ -58,16 +60,20 @@ class DesignCost:
 def design_costs(bound, teacher_config, teacher_name: str, latent_size: int | None = None,
                  text_len: int | None = None) -> list[DesignCost]:
     """The teacher and every named design of a bound dit space, built on the meta device (MACs at ``text_len``
-    text tokens; default: the class's pipeline's, ``TEXT_LEN``)."""
+    text tokens; default: the class's pipeline's, ``TEXT_LEN``). Designs with the same student config (the same
+    number of blocks per group: ``last_12`` and ``first_12``) are built and counted once."""
     model_class, config = model_class_of(teacher_config), dict(teacher_config)
     teacher_pub = ((config["_published_params"], config.get("_published_source", ""))
                    if "_published_params" in config else None)
-    rows = []
+    rows, counted = [], {}
     for name, genome in [("teacher", bound.teacher_genome), *bound.named_designs().items()]:
-        model = meta_model(student_config(teacher_config, genome), model_class)
+        config = student_config(teacher_config, genome)
+        key = json.dumps(config, sort_keys=True, default=list)
+        if key not in counted:
+            model = meta_model(config, model_class)
+            counted[key] = (count_params(model), paper_params(model), count_macs(model, latent_size, text_len))
         pub = bound.space.published.get(name)
         published = teacher_pub if name == "teacher" else (
             (pub.params, pub.source) if pub is not None and pub.teacher == teacher_name else None)
-        rows.append(DesignCost(name, genome, count_params(model), paper_params(model),
-                               count_macs(model, latent_size, text_len), published))
+        rows.append(DesignCost(name, genome, *counted[key], published))
     return rows

@@ -40,25 +40,37 @@ def _text_len(folder: Path, config) -> int | None:
 
 
 def _print_groups(space, bound, teacher: str) -> None:
-    """The header, one row per block group (its choices), and the count of distinct architectures."""
+    """The header, one row per block group (its mask rules and count of valid masks), and the space's size."""
     topo = bound.topology
     print(f"space {space.name} ({space.path}) on teacher {teacher} ({topo.model_class}, "
           f"{PIPELINES[topo.model_class]})\n")
-    print(f"{'group':28s} {'blocks':>6s}  choices (patterns keeping the same blocks count once)")
+    print(f"{'group':28s} {'blocks':>6s} {'kept':>7s} {'masks':>12s}  rules")
+    rows = {row.name: row for row in space.groups}
     for group, n in topo.depths:
-        choices = [c for c, _ in dict(bound.options).get(group, (("all (not searched)", None),))]
-        print(f"{group:28s} {n:6d}  {', '.join(choices)}")
-    print(f"\ndistinct architectures: {len(bound)}\n")
+        mask = bound.mask(group)
+        if mask is None:
+            print(f"{group:28s} {n:6d} {'all':>7s} {1:12d}  not searched")
+            continue
+        print(f"{group:28s} {n:6d} {f'{mask.low}-{mask.high}':>7s} {sci(mask.count()):>12s}  {rows[group].describe()}")
+    print(f"\ndistinct architectures: {bound.size}" + (f" (~{sci(bound.size)})" if bound.size >= 10**6 else "")
+          + f"; named designs: {len(bound.named_designs())} (those keeping the teacher's or an earlier design's "
+          "blocks count once)\n")
+
+
+def sci(value: int) -> str:
+    """An exact count, or 4 significant figures from a million up: 64839, 1.441e+17."""
+    return f"{value:.4g}" if value >= 10**6 else str(value)
 
 
 def _print_designs(rows, latent: int) -> None:
     """The teacher and each named design: params, MACs, and the published params where a paper gives them."""
-    print(f"{'design':14s} {'genome':24s} {'params':>17s} {f'MACs @ {latent}x{latent}':>19s}  published (ours vs it)")
+    w = max(14, *(len(r.name) for r in rows))
+    print(f"{'design':{w}s} {'genome':24s} {'params':>17s} {f'MACs @ {latent}x{latent}':>19s}  published (ours vs it)")
     base_p, base_m = rows[0].params, rows[0].macs
     for r in rows:
         pub = "" if r.published is None else (f"{fmt('params', r.published[0], 2)} "
                                               f"({r.paper_params / r.published[0] - 1:+.2%}) {r.published[1]}")
-        print(f"{r.name:14s} {r.genome.id:24s} {fmt('params', r.params, 2):>9s} ({r.params / base_p:6.1%}) "
+        print(f"{r.name:{w}s} {r.genome.id:24s} {fmt('params', r.params, 2):>9s} ({r.params / base_p:6.1%}) "
               f"{fmt('macs', r.macs, 1):>10s} ({r.macs / base_m:6.1%})  {pub}")
     if any(r.paper_params != r.params for r in rows):
         print("\nDiT counts its timestep and class embedders once; diffusers repeats them in every block. Counted as "

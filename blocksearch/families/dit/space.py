@@ -1,14 +1,16 @@
-"""Search space of transformer block removals (family ``dit``): YAML -> DitSearchSpace -> (bound) -> DitGenome.
+"""Search space of transformer block masks (family ``dit``): YAML -> DitSearchSpace -> (bound) -> DitGenome.
 
 A transformer denoiser is a stack of same-shaped blocks; a student keeps a subset of them per block group
 (TinyFusion, arXiv 2412.01199, keeps 14 of DiT-XL/2's 28 blocks; Freepik's Flux.1-Lite keeps 8 of FLUX.1-dev's
-19 double-stream blocks). A group's choices are patterns, not 2^N masks: ``all``, ``first:K``, ``last:K``,
-``drop_span:A-B`` and ``every:k``. Torch-free: space.py and the CLI import it.
+19 double-stream blocks). A group's row says which masks are allowed (mask.py): a kept-count range, optional
+windows (keep k of every n consecutive blocks) and pinned blocks. Named designs are patterns (``all``,
+``first:K``, ``last:K``, ``drop_span:A-B``, ``every:k``) resolved on the teacher. Torch-free: space.py and the CLI
+import it.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,17 @@ from typing import Any, Iterator
 
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.dit.genome import GROUPS, TEACHERS, DitGenome, DitTopology
+from blocksearch.families.dit.mask import GroupMask, lazy_product
 
 PATTERNS = ("all", "first", "last", "drop_span", "every")
-_ROW_KEYS = set(PATTERNS) | {"optional"}
+_PATTERN = re.compile(r"all|(first|last|every):[1-9]\d*|drop_span:\d+-\d+")
+_ROW_KEYS = {"kept", "window", "pin", "optional"}
 _TOP_KEYS = {"name", "family", "teacher", "groups", "designs"}
 _PUBLISHED_KEYS = {"teacher", "params", "source"}
+_COUNT = re.compile(r"([1-9]\d*)|(\d+(?:\.\d+)?)%")
 
 
-# -- patterns --------------------------------------------------------------------------------------
+# -- patterns (named designs) ------------------------------------------------------------------------
 def resolve(choice: str, n: int) -> tuple[int, ...]:
     """The kept blocks of a pattern on a group of ``n`` blocks; an impossible pattern says what is allowed."""
     kind, _, arg = choice.partition(":")
@@ -40,7 +45,7 @@ def resolve(choice: str, n: int) -> tuple[int, ...]:
             raise BlocksearchError(f"{choice}: allowed every:2..{n - 1} on {n} blocks")
         return tuple(range(0, n, k))
     a, b = (int(v) for v in arg.split("-"))
-    if b >= n or (a == 0 and b == n - 1):
+    if a > b or b >= n or (a == 0 and b == n - 1):
         raise BlocksearchError(f"{choice}: the group has blocks 0..{n - 1}; allowed drop_span:A-B with "
                                f"0 <= A <= B <= {n - 1}, not the whole group")
     return tuple(i for i in range(n) if not a <= i <= b)
@@ -48,12 +53,38 @@ def resolve(choice: str, n: int) -> tuple[int, ...]:
 
 # -- the space file ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GroupSpec:
-    """One row of the space: a block group and its pattern choices, in file order."""
+class MaskRow:
+    """One row of the space: a block group's mask constraints as the file states them (teacher-independent:
+    counts may be percentages of the group's blocks, pins may be 'first' / 'last')."""
 
     name: str
-    choices: tuple[str, ...]  # "all", "first:8", "last:12", "drop_span:2-5", "every:2"
+    kept: tuple[str, str]  # (min, max): "4", "25%"
+    window: tuple[int, int] | None  # (keep, size)
+    pin: tuple[Any, ...]  # "first", "last" or block indices
     optional: bool  # a teacher without this group skips the row (Flux's single blocks on PixArt)
+
+    def bind(self, n: int) -> GroupMask:
+        """The row on a group of ``n`` blocks: percentages rounded inward (min up, max down)."""
+        low, high = (_count(v, n, up) for v, up in zip(self.kept, (True, False)))
+        pins = tuple(sorted({0 if p == "first" else n - 1 if p == "last" else p for p in self.pin}))
+        return GroupMask(self.name, n, low, high, self.window, pins)
+
+    def describe(self) -> str:
+        """The row in words, as ``space show`` prints it."""
+        parts = [f"keep {self.kept[0]}..{self.kept[1]}"]
+        if self.window:
+            parts.append(f"{self.window[0]} of every {self.window[1]} consecutive")
+        if self.pin:
+            parts.append("pin " + ", ".join(map(str, self.pin)))
+        return "; ".join(parts)
+
+
+def _count(value: str, n: int, up: bool) -> int:
+    match = _COUNT.fullmatch(value)
+    if match[1]:
+        return int(match[1])
+    exact = float(match[2]) * n / 100
+    return math.ceil(exact - 1e-9) if up else math.floor(exact + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -72,7 +103,7 @@ class DitSearchSpace:
     name: str
     path: Path
     teacher: str  # the teacher the file was written for (a name in TEACHERS)
-    groups: tuple[GroupSpec, ...]
+    groups: tuple[MaskRow, ...]
     designs: dict[str, dict[str, str]]  # name -> {group: pattern}
     published: dict[str, Published]  # design name -> its published size
     family: str = "dit"
@@ -92,8 +123,8 @@ def load(path: Path, raw: dict) -> DitSearchSpace:
         raise BlocksearchError(f"{path}: teacher: {teacher!r}; allowed: {', '.join(TEACHERS)}")
     rows = raw["groups"]
     if not isinstance(rows, dict) or not rows:
-        raise BlocksearchError(f"{path}: groups: expected a mapping 'transformer_blocks: {{...}}'")
-    groups = tuple(_parse_group(name, row, f"{path}: groups.{name}") for name, row in rows.items())
+        raise BlocksearchError(f"{path}: groups: expected a mapping 'transformer_blocks: {{kept: [25%, 100%]}}'")
+    groups = tuple(_parse_row(name, row, f"{path}: groups.{name}") for name, row in rows.items())
     if [g.name for g in groups] != [g for g in GROUPS if g in rows]:
         raise BlocksearchError(f"{path}: groups: rows in the order {[g for g in GROUPS if g in rows]}")
     designs, published = {}, {}
@@ -102,54 +133,48 @@ def load(path: Path, raw: dict) -> DitSearchSpace:
         raise BlocksearchError(f"{path}: designs: expected a mapping of name -> {{group: pattern}}")
     for name, spec in raw_designs.items():
         key = f"{path}: designs.{name}"
-        allowed = {g.name for g in groups} | {"published"}
+        allowed = set(GROUPS) | {"published"}
         if not isinstance(spec, dict):
             raise BlocksearchError(f"{key}: expected a mapping with keys {sorted(allowed)}")
         _no_unknown(spec, allowed, key)
-        for group in groups:
-            if group.name in spec and spec[group.name] not in group.choices:
-                raise BlocksearchError(f"{key}.{group.name}: {spec[group.name]!r} is outside the space; allowed: "
-                                       f"{list(group.choices)}")
+        for group, pattern in spec.items():
+            if group != "published" and not (isinstance(pattern, str) and _PATTERN.fullmatch(pattern)):
+                raise BlocksearchError(f"{key}.{group}: {pattern!r}; allowed: a pattern all, first:K, last:K, "
+                                       "drop_span:A-B or every:K")
         designs[name] = {g: str(v) for g, v in spec.items() if g != "published"}
         if "published" in spec:
             published[name] = _parse_published(spec["published"], f"{key}.published")
     return DitSearchSpace(str(raw["name"]), path, teacher, groups, designs, published)
 
 
-def _parse_group(name: str, row: Any, key: str) -> GroupSpec:
+def _parse_row(name: str, row: Any, key: str) -> MaskRow:
     if name not in GROUPS:
         raise BlocksearchError(f"{key}: unknown block group {name!r}; allowed: {list(GROUPS)}")
     if not isinstance(row, dict):
         raise BlocksearchError(f"{key}: expected a mapping with keys {sorted(_ROW_KEYS)}")
     _no_unknown(row, _ROW_KEYS, key)
-    choices = []
-    for kind in PATTERNS:
-        value = row.get(kind)
-        if value is None or value is False:
-            continue
-        if kind == "all":
-            if value is not True:
-                raise BlocksearchError(f"{key}.all: {value!r}; allowed: true or false")
-            choices.append("all")
-        elif kind == "drop_span":
-            if not isinstance(value, list) or not value or not all(
-                    isinstance(v, str) and re.fullmatch(r"\d+-\d+", v) and int(v.split("-")[0]) <= int(v.split("-")[1])
-                    for v in value):
-                raise BlocksearchError(f"{key}.drop_span: {value!r}; allowed: a non-empty list of spans 'A-B' "
-                                       "(blocks A..B dropped, A <= B)")
-            choices += [f"drop_span:{v}" for v in value]
-        else:
-            low = 2 if kind == "every" else 1
-            if not isinstance(value, list) or not value or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
-                raise BlocksearchError(f"{key}.{kind}: {value!r}; allowed: a non-empty list of integers >= {low}")
-            choices += [f"{kind}:{v}" for v in value]
-    if not choices:
-        raise BlocksearchError(f"{key}: no choices; allowed: one or more of {list(PATTERNS)}")
+    kept = row.get("kept", [1, "100%"])
+    if not (isinstance(kept, list) and len(kept) == 2 and all(
+            not isinstance(v, bool) and _COUNT.fullmatch(str(v)) and (str(v)[-1] != "%" or 0 < float(str(v)[:-1]) <= 100)
+            for v in kept)):
+        raise BlocksearchError(f"{key}.kept: {kept!r}; allowed: [min, max], each a block count >= 1 or a "
+                               "percentage of the group's blocks ('25%')")
+    window = row.get("window")
+    if window is not None:
+        if not (isinstance(window, dict) and set(window) == {"keep", "size"} and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in window.values())
+                and 1 <= window["keep"] < window["size"]):
+            raise BlocksearchError(f"{key}.window: {window!r}; allowed: {{keep: k, size: n}} with 1 <= k < n "
+                                   "(keep k of every n consecutive blocks)")
+        window = (window["keep"], window["size"])
+    pin = row.get("pin", [])
+    if not isinstance(pin, list) or not all(p in ("first", "last") or (
+            isinstance(p, int) and not isinstance(p, bool) and p >= 0) for p in pin):
+        raise BlocksearchError(f"{key}.pin: {pin!r}; allowed: a list of 'first', 'last' or block indices >= 0")
     optional = row.get("optional", False)
     if not isinstance(optional, bool):
         raise BlocksearchError(f"{key}.optional: {optional!r}; allowed: true or false")
-    return GroupSpec(name, tuple(dict.fromkeys(choices)), optional)
+    return MaskRow(name, (str(kept[0]), str(kept[1])), window, tuple(dict.fromkeys(pin)), optional)
 
 
 def _parse_published(value: Any, key: str) -> Published:
@@ -173,27 +198,23 @@ class DitBoundSpace:
 
     space: DitSearchSpace
     topology: DitTopology
-    options: tuple[tuple[str, tuple[tuple[str, tuple[int, ...]], ...]], ...]  # per searched group: (pattern, kept)
+    masks: tuple[GroupMask, ...]  # per searched group; a group the file does not name keeps every block
 
     @classmethod
     def create(cls, space: DitSearchSpace, topology: DitTopology) -> "DitBoundSpace":
-        options = []
-        for group in space.groups:
-            key = f"{space.path}: groups.{group.name}"
-            if group.name not in topology.groups:
-                if group.optional:
+        masks = []
+        for row in space.groups:
+            key = f"{space.path}: groups.{row.name}"
+            if row.name not in topology.groups:
+                if row.optional:
                     continue
-                raise BlocksearchError(f"{key}: the teacher ({topology.model_class}) has no {group.name}; allowed "
+                raise BlocksearchError(f"{key}: the teacher ({topology.model_class}) has no {row.name}; allowed "
                                        f"groups: {list(topology.groups)} (or mark the row 'optional: true')")
-            distinct: dict[tuple[int, ...], str] = {}
-            for choice in group.choices:
-                try:
-                    kept = resolve(choice, topology.depth(group.name))
-                except BlocksearchError as err:
-                    raise BlocksearchError(f"{key}: {err} (the teacher's {group.name})") from None
-                distinct.setdefault(kept, choice)  # an alias (first:N = all) is one architecture
-            options.append((group.name, tuple((c, k) for k, c in distinct.items())))
-        bound = cls(space, topology, tuple(options))
+            try:
+                masks.append(row.bind(topology.depth(row.name)))
+            except BlocksearchError as err:
+                raise BlocksearchError(f"{key}: {err} (the teacher's {row.name})") from None
+        bound = cls(space, topology, tuple(masks))
         for name in space.designs:
             bound.design(name)  # a design outside the space fails here, naming the design
         return bound
@@ -202,23 +223,22 @@ class DitBoundSpace:
     def teacher_genome(self) -> DitGenome:
         return DitGenome(tuple((g, tuple(range(n))) for g, n in self.topology.depths))
 
-    def _kept_choices(self, group: str) -> tuple[tuple[int, ...], ...]:
-        searched = dict(self.options)
-        if group in searched:
-            return tuple(k for _, k in searched[group])
-        return (tuple(range(self.topology.depth(group))),)  # a group the space does not name keeps all blocks
+    def mask(self, group: str) -> GroupMask | None:
+        """The searched group's mask rules (None: the file does not name it; it keeps every block)."""
+        return next((m for m in self.masks if m.group == group), None)
 
     # -- define-by-run: only trial.suggest_* calls, no work --------------------------------------
     def suggest(self, trial) -> DitGenome:
-        """Sample a DitGenome: one categorical per searched group (``<group>.keep``, its pattern strings)."""
-        chosen = {g: dict(opts)[trial.suggest_categorical(f"{g}.keep", [c for c, _ in opts])]
-                  for g, opts in self.options}
+        """Sample a DitGenome: one boolean categorical per block of each searched group (``<group>.<i>``: kept?),
+        repaired to the group's constraints (mask.py's rule)."""
+        chosen = {m.group: m.repair([trial.suggest_categorical(f"{m.group}.{i}", (True, False)) for i in range(m.n)])
+                  for m in self.masks}
         return DitGenome(tuple((g, chosen.get(g, tuple(range(n)))) for g, n in self.topology.depths))
 
     def to_params(self, genome: DitGenome) -> dict[str, Any]:
         """The Optuna params that :meth:`suggest` would return for ``genome`` (for enqueue_trial)."""
         self.check(genome)
-        return {f"{g}.keep": next(c for c, k in opts if k == genome.blocks(g)) for g, opts in self.options}
+        return {f"{m.group}.{i}": i in genome.blocks(m.group) for m in self.masks for i in range(m.n)}
 
     def from_params(self, params: dict[str, Any]) -> DitGenome:
         return self.suggest(_FixedTrial(params))
@@ -229,15 +249,20 @@ class DitBoundSpace:
 
     # -- enumeration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[DitGenome]:
+        """Every valid genome, lazily (a group's masks are enumerated in ``GroupMask``'s order)."""
         groups = self.topology.groups
-        for kept in itertools.product(*(self._kept_choices(g) for g in groups)):
+        factories = [(lambda m=self.mask(g), n=self.topology.depth(g): iter(m) if m else iter([tuple(range(n))]))
+                     for g in groups]
+        for kept in lazy_product(factories):
             yield DitGenome(tuple(zip(groups, kept)))
 
+    @property
+    def size(self) -> int:
+        """The exact number of valid genomes (Python ints: 2^57 on FLUX.1-dev is exact)."""
+        return math.prod(m.count() for m in self.masks)
+
     def __len__(self) -> int:
-        size = 1
-        for g in self.topology.groups:
-            size *= len(self._kept_choices(g))
-        return size
+        return self.size
 
     def __contains__(self, genome) -> bool:
         try:
@@ -250,10 +275,12 @@ class DitBoundSpace:
         if not isinstance(genome, DitGenome) or genome.groups != self.topology.groups:
             raise BlocksearchError(f"genome {getattr(genome, 'id', genome)}: groups do not match the teacher's "
                                    f"{list(self.topology.groups)} ({self.space.path})")
-        for g in genome.groups:
-            if genome.blocks(g) not in self._kept_choices(g):
-                patterns = [c for c, _ in dict(self.options).get(g, (("all", None),))]
-                raise BlocksearchError(f"genome {genome.id}: {g} is outside {self.space.path}: allowed {patterns}")
+        for g, n in self.topology.depths:
+            mask = self.mask(g)
+            why = mask.reason(genome.blocks(g)) if mask else (
+                None if genome.blocks(g) == tuple(range(n)) else "the space keeps every block")
+            if why:
+                raise BlocksearchError(f"genome {genome.id}: {g} is outside {self.space.path}: {why}")
 
     # -- named designs ----------------------------------------------------------------------------
     def design(self, name: str) -> DitGenome:
@@ -270,7 +297,15 @@ class DitBoundSpace:
         return genome
 
     def named_designs(self) -> dict[str, DitGenome]:
-        return {name: self.design(name) for name in self.space.designs}
+        """Every named design's genome on this teacher, in file order; a design that keeps the same blocks as
+        the teacher or an earlier design counts once (Flux-only rows keep every block elsewhere)."""
+        out, seen = {}, {self.teacher_genome}
+        for name in self.space.designs:
+            genome = self.design(name)
+            if genome not in seen:
+                out[name] = genome
+                seen.add(genome)
+        return out
 
 
 class _FixedTrial:
@@ -281,5 +316,5 @@ class _FixedTrial:
 
     def suggest_categorical(self, name, choices):
         if self.params.get(name) not in choices:
-            raise BlocksearchError(f"trial param {name}={self.params.get(name)!r}; allowed: {choices}")
+            raise BlocksearchError(f"trial param {name}={self.params.get(name)!r}; allowed: {list(choices)}")
         return self.params[name]
