@@ -13,6 +13,7 @@ from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.dit.genome import TEACHERS, DitGenome, load_teacher_config, topology_of
 from blocksearch.families.dit.mask import GroupMask
+from blocksearch.search import samplers
 from blocksearch.space import load_space
 
 # (n, low, high, window, pins): plain ranges, TinyFusion's 1:2 and 2:4 windows with a short last window, pins
@@ -140,3 +141,13 @@ def test_space_show_prints_the_size_of_the_space(capsys, teacher, size, groups):
     assert all(g in out for g in groups), out
     assert math.prod(m.count() for m in load_space("dit_blocks").bind(
         topology_of(load_teacher_config(teacher))).masks) == int(size.split()[0])
+
+
+def test_the_repeat_fallback_draws_from_a_space_too_large_to_list():
+    bound = load_space("dit_blocks").bind(topology_of(load_teacher_config("pixart-sigma")))
+    assert len(bound) > samplers.ENUMERATE_UP_TO  # listing 2.7e8 masks would hang the search
+    trained = {g.id for g in bound.named_designs().values()}
+    drawn = samplers.untrained_genome(bound, trained, seed=0, attempt=0)
+    assert drawn in bound and drawn.id not in trained
+    assert samplers.untrained_genome(bound, trained, seed=0, attempt=0) == drawn  # seeded
+    assert samplers.untrained_genome(bound, trained, seed=0, attempt=1) != drawn

@@ -13,6 +13,7 @@ import optuna
 from blocksearch.study import DEFAULT_SAMPLER, SAMPLERS  # noqa: F401 (the names a study records)
 
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
+ENUMERATE_UP_TO = 100_000  # spaces up to this size are listed and drawn from uniformly
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 
 
@@ -39,8 +40,16 @@ def untrained_genome(bound, trained: set[str], seed: int, attempt: int):
     TPE on a small discrete space keeps proposing the same good Genome (its l/g argmax); after
     ``REPEATS_BEFORE_FALLBACK`` repeats, a uniformly drawn untrained Genome is queued so the search keeps
     exploring. Returns it (None when every Genome of ``bound`` is trained); seeded by (seed, progress).
+    A space too large to list (a transformer's block masks: 2.7e8 for PixArt-Sigma) is drawn from by
+    Optuna's random sampler through the space's own ``suggest`` instead, ``MAX_ASKS`` draws at most.
     """
-    fresh = [g for g in bound if g.id not in trained]
-    if not fresh:
-        return None
-    return random.Random(seed * 100003 + len(trained) * 31 + attempt).choice(fresh)
+    rng = random.Random(seed * 100003 + len(trained) * 31 + attempt)
+    if len(bound) <= ENUMERATE_UP_TO:
+        fresh = [g for g in bound if g.id not in trained]
+        return rng.choice(fresh) if fresh else None
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=rng.randrange(2 ** 31)))
+    for _ in range(MAX_ASKS):
+        arch = bound.suggest(draws.ask())
+        if arch.id not in trained:
+            return arch
+    return None
