@@ -38,6 +38,13 @@ def diagram_figure(stages: tuple[Stage, ...], title: str = "", width: float | No
     return fig
 
 
+def key(stages: tuple[Stage, ...]) -> str:
+    """How to read the diagram of ``stages``, in words."""
+    if any(s.role == "blocks" for s in stages):
+        return "blue: kept, grey dashed: removed; the number in a kept block: the teacher block it came from"
+    return "blue: kept, grey dashed: removed; orange cap: attention (d/D: transformer depth kept of the teacher's)"
+
+
 def save_diagram(stages: tuple[Stage, ...], path: Path, title: str = "", dpi: int = 110) -> Path:
     diagram_figure(stages, title).savefig(path, dpi=dpi)
     return path

@@ -94,9 +94,11 @@ def label(t: TrialPoint) -> str:
     return t.design or f"trial {t.number}"
 
 
-def sample_grid(report: ParetoReport, device: str | None = None) -> SampleGrid | None:
-    """The teacher's row and every model's (``models``) that generated images and whose student is on disk,
-    kept images reused; None where the study generated no images or no student can be sampled."""
+def sample_grid(report: ParetoReport, trials: list[TrialPoint] | None = None,
+                device: str | None = None) -> SampleGrid | None:
+    """The teacher's row and the row of every model of ``trials`` (default ``models``: the front and the
+    reference designs) that generated images and whose student is on disk, kept images reused; None where the
+    study generated no images or no student can be sampled."""
     spec = report.attrs.get("teacher")
     if not spec:
         return None
@@ -105,7 +107,7 @@ def sample_grid(report: ParetoReport, device: str | None = None) -> SampleGrid |
     if samples is None:
         return None
     todo, missing = [], []
-    for t in models(report):
+    for t in models(report) if trials is None else trials:
         if not generated(t):
             missing.append((label(t), "no images generated here" + (" (scores taken from bench fidelity's study)"
                                                                      if t.from_study else "")))
