@@ -178,7 +178,7 @@ def read_kept(folder: Path, samples: SampleSet) -> torch.Tensor | None:
     files = [folder / f"{i:02d}.png" for i in range(len(samples.prompts))]
     if not all(f.is_file() for f in files):
         return None
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
 
 
 def keep(folder: Path, samples: SampleSet, images: torch.Tensor) -> None:
