@@ -235,3 +235,17 @@ def test_the_html_hover_shows_the_diagram(tmp_path):
         assert f'"{n}": "data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page
     report = build_report(optuna.load_study(study_name="unet_blocks-toy", storage=url), url)
     assert '"customdata":[' in page.replace(" ", "") and all(f"{n}" in page for n in report.front)
+
+
+def test_the_model_card_shows_the_students_row_under_the_teachers(sampled_study, monkeypatch):
+    from blocksearch.report import model_card as MC
+
+    url, teacher, tmp_path = sampled_study
+    monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "cache"))
+    report = load_report("unet_blocks-toy", url)
+    t = report.trial(report.front[0])
+    text = MC.model_card(report, t, tmp_path / "card", family=teacher.family).text
+    assert "![the teacher (top) and this student (bottom) on the same prompts and seeds](samples.png)" in text
+    assert (tmp_path / "card" / MC.CARD_SAMPLES).is_file() and (tmp_path / "card" / MC.CARD_DIAGRAM).is_file()
+    grid = sample_grid(report, [t])
+    assert [r.label for r in grid.rows] == ["teacher", t.design or f"trial {t.number}"]

@@ -39,7 +39,11 @@ def draw_pictures(report: ParetoReport, folder: Path, samples: bool = True) -> P
     t0 = time.perf_counter()
     diagrams, how = draw_diagrams(report, folder)
     t1 = time.perf_counter()
-    grid = sample_grid(report) if samples and report.ranked else None
+    try:
+        grid = sample_grid(report) if samples and report.ranked else None
+    except BlocksearchError as err:  # e.g. a real teacher's evaluation set that moved: the rest of the report stands
+        return Pictures(diagrams, missing=(("every model", str(err)),), seconds={"diagrams_s": round(t1 - t0, 3)},
+                        key=how)
     rows, grid_file = {}, None
     if grid is not None:
         grid_file = save_grid(grid.samples, grid.rows, folder / SAMPLES_PNG).name

@@ -416,7 +416,7 @@ def _promoted_md(r: ParetoReport) -> list[str]:
 def _samples_md(r: ParetoReport, p: Pictures | None) -> list[str]:
     """The sample grid: which rows, on which prompts and seeds, at which settings; the models without a row."""
     if p is None or p.grid is None:
-        return []
+        return [f"No sample grid: {p.missing[0][1]}.", ""] if p is not None and p.missing else []
     s = p.samples
     missing = "; ".join(f"{who}: {why}" for who, why in p.missing)
     return ["## Samples", "", f"![the teacher, the front students and the reference designs on the same "

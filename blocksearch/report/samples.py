@@ -100,11 +100,7 @@ def sample_grid(report: ParetoReport, trials: list[TrialPoint] | None = None,
     reference designs) that generated images and whose student is on disk, kept images reused; None where the
     study generated no images or no student can be sampled."""
     spec = report.attrs.get("teacher")
-    if not spec:
-        return None
-    ref = resolve_teacher(spec)
-    samples = sample_set(report.attrs, ref.is_toy)
-    if samples is None:
+    if not spec or (report.attrs.get("eval") or {}).get("images") is False:
         return None
     todo, missing = [], []
     for t in models(report) if trials is None else trials:
@@ -112,11 +108,12 @@ def sample_grid(report: ParetoReport, trials: list[TrialPoint] | None = None,
             missing.append((label(t), "no images generated here" + (" (scores taken from bench fidelity's study)"
                                                                      if t.from_study else "")))
         elif not t.student_dir or not Path(t.student_dir).is_dir():
-            missing.append((label(t), f"its student folder {t.student_dir} is gone"))
+            missing.append((label(t), "its student folder is gone (runs/ moved or cleaned?)"))
         else:
             todo.append(t)
     if not todo:
         return None
+    samples = sample_set(report.attrs, resolve_teacher(spec).is_toy)
     device = device or _device(report.attrs.get("device"))
     config = EvalConfig.from_dict({k: v for k, v in report.attrs["eval"].items() if k in EvalConfig.__dataclass_fields__})
     teacher = _Lazy(spec, device)
