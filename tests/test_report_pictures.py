@@ -20,7 +20,7 @@ from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.surgery import build_student, student_config
 from blocksearch.families.unet.topology import SDXL, topology_of as unet_topology
 from blocksearch.recipe.evaluate import EvalConfig, ToyScorer, generate_images
-from blocksearch.report import render
+from blocksearch.report import plots, render
 from blocksearch.report.artifacts import upload_pictures
 from blocksearch.report.compute import build_report, load_report
 from blocksearch.report.diagram import boxes, diagram_figure
@@ -180,21 +180,21 @@ def test_no_legend_hides_a_point_of_the_committed_examples(tmp_path):
                  {"rung": {"of": "unet_blocks-toy", "from": "unet_blocks-toy"}, "promoted_from": promoted})
     for name in ("unet_blocks-toy", "unet_blocks-toy@480"):
         report = load_report(name, url)
-        fig = render.render_png(report, tmp_path / f"{name}.png")
+        fig = plots.render_png(report, tmp_path / f"{name}.png")
         assert hidden_points(fig) == []
         labelled = {t.get_text() for ax in fig.axes for t in ax.texts}
-        assert {render.point_name(report.trial(n)) for n in report.front} <= labelled
+        assert {plots.point_name(report.trial(n)) for n in report.front} <= labelled
         assert set(report.reference_trials) <= labelled
     first = load_report("unet_blocks-toy", url)
     assert set(first.promoted) == set(promoted.values()) and first.promoted_to == "unet_blocks-toy@480"
-    fig = render.render_png(first, tmp_path / "first.png")
+    fig = plots.render_png(first, tmp_path / "first.png")
     assert "promoted to unet_blocks-toy@480" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
 def test_a_legend_inside_the_axes_would_be_caught(tmp_path):
     """The overlap check can fail: a legend drawn over the points is found."""
     url = make_study(tmp_path)
-    fig = render.render_png(load_report("unet_blocks-toy", url), tmp_path / "p.png")
+    fig = plots.render_png(load_report("unet_blocks-toy", url), tmp_path / "p.png")
     for legend in fig.legends:
         legend.remove()
     ax = fig.axes[0]
