@@ -193,8 +193,10 @@ def keep(folder: Path, samples: SampleSet, images: torch.Tensor) -> None:
 def grid_figure(samples: SampleSet, rows: list[Row] | tuple[Row, ...], cell: float = 1.1) -> Figure:
     """One row per model (its label at the left), one column per prompt (the prompt and seed on top)."""
     n, m = len(rows), len(samples.prompts)
-    fig = Figure(figsize=(1.3 + m * cell, 0.5 + n * cell + 0.45))
-    axes = fig.subplots(n, m, squeeze=False, gridspec_kw=dict(wspace=0.04, hspace=0.06))
+    left, top, gap = 0.3, 0.6, 0.04 * cell  # inches: the row labels, the prompts, between images
+    width, height = left + m * (cell + gap), top + n * (cell + gap)
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(n, m, squeeze=False, gridspec_kw=dict(wspace=0.04, hspace=0.04))
     for r, row in enumerate(rows):
         for c in range(m):
             ax = axes[r][c]
@@ -206,7 +208,7 @@ def grid_figure(samples: SampleSet, rows: list[Row] | tuple[Row, ...], cell: flo
                              fontsize=5)
             if c == 0:
                 ax.set_ylabel(row.label, fontsize=7)
-    fig.subplots_adjust(left=1.0 / fig.get_figwidth(), right=0.99, bottom=0.02, top=1 - 0.75 / fig.get_figheight())
+    fig.subplots_adjust(left=left / width, right=1 - gap / width, bottom=gap / height, top=1 - top / height)
     return fig
 
 
