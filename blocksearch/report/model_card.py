@@ -271,7 +271,7 @@ def _architecture_lines(t: TrialPoint, teacher: str, family: Family, folder: Pat
         stages = family.layout(genome, topo)
         save_diagram(stages, folder / CARD_DIAGRAM, t.genome)
         lines += [f"![what the student keeps of the teacher's {family.denoiser_name}]({CARD_DIAGRAM})", "",
-                  diagram_key(stages).capitalize() + ".", ""]
+                  diagram_key(stages)[0].upper() + diagram_key(stages)[1:] + ".", ""]
     lines += [f"Removed: {t.architecture}.", ""]
     try:
         cut = family.removed(genome, topo)
