@@ -24,7 +24,7 @@ SQLITE = "sqlite:///"
 def artifact_dir(report: ParetoReport) -> Path | None:
     """The study's artifact store: beside a SQLite storage file, else beside the students' folders
     (``<runs-dir>/<study>/students/<genome>/<denoiser>``); None where neither is known."""
-    if report.storage.startswith(SQLITE):
+    if (report.storage or "").startswith(SQLITE):
         return Path(report.storage[len(SQLITE):]).parent / ARTIFACTS_DIR
     found = next((t.student_dir for t in report.trials if t.student_dir), None)
     return Path(found).parents[3] / ARTIFACTS_DIR if found else None
