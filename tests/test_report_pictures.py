@@ -170,25 +170,25 @@ def hidden_points(fig) -> list:
     return hidden
 
 
-def test_no_legend_hides_a_point_of_the_committed_examples(tmp_path):
-    below = {r["genome"]: int(r["number"]) for r in csv.DictReader(
-        open(ROOT / "reports" / "unet_blocks-toy" / "trials.csv"))}
-    url = study_of_csv(tmp_path, "unet_blocks-toy", "unet_blocks-toy", {"rungs": [480]})
+@pytest.mark.parametrize("base", ["unet_blocks-toy", "dit_blocks-toy-dit"])
+def test_no_legend_hides_a_point_of_the_committed_examples(tmp_path, base):
+    below = {r["genome"]: int(r["number"]) for r in csv.DictReader(open(ROOT / "reports" / base / "trials.csv"))}
+    url = study_of_csv(tmp_path, base, base, {"rungs": [480]})
     promoted = {r["genome"]: below[r["genome"]] for r in csv.DictReader(
-        open(ROOT / "reports" / "unet_blocks-toy@480" / "trials.csv"))}
-    study_of_csv(tmp_path, "unet_blocks-toy@480", "unet_blocks-toy@480",
-                 {"rung": {"of": "unet_blocks-toy", "from": "unet_blocks-toy"}, "promoted_from": promoted})
-    for name in ("unet_blocks-toy", "unet_blocks-toy@480"):
+        open(ROOT / "reports" / f"{base}@480" / "trials.csv"))}
+    study_of_csv(tmp_path, f"{base}@480", f"{base}@480", {"rung": {"of": base, "from": base},
+                                                          "promoted_from": promoted})
+    for name in (base, f"{base}@480"):
         report = load_report(name, url)
         fig = plots.render_png(report, tmp_path / f"{name}.png")
         assert hidden_points(fig) == []
         labelled = {t.get_text() for ax in fig.axes for t in ax.texts}
         assert {plots.point_name(report.trial(n)) for n in report.front} <= labelled
-        assert set(report.reference_trials) <= labelled
-    first = load_report("unet_blocks-toy", url)
-    assert set(first.promoted) == set(promoted.values()) and first.promoted_to == "unet_blocks-toy@480"
+        assert {report.trial(n).design for n in report.reference_trials.values()} <= labelled
+    first = load_report(base, url)
+    assert set(first.promoted) == set(promoted.values()) and first.promoted_to == f"{base}@480"
     fig = plots.render_png(first, tmp_path / "first.png")
-    assert "promoted to unet_blocks-toy@480" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert f"promoted to {base}@480" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
 def test_a_legend_inside_the_axes_would_be_caught(tmp_path):
