@@ -245,7 +245,10 @@ CARD_SAMPLES, CARD_DIAGRAM = "samples.png", "architecture.png"  # written beside
 def _samples_lines(report: ParetoReport, t: TrialPoint, folder: Path) -> list[str]:
     """The student's sample row under the teacher's (samples.py; the report's rows, kept beside the student),
     written to ``folder``; nothing where the study generated no images for it or its student is gone."""
-    grid = sample_grid(report, [t])
+    try:
+        grid = sample_grid(report, [t])
+    except BlocksearchError as err:  # the study's evaluation set is not readable here: the card stands without
+        return ["## Samples", "", f"No samples: {err}.", ""]
     if grid is None or len(grid.rows) < 2:
         return []
     folder.mkdir(parents=True, exist_ok=True)
