@@ -229,7 +229,8 @@ def _parsers(parser: argparse.ArgumentParser):
 
 # flags of other tools that the docs show next to blocksearch's (hf download, pip, python, ray start, tensorboard)
 FOREIGN_FLAGS = {"--exclude", "--include", "--local-dir", "-e", "-m", "--head", "--port", "--num-cpus", "--address",
-                 "--logdir", "--runslow"}  # pytest's opt-in for the slow tests (tests/conftest.py)
+                 "--logdir", "--runslow",  # pytest's opt-in for the slow tests (tests/conftest.py)
+                 "--artifact-dir"}  # optuna-dashboard's (docs/reports.md)
 FLAG = re.compile(r"(?<![\w-])--?[a-zA-Z][\w-]*")
 
 

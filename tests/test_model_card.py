@@ -127,3 +127,14 @@ def test_card_of_a_teacher_with_unknown_licence_asks_the_user_to_fill_it_in(tmp_
     card = MC.model_card(report, report.trial(1), tmp_path / "out", family=UNET)
     assert card.data.license == "other" and card.data.base_model == "my-sdxl"
     assert "Fill in `license:` in this card's header" in card.text
+
+
+def test_the_card_shows_the_students_block_diagram(tmp_path):
+    """The card's architecture section opens with the student's diagram, written beside the card and drawn from
+    the family's layout; a study without the student on disk has no sample row (nothing to sample)."""
+    report = load_report("unet_blocks-toy", make_study(tmp_path, teacher="sd-v1"))
+    out = tmp_path / "out"
+    text = MC.model_card(report, report.trial(3), out, family=UNET).text
+    assert f"![what the student keeps of the teacher's U-Net]({MC.CARD_DIAGRAM})" in text
+    assert (out / MC.CARD_DIAGRAM).read_bytes()[:4] == b"\x89PNG"
+    assert "## Samples" not in text and not (out / MC.CARD_SAMPLES).exists()

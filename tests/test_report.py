@@ -92,7 +92,7 @@ def test_report_explicit_reference_point(tmp_path):
 def test_report_files(tmp_path):
     url = make_study(tmp_path)
     out = write_report("unet_blocks-toy", url, tmp_path / "report")
-    assert {p.name for p in out.iterdir()} == {"index.html", "pareto.png", "trials.csv", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"index.html", "pareto.png", "trials.csv", "README.md", "diagrams"}
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert [r["state"] for r in rows] == [s for s, *_ in CASE]
     assert rows[2]["genome"] == CASE[2][2] and float(rows[2]["fid"]) == 9.0 and rows[2]["on_front"] == "True"

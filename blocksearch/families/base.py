@@ -96,6 +96,7 @@ class Family(Protocol):
     card_summary: str  # the model card's first line ("{denoiser} ({model class})" filled in)
     toy_teacher: str  # the bundled toy teacher of the family: ``--teacher toy`` for a space of it
     load_student: Callable | None  # (folder, teacher denoiser) -> Student to go on from (None: ``--init`` unsupported)
+    layout: Callable | None  # (arch, topology) -> tuple of ``layout.Stage``: the report's block diagram (None: none)
 
     def load_student_denoiser(self, folder, teacher_denoiser) -> torch.nn.Module:
         """The denoiser of a student folder (``distill``'s or ``export``'s, or a bare denoiser folder)."""
@@ -217,6 +218,7 @@ class DenoiserFamily:
     load_student_denoiser: Callable = None  # type: ignore[assignment]  (folder, teacher denoiser) -> its denoiser
     show_space: Callable = None  # type: ignore[assignment]  ``space show``'s table of a space of this family
     toy_teacher: str = ""  # the bundled toy teacher of this family (``--teacher toy`` for its spaces)
+    layout: Callable | None = None  # (arch, topology) -> tuple of ``families.layout.Stage``: the block diagram
 
     def __post_init__(self):
         if self.training_target is None:

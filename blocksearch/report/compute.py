@@ -22,7 +22,7 @@ import optuna
 from blocksearch.errors import BlocksearchError
 from blocksearch.report.noise import NOISY, Spread, estimate_noise, quality_mask
 from blocksearch.report.pareto import REFERENCE, Z_NOISE, claim, dominates, hypervolume, non_dominated_sort
-from blocksearch.study import default_storage, open_study
+from blocksearch.study import default_storage, open_study, rung_name
 from blocksearch.teachers import resolve_teacher
 
 REFERENCE_RULE = (f"r = {REFERENCE} x the worst value of each objective over the completed trials; the "
@@ -96,6 +96,8 @@ class ParetoReport:
     noise: dict = field(default_factory=dict)  # objective or noisy metric -> Spread (noise.py)
     noise_z: float = Z_NOISE
     denoiser: str = "U-Net"  # the teacher family's word for its denoiser ("transformer"): the report's labels
+    promoted: tuple[int, ...] = ()  # trials a rung continued (its trials' ``promoted_from``), first stage only
+    promoted_to: str | None = None  # that rung's study
 
     @property
     def designs_name(self) -> str:
@@ -156,9 +158,23 @@ def build_report(study: optuna.Study, storage: str = "", reference_point=None) -
                         if (d := _domination(t.number, name, n, by_number, [noise[o] for o in objectives],
                                              quality_mask(objectives))))
     rule = REFERENCE_RULE if reference_point is None else "r given by the user (--hv-reference)"
+    promoted, rung = _promoted(study.study_name, attrs, storage)
     return ParetoReport(study.study_name, storage, objectives, directions, trials, front, ref, rule, hv,
                         ref_hv, ref_designs, ref_trials, dominations, attrs, note, noise,
-                        denoiser=topo[0].denoiser_name if topo is not None else "U-Net")
+                        denoiser=topo[0].denoiser_name if topo is not None else "U-Net", promoted=promoted,
+                        promoted_to=rung)
+
+
+def _promoted(name: str, attrs: dict, storage: str) -> tuple[tuple[int, ...], str | None]:
+    """The trials of a first stage that its first rung continued (``promoted_from`` of the rung's trials, set by
+    rungs.prepare_rung), and that rung's name; nothing where no rung ran yet or the storage is unknown."""
+    if not attrs.get("rungs") or attrs.get("rung") or not storage:
+        return (), None
+    rung = rung_name(name, attrs["rungs"][0])
+    if rung not in optuna.study.get_all_study_names(storage=storage):
+        return (), None
+    trials = optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False)
+    return tuple(sorted({int(t.user_attrs["promoted_from"]) for t in trials if "promoted_from" in t.user_attrs})), rung
 
 
 def _domination(searched: int, name: str, n: int, points: dict, noise: list[Spread],

@@ -20,6 +20,8 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.objectives import UNIT, fmt
 from blocksearch.families.base import Family
 from blocksearch.report.compute import ParetoReport, TrialPoint
+from blocksearch.report.diagram import key as diagram_key, save_diagram
+from blocksearch.report.samples import sample_grid, save_grid
 from blocksearch.teachers import resolve_teacher, teacher_kind
 
 PROJECT_LICENSE = "mit"  # blocksearch's own licence, which the bundled toy teacher ships under
@@ -200,7 +202,7 @@ def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command
              "```python", f"from diffusers import {family.pipeline_class}", "",
              f'pipe = {family.pipeline_class}.from_pretrained("{folder}")',
              f'image = pipe("a prompt", num_inference_steps=20{extra}).images[0]', "```", "",
-             *_license_lines(lic), *_architecture_lines(t, teacher, family),
+             *_license_lines(lic), *_samples_lines(report, t, folder), *_architecture_lines(t, teacher, family, folder),
              *_metric_lines(report, t, folder, teacher_cost, family),
              "## How it was made", "", f"- search: `{a.get('command', '?')}` (study `{report.study}`, "
              f"trial {t.number}, space `{a.get('space', '?')}`)"]
@@ -237,12 +239,44 @@ def _license_lines(lic: CardLicense) -> list[str]:
     return ["## Licence", "", text, ""]
 
 
-def _architecture_lines(t: TrialPoint, teacher: str, family: Family) -> list[str]:
-    """Removed modules in one line, then a row per teacher module: the teacher's, the student's (for a
-    transformer: which student block each kept teacher block became), what was removed."""
-    lines = ["## Architecture against the teacher", "", f"Removed: {t.architecture}.", ""]
+CARD_SAMPLES, CARD_DIAGRAM = "samples.png", "architecture.png"  # written beside the card
+
+
+def _samples_lines(report: ParetoReport, t: TrialPoint, folder: Path) -> list[str]:
+    """The student's sample row under the teacher's (samples.py; the report's rows, kept beside the student),
+    written to ``folder``; nothing where the study generated no images for it or its student is gone."""
+    try:
+        grid = sample_grid(report, [t])
+    except BlocksearchError as err:  # the study's evaluation set is not readable here: the card stands without
+        return ["## Samples", "", f"No samples: {err}.", ""]
+    if grid is None or len(grid.rows) < 2:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    save_grid(grid.samples, grid.rows, folder / CARD_SAMPLES)
+    s = grid.samples
+    return ["## Samples", "", f"![the teacher (top) and this student (bottom) on the same prompts and seeds]"
+            f"({CARD_SAMPLES})", "", f"The teacher (top row) and this student (bottom row) on {len(s.prompts)} prompts "
+            f"of the search's evaluation set, the same seed per column ({', '.join(map(str, s.seeds))}), "
+            f"{s.steps} sampler steps, guidance {s.guidance}: images the evaluation scored.", ""]
+
+
+def _architecture_lines(t: TrialPoint, teacher: str, family: Family, folder: Path | None = None) -> list[str]:
+    """The block diagram (written to ``folder``), removed modules in one line, then a row per teacher module:
+    the teacher's, the student's (for a transformer: which student block each kept teacher block became), what
+    was removed."""
+    lines = ["## Architecture against the teacher", ""]
     try:
         genome, topo = family.arch_from_id(t.genome), resolve_teacher(teacher).topology()
+    except BlocksearchError as err:
+        return lines + [f"Removed: {t.architecture}.", "", f"(table unavailable: {err})", ""]
+    if folder is not None and family.layout is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        stages = family.layout(genome, topo)
+        save_diagram(stages, folder / CARD_DIAGRAM, t.genome)
+        lines += [f"![what the student keeps of the teacher's {family.denoiser_name}]({CARD_DIAGRAM})", "",
+                  diagram_key(stages)[0].upper() + diagram_key(stages)[1:] + ".", ""]
+    lines += [f"Removed: {t.architecture}.", ""]
+    try:
         cut = family.removed(genome, topo)
         lines += ["| module (teacher) | teacher | student | removed |", "|---|---|---|---|"]
         lines += [f"| `{mod}` | {a_} | {b_} | {cut.get(mod, '-')} |"

@@ -1,4 +1,5 @@
-"""Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib), trials.csv, README.md.
+"""Render a ParetoReport: index.html (plotly, self-contained), pareto.png (matplotlib; both drawn by plots.py),
+trials.csv, README.md, and the students' pictures (pictures.py: sample grid, block diagrams; artifacts.py).
 
 Renderers only format what :func:`blocksearch.report.compute.build_report` computed; they compute nothing.
 Reports travel: every absolute path is written relative (:func:`portable`), so a committed report
@@ -15,31 +16,23 @@ import os
 import re
 from pathlib import Path
 
-import plotly.graph_objects as go
-from matplotlib.figure import Figure  # the object API: no pyplot, no global backend (Agg draws the PNG)
-from matplotlib.ticker import EngFormatter
 from plotly.offline import get_plotlyjs
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.objectives import UNIT, fmt
-from blocksearch.objectives import TABLE
+from blocksearch.objectives import fmt
 from blocksearch.report.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report.curves import SMOOTH, front_curves, render_curves_png
-from blocksearch.report.compute import ParetoReport, TrialPoint, load_report
+from blocksearch.report.artifacts import dashboard_command, upload_pictures
+from blocksearch.report.compute import ParetoReport, load_report
+from blocksearch.report.pictures import Pictures, draw_pictures
+from blocksearch.report.plots import LABELS, figures, hover_diagrams, point_name, render_png  # noqa: F401 (LABELS: tests)
 from blocksearch.study import rung_name
 
-FRONT_COLOR, OTHER_COLOR, REF_COLOR = "#d62728", "#9e9e9e", "#1f77b4"
-LABELS = {o.name: o.label for o in TABLE if o.label}  # axis titles (objectives.py)
 
 
 REPOSITORY = Path(__file__).resolve().parents[2]  # blocksearch's repository (or its installation)
 # an absolute path: at the start, after a space, '=', a bracket, a quote or a comma, or in a sqlite:/// URL
 _ABSOLUTE = re.compile(r"(?:^|(?<=[\s=(\[`'\",])|(?<=sqlite:///))/[^\s`'\",;|()\[\]<>]+")
-
-
-def _label(r: ParetoReport, key: str) -> str:
-    """An objective's label in the study's words: a transformer study's "transformer parameters"."""
-    return LABELS.get(key, key).replace("U-Net", r.denoiser)
 
 
 def _speed_head(r: ParetoReport) -> tuple[str, ...]:
@@ -58,16 +51,22 @@ def write_report(study_name: str, storage: str | None = None, out: str | Path | 
     return folder
 
 
-def render_all(report: ParetoReport, folder: Path) -> None:
+def render_all(report: ParetoReport, folder: Path) -> Pictures:
+    """Write every file of the report; upload each trial's pictures to the study's artifact store
+    (artifacts.py). Returns what was drawn (and how long the pictures took)."""
     folder.mkdir(parents=True, exist_ok=True)
     curves = front_curves(report)  # read before the paths are made portable
     if curves:
         render_curves_png(curves, folder / CURVES_PNG, f"{report.study}: the front students and reference designs")
+    pictures = draw_pictures(report, folder)  # the students' folders too: before the paths are made portable
+    upload_pictures(report, pictures, folder)
     report = portable(report, folder)
-    (folder / "index.html").write_text(render_html(report), encoding="utf-8")
+    (folder / "index.html").write_text(render_html(report, pictures, folder), encoding="utf-8")
     render_png(report, folder / "pareto.png")
     render_csv(report, folder / "trials.csv")
-    (folder / "README.md").write_text(render_markdown(report, curves=bool(curves)), encoding="utf-8")
+    (folder / "README.md").write_text(render_markdown(report, curves=bool(curves), pictures=pictures),
+                                      encoding="utf-8")
+    return pictures
 
 
 CURVES_PNG = "curves.png"
@@ -132,76 +131,10 @@ def _summary(r: ParetoReport) -> str:
     return f"{len(r.trials)} trials ({counts})" + ("; " + "; ".join(notes) if notes else "")
 
 
-def _hover(r: ParetoReport, t: TrialPoint) -> str:
-    values = " · ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, t.values))
-    where = "on the Pareto front" if t.on_front else f"rank {t.rank} (dominated)"
-    arch = re.sub(r"; (?=down_blocks|mid_block|transformer_blocks|single_transformer_blocks)", "<br>",
-                  html.escape(t.architecture))  # a line per stage, or per block group
-    return f"<b>{html.escape(t.label)}</b> · {where}<br>{values}<br>{t.genome}<br>{arch}"
-
-
 # -- index.html ------------------------------------------------------------------------------------
-def _figures(r: ParetoReport) -> list[tuple[str, object]]:
-    groups = [("Pareto front", [t for t in r.ranked if t.on_front], FRONT_COLOR, 11, "circle"),
-              ("dominated", [t for t in r.ranked if not t.on_front], OTHER_COLOR, 8, "circle")]
-    refs = [r.trial(n) for n in r.reference_trials.values()]
-    y, figures = r.objectives[0], []
-    for j, x in enumerate(r.objectives[1:], start=1):
-        fig = go.Figure()
-        for name, pts, color, size, symbol in groups:
-            fig.add_trace(go.Scatter(
-                x=[t.values[j] for t in pts], y=[t.values[0] for t in pts], mode="markers", name=name,
-                marker=dict(color=color, size=size, symbol=symbol), hovertext=[_hover(r, t) for t in pts],
-                hoverinfo="text"))
-        fig.add_trace(go.Scatter(
-            x=[t.values[j] for t in refs], y=[t.values[0] for t in refs], mode="markers+text",
-            name=f"{r.designs_name} reference designs", text=[t.design or t.label for t in refs], textposition="top center",
-            marker=dict(color=REF_COLOR, size=18, symbol="star-open", line=dict(width=2)),
-            hovertext=[_hover(r, t) for t in refs], hoverinfo="text"))
-        fig.update_layout(title=f"{_label(r, y)} vs {_label(r, x)}", xaxis_title=_label(r, x),
-                          yaxis_title=_label(r, y), height=480, template="plotly_white")
-        figures.append((f"plot-{y}-{x}", fig))
-    if len(r.objectives) >= 3:
-        a, b, c = r.objectives[1], r.objectives[2], r.objectives[0]
-        fig = go.Figure()
-        for name, pts, color, size, symbol in groups + [(f"{r.designs_name} reference designs", refs, REF_COLOR, 9,
-                                                          "diamond-open")]:
-            fig.add_trace(go.Scatter3d(
-                x=[t.values[1] for t in pts], y=[t.values[2] for t in pts], z=[t.values[0] for t in pts],
-                mode="markers", name=name, marker=dict(color=color, size=size * 0.6, symbol=symbol),
-                hovertext=[_hover(r, t) for t in pts], hoverinfo="text"))
-        fig.update_layout(title=f"the front across {a}, {b} and {c} (drag to rotate)", height=620,
-                          scene=dict(xaxis_title=a, yaxis_title=b, zaxis_title=c), template="plotly_white")
-        figures.append(("plot-3d", fig))
-    alignment = _alignment_figure(r)
-    if alignment is not None:
-        figures.append(("plot-alignment", alignment))
-    return figures
-
-
-def _alignment_figure(r: ParetoReport):
-    """FID against text alignment for every completed student; infeasible ones (the text-aware rule or
-    the parameter budget) as crosses: FID alone does not see whether a student follows the prompt."""
-    done = [t for t in r.trials if t.state == "COMPLETE" and t.cached_from is None
-            and t.metrics.get("alignment") is not None and t.metrics.get("fid") is not None]
-    if not done:
-        return None
-    fig = go.Figure()
-    for name, pts, color, symbol in (("feasible", [t for t in done if t.feasible], FRONT_COLOR, "circle"),
-                                     ("infeasible", [t for t in done if not t.feasible], OTHER_COLOR, "x")):
-        fig.add_trace(go.Scatter(x=[t.metrics["alignment"] for t in pts], y=[t.metrics["fid"] for t in pts],
-                                 mode="markers", name=name, marker=dict(color=color, size=10, symbol=symbol),
-                                 hovertext=[f"{html.escape(t.label)}<br>{t.genome}" for t in pts], hoverinfo="text"))
-    teacher = r.attrs.get("teacher_metrics") or {}
-    if teacher.get("alignment") is not None:
-        fig.add_vline(x=teacher["alignment"], line_dash="dot", annotation_text="teacher")
-    fig.update_layout(title="FID vs text alignment (crosses: infeasible, never on the front)",
-                      xaxis_title=LABELS["alignment"], yaxis_title=LABELS["fid"], height=420, template="plotly_white")
-    return fig
-
-
-def render_html(r: ParetoReport) -> str:
-    """One self-contained page: plotly.js is embedded inline (no CDN: the page works offline)."""
+def render_html(r: ParetoReport, pictures: Pictures | None = None, folder: Path | None = None) -> str:
+    """One self-contained page: plotly.js is embedded inline (no CDN: the page works offline); hovering a
+    front student or reference design shows its block diagram."""
     body = [f"<h1>blocksearch report: {html.escape(r.study)}</h1>",
             f"<p>{html.escape(_summary(r))}; objectives: {', '.join(f'{o} ({d})' for o, d in zip(r.objectives, r.directions))}."
             f" Every trial: <a href='trials.csv'>trials.csv</a>; summary: <a href='README.md'>README.md</a>.</p>"]
@@ -213,12 +146,15 @@ def render_html(r: ParetoReport) -> str:
         ref = ", ".join(f"{o} {fmt(o, v)}" for o, v in zip(r.objectives, r.reference_point))
         body.append(f"<p>Pareto front: {len(r.front)} of {len(r.ranked)} completed trials (red); {r.designs_name} reference "
                     f"designs are the blue stars. Hypervolume {hv} with reference point ({html.escape(ref)}): "
-                    f"{html.escape(r.reference_rule)}. Hover over a point for its architecture.</p>")
-        for div_id, fig in _figures(r):
+                    f"{html.escape(r.reference_rule)}. Hover over a point for its architecture (a front student or reference "
+                    "design: its block diagram).</p>")
+        for div_id, fig in figures(r):
             body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
                                     config={"displaylogo": False}))
     body.append(_html_table(r))
     body.append(_html_speed(r))
+    if r.ranked:
+        body.append(hover_diagrams(pictures, folder))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>blocksearch: {html.escape(r.study)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
@@ -251,42 +187,6 @@ def _html_speed(r: ParetoReport) -> str:
     return f"<h2>Speed and memory: the teacher and the front</h2><table id='speed'><tr>{head}</tr>{body}</table>"
 
 
-# -- pareto.png ------------------------------------------------------------------------------------
-def render_png(r: ParetoReport, path: Path) -> None:
-    xs = list(range(1, len(r.objectives))) or [0]
-    fig = Figure(figsize=(5.2 * len(xs), 4.2))
-    axes = fig.subplots(1, len(xs), squeeze=False)
-    for ax, j in zip(axes[0], xs):
-        if not r.ranked:
-            ax.text(0.5, 0.5, f"{r.study}: no completed trials yet", ha="center", va="center")
-            ax.set_axis_off()
-            continue
-        y = r.objectives[0]
-        other = [t for t in r.ranked if not t.on_front]
-        front = [r.trial(n) for n in r.front]
-        ax.scatter([t.values[j] for t in other], [t.values[0] for t in other], c=OTHER_COLOR, s=22,
-                   label="dominated")
-        ax.scatter([t.values[j] for t in front], [t.values[0] for t in front], c=FRONT_COLOR, s=36,
-                   label="Pareto front", zorder=3)
-        for name, n in r.reference_trials.items():
-            t = r.trial(n)
-            ax.scatter([t.values[j]], [t.values[0]], marker="*", s=220, facecolors="none", edgecolors=REF_COLOR,
-                       linewidths=1.5, zorder=4, label=f"{r.designs_name} designs" if name == next(iter(r.reference_trials)) else None)
-            ax.annotate(name, (t.values[j], t.values[0]), textcoords="offset points", xytext=(6, 6), fontsize=8,
-                        color=REF_COLOR)
-        if UNIT.get(r.objectives[j]) == "count":  # params, macs
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_xlabel(_label(r, r.objectives[j]))
-        ax.set_ylabel(_label(r, y))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    hv = "" if r.hypervolume is None else f", hypervolume {r.hypervolume:.3f}"
-    fig.suptitle(f"{r.study}: {len(r.front)} of {len(r.ranked)} completed trials Pareto-optimal across "
-                 f"{', '.join(r.objectives)} (red){hv}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-
-
 # -- trials.csv ------------------------------------------------------------------------------------
 def render_csv(r: ParetoReport, path: Path) -> None:
     """Every trial, one row: state, genome, design, rank, objective values, metrics, timings, error."""
@@ -317,7 +217,7 @@ def _kv(d) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
 
 
-def render_markdown(r: ParetoReport, curves: bool = False) -> str:
+def render_markdown(r: ParetoReport, curves: bool = False, pictures: Pictures | None = None) -> str:
     lines = [f"# blocksearch report: `{r.study}`", "", "![Pareto front](pareto.png)", "",
              f"Study `{r.study}` in `{r.storage}`: {_summary(r)}. Objectives: "
              + ", ".join(f"{o} ({d})" for o, d in zip(r.objectives, r.directions))
@@ -330,10 +230,49 @@ def render_markdown(r: ParetoReport, curves: bool = False) -> str:
         lines += ["**No completed trials yet**: there is no front to show. Run or resume the search with "
                   "`blocksearch run`; finished trials are kept in the study.", ""]
     else:
-        lines += _front_md(r) + _speed_md(r) + (_curves_md(r) if curves else []) + _hypervolume_md(r)
+        lines += _front_md(r) + _promoted_md(r) + _samples_md(r, pictures) + _diagrams_md(r, pictures)
+        lines += _speed_md(r) + (_curves_md(r) if curves else []) + _hypervolume_md(r)
         lines += reference_md(r) + _infeasible_md(r)
     lines += _measured_md(r) + _unfinished_md(r)
     return "\n".join(lines) + "\n"
+
+
+def _promoted_md(r: ParetoReport) -> list[str]:
+    if not r.promoted:
+        return []
+    names = ", ".join(f"{point_name(r.trial(n))} (trial {n})" for n in r.promoted)
+    return [f"Promoted to the rung `{r.promoted_to}` (green rings in pareto.png): {names}.", ""]
+
+
+def _samples_md(r: ParetoReport, p: Pictures | None) -> list[str]:
+    """The sample grid: which rows, on which prompts and seeds, at which settings; the models without a row."""
+    if p is None or p.grid is None:
+        return [f"No sample grid: {p.missing[0][1]}.", ""] if p is not None and p.missing else []
+    s = p.samples
+    missing = "; ".join(f"{who}: {why}" for who, why in p.missing)
+    return ["## Samples", "", f"![the teacher, the front students and the reference designs on the same "
+            f"prompts]({p.grid})", "",
+            f"One row per model ({', '.join(p.labels)}), one column per prompt: {len(s.prompts)} (prompt, seed) "
+            f"pairs spread over the evaluation set, the same in every row, generated as the evaluation generated "
+            f"its images ({s.steps} sampler steps, guidance {s.guidance}, "
+            f"{'the teacher' + chr(39) + 's resolution' if s.resolution is None else f'{s.resolution} px'}), so "
+            f"each row holds images its FID was computed on. Seeds: {', '.join(map(str, s.seeds))}."
+            + (f" No row: {missing}." if missing else ""), ""]
+
+
+def _diagrams_md(r: ParetoReport, p: Pictures | None) -> list[str]:
+    """One small block diagram per front student and reference design (diagram.py)."""
+    if p is None or not p.diagrams:
+        return []
+    lines = ["## Architectures", "", f"What each front student and reference design keeps of the teacher's "
+             f"{r.denoiser}, drawn from the family's own description of it (its `layout`); {p.key}.", ""]
+    for n, path in p.diagrams.items():
+        t = r.trial(n)
+        lines += [f"![{point_name(t)}: {t.genome}]({path})", ""]
+    command = dashboard_command(r)
+    if command:
+        lines += [f"optuna-dashboard shows each trial's diagram and sample row as artifacts: `{command}`.", ""]
+    return lines
 
 
 def _curves_md(r: ParetoReport) -> list[str]:

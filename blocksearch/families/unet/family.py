@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from blocksearch.families.base import DenoiserFamily
+from blocksearch.families.unet.describe import layout
 from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.show import show_space
 from blocksearch.families.unet.space import load
@@ -57,4 +58,4 @@ FAMILY = DenoiserFamily(
     trains=True, text_len=TEXT_LEN, card_tags=("bk-sdm", "stable-diffusion"),
     card_summary="A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
                  "multi-objective search)",
-    load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy")
+    load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy", layout=layout)
