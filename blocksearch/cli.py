@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from blocksearch import __version__
-from blocksearch.commands import bench, distill, evaluate, export, report, run, space, train
+from blocksearch.commands import adapt, bench, distill, evaluate, export, report, run, space, train
 from blocksearch.commands.common import Parser, add_verbosity
 from blocksearch.console import set_quiet
 from blocksearch.errors import BlocksearchError
@@ -22,7 +22,7 @@ from blocksearch.toy import cli as toy
 
 # verb -> its module: add_parser(subparsers) registers it and sets each (sub-)verb's handler; --help lists this order
 COMMANDS = {"space": space, "run": run, "report": report, "export": export, "distill": distill, "train": train,
-            "evaluate": evaluate, "bench": bench, "toy": toy}
+            "evaluate": evaluate, "adapt": adapt, "bench": bench, "toy": toy}
 LIBRARY_VERBOSITY = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY",
                      "huggingface_hub": "HF_HUB_VERBOSITY"}
 

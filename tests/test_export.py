@@ -90,6 +90,10 @@ def test_export_round_trip_in_plain_diffusers(searched, tmp_path, capsys):
     assert "| `mid_block` |" in card and "blocksearch train --teacher" in card and f"--init {out}" in card
     assert "toy-judge features" in card and "blocksearch run --space unet_blocks" in card
     assert "of the teacher's" in card  # params and MACs as fractions of the teacher's
+    block_map = json.loads((out / "block_map.json").read_text())  # linked from the card; no path of this machine
+    assert "[`block_map.json`](block_map.json)" in card and str(tmp) not in (out / "block_map.json").read_text()
+    assert (block_map["teacher"], block_map["space"], block_map["arch"]) == ("teacher", "unet_blocks", CASE[2][2])
+    assert block_map["modules"]["up_blocks.1.resnets.1.conv1"] == "up_blocks.1.resnets.2.conv1"  # L1-2-1-2: stage 2 cut
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": "", "HOME": str(tmp_path)}
     subprocess.run([sys.executable, "-c", ROUND_TRIP, str(out), str(tmp / "inputs.safetensors"),
                     str(tmp_path / "result.safetensors")], check=True, cwd=tmp_path, env=env, timeout=300)

@@ -85,6 +85,10 @@ class Family(Protocol):
     def removed(self, arch, topology) -> dict[str, str]:
         """What the student removed, per teacher module; modules kept whole are absent."""
 
+    def weight_map(self, teacher_config, arch) -> dict[str, str]:
+        """Student tensor -> the teacher tensor surgery initialises it from, for every student tensor (the
+        ``block_map.json`` of every student folder and export: adapt/blockmap.py)."""
+
     # -- hooks: defaulted members (``DenoiserFamily``) ---------------------------------------------------
     pipeline_class: str | None  # the stock diffusers pipeline a student drops into (None: follows the teacher)
     model_class: str | None  # the denoiser's diffusers class where the family has several (None: one)
@@ -200,6 +204,7 @@ class DenoiserFamily:
     architecture_table: Callable
     removed: Callable
     load_pipeline: Callable
+    weight_map: Callable
     # -- hooks
     stock_pipeline: str | None = None  # ``pipeline_class``; None where it follows the teacher's class (``specialise``)
     model_class: str | None = None

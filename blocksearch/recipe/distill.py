@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from blocksearch.adapt.blockmap import block_map, write_block_map
 from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
 from blocksearch.console import quiet
 from blocksearch.recipe.data import Batch, BatchStream, fingerprint
@@ -47,7 +48,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema, lr_at
 from blocksearch.settings import Settings
 from blocksearch.space import load_space
-from blocksearch.families.base import get_family
+from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.families.unet.surgery import Student
 from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
@@ -422,11 +423,14 @@ def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
     return genome, None
 
 
-def write_student(out: Path, student: Student, result: DistillResult, meta: dict, subfolder: str) -> Path:
-    """``out/<subfolder>`` (the family's: unet or transformer; diffusers, safetensors), ``out/train_log.jsonl``
-    and ``out/distill.json``."""
+def write_student(out: Path, student: Student, result: DistillResult, meta: dict, subfolder: str, *,
+                  teacher_denoiser: torch.nn.Module) -> Path:
+    """``out/<subfolder>`` (the family's: unet or transformer; diffusers, safetensors), ``out/train_log.jsonl``,
+    ``out/distill.json`` and ``out/block_map.json`` (adapt/blockmap.py: the cut from ``teacher_denoiser``)."""
     out.mkdir(parents=True, exist_ok=True)
     student.denoiser.save_pretrained(out / subfolder, safe_serialization=True)
+    write_block_map(out, block_map(family_of_arch(student.genome), teacher_denoiser, student.genome,
+                                   meta["teacher"], meta.get("space")))
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.losses))
     info = meta | {"genome": student.genome.id, "kd_pairs": [list(p) for p in student.kd_pairs],
                    "fresh_tensors": list(student.fresh), "wall_s": round(result.wall_s, 2),

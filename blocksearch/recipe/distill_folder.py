@@ -42,7 +42,8 @@ def distill_folder(args) -> int:
         print(result.extra["teacher_cache"])
     meta = {"teacher": args.teacher, "design": name, "space": args.space, "distill": config.to_dict(),
             "device": args.device, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
-    out = write_student(Path(args.out), student, result, meta, teacher.family.subfolder)
+    out = write_student(Path(args.out), student, result, meta, teacher.family.subfolder,
+                        teacher_denoiser=teacher.denoiser)
     if result.losses:
         first, last = result.losses[0], result.losses[-1]
         print(f"{genome.id}: {config.steps} KD steps in {result.wall_s:.1f} s; loss {first['loss']:.4f} -> "

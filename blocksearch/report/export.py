@@ -2,7 +2,8 @@
 
 Each folder holds the trial's student denoiser (copied byte for byte from its ``student_dir``) in the
 family's subfolder (``unet/``, or ``transformer/``), the teacher's VAE, text encoder, tokenizer and scheduler,
-``model_index.json`` and a ``README.md`` model card (``model_card.py``) — the way BK-SDM ships its students
+``model_index.json``, a ``README.md`` model card (``model_card.py``) and ``block_map.json`` (adapt/blockmap.py:
+which teacher module each student module came from) — the way BK-SDM ships its students
 (arXiv 2305.15798): the teacher's stock pipeline class (StableDiffusionPipeline, PixArtSigmaPipeline, ...)
 with a smaller denoiser.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from blocksearch.adapt.blockmap import block_map, write_block_map
 from blocksearch.console import quiet
 from blocksearch.families.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
@@ -86,7 +88,7 @@ def export_study(study: str, storage: str | None, out: str | Path, trial: int | 
 def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, command: str = "",
                  teacher_cost: dict | None = None) -> Path:
     """Write one pipeline folder: the teacher pipeline's components around the student denoiser (``teacher``: the
-    teacher's pipeline), plus a model card."""
+    teacher's pipeline), plus a model card and the block map."""
     weights = _student_weights(t)
     family = family_of(teacher)
     sub = family.subfolder
@@ -98,6 +100,8 @@ def export_trial(report: ParetoReport, t: TrialPoint, teacher, folder: Path, com
     with_denoiser(teacher, student, family).save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / sub)  # the search's own files, byte for byte (dtype and all)
     shutil.copytree(weights.parent, folder / sub)
+    write_block_map(folder, block_map(family, getattr(teacher, sub), family.arch_from_id(t.genome),
+                                      report.attrs.get("teacher", "toy"), report.attrs.get("space")))
     model_card(report, t, folder, command, teacher_cost, family=family,
                call_kwargs=family.call_kwargs(teacher)).save(folder / "README.md")
     return folder

@@ -275,7 +275,10 @@ def _architecture_lines(t: TrialPoint, teacher: str, family: Family, folder: Pat
         save_diagram(stages, folder / CARD_DIAGRAM, t.genome)
         lines += [f"![what the student keeps of the teacher's {family.denoiser_name}]({CARD_DIAGRAM})", "",
                   diagram_key(stages)[0].upper() + diagram_key(stages)[1:] + ".", ""]
-    lines += [f"Removed: {t.architecture}.", ""]
+    lines += [f"Removed: {t.architecture}.", "",
+              "Block map: [`block_map.json`](block_map.json) names the teacher module every student module came "
+              "from, and the removed and renamed ones (for runtimes and adapter loaders; `blocksearch adapt lora` "
+              "carries a teacher LoRA over by it).", ""]
     try:
         cut = family.removed(genome, topo)
         lines += ["| module (teacher) | teacher | student | removed |", "|---|---|---|---|"]

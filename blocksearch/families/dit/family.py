@@ -10,6 +10,7 @@ from pathlib import Path
 import diffusers
 
 from blocksearch.families.base import DenoiserFamily
+from blocksearch.families.dit.blockmap import weight_map
 from blocksearch.families.dit.describe import layout
 from blocksearch.families.dit.genome import (DitGenome, architecture_diff, architecture_table, model_class_of, removed,
                                              topology_of)
@@ -46,7 +47,7 @@ FAMILY = DenoiserFamily(
     arch_from_id=DitGenome.from_id, student_config=student_config, build_student=build_student, kd_pairs=kd_pairs,
     kd_teacher_modules=kd_teacher_modules, encode_text=encode_text, forward=forward, forward_inputs=forward_inputs,
     describe=describe, architecture_diff=architecture_diff, architecture_table=architecture_table, removed=removed,
-    load_pipeline=load_pipeline, id_example="'D0-7' (blocks 0..7 kept)", trains=False,
+    load_pipeline=load_pipeline, weight_map=weight_map, id_example="'D0-7' (blocks 0..7 kept)", trains=False,
     card_tags=("diffusion-transformer", "depth-pruning"),
     card_summary="A depth-pruned {denoiser} ({model_class}) found by blocksearch (blocks removed as TinyFusion, "
                  "arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)",

@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from blocksearch.families.base import DenoiserFamily
+from blocksearch.families.unet.blockmap import weight_map
 from blocksearch.families.unet.describe import layout
 from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.show import show_space
@@ -54,7 +55,8 @@ FAMILY = DenoiserFamily(
     arch_from_id=Genome.from_id, student_config=student_config, build_student=build_student, kd_pairs=kd_pairs,
     kd_teacher_modules=kd_teacher_modules, encode_text=encode_text, forward=forward, forward_inputs=unet_inputs,
     describe=describe, architecture_diff=architecture_diff, architecture_table=architecture_table, removed=removed,
-    load_pipeline=load_pipeline, stock_pipeline="StableDiffusionPipeline", id_example="'L1-1-1-1_T1-1-1-0_Mnone'", id_prefix="L",
+    load_pipeline=load_pipeline, weight_map=weight_map, stock_pipeline="StableDiffusionPipeline",
+    id_example="'L1-1-1-1_T1-1-1-0_Mnone'", id_prefix="L",
     trains=True, text_len=TEXT_LEN, card_tags=("bk-sdm", "stable-diffusion"),
     card_summary="A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
                  "multi-objective search)",

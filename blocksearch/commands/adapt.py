@@ -1,0 +1,60 @@
+"""``blocksearch adapt lora | controlnet``: a teacher's adapter carried onto a student by its ``block_map.json``
+(docs/export.md); each adapter kind's handler imports its stage (adapt/lora.py, adapt/controlnet.py) when it runs."""
+
+from __future__ import annotations
+
+
+def add_parser(verbs) -> None:
+    """Register ``adapt`` and its adapter kinds (``lora``, ``controlnet``)."""
+    adapt = verbs.add_parser("adapt", help="carry a teacher's LoRA or ControlNet onto a student (its block_map.json)",
+                             description="Remap an adapter trained on the teacher onto a student that blocksearch "
+                                         "cut from it, by the student folder's block_map.json.")
+    sub = adapt.add_subparsers(dest="adapt_command", title="adapter kinds", metavar="<adapter>")
+    p = sub.add_parser(
+        "lora", help="remap a teacher's LoRA onto the student",
+        description="Rename each LoRA module on a kept teacher module to its student module and drop those on "
+                    "removed modules; print how many were kept, renamed and dropped, and the share of the LoRA's "
+                    "weight norm kept. Reads diffusers/peft keys (unet.<module>.lora_A.weight, <module>.lora.down."
+                    "weight) and kohya keys (lora_unet_<module>.lora_down.weight, .alpha); writes safetensors in "
+                    "the input's key convention, which pipe.load_lora_weights(OUT) loads on the exported student. "
+                    "A LoRA for another base model (a module the teacher lacks, other shapes, another denoiser) "
+                    "is refused.")
+    p.add_argument("lora", metavar="LORA", help="the teacher's LoRA: a .safetensors file or a folder with one")
+    p.add_argument("--student", required=True, metavar="DIR",
+                   help="a student folder with block_map.json (blocksearch export's or distill's)")
+    p.add_argument("-o", "--out", required=True, help="output: a .safetensors file, or a folder that gets "
+                                                      "pytorch_lora_weights.safetensors")
+    p.set_defaults(handler=main)
+    c = sub.add_parser(
+        "controlnet", help="cut a teacher's ControlNet as the student's U-Net was cut",
+        description="Build the student's ControlNet from a teacher ControlNet (a diffusers ControlNetModel folder): "
+                    "the student U-Net's down path with the teacher ControlNet's weights, one zero convolution per "
+                    "student skip (the teacher's for the same skip) and the teacher ControlNet's mid block; it runs "
+                    "in the stock StableDiffusionControlNetPipeline with the student. Students whose stages keep "
+                    "different numbers of layers, and transformer students, are refused.")
+    c.add_argument("controlnet", metavar="CONTROLNET", help="the teacher's ControlNet: a diffusers ControlNetModel "
+                                                            "folder (safetensors)")
+    c.add_argument("--student", required=True, metavar="DIR",
+                   help="a student folder with block_map.json (blocksearch export's or distill's)")
+    c.add_argument("-o", "--out", required=True, help="output folder: the student's ControlNetModel")
+    c.set_defaults(handler=main_controlnet)
+
+
+def main(args) -> int:
+    """Remap the LoRA; print the counts and where it went."""
+    from blocksearch.adapt.lora import adapt_lora
+
+    result = adapt_lora(args.lora, args.student, args.out)
+    print(result.summary())
+    print(f"student LoRA written to {result.out}")
+    return 0
+
+
+def main_controlnet(args) -> int:
+    """Cut the ControlNet; print its skips and where it went."""
+    from blocksearch.adapt.controlnet import adapt_controlnet
+
+    _, counts = adapt_controlnet(args.controlnet, args.student, args.out)
+    print(f"controlnet: {counts['zero_convs']} zero convolutions for the student's skips (the teacher's had "
+          f"{counts['teacher_zero_convs']}); written to {args.out}")
+    return 0
