@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import diffusers
@@ -186,6 +187,7 @@ def searched(toy_dit, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trial, "ProbeConfig", lambda: ProbeConfig(batches=1, batch_size=2))  # a small held-out set
         outcome = trial._train_candidate(genome, job, lambda step, losses: None)
+    assert json.loads((Path(outcome.student_dir).parent / "block_map.json").read_text())["arch"] == genome.id
     url = f"sqlite:///{tmp / 'blocksearch.db'}"
     study = optuna.create_study(study_name=cfg.study, storage=url, directions=["minimize"] * 3)
     study.set_metric_names(["fid", "params", "latency_ms"])

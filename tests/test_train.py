@@ -172,6 +172,7 @@ def test_a_run_evaluates_draws_its_curve_and_exports_a_pipeline(teacher, tmp_pat
     saved = weights(out / "checkpoints" / "step-0000004", "unet.safetensors")
     assert max_diff({k: v.detach() for k, v in pipe.unet.state_dict().items()}, saved) == 0
     assert "trained by `blocksearch train`" in (out / "README.md").read_text()
+    assert json.loads((out / "block_map.json").read_text())["modules"]  # the cut, for adapters (adapt/blockmap.py)
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(teacher, tmp_path, capsys):

@@ -77,6 +77,7 @@ def _fake_stages(monkeypatch, tmp_path, calls):
                               to_dict=lambda: {"fid": 9.0, "alignment": 0.4})
     monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: SimpleNamespace(unet=None))
     monkeypatch.setattr(trial, "build_student", lambda unet, genome: student)
+    monkeypatch.setattr(trial, "block_map", lambda *a: {})  # no real teacher to map from
     monkeypatch.setattr(trial, "distill", lambda teacher, student, config, **k: calls.append(("kd", config.seed))
                         or SimpleNamespace(wall_s=2.0, extra={"start_step": 0}))
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: metrics)

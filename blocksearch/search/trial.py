@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from blocksearch.adapt.blockmap import block_map, write_block_map
 from blocksearch.cache import work_slot
 from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
@@ -120,6 +121,7 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
         shutil.rmtree(job.head_start, ignore_errors=True)
     out = Path(job.students_dir) / genome.id / job.teacher.family.subfolder
     student.unet.save_pretrained(out, safe_serialization=True)
+    write_block_map(out.parent, block_map(job.teacher.family, teacher.unet, genome, job.teacher.spec, None))
     metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings
     timings = {"kd_s": kd.wall_s, "generate_s": tm.get("generate_s", 0.0),

@@ -23,6 +23,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from blocksearch.adapt.blockmap import block_map, write_block_map
 from blocksearch.console import quiet
 from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
@@ -259,6 +260,8 @@ class RunLog:
         """The final student as a pipeline folder in DIR, the learning curve, train.json and a short card."""
         pipe = with_denoiser(teacher.pipeline, unet.eval(), teacher.family)  # the teacher's stock pipeline class
         pipe.save_pretrained(self.out, safe_serialization=True)
+        write_block_map(self.out, block_map(teacher.family, teacher.denoiser, teacher.family.arch_from_id(genome),
+                                            self.job.teacher.spec, self.job.space))
         curve = compute_curve(self.out)
         write_curve(curve, self.out)
         weights = "EMA" if self.job.train.get("ema") else "final"
