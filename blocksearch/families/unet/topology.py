@@ -29,6 +29,11 @@ SDXL = dict(  # stabilityai/stable-diffusion-xl-base-1.0: 3 stages, depth 1/2/10
     projection_class_embeddings_input_dim=2816,
 )
 ARCHITECTURES = {"sd-v1": SD_V1, "sd-v2": SD_V2, "sdxl": SDXL}
+# what else is published of each: the Hub checkpoint whose config it copies, its licence (Hub id) and its space file
+ARCH_HUB = {"sd-v1": "CompVis/stable-diffusion-v1-4", "sd-v2": "stabilityai/stable-diffusion-2-1-base",
+            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
+ARCH_SPACE = {"sd-v1": "unet_blocks", "sd-v2": "unet_blocks", "sdxl": "unet_blocks_sdxl"}
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
