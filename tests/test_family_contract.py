@@ -4,6 +4,8 @@ shapes, every student tensor accounted for, KD pairs that name real modules, a f
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import pytest
 import torch
@@ -103,6 +105,6 @@ def test_the_stock_pipeline_loads_a_student_pipeline(case, tmp_path):
     teacher, family, _, student = case
     with_denoiser(teacher.pipeline, student.denoiser, family).save_pretrained(tmp_path, safe_serialization=True)
     pipe = getattr(diffusers, family.pipeline_class).from_pretrained(tmp_path)
-    plain = lambda config: {k: list(v) if isinstance(v, tuple) else v  # noqa: E731 - JSON reads tuples as lists
-                            for k, v in dict(config).items() if not k.startswith("_")}
+    plain = lambda config: json.loads(json.dumps(  # noqa: E731 - JSON reads tuples, nested ones too, as lists
+        {k: v for k, v in dict(config).items() if not k.startswith("_")}))
     assert plain(getattr(pipe, family.subfolder).config) == plain(student.denoiser.config)
