@@ -84,3 +84,14 @@ def test_library_warnings_reach_the_output_only_with_verbose():
     assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
     assert "unet_blocks" in quiet.stdout and quiet.stderr == ""
     assert "a library deprecation" in verbose.stderr and "accelerate was not found" in verbose.stderr
+
+
+def test_space_show_sdxl_prints_the_published_students_to_four_figures(capsys):
+    assert main(["space", "show", "unet_blocks_sdxl", "--teacher", "sdxl"]) == 0
+    out = capsys.readouterr().out
+    assert "distinct architectures: 1620" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    assert "2.567G" in rows["teacher"]  # four significant figures (was "2.6G")
+    for name, ours, published in [("ssd_1b", "1.331G", "1,331,334,404"), ("vega", "745.2M", "745,225,604"),
+                                  ("koala_1b", "1.161G", "1,161,184,324"), ("koala_700m", "782.8M", "782,822,724")]:
+        assert ours in rows[name] and f"{published} vs ours {published} (+0.000%)" in rows[name], rows[name]

@@ -44,7 +44,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
                         layers_per_block=1, sample_size=64)
-    sched = DPMSolverMultistepScheduler(**{**M.SCHEDULE, "rescale_betas_zero_snr": False})
+    sched = DPMSolverMultistepScheduler(**{**M.SCHEDULE, "rescale_betas_zero_snr": False}, steps_offset=1)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
                                      tokenizer_2=tok, unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
