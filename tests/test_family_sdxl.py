@@ -168,3 +168,17 @@ def test_forward_on_the_cond_is_the_pipelines_call_and_kd_pairs_match_in_shape(p
         for hook in hooks:
             hook.remove()
         assert all(feats["t", a].shape == feats["s", b].shape for a, b in student.kd_pairs), name
+
+
+def test_the_report_words_name_the_up_paths_own_depths(sdxl):
+    teacher, bound = sdxl
+    family, topo = get_family("sdxl"), bound.topology
+    ssd = bound.design("ssd_1b")
+    diff = family.architecture_diff(ssd, topo)
+    assert "up_blocks.0: transformer depths 4/4/10 of 10/10/10" in diff and "down_blocks.2: transformer depth 4 of 10" in diff
+    assert family.removed(ssd, topo)["up_blocks.1"] == "transformer depths 2/2/2 -> 2/1/1"
+    table = {row[0]: row[2] for row in family.architecture_table(ssd, topo)}
+    assert table["up_blocks.0"] == "3 x (resnet + transformer), depths 4/4/10"
+    assert table["mid_block"] == "1 resnet (no attention)"
+    vega = family.architecture_diff(bound.design("vega"), topo)
+    assert "down_blocks.2/up_blocks.0: transformer depth 2 of 10" in vega  # a mirrored up path: one phrase
