@@ -13,7 +13,7 @@ from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.surgery import build_student, load_student, student_config, teacher_key
 from blocksearch.families.unet.topology import architecture, topology_of
 from blocksearch.space import load_space
-from blocksearch.teachers import resolve_teacher
+from blocksearch.teachers import resolve_teacher, with_denoiser
 from blocksearch.toy.tiny_sdxl import POOLED, tiny_sdxl_pipeline
 from tests.conftest import TINY_CONFIGS, tiny_unet
 
@@ -182,3 +182,13 @@ def test_the_report_words_name_the_up_paths_own_depths(sdxl):
     assert table["mid_block"] == "1 resnet (no attention)"
     vega = family.architecture_diff(bound.design("vega"), topo)
     assert "down_blocks.2/up_blocks.0: transformer depth 2 of 10" in vega  # a mirrored up path: one phrase
+
+
+def test_a_student_generates_in_the_stock_sdxl_pipeline(pipe):
+    family = get_family("sdxl")
+    bound = load_space("unet_blocks_sdxl").bind(family.topology(pipe.unet.config))
+    student = with_denoiser(pipe, family.build_student(pipe.unet, bound.design("koala_700m")).denoiser, family)
+    assert type(student).__name__ == family.pipeline_class == "StableDiffusionXLPipeline"
+    image = student("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **family.call_kwargs(student)).images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
