@@ -45,10 +45,18 @@ def test_bad_space_file_is_one_line_exit_2(tmp_path, capsys, edit, message):
     assert "\n" not in err and "Traceback" not in err
 
 
-def test_teacher_topology_mismatch_is_one_line_exit_2(capsys):
+def test_teacher_topology_mismatch_is_one_line_exit_2(capsys, tmp_path):
     assert main(["space", "show", "unet_blocks", "--teacher", "sdxl"]) == 2
     err = capsys.readouterr().err
-    assert "has 4 stages but the teacher has 3" in err and err.count("\n") == 1
+    assert "teacher sdxl is a sdxl teacher; space unet_blocks is for the unet family" in err and err.count("\n") == 1
+    path = tmp_path / "three.yaml"  # a unet space with SDXL's three stages, bound to SD-v1's four
+    path.write_text(GOOD.replace("  down_blocks.3: {up: up_blocks.0, layers: [1, 2], removable: true}\n", "")
+                    .replace("up_blocks.3", "up_blocks.x").replace("up_blocks.1", "up_blocks.0")
+                    .replace("up_blocks.2", "up_blocks.1").replace("up_blocks.x", "up_blocks.2")
+                    .replace("[1, 1, 1, 1]", "[1, 1, 1]"))
+    assert main(["space", "show", str(path), "--teacher", "sd-v1"]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 stages but the teacher has 4" in err and err.count("\n") == 1
 
 
 def test_unknown_teacher_and_space(capsys):

@@ -10,11 +10,11 @@ from blocksearch.objectives import fmt
 def show_space(space, teacher: str, latent: int | None, resolve, toy_folders) -> int:
     """Print the space bound to ``teacher`` (``resolve``: ``--teacher`` -> a ``TeacherRef``; ``toy_folders`` unused)."""
     ref = resolve(teacher)
-    denoiser = ref.load_denoiser("cpu")
-    bound = space.bind(ref.family.topology(denoiser.config))  # a topology that does not fit: its own one line
     if ref.family.name != space.family:
         raise BlocksearchError(f"teacher {teacher} is a {ref.family.name} teacher; space {space.name} is for the "
                                f"{space.family} family (allowed: a {space.family} teacher, or a {ref.family.name} space)")
+    denoiser = ref.load_denoiser("cpu")
+    bound = space.bind(ref.family.topology(denoiser.config))
     print(f"space {space.name} ({space.path}) on teacher {teacher}\n")
     _print_stages(space, bound)
     latent = latent or denoiser.config["sample_size"]
