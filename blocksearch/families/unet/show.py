@@ -25,14 +25,14 @@ def show_space(space, teacher: str, latent: int | None, resolve, toy_folders) ->
 def _print_stages(space, bound) -> None:
     """One row per stage (its choices, the up path's where the row gives them), the mid block's, and the count of
     distinct architectures."""
-    print(f"{'stage':14s} {'tied to':12s} {'layers kept':14s} {'attention / depth':30s} {'removable':9s} up path")
+    print(f"{'stage':14s} {'tied to':12s} {'layers kept':14s} {'attention / depth':32s} {'removable':9s} up path")
     for stage, n, lc, dc, uc in zip(space.stages, bound.topology.layers, bound.layer_choices, bound.depth_choices,
                                     bound.up_choices):
         kept = [str(d) for d in dc if d]
         depth = (f"keep (depth {'/'.join(kept)})" + (", drop" if 0 in dc else "")) if kept else "-"
         layers = ", ".join(map(str, lc)) + f" of {n}"
         up = ", ".join(c.replace(".", "/") for c in uc) if len(uc) > 1 else ""
-        print(f"{stage.name:14s} {stage.up:12s} {layers:14s} {depth:30s} {'yes' if stage.removable else 'no':9s} {up}")
+        print(f"{stage.name:14s} {stage.up:12s} {layers:14s} {depth:32s} {'yes' if stage.removable else 'no':9s} {up}")
     print(f"{'mid_block':14s} {'':12s} {', '.join(space.mid_block)}")
     print(f"\ndistinct architectures: {len(bound)}\n")
 
@@ -43,7 +43,7 @@ def _print_designs(bound, teacher, latent: int, family) -> None:
     base_p, base_m = count_params(teacher), count_macs(teacher, latent, family=family)
     width = max([12] + [len(g.id) for g in bound.named_designs().values()])
     print(f"{'design':12s} {'genome':{width}s} {'U-Net params':>19s} {f'MACs @ {latent}x{latent}':>20s}  "
-          f"published (ours vs it)")
+          f"published vs ours")
     rows = [("teacher", bound.teacher_genome, base_p, base_m)]
     for name, genome in bound.named_designs().items():
         unet = family.build_student(teacher, genome).denoiser
