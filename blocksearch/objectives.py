@@ -57,9 +57,10 @@ BY_NAME = {o.name: o for o in TABLE}
 UNIT = {o.name: o.unit for o in BY_NAME.values()}  # name -> Objective.unit
 
 
-def fmt(name: str, value, digits: int = 2) -> str:
+def fmt(name: str, value, digits: int = 2, sig: int | None = None) -> str:
     """The one number formatter, by the score's unit (objectives.py): counts such as parameters and MACs with
-    K/M/G (``digits`` decimals), latency in ms, memory in MB, other numbers to 4 significant digits."""
+    K/M/G (``digits`` decimals, or ``sig`` significant figures: 2.567G, 859.5M), latency in ms, memory in MB,
+    other numbers to 4 significant digits."""
     if value is None:
         return "-"
     if not isinstance(value, (int, float)):
@@ -68,7 +69,8 @@ def fmt(name: str, value, digits: int = 2) -> str:
     if unit == "count":
         for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
             if abs(value) >= scale:
-                return f"{value / scale:.{digits}f}{suffix}"
+                places = digits if sig is None else max(0, sig - len(str(int(abs(value) // scale))))
+                return f"{value / scale:.{places}f}{suffix}"
         return f"{value:.0f}"
     if unit == "ms":
         return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"

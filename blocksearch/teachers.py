@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
 
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import DEFAULT_FAMILY, Family, family_name_of, get_family
+from blocksearch.families.base import DEFAULT_FAMILY, FAMILIES, Family, family_name_of, get_family
 from blocksearch.families.unet.topology import ARCHITECTURES, architecture, load_unet
 from blocksearch.toy.assets import ASSETS, ASSETS_DIT, JUDGE_FILE, check_asset, load_toy_teacher, toy_denoiser
 from blocksearch.toy.models import UNET as TOY_UNET
@@ -83,10 +83,10 @@ class TeacherRef:
         return _load(self, device)
 
     def load_denoiser(self, device: str = "cpu") -> torch.nn.Module:
-        """The teacher's denoiser with its weights (the default family's: also an architecture, on the meta
-        device, or a bare denoiser folder)."""
-        if self.family.name == DEFAULT_FAMILY:  # SD's layout: also an architecture or a bare denoiser folder
-            return _load_unet(self, device)
+        """The teacher's denoiser with its weights (a U-Net in SD's layout, SD's or SDXL's: also an architecture, on
+        the meta device, or a bare denoiser folder)."""
+        if self.family.subfolder == FAMILIES[DEFAULT_FAMILY].subfolder:  # SD's layout: also an architecture or a
+            return _load_unet(self, device)                               # bare denoiser folder
         return self.load(device).denoiser
 
 

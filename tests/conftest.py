@@ -19,6 +19,7 @@ from blocksearch.families.unet.family import FAMILY as UNET
 from blocksearch.toy import models as M
 from blocksearch.toy.assets import JUDGE_FILE
 from blocksearch.toy.judge import ToyJudge
+from blocksearch.toy.tiny_sdxl import UNET as TINY_SDXL_UNET
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests start local Ray clusters deliberately without tokens
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,13 +30,7 @@ TINY = dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=4, sample_size=1
 TINY_CONFIGS = {
     "sd-v1": TINY,
     "sd-v2": dict(TINY, cross_attention_dim=24, attention_head_dim=(2, 4, 4, 4), use_linear_projection=True),
-    "sdxl": dict(
-        block_out_channels=(8, 16, 16), norm_num_groups=4, sample_size=16, cross_attention_dim=24,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(2, 4, 4), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=12 + 6 * 4),
+    "sdxl": TINY_SDXL_UNET,  # diffusers' SDXL pipeline tests' size (blocksearch/toy/tiny_sdxl.py)
 }
 SPACE_OF = {"sd-v1": "unet_blocks", "sd-v2": "unet_blocks", "sdxl": "unet_blocks_sdxl"}
 

@@ -45,10 +45,18 @@ def test_bad_space_file_is_one_line_exit_2(tmp_path, capsys, edit, message):
     assert "\n" not in err and "Traceback" not in err
 
 
-def test_teacher_topology_mismatch_is_one_line_exit_2(capsys):
+def test_teacher_topology_mismatch_is_one_line_exit_2(capsys, tmp_path):
     assert main(["space", "show", "unet_blocks", "--teacher", "sdxl"]) == 2
     err = capsys.readouterr().err
-    assert "has 4 stages but the teacher has 3" in err and err.count("\n") == 1
+    assert "teacher sdxl is a sdxl teacher; space unet_blocks is for the unet family" in err and err.count("\n") == 1
+    path = tmp_path / "three.yaml"  # a unet space with SDXL's three stages, bound to SD-v1's four
+    path.write_text(GOOD.replace("  down_blocks.3: {up: up_blocks.0, layers: [1, 2], removable: true}\n", "")
+                    .replace("up_blocks.3", "up_blocks.x").replace("up_blocks.1", "up_blocks.0")
+                    .replace("up_blocks.2", "up_blocks.1").replace("up_blocks.x", "up_blocks.2")
+                    .replace("[1, 1, 1, 1]", "[1, 1, 1]"))
+    assert main(["space", "show", str(path), "--teacher", "sd-v1"]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 stages but the teacher has 4" in err and err.count("\n") == 1
 
 
 def test_unknown_teacher_and_space(capsys):
@@ -84,3 +92,14 @@ def test_library_warnings_reach_the_output_only_with_verbose():
     assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
     assert "unet_blocks" in quiet.stdout and quiet.stderr == ""
     assert "a library deprecation" in verbose.stderr and "accelerate was not found" in verbose.stderr
+
+
+def test_space_show_sdxl_prints_the_published_students_to_four_figures(capsys):
+    assert main(["space", "show", "unet_blocks_sdxl", "--teacher", "sdxl"]) == 0
+    out = capsys.readouterr().out
+    assert "distinct architectures: 1620" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    assert "2.567G" in rows["teacher"]  # four significant figures (was "2.6G")
+    for name, ours, published in [("ssd_1b", "1.331G", "1,331,334,404"), ("vega", "745.2M", "745,225,604"),
+                                  ("koala_1b", "1.161G", "1,161,184,324"), ("koala_700m", "782.8M", "782,822,724")]:
+        assert ours in rows[name] and f"{published} vs ours {published} (+0.000%)" in rows[name], rows[name]

@@ -35,5 +35,5 @@ def test_training_target_follows_the_scheduler():
 
 
 def test_unknown_family_is_one_line():
-    with pytest.raises(BlocksearchError, match="unknown denoiser family 'mamba'; allowed: unet, dit"):
+    with pytest.raises(BlocksearchError, match="unknown denoiser family 'mamba'; allowed: sdxl, unet, dit"):
         get_family("mamba")

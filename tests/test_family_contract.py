@@ -4,6 +4,8 @@ shapes, every student tensor accounted for, KD pairs that name real modules, a f
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import pytest
 import torch
@@ -13,10 +15,11 @@ from blocksearch.recipe.data import Batch
 from blocksearch.space import load_space
 from blocksearch.teachers import load_teacher, with_denoiser
 from blocksearch.toy.build_dit import build_dit
+from blocksearch.toy.tiny_sdxl import save_tiny_sdxl
 from tests.conftest import make_tiny_teacher
 
 # family -> (space file, a named design that cuts something)
-CASES = {"unet": ("unet_blocks", "bk_small"), "dit": ("dit_blocks", "tinyfusion_14")}
+CASES = {"unet": ("unet_blocks", "bk_small"), "dit": ("dit_blocks", "tinyfusion_14"), "sdxl": ("unet_blocks_sdxl", "ssd_1b")}
 
 
 def test_every_registered_family_has_a_case():
@@ -25,10 +28,13 @@ def test_every_registered_family_has_a_case():
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """A tiny random teacher pipeline per family (the toy transformer at its tiny budget)."""
+    """A tiny random teacher pipeline per family (the toy transformer at its tiny budget; SDXL's saved and loaded
+    back: its family is told from the folder's parts)."""
     folder = tmp_path_factory.mktemp("toy-dit") / "teacher"
     build_dit(folder, budget="tiny", threads=1)
-    return {"unet": make_tiny_teacher(tmp_path_factory.mktemp("tiny-unet")), "dit": load_teacher(str(folder))}
+    sdxl = save_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "teacher")
+    return {"unet": make_tiny_teacher(tmp_path_factory.mktemp("tiny-unet")), "dit": load_teacher(str(folder)),
+            "sdxl": load_teacher(str(sdxl))}
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -99,6 +105,6 @@ def test_the_stock_pipeline_loads_a_student_pipeline(case, tmp_path):
     teacher, family, _, student = case
     with_denoiser(teacher.pipeline, student.denoiser, family).save_pretrained(tmp_path, safe_serialization=True)
     pipe = getattr(diffusers, family.pipeline_class).from_pretrained(tmp_path)
-    plain = lambda config: {k: list(v) if isinstance(v, tuple) else v  # noqa: E731 - JSON reads tuples as lists
-                            for k, v in dict(config).items() if not k.startswith("_")}
+    plain = lambda config: json.loads(json.dumps(  # noqa: E731 - JSON reads tuples, nested ones too, as lists
+        {k: v for k, v in dict(config).items() if not k.startswith("_")}))
     assert plain(getattr(pipe, family.subfolder).config) == plain(student.denoiser.config)

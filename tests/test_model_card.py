@@ -117,7 +117,7 @@ def test_card_metadata_parses_and_round_trips_the_trials_metrics(tmp_path):
     train = build_parser().parse_args(shlex.split(MC.continue_command(report, tmp_path / "out"))[1:])
     assert (train.init, train.batch_size, train.micro_batch_size, train.gpus_per_worker, train.precision) == (
         str(tmp_path / "out"), 256, 16, 1, "bf16")  # the card's command is one the train verb accepts
-    assert "| `mid_block` | resnet + cross-attention transformer + resnet | 2 resnets (no attention) | attention |" \
+    assert "| `mid_block` | resnet + cross-attention transformer + resnet | 1 resnet (no attention) | attention |" \
         in card.text
 
 

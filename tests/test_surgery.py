@@ -35,6 +35,11 @@ def moves(kind):
             if d != teacher.depth[i]:
                 out[f"down_blocks.{i}.depth={d}"] = dataclasses.replace(
                     teacher, depth=teacher.depth[:i] + (d,) + teacher.depth[i + 1:])
+    for i, uc in enumerate(bound.up_choices):  # an up path that differs from the down path (SSD-1B)
+        for choice in uc[1:]:
+            ups = ["down"] * len(teacher.layers)
+            ups[i] = choice
+            out[f"up_blocks of down_blocks.{i}={choice}"] = bound.genome_of(teacher.layers, teacher.depth, teacher.mid, ups)
     for mid in bound.space.mid_block:
         if mid != teacher.mid:
             out[f"mid_block={mid}"] = dataclasses.replace(teacher, mid=mid)

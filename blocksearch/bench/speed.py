@@ -31,7 +31,7 @@ from blocksearch.recipe.latency import pick_clock
 from blocksearch.space import load_space
 from blocksearch.families.unet.surgery import build_student, student_config
 from blocksearch.recipe.teacher_cache import open_cache
-from blocksearch.families.unet.topology import ARCHITECTURES, topology_of
+from blocksearch.families.unet.topology import ARCH_SPACE, ARCHITECTURES, topology_of
 from blocksearch.teachers import load_teacher
 
 KD_TARGETS = {"cached": 1.15, "live": 1.10}
@@ -114,7 +114,7 @@ def _bench_models(args):
     else:
         config = dict(load_teacher(args.teacher).unet.config)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    space = args.space or ("unet_blocks_sdxl" if args.teacher == "sdxl" else "unet_blocks")
+    space = args.space or ARCH_SPACE.get(args.teacher, "unet_blocks")
     bound = load_space(space).bind(topology_of(config))
     configs = [("teacher", bound.teacher_genome.id, config)]
     configs += [(name, g.id, student_config(config, g)) for name, g in bound.named_designs().items()]

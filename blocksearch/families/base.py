@@ -267,10 +267,14 @@ class FamilyRef:
     module: str
     space_module: str
     subfolder: str  # the denoiser's folder in a pipeline: what tells the families apart (``family_name_of``)
+    also: tuple[str, ...] = ()  # other parts a pipeline of this family has, where the subfolder alone is shared
 
 
-# In the order ``family_name_of`` tries them: a pipeline with a U-Net is a U-Net teacher (SD's layout).
-FAMILIES = {"unet": FamilyRef("unet", "blocksearch.families.unet.family", "blocksearch.families.unet.space", "unet"),
+# In the order ``family_name_of`` tries them: a U-Net pipeline with a second text encoder is SDXL's; any other
+# pipeline with a U-Net is a U-Net teacher (SD's layout).
+FAMILIES = {"sdxl": FamilyRef("sdxl", "blocksearch.families.sdxl.family", "blocksearch.families.sdxl.space", "unet",
+                              also=("text_encoder_2",)),
+            "unet": FamilyRef("unet", "blocksearch.families.unet.family", "blocksearch.families.unet.space", "unet"),
             "dit": FamilyRef("dit", "blocksearch.families.dit.family", "blocksearch.families.dit.space", "transformer")}
 DEFAULT_FAMILY = "unet"  # a space file without ``family:`` (written before there were families)
 
@@ -291,10 +295,11 @@ def get_family(name: str) -> Family:
 
 def family_name_of(parts) -> str:
     """THE rule that tells families apart from a teacher's files or loaded pipeline: the first family (``FAMILIES``
-    order) whose denoiser subfolder is among ``parts`` (a folder's subfolders, ``model_index.json``'s keys, a
-    pipeline's components); none of them: ``DEFAULT_FAMILY``."""
+    order) whose denoiser subfolder and ``also`` parts are among ``parts`` (a folder's subfolders,
+    ``model_index.json``'s keys, a pipeline's components); none of them: ``DEFAULT_FAMILY``. A teacher with no parts
+    (an architecture, a bare denoiser folder) is told by its config: ``DEFAULT_FAMILY``'s ``specialise``."""
     parts = set(parts)
-    return next((ref.name for ref in FAMILIES.values() if ref.subfolder in parts), DEFAULT_FAMILY)
+    return next((ref.name for ref in FAMILIES.values() if {ref.subfolder, *ref.also} <= parts), DEFAULT_FAMILY)
 
 
 def family_of_config(denoiser_config) -> Family:

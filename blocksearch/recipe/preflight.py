@@ -35,18 +35,26 @@ SD_COMPONENTS = {
     "tokenizer": ("tokenizer_config.json", None),
     "scheduler": ("scheduler_config.json", None),
 }
+# the parts a pipeline has where its model_index.json names them (SDXL's second text encoder and tokenizer)
+MORE_COMPONENTS = {
+    "text_encoder_2": ("config.json", "model.safetensors"),
+    "tokenizer_2": ("tokenizer_config.json", None),
+}
 
 
 def check_teacher_folder(path) -> None:
     """A diffusers Stable Diffusion folder: model_index.json and the five parts, weights as safetensors (a
-    transformer teacher's folder: ``transformer/`` in the U-Net's place)."""
+    transformer teacher's folder: ``transformer/`` in the U-Net's place; SDXL's: also the second text encoder and
+    tokenizer its model_index.json names)."""
     root = Path(path)
     if not root.is_dir():
         raise BlocksearchError(f"teacher folder {root} does not exist; expected a diffusers StableDiffusionPipeline "
                                f"folder (save_pretrained): model_index.json, {', '.join(SD_COMPONENTS)}")
-    _read_json(root / "model_index.json", "teacher folder")
-    denoiser = FAMILIES[family_name_of(p.name for p in root.iterdir() if p.is_dir())].subfolder
-    for part, (config, weights) in SD_COMPONENTS.items():
+    index = _read_json(root / "model_index.json", "teacher folder")
+    family = family_name_of(p.name for p in root.iterdir() if p.is_dir())
+    denoiser = FAMILIES[family].subfolder
+    named = {k: v for k, v in MORE_COMPONENTS.items() if isinstance(index.get(k), list) and index[k][0] is not None}
+    for part, (config, weights) in (SD_COMPONENTS | named).items():
         part = denoiser if part == SD_DENOISER else part
         if not (root / part).is_dir():
             raise BlocksearchError(f"teacher folder {root} has no {part}/; a diffusers SD folder has "
@@ -54,7 +62,7 @@ def check_teacher_folder(path) -> None:
         _read_json(root / part / config, "teacher folder")
         if weights:
             _check_weights(root / part, weights)
-    _check_unet_topology(root / denoiser / "config.json")
+    _check_unet_topology(root / denoiser / "config.json", family)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -84,9 +92,9 @@ def _check_weights(folder: Path, name: str) -> None:
     raise BlocksearchError(f"teacher folder {folder.parent}: {folder.name}/ has {why}")
 
 
-def _check_unet_topology(config: Path) -> None:
-    """The denoiser's blocks are ones surgery knows (a U-Net's, or a transformer class of the dit family)."""
-    read = get_family(next(r.name for r in FAMILIES.values() if r.subfolder == config.parent.name)).topology
+def _check_unet_topology(config: Path, family: str) -> None:
+    """The denoiser's blocks are ones surgery knows (``family``'s: a U-Net's, or a transformer class of dit's)."""
+    read = get_family(family).topology
     try:
         read(_read_json(config, "teacher folder"))
     except (BlocksearchError, KeyError) as err:

@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_fr
 from blocksearch.errors import BlocksearchError
 from blocksearch.objectives import UNIT, fmt
 from blocksearch.families.base import Family
+from blocksearch.families.unet.topology import ARCH_HUB, ARCH_LICENSE
 from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.report.diagram import key as diagram_key, save_diagram
 from blocksearch.report.samples import sample_grid, save_grid
@@ -30,13 +31,11 @@ TOY_DIT_BASE_MODEL = "blocksearch/toy-dit-teacher"  # the same for the bundled t
 SHARED_TAGS = ("blocksearch", "knowledge-distillation", "block-removal", "text-to-image")  # every card's
 # where a family's tag sits among the shared ones (the tag order of earlier cards); others follow them
 TAG_ORDER = ("blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion")
-# Hub licence ids of the published SD teachers (blocksearch's architecture names and Hub ids)
-ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
+# Hub licence ids of the published SD teachers: blocksearch's architecture names (families/unet/topology.py
+# ARCH_LICENSE) and Hub ids
 HUB_LICENSE = ((r"^(compvis|runwayml|stable-diffusion-v1-5|stabilityai)/stable-diffusion-v1", "creativeml-openrail-m"),
                (r"^stabilityai/(stable-diffusion-2|stable-diffusion-xl|sdxl)", "openrail++"))
-# blocksearch's architecture names -> the Hub checkpoints whose configs they copy (teachers.py)
-ARCH_HUB = {"sd-v1": "CompVis/stable-diffusion-v1-4", "sd-v2": "stabilityai/stable-diffusion-2-1-base",
-            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+# blocksearch's architecture names -> the Hub checkpoints whose configs they copy: families/unet/topology.py ARCH_HUB
 RAIL = ("creativeml-openrail-m", "openrail++", "openrail")
 # Full-length training on one GPU: BK-SDM's global batch of 256, split into micro-batches
 FULL_STEPS, FULL_BATCH, MICRO_BATCH = 50_000, 256, 16

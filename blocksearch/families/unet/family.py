@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionPipeline
 
-from blocksearch.families.base import DenoiserFamily
+from blocksearch.families.base import DenoiserFamily, get_family
 from blocksearch.families.unet.blockmap import weight_map
 from blocksearch.families.unet.describe import layout
 from blocksearch.families.unet.genome import Genome
@@ -17,6 +17,7 @@ from blocksearch.families.unet.surgery import (build_student, describe, kd_pairs
 from blocksearch.families.unet.topology import load_unet, topology_of, unet_inputs
 from blocksearch.families.unet.words import architecture_diff, architecture_table, removed
 
+SDXL = "sdxl"  # the family of U-Nets with SDXL's conditioning (families/sdxl/)
 TEXT_LEN = 77  # SD's CLIP context, as cost.py and latency.py count every U-Net (the toy's 16 included)
 
 
@@ -44,6 +45,12 @@ def load_pipeline(source: str, device: str) -> StableDiffusionPipeline:
     return pipe.to(device)
 
 
+def specialise(family, config):
+    """The family of one U-Net teacher told by its config alone (an architecture, a bare U-Net folder): SDXL's
+    conditioning (``addition_embed_type: text_time``) makes it an SDXL teacher (families/sdxl/), else this family."""
+    return get_family(SDXL) if dict(config).get("addition_embed_type") == "text_time" else family
+
+
 def load_student_denoiser(folder, teacher_denoiser) -> torch.nn.Module:
     """A student folder's U-Net: ``DIR/unet`` (distill's, export's) or a diffusers U-Net folder."""
     return load_unet(folder, what="student folder",
@@ -60,4 +67,5 @@ FAMILY = DenoiserFamily(
     trains=True, text_len=TEXT_LEN, card_tags=("bk-sdm", "stable-diffusion"),
     card_summary="A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
                  "multi-objective search)",
-    load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy", layout=layout)
+    load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy",
+    layout=layout, specialise=specialise)

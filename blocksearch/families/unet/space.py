@@ -1,8 +1,9 @@
 """Search space of U-Net block removals: YAML file -> SearchSpace -> (bound to a teacher) -> Genome.
 
 The moves are BK-SDM's (arXiv 2305.15798): fewer layers per stage, no mid block, no innermost stage;
-plus attention removal per stage (SnapFusion, arXiv 2306.00980) and transformer depth (KOALA,
-arXiv 2312.04005). Every Genome maps to a plain diffusers ``UNet2DConditionModel`` config. Torch-free.
+plus attention removal per stage (SnapFusion, arXiv 2306.00980), transformer depth (KOALA, arXiv 2312.04005) and
+an up path whose depths differ from the down path's, per layer (SSD-1B, arXiv 2401.02677). Every Genome maps to a
+plain diffusers ``UNet2DConditionModel`` config. Torch-free.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from blocksearch.families.unet.genome import MID_CHOICES, Genome, Topology
 
 ATTENTION_CHOICES = ("keep", "drop")
 REMOVED = "removed"
-_STAGE_KEYS = {"up", "layers", "attention", "transformer_depth", "removable"}
+FOLLOW = "down"  # the up-path choice that mirrors the down path (always allowed)
+_STAGE_KEYS = {"up", "layers", "attention", "transformer_depth", "up_transformer_depth", "removable"}
 _TOP_KEYS = {"name", "family", "teacher", "stages", "mid_block", "designs"}
-_DESIGN_KEYS = {"layers", "attention", "transformer_depth", "mid_block"}
+_DESIGN_KEYS = {"layers", "attention", "transformer_depth", "up_transformer_depth", "mid_block", "published"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class StageSpec:
     attention: tuple[str, ...] | None  # None: the row says nothing (keep what the teacher has)
     transformer_depth: tuple[int, ...] | None  # None: keep the teacher's depth
     removable: bool
+    up_depth: tuple[str, ...] = ()  # the up stage's depth choices beyond FOLLOW: "4" (every layer) or "4.4.10"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SearchSpace:
     mid_block: tuple[str, ...]
     designs: dict[str, dict[str, Any]]
     family: str = "unet"  # the denoiser family (families/base.py); this loader reads the U-Net's rows
+    genome: type = Genome  # the family's genome class (its ``family`` names the family)
 
     def bind(self, topology: "Topology") -> "BoundSpace":
         """Check the space against a teacher's topology; return the space of concrete Genomes."""
@@ -60,6 +64,7 @@ class BoundSpace:
     layer_choices: tuple[tuple[int, ...], ...]  # per stage
     depth_choices: tuple[tuple[int, ...], ...]  # per stage; 0 = attention dropped
     removable: bool
+    up_choices: tuple[tuple[str, ...], ...] = ()  # per stage: FOLLOW, then the row's up-path choices
 
     @classmethod
     def create(cls, space: SearchSpace, topology: Topology) -> "BoundSpace":
@@ -69,8 +74,8 @@ class BoundSpace:
                 f"{where}: stages: the space has {len(space.stages)} stages but the teacher has "
                 f"{topology.n_stages} (down_blocks.0..{topology.n_stages - 1}); use a space written "
                 f"for this teacher's topology")
-        layer_choices, depth_choices = [], []
-        for stage, n_layers, depth in zip(space.stages, topology.layers, topology.depth):
+        layer_choices, depth_choices, up_choices = [], [], []
+        for stage, n_layers, depth, up in zip(space.stages, topology.layers, topology.depth, topology.up_depths):
             key = f"{where}: stages.{stage.name}"
             bad = [k for k in stage.layers if k > n_layers]
             if bad:
@@ -79,13 +84,14 @@ class BoundSpace:
                     f"{stage.name} has {n_layers} layers, allowed 1..{n_layers}")
             layer_choices.append(stage.layers)
             depth_choices.append(_depth_choices(stage, depth, key))
+            up_choices.append((FOLLOW,) + _up_choices(stage, up, key))
         if space.mid_block != ("none",) and topology.mid == "none":
             raise BlocksearchError(f"{where}: mid_block: the teacher has no mid block; allowed: [none]")
         if "cross_attn" in space.mid_block and topology.mid != "cross_attn":
             raise BlocksearchError(
                 f"{where}: mid_block: the teacher's mid block has no attention; allowed: [resnet, none]")
         bound = cls(space, topology, tuple(layer_choices), tuple(depth_choices),
-                    space.stages[-1].removable)
+                    space.stages[-1].removable, tuple(up_choices))
         for name in space.designs:
             bound.design(name)  # a named design outside the space fails here, naming the design
         return bound
@@ -93,7 +99,25 @@ class BoundSpace:
     @property
     def teacher_genome(self) -> Genome:
         t = self.topology
-        return Genome(t.layers, t.depth, t.mid)
+        return self.space.genome(t.layers, t.depth, t.mid, t.up)
+
+    def up_of(self, i: int, choice: str, layers: int, depth: int) -> tuple[int, ...]:
+        """Stage ``i``'s up-path depths per student layer for ``choice`` (a list is per teacher layer: a student
+        keeping fewer layers keeps the depths of the teacher layers its weights come from)."""
+        if not depth:
+            return (0,) * (layers + 1)
+        if choice == FOLLOW:
+            return (depth,) * (layers + 1)
+        per = tuple(map(int, choice.split(".")))
+        if len(per) == 1:
+            return per * (layers + 1)
+        n = len(per)
+        return tuple(per[j if j < layers else n - 1] for j in range(layers + 1))
+
+    def genome_of(self, layers, depth, mid, ups) -> Genome:
+        """The Genome of kept ``layers``, ``depth`` and ``mid`` per stage, and ``ups``: each stage's up-path choice."""
+        up = tuple(self.up_of(i, c, k, d) for i, (c, k, d) in enumerate(zip(ups, layers, depth)))
+        return self.space.genome(tuple(layers), tuple(depth), mid, up)
 
     # -- define-by-run: only trial.suggest_* calls, no work -------------------------------------
     def suggest(self, trial) -> Genome:
@@ -102,12 +126,14 @@ class BoundSpace:
         last = self.space.stages[-1].name
         if self.removable and trial.suggest_categorical(f"{last}.removed", [False, True]):
             n -= 1
-        layers, depth = [], []
-        for stage, lc, dc in zip(self.space.stages[:n], self.layer_choices, self.depth_choices):
+        layers, depth, ups = [], [], []
+        for stage, lc, dc, uc in zip(self.space.stages[:n], self.layer_choices, self.depth_choices, self.up_choices):
             layers.append(trial.suggest_categorical(f"{stage.name}.layers", list(lc)))
             depth.append(trial.suggest_categorical(f"{stage.name}.depth", list(dc)))
+            searched = len(uc) > 1 and depth[-1]  # the up path is a choice only where the row gives one
+            ups.append(trial.suggest_categorical(f"{stage.name}.up_depth", list(uc)) if searched else FOLLOW)
         mid = trial.suggest_categorical("mid_block", list(self.space.mid_block))
-        return Genome(tuple(layers), tuple(depth), mid)
+        return self.genome_of(layers, depth, mid, ups)
 
     def to_params(self, genome: Genome) -> dict[str, Any]:
         """The Optuna params that :meth:`suggest` would return for ``genome`` (for enqueue_trial)."""
@@ -115,9 +141,12 @@ class BoundSpace:
         params: dict[str, Any] = {}
         if self.removable:
             params[f"{self.space.stages[-1].name}.removed"] = len(genome.layers) < self.topology.n_stages
-        for stage, k, d in zip(self.space.stages, genome.layers, genome.depth):
+        for i, (stage, k, d) in enumerate(zip(self.space.stages, genome.layers, genome.depth)):
             params[f"{stage.name}.layers"] = k
             params[f"{stage.name}.depth"] = d
+            if len(self.up_choices[i]) > 1 and d:
+                params[f"{stage.name}.up_depth"] = next(c for c in self.up_choices[i]
+                                                        if self.up_of(i, c, k, d) == genome.up_depths[i])
         params["mid_block"] = genome.mid
         return params
 
@@ -132,12 +161,19 @@ class BoundSpace:
 
     # -- enumeration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Genome]:
+        """Every distinct Genome (up-path choices that give the same depths count once)."""
+        seen: set[Genome] = set()
         n = self.topology.n_stages
         for n_kept in ([n, n - 1] if self.removable else [n]):
             for layers in itertools.product(*self.layer_choices[:n_kept]):
                 for depth in itertools.product(*self.depth_choices[:n_kept]):
-                    for mid in self.space.mid_block:
-                        yield Genome(tuple(layers), tuple(depth), mid)
+                    up_sets = [uc if d else (FOLLOW,) for uc, d in zip(self.up_choices, depth)]
+                    for ups in itertools.product(*up_sets):
+                        for mid in self.space.mid_block:
+                            genome = self.genome_of(layers, depth, mid, ups)
+                            if genome not in seen:
+                                seen.add(genome)
+                                yield genome
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -159,6 +195,11 @@ class BoundSpace:
                     f"genome {genome.id}: down_blocks.{i} (layers {k}, depth {d}) is outside "
                     f"{self.space.path}: layers {list(self.layer_choices[i])}, "
                     f"depth {list(self.depth_choices[i])}")
+            if genome.up_depths[i] not in {self.up_of(i, c, k, d) for c in self.up_choices[i]}:
+                raise BlocksearchError(
+                    f"genome {genome.id}: the up stage tied to down_blocks.{i} (depths "
+                    f"{list(genome.up_depths[i])}) is outside {self.space.path}: up_transformer_depth "
+                    f"{list(self.up_choices[i])}")
         if genome.mid not in self.space.mid_block:
             raise BlocksearchError(
                 f"genome {genome.id}: mid_block {genome.mid} is outside {self.space.path}: "
@@ -181,14 +222,16 @@ class BoundSpace:
             raise BlocksearchError(f"{key}.layers: expected {n} entries (the last may be '{REMOVED}')")
         attention = _design_list(spec, "attention", ["keep" if d else "-" for d in t.depth], n, key)
         depth_spec = _design_list(spec, "transformer_depth", [d or "-" for d in t.depth], n, key)
-        depth = []
+        up_spec = _design_list(spec, "up_transformer_depth", ["-"] * n, n, key)
+        depth, ups = [], []
         for i in range(len(layers)):
             if attention[i] not in ("keep", "drop", "-") or (attention[i] == "-") != (t.depth[i] == 0):
                 raise BlocksearchError(
                     f"{key}.attention[{i}]: {attention[i]!r}; allowed: "
                     f"{['-'] if not t.depth[i] else ['keep', 'drop']}")
             depth.append(int(depth_spec[i]) if attention[i] == "keep" else 0)
-        genome = Genome(tuple(int(k) for k in layers), tuple(depth), spec.get("mid_block", t.mid))
+            ups.append(FOLLOW if up_spec[i] == "-" else _up_choice(up_spec[i], f"{key}.up_transformer_depth[{i}]"))
+        genome = self.genome_of([int(k) for k in layers], depth, spec.get("mid_block", t.mid), ups)
         try:
             self.check(genome)
         except BlocksearchError as err:
@@ -220,6 +263,33 @@ class _FixedTrial:
         return self.params[name]
 
 
+def _up_choice(value: Any, key: str) -> str:
+    """One up-path choice as the space stores it: an int (every layer) or a list (per teacher layer), as text."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return str(value)
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                 for v in value):
+        return ".".join(map(str, value))
+    raise BlocksearchError(f"{key}: {value!r}; allowed: an integer >= 1 (every layer of the up stage) or a list of "
+                           f"them, one per layer of the teacher's up stage")
+
+
+def _up_choices(stage: StageSpec, teacher_up: tuple[int, ...], key: str) -> tuple[str, ...]:
+    """A row's up-path choices checked against the teacher's up stage (its depth per layer)."""
+    if stage.up_depth and not any(teacher_up):
+        raise BlocksearchError(f"{key}.up_transformer_depth: the teacher's {stage.up} has no attention; remove it")
+    for choice in stage.up_depth:
+        per = tuple(map(int, choice.split(".")))
+        if len(per) > 1 and len(per) != len(teacher_up):
+            raise BlocksearchError(f"{key}.up_transformer_depth: {list(per)} has {len(per)} entries; the teacher's "
+                                   f"{stage.up} has {len(teacher_up)} layers")
+        wide = per * len(teacher_up) if len(per) == 1 else per
+        if any(d > t for d, t in zip(wide, teacher_up)):
+            raise BlocksearchError(f"{key}.up_transformer_depth: {list(per)} is impossible; the teacher's {stage.up} "
+                                   f"has depths {list(teacher_up)} per layer")
+    return stage.up_depth
+
+
 def _depth_choices(stage: StageSpec, teacher_depth: int, key: str) -> tuple[int, ...]:
     if not teacher_depth:
         if stage.attention is not None or stage.transformer_depth is not None:
@@ -238,9 +308,9 @@ def _depth_choices(stage: StageSpec, teacher_depth: int, key: str) -> tuple[int,
 
 
 # -- loading and validation ---------------------------------------------------------------------
-def load(path: Path, raw: dict) -> SearchSpace:
+def load(path: Path, raw: dict, family: str = "unet", genome: type = Genome) -> SearchSpace:
     """Validate a ``family: unet`` space file's mapping (space.py reads the YAML and its ``family:``); every
-    error names the file, the key and the allowed values."""
+    error names the file, the key and the allowed values. Another U-Net family (SDXL's) passes its name and genome."""
     _no_unknown(raw, _TOP_KEYS, f"{path}")
     for key in ("name", "stages", "mid_block"):
         if key not in raw:
@@ -254,10 +324,14 @@ def load(path: Path, raw: dict) -> SearchSpace:
         if not isinstance(spec, dict):
             raise BlocksearchError(f"{path}: designs.{name}: expected a mapping with keys {sorted(_DESIGN_KEYS)}")
         _no_unknown(spec, _DESIGN_KEYS, f"{path}: designs.{name}")
+        published = spec.get("published", 1)
+        if not isinstance(published, int) or isinstance(published, bool) or published < 1:
+            raise BlocksearchError(f"{path}: designs.{name}.published: {published!r}; allowed: the published "
+                                   f"U-Net's parameter count, an integer >= 1")
         if "mid_block" in spec and spec["mid_block"] not in MID_CHOICES:
             raise BlocksearchError(
                 f"{path}: designs.{name}.mid_block: {spec['mid_block']!r}; allowed: {list(MID_CHOICES)}")
-    return SearchSpace(str(raw["name"]), path, str(raw.get("teacher", "sd-v1")), stages, mid, designs)
+    return SearchSpace(str(raw["name"]), path, str(raw.get("teacher", "sd-v1")), stages, mid, designs, family, genome)
 
 
 def _parse_stages(raw: Any, path: Path) -> tuple[StageSpec, ...]:
@@ -281,11 +355,15 @@ def _parse_stages(raw: Any, path: Path) -> tuple[StageSpec, ...]:
         attention = None if attention is None else _choice_list(attention, ATTENTION_CHOICES, f"{key}.attention")
         depth = row.get("transformer_depth")
         depth = None if depth is None else _int_list(depth, f"{key}.transformer_depth")
+        up_raw = row.get("up_transformer_depth", [])
+        if not isinstance(up_raw, list):
+            raise BlocksearchError(f"{key}.up_transformer_depth: {up_raw!r}; allowed: a list of choices")
+        up = tuple(dict.fromkeys(_up_choice(v, f"{key}.up_transformer_depth") for v in up_raw))
         removable = row.get("removable", False)
         if not isinstance(removable, bool) or (removable and i != n - 1):
             raise BlocksearchError(
                 f"{key}.removable: {removable!r}; allowed: true only on the innermost stage down_blocks.{n - 1}")
-        out.append(StageSpec(name, row["up"], layers, attention, depth, removable))
+        out.append(StageSpec(name, row["up"], layers, attention, depth, removable, up))
     return tuple(out)
 
 

@@ -5,7 +5,9 @@ Sec. 3.1, writes one table per variant):
 - a down stage keeping k of n layers: student layer j <- teacher layer j (j < k);
 - the tied up stage keeping m = k+1 of n+1 layers: student 0..m-2 <- teacher 0..m-2 and the student's
   last <- the teacher's last (its skip input has the stage's input width; BK keeps 0 and 2 of 3);
-- a transformer keeping d of D blocks: student block t <- teacher block t (t < d);
+- a transformer keeping d of D blocks: student block t <- teacher block t (t < d), on the way down and, layer by
+  layer, on the way up, where the depths may differ per layer (SSD-1B's up path keeps 4, 4 and 10 of 10: the first
+  4 of the first two layers' ten, all of the last's);
 - a removed innermost stage shifts the up stages (student up_blocks.i <- teacher up_blocks.i+1) and
   the new final down stage has no downsampler.
 The same derivation gives the KD layer pairs: the output of every surviving stage.
@@ -72,6 +74,8 @@ def student_config(teacher_config, genome: Genome) -> dict:
     if not genome.depth[-1]:  # diffusers ties the mid block's depth to the last stage's entry
         depth[-1] = topo.mid_depth
     cfg["transformer_layers_per_block"] = tuple(depth)
+    cfg["reverse_transformer_layers_per_block"] = None if not genome.up else tuple(  # diffusers: in up-stage order
+        tuple(up) if d else 1 for up, d in reversed(list(zip(genome.up_depths, genome.depth))))
     cfg["mid_block_type"] = MID_TYPES[genome.mid]
     return cfg
 
@@ -84,9 +88,8 @@ def teacher_key(key: str, genome: Genome, topo: Topology) -> str:
     i, kind, j, rest = int(match[1]), match[2], int(match[3]), match[4]
     shift = topo.n_stages - len(genome.layers)
     stage = len(genome.layers) - 1 - i  # the down stage this up stage is tied to
-    m, n_up = genome.layers[stage] + 1, topo.layers[stage] + 1
-    if kind != "upsamplers" and j == m - 1:
-        j = n_up - 1
+    if kind != "upsamplers":
+        j = up_source(j, genome.layers[stage] + 1, topo.layers[stage] + 1)
     return f"up_blocks.{i + shift}.{kind}.{j}.{rest}"
 
 
@@ -143,10 +146,18 @@ def build_student(teacher: UNet2DConditionModel, genome: Genome) -> Student:
     return Student(genome, unet, weight_map, tuple(fresh), kd_pairs(genome, topo))
 
 
+def up_source(j: int, kept: int, teacher: int) -> int:
+    """The teacher layer that student layer ``j`` of an up stage keeping ``kept`` of ``teacher`` layers comes from:
+    the first ``kept - 1`` in order, then the teacher's last (its skip input has the stage's input width)."""
+    return j if j < kept - 1 else teacher - 1
+
+
 def _check_fits(genome: Genome, topo: Topology) -> None:
+    up_fits = all(d <= big[up_source(j, len(mine), len(big))] for mine, big in zip(genome.up_depths, topo.up_depths)
+                  for j, d in enumerate(mine))
     if len(genome.layers) not in (topo.n_stages, topo.n_stages - 1) or any(
             k > n for k, n in zip(genome.layers, topo.layers)) or any(
-            d > t for d, t in zip(genome.depth, topo.depth)):
+            d > t for d, t in zip(genome.depth, topo.depth)) or not up_fits:
         raise BlocksearchError(f"genome {genome.id} does not fit the teacher topology {topo}")
 
 
@@ -156,7 +167,7 @@ def load_student(folder, teacher: UNet2DConditionModel) -> Student:
     unet = load_unet(folder, next(teacher.parameters()).device, what="--init", expected="a student folder "
                      "written by blocksearch distill/export or a diffusers U-Net folder")
     own, topo = topology_of(unet.config), topology_of(teacher.config)
-    genome = Genome(own.layers, own.depth, own.mid)
+    genome = Genome(own.layers, own.depth, own.mid, own.up)
     _check_fits(genome, topo)
     expected = student_config(teacher.config, genome)
     as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731

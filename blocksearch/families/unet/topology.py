@@ -29,6 +29,11 @@ SDXL = dict(  # stabilityai/stable-diffusion-xl-base-1.0: 3 stages, depth 1/2/10
     projection_class_embeddings_input_dim=2816,
 )
 ARCHITECTURES = {"sd-v1": SD_V1, "sd-v2": SD_V2, "sdxl": SDXL}
+# what else is published of each: the Hub checkpoint whose config it copies, its licence (Hub id) and its space file
+ARCH_HUB = {"sd-v1": "CompVis/stable-diffusion-v1-4", "sd-v2": "stabilityai/stable-diffusion-2-1-base",
+            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+ARCH_LICENSE = {"sd-v1": "creativeml-openrail-m", "sd-v2": "openrail++", "sdxl": "openrail++"}
+ARCH_SPACE = {"sd-v1": "unet_blocks", "sd-v2": "unet_blocks", "sdxl": "unet_blocks_sdxl"}
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
@@ -52,15 +57,42 @@ def topology_of(config) -> Topology:
             f"supported; allowed: {sorted(_DOWN) + sorted(_UP)} and mid {list(_MID)}")
     if [_DOWN[t] for t in down] != [_UP[t] for t in reversed(up)]:
         raise BlocksearchError("teacher U-Net: up stages do not mirror down stages (attention differs)")
-    layers = per_stage(config.get("layers_per_block", 2), n)
+    layers = tuple(int(k) for k in per_stage(config.get("layers_per_block", 2), n))
     tlayers = per_stage(config.get("transformer_layers_per_block", 1), n)
-    if config.get("reverse_transformer_layers_per_block") is not None:
-        raise BlocksearchError("teacher U-Net: reverse_transformer_layers_per_block is not supported")
-    if any(isinstance(t, (list, tuple)) for t in tlayers):
-        raise BlocksearchError("teacher U-Net: per-layer transformer depths are not supported")
-    depth = tuple(int(d) if _DOWN[t] else 0 for d, t in zip(tlayers, down))
+    attention = [_DOWN[t] for t in down]
+    depth = tuple(_stage_depth(d, k, a, f"down_blocks.{i}") for i, (d, k, a) in enumerate(zip(tlayers, layers, attention)))
+    reverse = config.get("reverse_transformer_layers_per_block")
+    up = ()
+    if reverse is not None:  # an up path that differs from the down path (SSD-1B): per up stage, per layer
+        if len(reverse) != n:
+            raise BlocksearchError(f"teacher U-Net: reverse_transformer_layers_per_block has {len(reverse)} entries; "
+                                   f"expected one per up stage ({n})")
+        up = tuple(_layer_depths(reverse[n - 1 - i], layers[i] + 1, depth[i], f"up_blocks.{n - 1 - i}")
+                   for i in range(n))
     mid = _MID[config.get("mid_block_type", "UNetMidBlock2DCrossAttn")]
-    return Topology(tuple(int(k) for k in layers), depth, mid, int(tlayers[-1]))
+    last = tlayers[-1][0] if isinstance(tlayers[-1], (list, tuple)) else tlayers[-1]  # diffusers' mid block depth
+    return Topology(layers, depth, mid, int(last), up)
+
+
+def _stage_depth(value, n_layers: int, attention: bool, where: str) -> int:
+    """One down stage's transformer depth: an int, or a per-layer list whose entries are all equal."""
+    if not attention:
+        return 0
+    depths = set(_layer_depths(value, n_layers, 1, where))
+    if len(depths) != 1:
+        raise BlocksearchError(f"teacher U-Net {where}: per-layer transformer depths {list(value)} differ; allowed on "
+                               f"the way down: one depth per stage (reverse_transformer_layers_per_block: the way up)")
+    return depths.pop()
+
+
+def _layer_depths(value, n_layers: int, attention: int, where: str) -> tuple[int, ...]:
+    """Per-layer transformer depths of one stage (an int applies to every layer; 0s where it has no attention)."""
+    if not attention:
+        return (0,) * n_layers
+    depths = tuple(int(d) for d in value) if isinstance(value, (list, tuple)) else (int(value),) * n_layers
+    if len(depths) != n_layers:
+        raise BlocksearchError(f"teacher U-Net {where}: {len(depths)} transformer depths for {n_layers} layers")
+    return depths
 
 
 def architecture(name: str, device: str = "meta") -> UNet2DConditionModel:

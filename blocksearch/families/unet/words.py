@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from blocksearch.families.unet.genome import Genome, Topology
 
-MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "2 resnets (no attention)",
+MID_TEXT = {"cross_attn": "resnet + cross-attention transformer + resnet", "resnet": "1 resnet (no attention)",
             "none": "removed"}
 
 
@@ -18,8 +18,16 @@ def architecture_diff(genome: Genome, topo: Topology) -> str:
             parts.append(f"{down}: {k} of {big_k} layers; {up}: {k + 1} of {big_k + 1}")
         if big_d and not d:
             parts.append(f"{down}/{up}: attention removed")
-        elif d != big_d:
-            parts.append(f"{down}/{up}: transformer depth {d} of {big_d}")
+        elif not genome.up and not topo.up:
+            if d != big_d:
+                parts.append(f"{down}/{up}: transformer depth {d} of {big_d}")
+        else:  # the up path has its own depths per layer (SSD-1B)
+            if d != big_d:
+                parts.append(f"{down}: transformer depth {d} of {big_d}")
+            mine, big = genome.up_depths[i], topo.up_depths[i]
+            if any(d != big[j if j < len(mine) - 1 else len(big) - 1] for j, d in enumerate(mine)):  # vs its source
+                parts.append(f"{up}: transformer depths {_per_layer(genome.up_depths[i])} of "
+                             f"{_per_layer(topo.up_depths[i])}")
     if genome.mid != topo.mid:
         parts.append("mid_block removed" if genome.mid == "none" else "mid_block: attention removed")
     if len(genome.layers) < n_t:
@@ -31,7 +39,9 @@ def architecture_table(genome: Genome, topo: Topology) -> list[tuple[str, str, s
     """(teacher module, teacher's blocks, student's blocks) for every stage, down, mid and up."""
     n_t, n = topo.n_stages, len(genome.layers)
 
-    def stage(layers: int, depth: int) -> str:
+    def stage(layers: int, depth: int, per_layer: tuple[int, ...] = ()) -> str:
+        if per_layer and len(set(per_layer)) > 1:
+            return f"{layers} x (resnet + transformer), depths {_per_layer(per_layer)}"
         return f"{layers} x (resnet + transformer depth {depth})" if depth else f"{layers} x resnet"
 
     rows = []
@@ -41,10 +51,12 @@ def architecture_table(genome: Genome, topo: Topology) -> list[tuple[str, str, s
     rows.append(("mid_block", MID_TEXT[topo.mid], MID_TEXT[genome.mid]))
     for j in range(n_t):
         i = n_t - 1 - j  # the down stage this up stage is tied to by the skip connections
-        kept = "removed" if i >= n else stage(genome.layers[i] + 1, genome.depth[i])
+        ups = genome.up_depths[i] if i < n else ()
+        kept = "removed" if i >= n else stage(genome.layers[i] + 1, ups[0] if ups else genome.depth[i], ups)
         if i < n and n < n_t:
             kept += f" (student up_blocks.{j - (n_t - n)})"
-        rows.append((f"up_blocks.{j}", stage(topo.layers[i] + 1, topo.depth[i]), kept))
+        big = topo.up_depths[i]
+        rows.append((f"up_blocks.{j}", stage(topo.layers[i] + 1, big[0] if big else topo.depth[i], big), kept))
     return rows
 
 
@@ -67,7 +79,16 @@ def removed(genome: Genome, topo: Topology) -> dict[str, str]:
             continue
         out[f"down_blocks.{i}"] = stage(topo.layers[i], genome.layers[i], topo.depth[i], genome.depth[i])
         out[f"up_blocks.{j}"] = stage(topo.layers[i] + 1, genome.layers[i] + 1, topo.depth[i], genome.depth[i])
+        if (genome.up or topo.up) and genome.depth[i] and genome.up_depths[i] != topo.up_depths[i]:
+            kept = stage(topo.layers[i] + 1, genome.layers[i] + 1, 0, 0)
+            depths = f"transformer depths {_per_layer(topo.up_depths[i])} -> {_per_layer(genome.up_depths[i])}"
+            out[f"up_blocks.{j}"] = f"{kept}, {depths}" if kept else depths
     if genome.mid != topo.mid:
         out["mid_block"] = {"none": "the whole block", "resnet": "attention"}.get(
             genome.mid, f"{MID_TEXT[topo.mid]} -> {MID_TEXT[genome.mid]}")
     return {k: v for k, v in out.items() if v}
+
+
+def _per_layer(depths: tuple[int, ...]) -> str:
+    """Per-layer transformer depths as the report writes them: ``4/4/10``."""
+    return "/".join(map(str, depths))
