@@ -16,7 +16,8 @@ from tests.test_families_dit import TINY as TINY_DIT
 
 # family -> (a tiny teacher, an arch id that removes and renames modules)
 CASES = {"unet": (lambda: tiny_unet("sd-v1"), "L1-1-1_T1-1-1_Mnone"),  # bk_tiny: the innermost stage goes
-         "dit": (TINY_DIT["pixart"], "D1.3")}  # blocks 1 and 3 of 4 become 0 and 1
+         "dit": (TINY_DIT["pixart"], "D1.3"),  # blocks 1 and 3 of 4 become 0 and 1
+         "sdxl": (lambda: tiny_unet("sdxl"), "L1-2-1_T0-1-5_Mnone")}  # fewer layers and transformer layers, no mid
 
 
 def test_every_registered_family_has_a_case():
@@ -65,6 +66,9 @@ def test_removed_and_renamed_are_whole_modules_where_they_can_be(case):
         assert doc["removed"] == ["transformer_blocks.0", "transformer_blocks.2"]
         assert doc["renamed"] == {"transformer_blocks.1": "transformer_blocks.0",
                                   "transformer_blocks.3": "transformer_blocks.1"}
+    elif family.name == "sdxl":  # one layer in stages 0 and 2, the mid block gone, 1 of 2 and 5 of 10 transformer layers
+        assert {"mid_block", "down_blocks.0.resnets.1", "down_blocks.1.attentions.0.transformer_blocks.1",
+                "down_blocks.2.attentions.0.transformer_blocks.5"} <= set(doc["removed"])
     else:  # bk_tiny: stage 3, the mid block and up stage 0 go; up stage 1 becomes 0 with its middle layer cut
         assert {"down_blocks.3", "mid_block", "up_blocks.0", "down_blocks.2.downsamplers",
                 "up_blocks.1.resnets.1"} <= set(doc["removed"])
