@@ -227,13 +227,14 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def atomic_write(path: Path | str, write, nbytes: int | None = None) -> Path:
+def atomic_write(path: Path | str, write, nbytes: int | None = None, keep_suffix: bool = False) -> Path:
     """Write ``path`` by ``write(tmp)`` on a temp file in the same folder, then rename it over ``path``. On any
     error the temp file is removed (no half-written file is left for a later run); a full disk (ENOSPC,
     EDQUOT) is a ``DiskFull`` naming the folder, the bytes being written (``nbytes``, else what the temp
-    file had reached) and what the disk has free."""
+    file had reached) and what the disk has free. ``keep_suffix``: the temp name ends as ``path`` does, for a
+    writer that picks its format by the suffix (matplotlib's ``savefig``)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" + (path.suffix if keep_suffix else ""))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)

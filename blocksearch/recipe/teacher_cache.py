@@ -151,17 +151,18 @@ def _compute(unet, stream: BatchStream, steps: int, dtype: str, device, family: 
 
 
 def _evict(folder: Path, budget: int) -> None:
-    """Delete least-recently-used cache files until the others fit in ``budget`` bytes (files set aside as
-    corrupt first: nothing reads them)."""
-    for p in folder.glob(f"*{CORRUPT}"):
-        p.unlink(missing_ok=True)
-    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    """Delete files until the others fit in ``budget`` bytes: those set aside as corrupt first (nothing reads
+    them), then the least recently used cache files."""
+    aside = sorted(folder.glob(f"*{CORRUPT}"), key=lambda p: p.stat().st_mtime)
+    files = aside + sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in files)
     for p in files:
         if total <= budget:
             break
         size = p.stat().st_size
-        log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name, size / 2**20)
+        if p not in aside:
+            log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name,
+                        size / 2**20)
         p.unlink(missing_ok=True)
         p.with_name(p.name + CHECKSUM).unlink(missing_ok=True)
         total -= size
