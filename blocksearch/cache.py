@@ -283,12 +283,17 @@ def file_record(path: Path | str) -> dict:
 
 
 def write_checked(path: Path | str, write, nbytes: int | None = None) -> Path:
-    """``atomic_write`` of a cache file, then its checksum record ``<name>.sha256`` (also atomic; the old
-    record goes first, so a record never vouches for other data)."""
+    """``atomic_write`` of a cache file, then its checksum record ``<name>.sha256`` (also atomic). The old
+    record goes once the new data is complete, just before the rename: a record never vouches for other data,
+    and a write that fails leaves the old file with its record."""
     path = Path(path)
     sidecar = path.with_name(path.name + CHECKSUM)
-    sidecar.unlink(missing_ok=True)
-    atomic_write(path, write, nbytes)
+
+    def data_then_drop_record(tmp: Path) -> None:
+        write(tmp)
+        sidecar.unlink(missing_ok=True)
+
+    atomic_write(path, data_then_drop_record, nbytes)
     write_text(sidecar, json.dumps(file_record(path)) + "\n")
     return path
 
@@ -378,7 +383,10 @@ def checked(path: Path | str, kind: str | None = "safetensors", then: str = "reb
     if problem is None:
         sidecar = path.with_name(path.name + CHECKSUM)
         if not sidecar.exists():  # written before the records: its header passed, its hash is recorded now
-            write_text(sidecar, json.dumps(file_record(path)) + "\n")
+            try:
+                write_text(sidecar, json.dumps(file_record(path)) + "\n")
+            except (OSError, DiskFull):  # a read does not fail for want of its record
+                pass
         return True
     set_aside(path, problem, then)
     return False
