@@ -239,16 +239,24 @@ def atomic_write(path: Path | str, write, nbytes: int | None = None, keep_suffix
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(err):
             raise DiskFull(disk_full_message(path, nbytes if nbytes is not None else written)) from None
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC or EDQUOT: an OSError's errno, or the OS error a library's own exception carries in its text
+    (safetensors' writer raises ``SafetensorError("... No space left on device (os error 28)")``)."""
+    if isinstance(err, OSError):
+        return err.errno in _FULL
+    return isinstance(err, Exception) and any(f"os error {code})" in str(err) for code in _FULL)
 
 
 def disk_full_message(path: Path, nbytes: int) -> str:
@@ -394,8 +402,9 @@ def checked(path: Path | str, kind: str | None = "safetensors", then: str = "reb
 
 def atomic_dir(path: Path | str, write, nbytes: int | None = None) -> Path:
     """``atomic_write`` for a folder (a diffusers ``save_pretrained``): ``write(tmp)`` fills a temp folder
-    beside ``path``, which then replaces it (an old folder is renamed away first and deleted last, so a
-    crash leaves the old folder or the new one under ``path``, never a half-written one)."""
+    beside ``path``, which then replaces it (an old folder is renamed away first and deleted last: ``path`` is
+    never a half-written folder; a crash between the two renames leaves the old one as ``.<name>.<pid>.old``).
+    A failed write puts the old folder back."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
@@ -406,16 +415,13 @@ def atomic_dir(path: Path | str, write, nbytes: int | None = None) -> Path:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.exists() else 0
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():
             os.replace(old, path)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(err):
             raise DiskFull(disk_full_message(path, nbytes if nbytes is not None else written)) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
     return path

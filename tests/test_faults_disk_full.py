@@ -8,10 +8,12 @@ import io
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import safetensors.torch
+from safetensors import SafetensorError
 import torch
 
 from blocksearch import cache
@@ -61,7 +63,8 @@ class _FullFile:
 @pytest.fixture
 def full_disk(monkeypatch):
     """``full_disk(match)``: from now on, every write to a file whose name holds ``match`` fails with ENOSPC
-    half-way: Python's ``open`` (pathlib, csv, matplotlib) and safetensors' ``save_file`` (its own writer)."""
+    half-way: Python's ``open`` (pathlib, csv, matplotlib: OSError ENOSPC) and safetensors' ``save_file`` (its own
+    writer, in Rust: a SafetensorError with the OS error, as on a real full disk: ``test_a_real_full_disk``)."""
 
     def on(match: str = ""):
         def fake_open(file, mode="r", *args, **kwargs):
@@ -74,7 +77,7 @@ def full_disk(monkeypatch):
                 return
             blob = Path(filename).read_bytes()
             Path(filename).write_bytes(blob[:len(blob) // 2])
-            raise _enospc()
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
         monkeypatch.setattr(builtins, "open", fake_open)
         monkeypatch.setattr(io, "open", fake_open)
@@ -191,3 +194,28 @@ def test_report_files(tmp_path, full_disk, name):
     _one_line(err, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, whole
     cache._VERIFIED.clear()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root or CAP_SYS_ADMIN: skipped where it cannot be mounted)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_full_disk(tmp_path, small_disk):
+    """No patching: a student of 0.5 MB and a teacher cache of 0.7 MB on a 256 KiB filesystem."""
+    teacher = make_tiny_teacher(tmp_path)
+    with pytest.raises(DiskFull) as err:
+        write_student(small_disk / "out", _student(teacher), DistillResult([], 1.0), {}, "unet")
+    _one_line(err, small_disk / "out")
+    stream = BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family)
+    with pytest.raises(DiskFull) as err:
+        open_cache("tiny", teacher.unet, stream, 12, small_disk, family=teacher.family)
+    _one_line(err, small_disk / "teacher")
+    assert [p for p in small_disk.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
