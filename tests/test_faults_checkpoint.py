@@ -50,7 +50,8 @@ def test_a_corrupt_kd_checkpoint_is_never_resumed_from(tmp_path, damage, name, c
     assert f"KD checkpoint {tmp_path / 'ck'} failed its check: {name}" in line
     assert "not resumed from: training from surgery (step 0)" in line
     assert checkpoint_info(tmp_path / "ck") is None  # no later run takes it for a checkpoint
-    assert (tmp_path / "ck" / f"{name}{CORRUPT}").exists() and (tmp_path / "ck" / f"{CHECKPOINT_FILE}{CORRUPT}").exists()
+    assert (tmp_path / "ck" / f"{name}{CORRUPT}").exists()
+    assert (tmp_path / "ck" / f"{CHECKPOINT_FILE}{CORRUPT}").exists()
 
 
 def test_an_unreadable_checkpoint_json_is_no_checkpoint(tmp_path, caplog):

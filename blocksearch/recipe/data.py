@@ -3,9 +3,10 @@
 Sources: the toy world's generator, or a user's folder of captioned images in the Hugging Face
 ``imagefolder`` layout (``metadata.jsonl`` or ``metadata.csv`` with ``file_name`` and ``text``
 columns), whose VAE latents and text embeddings (as the teacher's family encodes them) are encoded once and
-cached on disk (checked on read, rebuilt when corrupt: blocksearch/cache.py). Noise follows the teacher's training schedule (DDPM forward process, Ho et al. 2020, or
-rectified flow's straight line for SD3 / Flux); the target is the family's (``training_target``): the noise
-(epsilon prediction), the velocity (v-prediction, Salimans & Ho 2022) or the flow, as the scheduler says.
+cached on disk (checked on read, rebuilt when corrupt: blocksearch/cache.py). Noise follows the teacher's
+training schedule (DDPM forward process, Ho et al. 2020, or rectified flow's straight line for SD3 / Flux);
+the target is the family's (``training_target``): the noise (epsilon prediction), the velocity (v-prediction,
+Salimans & Ho 2022) or the flow, as the scheduler says.
 """
 
 from __future__ import annotations
