@@ -171,11 +171,12 @@ def test_student_folder(tmp_path, full_disk):
     teacher = make_tiny_teacher(tmp_path)
     result = DistillResult([{"step": 1, "loss": 1.0}], 1.0)
     first = _student(teacher)
-    write_student(tmp_path / "out", first, result, {}, "unet")
+    write_student(tmp_path / "out", first, result, {"teacher": "tiny"}, "unet", teacher_denoiser=teacher.unet)
     before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "unet").iterdir()}
     full_disk("diffusion_pytorch_model")
     with pytest.raises(DiskFull) as err:
-        write_student(tmp_path / "out", _student(teacher, "bk_tiny"), result, {}, "unet")
+        write_student(tmp_path / "out", _student(teacher, "bk_tiny"), result, {"teacher": "tiny"}, "unet",
+                      teacher_denoiser=teacher.unet)
     tiny = _student(teacher, "bk_tiny").unet.state_dict().values()
     assert _one_line(err, tmp_path / "out") == sum(t.numel() * 4 for t in tiny)  # the bytes it was writing
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "unet").iterdir()} == before
@@ -213,7 +214,8 @@ def test_a_real_full_disk(tmp_path, small_disk):
     """No patching: a student of 0.5 MB and a teacher cache of 0.7 MB on a 256 KiB filesystem."""
     teacher = make_tiny_teacher(tmp_path)
     with pytest.raises(DiskFull) as err:
-        write_student(small_disk / "out", _student(teacher), DistillResult([], 1.0), {}, "unet")
+        write_student(small_disk / "out", _student(teacher), DistillResult([], 1.0), {"teacher": "tiny"}, "unet",
+                      teacher_denoiser=teacher.unet)
     _one_line(err, small_disk / "out")
     stream = BatchStream(teacher.pipeline, "toy", 2, 0, family=teacher.family)
     with pytest.raises(DiskFull) as err:
