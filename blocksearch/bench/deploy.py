@@ -16,12 +16,19 @@ teacher, BK-SDM's KD loss on a synthetic captioned imagefolder at the teacher's 
 toy captions: the cost, not the quality), ``--kd-batch`` and ``--kd-precision``, the teacher cache as a
 trial decides it (``auto``); it prints the KD step time, the peak GPU memory, and the teacher cache's bytes
 per step or that the teacher ran live (the real-size check of a lent GPU).
+
+Memory: one student at a time is alive beside the teacher during the latency phase, and the KD check loads
+the teacher from the folder it was saved to after the latency phase's pipeline is freed; each phase ends
+with a line of this process's resident memory, now and at its peak so far (``getrusage``'s ``ru_maxrss``).
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,29 +103,59 @@ def cmd_bench_deploy(args) -> int:
     pipe = load_teacher(args.teacher).pipeline if args.teacher not in ARCHITECTURES else \
         random_pipeline(args.teacher, args.scale)
     family = family_of(pipe)
+    bound = load_space(args.space).bind(topology_of(getattr(pipe, family.subfolder).config))
+    print(f"built the teacher and the pipeline around it in {time.perf_counter() - t0:.0f} s (random weights); "
+          f"{memory_line('build')}")
+    print(table(latency_phase(pipe, bound, args, dtype)))
+    print(memory_line("latency"), flush=True)
+    if args.kd_steps:
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = save_teacher(pipe, Path(tmp))
+            del pipe  # the KD check loads the teacher from disk: one copy of it, not two
+            gc.collect()
+            kd_run(saved, bound, args, Path(tmp))
+        gc.collect()
+        print(memory_line("KD check"))
+    return 0
+
+
+def latency_phase(pipe: StableDiffusionPipeline, bound, args, dtype: str) -> list[tuple[str, str, int, dict]]:
+    """The teacher's figures, then each named design's: its student is built, measured and freed before the
+    next one is built (one full-size student alive at a time beside the teacher)."""
+    family = family_of(pipe)
     teacher = getattr(pipe, family.subfolder).eval()
-    bound = load_space(args.space).bind(topology_of(teacher.config))
-    models = [("teacher", bound.teacher_genome.id, teacher)]
-    models += [(n, g.id, build_student(teacher, g).unet.eval()) for n, g in bound.named_designs().items()]
     latent = teacher.config.sample_size
     prompt = heldout_prompts(1)[0][0]
-    print(f"built {len(models)} U-Nets and the pipeline around them in {time.perf_counter() - t0:.0f} s (random "
-          f"weights); measuring on {args.device}, {dtype}: U-Net step at latent {latent}x{latent} (batch 2, CFG), "
-          f"one image end to end ({args.inference_steps} steps, guidance {args.guidance}), peak memory of one CFG step")
+    designs = [("teacher", bound.teacher_genome)] + list(bound.named_designs().items())
+    print(f"measuring {len(designs)} U-Nets on {args.device}, {dtype}: U-Net step at latent {latent}x{latent} "
+          f"(batch 2, CFG), one image end to end ({args.inference_steps} steps, guidance {args.guidance}), peak memory "
+          f"of one CFG step")
     rows = []
     with tempfile.TemporaryDirectory() as fresh:  # measured now, not read from an earlier run's cache
-        for name, gid, unet in models:
-            student = with_denoiser(pipe, unet, family)
-            metrics, _ = speed_and_memory(student, latent, args.inference_steps, args.guidance, prompt, args.device,
-                                          dtype, args.warmup, args.repeats, LATENCY_MIN_S, "auto", fresh,
-                                          e2e_repeats=args.e2e_repeats, reference=teacher)
-            rows.append((name, gid, sum(p.numel() for p in unet.parameters()), metrics))
+        for name, genome in designs:
+            unet = teacher if name == "teacher" else build_student(teacher, genome).unet.eval()
+            metrics, _ = speed_and_memory(with_denoiser(pipe, unet, family), latent, args.inference_steps,
+                                          args.guidance, prompt, args.device, dtype, args.warmup, args.repeats,
+                                          LATENCY_MIN_S, "auto", fresh, e2e_repeats=args.e2e_repeats,
+                                          reference=teacher)
+            rows.append((name, genome.id, sum(p.numel() for p in unet.parameters()), metrics))
+            del unet  # the student's weights go before the next one is built
+            gc.collect()
             print(f"  {name}: step {metrics['latency_ms']:.2f} ms, end to end {metrics['e2e_ms']:.0f} ms, "
                   f"peak {metrics['memory_mb']:.0f} MB", flush=True)
-    print(table(rows))
-    if args.kd_steps:
-        kd_check(pipe, bound, args)
-    return 0
+    return rows
+
+
+def memory_line(phase: str) -> str:
+    """This process's resident memory after ``phase``: now (Linux's /proc) and its peak so far (ru_maxrss)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    try:
+        now = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        now_text = f"{now / 2**30:.2f} GiB now, "
+    except (OSError, StopIteration, ValueError, IndexError):
+        now_text = ""
+    return f"memory after the {phase} phase: resident {now_text}peak {peak / 2**30:.2f} GiB so far (ru_maxrss)"
 
 
 def synthetic_imagefolder(folder: Path, images: int, size: int, seed: int = 0) -> Path:
@@ -135,33 +172,43 @@ def synthetic_imagefolder(folder: Path, images: int, size: int, seed: int = 0) -
     return folder
 
 
+def save_teacher(pipe: StableDiffusionPipeline, tmp: Path) -> Path:
+    """The pipeline as a diffusers folder ``tmp/teacher``, which the KD check loads as any teacher."""
+    pipe.save_pretrained(tmp / "teacher", safe_serialization=True)
+    return tmp / "teacher"
+
+
 def kd_check(pipe: StableDiffusionPipeline, bound, args) -> dict:
     """One trial's distillation at this size: bk_small from the teacher, ``args.kd_steps`` steps; prints and
     returns the median KD step time, the peak GPU memory and what the teacher cache did."""
-    device = args.device
-    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     with tempfile.TemporaryDirectory() as tmp:
-        pipe.save_pretrained(Path(tmp) / "teacher", safe_serialization=True)
-        teacher = load_teacher(str(Path(tmp) / "teacher"), device)
-        data = synthetic_imagefolder(Path(tmp) / "data", max(args.kd_batch * 4, 32), resolution)
-        config = DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, precision=args.kd_precision,
-                               data=str(data), resolution=resolution, cache_dir=str(Path(tmp) / "cache"),
-                               lr=5e-5)
-        per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, pipe.unet.config.sample_size, 2,
-                                         family=teacher.family)
-        student = build_student(teacher.unet, bound.named_designs()["bk_small"])
-        stamps = []
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(device)
-        print(f"KD check: bk_small from the {args.teacher} teacher, {config.steps} steps of batch {config.batch_size} "
-              f"at {resolution} px, {config.precision}, teacher cache auto ({per_step / 2**20:.1f} MiB per step)",
-              flush=True)
-        result = distill(teacher, student, config, device=device, progress=False,
-                         on_step=lambda step, record: stamps.append(time.perf_counter()))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        steps = [b - a for a, b in zip(stamps, stamps[1:])][max(0, len(stamps) // 5):]  # warm steps only
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+        return kd_run(save_teacher(pipe, Path(tmp)), bound, args, Path(tmp))
+
+
+def kd_run(saved: Path, bound, args, tmp: Path) -> dict:
+    """``kd_check`` on the teacher saved in ``saved``; its data and caches under ``tmp``."""
+    device = args.device
+    teacher = load_teacher(str(saved), device)
+    resolution = teacher.unet.config.sample_size * teacher.pipeline.vae_scale_factor
+    data = synthetic_imagefolder(Path(tmp) / "data", max(args.kd_batch * 4, 32), resolution)
+    config = DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, precision=args.kd_precision,
+                           data=str(data), resolution=resolution, cache_dir=str(Path(tmp) / "cache"),
+                           lr=5e-5)
+    per_step = cache_bytes_per_step(teacher.unet.config, config.batch_size, teacher.unet.config.sample_size, 2,
+                                     family=teacher.family)
+    student = build_student(teacher.unet, bound.named_designs()["bk_small"])
+    stamps = []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    print(f"KD check: bk_small from the {args.teacher} teacher, {config.steps} steps of batch {config.batch_size} "
+          f"at {resolution} px, {config.precision}, teacher cache auto ({per_step / 2**20:.1f} MiB per step)",
+          flush=True)
+    result = distill(teacher, student, config, device=device, progress=False,
+                     on_step=lambda step, record: stamps.append(time.perf_counter()))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    steps = [b - a for a, b in zip(stamps, stamps[1:])][max(0, len(stamps) // 5):]  # warm steps only
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
     out = {"step_s": statistics.median(steps) if steps else None, "peak_mb": peak, "cache_bytes_per_step": per_step,
            "teacher_cache": result.extra["teacher_cache"], "cached": result.cache_path is not None,
            "wall_s": result.wall_s, "teacher_s": result.teacher_s}

@@ -3,9 +3,10 @@
 Sources: the toy world's generator, or a user's folder of captioned images in the Hugging Face
 ``imagefolder`` layout (``metadata.jsonl`` or ``metadata.csv`` with ``file_name`` and ``text``
 columns), whose VAE latents and text embeddings (as the teacher's family encodes them) are encoded once and
-cached on disk. Noise follows the teacher's training schedule (DDPM forward process, Ho et al. 2020, or
-rectified flow's straight line for SD3 / Flux); the target is the family's (``training_target``): the noise
-(epsilon prediction), the velocity (v-prediction, Salimans & Ho 2022) or the flow, as the scheduler says.
+cached on disk (checked on read, rebuilt when corrupt: blocksearch/cache.py). Noise follows the teacher's
+training schedule (DDPM forward process, Ho et al. 2020, or rectified flow's straight line for SD3 / Flux);
+the target is the family's (``training_target``): the noise (epsilon prediction), the velocity (v-prediction,
+Salimans & Ho 2022) or the flow, as the scheduler says.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import checked, default_cache_dir, file_lock, lock_path, write_checked
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import DEFAULT_FAMILY, Family, add_noise, is_flow
@@ -190,12 +190,12 @@ class ImageFolder:
         key = hashlib.sha256(json.dumps([self.identity, fingerprint(pipe.vae, *text_encoders(pipe)), *own])
                              .encode()).hexdigest()[:16]
         path = cache_dir / f"dataset-{key}.safetensors"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file(self._encode(pipe), tmp)
-            os.replace(tmp, path)
-        cached = load_file(path)
+        with file_lock(lock_path(path.stem, cache_dir)):  # one process encodes, the others wait and read it
+            if not checked(path):  # missing, or corrupt: moved aside (one line) and encoded again
+                tensors = self._encode(pipe)
+                write_checked(path, lambda tmp: save_file(tensors, tmp),
+                              sum(t.numel() * t.element_size() for t in tensors.values()))
+            cached = load_file(path)
         self.latents = cached["latents"]
         self.cond = {cond_key(k): v for k, v in cached.items() if cond_key(k)}
 

@@ -27,8 +27,8 @@ student at the end. With the defaults (constant, no warm-up, no EMA) neither the
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -41,7 +41,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
-from blocksearch.cache import default_cache_dir, work_slot, yield_to_measurement
+from blocksearch.cache import (CorruptFile, atomic_dir, atomic_write, default_cache_dir, file_problem, file_record,
+                               set_aside, work_slot, yield_to_measurement)
 from blocksearch.console import quiet
 from blocksearch.recipe.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
@@ -54,6 +55,7 @@ from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, Teac
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "disk", "off")  # auto: disk where it fits under the cap, else the teacher runs live
 # The defaults that follow the teacher: the toy's are DistillConfig's own; SD-family teachers get BK-SDM's
@@ -269,7 +271,12 @@ def distill(teacher: Teacher, student: Student, config: DistillConfig, device="c
     ema = Ema(student.denoiser.to(device), config.ema, warmup=True) if config.ema else None
     recipe = Distiller(teacher, student, config, device)
     recipe.ema = ema
-    first = load_checkpoint(resume_from, recipe) if resume_from is not None else 0
+    first = 0
+    if resume_from is not None:
+        try:
+            first = load_checkpoint(resume_from, recipe)
+        except CorruptFile as err:  # never resumed from: the student is still surgery's (nothing was loaded)
+            log.warning("blocksearch: %s; it is not resumed from: training from surgery (step 0) instead", err)
     if first > config.steps:
         recipe.close()
         raise BlocksearchError(f"checkpoint {resume_from} is at step {first}, past the run's {config.steps} steps")
@@ -329,13 +336,37 @@ def save_checkpoint(folder: str | Path, recipe: Distiller, step: int) -> Path:
             "optimizer": scalars, "grad_scaler": recipe.scaler.state_dict()}
     if recipe.ema is not None:
         info["ema_updates"] = recipe.ema.updates  # the EMA's warm-up goes on where it stopped
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
-    _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+    files = {WEIGHTS_FILE: weights, OPTIMIZER_FILE: tensors}
     if recipe.ema is not None:
-        ema = cpu_state(recipe.ema.model)
-        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(ema, tmp))
+        files[EMA_FILE] = cpu_state(recipe.ema.model)
+    info["files"] = write_tensor_files(folder, files)
     _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
     return folder
+
+
+def write_tensor_files(folder: Path, files: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict]:
+    """Write each safetensors file of a checkpoint atomically; their records (bytes, SHA-256) for its JSON."""
+    records = {}
+    for name, tensors in files.items():
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        _write_atomic(folder / name, lambda tmp, tensors=tensors: save_file(tensors, tmp), nbytes)
+        records[name] = file_record(folder / name)
+    return records
+
+
+def checkpoint_problem(folder: Path, info: dict) -> str | None:
+    """What is wrong with a checkpoint's files, or None: each file its JSON records (or, in a checkpoint
+    written before the records, each it must have) has the size, header and SHA-256 it was written with. A bad
+    file and the JSON are moved aside (``.corrupt``): the folder is no checkpoint any more; the caller says so."""
+    records = info.get("files") or {name: None for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
+    for name, record in records.items():
+        problem = file_problem(folder / name, "safetensors", record)
+        if problem is not None:
+            for bad in (folder / name, folder / CHECKPOINT_FILE):
+                if bad.exists():
+                    set_aside(bad, problem, report=False)
+            return f"{name}: {problem}; moved aside"
+    return None
 
 
 def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
@@ -345,6 +376,8 @@ def load_checkpoint(folder: str | Path, recipe: Distiller) -> int:
     info = checkpoint_info(folder)
     if info is None:
         raise BlocksearchError(f"no KD checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
+    if (problem := checkpoint_problem(folder, info)) is not None:  # checked before anything is loaded
+        raise CorruptFile(f"KD checkpoint {folder} failed its check: {problem}")
     wanted = {"genome": recipe.student.genome.id, "teacher": fingerprint(recipe.teacher.denoiser),
               "distill": trajectory(recipe.config)}
     diff = [k for k in wanted if json.loads(json.dumps(wanted[k])) != info.get(k)]
@@ -369,9 +402,20 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_info(folder: str | Path) -> dict | None:
-    """checkpoint.json of a checkpoint folder (step, genome, settings), or None where there is none."""
+    """checkpoint.json of a checkpoint folder (step, genome, settings), or None where there is none (or it
+    does not parse: then it is set aside, in one line, and the folder is no checkpoint)."""
     path = Path(folder) / CHECKPOINT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        if isinstance(info, dict):
+            return info
+        problem = "it is not a JSON object"
+    except (ValueError, UnicodeDecodeError) as err:
+        problem = f"it is not JSON ({str(err).splitlines()[0]})"
+    set_aside(path, problem, "never resumed from")
+    return None
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -397,10 +441,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _write_atomic(path: Path, write: Callable[[Path], None], nbytes: int | None = None) -> None:
+    atomic_write(path, write, nbytes)  # blocksearch/cache.py: a temp file renamed; a full disk is one line
 
 
 def resolve_design(teacher_unet, design: str, space: str = "unet_blocks"):
@@ -428,13 +470,16 @@ def write_student(out: Path, student: Student, result: DistillResult, meta: dict
     """``out/<subfolder>`` (the family's: unet or transformer; diffusers, safetensors), ``out/train_log.jsonl``,
     ``out/distill.json`` and ``out/block_map.json`` (adapt/blockmap.py: the cut from ``teacher_denoiser``)."""
     out.mkdir(parents=True, exist_ok=True)
-    student.denoiser.save_pretrained(out / subfolder, safe_serialization=True)
+    nbytes = sum(t.numel() * t.element_size() for t in student.denoiser.state_dict().values())
+    atomic_dir(out / subfolder, lambda tmp: student.denoiser.save_pretrained(tmp, safe_serialization=True), nbytes)
     write_block_map(out, block_map(family_of_arch(student.genome), teacher_denoiser, student.genome,
                                    meta["teacher"], meta.get("space")))
-    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.losses))
+    log_text = "".join(json.dumps(r) + "\n" for r in result.losses)
+    _write_atomic(out / "train_log.jsonl", lambda tmp: tmp.write_text(log_text))
     info = meta | {"genome": student.genome.id, "kd_pairs": [list(p) for p in student.kd_pairs],
                    "fresh_tensors": list(student.fresh), "wall_s": round(result.wall_s, 2),
                    "teacher_s": round(result.teacher_s, 2), "teacher_cache": result.cache_path,
                    "final_loss": result.losses[-1] if result.losses else None}
-    (out / "distill.json").write_text(json.dumps(info, indent=2) + "\n")
+    info["files"] = {f"{subfolder}/{p.name}": file_record(p) for p in sorted((out / subfolder).iterdir())}
+    _write_atomic(out / "distill.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return out

@@ -26,7 +26,7 @@ import torch
 import torch_fidelity
 from transformers import CLIPModel, CLIPProcessor
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import checked_archives, default_cache_dir, file_lock, lock_path
 from blocksearch.recipe.data import load_image, read_metadata
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.generation import ImageSet, generate
@@ -335,6 +335,8 @@ def image_distance(images, reference: ImageSet, extractor: str, weights: str, ca
     capped by the number of images on either side (torch-fidelity refuses a larger one)."""
     ref_key = f"blocksearch-ref-{_sha(ref_id)}"
     subset = min(KID_SUBSET_SIZE, len(images), len(reference))
+    with file_lock(lock_path(ref_key, cache_dir)):  # a cut or bit-flipped statistics file: set aside, recomputed
+        checked_archives(cache_dir / "fidelity", ref_key)
     metrics = torch_fidelity.calculate_metrics(
         input1=ImageSet.of(images), input2=reference, fid=True, kid=True, kid_subsets=KID_SUBSETS,
         kid_subset_size=subset, feature_extractor=extractor, feature_extractor_weights_path=weights,

@@ -7,7 +7,8 @@ Latency is a property of (architecture, device, dtype, resolution, threads), not
 ``blocksearch/cache.py``: it waits until every other blocksearch process on this machine -- trials that
 train or generate, ``blocksearch distill``, benchmarks -- has stepped aside at its next checkpoint, and
 keeps them out until it is done. On a CPU with one torch thread the clock is the process CPU time;
-elsewhere the wall clock. Results are cached under ``<cache_dir>/measurements.json`` by that key, so one
+elsewhere the wall clock. Results are cached under ``<cache_dir>/measurements.json`` by that key (checked on
+read: a corrupt table is moved aside and its entries measured again; blocksearch/cache.py), so one
 architecture is timed once per machine (SnapFusion, arXiv 2306.00980, and NanoSD, arXiv 2601.09823,
 likewise score latency on the target device: params and MACs are poor proxies for speed).
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from blocksearch.cache import default_cache_dir, file_lock, lock_path, measurement_slot
+from blocksearch.cache import checked, default_cache_dir, file_lock, lock_path, measurement_slot, write_checked
 from blocksearch.families.cost import count_macs, count_params
 from blocksearch.families.base import DEFAULT_FAMILY, Family, family_of
 from blocksearch.recipe.timers import Clock, ComponentTimer, CudaEventClock, device_clock
@@ -103,19 +104,25 @@ def _table_path(cache_dir) -> Path:
     return Path(cache_dir or default_cache_dir()) / "measurements.json"
 
 
+def _read_table(path: Path) -> dict:
+    """The table, or {} where there is none or it failed its check (then moved aside, in one line: what it
+    held is measured again)."""
+    return json.loads(path.read_text()) if checked(path, "json", "measuring again what it held") else {}
+
+
 def cached(key: str, cache_dir=None) -> dict | None:
     path = _table_path(cache_dir)
-    return json.loads(path.read_text()).get(key) if path.exists() else None
+    with file_lock(lock_path("latency-table", cache_dir), shared=True):  # a writer's data and checksum, both
+        return _read_table(path).get(key)
 
 
 def store(key: str, value: dict, cache_dir=None) -> None:
     path = _table_path(cache_dir)
     with file_lock(lock_path("latency-table", cache_dir)):
-        table = json.loads(path.read_text()) if path.exists() else {}
+        table = _read_table(path)
         table[key] = value
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, path)
+        blob = json.dumps(table).encode()
+        write_checked(path, lambda tmp: tmp.write_bytes(blob), len(blob))
 
 
 def _timings(call, now, device, warmup: int, repeats: int, min_s: float) -> tuple[list[float], int]:

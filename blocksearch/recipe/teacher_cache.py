@@ -5,7 +5,9 @@ file per (teacher, data, seed, batch size, steps) serves every candidate of a st
 batch inputs (fp32; a transformer's text mask too) and the teacher's output and *every* feature any
 architecture may pair with (the family's ``kd_teacher_modules``), so all students share it.
 Files live under ``<cache_dir>/teacher/``; the folder is capped in size with least-recently-used
-eviction; writers take a per-key file lock and write a temp file, then rename it atomically.
+eviction; writers take a per-key file lock and write a temp file, then rename it atomically, with its
+SHA-256 beside it (``<key>.safetensors.sha256``); a file that fails its check on open is moved aside and
+computed again (blocksearch/cache.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from blocksearch.cache import file_lock, yield_to_measurement
+from blocksearch.cache import CHECKSUM, CORRUPT, checked, file_lock, write_checked, yield_to_measurement
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import Family
@@ -114,7 +116,7 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cache_key(teacher_name, unet, stream, steps, dtype)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
-        if not path.exists():
+        if not checked(path):  # missing, or corrupt: moved aside (one line) and computed again
             tensors = _compute(unet, stream, steps, dtype, device, family)
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             cap = int(cap_gb * 2**30)
@@ -123,9 +125,8 @@ def open_cache(teacher_name: str, unet, stream: BatchStream, steps: int, cache_d
                     f"the teacher cache of this run needs {size / 2**20:.0f} MB but the cap is "
                     f"{cap_gb:g} GB; raise BLOCKSEARCH_CACHE_GB or lower steps / batch size")
             _evict(folder, cap - size)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file(tensors, tmp, metadata={"steps": str(steps), "batch_size": str(stream.batch_size)})
-            os.replace(tmp, path)
+            meta = {"steps": str(steps), "batch_size": str(stream.batch_size)}
+            write_checked(path, lambda tmp: save_file(tensors, tmp, metadata=meta), size)
             log.info("teacher cache written: %s (%.0f MB)", path, size / 2**20)
     return TeacherCache(path, stream.batch_size, steps)
 
@@ -150,15 +151,20 @@ def _compute(unet, stream: BatchStream, steps: int, dtype: str, device, family: 
 
 
 def _evict(folder: Path, budget: int) -> None:
-    """Delete least-recently-used cache files until the others fit in ``budget`` bytes."""
-    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    """Delete files until the others fit in ``budget`` bytes: those set aside as corrupt first (nothing reads
+    them), then the least recently used cache files."""
+    aside = sorted(folder.glob(f"*{CORRUPT}"), key=lambda p: p.stat().st_mtime)
+    files = aside + sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in files)
     for p in files:
         if total <= budget:
             break
         size = p.stat().st_size
-        log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name, size / 2**20)
+        if p not in aside:
+            log.warning("teacher cache over its cap: evicting least recently used %s (%.0f MB)", p.name,
+                        size / 2**20)
         p.unlink(missing_ok=True)
+        p.with_name(p.name + CHECKSUM).unlink(missing_ok=True)
         total -= size
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import atomic_write, default_cache_dir, write_text
 from blocksearch.objectives import fmt
 from blocksearch.report.render_noise import noise_line, reference_md, with_spread
 from blocksearch.report.curves import SMOOTH, front_curves, render_curves_png
@@ -61,11 +61,11 @@ def render_all(report: ParetoReport, folder: Path) -> Pictures:
     pictures = draw_pictures(report, folder)  # the students' folders too: before the paths are made portable
     upload_pictures(report, pictures, folder)
     report = portable(report, folder)
-    (folder / "index.html").write_text(render_html(report, pictures, folder), encoding="utf-8")
-    render_png(report, folder / "pareto.png")
-    render_csv(report, folder / "trials.csv")
-    (folder / "README.md").write_text(render_markdown(report, curves=bool(curves), pictures=pictures),
-                                      encoding="utf-8")
+    # each file whole or not at all: a temp file renamed; a full disk is one line (cache.atomic_write)
+    write_text(folder / "index.html", render_html(report, pictures, folder))
+    atomic_write(folder / "pareto.png", lambda tmp: render_png(report, tmp), keep_suffix=True)
+    atomic_write(folder / "trials.csv", lambda tmp: render_csv(report, tmp))
+    write_text(folder / "README.md", render_markdown(report, curves=bool(curves), pictures=pictures))
     return pictures
 
 

@@ -10,19 +10,22 @@ the EMA of the weights are schedules.py's (shared with the search's short runs).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from blocksearch.recipe.data import Batch, fingerprint
-from blocksearch.recipe.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig, cpu_state,
-                                 _flatten_optimizer, _unflatten_optimizer, _write_atomic)
+from blocksearch.recipe.distill import (CHECKPOINT_FILE, OPTIMIZER_FILE, TRAJECTORY, WEIGHTS_FILE, DistillConfig,
+                                        checkpoint_info, checkpoint_problem, cpu_state, write_tensor_files,
+                                        _flatten_optimizer, _unflatten_optimizer, _write_atomic)
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.schedules import EMA_FILE, SCHEDULES, Ema
 from blocksearch.settings import Settings
 from blocksearch.train.tracking import TRACKERS
 
+log = logging.getLogger(__name__)
 TRAIN_FORMAT = 1
 # The train settings a resumed run must share with the run it continues (with distill.TRAJECTORY): they shape
 # the trajectory. Workers and micro-batch size may change: the global batch's samples stay the same.
@@ -109,24 +112,28 @@ def save_state(folder: Path, unet, opt, scaler, ema: Ema | None, step: int, geno
     the grad scaler, and the settings a resume must match), each written to a temp file and renamed, JSON last."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors, scalars = _flatten_optimizer(opt.state_dict())
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(cpu_state(unet), tmp))
-    _write_atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, tmp))
+    files = {WEIGHTS_FILE: cpu_state(unet), OPTIMIZER_FILE: tensors}
     if ema is not None:
-        _write_atomic(folder / EMA_FILE, lambda tmp: save_file(cpu_state(ema.model), tmp))
+        files[EMA_FILE] = cpu_state(ema.model)
+    records = write_tensor_files(folder, files)
     info = {"format": TRAIN_FORMAT, "kind": "train", "step": step, "data_index": step, "genome": genome,
             "teacher": fingerprint(teacher_unet), **settings, "optimizer": scalars,
-            "grad_scaler": scaler.state_dict()}
+            "grad_scaler": scaler.state_dict(), "files": records}
     _write_atomic(folder / CHECKPOINT_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
     return folder
 
 
 def load_state(folder: Path, unet, opt, scaler, ema: Ema | None, genome: str, teacher_unet, settings: dict) -> int:
     """Load a ``save_state`` folder into the run; the step reached. Refused when it was written for another
-    student, teacher or trajectory (naming the first setting that differs)."""
-    path = Path(folder) / CHECKPOINT_FILE
-    if not path.is_file():
+    student, teacher or trajectory (naming the first setting that differs). A checkpoint that fails its check
+    (sizes, headers, SHA-256) is set aside, never loaded: the run goes back to the newest good ``step-*``
+    checkpoint beside it (one line says so), or to step 0 where there is none."""
+    folder = Path(folder)
+    if not (folder / CHECKPOINT_FILE).is_file():
         raise BlocksearchError(f"no train checkpoint in {folder} (expected {CHECKPOINT_FILE} there)")
-    info = json.loads(path.read_text())
+    folder, info = good_checkpoint(folder)
+    if info is None:
+        return 0
     wanted = {"genome": genome, "teacher": fingerprint(teacher_unet), **json.loads(json.dumps(settings))}
     for key, value in wanted.items():
         if isinstance(value, dict):
@@ -146,3 +153,24 @@ def load_state(folder: Path, unet, opt, scaler, ema: Ema | None, genome: str, te
             raise BlocksearchError(f"checkpoint {folder} has no {EMA_FILE}: it was written without --ema")
         ema.model.load_state_dict(load_file(folder / EMA_FILE))
     return int(info["step"])
+
+
+def good_checkpoint(folder: Path) -> tuple[Path, dict | None]:
+    """``folder`` and its checkpoint.json where it passes its check; else the newest earlier ``step-*``
+    checkpoint beside it that does (Ray Train's and ``--workers 0``'s layout), or (folder, None): none. A bad
+    one is moved aside, and one line names it and where the run goes back to."""
+    earlier = sorted((p for p in folder.parent.glob("step-*") if p.name < folder.name),
+                     reverse=True) if folder.name.startswith("step-") else []
+    bad = None
+    for here in [folder, *earlier]:
+        info = checkpoint_info(here)
+        problem = "its checkpoint.json is gone" if info is None else checkpoint_problem(here, info)
+        if problem is None:
+            if bad is not None:
+                log.warning("blocksearch: train checkpoint %s failed its check (%s); never resumed from: going "
+                            "back to %s (step %s)", *bad, here, info.get("step"))
+            return here, info
+        bad = bad or (here, problem)
+    log.warning("blocksearch: train checkpoint %s failed its check (%s); never resumed from: no good checkpoint "
+                "before it, training from surgery (step 0)", *bad)
+    return folder, None
