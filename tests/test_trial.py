@@ -1,6 +1,7 @@
 """trial.py: a reference design's student is scored again at more generation seeds (the report's seed noise),
 with the main seed's FID reference set and without measuring latency again; other candidates are not."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -72,7 +73,7 @@ def test_with_retrain_each_extra_seed_scores_a_student_trained_again(tmp_path):
 
 
 def _fake_stages(monkeypatch, tmp_path, calls):
-    student = SimpleNamespace(unet=SimpleNamespace(save_pretrained=lambda *a, **k: None))
+    student = SimpleNamespace(unet=SimpleNamespace(save_pretrained=lambda path, **k: Path(path).mkdir(parents=True)))
     metrics = SimpleNamespace(timings={"generate_s": 1.0, "score_s": 1.0, "latency_s": 1.0},
                               to_dict=lambda: {"fid": 9.0, "alignment": 0.4})
     monkeypatch.setattr(trial, "cached_teacher", lambda spec, device: SimpleNamespace(unet=None))

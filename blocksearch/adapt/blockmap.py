@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from blocksearch.cache import write_text
 from blocksearch.errors import BlocksearchError
 
 BLOCK_MAP_FILE = "block_map.json"
@@ -51,9 +52,7 @@ def block_map(family, teacher_denoiser, arch, teacher: str, space: str | None) -
 
 def write_block_map(folder: Path, doc: dict) -> Path:
     """Write ``folder/block_map.json``."""
-    path = Path(folder) / BLOCK_MAP_FILE
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
+    return write_text(Path(folder) / BLOCK_MAP_FILE, json.dumps(doc, indent=1) + "\n")  # atomic: never half-written
 
 
 def read_block_map(folder) -> dict:

@@ -20,7 +20,7 @@ from typing import Callable
 
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
-from blocksearch.cache import work_slot
+from blocksearch.cache import atomic_dir, work_slot
 from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
@@ -120,7 +120,7 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     if job.head_start is not None:  # consumed: the student went on from it
         shutil.rmtree(job.head_start, ignore_errors=True)
     out = Path(job.students_dir) / genome.id / job.teacher.family.subfolder
-    student.unet.save_pretrained(out, safe_serialization=True)
+    atomic_dir(out, lambda tmp: student.unet.save_pretrained(tmp, safe_serialization=True))  # never half-written
     write_block_map(out.parent, block_map(job.teacher.family, teacher.unet, genome, job.teacher.spec, None))
     metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings
