@@ -9,6 +9,7 @@ from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import family_name_of, family_of_config, get_family
 from blocksearch.families.cost import count_params
 from blocksearch.families.sdxl.space import SdxlGenome
+from blocksearch.families.unet.describe import layout
 from blocksearch.families.unet.genome import Genome
 from blocksearch.families.unet.surgery import build_student, load_student, student_config, teacher_key
 from blocksearch.families.unet.topology import architecture, topology_of
@@ -192,3 +193,12 @@ def test_a_student_generates_in_the_stock_sdxl_pipeline(pipe):
     image = student("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="pt",
                     generator=torch.Generator().manual_seed(0), **family.call_kwargs(student)).images
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_the_block_diagram_draws_ssd_1b_s_up_path_at_its_own_depths(sdxl):
+    """families/unet/describe.layout reads the up path per layer (report diagrams, model cards)."""
+    teacher, bound = sdxl
+    stages = {s.name: s for s in layout(bound.design("ssd_1b"), topology_of(teacher.config))}
+    assert [p.kept_attention for p in stages["up_blocks.0"].parts] == [4, 4, 10]  # of the teacher's 10, 10, 10
+    assert [p.kept_attention for p in stages["up_blocks.1"].parts] == [2, 1, 1]
+    assert [p.kept_attention for p in stages["down_blocks.2"].parts] == [4, 4]

@@ -1,7 +1,7 @@
 """The U-Net family's ``layout`` (families/layout.py): each teacher stage, down, mid and up, as a row of its
 layers, kept or removed as surgery keeps them (surgery.py's weight map): a down stage keeping k layers keeps the
 teacher's first k; the tied up stage keeps its first k and its last (BK-SDM, arXiv 2305.15798); a transformer
-keeping depth d keeps its first d blocks; a removed innermost stage removes both its stages."""
+keeping depth d keeps its first d blocks (an up path with depths of its own, SSD-1B's, is read per layer); a removed innermost stage removes both its stages."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def layout(genome: Genome, topo: Topology) -> tuple[Stage, ...]:
     up = []
     for j in range(n_t):
         i = n_t - 1 - j  # the down stage this up stage is tied to by the skip connections
-        big = topo.layers[i] + 1
-        kept = (*range(genome.layers[i]), big - 1) if i < n else ()
-        up.append(_stage(f"up_blocks.{j}", "up", big, topo.depth[i], kept, genome.depth[i] if i < n else 0))
+        kept = (*range(genome.layers[i]), topo.layers[i]) if i < n else ()
+        student = dict(zip(kept, genome.up_depths[i])) if i < n else {}  # SSD-1B's up path: its own depths
+        up.append(Stage(f"up_blocks.{j}", "up", tuple(
+            Part("resnet + attention" if depth else "resnet", k in student, k, depth, student.get(k, 0))
+            for k, depth in enumerate(topo.up_depths[i]))))
     return (*down, _mid(genome, topo), *up)
 
 
