@@ -93,7 +93,7 @@ def test_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "distinct architectures: 576" in shown.stdout
     assert f"({site / 'blocksearch' / 'search_spaces' / 'unet_blocks.yaml'})" in shown.stdout
-    assert next(line for line in shown.stdout.splitlines() if line.startswith("bk_small")).split()[2] == "4.8M"
+    assert next(line for line in shown.stdout.splitlines() if line.startswith("bk_small")).split()[2] == "4.830M"  # four significant figures (issue 31)
 
 
 def test_editable_install_maps_search_spaces_onto_the_package():
