@@ -1,8 +1,10 @@
 """A tiny random-weight Flux pipeline (``FluxPipeline``, FLUX.1-dev's layout), the width of diffusers' own Flux
 pipeline tests, on the toy vocabulary: a CLIP text encoder (its pooled output), a T5 encoder, a Flux transformer of
-4 double-stream and 4 single-stream blocks with the guidance embedding (FLUX.1-dev's distilled guidance), a
-flow-matching scheduler with Flux's resolution-dependent shift, and a small VAE with Flux's shift and scale. Nothing
-touches the network: the tokenizers are built from the toy vocabulary (toy/tiny_text.py)."""
+FLUX.1-dev's 19 double-stream and 38 single-stream blocks (so that every design of dit_blocks fits) with the
+guidance embedding (FLUX.1-dev's distilled guidance), a flow-matching scheduler with Flux's resolution-dependent
+shift, and a small VAE with Flux's shift and scale whose ``sample_size`` (64 px, the toy world's images) is the
+teacher's native resolution. Nothing touches the network: the tokenizers are built from the toy vocabulary
+(toy/tiny_text.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from blocksearch.toy import models as M
 from blocksearch.toy.tiny_text import clip_encoder, make_t5_tokenizer, t5_encoder
 
 CLIP, T5 = 16, 32  # the CLIP encoder's width (Flux's pooled projection); T5's d_model (Flux's joint attention)
-TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=4, num_single_layers=4, attention_head_dim=16,
-                   num_attention_heads=2, joint_attention_dim=T5, pooled_projection_dim=CLIP,
+TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=19, num_single_layers=38,
+                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5, pooled_projection_dim=CLIP,
                    guidance_embeds=True, axes_dims_rope=(4, 4, 8))  # in_channels: 4 latent channels x 2x2 packing
 VAE = dict(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
            up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4, layers_per_block=1,

@@ -1,8 +1,9 @@
 """A tiny random-weight SD3 pipeline (``StableDiffusion3Pipeline``, Esser et al., arXiv 2403.03206), the width of
 diffusers' own SD3 pipeline tests, on the toy vocabulary: two CLIP text encoders with projections (CLIP-L and
-CLIP-G's places), a T5 encoder, an MMDiT of 4 joint blocks (the last ``context_pre_only``, as SD3's), a
-flow-matching scheduler and a small VAE with SD3's shift and scale. ``dual_attention_layers`` makes it SD3.5-shaped
-(MMDiT-X). Nothing touches the network: the tokenizers are built from the toy vocabulary (toy/tiny_text.py)."""
+CLIP-G's places), a T5 encoder, an MMDiT of SD3-medium's 24 joint blocks (so that every design of dit_blocks fits;
+the last ``context_pre_only``, as SD3's), a flow-matching scheduler and a small VAE with SD3's shift and scale.
+``dual_attention_layers`` makes it SD3.5-shaped (MMDiT-X). Nothing touches the network: the tokenizers are built
+from the toy vocabulary (toy/tiny_text.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from blocksearch.toy import models as M
 from blocksearch.toy.tiny_text import clip_encoder, make_t5_tokenizer, t5_encoder
 
 CLIP, T5 = 16, 32  # each CLIP encoder's width (and projection); T5's d_model: SD3 pads CLIP's 2 x 16 to T5's 32
-TRANSFORMER = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=8,
-                   num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=T5,
+TRANSFORMER = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=24,
+                   attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=T5,
                    pooled_projection_dim=2 * CLIP, pos_embed_max_size=16)
 VAE = dict(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
            up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4, layers_per_block=1,

@@ -166,15 +166,25 @@ def text_tokens(pipeline) -> int:
     return t5_len(pipeline)
 
 
+def flux_size(pipeline) -> dict:
+    """Flux's image size where it is not FluxPipeline's fixed default (128 latents x the VAE's scale factor: FLUX.1's
+    1024 px): the VAE's ``sample_size`` (the tiny Flux pipeline's 64 px), the teacher's native size
+    (teachers.py)."""
+    size = pipeline.vae.config.sample_size
+    return {} if size == pipeline.default_sample_size * pipeline.vae_scale_factor else {"height": size, "width": size}
+
+
 def call_kwargs(pipeline) -> dict:
     """What a stock pipeline call needs beyond its defaults for this teacher: the T5 text length of
     ``encode_text`` where the tokenizer's context is shorter than the pipeline's default (SD3, Flux, PixArt);
+    Flux: its image size where it is not the pipeline's default (``flux_size``);
     PixArt also: no caption cleaning (it needs bs4 and ftfy), and no resolution binning for a sample size its bins
     do not know (the toy's 16)."""
     model_class = type(pipeline.transformer).__name__
     if model_class in ("SD3Transformer2DModel", "FluxTransformer2DModel"):
         length = t5_len(pipeline)
-        return {} if length == T5_LEN[model_class] else {"max_sequence_length": length}
+        kwargs = {} if length == T5_LEN[model_class] else {"max_sequence_length": length}
+        return kwargs | flux_size(pipeline) if model_class == "FluxTransformer2DModel" else kwargs
     if model_class != "PixArtTransformer2DModel":
         return {}
     kwargs = {"max_sequence_length": max_text(pipeline), "clean_caption": False}
