@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from blocksearch.families.base import family_of
@@ -13,7 +14,7 @@ from blocksearch.families.dit.family import FAMILY as DIT
 from blocksearch.families.dit.genome import DitGenome, load_teacher_config
 from blocksearch.families.dit.pipeline import T5_LEN, flux_ids
 from blocksearch.families.dit.surgery import build_student
-from blocksearch.recipe.data import BatchStream
+from blocksearch.recipe.data import BatchStream, encode_images
 from blocksearch.recipe.teacher_cache import cache_bytes_parts, open_cache
 from blocksearch.toy.tiny_flux import save_tiny_flux, tiny_flux_pipeline
 from blocksearch.toy.tiny_sd3 import TRANSFORMER as SD3_TINY, save_tiny_sd3, tiny_sd3_pipeline
@@ -149,3 +150,21 @@ def test_tiny_folders_load_in_the_stock_classes_offline(tmp_path):
     assert tuple(sd3.transformer.config.dual_attention_layers) == (0, 1) and flux.transformer.config.guidance_embeds
     assert sd3.tokenizer_3("a red circle").input_ids == flux.tokenizer_2("a red circle").input_ids == [3, 11, 6, 1]
     assert all(f.stat().st_size < 2**14 for f in (tmp_path / "flux" / "tokenizer_2").iterdir())
+
+
+def test_imagefolder_latents_are_shifted_as_the_pipeline_decodes_them(flux, tmp_path):
+    """A Flux teacher (no sample_size) encodes an imagefolder at its VAE's size; the latents are
+    (z - shift_factor) * scaling_factor, which FluxPipeline's decode (z / scaling_factor + shift_factor) undoes."""
+    for i in range(2):
+        Image.new("RGB", (80, 80), (200 * i, 50, 100)).save(tmp_path / f"{i}.png")
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"})
+                                                     + "\n" for i in range(2)))
+    stream = BatchStream(flux, str(tmp_path), 2, 0, tmp_path / "cache", family=family_of(flux))
+    latents, cond, _ = stream.clean(0)
+    assert latents.shape == (2, 4, 16, 16) and cond["encoder_hidden_states"].shape == (2, 16, 32)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    ours = encode_images(flux, images, torch.Generator().manual_seed(0))
+    dist = flux.vae.encode(images).latent_dist
+    raw = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(0))
+    config = flux.vae.config
+    assert config.shift_factor and torch.allclose(ours / config.scaling_factor + config.shift_factor, raw, atol=1e-6)

@@ -179,7 +179,8 @@ class ImageFolder:
         self.root = Path(root)
         self.family = family
         denoiser = getattr(pipe, self.family.subfolder)
-        self.size = resolution or denoiser.config.sample_size * pipe.vae_scale_factor  # the teacher's own
+        sample = denoiser.config.get("sample_size")  # Flux's transformer has none: its VAE's image size
+        self.size = resolution or (sample * pipe.vae_scale_factor if sample else pipe.vae.config.sample_size)
         if not self.root.is_dir():
             raise BlocksearchError(f"dataset folder {root} does not exist; pass 'toy' or an imagefolder "
                                    f"(images + metadata.jsonl or metadata.csv with file_name and text)")

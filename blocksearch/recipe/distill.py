@@ -241,7 +241,8 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
     mode, why = cache_plan(per_step, steps, cap, what, parts["cond"])
     if mode == "live" and config.teacher_cache == "disk":
-        raise BlocksearchError(f"--teacher-cache disk: {cache_figures(per_step, steps, cap, what)} is over "
+        figures = cache_figures(per_step, steps, cap, what, parts["cond"])
+        raise BlocksearchError(f"--teacher-cache disk: {figures} is over "
                                f"the cap; allowed: --teacher-cache auto (a live teacher), fewer --steps or a "
                                f"smaller --batch-size, or a larger BLOCKSEARCH_CACHE_GB")
     if mode == "live":
