@@ -7,13 +7,15 @@ import json
 import pytest
 import torch
 from PIL import Image
-from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline,
+                       UNet2DConditionModel)
 
-from blocksearch.families.base import family_of
+from blocksearch.families.base import family_of, get_family
 from blocksearch.families.dit.family import FAMILY as DIT
 from blocksearch.families.dit.genome import DitGenome, load_teacher_config
 from blocksearch.families.dit.pipeline import T5_LEN, flux_ids
 from blocksearch.families.dit.surgery import build_student
+from blocksearch.families.unet.topology import ARCHITECTURES
 from blocksearch.recipe.data import BatchStream, encode_images
 from blocksearch.recipe.teacher_cache import cache_bytes_parts, open_cache
 from blocksearch.toy.tiny_flux import save_tiny_flux, tiny_flux_pipeline
@@ -89,14 +91,20 @@ def test_cache_bytes_per_step_is_what_the_cache_file_holds(which, sd3, flux, tmp
 
 @pytest.mark.slow  # the full-size models on the meta device: ~1 min on 2 shared cores
 @pytest.mark.parametrize("teacher, text, cond", [
+    ("sdxl", 77, 77 * 2048 + 1280 + 6),  # CLIP-L + CLIP-G states; CLIP-G's pooled projection; six time_ids
     ("sd3-medium", 333, (77 + 256) * 4096 + 2 * 1024),  # CLIP-L/G 77 + T5 256 tokens of 4096; pooled 768 + 1280
     ("flux-dev", 512, 512 * 4096 + 768 + 1)])  # T5 512 tokens of 4096; CLIP-L pooled 768; guidance
 def test_cache_bytes_per_step_at_full_size(teacher, text, cond):
-    config = load_teacher_config(teacher)
-    family = DIT.for_teacher(config)
-    cls = {"sd3-medium": SD3Transformer2DModel, "flux-dev": FluxTransformer2DModel}[teacher]
+    """The conditioning's bytes per sample (fp32) at 1024 px: docs/families.md's table."""
+    if teacher == "sdxl":
+        config, cls, family = ARCHITECTURES["sdxl"], UNet2DConditionModel, get_family("sdxl")
+    else:
+        config = load_teacher_config(teacher)
+        cls, family = {"sd3-medium": SD3Transformer2DModel, "flux-dev": FluxTransformer2DModel}[teacher], DIT
+        family = family.for_teacher(config)
     parts = cache_bytes_parts(config, 1, 128, 2, text_tokens=text, model_class=cls, family=family)
     assert parts["cond"] == 4 * cond
+    assert sum(parts.values()) == {"sdxl": 57_652_256, "sd3-medium": 310_599_688, "flux-dev": 1_445_989_388}[teacher]
 
 
 def test_t5_len_is_the_pipelines_default_for_real_tokenizers(sd3):
