@@ -245,6 +245,8 @@ def _native_resolution(ref: TeacherRef) -> int:
             raise BlocksearchError(f"teacher folder {folder} has no {missing[0].parent.name}/config.json; expected "
                                    f"a diffusers StableDiffusionPipeline folder (save_pretrained)")
         unet, vae = (json.loads(c.read_text()) for c in configs)
+    if "sample_size" not in unet:  # a denoiser without one (Flux's transformer): the VAE's image size, as FLUX.1's
+        return int(vae["sample_size"])  # 1024 is its pipeline's default (128 latents x 8)
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 

@@ -102,6 +102,10 @@ class Family(Protocol):
     load_student: Callable | None  # (folder, teacher denoiser) -> Student to go on from (None: ``--init`` unsupported)
     layout: Callable | None  # (arch, topology) -> tuple of ``layout.Stage``: the report's block diagram (None: none)
 
+    def cond_of_inputs(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """The ``Batch.cond`` entries (as ``encode_text`` makes them: their shapes and dtypes) of one call's
+        ``forward_inputs``: what the teacher cache stores of the text per KD step (``cache_bytes_per_step``)."""
+
     def load_student_denoiser(self, folder, teacher_denoiser) -> torch.nn.Module:
         """The denoiser of a student folder (``distill``'s or ``export``'s, or a bare denoiser folder)."""
 
@@ -175,6 +179,11 @@ def no_call_kwargs(pipeline) -> dict:
     return {}
 
 
+def text_cond(inputs: dict) -> dict:
+    """The default ``cond_of_inputs``: the text embeddings only (SD's U-Net)."""
+    return {"encoder_hidden_states": inputs["encoder_hidden_states"]}
+
+
 def stage_output(output) -> torch.Tensor:
     """The default ``kd_feature``: a module's tensor output, the first of a tuple, or a diffusers output's sample."""
     if isinstance(output, tuple):
@@ -218,6 +227,7 @@ class DenoiserFamily:
     kd_feature: Callable = stage_output
     text_tokens: Callable = None  # type: ignore[assignment]  (default: ``text_len``)
     call_kwargs: Callable = no_call_kwargs
+    cond_of_inputs: Callable = text_cond
     specialise: Callable | None = None  # (family, denoiser config) -> the family of one teacher
     load_student: Callable | None = None  # (folder, teacher denoiser) -> Student: a saved student to go on from
     load_student_denoiser: Callable = None  # type: ignore[assignment]  (folder, teacher denoiser) -> its denoiser

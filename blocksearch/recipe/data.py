@@ -163,11 +163,13 @@ def hash_seed(*parts: int) -> int:
 
 @torch.no_grad()
 def encode_images(pipe, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Images in [-1, 1] -> scaled VAE latents (one sample of the posterior)."""
+    """Images in [-1, 1] -> VAE latents (one sample of the posterior), shifted and scaled as the pipeline's decode
+    undoes it: ``(z - shift_factor) * scaling_factor`` (SD3's and Flux's VAEs have a shift; SD's none)."""
     vae = pipe.vae
     dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
-    return (dist.mean + dist.std * noise).float().cpu() * vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((dist.mean + dist.std * noise).float().cpu() - shift) * vae.config.scaling_factor
 
 
 class ImageFolder:
@@ -177,7 +179,8 @@ class ImageFolder:
         self.root = Path(root)
         self.family = family
         denoiser = getattr(pipe, self.family.subfolder)
-        self.size = resolution or denoiser.config.sample_size * pipe.vae_scale_factor  # the teacher's own
+        sample = denoiser.config.get("sample_size")  # Flux's transformer has none: its VAE's image size
+        self.size = resolution or (sample * pipe.vae_scale_factor if sample else pipe.vae.config.sample_size)
         if not self.root.is_dir():
             raise BlocksearchError(f"dataset folder {root} does not exist; pass 'toy' or an imagefolder "
                                    f"(images + metadata.jsonl or metadata.csv with file_name and text)")

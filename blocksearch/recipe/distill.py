@@ -51,7 +51,7 @@ from blocksearch.settings import Settings
 from blocksearch.space import load_space
 from blocksearch.families.base import family_of_arch, get_family
 from blocksearch.families.unet.surgery import Student
-from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_per_step, cache_cap,
+from blocksearch.recipe.teacher_cache import (DEFAULT_CAP_GB, FeatureHooks, TeacherCache, cache_bytes_parts, cache_cap,
                                        cache_figures, cache_plan, open_cache, teacher_forward)
 from blocksearch.teachers import Teacher
 
@@ -234,13 +234,15 @@ def prepare_teacher_cache(teacher: Teacher, config: DistillConfig, device="cpu",
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     stream = stream or batch_stream(teacher, config)
     first = stream[0]
-    per_step = cache_bytes_per_step(teacher.denoiser.config, config.batch_size, first.noisy.shape[-1], 2,
-                                    text_tokens=first.cond["encoder_hidden_states"].shape[1], family=teacher.family,
-                                    model_class=type(teacher.denoiser))  # the file stores fp16 (open_cache's dtype)
+    parts = cache_bytes_parts(teacher.denoiser.config, config.batch_size, first.noisy.shape[-1], 2,
+                              text_tokens=first.cond["encoder_hidden_states"].shape[1], family=teacher.family,
+                              model_class=type(teacher.denoiser))  # the file stores fp16 (open_cache's dtype)
+    per_step = sum(parts.values())
     cap, what = cache_cap(cache_dir / "teacher", config.cache_gb)
-    mode, why = cache_plan(per_step, steps, cap, what)
+    mode, why = cache_plan(per_step, steps, cap, what, parts["cond"])
     if mode == "live" and config.teacher_cache == "disk":
-        raise BlocksearchError(f"--teacher-cache disk: {cache_figures(per_step, steps, cap, what)} is over "
+        figures = cache_figures(per_step, steps, cap, what, parts["cond"])
+        raise BlocksearchError(f"--teacher-cache disk: {figures} is over "
                                f"the cap; allowed: --teacher-cache auto (a live teacher), fewer --steps or a "
                                f"smaller --batch-size, or a larger BLOCKSEARCH_CACHE_GB")
     if mode == "live":

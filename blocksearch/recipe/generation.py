@@ -31,7 +31,8 @@ def generate(
     pipeline is called as its denoiser's family says (``call_kwargs``: PixArt's text length, for one)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"generate got {len(prompts)} prompts but {len(seeds)} seeds")
-    kwargs = family_of(pipe).call_kwargs(pipe)
+    kwargs = family_of(pipe).call_kwargs(pipe)  # (a size there, Flux's: ``resolution`` overrides it)
+    kwargs |= {"height": resolution, "width": resolution} if resolution else {}
     if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
         kwargs["callback_on_step_end"] = _yield_each_step
     else:  # PixArt's pipelines take the older per-step callback
@@ -41,7 +42,7 @@ def generate(
         gens = [torch.Generator(pipe.device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         imgs = pipe(
             list(prompts[i : i + batch_size]), num_inference_steps=num_steps, guidance_scale=guidance_scale,
-            height=resolution, width=resolution, generator=gens, output_type="pt", **kwargs,
+            generator=gens, output_type="pt", **kwargs,
         ).images
         out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)

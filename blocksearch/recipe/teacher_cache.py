@@ -169,14 +169,16 @@ def _evict(folder: Path, budget: int) -> None:
 
 
 # -- the cache at real size (issue 11): bytes per step, and disk or live ---------------------------
-_INPUT_BYTES = {"noisy": 4, "timesteps": 8, "text": 4, "target": 4}  # as BatchStream makes them: fp32, int64
+_INPUT_BYTES = {"noisy": 4, "timesteps": 8, "target": 4}  # as BatchStream makes them: fp32, int64
 
 
-def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
-                         text_tokens: int = 77, model_class=UNet2DConditionModel, *, family: Family) -> int:
-    """Bytes one cached KD step takes in the cache file: the batch inputs (noisy, timesteps, text, target)
-    and the teacher's output and every feature of the family's ``kd_teacher_modules`` (stored at
-    ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of ``model_class`` and ``family``.
+def cache_bytes_parts(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4, text_tokens: int = 77,
+                      model_class=UNet2DConditionModel, *, family: Family) -> dict[str, int]:
+    """Bytes one cached KD step takes in the cache file, by part: ``inputs`` (noisy, timesteps, target),
+    ``cond`` (the batch's conditioning as the family's ``encode_text`` makes it, fp32: text embeddings, masks,
+    pooled projections, ...: ``cond_of_inputs``) and ``teacher`` (its output and every feature of the family's
+    ``kd_teacher_modules``, stored at ``dtype_bytes``). ``unet_config``: the teacher denoiser's config, of
+    ``model_class`` and ``family``.
 
     Shapes come from forward hooks on the denoiser built from the config on the meta device: no weights,
     no memory, no download."""
@@ -189,11 +191,18 @@ def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_b
                 out, feats = model(**args).sample, hooks.pop()
         finally:
             hooks.remove()
-    noisy = args.get("sample", args.get("hidden_states"))
-    inputs = {"noisy": noisy, "timesteps": args["timestep"], "text": args["encoder_hidden_states"],
-              "target": noisy}  # target: eps, v or flow, as noisy
-    stored = sum(t.numel() * _INPUT_BYTES[k] for k, t in inputs.items())
-    return stored + sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes
+    noisy = args.get("sample", args.get("hidden_states"))  # Flux's packed tokens: the latents' numel
+    inputs = {"noisy": noisy.numel(), "timesteps": batch_size, "target": noisy.numel()}  # target: eps, v or flow
+    return {"inputs": sum(n * _INPUT_BYTES[k] for k, n in inputs.items()),
+            "cond": sum(t.numel() * t.element_size() for t in family.cond_of_inputs(args).values()),
+            "teacher": sum(t.numel() for t in [out, *feats.values()]) * dtype_bytes}
+
+
+def cache_bytes_per_step(unet_config, batch_size: int, latent_size: int, dtype_bytes: int = 4,
+                         text_tokens: int = 77, model_class=UNet2DConditionModel, *, family: Family) -> int:
+    """Bytes one cached KD step takes in the cache file: the sum of ``cache_bytes_parts``."""
+    return sum(cache_bytes_parts(unet_config, batch_size, latent_size, dtype_bytes, text_tokens, model_class,
+                                 family=family).values())
 
 
 def cache_cap(folder: Path, cap_gb: float) -> tuple[int, str]:
@@ -209,16 +218,19 @@ def cache_cap(folder: Path, cap_gb: float) -> tuple[int, str]:
     return cap, "BLOCKSEARCH_CACHE_GB"
 
 
-def cache_figures(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str = "BLOCKSEARCH_CACHE_GB") -> str:
-    return (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB = {bytes_per_step * steps / 2**30:,.2f} "
-            f"GiB, cap {cap_bytes / 2**30:,.2f} GiB ({cap_what})")
+def cache_figures(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str = "BLOCKSEARCH_CACHE_GB",
+                  cond_bytes: int | None = None) -> str:
+    """The cache's size in one line; ``cond_bytes``: the conditioning's share of a step (``cache_bytes_parts``)."""
+    cond = "" if cond_bytes is None else f" ({cond_bytes / 2**20:,.2f} MiB of it conditioning)"
+    return (f"teacher cache {steps} steps x {bytes_per_step / 2**20:,.1f} MiB{cond} = "
+            f"{bytes_per_step * steps / 2**30:,.2f} GiB, cap {cap_bytes / 2**30:,.2f} GiB ({cap_what})")
 
 
-def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int,
-               cap_what: str = "BLOCKSEARCH_CACHE_GB") -> tuple[str, str]:
+def cache_plan(bytes_per_step: int, steps: int, cap_bytes: int, cap_what: str = "BLOCKSEARCH_CACHE_GB",
+               cond_bytes: int | None = None) -> tuple[str, str]:
     """("disk", why) when ``steps`` cached steps fit under the cap, else ("live", why): the teacher then
     runs alongside the student in every trial instead of being read from the cache (docs/design.md)."""
-    figures = cache_figures(bytes_per_step, steps, cap_bytes, cap_what)
+    figures = cache_figures(bytes_per_step, steps, cap_bytes, cap_what, cond_bytes)
     if bytes_per_step * steps <= cap_bytes:
         return "disk", f"{figures}: fits, computed once and shared by every trial"
     return "live", f"{figures}: over the cap, so the teacher runs live in each trial"

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import PixArtSigmaPipeline, StableDiffusionPipeline
+import diffusers
+from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as dlog
 from safetensors import SafetensorError, safe_open
 from transformers.utils import logging as tlog
@@ -75,7 +76,8 @@ def check_asset(path: Path) -> None:
 
 def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
     """The toy pipeline (fp32, no safety checker) from `path` or the bundled assets: a StableDiffusionPipeline,
-    or the PixArtSigmaPipeline of the toy transformer teacher (a ``transformer/`` folder)."""
+    or the class its ``model_index.json`` names (the toy transformer teacher's PixArtSigmaPipeline; a tiny SDXL,
+    SD3 or Flux folder with a judge beside it)."""
     root = Path(path) if path is not None else ASSETS
     sub = toy_denoiser(root)
     for f in TEACHER_FILES:
@@ -85,8 +87,10 @@ def load_toy_teacher(device: str = "cpu", path: str | Path | None = None):
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
-        if sub == "transformer":  # dit: a CLIP text encoder where PixArt expects T5 (toy/build_dit.py says why)
-            pipe = PixArtSigmaPipeline.from_pretrained(root, dtype=torch.float32, local_files_only=True)
+        index = json.loads((root / "model_index.json").read_text()).get("_class_name")
+        if index != "StableDiffusionPipeline":  # the toy dit's PixArtSigmaPipeline (a CLIP text encoder where PixArt
+            # expects T5: toy/build_dit.py says why); a tiny SDXL, SD3 or Flux folder with a judge (toy/tiny_*.py)
+            pipe = getattr(diffusers, index).from_pretrained(root, dtype=torch.float32, local_files_only=True)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
                 root, dtype=torch.float32, local_files_only=True, safety_checker=None,

@@ -14,8 +14,8 @@ from blocksearch.families.dit.blockmap import weight_map
 from blocksearch.families.dit.describe import layout
 from blocksearch.families.dit.genome import (DitGenome, architecture_diff, architecture_table, model_class_of, removed,
                                              topology_of)
-from blocksearch.families.dit.pipeline import (PIPELINES, call_kwargs, encode_text, forward, forward_inputs,
-                                               text_tokens)
+from blocksearch.families.dit.pipeline import (PIPELINES, call_kwargs, cond_of_inputs, encode_text, forward,
+                                               forward_inputs, text_tokens)
 from blocksearch.families.dit.show import show_space
 from blocksearch.families.dit.space import load
 from blocksearch.families.dit.surgery import (block_feature, build_student, describe, kd_pairs, kd_teacher_modules,
@@ -51,5 +51,6 @@ FAMILY = DenoiserFamily(
     card_tags=("diffusion-transformer", "depth-pruning"),
     card_summary="A depth-pruned {denoiser} ({model_class}) found by blocksearch (blocks removed as TinyFusion, "
                  "arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)",
-    kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, specialise=specialise,
+    kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, cond_of_inputs=cond_of_inputs,
+    specialise=specialise,
     load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy-dit", layout=layout)

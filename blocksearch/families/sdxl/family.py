@@ -74,6 +74,11 @@ def forward_inputs(config, batch: int = 1, latent_size: int | None = None, devic
     return UNET.forward_inputs(config, batch, latent_size, device, dtype or torch.float32, text_len or TEXT_LEN)
 
 
+def cond_of_inputs(inputs: dict) -> dict:
+    """``Batch.cond`` of one call's inputs: the text embeddings and the ``added_cond_kwargs``."""
+    return {"encoder_hidden_states": inputs["encoder_hidden_states"], **inputs["added_cond_kwargs"]}
+
+
 def load_pipeline(source: str, device: str) -> StableDiffusionXLPipeline:
     """The teacher's StableDiffusionXLPipeline (local files, safetensors)."""
     pipe = StableDiffusionXLPipeline.from_pretrained(source, local_files_only=True, use_safetensors=True)
@@ -104,4 +109,4 @@ FAMILY = dataclasses.replace(
     text_tokens=None, card_tags=("bk-sdm", "stable-diffusion-xl"),
     card_summary="A block-removed SDXL U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, and KOALA, arXiv "
                  "2312.04005, as a multi-objective search)",
-    load_student=load_student, specialise=None, toy_teacher="")
+    load_student=load_student, specialise=None, toy_teacher="", cond_of_inputs=cond_of_inputs)
