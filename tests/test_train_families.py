@@ -4,13 +4,16 @@ pipeline with a card of the teacher's licence. The 2-worker Ray runs with SIGKIL
 tiny SDXL pipeline: tests/integration/test_train_families.py."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from blocksearch.cli import main
 from blocksearch.errors import BlocksearchError
-from blocksearch.families.base import student_from_block_map
+from blocksearch.families.base import get_family, student_from_block_map
+from blocksearch.families.dit.genome import load_teacher_config
 from blocksearch.teachers import load_teacher
+from blocksearch.train.loop import TrainJob, model_card
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,3 +46,19 @@ def test_train_a_transformer_design_in_this_process(tmp_path):
     card = (out / "README.md").read_text()
     assert "base_model: blocksearch/toy-dit-teacher" in card and "license: mit" in card
     assert "from diffusers import PixArtSigmaPipeline" in card and "diffusion-transformer" in card
+    assert "max_sequence_length=16" in card  # the toy-dit call needs its text length (family.call_kwargs)
+
+
+@pytest.mark.parametrize("spec, config, header", [
+    ("black-forest-labs/FLUX.1-dev", "flux-dev", "license: other\nlicense_name: flux-1-dev-non-commercial-license"),
+    ("black-forest-labs/FLUX.1-schnell", "flux-dev", "license: apache-2.0"),
+    ("stabilityai/stable-diffusion-3-medium-diffusers", "sd3-medium",
+     "license: other\nlicense_name: stabilityai-ai-community"),
+])
+def test_the_train_card_carries_the_teachers_base_model_and_licence(spec, config, header):
+    family = get_family("dit").for_teacher(load_teacher_config(config))
+    job = TrainJob(SimpleNamespace(spec=spec), ("design", "flux_lite"), "dit_blocks", {"batch_size": 4, "lr": 5e-5},
+                   {"steps": 4, "schedule": "constant", "warmup": 0, "ema": 0.0}, None, "/runs/x", "blocksearch train")
+    card = model_card(job, family, "D0-7", "final", None, {})
+    assert f"base_model: {spec}\n" in card and header in card
+    assert f"from diffusers import {family.pipeline_class}" in card and "## Licence" in card

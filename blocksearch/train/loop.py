@@ -299,7 +299,8 @@ class RunLog:
                  "final": curve.rows[-1] if curve.rows else None, "wall_s_last_session": round(wall_s, 1),
                  "resumed_from": self.start or None}
         (self.out / "train.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-        (self.out / "README.md").write_text(model_card(self.job, teacher.family, genome, weights, info["final"]),
+        (self.out / "README.md").write_text(model_card(self.job, teacher.family, genome, weights, info["final"],
+                                                       teacher.family.call_kwargs(teacher.pipeline)),
                                             encoding="utf-8")
         if self.tracker is not None:
             self.tracker.close()
@@ -314,9 +315,10 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def model_card(job: TrainJob, family, genome: str, weights: str, final: dict | None) -> str:
+def model_card(job: TrainJob, family, genome: str, weights: str, final: dict | None, call_kwargs: dict) -> str:
     """A short Hugging Face model card for the trained pipeline: the teacher's ``base_model`` and licence (as the
-    export's card reads them: report/model_card.py), the family's words, tags and stock pipeline."""
+    export's card reads them: report/model_card.py), the family's words, tags and stock pipeline (called with
+    ``call_kwargs``, the family's ``call_kwargs``)."""
     final = final or {}
     scores = ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "fid", "alignment") if final.get(k) is not None)
     spec, lic = job.teacher.spec, teacher_license(job.teacher.spec)
@@ -331,7 +333,8 @@ def model_card(job: TrainJob, family, genome: str, weights: str, final: dict | N
             f"weights{' (EMA decay ' + str(job.train['ema']) + ')' if job.train.get('ema') else ''}. At the last "
             f"step: {scores or 'not evaluated'}. The other components are the teacher's. Base model: {base_note}.", "",
             "```python", f"from diffusers import {family.pipeline_class}",
-            f'pipe = {family.pipeline_class}.from_pretrained("{job.out}")', "```", "",
+            f'pipe = {family.pipeline_class}.from_pretrained("{job.out}")',
+            f'image = pipe("a prompt"{"".join(f", {k}={v!r}" for k, v in call_kwargs.items())}).images[0]', "```", "",
             *license_lines(lic),
             f"Made by: `{job.command}`; the learning curve is curve.html / curve.png / curve.csv.", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
