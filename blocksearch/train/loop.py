@@ -71,11 +71,13 @@ class TrainJob:
 def make_student(job: TrainJob, teacher: Teacher):
     """A design cut out of the teacher (surgery), or a saved student folder (``load_student``): the family's."""
     family = teacher.family
-    if not family.trains or (job.student[0] == "init" and family.load_student is None):
+    if not family.trains:
         raise BlocksearchError(f"blocksearch train: the {family.name} family's students do not train here (its "
-                               f"`trains` hook is off{'' if family.load_student else ', and it reads no saved student'}"
-                               f"); teacher {job.teacher.spec} is a {family.denoiser_name}: distil its students with "
-                               f"blocksearch distill")
+                               f"`trains` hook is off); teacher {job.teacher.spec} is a {family.denoiser_name}: distil "
+                               f"its students with blocksearch distill")
+    if job.student[0] == "init" and family.load_student is None:
+        raise BlocksearchError(f"--init: the {family.name} family reads no saved student back; allowed: --design "
+                               f"or --trial")
     kind, value = job.student
     if kind == "design":
         return family.build_student(teacher.denoiser, resolve_design(teacher.denoiser, value, job.space)[0])
