@@ -138,3 +138,33 @@ def test_the_card_shows_the_students_block_diagram(tmp_path):
     assert f"![what the student keeps of the teacher's U-Net]({MC.CARD_DIAGRAM})" in text
     assert (out / MC.CARD_DIAGRAM).read_bytes()[:4] == b"\x89PNG"
     assert "## Samples" not in text and not (out / MC.CARD_SAMPLES).exists()
+
+
+@pytest.mark.parametrize("spec, license_id, name", [
+    ("stabilityai/stable-diffusion-xl-base-1.0", "openrail++", None),
+    ("stabilityai/stable-diffusion-3-medium-diffusers", "other", "stabilityai-ai-community"),
+    ("stabilityai/stable-diffusion-3.5-large", "other", "stabilityai-ai-community"),
+    ("stabilityai/stable-diffusion-3.5-medium", "other", "stabilityai-ai-community"),
+    ("black-forest-labs/FLUX.1-dev", "other", "flux-1-dev-non-commercial-license"),
+    ("black-forest-labs/FLUX.1-schnell", "apache-2.0", None),
+])
+def test_each_teachers_card_has_its_own_base_model_and_licence(spec, license_id, name, tmp_path):
+    """The Hub metadata of each teacher's own card: a custom licence is `other` with its name and link."""
+    lic = MC.teacher_license(spec)
+    assert (lic.id, lic.name, lic.known) == (license_id, name, True)
+    assert lic.restricted == (license_id != "apache-2.0")
+    assert (lic.link is not None) == (name is not None)
+    assert MC.base_model(spec)[0] == spec
+    meta = ModelCard(f"---\n{MC.ModelCardData(base_model=spec, license=lic.id, license_name=lic.name, license_link=lic.link).to_yaml()}\n---\n").data
+    assert (meta.base_model, meta.license, meta.get("license_name")) == (spec, license_id, name)
+    text = "\n".join(MC.license_lines(lic))
+    assert (name or license_id) in text and ("Fill in" not in text)
+
+
+def test_a_teacher_folder_declaring_a_custom_licence_passes_its_name_on(tmp_path):
+    """A downloaded FLUX.1-dev folder's README says `license: other` + its name; a relative link becomes the Hub's."""
+    flux = _folder(tmp_path / "flux", readme="---\nlicense: other\nlicense_name: flux-1-dev-non-commercial-license\n"
+                                              "license_link: LICENSE.md\n---\n# FLUX.1 [dev]\n")
+    lic = MC.teacher_license(flux)
+    assert (lic.id, lic.name) == ("other", "flux-1-dev-non-commercial-license")
+    assert lic.link == MC.HUB_LICENSE_NAMES["flux-1-dev-non-commercial-license"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from blocksearch.cache import write_text
 from blocksearch.errors import BlocksearchError
+from blocksearch.families.base import BLOCK_MAP_FILE  # the layer reads a saved student's arch from it
 
-BLOCK_MAP_FILE = "block_map.json"
 FORMAT = "blocksearch-block-map"
 VERSION = 1
 

@@ -17,6 +17,9 @@ toy captions: the cost, not the quality), ``--kd-batch`` and ``--kd-precision``,
 trial decides it (``auto``); it prints the KD step time, the peak GPU memory, and the teacher cache's bytes
 per step or that the teacher ran live (the real-size check of a lent GPU).
 
+SDXL, SD3 and Flux (``--teacher sdxl | sd3-medium | flux-dev``) are measured at the denoiser alone:
+bench/deploy_denoiser.py.
+
 Memory: one student at a time is alive beside the teacher during the latency phase, and the KD check loads
 the teacher from the folder it was saved to after the latency phase's pipeline is freed; each phase ends
 with a line of this process's resident memory, now and at its peak so far (``getrusage``'s ``ru_maxrss``).
@@ -38,6 +41,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from blocksearch.bench.deploy_denoiser import TEACHERS as DENOISER_ONLY, cmd_deploy_denoiser, memory_line
 from blocksearch.recipe.distill import DistillConfig, distill
 
 from blocksearch.errors import BlocksearchError
@@ -71,7 +75,8 @@ def random_pipeline(name: str, scale: float = 1.0) -> StableDiffusionPipeline:
     shrinks every width (tests only: the same code path in seconds)."""
     if name not in TEXT_ENCODERS:
         raise BlocksearchError(f"bench deploy --teacher {name}: allowed: toy, a toy-built folder, "
-                               f"{', '.join(TEXT_ENCODERS)} (SDXL's two text encoders are not built here)")
+                               f"{', '.join(TEXT_ENCODERS)} (a whole pipeline), {', '.join(DENOISER_ONLY)} (the "
+                               f"denoiser alone: their text encoders are not built here)")
     torch.manual_seed(0)
     unet_config, vae_config, text = dict(ARCHITECTURES[name]), dict(SD_VAE), dict(TEXT_ENCODERS[name])
     if scale != 1.0:
@@ -99,11 +104,13 @@ def cmd_bench_deploy(args) -> int:
     dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
     if dtype == "fp16" and not args.device.startswith("cuda"):
         raise BlocksearchError("--dtype fp16 needs --device cuda; on CPU use fp32 or bf16")
+    if args.teacher in DENOISER_ONLY:  # SDXL, SD3, Flux: the denoiser alone (bench/deploy_denoiser.py)
+        return cmd_deploy_denoiser(args, dtype)
     t0 = time.perf_counter()
     pipe = load_teacher(args.teacher).pipeline if args.teacher not in ARCHITECTURES else \
         random_pipeline(args.teacher, args.scale)
     family = family_of(pipe)
-    bound = load_space(args.space).bind(topology_of(getattr(pipe, family.subfolder).config))
+    bound = load_space(args.space or "unet_blocks").bind(topology_of(getattr(pipe, family.subfolder).config))
     print(f"built the teacher and the pipeline around it in {time.perf_counter() - t0:.0f} s (random weights); "
           f"{memory_line('build')}")
     print(table(latency_phase(pipe, bound, args, dtype)))
@@ -144,18 +151,6 @@ def latency_phase(pipe: StableDiffusionPipeline, bound, args, dtype: str) -> lis
             print(f"  {name}: step {metrics['latency_ms']:.2f} ms, end to end {metrics['e2e_ms']:.0f} ms, "
                   f"peak {metrics['memory_mb']:.0f} MB", flush=True)
     return rows
-
-
-def memory_line(phase: str) -> str:
-    """This process's resident memory after ``phase``: now (Linux's /proc) and its peak so far (ru_maxrss)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    try:
-        now = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))
-        now_text = f"{now / 2**30:.2f} GiB now, "
-    except (OSError, StopIteration, ValueError, IndexError):
-        now_text = ""
-    return f"memory after the {phase} phase: resident {now_text}peak {peak / 2**30:.2f} GiB so far (ru_maxrss)"
 
 
 def synthetic_imagefolder(folder: Path, images: int, size: int, seed: int = 0) -> Path:

@@ -216,9 +216,16 @@ def add_deploy(sub) -> argparse.ArgumentParser:
                     "with CFG, VAE decode) and the peak memory of one CFG U-Net step. For sd-v1 / sd-v2 the "
                     "pipeline is built from the published shapes (SD's VAE, a CLIP text encoder of the teacher's "
                     "size, PNDM); the GPU check of a lent machine: --teacher sd-v1 --device cuda.")
-    p.add_argument("--teacher", default="toy", help="toy, a `blocksearch toy build` folder, sd-v1 or sd-v2 "
+    p.add_argument("--teacher", default="toy", help="toy, a `blocksearch toy build` folder, sd-v1 or sd-v2 (the "
+                                                   "whole pipeline); sdxl, sd3-medium or flux-dev (the denoiser "
+                                                   "alone, random weights on the shipped config) "
                                                    "(default: %(default)s)")
-    p.add_argument("--space", default="unet_blocks", help="space with the named designs (default: %(default)s)")
+    p.add_argument("--space", default=None, help="space with the named designs (default: the teacher's: "
+                                                 "unet_blocks, unet_blocks_sdxl or dit_blocks)")
+    p.add_argument("--latent", type=int, default=None, help="sdxl / sd3-medium / flux-dev: latent side of the "
+                                                            "measured step (default: the teacher's, 128 = 1024 px)")
+    p.add_argument("--kd-design", default=None, help="sdxl / sd3-medium / flux-dev: the design of the KD check "
+                                                     "(default: the space's first named design)")
     p.add_argument("--device", default="cpu", help="deployment target: cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="dtype on the target (default: fp16 on CUDA, fp32 on CPU)")

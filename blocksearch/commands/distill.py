@@ -11,12 +11,14 @@ def add_parser(verbs) -> None:
     p = verbs.add_parser(
         "distill", help="cut a design out of the teacher and distil it (BK-SDM feature KD)",
         description="Build a student from the teacher by block removal, train it by a short KD run "
-                    "(L = l_task*L_task + l_out*L_out_kd + l_feat*L_feat_kd, BK-SDM), and write DIR/unet "
-                    "(diffusers, safetensors), DIR/train_log.jsonl and DIR/distill.json.")
+                    "(L = l_task*L_task + l_out*L_out_kd + l_feat*L_feat_kd, BK-SDM), and write DIR/unet or "
+                    "DIR/transformer (the teacher family's; diffusers, safetensors), DIR/block_map.json, "
+                    "DIR/train_log.jsonl and DIR/distill.json.")
     p.add_argument("--teacher", default="toy", help=TEACHER_HELP + " (default: %(default)s)")
     p.add_argument("--init", default=None, metavar="DIR",
-                   help="continue distilling a saved student (DIR/unet or a U-Net folder, e.g. an exported "
-                        "pipeline) instead of cutting --design out of the teacher")
+                   help="continue distilling a saved student of any family (a folder written by distill, train "
+                        "or export: DIR/unet or DIR/transformer, with its block_map.json; or a bare U-Net folder) "
+                        "instead of cutting --design out of the teacher")
     p.add_argument("--design", default="bk_small", help="named design of the space (bk_base, bk_small, "
                    "bk_tiny) or a genome id such as L1-1-1-1_T1-1-1-0_Mnone (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space that names the designs (default: %(default)s)")

@@ -11,20 +11,23 @@ from blocksearch.commands.common import DEFAULT_STUDY, STORAGE_HELP, TEACHER_HEL
 def add_parser(verbs) -> None:
     """Register ``train``."""
     p = verbs.add_parser(
-        "train", help="finish a chosen student: a long KD run on Ray Train (DDP, checkpoints, EMA, learning curve)",
-        description="Train one student by BK-SDM's KD loss for many steps on N Ray Train workers (DDP: gloo on CPU, "
-                    "nccl on GPU); the global batch is split into per-worker micro-batches with gradient accumulation, "
+        "train", help="finish a chosen student: a long KD run on Ray Train (data-parallel, checkpoints, EMA, curve)",
+        description="Train one student of any denoiser family (SD / SDXL U-Nets, PixArt, SD3, Flux "
+                    "transformers) by BK-SDM's KD loss for many steps on N Ray Train workers (data-parallel, the "
+                    "gradients averaged by all-reduce: gloo on CPU, nccl on GPU); the global batch is split into per-worker micro-batches with gradient accumulation, "
                     "the same samples whatever the number of workers. Checkpoints (safetensors + JSON: weights, "
                     "optimizer, EMA, data position) go to DIR/ray/train; rerunning the same command after a kill "
                     "continues from the last one. Worker 0 evaluates every --eval-every steps at the search's "
                     "evaluation settings and writes DIR/curve.csv, curve.png, curve.html; the final student is a "
-                    "StableDiffusionPipeline folder in DIR. The teacher runs live in each worker (no teacher cache). "
-                    "Example: blocksearch train --design bk_small --workers 2 -o runs/bk_small-full")
+                    "folder of the teacher's stock pipeline class in DIR. The teacher runs live in each worker (no teacher cache). "
+                    "Example: blocksearch train --design bk_small --workers 2 -o runs/bk_small-full; a transformer: "
+                    "blocksearch train --teacher toy-dit --space dit_blocks --design tinyfusion_14 -o runs/tf14")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--design", help="a named design of --space (bk_base, bk_small, bk_tiny) or a genome id, cut "
-                                        "out of the teacher")
-    which.add_argument("--init", metavar="DIR", help="a saved student: DIR/unet, a U-Net or a pipeline folder (e.g. "
-                                                     "an exported one)")
+    which.add_argument("--design", help="a named design of --space (bk_small, koala_700m, tinyfusion_14, ...) or a "
+                                        "genome id, cut out of the teacher")
+    which.add_argument("--init", metavar="DIR", help="a saved student: a folder written by distill, train or export "
+                                                     "(DIR/unet or DIR/transformer beside its block_map.json), or a "
+                                                     "bare U-Net folder")
     which.add_argument("--trial", type=int, metavar="N", help="trial N of --study: its saved student, teacher and "
                                                               "KD / evaluation settings (flags override them)")
     p.add_argument("--study", default=DEFAULT_STUDY, help="study of --trial (default: %(default)s)")

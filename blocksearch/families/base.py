@@ -10,8 +10,10 @@ A new family is one module that provides a ``Family``, one space YAML that names
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, fields
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from blocksearch.errors import BlocksearchError
@@ -335,6 +337,34 @@ def family_of(pipeline) -> Family:
     """The family of a loaded diffusers pipeline (``family_name_of`` its non-empty components), for its denoiser."""
     family = get_family(family_name_of(k for k, v in pipeline.components.items() if v is not None))
     return family.for_teacher(getattr(pipeline, family.subfolder).config)
+
+
+BLOCK_MAP_FILE = "block_map.json"  # a student folder's cut: its arch and weight map (adapt/blockmap.py writes it)
+
+
+def student_from_block_map(family: Family, folder, teacher_denoiser: torch.nn.Module) -> Any:
+    """A saved student (``distill --init``, ``train --init``) whose config does not say which teacher blocks it kept
+    (a transformer keeps any k of n): its arch is the ``arch`` of the ``block_map.json`` that distill, train and
+    export write beside the denoiser folder; surgery on ``teacher_denoiser`` gives the weight map and KD pairs, and
+    the saved weights replace the cut's (every tensor, shapes checked)."""
+    folder = Path(folder)
+    found = next((f / BLOCK_MAP_FILE for f in (folder, folder.parent) if (f / BLOCK_MAP_FILE).is_file()), None)
+    if found is None:
+        raise BlocksearchError(f"--init {folder}: no {BLOCK_MAP_FILE} beside it, so which teacher blocks it kept is "
+                               f"unknown; allowed: a folder written by blocksearch distill, train or export")
+    doc = json.loads(found.read_text())
+    if doc.get("family") != family.name:
+        raise BlocksearchError(f"--init {folder}: a {doc.get('family')} student ({found}); allowed: a student of "
+                               f"the teacher's family, {family.name}")
+    student = family.build_student(teacher_denoiser, family.arch_from_id(doc["arch"]))
+    saved = family.load_student_denoiser(found.parent, teacher_denoiser).state_dict()
+    mine = student.denoiser.state_dict()
+    wrong = sorted(set(mine) ^ set(saved)) or [k for k in mine if mine[k].shape != saved[k].shape]
+    if wrong:
+        raise BlocksearchError(f"--init {folder}: tensor {wrong[0]} does not match a cut of arch {doc['arch']} from "
+                               f"this teacher; distil it from the teacher it came from")
+    student.denoiser.load_state_dict(saved)
+    return student
 
 
 def is_flow(scheduler) -> bool:

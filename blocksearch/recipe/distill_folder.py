@@ -30,9 +30,10 @@ def distill_folder(args) -> int:
     teacher = ref.load(args.device)
     if args.init:  # continue distilling a saved student (e.g. an exported one, at full length)
         if teacher.family.load_student is None:
-            raise BlocksearchError(f"--init continues U-Net students only; teacher {args.teacher} is a "
-                                   f"{teacher.family.denoiser_name}: distil a --design from it instead")
-        student, name = teacher.family.load_student(args.init, teacher.unet), None
+            raise BlocksearchError(f"--init: the {teacher.family.name} family cannot read a saved student back; "
+                                   f"teacher {args.teacher} is a {teacher.family.denoiser_name}: distil a --design "
+                                   f"from it instead")
+        student, name = teacher.family.load_student(args.init, teacher.denoiser), None
         genome = student.genome
     else:
         genome, name = resolve_design(teacher.denoiser, args.design, args.space)

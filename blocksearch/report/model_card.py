@@ -3,9 +3,12 @@ base model, licence, library, pipeline tag, tags, and a ``model-index`` of the m
 by ``huggingface_hub`` itself, and whose body holds the architecture against the teacher, how every number
 was measured, and the commands that made the student and that continue its training.
 
-Licence: a derived model carries its teacher's licence. Stable Diffusion v1 is under the CreativeML
-OpenRAIL-M licence, v2 and XL under CreativeML OpenRAIL++-M; both are RAIL licences whose use
-restrictions must travel with every derivative (their paragraph 4 / attachment A).
+Licence: a derived model carries its teacher's licence, as the teacher's own Hub card declares it. Stable
+Diffusion v1 is under the CreativeML OpenRAIL-M licence, v2 and XL under CreativeML OpenRAIL++-M; both are RAIL
+licences whose use restrictions must travel with every derivative (their paragraph 4 / attachment A). SD3 and
+SD3.5 are under the Stability AI Community License and FLUX.1 [dev] under its non-commercial licence: custom
+licences, which the Hub writes as ``license: other`` with a ``license_name`` and ``license_link``; FLUX.1 [schnell]
+is Apache-2.0.
 """
 
 from __future__ import annotations
@@ -33,8 +36,16 @@ SHARED_TAGS = ("blocksearch", "knowledge-distillation", "block-removal", "text-t
 TAG_ORDER = ("blocksearch", "bk-sdm", "knowledge-distillation", "block-removal", "text-to-image", "stable-diffusion")
 # Hub licence ids of the published SD teachers: blocksearch's architecture names (families/unet/topology.py
 # ARCH_LICENSE) and Hub ids
+# and Hub ids; a custom licence is "other" with the name and link of the teacher card's ``license_name`` /
+# ``license_link`` (HUB_LICENSE_NAMES)
 HUB_LICENSE = ((r"^(compvis|runwayml|stable-diffusion-v1-5|stabilityai)/stable-diffusion-v1", "creativeml-openrail-m"),
-               (r"^stabilityai/(stable-diffusion-2|stable-diffusion-xl|sdxl)", "openrail++"))
+               (r"^stabilityai/(stable-diffusion-2|stable-diffusion-xl|sdxl)", "openrail++"),
+               (r"^stabilityai/stable-diffusion-3(\.5)?-", "stabilityai-ai-community"),  # SD3 Medium, SD3.5 Large/Medium
+               (r"^black-forest-labs/flux\.1-dev", "flux-1-dev-non-commercial-license"),
+               (r"^black-forest-labs/flux\.1-schnell", "apache-2.0"))
+HUB_LICENSE_NAMES = {  # license_name -> license_link, as the teachers' Hub cards declare them (license: other)
+    "stabilityai-ai-community": "https://stability.ai/community-license-agreement",
+    "flux-1-dev-non-commercial-license": "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"}
 # blocksearch's architecture names -> the Hub checkpoints whose configs they copy: families/unet/topology.py ARCH_HUB
 RAIL = ("creativeml-openrail-m", "openrail++", "openrail")
 # Full-length training on one GPU: BK-SDM's global batch of 256, split into micro-batches
@@ -52,17 +63,27 @@ METRICS = (("fid", "FID (lower is better)", "fid", "fid"), ("kid", "KID (mean ov
 class CardLicense:
     """The Hub licence id a student inherits from its teacher, and where that was read."""
 
-    id: str  # a Hub licence id (creativeml-openrail-m, openrail++, mit, ...) or "other" when unknown
+    id: str  # a Hub licence id (creativeml-openrail-m, openrail++, mit, ...) or "other": custom (named) or unknown
     source: str  # one clause for the card: why this licence
+    name: str | None = None  # a custom licence's Hub ``license_name`` (with id "other")
+    link: str | None = None  # its ``license_link``
+
+    @classmethod
+    def of(cls, license_id: str, source: str) -> "CardLicense":
+        """A Hub licence id, or a custom licence's name from ``HUB_LICENSE_NAMES`` (then id "other")."""
+        if license_id in HUB_LICENSE_NAMES:
+            return cls("other", source, license_id, HUB_LICENSE_NAMES[license_id])
+        return cls(license_id, source)
 
     @property
     def restricted(self) -> bool:
-        """A RAIL licence: its use restrictions bind every derived model."""
-        return self.id in RAIL
+        """A RAIL or a named custom licence (Stability's community, FLUX.1 [dev]'s non-commercial): its use
+        restrictions bind every derived model."""
+        return self.id in RAIL or self.name is not None
 
     @property
     def known(self) -> bool:
-        return self.id != "other"
+        return self.id != "other" or self.name is not None
 
 
 def teacher_license(spec: str) -> CardLicense:
@@ -79,7 +100,7 @@ def teacher_license(spec: str) -> CardLicense:
         return declared
     for pattern, license_id in HUB_LICENSE if kind == "hub" else ():
         if re.match(pattern, spec.lower()):
-            return CardLicense(license_id, f"the licence of {spec} on the Hugging Face Hub")
+            return CardLicense.of(license_id, f"the licence of {spec} on the Hugging Face Hub")
     return CardLicense("other", f"blocksearch could not tell the licence of teacher {spec}")
 
 
@@ -95,9 +116,13 @@ def _declared_license(spec: str, kind: str) -> CardLicense | None:
     files = [f for f in files if f.is_file()]
     readme = next((f for f in files if f.name == "README.md"), None)
     if readme is not None:
-        license_id = ModelCard.load(readme, ignore_metadata_errors=True).data.license
-        if license_id:
-            return CardLicense(str(license_id), f"declared in the teacher's {readme.name}")
+        data = ModelCard.load(readme, ignore_metadata_errors=True).data
+        if data.license:
+            name, link = data.get("license_name"), data.get("license_link")
+            if data.license == "other" and name:
+                link = str(link) if str(link or "").startswith("http") else HUB_LICENSE_NAMES.get(str(name), link)
+                return CardLicense("other", f"declared in the teacher's {readme.name}", str(name), link)
+            return CardLicense(str(data.license), f"declared in the teacher's {readme.name}")
     for f in files:  # the SD licence texts say "CreativeML Open RAIL-M" / "Open RAIL++-M"
         rail = re.search(r"open ?rail(\+\+)?", f.read_text(encoding="utf-8", errors="replace").lower())
         if rail:
@@ -160,7 +185,8 @@ def card_data(report: ParetoReport, t: TrialPoint, family: Family) -> ModelCardD
     teacher = report.attrs.get("teacher", "?")
     lic = teacher_license(teacher)
     tags = card_tags(family)
-    return ModelCardData(base_model=base_model(teacher)[0], license=lic.id, library_name="diffusers",
+    return ModelCardData(base_model=base_model(teacher)[0], license=lic.id, license_name=lic.name,
+                         license_link=lic.link, library_name="diffusers",
                          pipeline_tag="text-to-image", tags=list(tags),
                          model_name=f"{report.study}-trial{t.number}-{t.genome}",
                          eval_results=eval_results(report, t, family) or None)
@@ -201,7 +227,7 @@ def model_card(report: ParetoReport, t: TrialPoint, folder: Path, export_command
              "```python", f"from diffusers import {family.pipeline_class}", "",
              f'pipe = {family.pipeline_class}.from_pretrained("{folder}")',
              f'image = pipe("a prompt", num_inference_steps=20{extra}).images[0]', "```", "",
-             *_license_lines(lic), *_samples_lines(report, t, folder), *_architecture_lines(t, teacher, family, folder),
+             *license_lines(lic), *_samples_lines(report, t, folder), *_architecture_lines(t, teacher, family, folder),
              *_metric_lines(report, t, folder, teacher_cost, family),
              "## How it was made", "", f"- search: `{a.get('command', '?')}` (study `{report.study}`, "
              f"trial {t.number}, space `{a.get('space', '?')}`)"]
@@ -227,8 +253,10 @@ def type_name(family: Family) -> str:
     return getattr(family, "model_class", None) or family.denoiser_name
 
 
-def _license_lines(lic: CardLicense) -> list[str]:
+def license_lines(lic: CardLicense) -> list[str]:
     text = f"`{lic.id}`: {lic.source}."
+    if lic.name:
+        text = f"`{lic.name}` ({lic.link}): {lic.source}."
     if lic.restricted:
         text += (" This student is a derivative of its teacher, so the licence's use restrictions travel with "
                  "it: anyone who shares or uses it must keep them and pass them on to its users.")

@@ -1,8 +1,13 @@
 """The loop of ``blocksearch train`` on one worker: BK-SDM's KD loss (``distill.Distiller.losses``; the teacher
-runs live under no_grad) on this worker's micro-batches of each global batch, gradient accumulation, DDP's
-all-reduce across workers (``ray.train.torch.prepare_model``), AdamW with the step's learning rate, EMA, and a
-checkpoint every K steps through ``ray.train.report``. Worker 0 also evaluates, logs, tracks, draws the learning
-curve and exports the final pipeline. A Session hides where the loop runs: a Ray Train worker, or this process.
+runs live under no_grad) on this worker's micro-batches of each global batch, gradient accumulation, the gradients
+averaged across workers (one all-reduce per bucket after the last micro-batch: data-parallel SGD as DDP does it),
+AdamW with the step's learning rate, EMA, and a checkpoint every K steps through ``ray.train.report``. Worker 0 also
+evaluates, logs, tracks, draws the learning curve and exports the final pipeline. A Session hides where the loop
+runs: a Ray Train worker, or this process.
+
+Every family trains alike: the student and teacher are the family's (``build_student`` / ``load_student``), each
+call goes through ``family.forward`` on the denoiser itself (no DDP wrapper, whose class and missing ``config``
+the families' calls would see), and the final student drops into the teacher's stock pipeline class.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from huggingface_hub import ModelCardData
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
 from blocksearch.console import quiet
 from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, score_images
+from blocksearch.report.model_card import base_model, card_tags, license_lines, teacher_license, type_name
 from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve, truncate_log, write_curve
 from blocksearch.teachers import Teacher, TeacherRef, with_denoiser
 from blocksearch.train.tracking import open_tracker
@@ -37,6 +44,7 @@ from blocksearch.train.state import (TrainConfig, load_state, micro_batch, save_
 
 RUN_NAME = "train"  # DIR/ray/train: Ray Train's storage of the run (checkpoints, the manager's snapshot)
 TERMS = ("loss", "loss_task", "loss_kd_out", "loss_kd_feat")
+BUCKET = 2**24  # gradient elements per all-reduce (64 MiB of fp32): few calls, bounded extra memory
 
 
 @dataclass(frozen=True)
@@ -61,14 +69,19 @@ class TrainJob:
 
 
 def make_student(job: TrainJob, teacher: Teacher):
-    """A design cut out of the teacher (surgery), or a saved student folder (``load_student``)."""
-    if not teacher.family.trains:  # the full-length training of transformer students is not built yet
-        raise BlocksearchError(f"blocksearch train trains U-Net students; teacher {job.teacher.spec} is a "
-                               f"{teacher.family.denoiser_name} (distil its students with blocksearch distill)")
+    """A design cut out of the teacher (surgery), or a saved student folder (``load_student``): the family's."""
+    family = teacher.family
+    if not family.trains:
+        raise BlocksearchError(f"blocksearch train: the {family.name} family's students do not train here (its "
+                               f"`trains` hook is off); teacher {job.teacher.spec} is a {family.denoiser_name}: distil "
+                               f"its students with blocksearch distill")
+    if job.student[0] == "init" and family.load_student is None:
+        raise BlocksearchError(f"--init: the {family.name} family reads no saved student back; allowed: --design "
+                               f"or --trial")
     kind, value = job.student
     if kind == "design":
-        return teacher.family.build_student(teacher.denoiser, resolve_design(teacher.denoiser, value, job.space)[0])
-    return teacher.family.load_student(value, teacher.denoiser)
+        return family.build_student(teacher.denoiser, resolve_design(teacher.denoiser, value, job.space)[0])
+    return family.load_student(value, teacher.denoiser)
 
 
 # -- where the loop runs ----------------------------------------------------------------------------------
@@ -90,8 +103,8 @@ class RaySession:
             yield Path(folder)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this worker's device, in DDP over the workers (with more than one)."""
-        return ray.train.torch.prepare_model(model)
+        """The model on this worker's device (``train_step`` averages the gradients across workers)."""
+        return ray.train.torch.prepare_model(model, parallel_strategy=None)
 
     def report(self, metrics: dict, step: int, folder: Path | None) -> None:
         """Every worker calls it (a barrier); worker 0 brings the checkpoint folder."""
@@ -147,16 +160,16 @@ def train_worker(job: TrainJob, session) -> None:
     lead, out = session.rank == 0, Path(job.out)
     teacher = job.teacher.load(session.device)
     student = make_student(job, teacher)
-    ema = Ema(student.unet, tcfg.ema) if tcfg.ema and lead else None  # before the KD hooks: a clean copy
+    ema = Ema(student.denoiser, tcfg.ema) if tcfg.ema and lead else None  # before the KD hooks: a clean copy
     recipe = Distiller(teacher, student, dcfg, session.device)
     micro, accum = split(dcfg.batch_size, session.world, tcfg.micro_batch_size)
     settings, genome = settings_of(dcfg, tcfg), student.genome.id
     start = 0
     with session.latest() as folder:
         if folder is not None:
-            start = load_state(folder, recipe.unet, recipe.opt, recipe.scaler, ema, genome, teacher.unet, settings)
-    raw = recipe.unet
-    recipe.unet = model = session.wrap(raw)  # Distiller.losses runs the student through DDP
+            start = load_state(folder, recipe.unet, recipe.opt, recipe.scaler, ema, genome, teacher.denoiser,
+                               settings)
+    raw = recipe.unet = session.wrap(recipe.unet)  # the student denoiser, on this worker's device
     stream = batch_stream(teacher, dcfg)
     log = RunLog(job, start, session.world, micro, accum) if lead else None
     eval_cfg = EvalConfig.from_dict(job.eval) if job.eval else None
@@ -165,7 +178,7 @@ def train_worker(job: TrainJob, session) -> None:
         lr = lr_at(i, dcfg.lr, tcfg.warmup, tcfg.steps, tcfg.schedule)
         for group in recipe.opt.param_groups:
             group["lr"] = lr
-        record = train_step(recipe, model, stream[i], session, micro, accum, i + 1) | {"lr": lr}
+        record = train_step(recipe, stream[i], session, micro, accum, i + 1) | {"lr": lr}
         if ema is not None:
             ema.update(raw)
         step, scores = i + 1, {}
@@ -178,7 +191,8 @@ def train_worker(job: TrainJob, session) -> None:
         if step % tcfg.every_checkpoint == 0 or step == tcfg.steps:
             with tempfile.TemporaryDirectory() as tmp:
                 if lead:
-                    save_state(Path(tmp), raw, recipe.opt, recipe.scaler, ema, step, genome, teacher.unet, settings)
+                    save_state(Path(tmp), raw, recipe.opt, recipe.scaler, ema, step, genome, teacher.denoiser,
+                               settings)
                     log.progress(step, record, scores, (step - start) / (time.perf_counter() - t0), True)
                 session.report(record | scores, step, Path(tmp) if lead else None)
         elif lead and scores:
@@ -188,19 +202,19 @@ def train_worker(job: TrainJob, session) -> None:
         log.finish(teacher, ema.model if ema else raw, genome, time.perf_counter() - t0)
 
 
-def train_step(recipe: Distiller, model, batch, session, micro: int, accum: int, step: int) -> dict:
-    """One optimizer step on the global batch: this worker's ``accum`` micro-batches (the gradients of the
-    others' arrive by DDP's all-reduce on the last one), the step's losses averaged over every worker."""
+def train_step(recipe: Distiller, batch, session, micro: int, accum: int, step: int) -> dict:
+    """One optimizer step on the global batch: this worker's ``accum`` micro-batches, then the gradients averaged
+    over every worker (``average_gradients``), the step's losses too."""
+    model = recipe.unet
     sums = torch.zeros(len(TERMS), device=recipe.device)
     for a in range(accum):
         part = micro_batch(batch, session.rank, session.world, a, micro).to(recipe.device)
         t_out, t_feats = recipe.teacher_targets(part)
-        last = a == accum - 1 or not hasattr(model, "no_sync")
-        with contextlib.nullcontext() if last else model.no_sync():
-            terms = recipe.losses(part, t_out, t_feats)
-            recipe.scaler.scale(terms["loss"] / accum).backward()
+        terms = recipe.losses(part, t_out, t_feats)
+        recipe.scaler.scale(terms["loss"] / accum).backward()
         sums += torch.stack([terms[k].detach().float() for k in TERMS]) / accum
     if session.world > 1:
+        average_gradients(model, session.world)
         dist.all_reduce(sums)
         sums /= session.world
     record = {"step": step} | {k: float(v) for k, v in zip(TERMS, sums)}
@@ -214,6 +228,23 @@ def train_step(recipe: Distiller, model, batch, session, micro: int, accum: int,
     recipe.scaler.update()
     recipe.opt.zero_grad(set_to_none=True)
     return record
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Data-parallel SGD's step (as DDP's reducer does it): every gradient becomes its mean over the ``world``
+    workers, in buckets of ``BUCKET`` elements flattened into one all-reduce each. Every worker holds the same
+    model, so the buckets line up."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    while grads:
+        bucket, size = [], 0
+        while grads and (not bucket or size + grads[0].numel() <= BUCKET):
+            size += grads[0].numel()
+            bucket.append(grads.pop(0))
+        flat = torch.cat([g.flatten() for g in bucket])
+        dist.all_reduce(flat)
+        flat /= world
+        for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(part.view_as(g))
 
 
 class RunLog:
@@ -270,7 +301,9 @@ class RunLog:
                  "final": curve.rows[-1] if curve.rows else None, "wall_s_last_session": round(wall_s, 1),
                  "resumed_from": self.start or None}
         (self.out / "train.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-        (self.out / "README.md").write_text(model_card(self.job, genome, weights, info["final"]), encoding="utf-8")
+        (self.out / "README.md").write_text(model_card(self.job, teacher.family, genome, weights, info["final"],
+                                                       teacher.family.call_kwargs(teacher.pipeline)),
+                                            encoding="utf-8")
         if self.tracker is not None:
             self.tracker.close()
 
@@ -284,19 +317,26 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def model_card(job: TrainJob, genome: str, weights: str, final: dict | None) -> str:
-    """A short Hugging Face model card for the trained pipeline."""
+def model_card(job: TrainJob, family, genome: str, weights: str, final: dict | None, call_kwargs: dict) -> str:
+    """A short Hugging Face model card for the trained pipeline: the teacher's ``base_model`` and licence (as the
+    export's card reads them: report/model_card.py), the family's words, tags and stock pipeline (called with
+    ``call_kwargs``, the family's ``call_kwargs``)."""
     final = final or {}
     scores = ", ".join(f"{k} {final[k]:.4g}" for k in ("loss", "fid", "alignment") if final.get(k) is not None)
-    return "\n".join([
-        "---", "library_name: diffusers", "pipeline_tag: text-to-image",
-        "tags: [stable-diffusion, knowledge-distillation, bk-sdm, blocksearch]", "---", "",
-        f"# `{genome}`, trained by `blocksearch train`", "",
-        f"A block-removed U-Net distilled from teacher `{job.teacher.spec}` with BK-SDM's feature KD (arXiv "
-        f"2305.15798) for {job.train['steps']} steps at global batch {job.distill['batch_size']}, lr {job.distill['lr']} "
-        f"({job.train['schedule']}, warm-up {job.train['warmup']}). `unet/` holds the {weights} weights"
-        f"{' (EMA decay ' + str(job.train['ema']) + ')' if job.train.get('ema') else ''}. At the last step: "
-        f"{scores or 'not evaluated'}. The VAE, text encoder, tokenizer and scheduler are the teacher's.", "",
-        "```python", "from diffusers import StableDiffusionPipeline",
-        f'pipe = StableDiffusionPipeline.from_pretrained("{job.out}")', "```", "",
-        f"Made by: `{job.command}`; the learning curve is curve.html / curve.png / curve.csv.", ""])
+    spec, lic = job.teacher.spec, teacher_license(job.teacher.spec)
+    base, base_note = base_model(spec)
+    data = ModelCardData(base_model=base, license=lic.id, license_name=lic.name, license_link=lic.link,
+                         library_name="diffusers", pipeline_tag="text-to-image", tags=card_tags(family))
+    what = family.card_summary.format(denoiser=family.denoiser_name, model_class=type_name(family))
+    body = [f"# `{genome}`, trained by `blocksearch train`", "",
+            f"{what}, distilled from teacher `{spec}` with BK-SDM's feature KD (arXiv 2305.15798) for "
+            f"{job.train['steps']} steps at global batch {job.distill['batch_size']}, lr {job.distill['lr']} "
+            f"({job.train['schedule']}, warm-up {job.train['warmup']}). `{family.subfolder}/` holds the {weights} "
+            f"weights{' (EMA decay ' + str(job.train['ema']) + ')' if job.train.get('ema') else ''}. At the last "
+            f"step: {scores or 'not evaluated'}. The other components are the teacher's. Base model: {base_note}.", "",
+            "```python", f"from diffusers import {family.pipeline_class}",
+            f'pipe = {family.pipeline_class}.from_pretrained("{job.out}")',
+            f'image = pipe("a prompt"{"".join(f", {k}={v!r}" for k, v in call_kwargs.items())}).images[0]', "```", "",
+            *license_lines(lic),
+            f"Made by: `{job.command}`; the learning curve is curve.html / curve.png / curve.csv.", ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)

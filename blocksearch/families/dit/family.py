@@ -9,7 +9,7 @@ from pathlib import Path
 
 import diffusers
 
-from blocksearch.families.base import DenoiserFamily
+from blocksearch.families.base import DenoiserFamily, student_from_block_map
 from blocksearch.families.dit.blockmap import weight_map
 from blocksearch.families.dit.describe import layout
 from blocksearch.families.dit.genome import (DitGenome, architecture_diff, architecture_table, model_class_of, removed,
@@ -42,15 +42,20 @@ def load_student_denoiser(folder, teacher_denoiser):
     return type(teacher_denoiser).from_pretrained(folder, subfolder=sub, use_safetensors=True)
 
 
+def load_student(folder, teacher_denoiser):
+    """A saved student to go on from (``distill --init``, ``train --init``): its kept blocks are its block map's."""
+    return student_from_block_map(FAMILY, folder, teacher_denoiser)
+
+
 FAMILY = DenoiserFamily(
     name="dit", subfolder="transformer", denoiser_name="transformer", load_space=load, topology=topology_of,
     arch_from_id=DitGenome.from_id, student_config=student_config, build_student=build_student, kd_pairs=kd_pairs,
     kd_teacher_modules=kd_teacher_modules, encode_text=encode_text, forward=forward, forward_inputs=forward_inputs,
     describe=describe, architecture_diff=architecture_diff, architecture_table=architecture_table, removed=removed,
-    load_pipeline=load_pipeline, weight_map=weight_map, id_example="'D0-7' (blocks 0..7 kept)", trains=False,
+    load_pipeline=load_pipeline, weight_map=weight_map, id_example="'D0-7' (blocks 0..7 kept)", trains=True,
     card_tags=("diffusion-transformer", "depth-pruning"),
     card_summary="A depth-pruned {denoiser} ({model_class}) found by blocksearch (blocks removed as TinyFusion, "
                  "arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)",
     kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, cond_of_inputs=cond_of_inputs,
-    specialise=specialise,
+    specialise=specialise, load_student=load_student,
     load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy-dit", layout=layout)
