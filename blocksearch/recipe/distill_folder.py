@@ -11,6 +11,7 @@ import torch
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
+from blocksearch.recipe.student_files import check_student
 from blocksearch.teachers import resolve_teacher
 
 
@@ -32,6 +33,7 @@ def distill_folder(args) -> int:
         if teacher.family.load_student is None:
             raise BlocksearchError(f"--init continues U-Net students only; teacher {args.teacher} is a "
                                    f"{teacher.family.denoiser_name}: distil a --design from it instead")
+        check_student(args.init, then="--init cannot continue from it; pass another student, or --design")
         student, name = teacher.family.load_student(args.init, teacher.unet), None
         genome = student.genome
     else:
