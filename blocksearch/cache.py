@@ -419,6 +419,8 @@ def folder_problem(folder: Path | str, records: dict | None = None) -> tuple[Pat
     if not names and aside:
         return aside[0], f"its weights were set aside as corrupt ({aside[0].name}) by an earlier check"
     for name in names:
+        if not (folder / name).exists() and (folder / f"{name}{CORRUPT}").exists():
+            return folder / f"{name}{CORRUPT}", f"it was set aside as corrupt ({name}{CORRUPT}) by an earlier check"
         problem = file_problem(folder / name, "safetensors", records.get(name))
         if problem is not None:
             return folder / name, problem
