@@ -39,7 +39,7 @@ def test_a_truncated_teacher_cache_is_rebuilt_and_the_search_completes(tiny_teac
     [line] = [r.getMessage() for r in caplog.records if "is corrupt" in r.getMessage()]
     assert line.startswith(f"blocksearch: {path} is corrupt: ") and "rebuilding it" in line, line
     assert path.with_name(path.name + CORRUPT).is_file() and file_problem(path) is None  # set aside; rebuilt whole
-    assert list(path.parent.glob("*.safetensors")) == [path]  # the run's cache is the one that was cut
+    assert path in path.parent.glob("*.safetensors")  # the run used the file that was cut (the probe has its own)
     states = [t.state.name for t in optuna.load_study(study_name="cut", storage=db).get_trials()
               if t.state.name != "WAITING"]
     assert states == ["COMPLETE", "COMPLETE"], out[-3000:]
