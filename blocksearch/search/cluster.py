@@ -50,6 +50,7 @@ def watch_head(gcs_address: str, cfg: SearchConfig, stop: threading.Event) -> th
     and how to resume, and exits with code 1. Nothing finished is lost: every finished trial is in the study, and
     the running ones are re-queued once their heartbeats go stale (the killed-driver fault, docs/reliability.md)."""
     host, _, port = gcs_address.rpartition(":")
+    shown = cfg.address if cfg.address and cfg.address != "auto" else gcs_address  # the address the user gave
 
     def poll() -> None:
         misses, why = 0, ""
@@ -60,7 +61,7 @@ def watch_head(gcs_address: str, cfg: SearchConfig, stop: threading.Event) -> th
             except OSError as err:
                 misses, why = misses + 1, err.strerror or str(err)
             if misses >= HEAD_MISSES and not stop.is_set():
-                sys.stderr.write(f"blocksearch: lost the Ray head at {gcs_address} ({why}); study {cfg.study!r} in "
+                sys.stderr.write(f"blocksearch: lost the Ray head at {shown} ({why}); study {cfg.study!r} in "
                                  f"{cfg.storage} keeps every finished trial and re-queues the running ones: start "
                                  f"Ray again and rerun the same command to resume\n")
                 sys.stderr.flush()
