@@ -400,6 +400,33 @@ def checked(path: Path | str, kind: str | None = "safetensors", then: str = "reb
     return False
 
 
+def record_folder(folder: Path | str) -> None:
+    """Write ``<name>.sha256`` beside every safetensors file of ``folder`` (a saved model's weights). Call it inside
+    ``atomic_dir``'s ``write``: the records appear with the weights, or neither does."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        write_text(path.with_name(path.name + CHECKSUM), json.dumps(file_record(path)) + "\n")
+
+
+def folder_problem(folder: Path | str, records: dict | None = None) -> tuple[Path, str] | None:
+    """(file, what is wrong) for the first safetensors file of a saved model's ``folder`` that fails
+    ``file_problem`` -- against ``records`` ({name: {"bytes", "sha256"}}) where given, else its ``.sha256`` (a file
+    with neither has its header and size checked) -- or None when all pass. A recorded file that is gone fails, and
+    so does a folder whose only weights were set aside (``.corrupt``); one that never had any is its loader's to say."""
+    folder = Path(folder)
+    records = {k: v for k, v in (records or {}).items() if k.endswith(".safetensors")}
+    names = sorted({p.name for p in folder.glob("*.safetensors")} | set(records))
+    aside = sorted(folder.glob(f"*.safetensors{CORRUPT}"))
+    if not names and aside:
+        return aside[0], f"its weights were set aside as corrupt ({aside[0].name}) by an earlier check"
+    for name in names:
+        if not (folder / name).exists() and (folder / f"{name}{CORRUPT}").exists():
+            return folder / f"{name}{CORRUPT}", f"it was set aside as corrupt ({name}{CORRUPT}) by an earlier check"
+        problem = file_problem(folder / name, "safetensors", records.get(name))
+        if problem is not None:
+            return folder / name, problem
+    return None
+
+
 def atomic_dir(path: Path | str, write, nbytes: int | None = None) -> Path:
     """``atomic_write`` for a folder (a diffusers ``save_pretrained``): ``write(tmp)`` fills a temp folder
     beside ``path``, which then replaces it (an old folder is renamed away first and deleted last: ``path`` is

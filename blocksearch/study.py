@@ -144,7 +144,10 @@ def open_storage(url: str, create_folder: bool = False, heartbeat_interval: int 
     try:
         if "://" not in url or heartbeat_interval is None:
             return optuna.storages.get_storage(url)
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # drivers take turns
+        # SQLite: drivers take turns on the file. A database server: each pooled connection is tested before use
+        # (SQLAlchemy's pool_pre_ping), so a server restart between two storage calls costs a reconnect, not the
+        # first call after it (Optuna turns pre-ping on for MySQL only; docs/reliability.md)
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,

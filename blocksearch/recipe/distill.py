@@ -41,8 +41,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
-from blocksearch.cache import (CorruptFile, atomic_dir, atomic_write, default_cache_dir, file_problem, file_record,
-                               set_aside, work_slot, yield_to_measurement)
+from blocksearch.cache import (CHECKSUM, CorruptFile, atomic_dir, atomic_write, default_cache_dir, file_problem,
+                               file_record, record_folder, set_aside, work_slot, yield_to_measurement)
 from blocksearch.console import quiet
 from blocksearch.recipe.data import Batch, BatchStream, fingerprint
 from blocksearch.errors import BlocksearchError
@@ -473,7 +473,11 @@ def write_student(out: Path, student: Student, result: DistillResult, meta: dict
     ``out/distill.json`` and ``out/block_map.json`` (adapt/blockmap.py: the cut from ``teacher_denoiser``)."""
     out.mkdir(parents=True, exist_ok=True)
     nbytes = sum(t.numel() * t.element_size() for t in student.denoiser.state_dict().values())
-    atomic_dir(out / subfolder, lambda tmp: student.denoiser.save_pretrained(tmp, safe_serialization=True), nbytes)
+    def save(tmp: Path) -> None:  # the weights and their records (cache.record_folder), as one folder
+        student.denoiser.save_pretrained(tmp, safe_serialization=True)
+        record_folder(tmp)
+
+    atomic_dir(out / subfolder, save, nbytes)
     write_block_map(out, block_map(family_of_arch(student.genome), teacher_denoiser, student.genome,
                                    meta["teacher"], meta.get("space")))
     log_text = "".join(json.dumps(r) + "\n" for r in result.losses)
@@ -482,6 +486,7 @@ def write_student(out: Path, student: Student, result: DistillResult, meta: dict
                    "fresh_tensors": list(student.fresh), "wall_s": round(result.wall_s, 2),
                    "teacher_s": round(result.teacher_s, 2), "teacher_cache": result.cache_path,
                    "final_loss": result.losses[-1] if result.losses else None}
-    info["files"] = {f"{subfolder}/{p.name}": file_record(p) for p in sorted((out / subfolder).iterdir())}
+    info["files"] = {f"{subfolder}/{p.name}": file_record(p) for p in sorted((out / subfolder).iterdir())
+                     if not p.name.endswith(CHECKSUM)}
     _write_atomic(out / "distill.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return out

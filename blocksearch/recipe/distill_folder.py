@@ -11,6 +11,7 @@ import torch
 from blocksearch.console import quiet
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.distill import DistillConfig, distill, distill_defaults, resolve_design, write_student
+from blocksearch.recipe.student_files import check_student
 from blocksearch.teachers import resolve_teacher
 
 
@@ -33,6 +34,7 @@ def distill_folder(args) -> int:
             raise BlocksearchError(f"--init: the {teacher.family.name} family cannot read a saved student back; "
                                    f"teacher {args.teacher} is a {teacher.family.denoiser_name}: distil a --design "
                                    f"from it instead")
+        check_student(args.init, then="--init cannot continue from it; pass another student, or --design")
         student, name = teacher.family.load_student(args.init, teacher.denoiser), None
         genome = student.genome
     else:

@@ -13,6 +13,7 @@ from blocksearch.recipe import evaluate as evaluation  # .evaluate looked up whe
 from blocksearch.recipe.coco import ProtocolSpec, evaluate_protocol, format_result
 from blocksearch.recipe.evaluate import EvalConfig, eval_defaults, inception_weights, student_pipeline, toy_prompts_note
 from blocksearch.recipe.preflight import check_real_inputs
+from blocksearch.recipe.student_files import check_student
 from blocksearch.teachers import load_teacher
 
 
@@ -21,6 +22,7 @@ def evaluate_folder(args, folder: Path, teacher_spec: str, out: Path) -> int:
     ``out``; print them."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_student(folder, then="nothing was evaluated; train the student again (blocksearch distill or train)")
     if args.protocol == "bk-sdm":
         return run_bk_sdm(args, folder, teacher_spec, out)
     check_real_inputs(reference=args.reference, inception_weights=args.inception_weights, clip_model=args.clip_model,

@@ -20,6 +20,7 @@ from blocksearch.console import quiet
 from blocksearch.families.cost import count_macs, count_params
 from blocksearch.errors import BlocksearchError
 from blocksearch.families.base import family_of
+from blocksearch.recipe.student_files import check_student
 from blocksearch.report.model_card import model_card
 from blocksearch.report.compute import ParetoReport, TrialPoint, load_report
 from blocksearch.teachers import load_teacher, with_denoiser
@@ -128,4 +129,6 @@ def _student_weights(t: TrialPoint) -> Path:
     if not weights.is_file() or not (weights.parent / "config.json").is_file():
         raise BlocksearchError(f"trial {t.number}: student {t.student_dir} lacks config.json or {UNET_WEIGHTS} "
                                f"(was runs/ moved or cleaned?)")
+    check_student(weights.parent, then=f"trial {t.number} is not exported; train its design again (blocksearch train "
+                                       f"--design {t.genome}, or distill --design {t.genome}) or export another trial")
     return weights

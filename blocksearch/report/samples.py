@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,13 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from blocksearch.cache import default_cache_dir
+from blocksearch.cache import CorruptFile, default_cache_dir
 from blocksearch.recipe.evaluate import EvalConfig, ToyScorer, generate_images, real_prompt_set
+from blocksearch.recipe.student_files import check_student
 from blocksearch.report.compute import ParetoReport, TrialPoint
 from blocksearch.teachers import load_teacher, resolve_teacher
+
+log = logging.getLogger(__name__)
 
 SAMPLES = 6  # prompts per row: a glance, at 6 / 128 of one evaluation's generation
 SAMPLES_DIR = "samples"  # beside a student's denoiser folder: <students>/<genome>/samples/
@@ -109,6 +113,8 @@ def sample_grid(report: ParetoReport, trials: list[TrialPoint] | None = None,
                                                                      if t.from_study else "")))
         elif not t.student_dir or not Path(t.student_dir).is_dir():
             missing.append((label(t), "its student folder is gone (runs/ moved or cleaned?)"))
+        elif (bad := _unsound(t)) is not None:
+            missing.append((label(t), bad))
         else:
             todo.append(t)
     if not todo:
@@ -126,6 +132,17 @@ def sample_grid(report: ParetoReport, trials: list[TrialPoint] | None = None,
             teacher(), teacher().family.load_student_denoiser(t.student_dir, teacher().denoiser), samples, config,
             device))))
     return SampleGrid(samples, tuple(rows), tuple(missing))
+
+
+def _unsound(t: TrialPoint) -> str | None:
+    """Why trial ``t``'s student may not be sampled -- a weight file that fails its recorded hash, now set aside
+    (recipe/student_files.py; said in one line on stderr) -- or None."""
+    try:
+        check_student(t.student_dir, then="no samples drawn from it; train its design again to see them")
+    except CorruptFile as err:
+        log.warning("blocksearch: %s", err)
+        return f"its student failed its check ({str(err).split(' is corrupt: ')[1].split(';')[0]})"
+    return None
 
 
 class _Lazy:

@@ -4,7 +4,10 @@ run of a search shares. ray_tune.py runs the trials; the driver imports it only 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+import sys
+import threading
 from typing import Callable, TextIO
 
 from blocksearch.errors import BlocksearchError
@@ -35,6 +38,38 @@ def probe_address(address: str) -> None:
     except OSError as err:
         raise BlocksearchError(f"cannot reach Ray at --address {address!r} ({err.strerror or err}); "
                                f"start one with 'ray start --head' or leave --address out") from None
+
+
+HEAD_POLL_S, HEAD_MISSES = 2.0, 5  # the Ray head is lost once its GCS port refuses this many polls in a row
+
+
+def watch_head(gcs_address: str, cfg: SearchConfig, stop: threading.Event) -> threading.Thread:
+    """Watch the Ray head (its GCS port) until ``stop`` is set. When the head is lost (``ray stop``, its node
+    killed or gone) the driver can do nothing more: Ray's own client would end the process 60 s later with a C++
+    log line (``Failed to connect to GCS within 60 seconds``). This says it first, in one line that names the study
+    and how to resume, and exits with code 1. Nothing finished is lost: every finished trial is in the study, and
+    the running ones are re-queued once their heartbeats go stale (the killed-driver fault, docs/reliability.md)."""
+    host, _, port = gcs_address.rpartition(":")
+    shown = cfg.address if cfg.address and cfg.address != "auto" else gcs_address  # the address the user gave
+
+    def poll() -> None:
+        misses, why = 0, ""
+        while not stop.wait(HEAD_POLL_S):
+            try:
+                socket.create_connection((host, int(port)), timeout=HEAD_POLL_S).close()
+                misses = 0
+            except OSError as err:
+                misses, why = misses + 1, err.strerror or str(err)
+            if misses >= HEAD_MISSES and not stop.is_set():
+                sys.stderr.write(f"blocksearch: lost the Ray head at {shown} ({why}); study {cfg.study!r} in "
+                                 f"{cfg.storage} keeps every finished trial and re-queues the running ones: start "
+                                 f"Ray again and rerun the same command to resume\n")
+                sys.stderr.flush()
+                os._exit(1)  # Ray's client cannot be shut down without its head: nothing else would return
+
+    thread = threading.Thread(target=poll, daemon=True, name="blocksearch-ray-head")
+    thread.start()
+    return thread
 
 
 def lanes(cfg: SearchConfig, resources: dict, remaining: int) -> int:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -26,12 +27,15 @@ from ray.tune.search import ConcurrencyLimiter
 
 from blocksearch.cache import outside_work_slot
 from blocksearch.errors import BlocksearchError
-from blocksearch.search.cluster import Tuning
+from blocksearch.search.cluster import Tuning, watch_head
 from blocksearch.search.console import Progress
 from blocksearch.search.searcher import StudySearch
 from blocksearch.search.study_reuse import reused_or_trained
 from blocksearch.search.trial import KD_METRIC, TrialJob, load_candidate
 from blocksearch.study import SearchConfig
+
+
+_HEAD = threading.Event()  # set: the Ray head watch (cluster.watch_head) stops
 
 
 def start_ray(cfg: SearchConfig) -> dict:
@@ -52,13 +56,16 @@ def start_ray(cfg: SearchConfig) -> dict:
             raise BlocksearchError(f"cannot start a local Ray ({why}); pick a free --dashboard-port") from None
         raise BlocksearchError(f"cannot connect to Ray at {cfg.address!r} ({why}); allowed: auto or host:port "
                                f"of a running 'ray start --head'") from None
+    _HEAD.clear()
+    watch_head(ray.get_runtime_context().gcs_address, cfg, _HEAD)  # a lost head: one line and exit 1, not Ray's 60 s
     url = ctx.dashboard_url
     return {"dashboard_url": f"http://{url}" if url else None, "resources": ray.cluster_resources(),
             "auth": os.environ.get("RAY_AUTH_MODE", "unset")}
 
 
 def stop_ray() -> None:
-    """Disconnect from Ray (a local one stops)."""
+    """Disconnect from Ray (a local one stops): the head watch first, or a local head's exit would look lost."""
+    _HEAD.set()
     ray.shutdown()
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
-from blocksearch.cache import atomic_dir, work_slot
+from blocksearch.cache import atomic_dir, record_folder, work_slot
 from blocksearch.recipe.distill import DistillConfig, checkpoint_info, distill
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.evaluate import EvalConfig, evaluate, score_images
@@ -120,7 +120,7 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
     if job.head_start is not None:  # consumed: the student went on from it
         shutil.rmtree(job.head_start, ignore_errors=True)
     out = Path(job.students_dir) / genome.id / job.teacher.family.subfolder
-    atomic_dir(out, lambda tmp: student.unet.save_pretrained(tmp, safe_serialization=True))  # never half-written
+    atomic_dir(out, lambda tmp: saved(student.unet, tmp))  # never half-written; its hashes recorded
     write_block_map(out.parent, block_map(job.teacher.family, teacher.unet, genome, job.teacher.spec, None))
     metrics = evaluate(teacher, student.unet, config, device=job.device)
     tm = metrics.timings
@@ -149,6 +149,13 @@ def _train_candidate(genome, job: TrialJob, report: Callable[[int, dict], None])
             scores = seed_scores(teacher, student.unet, config, values, job.noise_seeds, job.device, retrain, probe)
         timings["noise_s"] = time.perf_counter() - t1
     return Outcome(values, timings, str(out), {"prep_s": prep_s, "kd_start_step": kd.extra["start_step"]}, scores)
+
+
+def saved(denoiser, folder: Path) -> None:
+    """``denoiser`` saved to ``folder`` (diffusers, safetensors) with each weight file's size and SHA-256 beside it
+    (``cache.record_folder``): whoever reads the student later checks them (recipe/student_files.py)."""
+    denoiser.save_pretrained(folder, safe_serialization=True)
+    record_folder(folder)
 
 
 @contextlib.contextmanager

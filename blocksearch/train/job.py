@@ -39,6 +39,10 @@ from blocksearch.train.state import TrainConfig, settings_of, split
 TOY_TRAIN = {"steps": 1920}
 SD_TRAIN = {"steps": 50_000}
 SD_BATCH = 256
+# A worker that dies (SIGKILL: an OOM kill, a pre-empted node) or whose node is lost: Ray Train restarts the whole
+# worker group this many times (FailureConfig), each restart going on from the last registered checkpoint (the loop
+# asks ``ray.train.get_checkpoint()``); past it the run stops with one line, and rerunning the command resumes it.
+WORKER_RETRIES = 1
 # The study's KD settings a --study --trial student keeps unless a flag overrides them.
 FROM_STUDY = ("data", "resolution", "lambda_task", "lambda_out", "lambda_feat", "feat_norm", "max_grad_norm",
               "lr", "batch_size", "precision", "seed")
@@ -179,6 +183,7 @@ def fit_on_ray(job: TrainJob, tcfg: TrainConfig, address: str | None, dashboard_
             run_config=ray.train.RunConfig(
                 name=RUN_NAME, storage_path=str(Path(job.out) / "ray"),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=WORKER_RETRIES),
                 logging_config=ray.train.LoggingConfig(log_level="WARNING")))
         trainer.fit()
     except ray.train.WorkerGroupError as err:

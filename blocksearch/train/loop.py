@@ -30,6 +30,7 @@ import torch.distributed as dist
 from huggingface_hub import ModelCardData
 
 from blocksearch.adapt.blockmap import block_map, write_block_map
+from blocksearch.cache import record_folder
 from blocksearch.console import quiet
 from blocksearch.recipe.distill import DistillConfig, Distiller, batch_stream, resolve_design
 from blocksearch.errors import BlocksearchError
@@ -39,6 +40,7 @@ from blocksearch.train.learning_curve import EVAL_LOG, TRAIN_LOG, compute_curve,
 from blocksearch.teachers import Teacher, TeacherRef, with_denoiser
 from blocksearch.train.tracking import open_tracker
 from blocksearch.recipe.schedules import Ema, lr_at
+from blocksearch.recipe.student_files import check_student
 from blocksearch.train.state import (TrainConfig, load_state, micro_batch, save_state, settings_of,
                                      split)
 
@@ -81,6 +83,7 @@ def make_student(job: TrainJob, teacher: Teacher):
     kind, value = job.student
     if kind == "design":
         return family.build_student(teacher.denoiser, resolve_design(teacher.denoiser, value, job.space)[0])
+    check_student(value, then="it is not trained on; pass another student, or --design")  # its recorded hashes
     return family.load_student(value, teacher.denoiser)
 
 
@@ -291,6 +294,7 @@ class RunLog:
         """The final student as a pipeline folder in DIR, the learning curve, train.json and a short card."""
         pipe = with_denoiser(teacher.pipeline, unet.eval(), teacher.family)  # the teacher's stock pipeline class
         pipe.save_pretrained(self.out, safe_serialization=True)
+        record_folder(self.out / teacher.family.subfolder)  # its weights' hashes: readers check them (student_files)
         write_block_map(self.out, block_map(teacher.family, teacher.denoiser, teacher.family.arch_from_id(genome),
                                             self.job.teacher.spec, self.job.space))
         curve = compute_curve(self.out)

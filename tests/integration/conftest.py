@@ -171,6 +171,17 @@ def _pg(bindir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*as_user, str(bindir / args[0]), *args[1:]], capture_output=True, text=True, timeout=120)
 
 
+PG_SERVER: dict = {}  # how ``postgres_url``'s server was started: ``restart_postgres`` restarts it
+
+
+def restart_postgres() -> None:
+    """Restart ``postgres_url``'s server (``pg_ctl restart -m fast``: every client connection is cut, as by a
+    database server's restart or fail-over); returns once it accepts connections again."""
+    ctl = PG_SERVER["ctl"]
+    done = _pg(PG_SERVER["bindir"], "pg_ctl", *ctl[1:], "-m", "fast", "restart")
+    assert done.returncode == 0, f"pg_ctl restart failed: {done.stdout}{done.stderr}"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A PostgreSQL cluster of its own (Debian's server binaries, /usr/lib/postgresql/<v>/bin): initdb in a
@@ -191,6 +202,8 @@ def postgres_url() -> str:
         done = _pg(bindir, "initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         assert done.returncode == 0, f"initdb failed: {done.stdout}{done.stderr}"
         opts = f"-k {folder} -p {port} -h 127.0.0.1 -c fsync=off -c full_page_writes=off"
+        PG_SERVER.update(ctl=[str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+                              "-t", "60", "-o", opts], bindir=bindir)
         done = _pg(bindir, "pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60",
                    "-o", opts, "start")
         log = folder / "server.log"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray.util.state import list_actors
 
 from blocksearch.cli import main
 from blocksearch.train.learning_curve import read_log
@@ -21,6 +22,7 @@ from tests.integration.conftest import ROOT, free_port
 from tests.test_train import assert_same_student, initial_student, train_args, weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
+TRAIN_WORKER = "RayTrainWorker"  # the actor class of a Ray Train (v2) worker (ray.train.v2 ... worker_group/worker.py)
 
 
 def on_ray(teacher: str, out: Path, steps: int, workers: int, *extra: str) -> list[str]:
@@ -97,3 +99,43 @@ def test_a_killed_ray_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert_same_student(weights(out), weights(tmp_path / "straight"), initial_student(teacher))
     assert (out / "ray" / "train" / "step-0000012" / "checkpoint.json").is_file()  # Ray Train's last checkpoint
+
+
+def test_a_killed_train_worker_is_restarted_from_the_last_checkpoint(local_ray, tmp_path):
+    """One of 2 Ray Train workers SIGKILLed (an OOM kill, a pre-empted node) after the first checkpoint, found through
+    Ray's state API: Ray Train (FailureConfig, train/job.py WORKER_RETRIES) restarts the worker group from the last
+    registered checkpoint, in the same command; the run ends (exit 0) with the student of a straight run, every step
+    logged once."""
+    teacher = save_tiny_teacher(tmp_path)
+    out = tmp_path / "worker"
+    args = on_ray(teacher, out, 12, 2, "--checkpoint-every", "2")
+    args[args.index("--dashboard-port"):args.index("--dashboard-port") + 2] = [
+        "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.Popen([sys.executable, "-m", "blocksearch.cli", *args], cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+    killed = None
+    try:
+        end = time.time() + 300
+        while run.poll() is None and time.time() < end and not (snapshot.is_file() and
+                                                                "step-0000002" in snapshot.read_text()):
+            time.sleep(0.05)
+        workers = list_actors(address=ray.get_runtime_context().gcs_address,
+                              filters=[("state", "=", "ALIVE"), ("class_name", "=", TRAIN_WORKER)])
+        assert len(workers) == 2, workers
+        killed = workers[-1].pid
+        os.kill(killed, signal.SIGKILL)
+        printed, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    assert run.returncode == 0, printed[-4000:]
+    starts = [int(x.split(" from step ")[1].split()[0]) for x in printed.splitlines() if " from step " in x]
+    assert starts[0] == 0 and len(starts) == 2 and 2 <= starts[1] < 12 and starts[1] % 2 == 0, (starts, printed[-3000:])
+    assert [r["step"] for r in read_log(out / "train_log.jsonl")] == list(range(1, 13))
+    assert main(train_args(teacher, tmp_path / "straight", 12, "--checkpoint-every", "2")) == 0
+    for a, b in zip(read_log(out / "train_log.jsonl"), read_log(tmp_path / "straight" / "train_log.jsonl")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert_same_student(weights(out), weights(tmp_path / "straight"), initial_student(teacher))
