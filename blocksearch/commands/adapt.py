@@ -1,12 +1,12 @@
-"""``blocksearch adapt lora | controlnet``: a teacher's adapter carried onto a student by its ``block_map.json``
-(docs/export.md); each adapter kind's handler imports its stage (adapt/lora.py, adapt/controlnet.py) when it runs."""
+"""``blocksearch adapt lora | controlnet | ip-adapter``: a teacher's adapter carried onto a student by its ``block_map.json``
+(docs/export.md); each adapter kind's handler imports its stage (adapt/lora.py, adapt/controlnet.py, adapt/ip_adapter.py) when it runs."""
 
 from __future__ import annotations
 
 
 def add_parser(verbs) -> None:
-    """Register ``adapt`` and its adapter kinds (``lora``, ``controlnet``)."""
-    adapt = verbs.add_parser("adapt", help="carry a teacher's LoRA or ControlNet onto a student (its block_map.json)",
+    """Register ``adapt`` and its adapter kinds (``lora``, ``controlnet``, ``ip-adapter``)."""
+    adapt = verbs.add_parser("adapt", help="carry a teacher's LoRA, ControlNet or IP-Adapter onto a student (its block_map.json)",
                              description="Remap an adapter trained on the teacher onto a student that blocksearch "
                                          "cut from it, by the student folder's block_map.json.")
     sub = adapt.add_subparsers(dest="adapt_command", title="adapter kinds", metavar="<adapter>")
@@ -38,6 +38,24 @@ def add_parser(verbs) -> None:
                    help="a student folder with block_map.json (blocksearch export's or distill's)")
     c.add_argument("-o", "--out", required=True, help="output folder: the student's ControlNetModel")
     c.set_defaults(handler=main_controlnet)
+    ip = sub.add_parser(
+        "ip-adapter", help="remap a teacher's IP-Adapter onto the student's cross-attention layers",
+        description="Give each of the student's cross-attention layers the IP-Adapter weights (to_k_ip, to_v_ip) "
+                    "of the teacher layer it came from, renumbered in diffusers' order (unet.attn_processors); "
+                    "the image projection is unchanged. The output loads with the stock pipe.load_ip_adapter(OUT, "
+                    "subfolder=\"\", weight_name=\"ip_adapter.safetensors\"); the adapter folder's image_encoder/ "
+                    "is copied beside it. Transformer students, and an IP-Adapter for another base model, are "
+                    "refused.")
+    ip.add_argument("adapter", metavar="ADAPTER", help="the teacher's IP-Adapter: an ip_adapter .safetensors file "
+                                                       "or a folder with ip_adapter.safetensors")
+    ip.add_argument("--student", required=True, metavar="DIR",
+                    help="a student folder with block_map.json (blocksearch export's or distill's)")
+    ip.add_argument("--teacher", default=None, metavar="SPEC",
+                    help="the teacher the student was cut from, for its layer order (read from its config; "
+                         "default: the block map's teacher, e.g. toy; a local folder must be given here)")
+    ip.add_argument("-o", "--out", required=True, help="output: a .safetensors file, or a folder that gets "
+                                                       "ip_adapter.safetensors (and image_encoder/)")
+    ip.set_defaults(handler=main_ip_adapter)
 
 
 def main(args) -> int:
@@ -57,4 +75,14 @@ def main_controlnet(args) -> int:
     _, counts = adapt_controlnet(args.controlnet, args.student, args.out)
     print(f"controlnet: {counts['zero_convs']} zero convolutions for the student's skips (the teacher's had "
           f"{counts['teacher_zero_convs']}); written to {args.out}")
+    return 0
+
+
+def main_ip_adapter(args) -> int:
+    """Remap the IP-Adapter; print the layers kept and where it went."""
+    from blocksearch.adapt.ip_adapter import adapt_ip_adapter
+
+    result = adapt_ip_adapter(args.adapter, args.student, args.out, args.teacher)
+    print(result.summary())
+    print(f"student IP-Adapter written to {result.out}")
     return 0
