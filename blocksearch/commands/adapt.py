@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from blocksearch.errors import BlocksearchError
+
 
 def add_parser(verbs) -> None:
     """Register ``adapt`` and its adapter kinds (``lora``, ``controlnet``, ``ip-adapter``)."""
@@ -24,6 +26,19 @@ def add_parser(verbs) -> None:
                    help="a student folder with block_map.json (blocksearch export's or distill's)")
     p.add_argument("-o", "--out", required=True, help="output: a .safetensors file, or a folder that gets "
                                                       "pytorch_lora_weights.safetensors")
+    kd = p.add_argument_group("fine-tuning on the student (adapt/finetune.py)")
+    kd.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                    help="continue the mapped LoRA for N KD steps on the student, against the teacher with the "
+                         "LoRA fused (only the LoRA trains; U-Net students); the result replaces OUT (default: 0, "
+                         "mapping only)")
+    kd.add_argument("--teacher", default=None, metavar="SPEC",
+                    help="the teacher the student was cut from (default: the block map's, e.g. toy; a local "
+                         "folder must be given here)")
+    kd.add_argument("--lr", type=float, default=None, help="LoRA learning rate (default: 1e-3)")
+    kd.add_argument("--batch-size", type=int, default=None, help="KD batch size (default: distill's, 16)")
+    kd.add_argument("--data", default=None, help="toy, or an imagefolder with captions (default: toy)")
+    kd.add_argument("--seed", type=int, default=None, help="data stream seed (default: 0)")
+    kd.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.set_defaults(handler=main)
     c = sub.add_parser(
         "controlnet", help="cut a teacher's ControlNet as the student's U-Net was cut",
@@ -59,11 +74,17 @@ def add_parser(verbs) -> None:
 
 
 def main(args) -> int:
-    """Remap the LoRA; print the counts and where it went."""
-    from blocksearch.adapt.lora import adapt_lora
+    """Remap the LoRA (and fine-tune it with ``--finetune-steps``); print the counts and where it went."""
+    from blocksearch.adapt.finetune import lora_to_student
 
-    result = adapt_lora(args.lora, args.student, args.out)
+    if args.finetune_steps < 0:
+        raise BlocksearchError(f"--finetune-steps {args.finetune_steps}; allowed: an integer >= 0")
+    result, tuned = lora_to_student(args.lora, args.student, args.out, args.finetune_steps, args.teacher,
+                                    args.device, lr=args.lr, batch_size=args.batch_size, data=args.data,
+                                    seed=args.seed)
     print(result.summary())
+    if tuned is not None:
+        print(tuned.summary())
     print(f"student LoRA written to {result.out}")
     return 0
 
