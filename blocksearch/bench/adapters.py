@@ -20,6 +20,7 @@ kept). Computes first (``measure``), renders second (``render``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -201,7 +202,7 @@ def structural(work: Path, student: Path, device: str) -> dict:
 
 def measure(args) -> dict:
     """The whole measurement: LoRA, student, mapping, fine-tuning, the scored rows, the structural round trips."""
-    start = time.perf_counter()
+    start, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,7 +223,8 @@ def measure(args) -> dict:
             "finetune_steps": args.finetune_steps, "prompts": len(prompts),
             "generation": {"steps": NUM_STEPS, "guidance": GUIDANCE_SCALE, "fid_reference_images": 4 * len(prompts)},
             "rows": scores, "structural": shapes, "torch_threads": torch.get_num_threads(),
-            "wall_s": round(time.perf_counter() - start, 1), "command": command()}
+            "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1),
+            "load_average_1min": [round(load, 1), round(os.getloadavg()[0], 1)], "command": command()}
 
 
 def command() -> str:
@@ -233,7 +235,10 @@ def command() -> str:
 def render_report(result: dict) -> str:
     """README.md of the report: the table, then how each figure was measured."""
     lines = [f"# Adapters across the cut, on the toy ({result['student'].get('design') or 'given student'})", "",
-             f"`{result['command']}` ({result['wall_s']:.0f} s, {result['torch_threads']} torch threads)", "",
+             f"`{result['command']}`: {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU, "
+             f"{result['torch_threads']} torch threads; the machine's 1-minute load average "
+             f"{result['load_average_1min'][0]} at the start, {result['load_average_1min'][1]} at the end "
+             f"(other jobs shared it).", "",
              f"A LoRA trained on the toy teacher to draw every \"{REMAP[0]}\" as a {REMAP[1]}, then carried onto the "
              f"student. Scores on {result['prompts']} prompts with \"{REMAP[0]}\" "
              f"({result['generation']['steps']} sampler steps, guidance {result['generation']['guidance']}).", "",
