@@ -176,8 +176,8 @@ def structural(work: Path, student: Path, device: str) -> dict:
     cn.save_pretrained(work / "controlnet", safe_serialization=True)
     student_cn, counts = adapt_controlnet(work / "controlnet", student, work / "student_controlnet")
     unet = UNet2DConditionModel.from_pretrained(student / t.family.subfolder).to(device)
-    parts = {k: v for k, v in t.pipeline.components.items() if k != "unet"}
-    pipe = StableDiffusionControlNetPipeline(**parts, unet=unet, controlnet=student_cn, requires_safety_checker=False)
+    parts = dict(t.pipeline.components) | {t.family.subfolder: unet}  # the student in the teacher's pipeline
+    pipe = StableDiffusionControlNetPipeline(**parts, controlnet=student_cn, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     prompt = lora_prompts(1)[0][0]
     mask = torch.from_numpy(render(parse_prompt(prompt), np.random.default_rng(SEED))).permute(2, 0, 1)[None] / 255.0
