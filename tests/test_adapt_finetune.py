@@ -23,6 +23,7 @@ from tests.test_adapt_lora import ADAPTER, KEY_WARNING, add_lora, deltas, load_m
 
 CUT = "L1-1-1_T1-1-1_Mnone"  # bk_tiny
 KD = dict(batch_size=4, lr=5e-3, seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 OpenMP threads on the shared 2-core machine: far slower
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_fine_tuning_lowers_the_kd_loss_against_the_teacher_with_its_lora(setup,
     tmp, teacher = setup
     adapt_lora(tmp / "lora.safetensors", tmp / "student", tmp_path / "mapped.safetensors")
     tuned = finetune_lora(tmp / "lora.safetensors", tmp_path / "mapped.safetensors", tmp / "student",
-                          tmp_path / "tuned.safetensors", 30, teacher, **KD)
+                          tmp_path / "tuned.safetensors", 20, teacher, **KD)
     t = load_teacher(teacher)
     t.pipeline.load_lora_weights(tmp / "lora.safetensors")
     t.pipeline.fuse_lora()

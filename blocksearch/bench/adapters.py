@@ -117,17 +117,18 @@ def train_lora(out: Path, steps: int, batch_size: int, lr: float, rank: int, dev
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
-def make_student(work: Path, design: str, steps: int, device: str) -> tuple[Path, dict]:
+def make_student(work: Path, design: str, steps: int, batch_size: int, device: str) -> tuple[Path, dict]:
     """``design`` cut from the toy teacher and distilled ``steps`` KD steps (the teacher live), written to
     ``work/student`` with its block map."""
     t = load_teacher("toy", device)
     genome, name = resolve_design(t.denoiser, design)
     student = t.family.build_student(t.denoiser, genome)
-    config = DistillConfig(steps=steps, teacher_cache="off")
+    config = DistillConfig(steps=steps, batch_size=batch_size, teacher_cache="off")
     result = distill(t, student, config, device, progress=False)
     meta = {"teacher": "toy", "design": name, "space": "unet_blocks", "distill": config.to_dict()}
     write_student(work / "student", student, result, meta, t.family.subfolder, teacher_denoiser=t.denoiser)
     return work / "student", {"design": name or design, "arch": genome.id, "distill_steps": steps,
+                              "distill_batch": batch_size,
                               "wall_s": round(result.wall_s, 1)}
 
 
@@ -211,7 +212,7 @@ def measure(args) -> dict:
         if args.student:
             student, made = Path(args.student), {"design": None, "given": Path(args.student).name}
         else:
-            student, made = make_student(work, args.design, args.distill_steps, args.device)
+            student, made = make_student(work, args.design, args.distill_steps, args.batch_size, args.device)
         mapped = adapt_lora(work / "lora", student, work / "mapped.safetensors")
         tuned = finetune_lora(work / "lora", mapped.out, student, work / "tuned.safetensors", args.finetune_steps,
                               "toy", args.device, batch_size=args.batch_size)

@@ -251,15 +251,16 @@ def add_adapters(sub) -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, metavar="DIR", help="a toy student folder with block_map.json "
                    "(default: --design distilled --distill-steps here)")
     p.add_argument("--design", default="bk_small", help="named design or genome id (default: %(default)s)")
-    p.add_argument("--distill-steps", type=int, default=120, help="KD steps of the student (default: %(default)s)")
-    p.add_argument("--lora-steps", type=int, default=300, help="LoRA training steps (default: %(default)s)")
-    p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA learning rate (default: %(default)s)")
+    p.add_argument("--distill-steps", type=int, default=60, help="KD steps of the student (default: %(default)s)")
+    p.add_argument("--lora-steps", type=int, default=150, help="LoRA training steps (default: %(default)s)")
+    p.add_argument("--lora-lr", type=float, default=3e-3, help="LoRA learning rate (default: %(default)s)")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
-    p.add_argument("--finetune-steps", type=int, default=100, help="KD steps of the mapped LoRA on the student "
+    p.add_argument("--finetune-steps", type=int, default=30, help="KD steps of the mapped LoRA on the student "
                    "(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="LoRA and fine-tuning batch (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=64, help="evaluation prompts with 'circle' (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=8, help="LoRA, distillation and fine-tuning batch (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=32, help="evaluation prompts with 'circle' (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s: on a shared "
+                   "2-core machine 2 OpenMP threads are far slower)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("-o", "--out", default="reports/adapters-toy", help="report folder (default: %(default)s)")
     return p
