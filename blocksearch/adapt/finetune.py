@@ -107,8 +107,9 @@ def finetune_lora(teacher_lora, mapped, student, out, steps: int, teacher: str |
 
 
 def _add_adapter(denoiser, modules: dict) -> None:
-    """The mapped LoRA (student module -> LoraModule) as a peft adapter on ``denoiser``: each module's A, and B times its kohya alpha / r (peft
-    keys carry their scale already: ``adapt_lora`` folded it into B), with lora_alpha = r (scale 1)."""
+    """The mapped LoRA (student module -> LoraModule) as a peft adapter on ``denoiser``: each module's A, and B
+    times its kohya alpha / r (peft keys carry their scale already: ``adapt_lora`` folded it into B), with
+    lora_alpha = r (scale 1)."""
     if any("up_bias" in {role for role, _ in m.tensors.values()} for m in modules.values()):
         raise BlocksearchError("--finetune-steps: a LoRA with lora_B biases is not fine-tuned; map it without "
                                "--finetune-steps")

@@ -138,7 +138,8 @@ def score(pipe, prompts: list[tuple[str, int]], reference: torch.Tensor, judge) 
     start = time.perf_counter()
     images = generate(pipe, texts, seeds, num_steps=NUM_STEPS, guidance_scale=GUIDANCE_SCALE, batch_size=32)
     meant = [remapped(parse_prompt(p)).caption for p in texts]
-    return {"alignment_lora": text_alignment(images, meant, judge), "alignment_plain": text_alignment(images, texts, judge),
+    return {"alignment_lora": text_alignment(images, meant, judge),
+            "alignment_plain": text_alignment(images, texts, judge),
             "fid": toy_fid(images, reference), "generate_s": round(time.perf_counter() - start, 1)}
 
 

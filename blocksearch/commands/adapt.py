@@ -1,5 +1,6 @@
-"""``blocksearch adapt lora | controlnet | ip-adapter``: a teacher's adapter carried onto a student by its ``block_map.json``
-(docs/export.md); each adapter kind's handler imports its stage (adapt/lora.py, adapt/controlnet.py, adapt/ip_adapter.py) when it runs."""
+"""``blocksearch adapt lora | controlnet | ip-adapter``: a teacher's adapter carried onto a student by its
+``block_map.json`` (docs/export.md); each adapter kind's handler imports its stage (adapt/finetune.py for a LoRA,
+adapt/controlnet.py, adapt/ip_adapter.py) when it runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from blocksearch.errors import BlocksearchError
 
 def add_parser(verbs) -> None:
     """Register ``adapt`` and its adapter kinds (``lora``, ``controlnet``, ``ip-adapter``)."""
-    adapt = verbs.add_parser("adapt", help="carry a teacher's LoRA, ControlNet or IP-Adapter onto a student (its block_map.json)",
+    adapt = verbs.add_parser("adapt", help="carry a teacher's LoRA, ControlNet or IP-Adapter onto a student (its "
+                                           "block_map.json)",
                              description="Remap an adapter trained on the teacher onto a student that blocksearch "
                                          "cut from it, by the student folder's block_map.json.")
     sub = adapt.add_subparsers(dest="adapt_command", title="adapter kinds", metavar="<adapter>")

@@ -1,5 +1,5 @@
-"""``blocksearch bench kd | latency | search | stability | fidelity | deploy | adapters``: the measurements behind the defaults
-(docs/benchmarks.md).
+"""``blocksearch bench kd | latency | search | stability | fidelity | deploy | adapters``: the measurements behind the
+defaults (docs/benchmarks.md).
 
 Each bench's flags live here, keyed by bench (``BENCHES``), and its handler ``cmd_bench_<bench>`` in its module of
 bench/ (``kd`` and ``latency``: bench/speed.py). Why not each bench's parser in its own module: those modules import
