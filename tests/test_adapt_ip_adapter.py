@@ -20,6 +20,7 @@ from tests.test_adapt_lora import KEY_WARNING, load_messages
 from tests.test_families_dit import TINY as TINY_DIT
 
 EMBED = 8  # the tiny image encoder's projection width: ImageProjection's input
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 OpenMP threads on the shared 2-core machine: far slower
 DESIGNS = ["L1-1-1-1_T1-1-1-0_Mnone", "L1-1-1_T1-1-1_Mnone", "L2-1-2-1_T1-1-1-0_Mattn"]  # bk_small, bk_tiny, a mid kept
 
 
