@@ -57,7 +57,8 @@ def test_version_prints_the_installed_version():
 REQUIRED = {("space", "show"): ["unet_blocks"], ("export",): ["--trial", "1", "-o", "x"], ("distill",): ["-o", "x"],
             ("train",): ["--design", "bk_small", "-o", "x"], ("evaluate",): ["dir"], ("toy", "build"): ["-o", "x"],
             ("toy", "sample"): ["a red circle", "-o", "x.png"], ("adapt", "lora"): ["l", "--student", "d", "-o", "x"],
-            ("adapt", "controlnet"): ["c", "--student", "d", "-o", "x"]}
+            ("adapt", "controlnet"): ["c", "--student", "d", "-o", "x"],
+            ("adapt", "ip-adapter"): ["i", "--student", "d", "-o", "x"]}
 
 
 def test_every_verb_and_sub_verb_takes_v_and_q_after_its_name():

@@ -16,7 +16,8 @@ LAZY = {
     "blocksearch.commands.report": "report/render.py: the report renderer (Optuna, torch through the teachers)",
     "blocksearch.commands.export": "report/export.py: the exporter (diffusers pipelines)",
     "blocksearch.commands.train": "train/job.py: the Ray Train job",
-    "blocksearch.commands.adapt": "adapt/lora.py or adapt/controlnet.py (one per kind's handler): torch, the families",
+    "blocksearch.commands.adapt": "adapt/finetune.py (LoRA), controlnet.py or ip_adapter.py (one per kind's "
+                                  "handler): torch, the families",
     "blocksearch.toy.cli": "toy/commands.py, the toy verbs' handlers, for the same reason",
     "blocksearch.search.driver": "Ray (search/ray_tune.py, 1-3 s to import) only once a search has work for it",
     "blocksearch.bench.fidelity": "Ray, only when ladders run on it",
@@ -110,7 +111,8 @@ FLOORS = (
     ("blocksearch.toy.world", "blocksearch.toy.assets", "blocksearch.toy.models"),
     ("blocksearch.families", "blocksearch.space"),
     ("blocksearch.teachers", "blocksearch.adapt"),
-    ("blocksearch.recipe", "blocksearch.toy.judge", "blocksearch.toy.sample"),
+    ("blocksearch.recipe", "blocksearch.toy.judge", "blocksearch.toy.sample",
+     "blocksearch.adapt.finetune"),  # a LoRA fine-tuned by the distillation recipe
     ("blocksearch.study",),
     ("blocksearch.report",),
     ("blocksearch.search",),

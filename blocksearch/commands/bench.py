@@ -1,5 +1,5 @@
-"""``blocksearch bench kd | latency | search | stability | fidelity | deploy``: the measurements behind the defaults
-(docs/benchmarks.md).
+"""``blocksearch bench kd | latency | search | stability | fidelity | deploy | adapters``: the measurements behind the
+defaults (docs/benchmarks.md).
 
 Each bench's flags live here, keyed by bench (``BENCHES``), and its handler ``cmd_bench_<bench>`` in its module of
 bench/ (``kd`` and ``latency``: bench/speed.py). Why not each bench's parser in its own module: those modules import
@@ -22,7 +22,7 @@ from blocksearch.settings import (FIDELITY, LATENCY_MIN_S, LATENCY_REPEATS, MEAS
 # bench -> the module of its handler, cmd_bench_<bench>
 BENCHES = {"kd": "blocksearch.bench.speed", "latency": "blocksearch.bench.speed", "search": "blocksearch.bench.search",
            "stability": "blocksearch.bench.stability", "fidelity": "blocksearch.bench.fidelity",
-           "deploy": "blocksearch.bench.deploy"}
+           "deploy": "blocksearch.bench.deploy", "adapters": "blocksearch.bench.adapters"}
 
 
 def add_parser(verbs) -> None:
@@ -31,7 +31,7 @@ def add_parser(verbs) -> None:
                              description="Measure performance figures side by side in one run.")
     sub = bench.add_subparsers(dest="bench_command", title="bench commands", metavar="<bench command>")
     adders = {"kd": add_kd, "latency": add_latency, "search": add_search, "stability": add_stability,
-              "fidelity": add_fidelity, "deploy": add_deploy}
+              "fidelity": add_fidelity, "deploy": add_deploy, "adapters": add_adapters}
     for name in BENCHES:
         adders[name](sub).set_defaults(handler=main)
 
@@ -243,6 +243,33 @@ def add_deploy(sub) -> argparse.ArgumentParser:
     p.add_argument("--kd-precision", choices=("fp32", "bf16", "fp16"), default="bf16",
                    help="KD mixed precision (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: every width x scale
+    return p
+
+
+def add_adapters(sub) -> argparse.ArgumentParser:
+    """``bench adapters``: a teacher's LoRA across the cut, on the toy (bench/adapters.py)."""
+    p = sub.add_parser(
+        "adapters", help="a toy LoRA on the teacher, mapped and fine-tuned onto a student, scored by the judge",
+        description="Train a LoRA on the toy teacher that draws every 'circle' as a triangle; cut a student (or "
+                    "take --student); map the LoRA onto it (adapt lora) and fine-tune it there (adapt lora "
+                    "--finetune-steps); score the LoRA's prompts with the toy judge (alignment, FID) for the "
+                    "teacher with and without the LoRA and the student with the mapped, the fine-tuned and no "
+                    "LoRA; run the ControlNet and IP-Adapter round trips. Writes README.md and results.json.")
+    p.add_argument("--student", default=None, metavar="DIR", help="a toy student folder with block_map.json "
+                   "(default: --design distilled --distill-steps here)")
+    p.add_argument("--design", default="bk_small", help="named design or genome id (default: %(default)s)")
+    p.add_argument("--distill-steps", type=int, default=60, help="KD steps of the student (default: %(default)s)")
+    p.add_argument("--lora-steps", type=int, default=150, help="LoRA training steps (default: %(default)s)")
+    p.add_argument("--lora-lr", type=float, default=3e-3, help="LoRA learning rate (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    p.add_argument("--finetune-steps", type=int, default=30, help="KD steps of the mapped LoRA on the student "
+                   "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="LoRA, distillation and fine-tuning batch (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=32, help="evaluation prompts with 'circle' (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s: on a shared "
+                   "2-core machine 2 OpenMP threads are far slower)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("-o", "--out", default="reports/adapters-toy", help="report folder (default: %(default)s)")
     return p
 
 
