@@ -20,6 +20,8 @@ import ray
 from safetensors.torch import load_file
 
 from blocksearch.cli import main
+from blocksearch.toy.tiny_flux import save_tiny_flux
+from blocksearch.toy.tiny_sd3 import save_tiny_sd3
 from blocksearch.toy.tiny_sdxl import save_tiny_sdxl
 from blocksearch.train.learning_curve import read_log
 from tests.integration.conftest import ROOT, free_port
@@ -30,7 +32,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 CASES = {"toy-dit": (lambda tmp: "toy-dit", "dit_blocks", "tinyfusion_14",
                      "transformer/diffusion_pytorch_model.safetensors", "PixArtSigmaPipeline"),
          "tiny-sdxl": (lambda tmp: str(save_tiny_sdxl(tmp / "teacher")), "unet_blocks_sdxl", "koala_700m",
-                       "unet/diffusion_pytorch_model.safetensors", "StableDiffusionXLPipeline")}
+                       "unet/diffusion_pytorch_model.safetensors", "StableDiffusionXLPipeline"),
+         "tiny-sd3": (lambda tmp: str(save_tiny_sd3(tmp / "teacher")), "dit_blocks", "tinyfusion_14",
+                      "transformer/diffusion_pytorch_model.safetensors", "StableDiffusion3Pipeline"),
+         "tiny-flux": (lambda tmp: str(save_tiny_flux(tmp / "teacher")), "dit_blocks", "flux_lite",
+                       "transformer/diffusion_pytorch_model.safetensors", "FluxPipeline")}
+# toy-dit runs in CI; the tiny pipelines' cases (the same code path, each family's conditioning) are opt-in
+# (--runslow) for the suite's time: each is minutes on the 2-core machine.
+PARAMS = ["toy-dit"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("tiny-sdxl", "tiny-sd3", "tiny-flux")]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def train_args(teacher: str, init: Path, out: Path, *extra: str) -> list[str]:
             "--cache-dir", str(out.parent / "cache"), "-o", str(out), *extra]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", PARAMS)
 def test_a_killed_two_worker_run_of_each_family_continues_its_curve(case, local_ray, tmp_path):
     make, space, design, weights_file, pipeline_class = CASES[case]
     teacher = make(tmp_path)
