@@ -19,7 +19,6 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.bench.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
 from blocksearch.settings import MEASURED_COLUMNS
-from blocksearch.families.unet.genome import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
 MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (else: spend budget on the front)
@@ -125,7 +124,7 @@ def cost_table(s: Summary) -> str:
 
 def arch_table(s: Summary) -> str:
     lines = [[a.genome, a.design or a.source, f"{a.params / 1e6:.3f}M", f"{a.macs / 1e6:.1f}M",
-              "yes" if Genome.from_id(a.genome).attention_free else ""] for a in s.archs]
+              "yes" if a.attention_free else ""] for a in s.archs]
     return _markdown(["genome", "design / source", "params", "MACs", "attention-free"], lines)
 
 
@@ -142,13 +141,13 @@ def recommendation(s: Summary) -> str:
 # -- files ---------------------------------------------------------------------------------------------
 def command_line(args) -> str:
     teacher = portable(args.teacher) if Path(args.teacher).exists() else args.teacher
-    parts = ["blocksearch bench fidelity", f"--teacher {teacher}",
+    parts = ["blocksearch bench fidelity", f"--teacher {teacher}", f"--space {args.space}",
              f"--archs {args.archs}", f"--budgets {args.budgets}", f"--seeds {args.seeds}", f"--seed {args.seed}",
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
     parts += [f"--eval-prompts {args.eval_prompts}"] if args.eval_prompts else []
     for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("full_seed_archs", None),
-                          ("probe_budgets", "auto"), ("also", None),
+                          ("probe_budgets", "auto"), ("also", None), ("one_shot_sizes", "auto"),
                           ("kd_schedule", "constant"), ("kd_warmup", 0), ("kd_ema", 0.0)):
         value = getattr(args, flag, default)
         parts += [f"--{flag.replace('_', '-')} {value}"] if value != default else []

@@ -33,7 +33,7 @@ from blocksearch.search.reference_noise import NOISE_SOURCES, table_of
 from blocksearch.search.rungs import check_rung_settings, check_rungs, default_rungs, ladder, run_rungs, rung_work
 from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.search.samplers import SAMPLERS
-from blocksearch.search.selection import FirstStage, first_stage, read_selection
+from blocksearch.search.selection import FirstStage, first_stage, read_selection, selection_path
 from blocksearch.search.teacher_setup import measure_teacher, params_table, warm_teacher_cache
 from blocksearch.search.trial import TrialJob
 from blocksearch.settings import PROBE_KEYS
@@ -78,6 +78,11 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
                                candidate=cfg.candidate or CANDIDATE, teacher=teacher, **paths,
                                study=cfg.study or default_study_name(cfg.space, teacher))
+
+
+def space_family(cfg: SearchConfig) -> str:
+    """The denoiser family of the run's space (its teacher's: ``bind_space`` refuses a mismatch)."""
+    return load_space(cfg.space).family
 
 
 def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
@@ -125,7 +130,7 @@ def trial_job(cfg: SearchConfig, ref: TeacherRef, bound: ArchSpace, teacher_unet
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
                    checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
-                   reference_seeds=reference_seeds(cfg))
+                   reference_seeds=reference_seeds(cfg, ref.family.name))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -139,12 +144,13 @@ def trial_job(cfg: SearchConfig, ref: TeacherRef, bound: ArchSpace, teacher_unet
     return job, attrs
 
 
-def reference_seeds(cfg: SearchConfig) -> dict:
+def reference_seeds(cfg: SearchConfig, family: str | None = None) -> dict:
     """bench fidelity's seed scores of the reference designs for the trials to reuse (reference_noise.py): with
-    ``--noise-source auto`` and seed noise asked for, where the study was of this run's teacher; else none."""
+    ``--noise-source auto`` and seed noise asked for, where the study (``family``'s) was of this run's teacher;
+    else none."""
     if cfg.noise_source != "auto" or cfg.noise_seeds < 2:
         return {}
-    return table_of(read_selection(), cfg.teacher)
+    return table_of(read_selection(selection_path(family)), cfg.teacher)
 
 
 def _jsonable(d: dict) -> dict:
@@ -161,7 +167,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = resolve(cfg)  # every check reads only; the first write is prepare_study
     ref = resolve_teacher(cfg.teacher)  # --teacher, read once: every stage below is passed this value
-    stage = first_stage(cfg.score, ref.is_toy, cfg.steps)
+    stage = first_stage(cfg.score, ref.is_toy, cfg.steps, family=ref.family.name)  # the family's own choice
     rung_objectives = cfg.objectives  # the rungs rank by FID (the first stage may rank by a cheaper score)
     cfg = first_stage_config(cfg, stage)
     print(f"first-stage score: {stage.why}", file=out)
