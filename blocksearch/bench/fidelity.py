@@ -48,13 +48,12 @@ from blocksearch.bench.predictors import curve_features
 from blocksearch.recipe.probe import ProbeConfig, teacher_probe
 from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.search.trial import cached_teacher
-from blocksearch.search.warm_start import importance_table, one_shot_archs
+from blocksearch.search.warm_start import ONE_SHOT_FILE, importance_table, one_shot_archs, read_importance
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
 SPREAD = 12  # architectures up to here: designs, front, then random ones spread over size; beyond: the family's
 # mixes (families/unet/mixes.py); a family without mixes fills the study with random architectures over size
-ONE_SHOT_FILE = "oneshot.json"  # <out>/: the teacher's one-shot block importance, and each architecture's scores
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype", "images")  # images: always generated here
@@ -498,7 +497,7 @@ def cmd_bench_fidelity(args) -> int:
     every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 + other_kd_long if r["budget"] in budgets
                                                             and r["seed"] in seeds])
     write_outputs(summary, args, out, Path(job.checkpoints), every)
-    extra = write_one_shot(out, teacher.family, table, bound, archs) if table is not None else None
+    extra = write_one_shot(out, teacher.family, table, bound, archs, picks) if table is not None else None
     write_predictors(rows, read_rows(probes), studied, budgets, args, out, extra=extra)
     return 1 if failures else 0
 
@@ -535,9 +534,8 @@ def one_shot_table(args, spec: str, teacher, distill: dict) -> list | None:
     family = teacher.family
     if family.one_shot is None:
         return None
-    path = Path(args.out) / ONE_SHOT_FILE
-    if path.is_file():
-        return family.one_shot.from_rows(json.loads(path.read_text())["blocks"])
+    if (Path(args.out) / ONE_SHOT_FILE).is_file():
+        return read_importance(args.out, family)
     t0 = time.perf_counter()
     table = importance_table(spec, teacher, "cpu", distill.get("data", "toy"), str(default_cache_dir().resolve()),
                              distill.get("resolution"))
@@ -545,13 +543,15 @@ def one_shot_table(args, spec: str, teacher, distill: dict) -> list | None:
     return table
 
 
-def write_one_shot(out: Path, family, table: list, bound, archs: list[Arch]) -> dict[str, dict[str, float]]:
-    """Write ``<out>/oneshot.json`` (the blocks' importance and each architecture's one-shot scores) and
-    ``<out>/oneshot.md``; return the scores as predictors (name -> genome -> value, lower predicts better)."""
+def write_one_shot(out: Path, family, table: list, bound, archs: list[Arch],
+                   picks: list = ()) -> dict[str, dict[str, float]]:
+    """Write ``<out>/oneshot.json`` (the blocks' importance, each architecture's one-shot scores, and which pick each
+    one-shot architecture is) and ``<out>/oneshot.md``; return the scores as predictors (name -> genome -> value,
+    lower predicts better)."""
     scores = {a.genome: family.one_shot.scores(table, bound.from_id(a.genome)) for a in archs}
     out.mkdir(parents=True, exist_ok=True)
-    (out / ONE_SHOT_FILE).write_text(json.dumps({"blocks": family.one_shot.to_rows(table), "archs": scores},
-                                                indent=1) + "\n")
+    (out / ONE_SHOT_FILE).write_text(json.dumps({"blocks": family.one_shot.to_rows(table), "archs": scores,
+                                                 "picks": {arch.id: label for label, arch in picks}}, indent=1) + "\n")
     lines = ["# One-shot block importance of the teacher", "",
              "On the probe's held-out batches, without training: `skip_mse`, the prediction's mean squared change "
              "when the block alone is skipped (Flux.1-Lite); `influence`, 1 - cos(block input, output) (ShortGPT, "

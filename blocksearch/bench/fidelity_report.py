@@ -25,6 +25,7 @@ MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (els
 # a row of results.jsonl and fidelity.csv: one student scored at one seed (kd_s: cumulative KD seconds)
 ROW_COLUMNS = ("genome", "design", "source", "budget", "kd_seed", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
                "kd_s", "eval_s")
+MEASURED_FILE = "measured.csv"  # <out>/: bench search's measured table, beside the report (bench search --report)
 SUMMARY_COLUMNS = ("budget", "objective", "predictor", "tau", "lo", "hi", "cost_s", "eval_s", "n")
 
 
@@ -277,6 +278,8 @@ def write_outputs(s: Summary, args, out: Path, checkpoints: Path, table: Summary
     write_summary_csv(s, Path(args.csv), command_line(args))
     table = table or s
     n = write_measured_table(table, Path(args.table), command_line(args)) if table.rows else 0
+    if table.rows:  # the same table in the report folder: bench search --report OUT reads it there
+        write_measured_table(table, out / MEASURED_FILE, command_line(args))
     print("\n" + recommendation(s))
     print(f"results in {portable(out)}/ (index.md, results.jsonl, fidelity.csv, short_vs_long.png); "
           f"summary in {portable(args.csv)}; bench search's measured table ({n} architectures) in "

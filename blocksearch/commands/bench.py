@@ -90,14 +90,25 @@ def add_search(sub) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
                    help=f"sampler, or several separated by commas: {' | '.join(SAMPLERS)} (default: "
                         f"{DEFAULT_SAMPLER})")
-    p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: %(default)s)")
+    p.add_argument("--trials", default="16",
+                   help="trials per search, named designs included; several separated by commas (16,48) compare "
+                        "the samplers at each (default: %(default)s)")
+    p.add_argument("--init", default="designs",
+                   help="what each search starts with: designs (the named designs, as blocksearch run), one-shot "
+                        "(then the one-shot picks: the most important blocks kept, a warm start; families with "
+                        "one-shot block importance), or designs,one-shot: every sampler both ways (default: "
+                        "%(default)s)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="a bench fidelity report folder (e.g. reports/fidelity-toy-dit): its measured table "
+                        "(DIR/measured.csv) and, for a transformer space, its block importance (DIR/oneshot.json)")
     p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: %(default)s)")
     p.add_argument("--table", default=None,
                    help=f"measured CSV with columns {','.join(MEASURED_COLUMNS)} (default for the toy teacher: "
                         f"{FIDELITY.name} if present, else {MEASURED.name}, in {MEASURED_DIR}); the rest of "
                         f"the space comes from a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench "
                         f"(default ~/.cache/blocksearch/bench)")
-    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: %(default)s)")
+    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (toy: the space's family's "
+                                                    "bundled one) (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space (default: %(default)s)")
     p.add_argument("--front", nargs="+", metavar="TRIALS_CSV", default=None,
                    help="instead of comparing samplers: score the final front of each report's trials.csv on the "

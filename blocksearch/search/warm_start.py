@@ -9,10 +9,14 @@ the same picks, and ``bench search`` measures whether the warm start helps.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from blocksearch.errors import BlocksearchError
 from blocksearch.recipe.probe import ProbeConfig, teacher_probe
+from blocksearch.study import INITS
 
-INITS = ("designs", "one-shot")  # --init: the named designs only (the default), or the one-shot picks after them
+ONE_SHOT_FILE = "oneshot.json"  # a bench fidelity report's: the teacher's block importance, each arch's scores
 
 
 def check_init(init: str, family) -> None:
@@ -30,6 +34,15 @@ def importance_table(spec: str, teacher, device: str = "cpu", data: str = "toy",
     check_init("one-shot", family)
     probe = teacher_probe(spec, teacher, ProbeConfig(), device, data, cache_dir, resolution)
     return family.one_shot.block_importance(teacher.denoiser, probe.batches, forward=family.forward)
+
+
+def read_importance(folder, family) -> list:
+    """The block importance a ``bench fidelity`` report folder recorded (``<folder>/oneshot.json``)."""
+    path = Path(folder) / ONE_SHOT_FILE
+    if not path.is_file():
+        raise BlocksearchError(f"{path}: not found; allowed: a bench fidelity report folder of a family that scores "
+                               f"its blocks (e.g. reports/fidelity-{family.toy_teacher})")
+    return family.one_shot.from_rows(json.loads(path.read_text())["blocks"])
 
 
 def one_shot_archs(family, table: list, bound, fractions=None) -> list[tuple[str, object]]:
