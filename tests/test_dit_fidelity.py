@@ -2,6 +2,7 @@
 the warm start (``--init one-shot``), and the first-stage choice recorded per family and read by the trial."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -170,6 +171,7 @@ def test_init_one_shot_enqueues_the_picks_once_after_the_designs(bound, tmp_path
 
 def test_bench_search_from_a_fidelity_report_with_and_without_the_warm_start(bound, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BLOCKSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(B, "count_macs", lambda model, size, family: 3 * count_params(model))  # fast; exactness: above
     report = tmp_path / "fidelity-toy-dit"
     report.mkdir()
     (report / ONE_SHOT_FILE).write_text(json.dumps({"blocks": oneshot.to_rows(table()), "archs": {}}))
@@ -190,7 +192,24 @@ def test_bench_search_from_a_fidelity_report_with_and_without_the_warm_start(bou
     values = B.search_once(B.Table({g.id: (1.0, 1.0, 1.0) for g in bound}, "flat"), bound, "tpe",
                            len(designs) + len(warm) + 1, 0, warm)
     assert len(values) == len(designs) + len(warm) + 1
-    with pytest.raises(BlocksearchError, match="--init 'warm'; allowed: designs, one-shot"):
+    with pytest.raises(BlocksearchError, match="--init 'warm': allowed: designs, one-shot, or both"):
         B.cmd_bench_search(argparse.Namespace(**{**vars(args), "init": "warm"}))
     assert math.isfinite(B.front_hypervolume(B.tables(argparse.Namespace(**{**vars(args), "teacher": "toy-dit"}))[2],
                                              [designs[0].id]))
+
+
+def test_run_init_one_shot_picks_from_the_teachers_block_importance(bound, monkeypatch, tmp_path):
+    seen = {}
+
+    def importance(spec, teacher, device, data, cache_dir, resolution):
+        seen["args"] = (spec, device, data)
+        return table()
+    monkeypatch.setattr(driver, "importance_table", importance)
+    cfg = driver.resolve(SearchConfig(space="dit_blocks", init="one-shot", runs_dir=str(tmp_path)))
+    ref = resolve_teacher(cfg.teacher)
+    job, _ = driver.trial_job(cfg, ref, bound)
+    lines = []
+    picks = driver.warm_picks(cfg, ref, job, bound, type("Out", (), {"write": lambda self, t: lines.append(t)})())
+    assert picks == one_shot_archs(DIT, table(), bound) and seen["args"] == ("toy-dit", "cpu", "toy")
+    assert f"--init one-shot: {len(picks)} one-shot picks after the named designs" in "".join(lines)
+    assert driver.warm_picks(dataclasses.replace(cfg, init="designs"), ref, job, bound, None) == []

@@ -257,7 +257,7 @@ def default_measured(teacher: str, report: str | None = None) -> Path | None:
     if teacher == "toy":
         return next((p for p in (FIDELITY, MEASURED) if p.is_file()), None)
     path = MEASURED_DIR / f"fidelity-{teacher}.csv"
-    return path if not Path(teacher).exists() and is_toy(teacher) and path.is_file() else None
+    return path if path.is_file() and not Path(teacher).exists() and is_toy(teacher) else None
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
