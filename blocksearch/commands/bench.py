@@ -144,7 +144,8 @@ def add_fidelity(sub) -> argparse.ArgumentParser:
     """``bench fidelity``: short against long KD rankings, Kendall tau per budget (bench/fidelity.py)."""
     p = sub.add_parser(
         "fidelity", help="do short KD runs rank architectures the way long runs do? (Kendall tau per budget)",
-        description="Train the BK designs, a study's Pareto front (--study) and random architectures of the space "
+        description="Train the named designs, a study's Pareto front (--study), for transformer students the one-shot "
+                    "picks (the most important blocks kept, --one-shot-sizes) and random architectures of the space "
                     "spread over size (at least two attention-free) along a ladder of KD budgets, each budget "
                     "continuing from the previous one's checkpoint, and score every student at each generation "
                     "seed (FID, KID, text alignment; the search's evaluation without latency). Prints Kendall's "
