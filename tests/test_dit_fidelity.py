@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -213,3 +214,14 @@ def test_run_init_one_shot_picks_from_the_teachers_block_importance(bound, monke
     assert picks == one_shot_archs(DIT, table(), bound) and seen["args"] == ("toy-dit", "cpu", "toy")
     assert f"--init one-shot: {len(picks)} one-shot picks after the named designs" in "".join(lines)
     assert driver.warm_picks(dataclasses.replace(cfg, init="designs"), ref, job, bound, None) == []
+
+
+def test_nondominated_is_the_pareto_front_of_a_large_table_fast():
+    from blocksearch.report.pareto import normalised_hypervolume, pareto_mask  # noqa: PLC0415 - this test's only
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 3))
+    x[5] = x[7]  # a duplicate counts once
+    front = B.nondominated(x)
+    assert sorted(map(tuple, front)) == sorted(set(map(tuple, x[pareto_mask(x)])))
+    lo, hi = x.min(0), x.max(0)
+    assert normalised_hypervolume(front, lo, hi) == pytest.approx(normalised_hypervolume(x, lo, hi))
