@@ -32,6 +32,7 @@ from blocksearch.objectives import TABLE
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # search/samplers.py builds them
 DEFAULT_SAMPLER = "gp"  # chosen by measurement: `blocksearch bench search` (docs/benchmarks.md)
+INITS = ("designs", "one-shot")  # --init: the named designs first, or then the one-shot picks (search/warm_start.py)
 OBJECTIVES = {o.name: o.direction for o in TABLE if o.searchable}  # name -> Optuna's direction (objectives.py)
 DEFAULT_OBJECTIVES = ("fid", "params", "latency_ms")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -81,6 +82,7 @@ class SearchConfig:
     kd_ema: float | None = None  # EMA decay of each student's weights (None: off)
     teacher_cache: str = "auto"  # auto | disk | off
     sampler: str = DEFAULT_SAMPLER  # chosen by `blocksearch bench search` (samplers.py)
+    init: str = "designs"  # the first trials: the named designs, or then the one-shot picks (INITS, warm_start.py)
     seed: int = 0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     score: str = "auto"  # the first stage's quality score: fid, a probe score, or auto (selection.py)
@@ -252,9 +254,11 @@ def _short(value) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def prepare_study(storage, cfg: SearchConfig, bound: ArchSpace, study_attrs: dict, out=None) -> optuna.Study:
+def prepare_study(storage, cfg: SearchConfig, bound: ArchSpace, study_attrs: dict, out=None,
+                  warm: list = ()) -> optuna.Study:
     """Create or load the study; mark stale RUNNING trials FAIL (and re-queue them); enqueue the
-    reference designs once. Progress lines go to ``out`` (default: stdout)."""
+    reference designs once, then ``warm`` ((label, arch): ``--init one-shot``'s picks) once. Progress lines go to
+    ``out`` (default: stdout)."""
     study = optuna.create_study(storage=storage, study_name=cfg.study, load_if_exists=True,
                                 directions=[OBJECTIVES[o] for o in cfg.objectives])
     if not study.metric_names:
@@ -267,6 +271,8 @@ def prepare_study(storage, cfg: SearchConfig, bound: ArchSpace, study_attrs: dic
     _fail_stale_trials(study, storage, out, cfg.heartbeat_grace)
     for name, genome in bound.named_designs().items():
         study.enqueue_trial(bound.to_params(genome), user_attrs={"design": name}, skip_if_exists=True)
+    for label, arch in warm:
+        study.enqueue_trial(bound.to_params(arch), user_attrs={"warm": label}, skip_if_exists=True)
     return study
 
 

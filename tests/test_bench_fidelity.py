@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 import blocksearch.bench.search as B
-from blocksearch.bench.fidelity import (ATTENTION_FREE, MIX_CELLS, SPREAD, Arch, choose_architectures, mix_cell, pending,
+from blocksearch.bench.fidelity import (ATTENTION_FREE, SPREAD, Arch, choose_architectures, mix_cell, pending,
                                         pending_ladders, pick_random, random_genomes)
+from blocksearch.families.unet.mixes import MIX_CELLS
 from blocksearch.cli import main
 from blocksearch.families.unet.genome import Genome
 from blocksearch.space import load_space

@@ -110,7 +110,7 @@ def test_bench_search_prints_the_kendall_tau_of_the_standin_and_the_table_it_use
         f"{g},{fid},{standin.values[g][1]},{standin.values[g][2]}\n" for g, fid in zip(ids, [1, 2, 4, 3])))
     monkeypatch.setattr(B, "_bound", lambda space, teacher: bound)
     monkeypatch.setattr(B, "standin_table", lambda teacher, space: standin)
-    args = argparse.Namespace(sampler="tpe", trials=6, seeds=1, table=str(measured), teacher="toy", space="x")
+    args = argparse.Namespace(sampler="tpe", trials=6, seeds=1, table=str(measured), teacher="toy", space="unet_blocks")
     assert B.cmd_bench_search(args) == 0
     out = capsys.readouterr().out
     assert f"table: {measured} (4 measured architectures)" in out

@@ -74,7 +74,7 @@ def test_noise_source_auto_hands_the_trials_the_studys_seed_scores(tmp_path, mon
     from blocksearch.cli import main
 
     record = {"teacher": "toy", "reference_seed_scores": {"120": {"g": [{"kd_seed": 0, "probe_task": 0.1}]}}}
-    monkeypatch.setattr(search, "read_selection", lambda: record)
+    monkeypatch.setattr(search, "read_selection", lambda path=None: record)  # the family's file (selection.selection_path)
     job, attrs = search.trial_job(_cfg(tmp_path), resolve_teacher("toy"), bound_and_unet[0])
     assert job.reference_seeds == record["reference_seed_scores"] and attrs["noise_source"] == "auto"
     for off in (dict(noise_source="measure"), dict(noise_seeds=1), dict(teacher="toy-dit", space="dit_blocks")):

@@ -1,7 +1,9 @@
 """``blocksearch bench fidelity``: do short KD runs rank candidate architectures the way long runs do?
 
-Architectures: the space's BK designs, the Pareto front of a finished study (``--study``), and random Genomes
-of the space spread over size (evenly spaced quantiles of params, at least two attention-free). Each one climbs
+Architectures: the space's named designs, the Pareto front of a finished study (``--study``), for a family with
+one-shot block importance its one-shot picks (search/warm_start.py: the most important blocks kept, at a few
+sizes), and random architectures of the space spread over size (evenly spaced quantiles of params, at least two
+attention-free where the family has such). Every family goes through its ``Family`` (families/base.py). Each one climbs
 a ladder of budgets (``--budgets``; 0 = surgery only, the one-shot score), each budget continuing from the
 previous one's checkpoint (distill.py's ``resume_from``: 0->k->n trains the same student as 0->n, so a
 ladder costs its longest run once), and is scored at every generation seed (FID, KID, text alignment:
@@ -26,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from blocksearch.cache import default_cache_dir, work_slot
 from blocksearch.recipe.data import fingerprint
@@ -40,27 +41,19 @@ from blocksearch.recipe.latency import cost
 from blocksearch.report.compute import load_report
 from blocksearch.search.run_settings import absolute, stage_configs
 from blocksearch.search.teacher_setup import params_table
-from blocksearch.families.base import family_of_arch
-from blocksearch.families.unet.genome import Genome
-from blocksearch.families.unet.space import BoundSpace
+from blocksearch.families.base import Arch as Genome, ArchSpace as BoundSpace, family_of_arch, get_family
 from blocksearch.space import load_space
 from blocksearch.study import SearchConfig
-from blocksearch.families.unet.surgery import build_student, Student, student_config
 from blocksearch.bench.predictors import curve_features
 from blocksearch.recipe.probe import ProbeConfig, teacher_probe
-from blocksearch.families.unet.topology import topology_of
 from blocksearch.teachers import load_teacher, resolve_teacher
 from blocksearch.search.trial import cached_teacher
+from blocksearch.search.warm_start import ONE_SHOT_FILE, importance_table, one_shot_archs, read_importance
 
 POOL_DRAWS = 512  # random Genomes drawn before picking the size quantiles (the toy space has 576)
 ATTENTION_FREE = 2  # random picks without any transformer (Genome.attention_free), at least
-SPREAD = 12  # architectures up to here: designs, front, then random ones spread over size; beyond: mixes
-# The mixes' cells (first stage's layers kept?, innermost stage kept?, mid block), in an order whose every
-# prefix of 6 holds each factor's levels equally often (a 12-cell design grown 6 at a time stays balanced).
-MIX_CELLS = ((True, True, "none"), (False, False, "resnet"), (True, False, "cross_attn"),
-             (False, True, "none"), (True, True, "resnet"), (False, False, "cross_attn"),
-             (True, False, "none"), (False, True, "resnet"), (True, True, "cross_attn"),
-             (False, False, "none"), (True, False, "resnet"), (False, True, "cross_attn"))
+SPREAD = 12  # architectures up to here: designs, front, then random ones spread over size; beyond: the family's
+# mixes (families/unet/mixes.py); a family without mixes fills the study with random architectures over size
 # EvalConfig settings that do not change a score here (no latency is measured; batching changes no image)
 EVAL_UNUSED = ("cache_dir", "batch_size", "latency_warmup", "latency_repeats", "latency_min_s", "latency_clock",
                "latency_device", "latency_dtype", "images")  # images: always generated here
@@ -77,6 +70,7 @@ class Arch:
     source: str
     params: int
     macs: int
+    attention_free: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,20 +90,25 @@ class FidelityJob:
 
 # -- architectures ---------------------------------------------------------------------------------
 class _RandomTrial:
-    """``BoundSpace.suggest``'s trial answered by a seeded RNG: a uniformly random choice per row."""
+    """``BoundSpace.suggest``'s trial answered by a seeded RNG: a uniformly random choice per row; with
+    ``keep_rate``, a boolean choice (a block mask's "kept?") is True at that rate."""
 
-    def __init__(self, rng: random.Random):
-        self.rng = rng
+    def __init__(self, rng: random.Random, keep_rate: float | None = None):
+        self.rng, self.keep_rate = rng, keep_rate
 
     def suggest_categorical(self, name, choices):
+        if self.keep_rate is not None and set(choices) == {True, False}:
+            return self.rng.random() < self.keep_rate
         return self.rng.choice(list(choices))
 
 
-def random_genomes(bound: BoundSpace, draws: int, seed: int) -> list[Genome]:
-    """Distinct valid Genomes sampled as the search's define-by-run function samples them, seeded."""
+def random_genomes(bound: BoundSpace, draws: int, seed: int, any_size: bool = False) -> list[Genome]:
+    """Distinct valid Genomes sampled as the search's define-by-run function samples them, seeded. ``any_size``:
+    each draw keeps a block at its own uniform rate, so that block masks cover the kept-count range (a fair coin
+    per block keeps about half of them)."""
     rng, seen = random.Random(seed), {}
     for _ in range(draws):
-        genome = bound.suggest(_RandomTrial(rng))
+        genome = bound.suggest(_RandomTrial(rng, rng.random() if any_size else None))
         bound.check(genome)
         seen.setdefault(genome.id, genome)
     return list(seen.values())
@@ -133,10 +132,9 @@ def pick_random(pool: list[Genome], size: Callable[[Genome], int], k: int) -> li
     return sorted(picks, key=lambda g: (size(g), g.id))
 
 
-def mix_cell(genome: Genome, bound: BoundSpace) -> tuple[bool, bool, str]:
-    """(the first stage keeps all its layers, the innermost stage is kept, the mid block's kind)."""
-    return (genome.layers[0] == bound.topology.layers[0], len(genome.layers) == bound.topology.n_stages,
-            genome.mid)
+def mix_cell(genome: Genome, bound: BoundSpace):
+    """The family's mix cell of ``genome`` (families/unet/mixes.py for U-Nets)."""
+    return get_family(bound.space.family).mix_cell(genome, bound)
 
 
 def pick_mixes(pool: list[Genome], bound: BoundSpace, k: int, seed: int) -> list[Genome]:
@@ -145,7 +143,7 @@ def pick_mixes(pool: list[Genome], bound: BoundSpace, k: int, seed: int) -> list
     innermost stage and each mid-block kind (issue 19's extension of the study). Cells the space cannot
     reach (no removable stage, a fixed mid block) are skipped."""
     rng, picks = random.Random(f"mix-{seed}"), []
-    cells = [c for c in MIX_CELLS if any(mix_cell(g, bound) == c for g in pool)]
+    cells = [c for c in get_family(bound.space.family).mix_cells if any(mix_cell(g, bound) == c for g in pool)]
     for j in range(k):
         members = [g for g in pool if cells and mix_cell(g, bound) == cells[j % len(cells)] and g not in picks]
         if members:
@@ -153,57 +151,62 @@ def pick_mixes(pool: list[Genome], bound: BoundSpace, k: int, seed: int) -> list
     return picks
 
 
-def choose_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, n: int, seed: int,
-                         front: list[Genome] = (), draws: int = POOL_DRAWS) -> list[Arch]:
-    """The named designs, then ``front`` (a study's Pareto front), then random Genomes (of ``draws`` drawn)
-    spread over params, up to ``n`` in all and at most SPREAD (fewer than the designs and the front: the
-    first ``n`` of them); past SPREAD, the mixes (``pick_mixes``). Deterministic in ``seed``; growing ``n``
-    keeps the architectures of a smaller ``n``, so a study extends rather than restarts."""
+def choose_architectures(bound: BoundSpace, teacher_unet: torch.nn.Module, n: int, seed: int,
+                         front: list[Genome] = (), draws: int = POOL_DRAWS,
+                         one_shot: list[tuple[str, Genome]] = ()) -> list[Arch]:
+    """The named designs, then ``front`` (a study's Pareto front), then ``one_shot`` ((label, arch): the one-shot
+    picks, source ``one-shot``), then random architectures (of ``draws`` drawn) spread over params, up to ``n`` in
+    all (fewer than the fixed ones: the first ``n`` of them). For a family with mixes (``Family.mix_cell``: the
+    U-Net's), random ones up to SPREAD and the mixes past it (``pick_mixes``). Deterministic in ``seed``; growing
+    ``n`` keeps the architectures of a smaller ``n``, so a study extends rather than restarts."""
     fixed, taken = [], set()
     for genome, design, source in ([(g, name, "design") for name, g in bound.named_designs().items()]
-                                   + [(g, None, "front") for g in front]):
+                                   + [(g, None, "front") for g in front]
+                                   + [(g, None, "one-shot") for _, g in one_shot]):
         if genome.id not in taken and len(fixed) < n:
             fixed.append((genome, design, source))
             taken.add(genome.id)
-    pool = [g for g in random_genomes(bound, draws, seed) if g.id not in taken] if n > len(fixed) else []
-    picks = pick_random(pool, params_table(teacher_unet, bound), max(0, min(n, SPREAD) - len(fixed)))
-    mixes = pick_mixes([g for g in pool if g not in picks], bound, n - len(fixed) - len(picks), seed)
+    mixing = get_family(bound.space.family).mix_cell is not None
+    pool = [g for g in random_genomes(bound, draws, seed, not mixing) if g.id not in taken] if n > len(fixed) else []
+    picks = pick_random(pool, params_table(teacher_unet, bound), max(0, (min(n, SPREAD) if mixing else n) - len(fixed)))
+    mixes = pick_mixes([g for g in pool if g not in picks], bound, n - len(fixed) - len(picks), seed) if mixing else []
     chosen = fixed + [(g, None, "random") for g in picks] + [(g, None, "mix") for g in mixes]
-    return [Arch(g.id, design, source, *arch_cost(teacher_unet, g)) for g, design, source in chosen]
+    return [Arch(g.id, design, source, *arch_cost(teacher_unet, g), g.attention_free) for g, design, source in chosen]
 
 
-def named_architectures(bound: BoundSpace, teacher_unet: UNet2DConditionModel, ids: str | None,
+def named_architectures(bound: BoundSpace, teacher_unet: torch.nn.Module, ids: str | None,
                         taken: list[Arch]) -> list[Arch]:
     """``--also``'s genome ids as architectures (source "named"), those not in ``taken``; a malformed id or one
     outside the space is a one-line error. An earlier run's named ones come back the same way (its results)."""
     out, seen = [], {a.genome for a in taken}
     for text in dict.fromkeys(t.strip() for t in (ids or "").split(",") if t.strip()):
-        genome = Genome.from_id(text)
+        genome = bound.from_id(text)
         if genome not in bound:
             raise BlocksearchError(f"--also {text}: not an architecture of this space on this teacher")
         if genome.id not in seen:
-            out.append(Arch(genome.id, None, "named", *arch_cost(teacher_unet, genome)))
+            out.append(Arch(genome.id, None, "named", *arch_cost(teacher_unet, genome), genome.attention_free))
             seen.add(genome.id)
     return out
 
 
-def arch_cost(teacher_unet: UNet2DConditionModel, genome: Genome) -> tuple[int, int]:
-    """(params, MACs) of a Genome from its config alone (meta device; cached on disk by latency.cost)."""
+def arch_cost(teacher_unet: torch.nn.Module, genome: Genome) -> tuple[int, int]:
+    """(params, MACs) of an architecture from its config alone (meta device; cached on disk by latency.cost)."""
+    family = family_of_arch(genome).for_teacher(teacher_unet.config)
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(student_config(teacher_unet.config, genome))
-    return cost(unet, teacher_unet.config.sample_size, family=family_of_arch(genome))
+        unet = type(teacher_unet).from_config(family.student_config(teacher_unet.config, genome))
+    return cost(unet, teacher_unet.config.sample_size, family=family)
 
 
 def study_front(study: str, storage: str | None, bound: BoundSpace) -> list[Genome]:
     """The Genomes on the Pareto front of a finished study (those of this space)."""
     report = load_report(study, storage)
-    genomes = [Genome.from_id(report.trial(n).genome) for n in report.front if report.trial(n).genome]
+    genomes = [bound.from_id(report.trial(n).genome) for n in report.front if report.trial(n).genome]
     return [g for g in genomes if g in bound]
 
 
-def results_front(rows: list[dict]) -> list[Genome]:
+def results_front(rows: list[dict], bound: BoundSpace) -> list[Genome]:
     """The front architectures of an earlier run of this --out (extending a study keeps its architectures)."""
-    return [Genome.from_id(g) for g in dict.fromkeys(r["genome"] for r in rows if r.get("source") == "front")]
+    return [bound.from_id(g) for g in dict.fromkeys(r["genome"] for r in rows if r.get("source") == "front")]
 
 
 # -- results: one JSON line per (architecture, budget, seed) -----------------------------------------
@@ -258,7 +261,7 @@ def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple], kd_seed: int = 0
     try:
         with work_slot():  # heavy work: a latency measurement of another process waits for its checkpoints
             teacher = cached_teacher(resolve_teacher(job.teacher), job.device)
-            genome = Genome.from_id(arch.genome)
+            genome = teacher.family.arch_from_id(arch.genome)
             for budget, seeds, *probe in todo:
                 student, kd_s = reach_budget(job, teacher, genome, budget, kd_seed)
                 if probe and probe[0]:
@@ -270,7 +273,7 @@ def run_ladder(job: FidelityJob, arch: Arch, todo: list[tuple], kd_seed: int = 0
         yield {"genome": arch.genome, "budget": budget, "kd_seed": kd_seed, "error": f"{type(err).__name__}: {text}"}
 
 
-def probe_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, kd_seed: int, kd_s: float) -> dict:
+def probe_row(job: FidelityJob, teacher, student, arch: Arch, budget: int, kd_seed: int, kd_s: float) -> dict:
     """The held-out KD probe's scores (probe.py) and the training-loss curve's features (predictors.py) of the
     student at ``budget``: the cheap predictors, beside the FID rows."""
     probe = teacher_probe(job.teacher, teacher, ProbeConfig.from_dict(job.probe), job.device,
@@ -309,11 +312,11 @@ def finished_checkpoints(job: FidelityJob, genome: str, kd_seed: int = 0) -> dic
     return out
 
 
-def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int, kd_seed: int = 0) -> tuple[Student, float]:
+def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int, kd_seed: int = 0) -> tuple[object, float]:
     """The student at ``budget`` KD steps and the cumulative KD seconds to get there: surgery at 0; else its
     checkpoint, or trained on from the largest finished checkpoint below it (surgery if none) and saved.
     KD seed k trains with the run's seed + k: another data order, noise and timesteps (the KD-seed noise)."""
-    student = build_student(teacher.unet, genome)
+    student = teacher.family.build_student(teacher.denoiser, genome)
     if budget == 0:
         return student, 0.0
     done = finished_checkpoints(job, genome.id, kd_seed)
@@ -334,7 +337,7 @@ def reach_budget(job: FidelityJob, teacher, genome: Genome, budget: int, kd_seed
     return student, kd_s
 
 
-def score_row(job: FidelityJob, teacher, student: Student, arch: Arch, budget: int, seed: int, kd_s: float) -> dict:
+def score_row(job: FidelityJob, teacher, student, arch: Arch, budget: int, seed: int, kd_s: float) -> dict:
     """The student's scores at generation seed ``seed``; the FID reference set stays the evaluation's own
     (seed 0's), as for the search's noise seeds (trial.seed_scores): only the generated images change."""
     t0 = time.perf_counter()
@@ -435,9 +438,18 @@ def cmd_bench_fidelity(args) -> int:
     """Choose the architectures, run what results.jsonl and probes.jsonl lack, then summarise and write every
     output: the budgets' FID rankings (KD seed 0, fidelity_report.py) and the cheap predictors against the
     longest budget (predictors_report.py)."""
-    if not resolve_teacher(args.teacher).is_toy:
-        raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, or a "
+    space = load_space(args.space)
+    if args.teacher == "toy":  # the bundled toy teacher of the space's family (as `blocksearch run` reads it)
+        args.teacher = get_family(space.family).toy_teacher
+    ref = resolve_teacher(args.teacher)
+    if not ref.is_toy:
+        raise BlocksearchError(f"--teacher {args.teacher}: bench fidelity runs on a toy teacher (toy, toy-dit, or a "
                                f"`blocksearch toy build` folder); its scores are the toy judge's")
+    if ref.family.name != space.family:
+        raise BlocksearchError(f"--space {args.space} is for the {space.family} family but --teacher {args.teacher} is "
+                               f"a {ref.family.name} teacher; allowed: a {space.family} toy teacher "
+                               f"({get_family(space.family).toy_teacher})")
+    default_paths(args, ref.family)
     budgets, seeds = parse_ints(args.budgets, "--budgets"), parse_ints(args.seeds, "--seeds")
     kd_seeds = parse_ints(args.kd_seeds, "--kd-seeds")
     probe_budgets = {"none": [], "auto": budgets[:-1]}.get(args.probe_budgets) if args.probe_budgets in (
@@ -451,10 +463,13 @@ def cmd_bench_fidelity(args) -> int:
     torch.set_num_threads(1)
     spec = absolute(args.teacher) if Path(args.teacher).exists() else args.teacher  # as the Ray workers load it
     teacher = load_teacher(spec)
-    bound = load_space(args.space).bind(topology_of(teacher.unet.config))
+    bound = space.bind(teacher.family.topology(teacher.denoiser.config))
     results, probes = Path(args.out) / "results.jsonl", Path(args.out) / "probes.jsonl"
-    front = study_front(args.study, args.storage, bound) if args.study else results_front(read_rows(results))
-    archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front)
+    front = study_front(args.study, args.storage, bound) if args.study else results_front(read_rows(results), bound)
+    distill_settings, eval_settings = stage_settings(args)
+    table = one_shot_table(args, spec, teacher, distill_settings)
+    picks = one_shot_archs(teacher.family, table, bound, one_shot_sizes(args)) if table is not None else []
+    archs = choose_architectures(bound, teacher.unet, args.archs, args.seed, front, one_shot=picks)
     earlier = ",".join(r["genome"] for r in read_rows(results) if r.get("source") == "named")
     for ids in (earlier, getattr(args, "also", None)):  # extending a study keeps the named ones it had
         archs += named_architectures(bound, teacher.unet, ids, archs)
@@ -464,7 +479,6 @@ def cmd_bench_fidelity(args) -> int:
     if unknown:
         raise BlocksearchError(f"--full-seed-archs {unknown[0]}: not one of the study's architectures; allowed: "
                                f"the --archs ones ({', '.join(studied_ids[:3])}, ...: see the report's table)")
-    distill_settings, eval_settings = stage_settings(args)
     out, identity = Path(args.out), run_identity(teacher, distill_settings, eval_settings)
     check_identity(out, identity)
     cache_dir = {"cache_dir": str(default_cache_dir().resolve())}  # Ray workers may run in another folder
@@ -483,8 +497,71 @@ def cmd_bench_fidelity(args) -> int:
     every = dataclasses.replace(summary, archs=archs, rows=[r for r in kd0 + other_kd_long if r["budget"] in budgets
                                                             and r["seed"] in seeds])
     write_outputs(summary, args, out, Path(job.checkpoints), every)
-    write_predictors(rows, read_rows(probes), studied, budgets, args, out)
+    extra = write_one_shot(out, teacher.family, table, bound, archs, picks) if table is not None else None
+    write_predictors(rows, read_rows(probes), studied, budgets, args, out, extra=extra)
     return 1 if failures else 0
+
+
+def default_paths(args, family) -> None:
+    """--out, --csv, --table and --selection where not given: named after the family's toy teacher (``fidelity-toy``,
+    ``fidelity-toy-dit``) and the family's selection file (Family.selection_file), beside the other families'."""
+    name = f"fidelity-{family.toy_teacher}"
+    for flag, value in (("out", f"reports/{name}"), ("csv", f"blocksearch/measured/{name}-tau.csv"),
+                        ("table", f"blocksearch/measured/{name}.csv"),
+                        ("selection", f"blocksearch/measured/{family.selection_file}")):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, value)
+
+
+def one_shot_sizes(args) -> tuple[float, ...] | None:
+    """--one-shot-sizes: kept fractions of the one-shot picks (None: the family's default; () for none)."""
+    text = getattr(args, "one_shot_sizes", "auto") or "auto"
+    if text in ("auto", "none"):
+        return None if text == "auto" else ()
+    try:
+        sizes = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or not all(0 < f <= 1 for f in sizes):
+        raise BlocksearchError(f"--one-shot-sizes {text!r}: allowed: auto, none, or kept fractions in (0, 1] "
+                               f"separated by commas (0.5 = half of each searched group)")
+    return sizes
+
+
+def one_shot_table(args, spec: str, teacher, distill: dict) -> list | None:
+    """The teacher's one-shot block importance on the probe's held-out batches, for a family that has it (None
+    else); read from ``<out>/oneshot.json`` when an earlier run of this --out wrote it."""
+    family = teacher.family
+    if family.one_shot is None:
+        return None
+    if (Path(args.out) / ONE_SHOT_FILE).is_file():
+        return read_importance(args.out, family)
+    t0 = time.perf_counter()
+    table = importance_table(spec, teacher, "cpu", distill.get("data", "toy"), str(default_cache_dir().resolve()),
+                             distill.get("resolution"))
+    print(f"one-shot block importance of the teacher on the probe's held-out batches: {time.perf_counter() - t0:.1f} s")
+    return table
+
+
+def write_one_shot(out: Path, family, table: list, bound, archs: list[Arch],
+                   picks: list = ()) -> dict[str, dict[str, float]]:
+    """Write ``<out>/oneshot.json`` (the blocks' importance, each architecture's one-shot scores, and which pick each
+    one-shot architecture is) and ``<out>/oneshot.md``; return the scores as predictors (name -> genome -> value,
+    lower predicts better)."""
+    scores = {a.genome: family.one_shot.scores(table, bound.from_id(a.genome)) for a in archs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ONE_SHOT_FILE).write_text(json.dumps({"blocks": family.one_shot.to_rows(table), "archs": scores,
+                                                 "picks": {arch.id: label for label, arch in picks}}, indent=1) + "\n")
+    lines = ["# One-shot block importance of the teacher", "",
+             "On the probe's held-out batches, without training: `skip_mse`, the prediction's mean squared change "
+             "when the block alone is skipped (Flux.1-Lite); `influence`, 1 - cos(block input, output) (ShortGPT, "
+             "arXiv 2403.03853). Rank 1 = most important.", "",
+             "| block | skip_mse | rank | influence | rank |", "|---|---|---|---|---|"]
+    lines += [f"| {r.module} | {r.skip_mse:.4g} | {r.skip_rank} | {r.influence:.4g} | {r.influence_rank} |"
+              for r in sorted(table, key=lambda r: (r.group, r.index))]
+    (out / "oneshot.md").write_text("\n".join(lines) + "\n")
+    names = sorted({k for v in scores.values() for k in v})
+    return {k: {g: v[k] for g, v in scores.items()} for k in names}
 
 
 def run_pending(job: FidelityJob, teacher, work: list[tuple[Arch, int, list]], results: Path, probes: Path,

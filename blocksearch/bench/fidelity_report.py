@@ -19,13 +19,13 @@ from blocksearch.cache import default_cache_dir
 from blocksearch.bench.rank_stats import (OBJECTIVES, baselines, cost_per_budget, rank_table, recommend_budget,
                                     seed_means, seed_spread)
 from blocksearch.settings import MEASURED_COLUMNS
-from blocksearch.families.unet.genome import Genome
 
 TARGET, LOWER = 0.8, 0.6  # recommend_budget's: tau >= 0.8 with the interval's low end >= 0.6 ...
 MAX_COST_FRACTION = 0.25  # ... at <= 25 % of the longest budget's KD steps (else: spend budget on the front)
 # a row of results.jsonl and fidelity.csv: one student scored at one seed (kd_s: cumulative KD seconds)
 ROW_COLUMNS = ("genome", "design", "source", "budget", "kd_seed", "seed", "fid", "kid", "kid_std", "alignment", "params", "macs",
                "kd_s", "eval_s")
+MEASURED_FILE = "measured.csv"  # <out>/: bench search's measured table, beside the report (bench search --report)
 SUMMARY_COLUMNS = ("budget", "objective", "predictor", "tau", "lo", "hi", "cost_s", "eval_s", "n")
 
 
@@ -125,7 +125,7 @@ def cost_table(s: Summary) -> str:
 
 def arch_table(s: Summary) -> str:
     lines = [[a.genome, a.design or a.source, f"{a.params / 1e6:.3f}M", f"{a.macs / 1e6:.1f}M",
-              "yes" if Genome.from_id(a.genome).attention_free else ""] for a in s.archs]
+              "yes" if a.attention_free else ""] for a in s.archs]
     return _markdown(["genome", "design / source", "params", "MACs", "attention-free"], lines)
 
 
@@ -142,13 +142,13 @@ def recommendation(s: Summary) -> str:
 # -- files ---------------------------------------------------------------------------------------------
 def command_line(args) -> str:
     teacher = portable(args.teacher) if Path(args.teacher).exists() else args.teacher
-    parts = ["blocksearch bench fidelity", f"--teacher {teacher}",
+    parts = ["blocksearch bench fidelity", f"--teacher {teacher}", f"--space {args.space}",
              f"--archs {args.archs}", f"--budgets {args.budgets}", f"--seeds {args.seeds}", f"--seed {args.seed}",
              f"--workers {args.workers}", f"--teacher-cache {args.teacher_cache}", f"--boot {args.boot}",
              f"--out {portable(args.out)}", f"--csv {portable(args.csv)}"]
     parts += [f"--eval-prompts {args.eval_prompts}"] if args.eval_prompts else []
     for flag, default in (("kd_seeds", "0"), ("extra_seed_budgets", None), ("full_seed_archs", None),
-                          ("probe_budgets", "auto"), ("also", None),
+                          ("probe_budgets", "auto"), ("also", None), ("one_shot_sizes", "auto"),
                           ("kd_schedule", "constant"), ("kd_warmup", 0), ("kd_ema", 0.0)):
         value = getattr(args, flag, default)
         parts += [f"--{flag.replace('_', '-')} {value}"] if value != default else []
@@ -278,6 +278,8 @@ def write_outputs(s: Summary, args, out: Path, checkpoints: Path, table: Summary
     write_summary_csv(s, Path(args.csv), command_line(args))
     table = table or s
     n = write_measured_table(table, Path(args.table), command_line(args)) if table.rows else 0
+    if table.rows:  # the same table in the report folder: bench search --report OUT reads it there
+        write_measured_table(table, out / MEASURED_FILE, command_line(args))
     print("\n" + recommendation(s))
     print(f"results in {portable(out)}/ (index.md, results.jsonl, fidelity.csv, short_vs_long.png); "
           f"summary in {portable(args.csv)}; bench search's measured table ({n} architectures) in "

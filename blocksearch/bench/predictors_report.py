@@ -1,7 +1,8 @@
 """``bench fidelity``'s verdict on the cheap predictors: compute first (``predictor_table``), render second.
 
 Each predictor (the held-out KD probe's scores, the training-loss curve's features, FID and alignment at the
-short budget, the combined leave-one-architecture-out regression, and params / MACs as baselines) is ranked
+short budget, the combined leave-one-architecture-out regression, params / MACs as baselines, and, for a family
+that scores its blocks without training, the one-shot importance of the blocks a student removes) is ranked
 against FID at the longest budget (the mean over KD seeds and generation seeds) by Kendall's tau-b with a
 bootstrap interval (rank_stats.py), over all architectures and over the text-following ones (alignment at
 the longest budget >= the text rule's floor). KD-seed and generation-seed spreads are kept apart. The
@@ -119,18 +120,25 @@ def cost_at(rows: list[dict], probes: list[dict], budget: int, predictor: str) -
 
 
 def predictor_table(rows: list[dict], probes: list[dict], budgets: list[int], n_boot: int = 2000,
-                    floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT) -> list[PredictorRow]:
+                    floor: float = MIN_ALIGNMENT * TOY_TEACHER_ALIGNMENT,
+                    extra: dict[str, dict[str, float]] | None = None) -> list[PredictorRow]:
+    """Every predictor at every short budget; ``extra`` (name -> genome -> value, lower predicts better: the
+    one-shot scores) needs no training, so it is ranked once, at the first budget, at no KD cost."""
     longest = max(budgets)
     fid, align = reference(rows, longest)
     text = {g for g, a in align.items() if a is not None and a >= floor}
     table = []
     for budget in [b for b in budgets if b < longest]:
-        for name, by in budget_values(rows, probes, budget, fid).items():
+        values = budget_values(rows, probes, budget, fid)
+        if budget == min(budgets):
+            values |= extra or {}
+        for name, by in values.items():
             if name in BASELINES and budget != min(budgets):
                 continue  # the same at every budget: once
             tau = _tau(by, fid, set(fid), n_boot)
             tau_t = _tau(by, fid, text, n_boot)
-            table.append(PredictorRow(name, budget, *tau, *tau_t, cost_at(rows, probes, budget, name)))
+            cost = 0.0 if name in (extra or {}) else cost_at(rows, probes, budget, name)
+            table.append(PredictorRow(name, budget, *tau, *tau_t, cost))
     return table
 
 
@@ -332,14 +340,16 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
 
 
 def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets: list[int], args, out: Path,
-                     selection: Path | None = None) -> PredictorRow | None:
-    """Compute, print and write ``<out>/predictors.md`` and ``selection-score.json`` (only with probe rows)."""
+                     selection: Path | None = None, extra: dict[str, dict[str, float]] | None = None
+                     ) -> PredictorRow | None:
+    """Compute, print and write ``<out>/predictors.md`` and the selection file (``--selection``: the family's,
+    Family.selection_file) (only with probe rows); ``extra``: predictors without training (predictor_table)."""
     genomes = {a.genome for a in archs}
     rows = [r for r in rows if r["genome"] in genomes and r["budget"] in budgets]
     probes = [p for p in probes if p["genome"] in genomes and p["budget"] in budgets]
     if not probes:
         return None
-    table = predictor_table(rows, probes, budgets, args.boot)
+    table = predictor_table(rows, probes, budgets, args.boot, extra=extra)
 
     kd_noise = {(b, k): kd_seed_noise(rows, probes, b, k) for b in budgets for k in ("fid", *PROBE_KEYS)}
 
@@ -360,8 +370,12 @@ def write_predictors(rows: list[dict], probes: list[dict], archs: list, budgets:
     noise = [dict(budget=b, key=k, kd=kd_noise[b, k], gen=gen_seed_noise(rows, b) if k == "fid"
                   else None) for b in budgets for k in ("fid", *PROBE_KEYS)]
     noise = [n for n in noise if n["kd"] or n["gen"]]
-    command = (f"blocksearch bench fidelity --archs {args.archs} --budgets {args.budgets} --kd-seeds {args.kd_seeds} "
-               f"--probe-budgets {args.probe_budgets}")
+    teacher = getattr(args, "teacher", "toy")
+    teacher = portable(teacher) if Path(teacher).exists() else teacher
+    command = (f"blocksearch bench fidelity --teacher {teacher} --archs {args.archs} "
+               f"--budgets {args.budgets} --kd-seeds {args.kd_seeds} --probe-budgets {args.probe_budgets}")
+    if getattr(args, "space", None):
+        command = command.replace(" --archs", f" --space {args.space} --archs", 1)
     passed_over = [r for r in table if candidate(r, max(budgets)) and not screened(r, text_ok)
                    and reaches(r.tau_text, r.lo_text, TARGET, LOWER) and (chosen is None or r.cost_s < chosen.cost_s)]
     text = render(table, chosen, meets, noise, command, best, tuple(gap),

@@ -15,12 +15,22 @@ architecture seen before costs no trial, and a sampler that repeats itself gets 
 to [0, 1] over the whole table, reference point 1.1; and the trials a search needs before the
 architectures it found (the BK designs left out) reach the hypervolume of the three BK designs, and
 before it reaches the mean hypervolume random search ends with.
+
+Transformer spaces (a family with one-shot block importance, families/dit/oneshot.py): the stand-in's fid is the
+summed skip-MSE importance of the removed blocks and params / MACs are exact and additive over the blocks (a
+block mask space has 64,839 architectures on the 16-block toy: no surgery per architecture). ``--report DIR``
+reads a ``bench fidelity`` report folder: its measured table (``DIR/measured.csv``) and its block importance
+(``DIR/oneshot.json``). ``--init one-shot`` enqueues the one-shot picks after the named designs (warm_start.py);
+``--init designs,one-shot`` runs every sampler both ways. Caveat: the one-shot picks are the stand-in's own front
+(top-k by skip MSE minimises the removed skip MSE at every size), so on the unmeasured architectures the warm
+start is favoured by construction; only the measured ones say whether it helps.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import statistics
@@ -43,12 +53,14 @@ from blocksearch.search.samplers import SAMPLERS
 from blocksearch.settings import FIDELITY, MEASURED
 from blocksearch.settings import MEASURED_COLUMNS as COLUMNS
 from blocksearch.space import load_space
-from blocksearch.families.base import family_of_arch
-from blocksearch.families.unet.surgery import build_student
-from blocksearch.families.unet.topology import topology_of
-from blocksearch.teachers import load_teacher, resolve_teacher
+from blocksearch.families.base import family_of_arch, get_family
+from blocksearch.settings import MEASURED_DIR
+from blocksearch.teachers import is_toy, load_teacher, resolve_teacher
+from blocksearch.search.warm_start import INITS, importance_table, one_shot_archs, read_importance
+from blocksearch.bench.fidelity_report import MEASURED_FILE
 
 STANDIN_AS = {"fid": "one-shot output-KD loss", "params": "exact params", "latency_ms": "exact MACs"}
+ONE_SHOT = "one-shot"
 
 
 @dataclass(frozen=True)
@@ -70,12 +82,26 @@ def cmd_bench_search(args) -> int:
     bad = [s for s in samplers if s not in SAMPLERS or s == "random"]
     if bad or not samplers:
         raise BlocksearchError(f"--sampler {args.sampler!r}: allowed: {[s for s in SAMPLERS if s != 'random']}")
-    if args.trials < 4 or args.seeds < 1:
+    counts, inits = trial_counts(args.trials), parse_inits(getattr(args, "init", "designs"))
+    if min(counts) < 4 or args.seeds < 1:
         raise BlocksearchError("--trials must be >= 4 and --seeds >= 1")
+    args.teacher = toy_teacher(args.teacher, args.space)
     bound = _bound(args.space, args.teacher)
     standin, measured, table = tables(args)
+    warm = warm_start(args, bound) if ONE_SHOT in inits else []
+    summary = []
+    for trials in counts:
+        result = compare(table, bound, samplers, trials, args.seeds, warm=warm, inits=inits)
+        print_comparison(args, trials, table, standin, measured, result)
+        summary += summary_rows(result, trials)
+    print("\n" + summary_table(summary, len(bound.named_designs())))
+    return 0
+
+
+def print_comparison(args, trials: int, table: Table, standin: Table, measured: Table | None, result: dict) -> None:
+    """One trial count's figures: the table used, the stand-in's tau, hypervolumes, ratios and trials to reach."""
+    samplers, n_designs = result["names"], result["designs"]
     taus = rank_agreement(standin, measured) if measured is not None else None
-    result = compare(table, bound, samplers, args.trials, args.seeds)
     print(f"table: {table.source}")
     if taus is None:
         print("Kendall tau, stand-in vs measured: no measured table (pass --table); the ratios below rank "
@@ -85,10 +111,11 @@ def cmd_bench_search(args) -> int:
         print(f"Kendall tau-b, stand-in vs measured over the {n} measured architectures: "
               + ", ".join(f"{c} {t:+.3f} ({STANDIN_AS[c]})" if not math.isnan(t) else f"{c} not measured"
                           for c, t in taus.items()))
-    print(f"space {args.space}: {len(table.values)} architectures; {args.trials} trials per search "
-          f"(3 BK designs first), {args.seeds} seeds; hypervolume of (fid, params, latency) normalised to "
+    print(f"space {args.space}: {len(table.values)} architectures; {trials} trials per search "
+          f"({n_designs} named designs first{'; +one-shot: then the one-shot picks' if result['warm'] else ''}), "
+          f"{args.seeds} seeds; hypervolume of (fid, params, latency) normalised to "
           f"[0, 1] over the table, reference point 1.1 (best possible here: {result['optimum']:.4f}; "
-          f"the 3 BK designs alone: {result['bk']:.4f})")
+          f"the {n_designs} named designs alone: {result['bk']:.4f})")
     for name in [*samplers, "random"]:
         hv = result[name]
         print(f"  {name:8s} mean {statistics.fmean(hv):.4f}  min {min(hv):.4f}  max {max(hv):.4f}  "
@@ -96,9 +123,9 @@ def cmd_bench_search(args) -> int:
     for name in samplers:
         r = result["ratios"][name]
         print(f"hypervolume ratio {name} / random: {r:.3f} "
-              f"({'better' if r > 1 else 'not better'} than random at {args.trials} trials)")
-    budget = args.trials - result["designs"]
-    print(f"trials after the BK designs until the architectures found (BK designs left out) reach the BK "
+              f"({'better' if r > 1 else 'not better'} than random at {trials} trials)")
+    budget = trials - result["designs"]
+    print(f"trials after the named designs until the architectures found (named designs left out) reach the named "
           f"designs' hypervolume {result['bk']:.4f} (at most {budget}):")
     for name in [*samplers, "random"]:
         print(f"  {name:8s} {reach_summary(result['reach'][name], budget)}")
@@ -108,8 +135,62 @@ def cmd_bench_search(args) -> int:
     print(f"trials, BK designs included, until the hypervolume random search ends with (mean "
           f"{result['random_final']:.4f}) is reached:")
     for name in [*samplers, "random"]:
-        print(f"  {name:8s} {reach_summary(result['reach_random'][name], args.trials)}")
-    return 0
+        print(f"  {name:8s} {reach_summary(result['reach_random'][name], trials)}")
+
+
+def trial_counts(value) -> list[int]:
+    """--trials: one count or several separated by commas (16,48)."""
+    try:
+        return sorted({int(v) for v in str(value).split(",") if v.strip()})
+    except ValueError:
+        raise BlocksearchError(f"--trials {value!r}: allowed: integers >= 4 separated by commas") from None
+
+
+def parse_inits(value: str) -> list[str]:
+    inits = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not inits or any(v not in INITS for v in inits):
+        raise BlocksearchError(f"--init {value!r}: allowed: {', '.join(INITS)}, or both separated by a comma")
+    return inits
+
+
+def toy_teacher(teacher: str, space: str) -> str:
+    """``toy`` read as the space's family's bundled toy teacher (as ``blocksearch run`` reads it)."""
+    return get_family(load_space(space).family).toy_teacher if teacher == "toy" else teacher
+
+
+def warm_start(args, bound) -> list:
+    """The one-shot picks (warm_start.py) on the teacher's block importance: ``--report``'s, else computed."""
+    ref = resolve_teacher(args.teacher)
+    report = getattr(args, "report", None)
+    if report:
+        table = read_importance(report, ref.family)
+    else:
+        table = importance_table(ref.spec, load_teacher(args.teacher))
+    return [arch for _, arch in one_shot_archs(ref.family, table, bound)]
+
+
+def summary_rows(result: dict, trials: int) -> list[dict]:
+    budget = trials - result["designs"]
+    rows = []
+    for name in [*result["names"], "random"]:
+        reach = result["reach"][name]
+        hit = [r for r in reach if r is not None]
+        rows.append(dict(sampler=name, trials=trials, hv=statistics.fmean(result[name]),
+                         ratio=statistics.fmean(result[name]) / max(result["random_final"], 1e-12),
+                         reach=statistics.fmean(hit) if hit else None, never=len(reach) - len(hit), seeds=len(reach),
+                         budget=budget))
+    return rows
+
+
+def summary_table(rows: list[dict], designs: int) -> str:
+    """The markdown table behind the sampler choice (docs/benchmarks.md)."""
+    lines = [f"| sampler | trials | hypervolume (mean) | / random's | trials after the {designs} named designs to reach "
+             f"their hypervolume (mean over the seeds that do) | seeds that never do |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = "-" if r["reach"] is None else f"{r['reach']:.1f}"
+        lines.append(f"| {r['sampler']} | {r['trials']} | {r['hv']:.4f} | {r['ratio']:.3f} | {reach} | "
+                     f"{r['never']} of {r['seeds']} (within {r['budget']}) |")
+    return "\n".join(lines)
 
 
 def front_genomes(trials_csv: Path) -> list[str]:
@@ -138,8 +219,9 @@ def front_hypervolume(table: Table, genomes: Sequence[str]) -> float:
 def tables(args) -> tuple[Table, Table | None, Table]:
     """(stand-in, measured or None, the table searched): the measured table (``--table``, else the default one)
     with the stand-in mapped onto it for the rest of the space, or the stand-in alone."""
-    standin = standin_table(args.teacher, args.space)
-    measured_path = Path(args.table) if args.table else default_measured(args.teacher)
+    report = getattr(args, "report", None)
+    standin = standin_table(args.teacher, args.space, *([report] if report else []))
+    measured_path = Path(args.table) if args.table else default_measured(args.teacher, report)
     measured = read_table(measured_path) if measured_path is not None else None
     return standin, measured, calibrate(standin, measured) if measured is not None else standin
 
@@ -162,12 +244,20 @@ def print_fronts(args) -> int:
     return 0
 
 
-def default_measured(teacher: str) -> Path | None:
-    """The measured table the benchmark uses by default: the fidelity study's when present, else the
-    default run's; only for the toy teacher (the tables were measured on it)."""
-    if teacher != "toy":
-        return None
-    return next((p for p in (FIDELITY, MEASURED) if p.is_file()), None)
+def default_measured(teacher: str, report: str | None = None) -> Path | None:
+    """The measured table the benchmark uses by default: ``--report``'s (``DIR/measured.csv``); else for the toy
+    teacher the fidelity study's when present, else the default run's; for another bundled toy teacher (toy-dit)
+    its fidelity study's, ``fidelity-<teacher>.csv``; else none (the tables were measured on the toy teachers)."""
+    if report:
+        path = Path(report) / MEASURED_FILE
+        if not path.is_file():
+            raise BlocksearchError(f"--report {report}: no {MEASURED_FILE}; allowed: a bench fidelity report folder "
+                                   f"whose ladders reached the longest budget")
+        return path
+    if teacher == "toy":
+        return next((p for p in (FIDELITY, MEASURED) if p.is_file()), None)
+    path = MEASURED_DIR / f"fidelity-{teacher}.csv"
+    return path if path.is_file() and not Path(teacher).exists() and is_toy(teacher) else None
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -204,7 +294,8 @@ def reach_summary(reach: Sequence[int | None], budget: int) -> str:
 
 
 def _bound(space: str, teacher: str):
-    return load_space(space).bind(topology_of(resolve_teacher(teacher).load_denoiser("cpu").config))
+    ref = resolve_teacher(teacher)
+    return load_space(space).bind(ref.family.topology(ref.load_denoiser("cpu").config))
 
 
 def read_table(path: Path) -> Table:
@@ -250,17 +341,26 @@ def calibrate(standin: Table, measured: Table) -> Table:
                          f"stand-in mapped linearly onto them ({standin.source})")
 
 
-def compare(table: Table, bound, sampler: str | Sequence[str], trials: int, seeds: int) -> dict:
+def compare(table: Table, bound, sampler: str | Sequence[str], trials: int, seeds: int, warm: Sequence = (),
+            inits: Sequence[str] = ("designs",)) -> dict:
     """Per seed, each sampler's and random search's normalised hypervolume, trials to reach the BK
     designs' hypervolume (``reach``) and random search's mean final one (``reach_random``); each
-    sampler's mean-hypervolume ratio to random (``ratio``: the first sampler's) and trials ratios."""
-    samplers = [sampler] if isinstance(sampler, str) else list(sampler)
+    sampler's mean-hypervolume ratio to random (``ratio``: the first sampler's) and trials ratios. With
+    ``inits`` holding ``one-shot``, every sampler (random too) also runs with ``warm`` enqueued after the designs,
+    as ``<sampler>+one-shot``; the baseline stays plain random search. ``names``: every run but random."""
+    plain = [sampler] if isinstance(sampler, str) else list(sampler)
+    runs_of = {name: (name, ()) for name in plain} if "designs" in inits else {}
+    if ONE_SHOT in inits:
+        runs_of |= {f"{name}+{ONE_SHOT}": (name, tuple(warm)) for name in [*plain, "random"]}
+    samplers = list(runs_of)
     lower, upper = table.bounds()
     designs = [table.values[g.id] for g in bound.named_designs().values()]
     bk = normalised_hypervolume(np.array(designs), lower, upper)
-    out = {"optimum": normalised_hypervolume(np.array(list(table.values.values())), lower, upper),
-           "bk": bk, "designs": len(designs), "reach": {}, "reach_random": {}, "ratios": {}, "reach_ratios": {}}
-    runs = {name: [search_once(table, bound, name, trials, seed) for seed in range(seeds)]
+    out = {"optimum": normalised_hypervolume(nondominated(np.array(list(table.values.values()))), lower, upper),
+           "bk": bk, "designs": len(designs), "reach": {}, "reach_random": {}, "ratios": {}, "reach_ratios": {},
+           "names": samplers, "warm": len(warm) if ONE_SHOT in inits else 0}
+    runs_of["random"] = ("random", ())
+    runs = {name: [search_once(table, bound, runs_of[name][0], trials, seed, runs_of[name][1]) for seed in range(seeds)]
             for name in ["random", *samplers]}
     for name, found in runs.items():
         out[name] = [normalised_hypervolume(run, lower, upper) for run in found]
@@ -277,6 +377,17 @@ def compare(table: Table, bound, sampler: str | Sequence[str], trials: int, seed
     return out
 
 
+def nondominated(points: np.ndarray) -> np.ndarray:
+    """The non-dominated rows of ``points`` (every column minimised), duplicates once: one pass in lexicographic
+    order keeping a row no kept row is <= everywhere (a later row cannot dominate an earlier one; Kung et al.,
+    JACM 1975's simple cull). O(n x front): a block-mask table's 64,839 rows have a front of a few dozen."""
+    front = np.empty((0, points.shape[1]))
+    for row in points[np.lexsort(points.T[::-1])]:
+        if not np.any(np.all(front <= row, axis=1)):
+            front = np.vstack([front, row])
+    return front
+
+
 def trials_to_reach(values: np.ndarray, target: float, lower, upper, skip: int) -> int | None:
     """Trials after the first ``skip`` (the BK designs) until the values found after them alone reach
     normalised hypervolume ``target``; None when they never do."""
@@ -286,15 +397,18 @@ def trials_to_reach(values: np.ndarray, target: float, lower, upper, skip: int) 
     return None
 
 
-def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np.ndarray:
-    """One search of ``trials`` distinct architectures, as ``blocksearch run`` does it: BK designs
-    first, repeats closed as FAIL (free), and after ``REPEATS_BEFORE_FALLBACK`` repeats in a row the
-    shared fallback ``untrained_genome`` is queued. Returns the objective values in evaluation order."""
+def search_once(table: Table, bound, sampler: str, trials: int, seed: int, warm: Sequence = ()) -> np.ndarray:
+    """One search of ``trials`` distinct architectures, as ``blocksearch run`` does it: named designs
+    first (then ``warm``, the ``--init one-shot`` picks), repeats closed as FAIL (free), and after
+    ``REPEATS_BEFORE_FALLBACK`` repeats in a row the shared fallback ``untrained_genome`` is queued. Returns the
+    objective values in evaluation order."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=samplers.make_sampler(
-        sampler, seed, trials, designs=len(bound.named_designs())))
+        sampler, seed, trials, designs=len(bound.named_designs()) + len(warm)))
     for genome in bound.named_designs().values():
         study.enqueue_trial(bound.to_params(genome), user_attrs={"design": True})
+    for genome in warm:
+        study.enqueue_trial(bound.to_params(genome), user_attrs={"warm": True})
     seen: dict[str, tuple[float, ...]] = {}
     while len(seen) < trials:
         for attempt in range(samplers.MAX_ASKS):
@@ -317,10 +431,14 @@ def search_once(table: Table, bound, sampler: str, trials: int, seed: int) -> np
     return np.array(list(seen.values()))
 
 
-def standin_table(teacher: str, space: str) -> Table:
-    """Derived table (cached): exact params, exact MACs for latency, one-shot output-KD loss for fid."""
+def standin_table(teacher: str, space: str, report: str | None = None) -> Table:
+    """Derived table (cached): exact params, exact MACs for latency, one-shot output-KD loss for fid; for a family
+    with one-shot block importance, the removed blocks' skip MSE for fid (on ``report``'s block importance where
+    given, else computed), params and MACs additive over blocks (families/dit/oneshot.py)."""
     t = load_teacher(teacher)
     digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes()[:4096] for p in t.unet.parameters())).hexdigest()[:12]
+    if t.family.one_shot is not None:
+        return _one_shot_standin(t, teacher, space, digest, report)
     cache = default_cache_dir() / "bench" / f"standin-{space}-{digest}.csv"
     source = (f"DERIVED STAND-IN (cached at {cache}): fid := one-shot output-KD loss after surgery (no "
               f"training), params := exact, latency_ms := exact MACs (a proxy)")
@@ -343,6 +461,26 @@ def cached_table(cache: Path, build: Callable[[], dict[str, tuple[float, ...]]])
         return rows
 
 
+def _one_shot_standin(teacher, spec: str, space: str, digest: str, report: str | None) -> Table:
+    """The block-mask stand-in (module docstring), cached by teacher and block importance."""
+    family = teacher.family
+    table = read_importance(report, family) if report else importance_table(spec, teacher)
+    key = hashlib.sha256(json.dumps(family.one_shot.to_rows(table), sort_keys=True).encode()).hexdigest()[:8]
+    cache = default_cache_dir() / "bench" / f"standin-{space}-{digest}-{key}.csv"
+    denoiser = teacher.denoiser
+    bound = load_space(space).bind(family.topology(denoiser.config))
+
+    def costs(arch) -> tuple[int, int]:
+        with torch.device("meta"):
+            student = type(denoiser).from_config(family.student_config(denoiser.config, arch))
+        return count_params(student), count_macs(student, denoiser.config.sample_size, family=family)
+
+    source = (f"DERIVED STAND-IN (cached at {cache}): fid := summed one-shot skip MSE of the removed blocks (no "
+              f"training{', ' + str(report) + '/oneshot.json' if report else ''}), params := exact, latency_ms := "
+              f"exact MACs (a proxy); both additive over the blocks")
+    return Table(cached_table(cache, lambda: family.one_shot.standin(table, bound, costs)), source)
+
+
 def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
     torch.manual_seed(0)
     pipe, unet = teacher.pipeline, teacher.unet.eval()
@@ -362,7 +500,7 @@ def _measure_standin(teacher, bound) -> dict[str, tuple[float, float, float]]:
         rows = {}
         for genome in tqdm(list(bound), desc="stand-in table", unit="arch", disable=quiet()):
             yield_to_measurement()
-            student = build_student(unet, genome).unet.eval()
+            student = teacher.family.build_student(unet, genome).unet.eval()
             loss = torch.nn.functional.mse_loss(student(x, t, text).sample, target).item()
             macs = count_macs(student, size, family=family_of_arch(genome))
             rows[genome.id] = (loss, float(count_params(student)), float(macs))

@@ -90,14 +90,25 @@ def add_search(sub) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
                    help=f"sampler, or several separated by commas: {' | '.join(SAMPLERS)} (default: "
                         f"{DEFAULT_SAMPLER})")
-    p.add_argument("--trials", type=int, default=16, help="trials per search, BK designs included (default: %(default)s)")
+    p.add_argument("--trials", default="16",
+                   help="trials per search, named designs included; several separated by commas (16,48) compare "
+                        "the samplers at each (default: %(default)s)")
+    p.add_argument("--init", default="designs",
+                   help="what each search starts with: designs (the named designs, as blocksearch run), one-shot "
+                        "(then the one-shot picks: the most important blocks kept, a warm start; families with "
+                        "one-shot block importance), or designs,one-shot: every sampler both ways (default: "
+                        "%(default)s)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="a bench fidelity report folder (e.g. reports/fidelity-toy-dit): its measured table "
+                        "(DIR/measured.csv) and, for a transformer space, its block importance (DIR/oneshot.json)")
     p.add_argument("--seeds", type=int, default=10, help="independent seeds per sampler (default: %(default)s)")
     p.add_argument("--table", default=None,
                    help=f"measured CSV with columns {','.join(MEASURED_COLUMNS)} (default for the toy teacher: "
                         f"{FIDELITY.name} if present, else {MEASURED.name}, in {MEASURED_DIR}); the rest of "
                         f"the space comes from a derived stand-in, cached under $BLOCKSEARCH_CACHE/bench "
                         f"(default ~/.cache/blocksearch/bench)")
-    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (default: %(default)s)")
+    p.add_argument("--teacher", default="toy", help="teacher for a derived stand-in table (toy: the space's family's "
+                                                    "bundled one) (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space (default: %(default)s)")
     p.add_argument("--front", nargs="+", metavar="TRIALS_CSV", default=None,
                    help="instead of comparing samplers: score the final front of each report's trials.csv on the "
@@ -133,7 +144,8 @@ def add_fidelity(sub) -> argparse.ArgumentParser:
     """``bench fidelity``: short against long KD rankings, Kendall tau per budget (bench/fidelity.py)."""
     p = sub.add_parser(
         "fidelity", help="do short KD runs rank architectures the way long runs do? (Kendall tau per budget)",
-        description="Train the BK designs, a study's Pareto front (--study) and random architectures of the space "
+        description="Train the named designs, a study's Pareto front (--study), for transformer students the one-shot "
+                    "picks (the most important blocks kept, --one-shot-sizes) and random architectures of the space "
                     "spread over size (at least two attention-free) along a ladder of KD budgets, each budget "
                     "continuing from the previous one's checkpoint, and score every student at each generation "
                     "seed (FID, KID, text alignment; the search's evaluation without latency). Prints Kendall's "
@@ -144,8 +156,8 @@ def add_fidelity(sub) -> argparse.ArgumentParser:
                     "from the largest checkpoint (kept under $BLOCKSEARCH_CACHE/bench/fidelity). Writes "
                     "OUT/index.md, OUT/fidelity.csv, OUT/short_vs_long.png and the summary --csv. Settings (KD, "
                     "evaluation) are blocksearch run's defaults for the teacher.")
-    p.add_argument("--teacher", default="toy", help="a toy teacher: toy (bundled) or a `blocksearch toy build` "
-                                                    "folder (default: %(default)s)")
+    p.add_argument("--teacher", default="toy", help="a toy teacher: toy (the space's family's bundled one), toy-dit, or "
+                                                    "a `blocksearch toy build` folder (default: %(default)s)")
     p.add_argument("--space", default="unet_blocks", help="space of the architectures (default: %(default)s)")
     p.add_argument("--archs", type=int, default=12, help="architectures in all: the named designs, the study's "
                                                          "front, then random ones (default: %(default)s)")
@@ -166,8 +178,15 @@ def add_fidelity(sub) -> argparse.ArgumentParser:
                    help="budgets at which every student also gets the held-out KD probe and the training-curve "
                         "features (the cheap predictors, OUT/probes.jsonl, OUT/predictors.md), comma-separated; "
                         "auto: every budget but the longest; none: no probe (default: %(default)s)")
-    p.add_argument("--selection", default=str(SELECTION_SCORE.relative_to(SELECTION_SCORE.parents[2])),
-                   help="where the chosen first-stage score of the search is written (default: %(default)s)")
+    p.add_argument("--selection", default=None,
+                   help="where the chosen first-stage score of the search is written (default: the teacher family's "
+                        f"file in {MEASURED_DIR.relative_to(MEASURED_DIR.parents[1])}/: {SELECTION_SCORE.name} for "
+                        "U-Nets, selection-score-<family>.json for the others)")
+    p.add_argument("--one-shot-sizes", default="auto", metavar="FRACTION,...|auto|none",
+                   help="for a family that scores its blocks without training (transformers): the one-shot picks "
+                        "trained beside the named designs keep this fraction of each searched group's most important "
+                        "blocks, by each measure (auto: 0.375,0.5,0.625,0.75; none: no picks; the one-shot scores "
+                        "are ranked as predictors either way, OUT/oneshot.md) (default: %(default)s)")
     p.add_argument("--eval-prompts", type=int, default=None,
                    help="evaluation prompts (default: evaluate's, 128 for the toy)")
     p.add_argument("--teacher-cache", choices=("auto", "disk", "off"), default="auto",
@@ -196,13 +215,17 @@ def add_fidelity(sub) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="train and score nothing: summarise OUT/results.jsonl as it stands (a run in progress: "
                         "tau over the architectures whose ladder reached the longest budget)")
-    p.add_argument("-o", "--out", default="reports/fidelity-toy", help="report folder (default: %(default)s)")
-    p.add_argument("--csv", default="blocksearch/measured/fidelity-toy-tau.csv",
-                   help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: %(default)s)")
-    p.add_argument("--table", default=str(FIDELITY.relative_to(FIDELITY.parents[2])),
+    p.add_argument("-o", "--out", default=None,
+                   help="report folder (default: reports/fidelity-<the family's toy teacher>: fidelity-toy, "
+                        "fidelity-toy-dit)")
+    p.add_argument("--csv", default=None,
+                   help="summary CSV: budget, objective, predictor, tau, lo, hi, cost_s (default: "
+                        "blocksearch/measured/fidelity-<toy teacher>-tau.csv)")
+    p.add_argument("--table", default=None,
                    help="`bench search`'s measured table: genome, the seed-mean FID at the longest budget, params; "
                         "latency_ms blank (not measured here: bench search takes it from its stand-in) "
-                        "(default: %(default)s)")
+                        f"(default: {FIDELITY.relative_to(FIDELITY.parents[2])} for the toy U-Net, "
+                        "blocksearch/measured/fidelity-<toy teacher>.csv for the others)")
     return p
 
 

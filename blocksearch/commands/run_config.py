@@ -12,7 +12,7 @@ from blocksearch.console import deprecated
 from blocksearch.errors import BlocksearchError
 from blocksearch.search.samplers import SAMPLERS
 from blocksearch.search.selection import CHOICES as SCORE_CHOICES
-from blocksearch.study import OBJECTIVES, SearchConfig
+from blocksearch.study import INITS, OBJECTIVES, SearchConfig
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -87,6 +87,9 @@ RUN_FLAGS = (
                                                                  "free space), else a live teacher; disk = refuse "
                                                                  "over the cap; off = always live")),
     ("sampler", dict(help=f"Optuna sampler: {' | '.join(SAMPLERS)}")),
+    ("init", dict(choices=INITS, help="the first trials: designs (the named designs) or one-shot (then the students "
+                                      "that keep each group's most important blocks, scored without training, at a "
+                                      "few sizes: a warm start; transformer spaces)")),
     ("seed", dict(type=int, help="seed of the sampler and of distillation")),
     ("objectives", dict(type=_names, help="comma-separated objectives: " + ", ".join(
         f"{o} ({d[:3]}imised)" for o, d in OBJECTIVES.items()))),

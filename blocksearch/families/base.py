@@ -236,6 +236,10 @@ class DenoiserFamily:
     show_space: Callable = None  # type: ignore[assignment]  ``space show``'s table of a space of this family
     toy_teacher: str = ""  # the bundled toy teacher of this family (``--teacher toy`` for its spaces)
     layout: Callable | None = None  # (arch, topology) -> tuple of ``families.layout.Stage``: the block diagram
+    one_shot: Any = None  # a module with ``MEASURES``, ``block_importance``, ``picks``, ``scores``, ``standin``
+    mix_cells: tuple = ()  # bench fidelity's balanced-mix cells past its spread, in order (``mix_cell``'s values)
+    mix_cell: Callable | None = None  # (arch, bound) -> its cell; None: random archs spread over size fill the study
+    selection_file: str = "selection-score.json"  # bench fidelity's choice of first-stage score for this family
 
     def __post_init__(self):
         if self.training_target is None:

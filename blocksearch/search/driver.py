@@ -33,9 +33,10 @@ from blocksearch.search.reference_noise import NOISE_SOURCES, table_of
 from blocksearch.search.rungs import check_rung_settings, check_rungs, default_rungs, ladder, run_rungs, rung_work
 from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
 from blocksearch.search.samplers import SAMPLERS
-from blocksearch.search.selection import FirstStage, first_stage, read_selection
+from blocksearch.search.selection import FirstStage, first_stage, read_selection, selection_path
 from blocksearch.search.teacher_setup import measure_teacher, params_table, warm_teacher_cache
 from blocksearch.search.trial import TrialJob
+from blocksearch.search.warm_start import check_init, importance_table, one_shot_archs
 from blocksearch.settings import PROBE_KEYS
 from blocksearch.space import load_space
 from blocksearch.study import (OBJECTIVES, SearchConfig, check_settings, counts, default_runs_dir,
@@ -69,6 +70,7 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     if not 0 <= cfg.min_alignment <= 1:
         raise BlocksearchError(f"--min-alignment {cfg.min_alignment}: allowed: 0 (off) to 1 (the teacher's own)")
     check_stage_flags(cfg)
+    check_init(cfg.init, get_family(load_space(cfg.space).family))
     runs = Path(cfg.runs_dir or default_runs_dir()).resolve()
     paths = {k: absolute(getattr(cfg, k)) for k in ("data", "reference", "captions", "inception_weights",
                                                      "clip_model") if getattr(cfg, k) not in (None, "toy")}
@@ -78,6 +80,17 @@ def resolve(cfg: SearchConfig) -> SearchConfig:
     return dataclasses.replace(cfg, runs_dir=str(runs), storage=cfg.storage or default_storage(runs),
                                candidate=cfg.candidate or CANDIDATE, teacher=teacher, **paths,
                                study=cfg.study or default_study_name(cfg.space, teacher))
+
+
+def space_family(cfg: SearchConfig) -> str:
+    """The denoiser family of the run's space (its teacher's: ``bind_space`` refuses a mismatch)."""
+    return load_space(cfg.space).family
+
+
+def first_stage_of(cfg: SearchConfig, ref: TeacherRef) -> FirstStage:
+    """The first stage of ``cfg`` on the teacher ``ref``: ``--score``, or bench fidelity's choice recorded for the
+    teacher's family (selection.py: a U-Net's and a transformer's are measured apart)."""
+    return first_stage(cfg.score, ref.is_toy, cfg.steps, family=ref.family.name)
 
 
 def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
@@ -125,7 +138,7 @@ def trial_job(cfg: SearchConfig, ref: TeacherRef, bound: ArchSpace, teacher_unet
                    str(Path(cfg.runs_dir) / cfg.study / "students"), max(1, int(cfg.cpus_per_trial)),
                    report_every=max(1, distill_cfg.steps // 10), noise_seeds=cfg.noise_seeds,
                    checkpoint=bool(rungs), cache_steps=max((distill_cfg.steps, *rungs)), score=cfg.score,
-                   reference_seeds=reference_seeds(cfg))
+                   reference_seeds=reference_seeds(cfg, ref.family.name))
     target = cfg.latency_device or device
     attrs = {"space": space_name(cfg.space), "space_path": str(bound.space.path), "teacher": cfg.teacher,
              "teacher_unet_sha256": weights_sha256(teacher_unet) if teacher_unet is not None else None,
@@ -139,12 +152,13 @@ def trial_job(cfg: SearchConfig, ref: TeacherRef, bound: ArchSpace, teacher_unet
     return job, attrs
 
 
-def reference_seeds(cfg: SearchConfig) -> dict:
+def reference_seeds(cfg: SearchConfig, family: str | None = None) -> dict:
     """bench fidelity's seed scores of the reference designs for the trials to reuse (reference_noise.py): with
-    ``--noise-source auto`` and seed noise asked for, where the study was of this run's teacher; else none."""
+    ``--noise-source auto`` and seed noise asked for, where the study (``family``'s) was of this run's teacher;
+    else none."""
     if cfg.noise_source != "auto" or cfg.noise_seeds < 2:
         return {}
-    return table_of(read_selection(), cfg.teacher)
+    return table_of(read_selection(selection_path(family)), cfg.teacher)
 
 
 def _jsonable(d: dict) -> dict:
@@ -161,7 +175,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = resolve(cfg)  # every check reads only; the first write is prepare_study
     ref = resolve_teacher(cfg.teacher)  # --teacher, read once: every stage below is passed this value
-    stage = first_stage(cfg.score, ref.is_toy, cfg.steps)
+    stage = first_stage_of(cfg, ref)
     rung_objectives = cfg.objectives  # the rungs rank by FID (the first stage may rank by a cheaper score)
     cfg = first_stage_config(cfg, stage)
     print(f"first-stage score: {stage.why}", file=out)
@@ -193,7 +207,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
 
     ray_info = ray_tune.start_ray(cfg)  # fails (unreachable --address) before the study is touched
     try:
-        study = prepare_study(storage, cfg, bound, study_attrs, out)
+        study = prepare_study(storage, cfg, bound, study_attrs, out, warm_picks(cfg, ref, job, bound, out))
         remaining = cfg.trials - counts(study)["done"]
         parallel = lanes(cfg, ray_info["resources"], max(1, remaining))
         console.announce(cfg, remaining, parallel, ray_info, out)
@@ -206,6 +220,19 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
     finally:
         ray_tune.stop_ray()
     return finish(cfg, storage, results, rungs.plan)
+
+
+def warm_picks(cfg: SearchConfig, ref: TeacherRef, job: TrialJob, bound: ArchSpace, out: TextIO) -> list:
+    """``--init one-shot``: the one-shot picks (search/warm_start.py) to enqueue after the named designs; else none."""
+    if cfg.init != "one-shot":
+        return []
+    distill = job.distill
+    table = importance_table(ref.spec, ref.load("cpu"), "cpu", distill.get("data", "toy"), distill.get("cache_dir"),
+                             distill.get("resolution"))
+    picks = one_shot_archs(ref.family, table, bound)
+    print(f"--init one-shot: {len(picks)} one-shot picks after the named designs: "
+          + ", ".join(f"{arch.id} ({label})" for label, arch in picks), file=out)
+    return picks
 
 
 def run_first_stage(cfg: SearchConfig, stage: FirstStage, job: TrialJob, tuning: Tuning, remaining: int,

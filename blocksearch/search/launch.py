@@ -36,7 +36,7 @@ def launch(cfg: SearchConfig, print_config: Callable[[SearchConfig], str] | None
 
 def show_config(cfg: SearchConfig, dump: Callable[[SearchConfig], str]) -> int:
     """``run --print-config``: the resolved settings ``cfg`` as YAML (``dump``), and what ``--score`` resolves to."""
-    stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps)
+    stage = first_stage(cfg.score, is_toy(cfg.teacher), cfg.steps, family=driver.space_family(cfg))
     base = driver.first_stage_config(cfg, stage)
     print(dump(cfg), end="")
     steps, rungs = base.steps or DistillConfig().steps, ",".join(map(str, base.rungs or ())) or "none"

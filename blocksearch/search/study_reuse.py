@@ -99,7 +99,7 @@ def _checked(teacher, student, genome, job: TrialJob, stages: tuple[DistillConfi
         shutil.rmtree(verify, ignore_errors=True)
     kd_s = time.perf_counter() - t0
     metrics = evaluate(teacher, student.unet, dataclasses.replace(config, images=False), device=job.device)
-    source = (f"{SOURCE}'s study (selection-score.json): KD seed 0 after {settings.steps} steps, reproduced here "
+    source = (f"{SOURCE}'s study ({get_family(job.family).selection_file}): KD seed 0 after {settings.steps} steps, reproduced here "
               f"at {check} steps")
     values = metrics.to_dict() | scores
     values["measured"] = values["measured"] | {k: source for k in scores}

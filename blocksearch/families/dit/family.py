@@ -11,6 +11,7 @@ import diffusers
 
 from blocksearch.families.base import DenoiserFamily, student_from_block_map
 from blocksearch.families.dit.blockmap import weight_map
+from blocksearch.families.dit import oneshot
 from blocksearch.families.dit.describe import layout
 from blocksearch.families.dit.genome import (DitGenome, architecture_diff, architecture_table, model_class_of, removed,
                                              topology_of)
@@ -58,4 +59,5 @@ FAMILY = DenoiserFamily(
                  "arXiv 2412.01199, and Flux.1-Lite remove them; BK-SDM's recipe as a multi-objective search)",
     kd_feature=block_feature, text_tokens=text_tokens, call_kwargs=call_kwargs, cond_of_inputs=cond_of_inputs,
     specialise=specialise, load_student=load_student,
-    load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy-dit", layout=layout)
+    load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy-dit", layout=layout,
+    one_shot=oneshot, selection_file="selection-score-dit.json")

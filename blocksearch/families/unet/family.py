@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from blocksearch.families.base import DenoiserFamily, get_family
+from blocksearch.families.unet.mixes import MIX_CELLS, mix_cell
 from blocksearch.families.unet.blockmap import weight_map
 from blocksearch.families.unet.describe import layout
 from blocksearch.families.unet.genome import Genome
@@ -68,4 +69,4 @@ FAMILY = DenoiserFamily(
     card_summary="A block-removed Stable Diffusion U-Net found by blocksearch (BK-SDM, arXiv 2305.15798, as a "
                  "multi-objective search)",
     load_student=load_student, load_student_denoiser=load_student_denoiser, show_space=show_space, toy_teacher="toy",
-    layout=layout, specialise=specialise)
+    layout=layout, specialise=specialise, mix_cells=MIX_CELLS, mix_cell=mix_cell)
