@@ -16,7 +16,9 @@ from blocksearch.study import counts
 from blocksearch.toy.build_dit import build_dit
 from tests.integration.conftest import free_port
 
-pytestmark = pytest.mark.integration
+# slow (opt-in, --runslow) for the suite's time: 8 named designs + rung + export, ~10 min on the 2-core machine; CI runs
+# the transformer family end to end through test_tiny_pipelines_run.py's SD3 case (search, report, export, stock load)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_dit_search_runs_rungs_reports_and_exports(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,8 @@ from blocksearch.teachers import resolve_teacher
 from tests.integration.conftest import FAST, free_port
 from tests.test_faults_cache import truncate
 
-pytestmark = pytest.mark.integration
+# slow (opt-in) for the suite's time; CI covers the rebuild of each damaged cache in tests/test_faults_cache.py
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_truncated_teacher_cache_is_rebuilt_and_the_search_completes(tiny_teacher, tmp_path, monkeypatch, capsys,

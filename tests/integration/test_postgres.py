@@ -67,6 +67,7 @@ def release(marker, done: threading.Event) -> None:
             pass
 
 
+@pytest.mark.slow  # a whole search around the restart (~3 min); CI runs the restart itself (the test above)
 def test_a_server_restart_mid_search_loses_nothing(tiny_teacher, tmp_path, cache, postgres_url):
     """The database server restarted (``pg_ctl restart -m fast``: every connection cut) while a trial of
     ``blocksearch run --storage postgresql+psycopg://...`` holds mid-KD: its heartbeats in the outage are missed (the

@@ -101,6 +101,7 @@ def test_a_killed_ray_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     assert (out / "ray" / "train" / "step-0000012" / "checkpoint.json").is_file()  # Ray Train's last checkpoint
 
 
+@pytest.mark.slow  # ~2.5 min of Ray Train on the 2-core machine; kept out of CI for the suite's time (--runslow)
 def test_a_killed_train_worker_is_restarted_from_the_last_checkpoint(local_ray, tmp_path):
     """One of 2 Ray Train workers SIGKILLed (an OOM kill, a pre-empted node) after the first checkpoint, found through
     Ray's state API: Ray Train (FailureConfig, train/job.py WORKER_RETRIES) restarts the worker group from the last
