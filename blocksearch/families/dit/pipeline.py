@@ -160,7 +160,8 @@ def text_tokens(pipeline) -> int:
     T5 tokens; Flux's T5 tokens; none for DiT."""
     model_class = type(pipeline.transformer).__name__
     if model_class == "SD3Transformer2DModel":
-        return pipeline.tokenizer_max_length + t5_len(pipeline)
+        # CLIP's context (77 in the stock pipeline; a denoiser measured alone, bench deploy's, has no tokenizer)
+        return getattr(pipeline, "tokenizer_max_length", 77) + t5_len(pipeline)
     if model_class == "DiTTransformer2DModel":
         return 0
     return t5_len(pipeline)
