@@ -382,3 +382,11 @@ def test_an_empty_rung_front_is_not_the_front_to_pick_from(tmp_path):
     assert pick_line([top, top]).startswith("no front to pick from: every study's front is empty; ")
     make_study(tmp_path, name="s@80", case=[])
     assert empty_front_why(build_report(open_study("s@80", url), url)) == "no student was promoted to it"
+
+
+def test_report_cost_line_names_each_picture_part_and_their_sum():
+    from blocksearch.search.console import report_cost
+
+    line = report_cost("s", 12.34, {"diagrams_s": 0.5, "samples_s": 2.0, "artifacts_s": 0.25})
+    assert line == "report 's': written in 12.3 s, pictures 2.8 s (diagrams 0.5 s, samples 2.0 s, artifacts 0.2 s)"
+    assert report_cost("s", 1.0, {}) == "report 's': written in 1.0 s, pictures 0.0 s"

@@ -14,6 +14,7 @@ import html
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 from plotly.offline import get_plotlyjs
@@ -59,7 +60,9 @@ def render_all(report: ParetoReport, folder: Path) -> Pictures:
     if curves:
         render_curves_png(curves, folder / CURVES_PNG, f"{report.study}: the front students and reference designs")
     pictures = draw_pictures(report, folder)  # the students' folders too: before the paths are made portable
+    t0 = time.perf_counter()
     upload_pictures(report, pictures, folder)
+    pictures.seconds["artifacts_s"] = round(time.perf_counter() - t0, 3)
     report = portable(report, folder)
     # each file whole or not at all: a temp file renamed; a full disk is one line (cache.atomic_write)
     write_text(folder / "index.html", render_html(report, pictures, folder))

@@ -111,6 +111,14 @@ def print_front(report: ParetoReport, study: optuna.Study, steps, out: TextIO) -
               + " ".join(f"{fmt(n, v):>11s}" for n, v in zip(report.objectives, t.values)), file=out)
 
 
+def report_cost(study: str, total_s: float, pictures_s: dict) -> str:
+    """One line: what writing ``study``'s report took, and the share of its pictures (pictures.py's diagrams
+    and sample grid, artifacts.py's upload): the figure behind docs/reports.md's cost of the pictures."""
+    parts = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in pictures_s.items())
+    return (f"report {study!r}: written in {total_s:.1f} s, pictures {sum(pictures_s.values()):.1f} s"
+            + (f" ({parts})" if parts else ""))
+
+
 def results(folders: list[tuple[str, object, object]], reports: list[ParetoReport], storage: str,
             out: TextIO) -> None:
     """Where each study, its students and its report are; with rungs, which study to pick the front from (the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -271,7 +272,9 @@ def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
         report = build_report(study, cfg.storage)
         console.print_front(report, study, report.attrs.get("distill", {}).get("steps"), out)
         folder = Path(cfg.runs_dir).parent / "reports" / name
-        render_all(report, folder)
+        t0 = time.perf_counter()
+        pictures = render_all(report, folder)
+        print(console.report_cost(name, time.perf_counter() - t0, pictures.seconds), file=out)
         folders.append((name, students, folder))
         reports.append(report)
     console.results(folders, reports, cfg.storage, out)
