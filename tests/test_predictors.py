@@ -170,3 +170,16 @@ def test_the_report_names_a_cheaper_score_passed_over_for_want_of_a_text_rule():
     assert "Passed over: probe_task at 30 KD steps, tau +0.80 [+0.63, +0.92], 14.8 s -- it meets the target, but no " \
            "text rule separates the text-following architectures at 30 steps" in text
     assert "Passed over" not in render([cheap, task], task, True, [], "cmd")
+
+
+def test_every_row_of_the_noise_table_has_as_many_cells_as_its_header():
+    from blocksearch.bench.predictors_report import render
+    task = PredictorRow("probe_task", 120, 0.84, 0.73, 0.92, 24, 0.81, 0.66, 0.93, 20, 54.4)
+    kd = dict(median=0.01, max=0.02, n=20, sigma_log=0.05, tau=[0.9, 0.8, 1.0])
+    noise = [dict(budget=30, key="probe_task", kd=kd, gen=dict(median=1.0, max=2.0, n=20)),
+             dict(budget=120, key="fid", kd=None, gen=None)]
+    lines = render([task], task, True, noise, "cmd").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| budget | score | KD-seed spread"))
+    table = lines[start:start + 4]
+    assert [line.count("|") for line in table] == [table[0].count("|")] * 4 and table[0].count("|") == 9
+    assert "| 30 | probe_task | 0.01 / 0.02 | 20 | 0.050 | +0.90 [+0.80, +1.00] | 1 / 2 | 20 |" == table[2]

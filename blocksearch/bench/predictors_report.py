@@ -303,8 +303,9 @@ def render(table: list[PredictorRow], chosen: PredictorRow | None, meets: bool, 
                      f"{_ci(r.tau_text, r.lo_text, r.hi_text)} | {r.n_text} | {r.cost_s:.1f} |")
     lines += ["", "Noise per budget: KD seed (|seed 0 - seed 1|, same generation seed) and generation seed "
               "(|seed 0 - seed 1|, KD seed 0), median / max over architectures:", "",
-              "| budget | score | KD-seed spread | n | sigma of log (KD seed) | generation-seed spread | n |",
-              "|---|---|---|---|---|---|---|"]
+              "| budget | score | KD-seed spread | n | sigma of log (KD seed) | tau between KD seeds [CI] | "
+              "generation-seed spread | n |",
+              "|---|---|---|---|---|---|---|---|"]
     for n in noise:
         kd, gen = n["kd"], n.get("gen")
         kd_cells = [f"{kd['median']:.4g} / {kd['max']:.4g}", kd["n"],
