@@ -13,7 +13,9 @@ import optuna
 from blocksearch.study import DEFAULT_SAMPLER, SAMPLERS  # noqa: F401 (the names a study records)
 
 REPEATS_BEFORE_FALLBACK = 3  # repeats of trained Genomes in a row before an untrained one is queued
-ENUMERATE_UP_TO = 100_000  # spaces up to this size are listed and drawn from uniformly
+ENUMERATE_UP_TO = 4096  # spaces up to this size (the U-Net spaces: 576 on SD-v1, 1620 on SDXL) are listed and
+# drawn from uniformly; larger ones (the 16-block toy transformer's 64,839 masks: listing them took seconds per
+# repeat, which stalled bench search) are drawn from through the space's own suggest
 MAX_ASKS = 200  # suggestions tried for one trial before giving up on finding an untrained Genome
 
 
