@@ -5,9 +5,9 @@ of a constrained space satisfies its constraints, the repair rule, ids and Optun
 import itertools
 import math
 import random
+from pathlib import Path
 
 import optuna
-from pathlib import Path
 
 import pytest
 
