@@ -2,6 +2,7 @@
 is one line on stderr and exit code 1; a watch stopped first (the driver's own ray.shutdown) never fires. The whole
 fault, a real head SIGKILLed under a search: tests/integration/test_ray_head_lost.py (slow)."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -52,3 +53,21 @@ def test_a_stopped_watch_never_fires(monkeypatch):
     server.close()
     thread.join(5)
     assert not thread.is_alive() and fired == []
+
+
+def test_token_auth_is_set_only_before_ray_is_imported_and_never_for_an_address(monkeypatch):
+    from blocksearch.search.cluster import local_ray_auth
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    local_ray_auth("127.0.0.1:6379")  # --address: that cluster's own setting rules
+    assert "RAY_AUTH_MODE" not in os.environ
+    local_ray_auth(None)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's choice stands
+    local_ray_auth(None)
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setitem(sys.modules, "ray", object())  # Ray already imported: it read the variable then
+    local_ray_auth(None)
+    assert "RAY_AUTH_MODE" not in os.environ

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from blocksearch.bench.fidelity_report import ROW_COLUMNS, portable, progress_li
 from blocksearch.bench.predictors_report import write_predictors
 from blocksearch.recipe.latency import cost
 from blocksearch.report.compute import load_report
+from blocksearch.search.cluster import local_ray_auth
 from blocksearch.search.run_settings import absolute, stage_configs
 from blocksearch.search.teacher_setup import params_table
 from blocksearch.families.base import Arch as Genome, ArchSpace as BoundSpace, family_of_arch, get_family
@@ -358,7 +358,7 @@ def run_ladders(job: FidelityJob, work: list[tuple[Arch, int, list]], workers: i
             for row in run_ladder(job, arch, todo, kd_seed):
                 on_row(row)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # a new local cluster: token auth, as `blocksearch run` does
+    local_ray_auth(None)  # a new local cluster: token auth, as `blocksearch run` does (before Ray is imported)
     import ray  # only once there is work for it (search.py: importing Ray costs seconds)
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from blocksearch.cache import default_cache_dir
+from blocksearch.search.cluster import local_ray_auth
 from blocksearch.commands.common import DEFAULT_STUDY, STORAGE_HELP, TEACHER_HELP
 
 
@@ -78,6 +79,7 @@ def add_parser(verbs) -> None:
 
 def main(args) -> int:
     """Prepare the job from the flags (and ``--trial``'s study), run it, print where the results are."""
+    local_ray_auth(args.address)  # before Ray is imported (train.job imports it): Ray reads RAY_AUTH_MODE then
     from blocksearch.train.job import prepare_job, run_train
 
     student = (("trial", f"{args.study}:{args.trial}") if args.trial is not None else

@@ -15,6 +15,17 @@ from blocksearch.families.base import Arch, ArchSpace
 from blocksearch.study import SearchConfig
 
 
+def local_ray_auth(address: str | None) -> None:
+    """Token auth for a new local Ray cluster (Ray's security guide: a cluster's RPCs carry a token), said
+    explicitly: ``RAY_AUTH_MODE=token`` unless the user set it. Ray reads the variable once, when it is imported
+    (Ray 2.60), while the GCS it starts reads it from the environment it inherits: set after ``import ray``, the
+    GCS wants a token the driver never sends and the start fails (``InvalidAuthToken``). So it is set only before
+    the first ``import ray`` of this process (else both sides keep Ray's default), and never for ``--address``
+    (that cluster's own setting rules)."""
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 @dataclasses.dataclass(frozen=True)
 class Tuning:
     """What every Tune run of a search shares: the study storage, the bound space, the parameter table

@@ -29,7 +29,7 @@ from blocksearch.report.compute import ParetoReport, build_report
 from blocksearch.report.render import render_all
 from blocksearch.search import console
 from blocksearch.search.promotion import REFERENCES
-from blocksearch.search.cluster import Tuning, lanes, probe_address
+from blocksearch.search.cluster import Tuning, lanes, local_ray_auth, probe_address
 from blocksearch.search.reference_noise import NOISE_SOURCES, table_of
 from blocksearch.search.rungs import check_rung_settings, check_rungs, default_rungs, ladder, run_rungs, rung_work
 from blocksearch.search.run_settings import absolute, check_inputs, check_stage_flags, data_identity, stage_configs
@@ -204,6 +204,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
         return finish(cfg, storage, results, rungs.plan)
     params_of = params_table(teacher_unet, bound)
+    local_ray_auth(cfg.address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from blocksearch.search import ray_tune  # Ray (1-3 s) only once there is work for it; the stages run on it
 
     ray_info = ray_tune.start_ray(cfg)  # fails (unreachable --address) before the study is touched

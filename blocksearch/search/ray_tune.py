@@ -41,8 +41,6 @@ _HEAD = threading.Event()  # set: the Ray head watch (cluster.watch_head) stops
 def start_ray(cfg: SearchConfig) -> dict:
     """Connect to ``--address`` or start a local Ray with the dashboard on ``--dashboard-host``."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
-    if not cfg.address:  # a new local cluster: token auth as Ray >= 2.59 does by default, said explicitly
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     try:
         if cfg.address:

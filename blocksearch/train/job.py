@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -163,8 +162,6 @@ def fit_on_ray(job: TrainJob, tcfg: TrainConfig, address: str | None, dashboard_
     """``TorchTrainer`` over ``tcfg.workers`` workers; checkpoints in DIR/ray/train (kept: the last few). Runs on
     the Ray this process has already started or joined, else on ``address``, else on a new local Ray."""
     owned = not ray.is_initialized()
-    if owned and not address:  # a new local cluster: token auth as Ray >= 2.59 does by default, said explicitly
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         if owned:
             ray.init(address=address or "local", logging_level="WARNING",

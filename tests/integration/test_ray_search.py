@@ -155,3 +155,21 @@ def test_asha_stopped_trials_are_pruned_and_never_on_the_front(tiny_teacher, tmp
     assert not [t.user_attrs["design"] for t in pruned if t.user_attrs.get("design")]
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
     assert len([t for t in finished if not t.user_attrs.get("skipped")]) == 5
+
+
+def test_run_starts_its_local_ray_with_token_auth_when_the_user_set_none(tiny_teacher, tmp_path):
+    """``RAY_AUTH_MODE`` unset, as a user runs ``blocksearch run``: the driver's new local Ray uses token auth and
+    the search completes. Ray reads the variable when it is imported; set after that (as it was), the GCS wanted a
+    token the driver never sent and every run stopped at 'cannot start a local Ray' (cluster.local_ray_auth)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"HOME": str(tmp_path)}  # its own token
+    args = ["run", "--teacher", str(tiny_teacher), "--trials", "1", *FAST, "--study", "auth",
+            "--storage", f"sqlite:///{tmp_path / 's.db'}", "--runs-dir", str(tmp_path / "runs"),
+            "--dashboard-port", str(free_port())]
+    proc = run_cli(args, env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "token auth on" in out and (tmp_path / ".ray" / "auth_token").is_file(), out[-3000:]
+    assert _finished(f"sqlite:///{tmp_path / 's.db'}", "auth") == 1
