@@ -15,6 +15,7 @@ from tests.integration.conftest import (FAST, driver_args, driver_env, evaluated
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # ~3 min; CI runs two drivers on one study through PostgreSQL (test_postgres.py, one of them killed)
 def test_two_drivers_share_one_study_without_repeating_work(tiny_teacher, tmp_path, cache):
     db, name = f"sqlite:///{tmp_path / 's.db'}", "shared"
     args = driver_args(tiny_teacher, tmp_path, db, name, 6)

@@ -66,6 +66,7 @@ def test_a_workers_error_is_one_line_and_the_cli_starts_its_own_ray(tmp_path):
     assert run.returncode == 2 and last.startswith("blocksearch: error: non-finite loss at step 2 (loss=nan"), last
 
 
+@pytest.mark.slow  # ~3 min of Ray Train; CI resumes a killed local run (test_train.py::test_a_killed_run_resumes_from_its_last_checkpoint)
 def test_a_killed_ray_run_resumes_from_its_last_checkpoint(local_ray, tmp_path):
     """The CLI driver on this module's Ray (``--address``) SIGKILLed after Ray Train registered its first
     checkpoint; the same command again continues from the last registered checkpoint."""

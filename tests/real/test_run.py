@@ -163,6 +163,7 @@ def search_config(args: list[str]) -> SearchConfig:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~2 min; CI runs a folder teacher end to end on Ray (test_tiny_pipelines_run.py[sd3]) and the real-FID path (test_coco.py)
 def test_run_on_a_real_teacher_end_to_end(real_args, tmp_path, capsys, monkeypatch):
     """Two Ray trials on the tiny SD-format teacher, then the report and an exported student that plain
     diffusers loads. --min-alignment 0: a random tiny CLIP's alignment is noise around 0 (it may be
