@@ -152,6 +152,12 @@ def test_the_first_stage_choice_is_per_family_and_read_by_the_trial(tmp_path, mo
     assert (job.score, job.distill["steps"], attrs["score"]) == ("probe_out", 30, "probe_out")  # what the trial runs
     unet = driver.resolve(SearchConfig(runs_dir=str(tmp_path / "runs")))  # the U-Net family's: its own file
     assert driver.first_stage_of(unet, resolve_teacher(unet.teacher)).score == "probe_cfg"
+    (tmp_path / DIT.selection_file).write_text(json.dumps(dict(record, predictor="fid", budget=60, text_rule=None)))
+    fid = driver.first_stage_config(cfg, driver.first_stage_of(cfg, ref))  # FID chosen: at the study's budget
+    assert (fid.score, fid.steps) == ("fid", 60), "the run trained 120 steps where the study chose FID after 60"
+    assert driver.trial_job(fid, ref, bound, denoiser)[0].distill["steps"] == 60
+    given = driver.resolve(SearchConfig(space="dit_blocks", steps=7, runs_dir=str(tmp_path / "runs")))
+    assert driver.first_stage_config(given, driver.first_stage_of(given, ref)).steps == 7  # --steps wins
 
 
 def test_init_one_shot_enqueues_the_picks_once_after_the_designs(bound, tmp_path):

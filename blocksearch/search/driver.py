@@ -99,8 +99,8 @@ def first_stage_config(cfg: SearchConfig, stage: FirstStage) -> SearchConfig:
     its KD budget, and -- where the stage is a cheaper score than FID and no ``--rungs`` were given -- one rung at
     4 x the default KD budget (FID after 480 steps on the toy: the budget whose ranking came closest to the
     1920-step one in bench fidelity), or 4 x ``--steps`` where they were given."""
-    if stage.score == "fid":
-        return dataclasses.replace(cfg, score="fid")
+    if stage.score == "fid":  # FID chosen by a family's study (the transformer's: after 60 steps) trains its budget
+        return dataclasses.replace(cfg, score="fid", steps=cfg.steps if cfg.steps is not None else stage.steps)
     rungs = cfg.rungs if cfg.rungs is not None else default_rungs(cfg.steps or DistillConfig().steps)
     return dataclasses.replace(cfg, score=stage.score, objectives=stage.objectives(cfg.objectives),
                                steps=stage.steps, rungs=rungs)
