@@ -129,8 +129,10 @@ def test_q_run_prints_the_front_and_the_results_without_progress_lines(tmp_path,
     assert "first-stage score: " in loud and "nothing to run" in loud and "\nresults: study 'unet_blocks-toy'" in loud
     assert main(["-q", *argv]) == 0
     out = capsys.readouterr().out
-    assert "first-stage score" not in out and "nothing to run" not in out
-    assert out == loud[loud.index("\n\nstudy 'unet_blocks-toy'") + 1:]  # the front and the results, as without -q
+    assert "first-stage score" not in out and "nothing to run" not in out and "report 'unet_blocks-toy'" not in out
+    tail = loud[loud.index("\n\nstudy 'unet_blocks-toy'") + 1:]
+    assert "report 'unet_blocks-toy': written in" in tail  # what the report and its pictures took: progress, not -q
+    assert out == "".join(line for line in tail.splitlines(keepends=True) if not line.startswith("report '"))
 
 
 # -- bad input: one line, exit 2 ---------------------------------------------------------------------

@@ -202,7 +202,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         print(f"study {cfg.study!r} already has {done} finished trials (>= --trials {cfg.trials}); "
               f"nothing to run", file=out)
         prepare_study(storage, cfg, bound, study_attrs, out)  # still: stale trials of a crash are marked FAIL
-        return finish(cfg, storage, results, rungs.plan)
+        return finish(cfg, storage, results, rungs.plan, progress=out)
     params_of = params_table(teacher_unet, bound)
     local_ray_auth(cfg.address)  # before Ray is imported: it reads RAY_AUTH_MODE then
     from blocksearch.search import ray_tune  # Ray (1-3 s) only once there is work for it; the stages run on it
@@ -221,7 +221,7 @@ def run_search(cfg: SearchConfig, out: TextIO | None = None, results: TextIO | N
         run_rungs(rungs, tuning, floor, ray_tune.run_trials)
     finally:
         ray_tune.stop_ray()
-    return finish(cfg, storage, results, rungs.plan)
+    return finish(cfg, storage, results, rungs.plan, progress=out)
 
 
 def warm_picks(cfg: SearchConfig, ref: TeacherRef, job: TrialJob, bound: ArchSpace, out: TextIO) -> list:
@@ -260,7 +260,7 @@ class NoTrialCompleted(Exception):
         self.report = report
 
 
-def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
+def finish(cfg: SearchConfig, storage, out: TextIO, plan=(), progress: TextIO | None = None) -> ParetoReport:
     """Print the Pareto front of the study and of each rung, write their reports, and say where everything
     is. Returns the report of the longest rung that ran (its students trained longest), else the study's;
     raises NoTrialCompleted, once all is printed, where no trial of the study completed."""
@@ -275,7 +275,7 @@ def finish(cfg: SearchConfig, storage, out: TextIO, plan=()) -> ParetoReport:
         folder = Path(cfg.runs_dir).parent / "reports" / name
         t0 = time.perf_counter()
         pictures = render_all(report, folder)
-        print(console.report_cost(name, time.perf_counter() - t0, pictures.seconds), file=out)
+        print(console.report_cost(name, time.perf_counter() - t0, pictures.seconds), file=progress or out)  # -q: not
         folders.append((name, students, folder))
         reports.append(report)
     console.results(folders, reports, cfg.storage, out)
