@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from blocksearch.cache import default_cache_dir
-from blocksearch.search.cluster import local_ray_auth
 from blocksearch.commands.common import DEFAULT_STUDY, STORAGE_HELP, TEACHER_HELP
+from blocksearch.search.cluster import local_ray_auth
 
 
 def add_parser(verbs) -> None:

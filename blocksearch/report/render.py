@@ -62,7 +62,8 @@ def render_all(report: ParetoReport, folder: Path) -> Pictures:
     pictures = draw_pictures(report, folder)  # the students' folders too: before the paths are made portable
     t0 = time.perf_counter()
     upload_pictures(report, pictures, folder)
-    pictures.seconds["artifacts_s"] = round(time.perf_counter() - t0, 3)
+    upload_s = round(time.perf_counter() - t0, 3)
+    pictures = dataclasses.replace(pictures, seconds={**pictures.seconds, "artifacts_s": upload_s})
     report = portable(report, folder)
     # each file whole or not at all: a temp file renamed; a full disk is one line (cache.atomic_write)
     write_text(folder / "index.html", render_html(report, pictures, folder))
